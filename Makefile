@@ -1,0 +1,48 @@
+# lpuc developer entry points. Every target creates the virtual environment first.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+OUT    := out
+JOBS   ?= auto
+
+.PHONY: setup demo test test-fast bench conformance lint format clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	# The CPU build of torch lies on disk for exactly this version; install it before anything
+	# that depends on torch, so pip never fetches a multi-GB CUDA build.
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -e '.[torch,test]'
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+demo: setup
+	@mkdir -p $(OUT)
+	$(BIN)/lpuc targets
+	$(BIN)/lpuc compile models/mlp.onnx -o $(OUT)/mlp.lpu
+	$(BIN)/lpuc run $(OUT)/mlp.lpu --check models/mlp.onnx --trace $(OUT)/mlp_trace.json -o $(OUT)/mlp_out.npz
+	$(BIN)/lpuc report $(OUT)/mlp.lpu
+
+test: setup
+	$(BIN)/python -m pytest -n $(JOBS) -q
+
+test-fast: setup
+	$(BIN)/python -m pytest -n $(JOBS) -q -m "not slow"
+
+bench: setup
+	$(BIN)/python -m tests.benchmarks.bench
+
+conformance: setup
+	$(BIN)/python -m tests.conformance.report
+
+lint: setup
+	$(BIN)/ruff check lpuc passes backends runtime tests models
+
+format: setup
+	$(BIN)/ruff format lpuc passes backends runtime tests models
+
+clean:
+	rm -rf $(OUT) .pytest_cache .ruff_cache build *.egg-info

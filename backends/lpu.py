@@ -1,0 +1,233 @@
+"""The .lpu artifact: a versioned, self-describing, checksummed container. No pickle anywhere.
+
+    bytes 0-3    magic b"LPU\\0"
+    bytes 4-7    format version (little-endian u32)
+    bytes 8-15   header length H (little-endian u64)
+    H bytes      header: JSON {format_version, target, precision, model, checksum, sections}
+    payload      the sections, back to back; `checksum` is the SHA-256 of the payload
+
+Sections: "program" (zlib-compressed JSON: target description, per-unit instruction queues, tile
+slots, I/O bindings, summary, constant index) and "consts" (raw little-endian tile data). JSON is
+written with sorted keys and fixed separators, so the same program always gives the same bytes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import struct
+import sys
+import tempfile
+import zlib
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from lpuc.dtypes import dtype_from_name, dtype_name
+from lpuc.errors import ArtifactError
+from lpuc.program import Access, Binding, Instruction, Program, TileSlot
+from lpuc.target import target_from_dict
+
+if sys.byteorder != "little":  # constants are stored as raw little-endian bytes
+    raise ImportError("lpuc artifacts need a little-endian host")
+
+MAGIC = b"LPU\0"
+FORMAT_VERSION = 1
+_PREFIX = struct.Struct("<4sIQ")
+
+
+def _dumps(obj: Any) -> bytes:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":")).encode("utf-8")
+
+
+# -- encode -------------------------------------------------------------------------------------
+def encode_program(program: Program) -> bytes:
+    strings: dict[str, int] = {}
+    attrs_table: dict[bytes, int] = {}
+
+    def s(text: str) -> int:
+        return strings.setdefault(text, len(strings))
+
+    def a(attrs: dict) -> int:
+        return attrs_table.setdefault(_dumps(attrs), len(attrs_table))
+
+    def acc(x: Access) -> list[int]:
+        return [x.buf, x.slice, x.addr, x.nrows, x.lane0, x.nlanes]
+
+    queues = {
+        unit: [
+            [
+                i.id,
+                s(i.opcode),
+                [s(u) for u in i.units],
+                i.start,
+                i.duration,
+                [acc(r) for r in i.reads],
+                [acc(w) for w in i.writes],
+                s(i.node),
+                a(dict(i.attrs)),
+            ]
+            for i in items
+        ]
+        for unit, items in program.queues().items()
+    }
+    tiles = [
+        [t.id, s(t.tensor), t.dtype, t.rows, t.lanes, t.r0, t.c0, t.slice, t.addr, t.kind, t.const_key]
+        for t in program.tiles
+    ]
+    blobs, const_index, offset = [], [], 0
+    for key in sorted(program.consts):
+        data = np.ascontiguousarray(program.consts[key])
+        raw = data.tobytes()  # hosts are little-endian (checked at import)
+        const_index.append(
+            {
+                "key": key,
+                "dtype": dtype_name(data.dtype),
+                "shape": list(data.shape),
+                "offset": offset,
+                "nbytes": len(raw),
+            }
+        )
+        blobs.append(raw)
+        offset += len(raw)
+    body = {
+        "target": program.target.as_dict(),
+        "precision": program.precision,
+        "model": program.model_name,
+        "strings": list(strings),
+        "attrs": [json.loads(k) for k in attrs_table],
+        "queues": queues,
+        "tiles": tiles,
+        "inputs": [_binding(b) for b in program.inputs],
+        "outputs": [_binding(b) for b in program.outputs],
+        "summary": program.summary,
+        "consts": const_index,
+    }
+    sections = [("program", zlib.compress(_dumps(body), 6)), ("consts", b"".join(blobs))]
+    payload, table, at = b"", [], 0
+    for name, data in sections:
+        table.append({"name": name, "offset": at, "nbytes": len(data)})
+        payload += data
+        at += len(data)
+    header = _dumps(
+        {
+            "format_version": FORMAT_VERSION,
+            "target": program.target.name,
+            "precision": program.precision,
+            "model": program.model_name,
+            "checksum": hashlib.sha256(payload).hexdigest(),
+            "sections": table,
+        }
+    )
+    return _PREFIX.pack(MAGIC, FORMAT_VERSION, len(header)) + header + payload
+
+
+def _binding(b: Binding) -> dict:
+    return {"name": b.name, "shape": list(b.shape), "dtype": b.dtype, "tiles": list(b.tiles)}
+
+
+def write_program(program: Program, path: str | os.PathLike) -> None:
+    """Write atomically: a temp file in the same directory, renamed over the target."""
+    data = encode_program(program)
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent or ".")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+# -- decode -------------------------------------------------------------------------------------
+def read_program(path: str | os.PathLike, validate: bool = True) -> Program:
+    try:
+        data = Path(path).read_bytes()
+    except OSError as e:
+        raise ArtifactError(f"{path}: cannot read ({e.strerror})") from None
+    return decode_program(data, str(path), validate=validate)
+
+
+def decode_program(data: bytes, where: str = "<bytes>", validate: bool = True) -> Program:
+    if len(data) < _PREFIX.size:
+        raise ArtifactError(f"{where}: truncated .lpu file ({len(data)} bytes)")
+    magic, version, header_len = _PREFIX.unpack_from(data)
+    if magic != MAGIC:
+        raise ArtifactError(f"{where}: not a .lpu file (bad magic)")
+    if version != FORMAT_VERSION:
+        raise ArtifactError(
+            f"{where}: .lpu format version {version}, this lpuc reads version {FORMAT_VERSION}"
+        )
+    start = _PREFIX.size + header_len
+    if start > len(data):
+        raise ArtifactError(f"{where}: truncated .lpu file (header)")
+    try:
+        header = json.loads(data[_PREFIX.size : start])
+        payload = data[start:]
+        if hashlib.sha256(payload).hexdigest() != header["checksum"]:
+            raise ArtifactError(f"{where}: checksum mismatch (corrupt or truncated .lpu file)")
+        sections = {s["name"]: payload[s["offset"] : s["offset"] + s["nbytes"]] for s in header["sections"]}
+        body = json.loads(zlib.decompress(sections["program"]))
+        program = _program_from(body, sections["consts"])
+    except ArtifactError:
+        raise
+    except (ValueError, KeyError, TypeError, IndexError, zlib.error) as e:
+        raise ArtifactError(f"{where}: corrupt .lpu file ({type(e).__name__}: {e})") from None
+    if validate:
+        from lpuc.errors import ScheduleError
+        from lpuc.schedule.validator import validate as check
+
+        try:
+            check(program)
+        except ScheduleError as e:
+            raise ArtifactError(f"{where}: {e}") from None
+    return program
+
+
+def _program_from(body: dict, const_blob: bytes) -> Program:
+    strings = body["strings"]
+    attrs = body["attrs"]
+
+    def acc(x: list[int]) -> Access:
+        return Access(*[int(v) for v in x])
+
+    instructions = []
+    for items in body["queues"].values():
+        for i_id, opcode, units, start, dur, reads, writes, node, attr in items:
+            instructions.append(
+                Instruction(
+                    int(i_id),
+                    strings[opcode],
+                    tuple(strings[u] for u in units),
+                    int(start),
+                    int(dur),
+                    tuple(acc(r) for r in reads),
+                    tuple(acc(w) for w in writes),
+                    strings[node],
+                    attrs[attr],
+                )
+            )
+    instructions.sort(key=lambda i: i.id)
+    tiles = [TileSlot(t[0], strings[t[1]], *t[2:]) for t in body["tiles"]]
+    consts = {}
+    for c in body["consts"]:
+        raw = const_blob[c["offset"] : c["offset"] + c["nbytes"]]
+        consts[c["key"]] = np.frombuffer(raw, dtype=dtype_from_name(c["dtype"])).reshape(c["shape"])
+
+    def binding(b: dict) -> Binding:
+        return Binding(b["name"], tuple(b["shape"]), b["dtype"], tuple(b["tiles"]))
+
+    return Program(
+        target_from_dict(body["target"]),
+        body["precision"],
+        body["model"],
+        instructions,
+        tiles,
+        consts,
+        [binding(b) for b in body["inputs"]],
+        [binding(b) for b in body["outputs"]],
+        body["summary"],
+    )

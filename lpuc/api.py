@@ -1,0 +1,82 @@
+"""The Python API: `lpuc.compile(...) -> Program` and `lpuc.load(path) -> Program`."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+
+from lpuc.errors import LpucError
+from lpuc.frontend.importer import import_model
+from lpuc.frontend.loader import load_model
+from lpuc.ir.printer import print_graph
+from lpuc.lowering import lower
+from lpuc.passes.pipeline import PassContext, PassTimings, run_pipeline
+from lpuc.program import Program
+from lpuc.schedule.build import build_program
+from lpuc.target import DEFAULT_TARGET, PRECISIONS, Target, load_target
+
+ModelSource = str | os.PathLike | onnx.ModelProto
+
+
+def compile(  # noqa: A001 - the natural name for a compiler's entry point
+    model: ModelSource | Any,
+    target: str | Target = DEFAULT_TARGET,
+    precision: str = "fp16",
+    input_shapes: Mapping[str, tuple[int, ...]] | None = None,
+    *,
+    example_inputs: Any = None,
+    host_fallback: bool = True,
+    dump_ir: str | os.PathLike | None = None,
+    const_inputs: Mapping[str, np.ndarray] | None = None,
+) -> Program:
+    """Compile an ONNX model (path or ModelProto) into a scheduled, validated Program.
+
+    `input_shapes` binds dynamic input dims ({"x": (1, 128)}); `precision` is "fp16" (the MXM's
+    native path: inputs rounded to fp16, fp32 accumulation) or "fp32" (exact, three fp16 passes).
+    """
+    if precision not in PRECISIONS:
+        raise LpucError(f"unknown precision {precision!r} (choose {', '.join(PRECISIONS)})")
+    tgt = load_target(target)
+    started = time.perf_counter()
+    proto, where = _as_onnx(model, example_inputs)
+    graph = import_model(proto, where, input_shapes=input_shapes, const_inputs=const_inputs)
+    dump_dir = Path(dump_ir) if dump_ir is not None else None
+    ctx = PassContext(tgt, precision, host_fallback)
+    timings = PassTimings()
+    graph = run_pipeline(graph, ctx, dump_dir=dump_dir, timings=timings)
+    tiled = lower(graph, tgt, precision, host_fallback=host_fallback, where=where)
+    options = {"precision": precision, "host_fallback": host_fallback}
+    program = build_program(tiled, tgt, where, options)
+    if dump_dir is not None:
+        from lpuc.backends.text import program_text
+
+        (dump_dir / "90_schedule.txt").write_text(program_text(program))
+        (dump_dir / "99_final.graph.txt").write_text(print_graph(graph))
+    program.compile_seconds = time.perf_counter() - started
+    return program
+
+
+def load(path: str | os.PathLike) -> Program:
+    """Read a .lpu artifact; it is checked (checksum, version) and validated before it is returned."""
+    from lpuc.backends.lpu import read_program
+
+    return read_program(path)
+
+
+def _as_onnx(model: Any, example_inputs: Any) -> tuple[onnx.ModelProto, str]:
+    if isinstance(model, onnx.ModelProto):
+        return load_model(model), model.graph.name or "<model>"
+    if isinstance(model, (str, os.PathLike)):
+        proto = load_model(model)
+        proto.graph.name = Path(model).stem  # exporters name every graph "main_graph"
+        return proto, str(model)
+    from lpuc.frontend.torch_export import export_module
+
+    proto = export_module(model, example_inputs)
+    return load_model(proto), type(model).__name__

@@ -1,0 +1,180 @@
+"""ONNX -> Graph IR: static shapes for every value, constants folded as they appear.
+
+Nodes are imported in order. A node whose inputs are all constant is evaluated with the kernels
+(this is how shape subgraphs such as Shape -> Gather -> Concat -> Reshape become constants).
+Otherwise its output types come from onnx's single-node inference, fed with the constant operands
+(so a Reshape whose target shape was just folded gets a static shape), and failing that from onnx's
+whole-model inference. A value whose shape is still unknown is an error naming the node.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+import onnx
+from onnx import numpy_helper, shape_inference
+
+from lpuc.errors import ShapeError, UnsupportedError
+from lpuc.frontend.attributes import node_attributes
+from lpuc.frontend.input_shapes import bind_input_shapes
+from lpuc.frontend.loader import canonicalize_opset
+from lpuc.ir.graph import Graph, Node, Value, constant_value
+from lpuc.kernels import get_kernel
+from lpuc.kernels.registry import canonical_domain
+from lpuc.passes.fold_constants import try_fold
+
+# Constant operands larger than this are not handed to onnx's inference (it only needs shapes).
+_INFERENCE_DATA_LIMIT = 1 << 16
+
+
+def import_model(
+    model: onnx.ModelProto,
+    where: str,
+    input_shapes: Mapping[str, tuple[int, ...]] | None = None,
+    const_inputs: Mapping[str, np.ndarray] | None = None,
+) -> Graph:
+    """Build the Graph IR of `model` with every dynamic dim bound and constants folded.
+
+    `const_inputs` binds runtime inputs to compile-time values (used by the ONNX backend for
+    inputs that feed shape operands, which a statically scheduled chip must know).
+    """
+    const_inputs = dict(const_inputs or {})
+    model = canonicalize_opset(model)
+    check_supported(model, where)
+    shapes = dict(input_shapes or {})
+    for name, value in const_inputs.items():
+        shapes[name] = tuple(np.shape(value))
+    model = bind_input_shapes(model, shapes, where)
+    inferred = _whole_model_types(model)
+    opsets = {canonical_domain(o.domain): int(o.version) for o in model.opset_import}
+
+    values: dict[str, Value] = {}
+    for init in model.graph.initializer:
+        values[init.name] = constant_value(init.name, numpy_helper.to_array(init))
+    for sp in model.graph.sparse_initializer:
+        from lpuc.frontend.attributes import _sparse_to_dense
+
+        values[sp.values.name] = constant_value(sp.values.name, _sparse_to_dense(sp))
+    inputs: list[str] = []
+    for vi in model.graph.input:
+        if vi.name in values:
+            continue  # an initializer listed as input (IR < 4): a constant for compilation
+        if vi.name in const_inputs:
+            values[vi.name] = constant_value(vi.name, np.asarray(const_inputs[vi.name]))
+            continue
+        values[vi.name] = _value_from_type(vi.name, vi.type, where, f"input '{vi.name}'")
+        inputs.append(vi.name)
+
+    nodes: list[Node] = []
+    for index, proto in enumerate(model.graph.node):
+        domain = canonical_domain(proto.domain)
+        node = Node(
+            op=proto.op_type,
+            name=proto.name or f"{proto.op_type}_{index}",
+            inputs=tuple(proto.input),
+            outputs=tuple(proto.output),
+            attrs=node_attributes(proto),
+            domain=domain,
+            opset=opsets.get(domain, 0),
+        )
+        folded = try_fold(node, values, opsets)
+        if folded is not None:
+            for name, array in zip(node.outputs, folded):
+                if name:
+                    values[name] = constant_value(name, array)
+            continue
+        for name, value in _infer_outputs(proto, node, values, inferred, opsets, where).items():
+            values[name] = value
+        nodes.append(node)
+
+    outputs = [o.name for o in model.graph.output]
+    for o in outputs:
+        if o not in values:
+            raise ShapeError(f"{where}: graph output '{o}' is not produced by any node")
+    graph = Graph(model.graph.name or "model", nodes, values, inputs, outputs, opsets)
+    return graph.prune_values()
+
+
+def check_supported(model: onnx.ModelProto, where: str) -> None:
+    """One error listing every op type lpuc has no kernel for, with node names and opset."""
+    opsets = {canonical_domain(o.domain): o.version for o in model.opset_import}
+    missing: dict[tuple[str, str], list[str]] = {}
+    for i, n in enumerate(model.graph.node):
+        if get_kernel(n.op_type, n.domain) is None:
+            missing.setdefault((canonical_domain(n.domain), n.op_type), []).append(n.name or f"#{i}")
+    if not missing:
+        return
+    parts = []
+    for (domain, op), names in sorted(missing.items()):
+        shown = ", ".join(names[:3]) + (f", +{len(names) - 3} more" if len(names) > 3 else "")
+        parts.append(f"{op} (opset {domain or 'ai.onnx'} {opsets.get(domain, '?')}; nodes: {shown})")
+    raise UnsupportedError(f"{where}: unsupported ops: " + "; ".join(parts))
+
+
+def _whole_model_types(model: onnx.ModelProto) -> dict[str, onnx.TypeProto]:
+    try:
+        inferred = shape_inference.infer_shapes(model, check_type=False, strict_mode=False, data_prop=True)
+    except Exception:  # noqa: BLE001 - inference is a hint here; per-node inference still runs
+        return {}
+    g = inferred.graph
+    return {vi.name: vi.type for vi in list(g.value_info) + list(g.output)}
+
+
+def _infer_outputs(
+    proto: onnx.NodeProto,
+    node: Node,
+    values: Mapping[str, Value],
+    inferred: Mapping[str, onnx.TypeProto],
+    opsets: Mapping[str, int],
+    where: str,
+) -> dict[str, Value]:
+    types = _single_node_types(proto, node, values, opsets)
+    out: dict[str, Value] = {}
+    for name in node.outputs:
+        if not name:
+            continue
+        t = types.get(name) or inferred.get(name)
+        what = f"output '{name}' of {node.op} node '{node.name}'"
+        if t is None:
+            raise ShapeError(f"{where}: cannot infer a static shape for {what}")
+        out[name] = _value_from_type(name, t, where, what)
+    return out
+
+
+def _single_node_types(
+    proto: onnx.NodeProto, node: Node, values: Mapping[str, Value], opsets: Mapping[str, int]
+) -> dict[str, onnx.TypeProto]:
+    try:
+        schema = onnx.defs.get_schema(node.op, opsets.get(node.domain, 1), node.domain)
+    except onnx.defs.SchemaError:
+        return {}
+    input_types, input_data = {}, {}
+    for name in node.inputs:
+        if not name:
+            continue
+        v = values[name]
+        input_types[name] = onnx.helper.make_tensor_type_proto(
+            onnx.helper.np_dtype_to_tensor_dtype(np.dtype(v.dtype)), list(v.shape)
+        )
+        if v.is_const and v.size <= _INFERENCE_DATA_LIMIT:
+            input_data[name] = numpy_helper.from_array(np.ascontiguousarray(v.const), name)
+    try:
+        return dict(shape_inference.infer_node_outputs(schema, proto, input_types, input_data))
+    except Exception:  # noqa: BLE001 - fall back to whole-model inference
+        return {}
+
+
+def _value_from_type(name: str, t: onnx.TypeProto, where: str, what: str) -> Value:
+    if not t.HasField("tensor_type"):
+        raise UnsupportedError(f"{where}: {what} is a {t.WhichOneof('value')}; only tensors are supported")
+    tt = t.tensor_type
+    try:
+        dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tt.elem_type))
+    except (KeyError, ValueError, TypeError):
+        raise UnsupportedError(f"{where}: {what} has unsupported element type {tt.elem_type}") from None
+    if dtype.kind == "O":
+        raise UnsupportedError(f"{where}: {what} is a string tensor; strings are not supported")
+    if not tt.HasField("shape") or any(not d.HasField("dim_value") for d in tt.shape.dim):
+        raise ShapeError(f"{where}: cannot infer a static shape for {what}")
+    return Value(name, tuple(int(d.dim_value) for d in tt.shape.dim), dtype)

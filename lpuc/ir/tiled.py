@@ -1,0 +1,124 @@
+"""Tiled IR: tensors cut into tiles that fit the chip, and the tile operations between them.
+
+Layout. Every tensor is seen as a 2-D row-major view [rows, cols] with cols = its last dimension
+(a scalar is [1, 1], a vector [1, n]). The view is cut into tiles of at most `block_rows` rows and
+`lanes` columns: a tile row is one vector (one value per lane), stored in `itemsize` consecutive MEM
+words. A tile is the unit of SRAM allocation: it lives in one slice at one address range.
+
+Tile ops name an opcode the runtime executes (see runtime/isa.py), the unit class that executes it,
+the tile windows (`Ref`) it reads and writes, and its cost inputs (vectors streamed, ALUs held).
+Ops are listed in a valid sequential order; the scheduler derives dependencies from their
+overlapping windows.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from lpuc.dtypes import words_per_row
+
+
+@dataclass
+class Buffer:
+    """One tile of one tensor."""
+
+    id: int
+    tensor: str
+    dtype: np.dtype
+    rows: int
+    lanes: int
+    r0: int  # position of the tile in the tensor's [rows, cols] view
+    c0: int
+    const_key: str | None = None  # content hash of a constant tile: identical tiles share SRAM
+    is_input: bool = False
+    is_output: bool = False
+
+    @property
+    def is_const(self) -> bool:
+        return self.const_key is not None
+
+    @property
+    def words(self) -> int:
+        return self.rows * words_per_row(self.dtype)
+
+    @property
+    def kind(self) -> str:
+        if self.is_const:
+            return "const"
+        if self.is_input:
+            return "io" if self.is_output else "input"
+        return "output" if self.is_output else "temp"
+
+
+@dataclass(frozen=True)
+class Ref:
+    """A window [row0, row0 + nrows) x [lane0, lane0 + nlanes) of a buffer."""
+
+    buf: int
+    row0: int
+    nrows: int
+    lane0: int
+    nlanes: int
+
+    def overlaps(self, other: Ref) -> bool:
+        return (
+            self.buf == other.buf
+            and self.row0 < other.row0 + other.nrows
+            and other.row0 < self.row0 + self.nrows
+            and self.lane0 < other.lane0 + other.nlanes
+            and other.lane0 < self.lane0 + self.nlanes
+        )
+
+
+@dataclass
+class TensorTiles:
+    """How one tensor is cut into tiles: grid[row_block][lane_block] is a buffer id."""
+
+    name: str
+    shape: tuple[int, ...]
+    dtype: np.dtype
+    rows: int
+    cols: int
+    block_rows: int
+    lanes: int
+    grid: list[list[int]]
+
+    def tiles(self) -> list[int]:
+        return [b for row in self.grid for b in row]
+
+    def view_shape(self) -> tuple[int, int]:
+        return self.rows, self.cols
+
+
+@dataclass
+class TileOp:
+    id: int
+    opcode: str  # "mxm.lw" | "mxm.mm" | "vxm.map" | "vxm.kernel" | "sxm.kernel" | "host.kernel"
+    unit_class: str  # "MXM" | "MXM.LW" | "VXM" | "SXM" | "HOST"
+    reads: tuple[Ref, ...]
+    writes: tuple[Ref, ...]
+    node: str  # source node name (for traces and reports)
+    stream: int  # vectors the unit streams (or, for HOST, its cycles before transport)
+    attrs: dict[str, Any] = field(default_factory=dict)
+    alus: int = 1  # VXM ALUs held for the whole op
+    group: int = -1  # MXM weight group: an LW and the MMs that use its weights
+    macs: int = 0  # multiply-accumulates (for the MXM lower bound)
+    elem_ops: int = 0  # element operations (for the VXM lower bound)
+
+
+@dataclass
+class TiledProgram:
+    tensors: dict[str, TensorTiles]
+    buffers: list[Buffer]
+    ops: list[TileOp]
+    const_data: dict[str, np.ndarray]  # const_key -> tile contents [rows, lanes]
+    inputs: list[str]
+    outputs: list[str]
+    precision: str
+    graph_name: str = "model"
+
+    def buffer(self, buf_id: int) -> Buffer:
+        return self.buffers[buf_id]

@@ -1,0 +1,60 @@
+"""Graph IR -> Tiled IR: every node becomes tile ops on the unit class the op table names."""
+
+from __future__ import annotations
+
+from lpuc.errors import UnsupportedError
+from lpuc.ir.graph import LPUC_DOMAIN, Graph, Node
+from lpuc.ir.tiled import TiledProgram
+from lpuc.lowering.builder import TiledBuilder, view_of
+from lpuc.lowering.elementwise import lower_map
+from lpuc.lowering.matmul import lower_matmul
+from lpuc.lowering.stream import lower_stream
+from lpuc.ops import Placement, is_elementwise, placement
+from lpuc.target import Target
+
+
+def lower(
+    graph: Graph, target: Target, precision: str, host_fallback: bool = True, where: str = ""
+) -> TiledProgram:
+    b = TiledBuilder(graph, target, precision)
+    for name in graph.inputs:
+        b.define(name)
+    where_ops = {n.name: unit_of(n, graph) for n in graph.nodes}
+    host = [n for n in graph.nodes if where_ops[n.name] == "HOST"]
+    if host and not host_fallback:
+        listed = ", ".join(sorted({f"{n.op} ({n.name})" for n in host})[:8])
+        raise UnsupportedError(
+            f"{where or graph.name}: ops with no chip mapping and --no-host-fallback: {listed}"
+        )
+    for node in graph.nodes:
+        unit = where_ops[node.name]
+        p = placement(node.op, node.domain)
+        if unit == "ALIAS":
+            b.alias(node.outputs[0], b.tensor(node.inputs[0]))
+        elif unit == "MXM":
+            lower_matmul(b, node)
+        elif unit == "MAP":
+            lower_map(b, node)
+        elif unit in ("VXM", "SXM"):
+            lower_stream(b, node, p, unit, f"{unit.lower()}.kernel")
+        else:
+            lower_stream(b, node, Placement("HOST"), "HOST", "host.kernel")
+    return b.finish()
+
+
+def unit_of(node: Node, graph: Graph) -> str:
+    """The unit class a node lowers to: MAP (VXM map), MXM, VXM, SXM, ALIAS or HOST."""
+    if is_elementwise(node.op, node.domain) or (node.domain == LPUC_DOMAIN and node.op == "Fused"):
+        return "MAP"
+    p = placement(node.op, node.domain)
+    if p.unit == "ALIAS":
+        outs = [o for o in node.outputs if o]
+        src, dst = graph.values[node.inputs[0]], graph.values[outs[0]]
+        if len(outs) == 1 and view_of(src.shape) == view_of(dst.shape) and src.dtype == dst.dtype:
+            return "ALIAS"
+        return "SXM"
+    if p.unit == "MXM":
+        # Ops rewritten by a pass (p.via) should be gone; MatMul must have 2-D+ operands.
+        ok = node.op == "MatMul" and all(len(graph.values[i].shape) >= 2 for i in node.inputs[:2])
+        return "MXM" if ok else "HOST"
+    return p.unit

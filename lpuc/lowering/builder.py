@@ -1,0 +1,174 @@
+"""State shared by the lowering rules: tensors cut into tiles, and the tile ops emitted so far."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable
+
+import numpy as np
+
+from lpuc.dtypes import dtype_name
+from lpuc.ir.graph import Graph
+from lpuc.ir.tiled import Buffer, Ref, TensorTiles, TiledProgram, TileOp
+from lpuc.target import Target
+
+
+def view_of(shape: tuple[int, ...]) -> tuple[int, int]:
+    """The [rows, cols] view of a tensor: cols is the last dim; a scalar is [1, 1]."""
+    if not shape:
+        return 1, 1
+    cols = int(shape[-1])
+    rows = int(np.prod(shape[:-1], dtype=np.int64)) if len(shape) > 1 else 1
+    return rows, cols
+
+
+def split_range(start: int, stop: int, *boundaries: Iterable[int] | int) -> list[tuple[int, int]]:
+    """Cut [start, stop) at every multiple of the given step sizes (ints) or explicit points."""
+    cuts = {start, stop}
+    for b in boundaries:
+        if isinstance(b, int):
+            cuts.update(range((start // b + 1) * b, stop, b))
+        else:
+            cuts.update(p for p in b if start < p < stop)
+    points = sorted(cuts)
+    return list(zip(points[:-1], points[1:]))
+
+
+class TiledBuilder:
+    def __init__(self, graph: Graph, target: Target, precision: str):
+        self.graph = graph
+        self.target = target
+        self.precision = precision
+        self.lanes = target.lanes
+        self.block_rows = target.lanes  # square tiles keep MXM operands aligned with other tensors
+        self.buffers: list[Buffer] = []
+        self.tensors: dict[str, TensorTiles] = {}
+        self.ops: list[TileOp] = []
+        self.const_data: dict[str, np.ndarray] = {}
+        self._stored_consts: dict[tuple[str, str], TensorTiles] = {}
+        self._groups = 0
+
+    # -- tensors --------------------------------------------------------------------------------
+    def tensor(self, name: str) -> TensorTiles:
+        """Tiles of a value; constants are materialized on first use in their own dtype."""
+        t = self.tensors.get(name)
+        if t is None:
+            v = self.graph.values[name]
+            if not v.is_const:
+                raise KeyError(f"value {name!r} used before it was produced")
+            t = self.const_tensor(name, v.dtype)
+            self.tensors[name] = t
+        return t
+
+    def const_tensor(self, name: str, dtype: np.dtype) -> TensorTiles:
+        """Tiles of constant `name` stored as `dtype` (e.g. weights rounded to fp16 for the MXM)."""
+        key = (name, dtype_name(dtype))
+        t = self._stored_consts.get(key)
+        if t is None:
+            data = np.asarray(self.graph.values[name].const).astype(dtype, copy=False)
+            t = self.new_tensor(name, data.shape, np.dtype(dtype), const=data)
+            self._stored_consts[key] = t
+        return t
+
+    def new_tensor(
+        self, name: str, shape: tuple[int, ...], dtype: np.dtype, const: np.ndarray | None = None
+    ) -> TensorTiles:
+        rows, cols = view_of(tuple(shape))
+        flat = None if const is None else np.ascontiguousarray(const).reshape(rows, cols)
+        grid = []
+        for r0 in range(0, rows, self.block_rows):
+            nr = min(self.block_rows, rows - r0)
+            row = []
+            for c0 in range(0, cols, self.lanes):
+                nl = min(self.lanes, cols - c0)
+                key = None
+                if flat is not None:
+                    tile = np.ascontiguousarray(flat[r0 : r0 + nr, c0 : c0 + nl])
+                    key = _content_key(tile)
+                    self.const_data.setdefault(key, tile)
+                buf = Buffer(len(self.buffers), name, np.dtype(dtype), nr, nl, r0, c0, const_key=key)
+                self.buffers.append(buf)
+                row.append(buf.id)
+            grid.append(row)
+        return TensorTiles(
+            name, tuple(int(d) for d in shape), np.dtype(dtype), rows, cols, self.block_rows, self.lanes, grid
+        )
+
+    def define(self, name: str) -> TensorTiles:
+        """Create the tiles of a node output."""
+        v = self.graph.values[name]
+        t = self.new_tensor(name, v.shape, v.dtype)
+        self.tensors[name] = t
+        return t
+
+    def alias(self, name: str, source: TensorTiles) -> None:
+        """`name` is a reshape of `source` with the same [rows, cols] view: share its tiles."""
+        v = self.graph.values[name]
+        self.tensors[name] = TensorTiles(
+            name,
+            v.shape,
+            source.dtype,
+            source.rows,
+            source.cols,
+            source.block_rows,
+            source.lanes,
+            source.grid,
+        )
+
+    # -- windows --------------------------------------------------------------------------------
+    def whole(self, buf_id: int) -> Ref:
+        b = self.buffers[buf_id]
+        return Ref(buf_id, 0, b.rows, 0, b.lanes)
+
+    def window(self, t: TensorTiles, r0: int, r1: int, c0: int, c1: int) -> Ref:
+        """The window of view rows [r0, r1) x cols [c0, c1), which must lie inside one tile."""
+        rb, cb = r0 // t.block_rows, c0 // t.lanes
+        if (r1 - 1) // t.block_rows != rb or (c1 - 1) // t.lanes != cb:
+            raise AssertionError(f"window {r0}:{r1}x{c0}:{c1} of {t.name} crosses a tile boundary")
+        return Ref(t.grid[rb][cb], r0 - rb * t.block_rows, r1 - r0, c0 - cb * t.lanes, c1 - c0)
+
+    # -- ops ------------------------------------------------------------------------------------
+    def emit(
+        self,
+        opcode: str,
+        unit_class: str,
+        reads: Iterable[Ref],
+        writes: Iterable[Ref],
+        node: str,
+        stream: int,
+        **fields,
+    ) -> TileOp:
+        op = TileOp(
+            len(self.ops), opcode, unit_class, tuple(reads), tuple(writes), node, int(stream), **fields
+        )
+        self.ops.append(op)
+        return op
+
+    def new_group(self) -> int:
+        self._groups += 1
+        return self._groups - 1
+
+    def finish(self) -> TiledProgram:
+        for name in self.graph.inputs:
+            for b in self.tensor(name).tiles():
+                self.buffers[b].is_input = True
+        for name in self.graph.outputs:
+            for b in self.tensor(name).tiles():
+                self.buffers[b].is_output = True
+        return TiledProgram(
+            self.tensors,
+            self.buffers,
+            self.ops,
+            self.const_data,
+            list(self.graph.inputs),
+            list(self.graph.outputs),
+            self.precision,
+            self.graph.name,
+        )
+
+
+def _content_key(tile: np.ndarray) -> str:
+    h = hashlib.sha256()
+    h.update(f"{dtype_name(tile.dtype)}{tile.shape}".encode())
+    h.update(tile.tobytes())
+    return h.hexdigest()[:24]

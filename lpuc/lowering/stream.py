@@ -1,0 +1,121 @@
+"""Ops executed as one kernel over whole tensors (or over row slabs) on a VXM, SXM or the host.
+
+The instruction reads every tile of its operands and writes every tile of its results; its
+attributes describe how tiles assemble into the operand tensors, so the runtime can apply the op's
+kernel. Row-wise ops along the last axis (softmax, layer norm, ...) become one instruction per row
+slab, which lets slabs run on different ALUs in parallel.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from lpuc.dtypes import dtype_name
+from lpuc.ir.graph import Node
+from lpuc.ir.tiled import Ref, TensorTiles
+from lpuc.jsonable import to_json
+from lpuc.kernels._common import normalize_axis
+from lpuc.lowering.builder import TiledBuilder
+from lpuc.ops import Placement
+
+# Ops whose first input is addressed (gathered from), not streamed in full.
+_GATHERS = frozenset({"Gather", "GatherElements", "GatherND"})
+_ROWWISE_DEFAULT_AXIS = {
+    "Softmax": -1,
+    "LogSoftmax": -1,
+    "Hardmax": -1,
+    "LayerNormalization": -1,
+    "RMSNormalization": -1,
+    "LpNormalization": -1,
+}
+
+
+def _operand(b: TiledBuilder, t: TensorTiles, first: int, rows: range | None) -> tuple[dict, list[Ref]]:
+    """Refs to the tiles of `t` (or of its row slab) and how they assemble into the kernel operand.
+
+    The runtime places each tile at its buffer's (r0 - row_offset, c0) in a [rows, cols] array and
+    reshapes that to `shape` (a slab is handed over as a 2-D [slab_rows, cols] array).
+    """
+    grid = t.grid if rows is None else t.grid[rows.start : rows.stop]
+    refs = [b.whole(buf) for row in grid for buf in row]
+    desc = {"dtype": dtype_name(t.dtype), "first": first, "count": len(refs)}
+    if rows is None:
+        return {**desc, "shape": list(t.shape), "row_offset": 0}, refs
+    row_offset = rows.start * t.block_rows
+    slab_rows = min(t.rows, rows.stop * t.block_rows) - row_offset
+    return {**desc, "shape": [slab_rows, t.cols], "row_offset": row_offset}, refs
+
+
+def is_rowwise(node: Node, b: TiledBuilder, placement: Placement) -> bool:
+    if not placement.rowwise or len([o for o in node.outputs if o]) != 1:
+        return False
+    rank = len(b.graph.values[node.inputs[0]].shape)
+    default = _ROWWISE_DEFAULT_AXIS.get(node.op, -1)
+    if node.op in ("Softmax", "LogSoftmax", "Hardmax") and node.opset and node.opset < 13:
+        default = 1
+    return rank >= 1 and normalize_axis(int(node.attr("axis", default)), rank) == rank - 1
+
+
+def lower_stream(b: TiledBuilder, node: Node, placement: Placement, unit_class: str, opcode: str) -> None:
+    ins = [b.tensor(i) if i else None for i in node.inputs]
+    outs = [b.define(o) if o else None for o in node.outputs]
+    if all(t is None or not t.tiles() for t in outs):
+        return  # nothing to write: empty results
+    if unit_class != "HOST" and is_rowwise(node, b, placement):
+        for rb in range(len(outs[0].grid)):
+            _emit(b, node, placement, unit_class, opcode, ins, outs, range(rb, rb + 1))
+    else:
+        _emit(b, node, placement, unit_class, opcode, ins, outs, None)
+
+
+def _emit(b, node, placement, unit_class, opcode, ins, outs, slab: range | None) -> None:
+    reads: list[Ref] = []
+    in_desc: list[dict | None] = []
+    for k, t in enumerate(ins):
+        desc, refs = (None, []) if t is None else _operand(b, t, len(reads), slab if k == 0 else None)
+        in_desc.append(desc)
+        reads += refs
+    writes: list[Ref] = []
+    out_desc: list[dict | None] = []
+    for t in outs:
+        desc, refs = (None, []) if t is None else _operand(b, t, len(writes), slab)
+        out_desc.append(desc)
+        writes += refs
+    node_attrs = dict(node.attrs)
+    if slab is not None:
+        node_attrs["axis"] = -1  # the kernel sees a 2-D [rows, cols] slab
+    attrs = {
+        "kernel": node.op,
+        "domain": node.domain,
+        "opset": node.opset,
+        "attrs": to_json(node_attrs),
+        "inputs": in_desc,
+        "outputs": out_desc,
+        "opsets": dict(sorted(b.graph.opsets.items())),
+    }
+    if unit_class == "HOST":
+        in_bytes = sum(_nbytes(t) for t in ins if t is not None)
+        out_bytes = sum(_nbytes(t) for t in outs if t is not None)
+        cycles = b.target.pcie_cycles(in_bytes) + b.target.host_compute_cycles(in_bytes + out_bytes)
+        cycles += b.target.pcie_cycles(out_bytes)
+        b.emit(opcode, "HOST", reads, writes, node.name, stream=cycles, attrs=attrs)
+        return
+    streamed = reads
+    if node.op in _GATHERS and in_desc[0] is not None:
+        streamed = reads[in_desc[0]["count"] :]  # the table is addressed, only gathered rows move
+    vectors = sum(r.nrows for r in streamed) + sum(r.nrows for r in writes)
+    elem = sum(r.nrows * r.nlanes for r in writes)
+    b.emit(
+        opcode,
+        unit_class,
+        reads,
+        writes,
+        node.name,
+        stream=int(np.ceil(placement.passes * vectors)),
+        attrs=attrs,
+        elem_ops=int(placement.passes * elem) if unit_class == "VXM" else 0,
+    )
+
+
+def _nbytes(t: TensorTiles) -> int:
+    return t.rows * t.cols * np.dtype(t.dtype).itemsize

@@ -1,0 +1,174 @@
+"""Where each operator runs on the chip and what it costs: the op table, as data.
+
+Every op lpuc accepts falls in one class:
+
+- ELEMENTWISE: a VXM map over tiles (numpy broadcasting). The value is the number of ALU ops one
+  element needs (a transcendental is a short polynomial on the 32-bit ALUs); fused chains of
+  elementwise ops occupy that many ALUs in a pipeline.
+- MATMUL: tiled onto MXM planes (weights loaded with LW, activations streamed).
+- ALIAS: a view change that keeps the tensor's [rows, lanes] layout: no instruction at all.
+- STREAM ops: a whole-tensor (or row-slab) kernel on a VXM or SXM unit, costed as `passes` streams
+  of every input and output vector through the unit.
+- HOST: no sensible mapping onto MXM/VXM/SXM/MEM: runs on the host, behind PCIe transfers.
+
+Ops may also be rewritten away by passes before lowering (Gemm -> MatMul + Add, Conv -> Im2Col +
+MatMul, LSTM/GRU/RNN -> matmuls and elementwise ops per step); the table says so in `via`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from lpuc.ir.graph import LPUC_DOMAIN
+
+
+@dataclass(frozen=True)
+class Placement:
+    unit: str  # "VXM" | "SXM" | "MXM" | "ALIAS" | "HOST"
+    passes: float = 1.0  # streams of the data through the unit (stream ops) or ALU ops (elementwise)
+    rowwise: bool = False  # output row slab depends only on the same input row slab (axis = last)
+    via: str = ""  # rewritten by this pass before lowering
+
+
+# ALU ops per element (VXM has TanH, Exp, RSqrt natively; the rest are built from them).
+ELEMENTWISE: dict[str, int] = {
+    "Abs": 1,
+    "Add": 1,
+    "And": 1,
+    "BitShift": 1,
+    "BitwiseAnd": 1,
+    "BitwiseNot": 1,
+    "BitwiseOr": 1,
+    "BitwiseXor": 1,
+    "Cast": 1,
+    "Ceil": 1,
+    "Clip": 2,
+    "Div": 2,
+    "Equal": 1,
+    "Floor": 1,
+    "Greater": 1,
+    "GreaterOrEqual": 1,
+    "Identity": 1,
+    "IsInf": 1,
+    "IsNaN": 1,
+    "LeakyRelu": 2,
+    "Less": 1,
+    "LessOrEqual": 1,
+    "Max": 1,
+    "Min": 1,
+    "Mul": 1,
+    "Neg": 1,
+    "Not": 1,
+    "Or": 1,
+    "PRelu": 2,
+    "Reciprocal": 2,
+    "Relu": 1,
+    "Round": 1,
+    "Sign": 1,
+    "Sub": 1,
+    "Where": 1,
+    "Xor": 1,
+    "Mean": 2,
+    "Sum": 1,
+    "Binarizer": 1,
+    "ThresholdedRelu": 2,
+    "Shrink": 3,
+    "HardSigmoid": 3,
+    "HardSwish": 4,
+    "Exp": 1,
+    "Tanh": 1,
+    "Sqrt": 2,
+    "Sigmoid": 3,
+    "Softsign": 3,
+    "Swish": 4,
+    "Elu": 4,
+    "Selu": 5,
+    "Celu": 5,
+    "Log": 4,
+    "Softplus": 5,
+    "Mish": 7,
+    "Erf": 8,
+    "Gelu": 10,
+    "Pow": 6,
+    "Mod": 3,
+    "Sin": 8,
+    "Cos": 8,
+    "Tan": 10,
+    "Asin": 10,
+    "Acos": 10,
+    "Atan": 10,
+    "Sinh": 4,
+    "Cosh": 4,
+    "Asinh": 6,
+    "Acosh": 6,
+    "Atanh": 6,
+}
+# Variadic elementwise ops (Sum, Max, ...) cost one ALU op per extra operand.
+VARIADIC = frozenset({"Sum", "Mean", "Max", "Min"})
+
+_TABLE: dict[tuple[str, str], Placement] = {}
+
+
+def _add(
+    unit: str, ops: str, passes: float = 1.0, rowwise: bool = False, via: str = "", domain: str = ""
+) -> None:
+    for op in ops.split():
+        _TABLE[(domain, op)] = Placement(unit, passes, rowwise, via)
+
+
+for _op, _alu in ELEMENTWISE.items():
+    _add("VXM", _op, passes=_alu, domain="ai.onnx.ml" if _op == "Binarizer" else "")
+_add("VXM", "Fused", domain=LPUC_DOMAIN)
+
+_add("MXM", "MatMul")
+_add("MXM", "Gemm", via="lower_gemm")
+_add("MXM", "Conv", via="lower_conv")
+_add("MXM", "LSTM GRU RNN", via="decompose_rnn")
+_add("MXM", "Einsum", via="lower_einsum")
+
+_add("ALIAS", "Reshape Flatten Squeeze Unsqueeze Dropout")
+
+# Row-wise reductions and normalizations along the last axis: a log-depth lane reduction tree
+# (SXM shifts feeding VXM adds) plus the elementwise work.
+_add("VXM", "Softmax LogSoftmax", passes=4, rowwise=True)
+_add("VXM", "Hardmax", passes=3, rowwise=True)
+_add("VXM", "LayerNormalization RMSNormalization", passes=5, rowwise=True)
+_add("VXM", "LpNormalization", passes=3, rowwise=True)
+_add("VXM", "ReduceSum ReduceMean ReduceMax ReduceMin ReduceProd ReduceL1 ReduceL2", passes=2)
+_add("VXM", "ReduceLogSum ReduceLogSumExp ReduceSumSquare ArgMax ArgMin", passes=3)
+_add("VXM", "CumSum CumProd", passes=2)
+_add("VXM", "TopK", passes=8)
+_add("VXM", "BatchNormalization", passes=2, via="fold_batchnorm")
+_add("VXM", "InstanceNormalization GroupNormalization MeanVarianceNormalization LRN", passes=5)
+_add("VXM", "MaxPool AveragePool LpPool GlobalAveragePool GlobalMaxPool GlobalLpPool", passes=2)
+_add("VXM", "NegativeLogLikelihoodLoss SoftmaxCrossEntropyLoss", passes=6)
+_add("VXM", "QuantizeLinear DequantizeLinear DynamicQuantizeLinear", passes=2)
+_add("VXM", "Trilu EyeLike", passes=1)
+_add("VXM", "RotaryEmbedding", passes=3)
+
+# Data movement: SXM shifts/permutes/transposes and MEM gathers.
+_add("SXM", "Transpose Concat Split Slice Expand Tile Pad DepthToSpace SpaceToDepth ReverseSequence")
+_add("SXM", "Gather GatherElements GatherND Scatter ScatterElements ScatterND OneHot CenterCropPad")
+_add("SXM", "Resize Upsample GridSample AffineGrid RoiAlign MaxUnpool Col2Im")
+_add("SXM", "Im2Col", domain=LPUC_DOMAIN)
+
+_HOST_OPS = (
+    "If Loop Scan NonZero Unique Compress NonMaxSuppression DFT STFT Det BlackmanWindow HammingWindow "
+    "HannWindow MelWeightMatrix Bernoulli RandomUniform RandomNormal RandomUniformLike RandomNormalLike "
+    "Multinomial TfIdfVectorizer ImageDecoder ConvTranspose DeformConv ConvInteger QLinearConv "
+    "MatMulInteger QLinearMatMul Attention MaxRoiPool TensorScatter BitCast"
+)
+_add("HOST", _HOST_OPS)
+
+
+def placement(op: str, domain: str = "") -> Placement:
+    """Where `op` runs; ops with a kernel but no entry run on the host."""
+    return _TABLE.get((domain, op), Placement("HOST"))
+
+
+def is_elementwise(op: str, domain: str = "") -> bool:
+    return (domain == "" and op in ELEMENTWISE) or (domain == "ai.onnx.ml" and op == "Binarizer")
+
+
+def table() -> dict[tuple[str, str], Placement]:
+    return dict(sorted(_TABLE.items()))

@@ -1,0 +1,134 @@
+"""The compiled program: the contract between the compiler and the runtime.
+
+Every instruction names its opcode, the unit(s) it occupies, its start cycle and duration, and the
+SRAM windows it reads and writes as concrete (slice, address) ranges. Every tile has an SRAM slot.
+The constant image, the I/O bindings (which tiles hold each model input and output) and a summary
+complete it. `lpuc.backends.lpu` turns a Program into a `.lpu` file and back; `lpuc.runtime`
+validates and executes it.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from lpuc.dtypes import dtype_from_name, words_per_row
+from lpuc.target import Target
+
+
+@dataclass(frozen=True)
+class Access:
+    """Rows [addr, addr + nrows * words_per_row) of a slice, lanes [lane0, lane0 + nlanes)."""
+
+    buf: int  # the tile this window belongs to (checked against its slot by the validator)
+    slice: int
+    addr: int
+    nrows: int
+    lane0: int
+    nlanes: int
+
+
+@dataclass(frozen=True)
+class Instruction:
+    id: int
+    opcode: str
+    units: tuple[str, ...]  # units[0] is the queue the instruction sits in
+    start: int
+    duration: int
+    reads: tuple[Access, ...]
+    writes: tuple[Access, ...]
+    node: str
+    attrs: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def unit(self) -> str:
+        return self.units[0]
+
+    @property
+    def end(self) -> int:
+        return self.start + self.duration
+
+
+@dataclass(frozen=True)
+class TileSlot:
+    """A tile and where it lives."""
+
+    id: int
+    tensor: str
+    dtype: str
+    rows: int
+    lanes: int
+    r0: int  # position in the tensor's [rows, cols] view
+    c0: int
+    slice: int
+    addr: int
+    kind: str  # "const" | "input" | "output" | "io" (both) | "temp"
+    const_key: str | None = None
+
+    @property
+    def np_dtype(self) -> np.dtype:
+        return dtype_from_name(self.dtype)
+
+    @property
+    def words(self) -> int:
+        return self.rows * words_per_row(self.np_dtype)
+
+
+@dataclass(frozen=True)
+class Binding:
+    """A model input or output: its tensor and the tiles that hold it."""
+
+    name: str
+    shape: tuple[int, ...]
+    dtype: str
+    tiles: tuple[int, ...]
+
+
+@dataclass
+class Program:
+    target: Target
+    precision: str
+    model_name: str
+    instructions: list[Instruction]
+    tiles: list[TileSlot]
+    consts: dict[str, np.ndarray]  # const_key -> tile contents
+    inputs: list[Binding]
+    outputs: list[Binding]
+    summary: dict[str, Any] = field(default_factory=dict)
+    # Measured on this machine, never stored in the artifact (artifacts are deterministic).
+    compile_seconds: float | None = field(default=None, compare=False)
+
+    def queues(self) -> dict[str, list[Instruction]]:
+        """Per-unit instruction queues, each in issue order."""
+        out: dict[str, list[Instruction]] = {}
+        for ins in sorted(self.instructions, key=lambda i: (i.start, i.id)):
+            out.setdefault(ins.unit, []).append(ins)
+        order = {u: k for k, u in enumerate(self.target.units())}
+        return dict(sorted(out.items(), key=lambda kv: order.get(kv[0], len(order))))
+
+    def save(self, path: str | os.PathLike) -> None:
+        from lpuc.backends.lpu import write_program
+
+        write_program(self, path)
+
+    def to_bytes(self) -> bytes:
+        from lpuc.backends.lpu import encode_program
+
+        return encode_program(self)
+
+    def run(
+        self, inputs: Mapping[str, np.ndarray], trace: str | os.PathLike | None = None
+    ) -> dict[str, np.ndarray]:
+        """Execute the instruction streams in the reference runtime; returns outputs by name."""
+        from lpuc.runtime import execute
+
+        return execute(self, inputs, trace=trace)
+
+    def validate(self) -> None:
+        from lpuc.schedule.validator import validate
+
+        validate(self)

@@ -1,0 +1,40 @@
+"""Human-readable schedule summary (`lpuc report`)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def human_bytes(nbytes: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(nbytes) < 1024 or unit == "GiB":
+            return f"{nbytes:.0f} {unit}" if unit == "B" else f"{nbytes:.2f} {unit}"
+        nbytes /= 1024
+    return f"{nbytes:.2f} GiB"
+
+
+def summary_text(s: dict[str, Any]) -> str:
+    bounds = s["lower_bound_cycles"]
+    lines = [
+        f"model      {s['model']}  ({s['compiler']})",
+        f"target     {s['target']}, precision {s['precision']}",
+        f"cycles     {s['cycles']}  = {s['latency_us']} us",
+        f"bound      {bounds['overall']} cycles ({s['bound_ratio']}x achieved/bound): "
+        + ", ".join(f"{k} {v}" for k, v in bounds.items() if k != "overall"),
+        f"SRAM       peak {human_bytes(s['sram_peak_bytes'])} live, {human_bytes(s['sram_used_bytes'])} addressed, "
+        f"{human_bytes(s['sram_const_bytes'])} constants, of {human_bytes(s['sram_capacity_bytes'])}",
+        f"program    {s['instructions']} instructions, {s['tiles']} tiles, {s['macs']} MACs, host ops {s['host_ops']}",
+        "           " + ", ".join(f"{k} {v}" for k, v in s["instructions_by_opcode"].items()),
+        "busy %     " + _units(s["units"]),
+    ]
+    if s.get("host_nodes"):
+        lines.append("host       " + ", ".join(s["host_nodes"]))
+    return "\n".join(lines)
+
+
+def _units(units: dict[str, float]) -> str:
+    vxm = [p for u, p in units.items() if u.startswith("VXM")]
+    parts = [f"{u} {p:.1f}" for u, p in units.items() if not u.startswith("VXM")]
+    if vxm:
+        parts.append(f"VXM(avg of {len(vxm)} ALUs) {sum(vxm) / len(vxm):.1f}")
+    return ", ".join(parts)

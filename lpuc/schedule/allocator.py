@@ -1,0 +1,116 @@
+"""SRAM addresses for every tile, in three layers: liveness -> per-slice requests -> placement.
+
+1. Liveness (liveness.py); identical constant tiles share one slot.
+2. Each slice gets the requests (words x live interval) of the tiles placed on it.
+3. Greedy by size: the largest request first, at the lowest address that overlaps no placed request
+   whose interval intersects its own. The no-fragmentation bound (peak of live words) is reported
+   beside the result, per slice and for the chip.
+
+    address
+      ^   +-----+        +---------+
+      |   |  B  |        |    D    |      B and D may share addresses: their
+      |   +-----+--------+----+----+      intervals do not intersect.
+      |   |        A          |
+      +---+-------------------+-------> cycle
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import numpy as np
+
+from lpuc.ir.tiled import TiledProgram
+from lpuc.schedule.liveness import live_intervals
+from lpuc.schedule.scheduler import Schedule
+
+
+@dataclass(frozen=True)
+class Lifetime:
+    start: int
+    end: int  # exclusive
+
+    def intersects(self, other: Lifetime) -> bool:
+        return self.start < other.end and other.start < self.end
+
+
+def lifetimes(program: TiledProgram, sched: Schedule) -> dict[int, Lifetime]:
+    accesses = (
+        (
+            sched.slots[op.id].start,
+            sched.slots[op.id].end,
+            [r.buf for r in op.reads],
+            [w.buf for w in op.writes],
+        )
+        for op in program.ops
+    )
+    intervals = live_intervals([b.kind for b in program.buffers], accesses)
+    return {i: Lifetime(s, e) for i, (s, e) in enumerate(intervals)}
+
+
+@dataclass
+class Allocation:
+    addr: dict[int, int]  # buffer id -> first address in its slice
+    failures: list[int]  # buffer ids that did not fit their slice
+    peak_words: int  # chip-wide peak of live words (no-fragmentation lower bound)
+    slice_peak_words: dict[int, int]  # per slice: highest address used
+
+
+def allocate(
+    program: TiledProgram, sched: Schedule, slice_of: Mapping[int, int], capacity: int
+) -> Allocation:
+    life = lifetimes(program, sched)
+    # One request per constant slot (shared by identical tiles) and per other tile.
+    requests: dict[int, list[tuple[int, int, Lifetime]]] = {}  # slice -> [(request id, words, life)]
+    slot_of_const: dict[str, int] = {}
+    alias: dict[int, int] = {}
+    for buf in program.buffers:
+        if buf.is_const:
+            owner = slot_of_const.setdefault(buf.const_key, buf.id)
+            if owner != buf.id:
+                alias[buf.id] = owner
+                continue
+        requests.setdefault(slice_of[buf.id], []).append((buf.id, buf.words, life[buf.id]))
+
+    addr: dict[int, int] = {}
+    failures: list[int] = []
+    slice_peak: dict[int, int] = {}
+    for s in sorted(requests):
+        placed, failed = _place_slice(requests[s], capacity)
+        addr.update(placed)
+        failures += failed
+        slice_peak[s] = max((placed[r] + w for r, w, _ in requests[s] if r in placed), default=0)
+    for buf_id, owner in alias.items():
+        if owner in addr:
+            addr[buf_id] = addr[owner]
+    return Allocation(addr, sorted(failures), _peak_live_words(requests), slice_peak)
+
+
+def _place_slice(reqs: list[tuple[int, int, Lifetime]], capacity: int) -> tuple[dict[int, int], list[int]]:
+    order = sorted(reqs, key=lambda r: (-r[1], r[2].start, r[0]))
+    placed: list[tuple[int, int, Lifetime]] = []  # (addr, words, life)
+    out: dict[int, int] = {}
+    failed: list[int] = []
+    for rid, words, life in order:
+        busy = sorted((a, a + w) for a, w, lf in placed if lf.intersects(life))
+        at = 0
+        for lo, hi in busy:
+            if at + words <= lo:
+                break
+            at = max(at, hi)
+        if at + words > capacity:
+            failed.append(rid)
+            continue
+        out[rid] = at
+        placed.append((at, words, life))
+    return out, failed
+
+
+def _peak_live_words(requests: Mapping[int, list[tuple[int, int, Lifetime]]]) -> int:
+    events = [(lf.start, w) for reqs in requests.values() for _, w, lf in reqs]
+    events += [(lf.end, -w) for reqs in requests.values() for _, w, lf in reqs]
+    if not events:
+        return 0
+    events.sort(key=lambda e: (e[0], e[1]))  # frees before allocations at the same cycle
+    return int(np.max(np.cumsum([w for _, w in events])))

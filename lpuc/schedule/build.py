@@ -1,0 +1,158 @@
+"""Tiled IR -> Program: place tiles, schedule, allocate SRAM, assemble and validate.
+
+Placement happens before scheduling because transport delays depend on it; the allocator then
+packs each slice with the real lifetimes. When a slice overflows, the tiles that did not fit move
+to the slices with the most room and the program is scheduled again (a few rounds at most).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from lpuc.dtypes import dtype_name, words_per_row
+from lpuc.errors import DoesNotFitError
+from lpuc.ir.tiled import TiledProgram
+from lpuc.program import Access, Binding, Instruction, Program, TileSlot
+from lpuc.report import human_bytes
+from lpuc.schedule.allocator import Allocation, allocate
+from lpuc.schedule.bounds import cycle_bounds
+from lpuc.schedule.placement import place_tiles
+from lpuc.schedule.scheduler import Schedule, schedule
+from lpuc.schedule.summary import summarize
+from lpuc.schedule.validator import validate
+from lpuc.target import Target
+
+MAX_PLACEMENT_ROUNDS = 4
+
+
+@dataclass
+class BuildResult:
+    program: Program
+    schedule: Schedule
+    allocation: Allocation
+
+
+def build_program(tiled: TiledProgram, target: Target, where: str, options: dict | None = None) -> Program:
+    _check_constants_fit(tiled, target, where)
+    pinned: dict[int, int] = {}
+    for _ in range(MAX_PLACEMENT_ROUNDS):
+        slice_of = place_tiles(tiled, target, pinned)
+        sched = schedule(tiled, target, slice_of)
+        alloc = allocate(tiled, sched, slice_of, target.addresses_per_slice)
+        if not alloc.failures:
+            break
+        pinned = _move_failures(tiled, slice_of, alloc, target)
+    else:
+        _raise_does_not_fit(tiled, alloc, target, where)
+    program = assemble(tiled, sched, slice_of, alloc, target)
+    program.summary = summarize(program, tiled, cycle_bounds(tiled, sched, target), alloc, options or {})
+    validate(program)
+    return program
+
+
+def assemble(
+    tiled: TiledProgram, sched: Schedule, slice_of: dict[int, int], alloc: Allocation, target: Target
+) -> Program:
+    tiles = [
+        TileSlot(
+            b.id,
+            b.tensor,
+            dtype_name(b.dtype),
+            b.rows,
+            b.lanes,
+            b.r0,
+            b.c0,
+            slice_of[b.id],
+            alloc.addr[b.id],
+            b.kind,
+            b.const_key,
+        )
+        for b in tiled.buffers
+    ]
+
+    def access(ref) -> Access:
+        t = tiles[ref.buf]
+        return Access(
+            ref.buf, t.slice, t.addr + ref.row0 * words_per_row(t.np_dtype), ref.nrows, ref.lane0, ref.nlanes
+        )
+
+    order = sorted(tiled.ops, key=lambda op: (sched.slots[op.id].start, op.id))
+    instructions = []
+    for new_id, op in enumerate(order):
+        slot = sched.slots[op.id]
+        instructions.append(
+            Instruction(
+                new_id,
+                op.opcode,
+                slot.units,
+                slot.start,
+                slot.duration,
+                tuple(access(r) for r in op.reads),
+                tuple(access(w) for w in op.writes),
+                op.node,
+                op.attrs,
+            )
+        )
+    used_keys = sorted({b.const_key for b in tiled.buffers if b.is_const})
+    consts = {k: tiled.const_data[k] for k in used_keys}
+
+    def binding(name: str) -> Binding:
+        t = tiled.tensors[name]
+        return Binding(name, t.shape, dtype_name(t.dtype), tuple(t.tiles()))
+
+    return Program(
+        target,
+        tiled.precision,
+        tiled.graph_name,
+        instructions,
+        tiles,
+        consts,
+        [binding(n) for n in tiled.inputs],
+        [binding(n) for n in tiled.outputs],
+    )
+
+
+def _check_constants_fit(tiled: TiledProgram, target: Target, where: str) -> None:
+    seen: dict[str, int] = {}
+    for b in tiled.buffers:
+        if b.is_const:
+            seen[b.const_key] = b.words
+    need = sum(seen.values()) * target.word_bytes
+    if need > target.sram_bytes:
+        raise DoesNotFitError(
+            f"{where}: constants need {human_bytes(need)} of SRAM, target {target.name} has {human_bytes(target.sram_bytes)} "
+            f"(over by {human_bytes(need - target.sram_bytes)}; try --precision fp16 or a larger target)"
+        )
+
+
+def _move_failures(
+    tiled: TiledProgram, slice_of: dict[int, int], alloc: Allocation, target: Target
+) -> dict[int, int]:
+    pinned = dict(slice_of)
+    headroom = {
+        s: target.addresses_per_slice - alloc.slice_peak_words.get(s, 0) for s in range(target.num_slices)
+    }
+    for buf_id in alloc.failures:
+        words = tiled.buffers[buf_id].words
+        s = max(sorted(headroom), key=lambda k: headroom[k])
+        pinned[buf_id] = s
+        headroom[s] -= words
+        if tiled.buffers[buf_id].is_const:  # identical constant tiles move together
+            key = tiled.buffers[buf_id].const_key
+            for b in tiled.buffers:
+                if b.const_key == key:
+                    pinned[b.id] = s
+    return pinned
+
+
+def _raise_does_not_fit(tiled: TiledProgram, alloc: Allocation, target: Target, where: str) -> None:
+    peak = alloc.peak_words * target.word_bytes
+    if peak > target.sram_bytes:
+        raise DoesNotFitError(
+            f"{where}: needs {human_bytes(peak)} of SRAM at its peak, target {target.name} has "
+            f"{human_bytes(target.sram_bytes)} (over by {human_bytes(peak - target.sram_bytes)})"
+        )
+    raise DoesNotFitError(
+        f"{where}: peak live data {human_bytes(peak)} fits the {human_bytes(target.sram_bytes)} of {target.name}, but "
+        f"{len(alloc.failures)} tiles could not be packed into slices (fragmentation)"
+    )

@@ -1,0 +1,92 @@
+"""The graph pass pipeline: one literal, ordered list.
+
+Each pass is a function `(Graph, PassContext) -> Graph`. Instruments (IR verification, dumping the IR
+after each pass, timing) wrap the passes from outside; passes never print or check on their own.
+Environment switches: LPUC_VERIFY=0 skips the verifier, LPUC_PRINT_IR=1 prints the IR after each
+pass to stderr.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from lpuc.passes.eliminate_dead_code import eliminate_dead_code
+from lpuc.passes.eliminate_identity import eliminate_identity
+from lpuc.passes.fold_constants import fold_constants
+from lpuc.passes.fuse_elementwise import fuse_elementwise
+from lpuc.passes.legalize_broadcast import legalize_broadcast
+from lpuc.passes.lower_gemm import lower_gemm
+
+from lpuc.ir.graph import Graph
+from lpuc.ir.printer import print_graph
+from lpuc.ir.verify import verify_graph
+from lpuc.target import Target
+
+
+@dataclass(frozen=True)
+class PassContext:
+    target: Target
+    precision: str = "fp16"
+    host_fallback: bool = True
+
+
+GraphPass = Callable[[Graph, PassContext], Graph]
+
+
+@dataclass(frozen=True)
+class Pass:
+    name: str
+    run: GraphPass
+
+
+PIPELINE: tuple[Pass, ...] = (
+    Pass("fold_constants", fold_constants),
+    Pass("eliminate_identity", eliminate_identity),
+    Pass("lower_gemm", lower_gemm),
+    Pass("fold_constants", fold_constants),
+    Pass("fuse_elementwise", fuse_elementwise),
+    Pass("legalize_broadcast", legalize_broadcast),
+    Pass("eliminate_dead_code", eliminate_dead_code),
+)
+
+
+@dataclass
+class PassTimings:
+    seconds: dict[str, float] = field(default_factory=dict)
+
+
+def run_pipeline(
+    graph: Graph,
+    ctx: PassContext,
+    dump_dir: Path | None = None,
+    timings: PassTimings | None = None,
+    passes: tuple[Pass, ...] = PIPELINE,
+) -> Graph:
+    verify = os.environ.get("LPUC_VERIFY", "1") != "0"
+    echo = os.environ.get("LPUC_PRINT_IR") == "1"
+    if dump_dir is not None:
+        _dump(dump_dir, "00_import", graph)
+    if verify:
+        verify_graph(graph)
+    for index, p in enumerate(passes, start=1):
+        start = time.perf_counter()
+        graph = p.run(graph, ctx)
+        if timings is not None:
+            timings.seconds[p.name] = timings.seconds.get(p.name, 0.0) + time.perf_counter() - start
+        if verify:
+            verify_graph(graph)
+        if dump_dir is not None:
+            _dump(dump_dir, f"{index:02d}_{p.name}", graph)
+        if echo:
+            print(f"--- after {p.name}\n{print_graph(graph)}", file=sys.stderr)
+    return graph
+
+
+def _dump(directory: Path, stem: str, graph: Graph) -> None:
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / f"{stem}.graph.txt").write_text(print_graph(graph))

@@ -1,0 +1,113 @@
+"""What each opcode does to the machine. The kernels registry defines the op semantics; this
+module only moves tiles between SRAM, MXM planes and those kernels.
+
+    mxm.lw      load a weight window into the plane's shadow buffer (rounded to the MXM precision)
+    mxm.mm      [install shadow weights,] stream activation rows through the plane; write (or
+                accumulate into) the result window; fp32 accumulation
+    vxm.map     evaluate an elementwise expression over tile windows (numpy broadcasting)
+    vxm.kernel  apply an op's kernel to operands assembled from tiles (whole tensors or row slabs)
+    sxm.kernel  the same on a switch unit (data movement)
+    host.kernel the same on the host, behind PCIe transfers (host fallback)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+from lpuc.runtime.machine import Machine
+
+from lpuc.dtypes import dtype_from_name
+from lpuc.jsonable import from_json
+from lpuc.kernels import KernelContext, run_kernel
+from lpuc.program import Instruction
+
+Handler = Callable[[Machine, Instruction, dict], None]
+
+
+def mxm_input(x: np.ndarray, precision: str) -> np.ndarray:
+    """What the MXM multiplies: fp16-rounded values (fp16 mode), exact fp32, or exact integers."""
+    if np.dtype(x.dtype).kind in "iub":
+        return x.astype(np.int64)
+    if precision == "fp16":
+        return x.astype(np.float16).astype(np.float32)
+    return x.astype(np.float32)
+
+
+def _lw(m: Machine, ins: Instruction, attrs: dict) -> None:
+    m.planes[ins.unit.split(".")[0]].shadow = mxm_input(m.read(ins.reads[0]), attrs["precision"])
+
+
+def _mm(m: Machine, ins: Instruction, attrs: dict) -> None:
+    plane = m.planes[ins.unit]
+    if attrs.get("install"):
+        plane.active, plane.shadow = plane.shadow, None
+    a = mxm_input(m.read(ins.reads[0]), attrs["precision"])
+    product = a @ plane.active
+    if attrs.get("acc"):
+        product = product + m.read(ins.reads[1]).astype(product.dtype)
+    m.write(ins.writes[0], product)
+
+
+def _map(m: Machine, ins: Instruction, attrs: dict) -> None:
+    reads = [m.read(a) for a in ins.reads]
+    operands = [None if k is None else reads[k] for k in attrs["operands"]]
+    results: list[np.ndarray] = []
+    for step in attrs["expr"]:
+        args = [
+            None if a == "-" else operands[int(a[1:])] if a[0] == "i" else results[int(a[1:])]
+            for a in step["args"]
+        ]
+        ctx = KernelContext(step["op"], step["attrs"], step.get("opset", 0), 1, step["domain"])
+        with np.errstate(all="ignore"):
+            results.append(run_kernel(ctx, args)[0])
+    m.write(ins.writes[0], results[-1])
+
+
+def _kernel(m: Machine, ins: Instruction, attrs: dict) -> None:
+    inputs = []
+    for desc in attrs["inputs"]:
+        if desc is None:
+            inputs.append(None)
+            continue
+        refs = ins.reads[desc["first"] : desc["first"] + desc["count"]]
+        dtype = dtype_from_name(desc["dtype"])
+        inputs.append(m.load_tensor(tuple(desc["shape"]), dtype, [r.buf for r in refs], desc["row_offset"]))
+    ctx = KernelContext(
+        attrs["kernel"],
+        attrs["attrs"],
+        attrs["opset"],
+        len(attrs["outputs"]),
+        attrs["domain"],
+        attrs["opsets"],
+    )
+    with np.errstate(all="ignore"):
+        results = run_kernel(ctx, inputs)
+    for desc, value in zip(attrs["outputs"], results):
+        if desc is None:
+            continue
+        refs = ins.writes[desc["first"] : desc["first"] + desc["count"]]
+        if tuple(value.shape) != tuple(desc["shape"]):
+            raise RuntimeError(
+                f"instruction {ins.id} ({attrs['kernel']} {ins.node}): kernel produced shape "
+                f"{tuple(value.shape)}, the program expects {tuple(desc['shape'])}"
+            )
+        m.store_tensor(value, [r.buf for r in refs], desc["row_offset"])
+
+
+HANDLERS: dict[str, Handler] = {
+    "mxm.lw": _lw,
+    "mxm.mm": _mm,
+    "vxm.map": _map,
+    "vxm.kernel": _kernel,
+    "sxm.kernel": _kernel,
+    "host.kernel": _kernel,
+}
+
+
+def decoded_attrs(ins: Instruction, cache: dict[int, dict]) -> dict:
+    """Instruction attributes with arrays and subgraphs restored (decoded once per attrs object)."""
+    key = id(ins.attrs)
+    if key not in cache:
+        cache[key] = from_json(dict(ins.attrs))
+    return cache[key]

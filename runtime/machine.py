@@ -1,0 +1,102 @@
+"""Machine state during execution: SRAM, MXM weight buffers, and tensor <-> tile conversion."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from lpuc.runtime.sram import Sram
+
+from lpuc.dtypes import dtype_from_name
+from lpuc.errors import LpucError
+from lpuc.lowering.builder import view_of
+from lpuc.program import Access, Binding, Program, TileSlot
+
+
+@dataclass
+class Plane:
+    """One MXM plane: weights being loaded (shadow) and weights in use (active)."""
+
+    shadow: np.ndarray | None = None
+    active: np.ndarray | None = None
+
+
+class Machine:
+    def __init__(self, program: Program):
+        self.program = program
+        self.tiles = program.tiles
+        self.sram = Sram(program.target)
+        self.planes = {f"MXM{i}": Plane() for i in range(program.target.num_mxm)}
+        self._load_constants()
+
+    # -- tiles ----------------------------------------------------------------------------------
+    def tile(self, a: Access) -> TileSlot:
+        return self.tiles[a.buf]
+
+    def read(self, a: Access) -> np.ndarray:
+        return self.sram.read(a, self.tiles[a.buf].np_dtype)
+
+    def write(self, a: Access, values: np.ndarray) -> None:
+        self.sram.write(a, self.tiles[a.buf].np_dtype, values)
+
+    def _whole(self, t: TileSlot) -> Access:
+        return Access(t.id, t.slice, t.addr, t.rows, 0, t.lanes)
+
+    def _load_constants(self) -> None:
+        done: set[tuple[int, int]] = set()
+        for t in self.tiles:
+            if t.kind == "const" and (t.slice, t.addr) not in done:
+                done.add((t.slice, t.addr))
+                self.write(self._whole(t), self.program.consts[t.const_key])
+
+    # -- tensors --------------------------------------------------------------------------------
+    def store_tensor(self, value: np.ndarray, tiles: list[int], row_offset: int = 0) -> None:
+        view = value.reshape(view_of(value.shape))
+        for b in tiles:
+            t = self.tiles[b]
+            r = t.r0 - row_offset
+            self.write(self._whole(t), view[r : r + t.rows, t.c0 : t.c0 + t.lanes])
+
+    def load_tensor(
+        self, shape: tuple[int, ...], dtype: np.dtype, tiles: list[int], row_offset: int = 0
+    ) -> np.ndarray:
+        rows, cols = view_of(tuple(shape))
+        out = np.zeros((rows, cols), dtype=dtype)
+        for b in tiles:
+            t = self.tiles[b]
+            r = t.r0 - row_offset
+            out[r : r + t.rows, t.c0 : t.c0 + t.lanes] = self.read(self._whole(t))
+        return out.reshape(shape)
+
+    # -- I/O ------------------------------------------------------------------------------------
+    def bind_inputs(self, inputs: dict[str, np.ndarray]) -> None:
+        expected = {b.name: b for b in self.program.inputs}
+        missing = sorted(set(expected) - set(inputs))
+        extra = sorted(set(inputs) - set(expected))
+        if missing or extra:
+            raise LpucError(
+                f"inputs do not match the program: missing {missing or 'none'}, unexpected {extra or 'none'} "
+                f"(program inputs: {', '.join(expected)})"
+            )
+        for name, b in expected.items():
+            self.store_tensor(_coerce(name, inputs[name], b), list(b.tiles))
+
+    def outputs(self) -> dict[str, np.ndarray]:
+        return {
+            b.name: self.load_tensor(b.shape, dtype_from_name(b.dtype), list(b.tiles))
+            for b in self.program.outputs
+        }
+
+
+def _coerce(name: str, value, b: Binding) -> np.ndarray:
+    arr = np.asarray(value)
+    dtype = dtype_from_name(b.dtype)
+    if tuple(arr.shape) != tuple(b.shape):
+        raise LpucError(
+            f"input '{name}' has shape {tuple(arr.shape)}, the program was compiled for {tuple(b.shape)}"
+        )
+    if arr.dtype != dtype:
+        if not np.can_cast(arr.dtype, dtype, casting="same_kind"):
+            raise LpucError(f"input '{name}' has dtype {arr.dtype}, the program expects {b.dtype}")
+        arr = arr.astype(dtype)
+    return arr

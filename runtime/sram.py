@@ -1,0 +1,32 @@
+"""The chip's SRAM: slices x addresses x word bytes, read and written through tile windows."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from lpuc.dtypes import words_per_row
+from lpuc.program import Access
+from lpuc.target import Target
+
+
+class Sram:
+    def __init__(self, target: Target):
+        # np.zeros is lazily backed by the OS: untouched slices cost no memory.
+        self.words = np.zeros(
+            (target.num_slices, target.addresses_per_slice, target.word_bytes), dtype=np.uint8
+        )
+
+    def _rows(self, a: Access, dtype: np.dtype) -> np.ndarray:
+        wpr = words_per_row(dtype)
+        block = self.words[a.slice, a.addr : a.addr + a.nrows * wpr]
+        return block.reshape(a.nrows, wpr * self.words.shape[2]).view(dtype)
+
+    def read(self, a: Access, dtype: np.dtype) -> np.ndarray:
+        """The window's values, [nrows, nlanes] (a copy: later writes never change it)."""
+        return self._rows(a, dtype)[:, a.lane0 : a.lane0 + a.nlanes].copy()
+
+    def write(self, a: Access, dtype: np.dtype, values: np.ndarray) -> None:
+        rows = self._rows(a, dtype)
+        rows[:, a.lane0 : a.lane0 + a.nlanes] = np.broadcast_to(
+            np.asarray(values).astype(dtype, copy=False), (a.nrows, a.nlanes)
+        )

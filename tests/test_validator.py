@@ -1,0 +1,91 @@
+"""The validator proves schedules legal: a hand-corrupted schedule is rejected, one rule per test."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+import lpuc
+from lpuc.dtypes import words_per_row
+from lpuc.errors import ScheduleError
+from lpuc.program import Program
+from lpuc.schedule.validator import tile_lifetimes, validate
+
+
+@pytest.fixture(scope="module")
+def program(mlp_onnx) -> Program:
+    return lpuc.compile(mlp_onnx, target="tsp-mini", precision="fp32")
+
+
+def _problems(p: Program) -> list[str]:
+    with pytest.raises(ScheduleError) as info:
+        validate(p)
+    return info.value.problems
+
+
+def _with_instruction(p: Program, index: int, **changes) -> Program:
+    instructions = list(p.instructions)
+    instructions[index] = dataclasses.replace(instructions[index], **changes)
+    return dataclasses.replace(p, instructions=instructions)
+
+
+def _relocate(p: Program, tile_id: int, slice_: int, addr: int) -> Program:
+    """Move a tile's slot and every access to it consistently."""
+    old = p.tiles[tile_id]
+    tiles = list(p.tiles)
+    tiles[tile_id] = dataclasses.replace(old, slice=slice_, addr=addr)
+
+    def move(a):
+        return dataclasses.replace(a, slice=slice_, addr=addr + a.addr - old.addr) if a.buf == tile_id else a
+
+    instructions = [dataclasses.replace(i, reads=tuple(map(move, i.reads)), writes=tuple(map(move, i.writes)))
+                    for i in p.instructions]
+    return dataclasses.replace(p, tiles=tiles, instructions=instructions)
+
+
+def test_compiled_program_is_valid(program):
+    validate(program)
+
+
+def test_rejects_double_booked_unit(program):
+    by_unit = {}
+    for k, ins in enumerate(program.instructions):
+        by_unit.setdefault(ins.unit, []).append(k)
+    first, second = next(v for v in by_unit.values() if len(v) >= 2)[:2]
+    start = program.instructions[first].start
+    problems = _problems(_with_instruction(program, second, start=start))
+    assert any("double-booked" in p for p in problems), problems
+
+
+def test_rejects_read_before_write_completes(program):
+    writer_of = {a.buf: ins for ins in program.instructions for a in ins.writes}
+    k, ins = next((k, i) for k, i in enumerate(program.instructions)
+                  if any(program.tiles[a.buf].kind == "temp" for a in i.reads))
+    producer = writer_of[next(a.buf for a in ins.reads if program.tiles[a.buf].kind == "temp")]
+    problems = _problems(_with_instruction(program, k, start=producer.end - 1))
+    assert any("before any write" in p or "while instruction" in p for p in problems), problems
+
+
+def test_rejects_overlapping_sram_slots(program):
+    life = tile_lifetimes(program)
+    temps = [t for t in program.tiles if t.kind == "temp"]
+    a, b = next((a, b) for a in temps for b in temps
+                if a.id < b.id and life[a.id][0] < life[b.id][1] and life[b.id][0] < life[a.id][1])
+    problems = _problems(_relocate(program, b.id, a.slice, a.addr))
+    assert any("overlap in slice" in p for p in problems), problems
+
+
+def test_rejects_address_past_capacity(program):
+    tile = next(t for t in program.tiles if t.kind == "temp")
+    capacity = program.target.addresses_per_slice
+    moved = _relocate(program, tile.id, tile.slice, capacity - words_per_row(tile.np_dtype))
+    problems = _problems(moved)
+    assert any("exceeds the slice capacity" in p for p in problems), problems
+
+
+def test_rejects_mm_without_loaded_weights(program):
+    k = next(k for k, i in enumerate(program.instructions) if i.opcode == "mxm.lw")
+    instructions = [i for j, i in enumerate(program.instructions) if j != k]
+    problems = _problems(dataclasses.replace(program, instructions=instructions))
+    assert any("no LW loaded" in p or "no installed weights" in p for p in problems), problems
