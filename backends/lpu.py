@@ -125,7 +125,8 @@ def encode_program(program: Program) -> bytes:
 
 
 def _binding(b: Binding) -> dict:
-    return {"name": b.name, "shape": list(b.shape), "dtype": b.dtype, "tiles": list(b.tiles)}
+    return {"name": b.name, "shape": None if b.shape is None else list(b.shape), "dtype": b.dtype,
+            "tiles": list(b.tiles)}
 
 
 def write_program(program: Program, path: str | os.PathLike) -> None:
@@ -218,7 +219,8 @@ def _program_from(body: dict, const_blob: bytes) -> Program:
         consts[c["key"]] = np.frombuffer(raw, dtype=dtype_from_name(c["dtype"])).reshape(c["shape"])
 
     def binding(b: dict) -> Binding:
-        return Binding(b["name"], tuple(b["shape"]), b["dtype"], tuple(b["tiles"]))
+        shape = None if b["shape"] is None else tuple(b["shape"])
+        return Binding(b["name"], shape, b["dtype"], tuple(b["tiles"]))
 
     return Program(
         target_from_dict(body["target"]),

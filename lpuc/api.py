@@ -34,18 +34,22 @@ def compile(  # noqa: A001 - the natural name for a compiler's entry point
     host_fallback: bool = True,
     dump_ir: str | os.PathLike | None = None,
     const_inputs: Mapping[str, np.ndarray] | None = None,
+    strict_input_shapes: bool = True,
 ) -> Program:
     """Compile an ONNX model (path or ModelProto) into a scheduled, validated Program.
 
     `input_shapes` binds dynamic input dims ({"x": (1, 128)}); `precision` is "fp16" (the MXM's
     native path: inputs rounded to fp16, fp32 accumulation) or "fp32" (exact, three fp16 passes).
+    `const_inputs` compiles inputs as constants and `strict_input_shapes=False` lets `input_shapes`
+    replace declared static dims (both used by the ONNX backend, which specializes on actual inputs).
     """
     if precision not in PRECISIONS:
         raise LpucError(f"unknown precision {precision!r} (choose {', '.join(PRECISIONS)})")
     tgt = load_target(target)
     started = time.perf_counter()
     proto, where = _as_onnx(model, example_inputs)
-    graph = import_model(proto, where, input_shapes=input_shapes, const_inputs=const_inputs)
+    graph = import_model(proto, where, input_shapes=input_shapes, const_inputs=const_inputs,
+                         strict_input_shapes=strict_input_shapes)
     dump_dir = Path(dump_ir) if dump_ir is not None else None
     ctx = PassContext(tgt, precision, host_fallback)
     timings = PassTimings()

@@ -66,7 +66,7 @@ class TileSlot:
     c0: int
     slice: int
     addr: int
-    kind: str  # "const" | "input" | "output" | "io" (both) | "temp"
+    kind: str  # "const" | "input" | "output" | "io" (both) | "temp" | "host" (host memory, no slot)
     const_key: str | None = None
 
     @property
@@ -75,7 +75,7 @@ class TileSlot:
 
     @property
     def words(self) -> int:
-        return self.rows * words_per_row(self.np_dtype)
+        return 0 if self.kind == "host" else self.rows * words_per_row(self.np_dtype)
 
 
 @dataclass(frozen=True)
@@ -83,7 +83,7 @@ class Binding:
     """A model input or output: its tensor and the tiles that hold it."""
 
     name: str
-    shape: tuple[int, ...]
+    shape: tuple[int, ...] | None  # None: decided by the data (a host-resident output)
     dtype: str
     tiles: tuple[int, ...]
 

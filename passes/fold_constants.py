@@ -12,6 +12,8 @@ from lpuc.kernels import KernelContext, get_kernel, run_kernel
 
 # Control-flow bodies may read values of the enclosing graph that are not constants here.
 _NOT_FOLDABLE_ERRORS = (KeyError,)
+# Ops whose result depends only on the shapes of their inputs: static shapes make them constants.
+_SHAPE_ONLY = frozenset({"Shape", "Size"})
 
 
 def try_fold(node: Node, values: Mapping[str, Value], opsets: Mapping[str, int]) -> list[np.ndarray] | None:
@@ -25,6 +27,9 @@ def try_fold(node: Node, values: Mapping[str, Value], opsets: Mapping[str, int])
             args.append(None)
             continue
         v = values.get(name)
+        if v is not None and not v.is_const and not v.is_dynamic and node.op in _SHAPE_ONLY and not node.domain:
+            args.append(np.empty(v.shape, dtype=v.dtype))  # never touched: only its shape is read
+            continue
         if v is None or not v.is_const:
             return None
         args.append(v.const)

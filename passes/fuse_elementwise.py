@@ -15,8 +15,10 @@ from lpuc.ir.graph import LPUC_DOMAIN, Graph, Node
 from lpuc.ops import is_elementwise
 
 
-def _fusable(node: Node) -> bool:
-    return len(node.outputs) == 1 and (is_elementwise(node.op, node.domain) or _is_fused(node))
+def _fusable(node: Node, graph: Graph) -> bool:
+    if len(node.outputs) != 1 or graph.touches_dynamic(node):
+        return False
+    return is_elementwise(node.op, node.domain) or _is_fused(node)
 
 
 def _is_fused(node: Node) -> bool:
@@ -30,14 +32,14 @@ def fuse_elementwise(graph: Graph, ctx=None) -> Graph:
     # absorbed[name] = consumer node that takes over the producer of `name`
     parent: dict[str, Node] = {}
     for node in graph.nodes:
-        if not _fusable(node):
+        if not _fusable(node, graph):
             continue
         out_shape = graph.values[node.outputs[0]].shape
         for name in dict.fromkeys(i for i in node.inputs if i):
             p = producers.get(name)
             if (
                 p is not None
-                and _fusable(p)
+                and _fusable(p, graph)
                 and name not in outputs
                 and len(consumers.get(name, [])) == 1
                 and graph.values[name].shape == out_shape

@@ -26,7 +26,8 @@ def operand_mode(shape: tuple[int, ...], out_shape: tuple[int, ...]) -> str | No
 def legalize_broadcast(graph: Graph, ctx=None) -> Graph:
     out = graph.copy(nodes=[])
     for node in graph.nodes:
-        if not (is_elementwise(node.op, node.domain) or (node.domain == "lpuc" and node.op == "Fused")):
+        elementwise = is_elementwise(node.op, node.domain) or (node.domain == "lpuc" and node.op == "Fused")
+        if not elementwise or graph.touches_dynamic(node):
             out.nodes.append(node)
             continue
         out_shape = graph.values[node.outputs[0]].shape

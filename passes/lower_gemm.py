@@ -10,7 +10,7 @@ from lpuc.ir.graph import Graph, Node
 def lower_gemm(graph: Graph, ctx=None) -> Graph:
     out = graph.copy(nodes=[])
     for node in graph.nodes:
-        if node.op != "Gemm" or node.domain:
+        if node.op != "Gemm" or node.domain or graph.touches_dynamic(node):
             out.nodes.append(node)
             continue
         out.nodes.extend(_lower(node, out))

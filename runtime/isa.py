@@ -71,6 +71,9 @@ def _kernel(m: Machine, ins: Instruction, attrs: dict) -> None:
             inputs.append(None)
             continue
         refs = ins.reads[desc["first"] : desc["first"] + desc["count"]]
+        if desc.get("host"):
+            inputs.append(m.host_memory[refs[0].buf])
+            continue
         dtype = dtype_from_name(desc["dtype"])
         inputs.append(m.load_tensor(tuple(desc["shape"]), dtype, [r.buf for r in refs], desc["row_offset"]))
     ctx = KernelContext(
@@ -87,12 +90,15 @@ def _kernel(m: Machine, ins: Instruction, attrs: dict) -> None:
         if desc is None:
             continue
         refs = ins.writes[desc["first"] : desc["first"] + desc["count"]]
-        if tuple(value.shape) != tuple(desc["shape"]):
+        if desc["shape"] is not None and tuple(value.shape) != tuple(desc["shape"]):
             raise RuntimeError(
                 f"instruction {ins.id} ({attrs['kernel']} {ins.node}): kernel produced shape "
                 f"{tuple(value.shape)}, the program expects {tuple(desc['shape'])}"
             )
-        m.store_tensor(value, [r.buf for r in refs], desc["row_offset"])
+        if desc.get("host"):
+            m.host_memory[refs[0].buf] = value.astype(dtype_from_name(desc["dtype"]), copy=False)
+        else:
+            m.store_tensor(value, [r.buf for r in refs], desc["row_offset"])
 
 
 HANDLERS: dict[str, Handler] = {

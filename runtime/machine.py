@@ -27,6 +27,7 @@ class Machine:
         self.tiles = program.tiles
         self.sram = Sram(program.target)
         self.planes = {f"MXM{i}": Plane() for i in range(program.target.num_mxm)}
+        self.host_memory: dict[int, np.ndarray] = {}  # host-resident tensors, by tile id
         self._load_constants()
 
     # -- tiles ----------------------------------------------------------------------------------
@@ -82,10 +83,13 @@ class Machine:
             self.store_tensor(_coerce(name, inputs[name], b), list(b.tiles))
 
     def outputs(self) -> dict[str, np.ndarray]:
-        return {
-            b.name: self.load_tensor(b.shape, dtype_from_name(b.dtype), list(b.tiles))
-            for b in self.program.outputs
-        }
+        out = {}
+        for b in self.program.outputs:
+            if b.tiles and self.tiles[b.tiles[0]].kind == "host":
+                out[b.name] = self.host_memory[b.tiles[0]]
+            else:
+                out[b.name] = self.load_tensor(b.shape, dtype_from_name(b.dtype), list(b.tiles))
+        return out
 
 
 def _coerce(name: str, value, b: Binding) -> np.ndarray:

@@ -20,8 +20,9 @@ from lpuc.frontend.attributes import node_attributes
 from lpuc.frontend.input_shapes import bind_input_shapes
 from lpuc.frontend.loader import canonicalize_opset
 from lpuc.ir.graph import Graph, Node, Value, constant_value
-from lpuc.kernels import get_kernel
-from lpuc.kernels.registry import canonical_domain
+from lpuc.kernels import KernelContext, get_kernel, run_kernel
+from lpuc.kernels.registry import CAPTURES_ATTR, canonical_domain
+from lpuc.ops import DATA_DEPENDENT_SHAPES, SHAPE_OPERANDS, placement
 from lpuc.passes.fold_constants import try_fold
 
 # Constant operands larger than this are not handed to onnx's inference (it only needs shapes).
@@ -33,6 +34,7 @@ def import_model(
     where: str,
     input_shapes: Mapping[str, tuple[int, ...]] | None = None,
     const_inputs: Mapping[str, np.ndarray] | None = None,
+    strict_input_shapes: bool = True,
 ) -> Graph:
     """Build the Graph IR of `model` with every dynamic dim bound and constants folded.
 
@@ -45,7 +47,7 @@ def import_model(
     shapes = dict(input_shapes or {})
     for name, value in const_inputs.items():
         shapes[name] = tuple(np.shape(value))
-    model = bind_input_shapes(model, shapes, where)
+    model = bind_input_shapes(model, shapes, where, strict=strict_input_shapes)
     inferred = _whole_model_types(model)
     opsets = {canonical_domain(o.domain): int(o.version) for o in model.opset_import}
 
@@ -69,12 +71,16 @@ def import_model(
     nodes: list[Node] = []
     for index, proto in enumerate(model.graph.node):
         domain = canonical_domain(proto.domain)
+        attrs = node_attributes(proto)
+        captures = [n for n in captured_names(proto) if n in values]
+        if captures:
+            attrs[CAPTURES_ATTR] = captures
         node = Node(
             op=proto.op_type,
             name=proto.name or f"{proto.op_type}_{index}",
-            inputs=tuple(proto.input),
+            inputs=tuple(proto.input) + tuple(captures),
             outputs=tuple(proto.output),
-            attrs=node_attributes(proto),
+            attrs=attrs,
             domain=domain,
             opset=opsets.get(domain, 0),
         )
@@ -94,6 +100,20 @@ def import_model(
             raise ShapeError(f"{where}: graph output '{o}' is not produced by any node")
     graph = Graph(model.graph.name or "model", nodes, values, inputs, outputs, opsets)
     return graph.prune_values()
+
+
+def captured_names(node: onnx.NodeProto) -> list[str]:
+    """Values of enclosing scopes that the node's subgraphs read (in first-use order)."""
+    found: list[str] = []
+    for attr in node.attribute:
+        for g in [attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs):
+            defined = {i.name for i in g.input} | {i.name for i in g.initializer}
+            for inner in g.node:
+                for name in list(inner.input) + captured_names(inner):
+                    if name and name not in defined and name not in found:
+                        found.append(name)
+                defined.update(inner.output)
+    return found
 
 
 def check_supported(model: onnx.ModelProto, where: str) -> None:
@@ -129,17 +149,69 @@ def _infer_outputs(
     opsets: Mapping[str, int],
     where: str,
 ) -> dict[str, Value]:
-    types = _single_node_types(proto, node, values, opsets)
+    # Host ops are typed by their kernel, the definition of what they compute (onnx's inference
+    # disagrees with the spec for a few of them); chip ops by onnx's inference, which is cheaper.
+    evaluated = _types_by_evaluation(node, values, opsets) if placement(node.op, node.domain).unit == "HOST" else None
+    types = {} if evaluated else _single_node_types(proto, node, values, opsets)
     out: dict[str, Value] = {}
+    reads_dynamic = any(n and values[n].is_dynamic for n in node.inputs)
     for name in node.outputs:
         if not name:
             continue
-        t = types.get(name) or inferred.get(name)
         what = f"output '{name}' of {node.op} node '{node.name}'"
-        if t is None:
-            raise ShapeError(f"{where}: cannot infer a static shape for {what}")
-        out[name] = _value_from_type(name, t, where, what)
+        # Whole-model inference may have assumed values for dynamic inputs: not trusted then.
+        t = types.get(name) or (None if reads_dynamic else inferred.get(name))
+        value = (evaluated or {}).get(name)
+        if value is None and t is not None and _is_static(t):
+            value = _value_from_type(name, t, where, what)
+        if value is None:
+            if evaluated is None:
+                evaluated = _types_by_evaluation(node, values, opsets)
+            value = evaluated.get(name)
+        if value is None:
+            # A shape that depends on data: the value lives on the host, where its producer and
+            # every consumer then run (lowering checks this).
+            value = _dynamic_value(name, t, where, what)
+        out[name] = value
     return out
+
+
+def _dynamic_value(name: str, t: onnx.TypeProto | None, where: str, what: str) -> Value:
+    if t is None or not t.HasField("tensor_type") or not t.tensor_type.elem_type:
+        raise ShapeError(f"{where}: cannot infer the type of {what}")
+    tt = onnx.TypeProto()
+    tt.CopyFrom(t)
+    tt.tensor_type.ClearField("shape")
+    tt.tensor_type.shape.SetInParent()
+    value = _value_from_type(name, tt, where, what)
+    return Value(name, None, value.dtype)
+
+
+def _is_static(t: onnx.TypeProto) -> bool:
+    tt = t.tensor_type
+    return t.HasField("tensor_type") and tt.HasField("shape") and all(d.HasField("dim_value") for d in tt.shape.dim)
+
+
+def _types_by_evaluation(node: Node, values: Mapping[str, Value], opsets: Mapping[str, int]) -> dict[str, Value]:
+    """Output types found by running the kernel on placeholder inputs of the right shapes.
+
+    Only for ops whose output shapes cannot depend on input values (constants are passed as they are).
+    """
+    kernel = get_kernel(node.op, node.domain)
+    if kernel is None or node.op in DATA_DEPENDENT_SHAPES or any(n and values[n].is_dynamic for n in node.inputs):
+        return {}
+    shape_operands = [node.inputs[k] for k in SHAPE_OPERANDS.get(node.op, ()) if k < len(node.inputs)]
+    if any(n and not values[n].is_const for n in shape_operands):
+        return {}  # the shape depends on values we do not have
+    args = [None if not n else values[n].const if values[n].is_const else np.zeros(values[n].shape, values[n].dtype)
+            for n in node.inputs]
+    ctx = KernelContext(node.op, node.attrs, node.opset, len(node.outputs), node.domain, opsets)
+    try:
+        with np.errstate(all="ignore"):
+            results = run_kernel(ctx, args)
+    except Exception:  # noqa: BLE001 - a placeholder may be invalid data for the op: no type then
+        return {}
+    return {n: Value(n, tuple(int(d) for d in r.shape), r.dtype) for n, r in zip(node.outputs, results) if n}
 
 
 def _single_node_types(
@@ -155,7 +227,7 @@ def _single_node_types(
             continue
         v = values[name]
         input_types[name] = onnx.helper.make_tensor_type_proto(
-            onnx.helper.np_dtype_to_tensor_dtype(np.dtype(v.dtype)), list(v.shape)
+            onnx.helper.np_dtype_to_tensor_dtype(np.dtype(v.dtype)), None if v.shape is None else list(v.shape)
         )
         if v.is_const and v.size <= _INFERENCE_DATA_LIMIT:
             input_data[name] = numpy_helper.from_array(np.ascontiguousarray(v.const), name)

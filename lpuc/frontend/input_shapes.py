@@ -27,9 +27,12 @@ def parse_shape_specs(specs: Iterable[str]) -> dict[str, tuple[int, ...]]:
 
 
 def bind_input_shapes(
-    model: onnx.ModelProto, shapes: Mapping[str, tuple[int, ...]], where: str
+    model: onnx.ModelProto, shapes: Mapping[str, tuple[int, ...]], where: str, strict: bool = True
 ) -> onnx.ModelProto:
-    """A copy of `model` whose runtime inputs all have static shapes."""
+    """A copy of `model` whose runtime inputs all have static shapes.
+
+    With `strict=False`, a given shape replaces the declared one even where it disagrees.
+    """
     initializers = {i.name for i in model.graph.initializer}
     runtime_inputs = [i for i in model.graph.input if i.name not in initializers]
     unknown = sorted(set(shapes) - {i.name for i in runtime_inputs})
@@ -45,7 +48,7 @@ def bind_input_shapes(
             continue
         dims = vi.type.tensor_type.shape.dim
         if vi.name in shapes:
-            _apply(vi, shapes[vi.name], where)
+            _apply(vi, shapes[vi.name], where, strict)
             continue
         for axis, d in enumerate(dims):
             if not d.HasField("dim_value"):
@@ -59,9 +62,9 @@ def bind_input_shapes(
     return bound
 
 
-def _apply(vi: onnx.ValueInfoProto, shape: tuple[int, ...], where: str) -> None:
+def _apply(vi: onnx.ValueInfoProto, shape: tuple[int, ...], where: str, strict: bool) -> None:
     tt = vi.type.tensor_type
-    old = list(tt.shape.dim) if tt.HasField("shape") else None
+    old = list(tt.shape.dim) if tt.HasField("shape") and strict else None
     if old is not None and len(old) != len(shape):
         raise ShapeError(f"{where}: input '{vi.name}' has rank {len(old)}, --input-shape gives {len(shape)}")
     for axis, (d, size) in enumerate(zip(old or [], shape)):

@@ -13,7 +13,6 @@ from lpuc.errors import ModelError, UnsupportedError
 # The opset every model is converted to when onnx's version converter can do it. Models that
 # already import a newer opset keep theirs: the kernels implement every version's semantics.
 CANONICAL_OPSET = 21
-MIN_OPSET = 7
 
 
 def load_model(source: str | os.PathLike | onnx.ModelProto) -> onnx.ModelProto:
@@ -54,8 +53,6 @@ def _check_opsets(model: onnx.ModelProto, where: str) -> None:
                     f"{where}: model imports ai.onnx opset {imp.version}, newer than the installed onnx "
                     f"{onnx.__version__} knows (up to {newest})"
                 )
-            if imp.version < MIN_OPSET:
-                raise UnsupportedError(f"{where}: ai.onnx opset {imp.version} is older than {MIN_OPSET}")
 
 
 def default_opset(model: onnx.ModelProto) -> int:
@@ -72,7 +69,14 @@ def canonicalize_opset(model: onnx.ModelProto) -> onnx.ModelProto:
         onnx.checker.check_model(converted)
     except Exception:  # noqa: BLE001 - the converter raises many types; keeping the model is safe
         return model
+    # Some adapters change the graph's signature (e.g. Scan 8 -> 9 drops the batch axis): refuse those.
+    if _signature(converted) != _signature(model):
+        return model
     return converted
+
+
+def _signature(model: onnx.ModelProto) -> list[bytes]:
+    return [v.type.SerializeToString(deterministic=True) for v in list(model.graph.input) + list(model.graph.output)]
 
 
 def _first_line(e: BaseException) -> str:

@@ -1,9 +1,10 @@
 """Graph IR: operators on whole tensors with static shapes and dtypes.
 
-A `Graph` is a list of `Node`s in topological order over named `Value`s. Every value has a static
-shape and a numpy dtype; constants carry their data (read-only arrays). Passes treat graphs as
-values: they build a new `Graph` (sharing unchanged nodes and constant arrays) instead of mutating
-the one they were given.
+A `Graph` is a list of `Node`s in topological order over named `Value`s. Every value has a numpy
+dtype and a static shape, except values whose shape depends on data (NonZero, Unique, ...): those
+are *dynamic* (`shape is None`), live on the host and are only read by host ops. Constants carry
+their data (read-only arrays). Passes treat graphs as values: they build a new `Graph` (sharing
+unchanged nodes and constant arrays) instead of mutating the one they were given.
 """
 
 from __future__ import annotations
@@ -20,13 +21,17 @@ LPUC_DOMAIN = "lpuc"  # ops the passes introduce (fused and lowered forms)
 @dataclass(frozen=True)
 class Value:
     name: str
-    shape: tuple[int, ...]
+    shape: tuple[int, ...] | None  # None: dynamic (data-dependent), host-resident
     dtype: np.dtype
     const: np.ndarray | None = field(default=None, compare=False, repr=False)
 
     @property
     def is_const(self) -> bool:
         return self.const is not None
+
+    @property
+    def is_dynamic(self) -> bool:
+        return self.shape is None
 
     @property
     def size(self) -> int:
@@ -90,6 +95,10 @@ class Graph:
 
     def is_const(self, name: str) -> bool:
         return bool(name) and self.values[name].is_const
+
+    def touches_dynamic(self, node: Node) -> bool:
+        """Whether the node reads or writes a dynamic value (it must then run on the host)."""
+        return any(n and self.values[n].is_dynamic for n in node.inputs + node.outputs)
 
     # -- building new graphs ----------------------------------------------------------------------
     def copy(self, nodes: Iterable[Node] | None = None) -> Graph:

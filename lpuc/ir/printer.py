@@ -23,6 +23,8 @@ def dtype_str(dtype: np.dtype) -> str:
 
 
 def type_str(v: Value) -> str:
+    if v.shape is None:
+        return f"{dtype_str(v.dtype)}[?]"
     return f"{dtype_str(v.dtype)}[{','.join(str(d) for d in v.shape)}]"
 
 

@@ -35,6 +35,7 @@ class Buffer:
     const_key: str | None = None  # content hash of a constant tile: identical tiles share SRAM
     is_input: bool = False
     is_output: bool = False
+    host: bool = False  # a whole tensor kept in host memory (host partitions); no SRAM slot
 
     @property
     def is_const(self) -> bool:
@@ -42,10 +43,12 @@ class Buffer:
 
     @property
     def words(self) -> int:
-        return self.rows * words_per_row(self.dtype)
+        return 0 if self.host else self.rows * words_per_row(self.dtype)
 
     @property
     def kind(self) -> str:
+        if self.host:
+            return "host"
         if self.is_const:
             return "const"
         if self.is_input:
@@ -78,7 +81,7 @@ class TensorTiles:
     """How one tensor is cut into tiles: grid[row_block][lane_block] is a buffer id."""
 
     name: str
-    shape: tuple[int, ...]
+    shape: tuple[int, ...] | None  # None: dynamic (host-resident)
     dtype: np.dtype
     rows: int
     cols: int

@@ -17,6 +17,8 @@ def verify_graph(graph: Graph) -> None:
     for name in graph.inputs:
         if name not in graph.values:
             problems.append(f"input %{name} has no value")
+        elif graph.values[name].is_dynamic:
+            problems.append(f"input %{name} has a dynamic shape")
     for node in graph.nodes:
         for i in node.inputs:
             if i and i not in defined:
@@ -30,7 +32,7 @@ def verify_graph(graph: Graph) -> None:
             v = graph.values.get(o)
             if v is None:
                 problems.append(f"{node.name!r} output %{o} has no value")
-            elif any(not isinstance(d, (int, np.integer)) or d < 0 for d in v.shape):
+            elif v.shape is not None and any(not isinstance(d, (int, np.integer)) or d < 0 for d in v.shape):
                 problems.append(f"%{o} has a non-static shape {v.shape}")
     for o in graph.outputs:
         if o not in defined:

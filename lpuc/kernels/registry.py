@@ -10,6 +10,7 @@ Missing optional inputs arrive as `None`. Attributes are plain Python values (se
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -83,11 +84,21 @@ def registered_ops() -> list[tuple[str, str]]:
     return sorted(_KERNELS)
 
 
+# Attribute naming the outer-scope values a control-flow node's bodies read. The compiler appends
+# those values to the node's inputs (so dependencies and liveness see them); they reach the kernel
+# as `ctx.outer`, not as inputs.
+CAPTURES_ATTR = "_captures"
+
+
 def run_kernel(ctx: KernelContext, inputs: Sequence[np.ndarray | None]) -> list[np.ndarray]:
     """Evaluate one node; always returns a list of `ctx.num_outputs` arrays."""
     k = get_kernel(ctx.op_type, ctx.domain)
     if k is None:
         raise KeyError(f"no kernel for {ctx.domain or 'ai.onnx'}::{ctx.op_type}")
+    captures = ctx.attrs.get(CAPTURES_ATTR)
+    if captures:
+        inputs, captured = list(inputs[: -len(captures)]), inputs[-len(captures) :]
+        ctx = dataclasses.replace(ctx, outer={**ctx.outer, **dict(zip(captures, captured))})
     out = k.fn(ctx, *inputs)
     outs = list(out) if isinstance(out, (tuple, list)) else [out]
     return [o if isinstance(o, np.ndarray) else np.asarray(o) for o in outs[: ctx.num_outputs]]

@@ -16,10 +16,10 @@ from lpuc.target import Target
 def lower(
     graph: Graph, target: Target, precision: str, host_fallback: bool = True, where: str = ""
 ) -> TiledProgram:
-    b = TiledBuilder(graph, target, precision)
+    where_ops = {n.name: unit_of(n, graph) for n in graph.nodes}
+    b = TiledBuilder(graph, target, precision, host_resident=host_resident_values(graph, where_ops))
     for name in graph.inputs:
         b.define(name)
-    where_ops = {n.name: unit_of(n, graph) for n in graph.nodes}
     host = [n for n in graph.nodes if where_ops[n.name] == "HOST"]
     if host and not host_fallback:
         listed = ", ".join(sorted({f"{n.op} ({n.name})" for n in host})[:8])
@@ -42,8 +42,29 @@ def lower(
     return b.finish()
 
 
+def host_resident_values(graph: Graph, where_ops: dict[str, str]) -> set[str]:
+    """Host-op results that never need to reach SRAM: dynamic ones, and those read only on the host.
+
+    Consecutive host ops thereby form one partition: data crosses PCIe only at its edges.
+    """
+    consumers = graph.consumers()
+    outputs = set(graph.outputs)
+    resident = set()
+    for node in graph.nodes:
+        if where_ops[node.name] != "HOST":
+            continue
+        for name in node.outputs:
+            users = consumers.get(name, [])
+            if name and (graph.values[name].is_dynamic or (all(where_ops[u.name] == "HOST" for u in users)
+                                                          and (users or name in outputs))):
+                resident.add(name)
+    return resident
+
+
 def unit_of(node: Node, graph: Graph) -> str:
     """The unit class a node lowers to: MAP (VXM map), MXM, VXM, SXM, ALIAS or HOST."""
+    if graph.touches_dynamic(node):
+        return "HOST"
     if is_elementwise(node.op, node.domain) or (node.domain == LPUC_DOMAIN and node.op == "Fused"):
         return "MAP"
     p = placement(node.op, node.domain)

@@ -35,8 +35,9 @@ def split_range(start: int, stop: int, *boundaries: Iterable[int] | int) -> list
 
 
 class TiledBuilder:
-    def __init__(self, graph: Graph, target: Target, precision: str):
+    def __init__(self, graph: Graph, target: Target, precision: str, host_resident: set[str] | None = None):
         self.graph = graph
+        self.host_resident = host_resident or set()
         self.target = target
         self.precision = precision
         self.lanes = target.lanes
@@ -95,9 +96,15 @@ class TiledBuilder:
         )
 
     def define(self, name: str) -> TensorTiles:
-        """Create the tiles of a node output."""
+        """Create the tiles of a node output (one host buffer if it stays in host memory)."""
         v = self.graph.values[name]
-        t = self.new_tensor(name, v.shape, v.dtype)
+        if name in self.host_resident:
+            buf = Buffer(len(self.buffers), name, np.dtype(v.dtype), 1, 1, 0, 0, host=True)
+            self.buffers.append(buf)
+            rows, cols = view_of(v.shape) if v.shape is not None else (0, 0)
+            t = TensorTiles(name, v.shape, np.dtype(v.dtype), rows, cols, self.block_rows, self.lanes, [[buf.id]])
+        else:
+            t = self.new_tensor(name, v.shape, v.dtype)
         self.tensors[name] = t
         return t
 
@@ -118,7 +125,7 @@ class TiledBuilder:
     # -- windows --------------------------------------------------------------------------------
     def whole(self, buf_id: int) -> Ref:
         b = self.buffers[buf_id]
-        return Ref(buf_id, 0, b.rows, 0, b.lanes)
+        return Ref(buf_id, 0, b.rows, 0, b.lanes)  # a host buffer's window is a 1x1 token
 
     def window(self, t: TensorTiles, r0: int, r1: int, c0: int, c1: int) -> Ref:
         """The window of view rows [r0, r1) x cols [c0, c1), which must lie inside one tile."""

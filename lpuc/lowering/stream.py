@@ -39,6 +39,8 @@ def _operand(b: TiledBuilder, t: TensorTiles, first: int, rows: range | None) ->
     grid = t.grid if rows is None else t.grid[rows.start : rows.stop]
     refs = [b.whole(buf) for row in grid for buf in row]
     desc = {"dtype": dtype_name(t.dtype), "first": first, "count": len(refs)}
+    if _is_host(b, t):
+        return {**desc, "host": True, "shape": None if t.shape is None else list(t.shape), "row_offset": 0}, refs
     if rows is None:
         return {**desc, "shape": list(t.shape), "row_offset": 0}, refs
     row_offset = rows.start * t.block_rows
@@ -94,10 +96,12 @@ def _emit(b, node, placement, unit_class, opcode, ins, outs, slab: range | None)
         "opsets": dict(sorted(b.graph.opsets.items())),
     }
     if unit_class == "HOST":
-        in_bytes = sum(_nbytes(t) for t in ins if t is not None)
-        out_bytes = sum(_nbytes(t) for t in outs if t is not None)
-        cycles = b.target.pcie_cycles(in_bytes) + b.target.host_compute_cycles(in_bytes + out_bytes)
-        cycles += b.target.pcie_cycles(out_bytes)
+        operands = [t for t in ins + outs if t is not None]
+        # PCIe carries only what is in SRAM; results read only by host ops stay in host memory.
+        to_host = sum(_nbytes(t) for t in ins if t is not None and not _is_host(b, t))
+        to_chip = sum(_nbytes(t) for t in outs if t is not None and not _is_host(b, t))
+        cycles = b.target.host_compute_cycles(sum(_nbytes(t) for t in operands))
+        cycles += sum(b.target.pcie_cycles(n) for n in (to_host, to_chip) if n)
         b.emit(opcode, "HOST", reads, writes, node.name, stream=cycles, attrs=attrs)
         return
     streamed = reads
@@ -117,5 +121,10 @@ def _emit(b, node, placement, unit_class, opcode, ins, outs, slab: range | None)
     )
 
 
+def _is_host(b: TiledBuilder, t: TensorTiles) -> bool:
+    return bool(t.grid and t.grid[0]) and b.buffers[t.grid[0][0]].host
+
+
 def _nbytes(t: TensorTiles) -> int:
-    return t.rows * t.cols * np.dtype(t.dtype).itemsize
+    """Size of a tensor (0 while its shape is dynamic: the host cost model only sees static data)."""
+    return 0 if t.shape is None else t.rows * t.cols * np.dtype(t.dtype).itemsize

@@ -66,6 +66,8 @@ def allocate(
     slot_of_const: dict[str, int] = {}
     alias: dict[int, int] = {}
     for buf in program.buffers:
+        if buf.host:
+            continue
         if buf.is_const:
             owner = slot_of_const.setdefault(buf.const_key, buf.id)
             if owner != buf.id:
@@ -84,6 +86,7 @@ def allocate(
     for buf_id, owner in alias.items():
         if owner in addr:
             addr[buf_id] = addr[owner]
+    addr.update({b.id: -1 for b in program.buffers if b.host})
     return Allocation(addr, sorted(failures), _peak_live_words(requests), slice_peak)
 
 

@@ -98,7 +98,7 @@ def assemble(
 
     def binding(name: str) -> Binding:
         t = tiled.tensors[name]
-        return Binding(name, t.shape, dtype_name(t.dtype), tuple(t.tiles()))
+        return Binding(name, None if t.shape is None else tuple(t.shape), dtype_name(t.dtype), tuple(t.tiles()))
 
     return Program(
         target,

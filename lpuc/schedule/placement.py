@@ -42,7 +42,7 @@ def place_tiles(
     first, last = _program_order_lifetimes(program)
     releases: list[tuple[int, int, int, int]] = []  # (release index, buffer id, slice, words)
     live = load.copy()
-    order = sorted((b for b in program.buffers if not b.is_const), key=lambda b: (first.get(b.id, -1), b.id))
+    order = sorted((b for b in program.buffers if not b.is_const and not b.host), key=lambda b: (first.get(b.id, -1), b.id))
     cursor = 0
     for buf in order:
         now = first.get(buf.id, -1)
@@ -59,6 +59,7 @@ def place_tiles(
         live[s] += buf.words
         end = last.get(buf.id, len(program.ops)) if not buf.is_output else len(program.ops)
         heapq.heappush(releases, (end, buf.id, s, buf.words))
+    slice_of.update({b.id: -1 for b in program.buffers if b.host})  # host memory: no slice
     return slice_of
 
 

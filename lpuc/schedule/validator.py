@@ -61,6 +61,8 @@ def _bounds(p: Program) -> list[str]:
     out: list[str] = []
     capacity, slices = p.target.addresses_per_slice, p.target.num_slices
     for t in p.tiles:
+        if t.kind == "host":
+            continue
         if not 0 <= t.slice < slices:
             out.append(f"tile {t.id} ({t.tensor}) in slice {t.slice}, target has {slices}")
         if t.addr < 0 or t.addr + t.words > capacity:
@@ -70,7 +72,12 @@ def _bounds(p: Program) -> list[str]:
             )
     for ins in p.instructions:
         for a in ins.reads + ins.writes:
-            problem = _access_problem(a, p.tiles[a.buf] if 0 <= a.buf < len(p.tiles) else None)
+            tile = p.tiles[a.buf] if 0 <= a.buf < len(p.tiles) else None
+            if tile is not None and tile.kind == "host":
+                if ins.opcode != "host.kernel":
+                    out.append(f"instruction {ins.id} ({ins.opcode}) on {ins.unit} accesses host-memory tensor {tile.tensor}")
+                continue
+            problem = _access_problem(a, tile)
             if problem:
                 out.append(f"instruction {ins.id} ({ins.opcode}, {ins.node}): {problem}")
     return out
@@ -101,7 +108,8 @@ def _sram_overlap(p: Program) -> list[str]:
     life = tile_lifetimes(p)
     by_slice: dict[int, list[TileSlot]] = defaultdict(list)
     for t in p.tiles:
-        by_slice[t.slice].append(t)
+        if t.kind != "host":
+            by_slice[t.slice].append(t)
     for s, tiles in sorted(by_slice.items()):
         tiles.sort(key=lambda t: (t.addr, t.id))
         for i, a in enumerate(tiles):
@@ -155,7 +163,7 @@ def _timing(p: Program) -> list[str]:
                         f"[{ins.start}, {ins.end}) while instruction {w_ins.id} ({w_ins.opcode}) writes it "
                         f"during [{w_ins.start}, {w_ins.end})"
                     )
-            if not is_write and tile.kind not in ("const", "input", "io"):
+            if not is_write and tile.kind not in ("const", "input", "io"):  # host tensors too: written first
                 if not any(w_ins.end <= ins.start and _windows_overlap(a, w, wpr) for w_ins, w, _ in writes):
                     out.append(
                         f"instruction {ins.id} ({ins.opcode}, {ins.node}) reads tile {buf} ({tile.tensor}) at "

@@ -76,3 +76,27 @@ def assert_outputs_match(case, outputs: Sequence[np.ndarray], expected: Sequence
     Runner.assert_similar_outputs(
         [normalize(e) for e in expected], list(outputs), rtol=case.rtol, atol=case.atol
     )
+
+
+class Crash(Exception):
+    """A case failed with an exception that is neither a clean lpuc error nor a numeric mismatch."""
+
+
+def run_case(case, backend) -> None:
+    """Run one case through `backend` the way onnx's runner does; raise on any difference.
+
+    Clean failures raise LpucError (compile/run refused with a message) or AssertionError (wrong
+    numbers); anything else is re-raised as Crash.
+    """
+    from lpuc.errors import LpucError
+
+    try:
+        rep = backend.prepare(case.model, "CPU")
+        for inputs, expected in case.data_sets:
+            with np.errstate(all="ignore"):
+                outputs = rep.run([normalize(x) for x in inputs])
+            assert_outputs_match(case, outputs, expected)
+    except (LpucError, AssertionError):
+        raise
+    except Exception as e:  # noqa: BLE001 - classify, keep the cause
+        raise Crash(f"{type(e).__name__}: {e}") from e

@@ -1,0 +1,66 @@
+"""Matrix products: MatMul, Gemm, MatMulInteger, QLinearMatMul."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from lpuc.kernels._common import is_low_precision_float
+from lpuc.kernels.quantize import centered, integer_range, quantize_values
+from lpuc.kernels.registry import KernelContext, kernel
+
+
+def accumulation_dtype(dtype: np.dtype) -> np.dtype:
+    """The dtype products and sums are accumulated in: float32 for fp16/bf16 (numpy would
+    accumulate in the narrow type), int64 for integers (exact; callers wrap back to the input
+    type, as a 32-bit accumulator would), otherwise the dtype itself."""
+    if is_low_precision_float(dtype):
+        return np.dtype(np.float32)
+    if integer_range(dtype) is not None:
+        return np.dtype(np.int64)
+    return np.dtype(dtype)
+
+
+def accumulated_matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """numpy.matmul (broadcasting, 1-D operands) computed in `accumulation_dtype` of a's dtype;
+    callers cast the result back."""
+    acc = accumulation_dtype(a.dtype)
+    return np.matmul(a.astype(acc, copy=False), b.astype(acc, copy=False))
+
+
+def _per_row(param: np.ndarray) -> np.ndarray:
+    """A 1-D per-row zero point / scale of the left operand [M, K] broadcasts as [M, 1]."""
+    return param.reshape(-1, 1) if param.ndim == 1 and param.size > 1 else param
+
+
+@kernel("MatMul")
+def matmul(ctx: KernelContext, a, b):
+    return accumulated_matmul(a, b).astype(a.dtype, copy=False)
+
+
+@kernel("Gemm")
+def gemm(ctx: KernelContext, a, b, c=None):
+    alpha, beta = ctx.attr("alpha", 1.0), ctx.attr("beta", 1.0)
+    y = accumulated_matmul(a.T if ctx.attr("transA", 0) else a, b.T if ctx.attr("transB", 0) else b)
+    if alpha != 1.0:
+        y = y * alpha
+    if c is not None and beta != 0.0:
+        c = c.astype(y.dtype, copy=False)
+        y = y + (c if beta == 1.0 else beta * c)
+    return y.astype(a.dtype, copy=False)
+
+
+@kernel("MatMulInteger")
+def matmul_integer(ctx: KernelContext, a, b, a_zero_point=None, b_zero_point=None):
+    a_zero_point = None if a_zero_point is None else _per_row(a_zero_point)
+    y = np.matmul(centered(a, a_zero_point), centered(b, b_zero_point))
+    return y.astype(np.int32)
+
+
+@kernel("QLinearMatMul")
+def qlinear_matmul(
+    ctx: KernelContext, a, a_scale, a_zero_point, b, b_scale, b_zero_point, y_scale, y_zero_point
+):
+    accumulator = np.matmul(centered(a, _per_row(a_zero_point)), centered(b, b_zero_point))
+    # The combined scale is computed in the scales' own precision, as the spec's formula reads.
+    multiplier = (_per_row(a_scale) * b_scale / y_scale).astype(y_scale.dtype)
+    return quantize_values(accumulator * multiplier.astype(np.float64), y_zero_point, y_zero_point.dtype)
