@@ -31,6 +31,7 @@ def compile(  # noqa: A001 - the natural name for a compiler's entry point
     input_shapes: Mapping[str, tuple[int, ...]] | None = None,
     *,
     example_inputs: Any = None,
+    exporter: str = "torchscript",
     host_fallback: bool = True,
     dump_ir: str | os.PathLike | None = None,
     const_inputs: Mapping[str, np.ndarray] | None = None,
@@ -38,6 +39,8 @@ def compile(  # noqa: A001 - the natural name for a compiler's entry point
 ) -> Program:
     """Compile an ONNX model (path or ModelProto) into a scheduled, validated Program.
 
+    A `torch.nn.Module` is exported to ONNX first with `example_inputs` and `exporter`
+    ("torchscript" or "dynamo"; see lpuc.frontend.torch_export).
     `input_shapes` binds dynamic input dims ({"x": (1, 128)}); `precision` is "fp16" (the MXM's
     native path: inputs rounded to fp16, fp32 accumulation) or "fp32" (exact, three fp16 passes).
     `const_inputs` compiles inputs as constants and `strict_input_shapes=False` lets `input_shapes`
@@ -47,7 +50,7 @@ def compile(  # noqa: A001 - the natural name for a compiler's entry point
         raise LpucError(f"unknown precision {precision!r} (choose {', '.join(PRECISIONS)})")
     tgt = load_target(target)
     started = time.perf_counter()
-    proto, where = _as_onnx(model, example_inputs)
+    proto, where = _as_onnx(model, example_inputs, exporter)
     graph = import_model(proto, where, input_shapes=input_shapes, const_inputs=const_inputs,
                          strict_input_shapes=strict_input_shapes)
     dump_dir = Path(dump_ir) if dump_ir is not None else None
@@ -73,7 +76,7 @@ def load(path: str | os.PathLike) -> Program:
     return read_program(path)
 
 
-def _as_onnx(model: Any, example_inputs: Any) -> tuple[onnx.ModelProto, str]:
+def _as_onnx(model: Any, example_inputs: Any, exporter: str) -> tuple[onnx.ModelProto, str]:
     if isinstance(model, onnx.ModelProto):
         return load_model(model), model.graph.name or "<model>"
     if isinstance(model, (str, os.PathLike)):
@@ -82,5 +85,5 @@ def _as_onnx(model: Any, example_inputs: Any) -> tuple[onnx.ModelProto, str]:
         return proto, str(model)
     from lpuc.frontend.torch_export import export_module
 
-    proto = export_module(model, example_inputs)
+    proto = export_module(model, example_inputs, exporter=exporter)
     return load_model(proto), type(model).__name__

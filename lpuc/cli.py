@@ -36,6 +36,9 @@ class _Group(click.Group):
             sys.exit(e.exit_code)
         except (click.exceptions.Exit, click.ClickException, click.Abort, SystemExit):
             raise
+        except BrokenPipeError:  # output piped into e.g. `head`, which stopped reading
+            sys.stderr.close()
+            sys.exit(0)
         except Exception as e:  # noqa: BLE001 - last line of defence: no traceback without --debug
             if _debug(ctx):
                 raise
@@ -90,11 +93,20 @@ def main(debug: bool) -> None:
     help="For a PyTorch factory MODEL (pkg.mod:fn): shape of each example input (float32).",
 )
 @click.option(
+    "--exporter",
+    type=click.Choice(["torchscript", "dynamo"]),
+    default="torchscript",
+    show_default=True,
+    help="torch.onnx exporter for a PyTorch factory MODEL.",
+)
+@click.option(
     "--dump-ir", type=click.Path(file_okay=False), help="Write the IR after every stage to this directory."
 )
 @click.option("--no-host-fallback", is_flag=True, help="Fail instead of running unmappable ops on the host.")
 @click.option("--debug", is_flag=True, hidden=True)
-def compile(model, output, target, precision, input_shapes, example_inputs, dump_ir, no_host_fallback, debug):  # noqa: A001
+def compile(  # noqa: A001 - the command's name
+    model, output, target, precision, input_shapes, example_inputs, exporter, dump_ir, no_host_fallback, debug
+):
     """Compile MODEL (an .onnx file, or pkg.module:factory returning a torch.nn.Module)."""
     import lpuc
     from lpuc.frontend.input_shapes import parse_shape_specs
@@ -107,6 +119,7 @@ def compile(model, output, target, precision, input_shapes, example_inputs, dump
         precision=precision,
         input_shapes=shapes,
         example_inputs=examples,
+        exporter=exporter,
         host_fallback=not no_host_fallback,
         dump_ir=dump_ir,
     )
@@ -188,13 +201,35 @@ def targets():
         click.echo(f"{'':<10} {t.description}")
 
 
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable list.")
+@click.option("--unit", help="Only ops that run on this unit (MXM, VXM, SXM, ALIAS, FOLD, HOST).")
+def ops(as_json, unit):
+    """List the operators lpuc compiles, where each runs, and their ONNX opset versions."""
+    from lpuc.ops import supported_ops
+
+    rows = [r for r in supported_ops() if unit is None or r["unit"] == unit.upper()]
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    for r in rows:
+        name = f"{r['domain']}::{r['op']}" if r["domain"] else r["op"]
+        via = f" (via {r['via']})" if r["via"] else ""
+        versions = ",".join(str(v) for v in r["opsets"]) or "-"
+        click.echo(f"{name:<36} {r['unit']:<6} opsets {versions}{via}")
+    counts = {u: sum(r["unit"] == u for r in rows) for u in ("MXM", "VXM", "SXM", "ALIAS", "FOLD", "HOST")}
+    click.echo(f"{len(rows)} ops: " + ", ".join(f"{n} {u}" for u, n in counts.items() if n))
+
+
 # -- helpers --------------------------------------------------------------------------------------
 def _model_source(model: str, example_inputs: tuple[str, ...]):
     if ":" in model and not Path(model).exists():
         from lpuc.frontend.torch_export import factory_from_spec
 
         module = factory_from_spec(model)
-        shapes = [tuple(int(d) for d in s.lower().split("x")) for s in example_inputs]
+        from lpuc.frontend.input_shapes import parse_dims
+
+        shapes = [parse_dims(s, "--example-input") for s in example_inputs]
         import torch
 
         gen = torch.Generator().manual_seed(0)

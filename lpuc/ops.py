@@ -9,6 +9,7 @@ Every op lpuc accepts falls in one class:
 - ALIAS: a view change that keeps the tensor's [rows, lanes] layout: no instruction at all.
 - STREAM ops: a whole-tensor (or row-slab) kernel on a VXM or SXM unit, costed as `passes` streams
   of every input and output vector through the unit.
+- FOLD: computed by the compiler (shapes and constants); on the host if its inputs are not constant.
 - HOST: no sensible mapping onto MXM/VXM/SXM/MEM: runs on the host, behind PCIe transfers.
 
 Ops may also be rewritten away by passes before lowering (Gemm -> MatMul + Add, Conv -> Im2Col +
@@ -17,9 +18,11 @@ MatMul, LSTM/GRU/RNN -> matmuls and elementwise ops per step); the table says so
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
-from lpuc.ir.graph import LPUC_DOMAIN
+from lpuc.ir.graph import LPUC_DOMAIN, Graph, Node
 
 
 @dataclass(frozen=True)
@@ -28,6 +31,22 @@ class Placement:
     passes: float = 1.0  # streams of the data through the unit (stream ops) or ALU ops (elementwise)
     rowwise: bool = False  # output row slab depends only on the same input row slab (axis = last)
     via: str = ""  # rewritten by this pass before lowering
+    cost: Callable[[Node, Graph], float] | None = None  # passes that depend on the node's attributes
+
+    def passes_for(self, node: Node, graph: Graph) -> float:
+        return self.cost(node, graph) if self.cost is not None else self.passes
+
+
+def _window_passes(node: Node, graph: Graph) -> float:
+    """Sliding-window ops: one pass per window tap (a 3x3 max pool reads each output's 9 inputs)."""
+    shape = node.attr("kernel_shape") or graph.values[node.inputs[0]].shape[2:]
+    return float(math.prod(shape))
+
+
+def _vxm_conv_passes(node: Node, graph: Graph) -> float:
+    """A convolution left on the VXM (depthwise-like): a MAC per tap and input channel per group."""
+    w = graph.values[node.inputs[1]].shape
+    return float(math.prod(w[2:]) * w[1])
 
 
 # ALU ops per element (VXM has TanH, Exp, RSqrt natively; the rest are built from them).
@@ -110,23 +129,37 @@ _TABLE: dict[tuple[str, str], Placement] = {}
 
 
 def _add(
-    unit: str, ops: str, passes: float = 1.0, rowwise: bool = False, via: str = "", domain: str = ""
+    unit: str,
+    ops: str,
+    passes: float = 1.0,
+    rowwise: bool = False,
+    via: str = "",
+    domain: str = "",
+    cost: Callable[[Node, Graph], float] | None = None,
 ) -> None:
     for op in ops.split():
-        _TABLE[(domain, op)] = Placement(unit, passes, rowwise, via)
+        _TABLE[(domain, op)] = Placement(unit, passes, rowwise, via, cost)
 
 
 for _op, _alu in ELEMENTWISE.items():
     _add("VXM", _op, passes=_alu, domain="ai.onnx.ml" if _op == "Binarizer" else "")
 _add("VXM", "Fused", domain=LPUC_DOMAIN)
+_add("VXM", "CastLike", passes=1, via="canonicalize_ops")
 
 _add("MXM", "MatMul")
 _add("MXM", "Gemm", via="lower_gemm")
-_add("MXM", "Conv", via="lower_conv")
+# Dense convolutions become Im2Col + MatMul (lower_conv); depthwise-like ones stay on the VXM.
+_add("VXM", "Conv", via="lower_conv", cost=_vxm_conv_passes)
+_add("MXM", "ConvTranspose", via="lower_conv")
 _add("MXM", "LSTM GRU RNN", via="decompose_rnn")
 _add("MXM", "Einsum", via="lower_einsum")
+_add("MXM", "Attention", via="decompose_attention")
 
 _add("ALIAS", "Reshape Flatten Squeeze Unsqueeze Dropout")
+
+# Evaluated by the compiler: their inputs are constants once shapes are static. Left with runtime
+# inputs (a Range whose limits are computed), they run on the host.
+_add("FOLD", "Constant Shape Size ConstantOfShape Range")
 
 # Row-wise reductions and normalizations along the last axis: a log-depth lane reduction tree
 # (SXM shifts feeding VXM adds) plus the elementwise work.
@@ -140,7 +173,7 @@ _add("VXM", "CumSum CumProd", passes=2)
 _add("VXM", "TopK", passes=8)
 _add("VXM", "BatchNormalization", passes=2, via="fold_batchnorm")
 _add("VXM", "InstanceNormalization GroupNormalization MeanVarianceNormalization LRN", passes=5)
-_add("VXM", "MaxPool AveragePool LpPool GlobalAveragePool GlobalMaxPool GlobalLpPool", passes=2)
+_add("VXM", "MaxPool AveragePool LpPool GlobalAveragePool GlobalMaxPool GlobalLpPool", cost=_window_passes)
 _add("VXM", "NegativeLogLikelihoodLoss SoftmaxCrossEntropyLoss", passes=6)
 _add("VXM", "QuantizeLinear DequantizeLinear DynamicQuantizeLinear", passes=2)
 _add("VXM", "Trilu EyeLike", passes=1)
@@ -150,13 +183,13 @@ _add("VXM", "RotaryEmbedding", passes=3)
 _add("SXM", "Transpose Concat Split Slice Expand Tile Pad DepthToSpace SpaceToDepth ReverseSequence")
 _add("SXM", "Gather GatherElements GatherND Scatter ScatterElements ScatterND OneHot CenterCropPad")
 _add("SXM", "Resize Upsample GridSample AffineGrid RoiAlign MaxUnpool Col2Im")
-_add("SXM", "Im2Col", domain=LPUC_DOMAIN)
+_add("SXM", "Im2Col ConvTransposeScatter", domain=LPUC_DOMAIN)
 
 _HOST_OPS = (
     "If Loop Scan NonZero Unique Compress NonMaxSuppression DFT STFT Det BlackmanWindow HammingWindow "
     "HannWindow MelWeightMatrix Bernoulli RandomUniform RandomNormal RandomUniformLike RandomNormalLike "
-    "Multinomial TfIdfVectorizer ImageDecoder ConvTranspose DeformConv ConvInteger QLinearConv "
-    "MatMulInteger QLinearMatMul Attention MaxRoiPool TensorScatter BitCast"
+    "Multinomial TfIdfVectorizer ImageDecoder DeformConv ConvInteger QLinearConv "
+    "MatMulInteger QLinearMatMul MaxRoiPool TensorScatter BitCast"
 )
 _add("HOST", _HOST_OPS)
 
@@ -193,3 +226,23 @@ DATA_DEPENDENT_SHAPES = frozenset({
 })
 # Ops that read only the shapes of their inputs.
 SHAPE_READERS = frozenset({"Shape", "Size"})
+
+
+def supported_ops() -> list[dict]:
+    """Every op with a kernel: where it runs (the unit after the op's rewriting pass, if any) and
+    the ONNX schema versions (opsets) lpuc accepts for it (all versions onnx knows)."""
+    import onnx
+
+    from lpuc.kernels import registered_ops
+
+    versions: dict[tuple[str, str], set[int]] = {}
+    for schema in onnx.defs.get_all_schemas_with_history():
+        domain = "" if schema.domain in ("", "ai.onnx") else schema.domain
+        versions.setdefault((domain, schema.name), set()).add(schema.since_version)
+    rows = []
+    for domain, op in registered_ops():
+        p = placement(op, domain)
+        unit = "VXM" if is_elementwise(op, domain) else p.unit
+        rows.append({"op": op, "domain": domain, "unit": unit, "via": p.via,
+                     "opsets": sorted(versions.get((domain, op), ()))})
+    return rows

@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -69,11 +70,11 @@ class TileSlot:
     kind: str  # "const" | "input" | "output" | "io" (both) | "temp" | "host" (host memory, no slot)
     const_key: str | None = None
 
-    @property
+    @cached_property
     def np_dtype(self) -> np.dtype:
         return dtype_from_name(self.dtype)
 
-    @property
+    @cached_property
     def words(self) -> int:
         return 0 if self.kind == "host" else self.rows * words_per_row(self.np_dtype)
 

@@ -15,11 +15,18 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from lpuc.passes.canonicalize_matmul import canonicalize_matmul
+from lpuc.passes.canonicalize_ops import canonicalize_ops
+from lpuc.passes.decompose_attention import decompose_attention
+from lpuc.passes.decompose_rnn import decompose_rnn
 from lpuc.passes.eliminate_dead_code import eliminate_dead_code
 from lpuc.passes.eliminate_identity import eliminate_identity
+from lpuc.passes.fold_batchnorm import fold_batchnorm
 from lpuc.passes.fold_constants import fold_constants
 from lpuc.passes.fuse_elementwise import fuse_elementwise
 from lpuc.passes.legalize_broadcast import legalize_broadcast
+from lpuc.passes.lower_conv import lower_conv
+from lpuc.passes.lower_einsum import lower_einsum
 from lpuc.passes.lower_gemm import lower_gemm
 
 from lpuc.ir.graph import Graph
@@ -46,8 +53,15 @@ class Pass:
 
 PIPELINE: tuple[Pass, ...] = (
     Pass("fold_constants", fold_constants),
+    Pass("canonicalize_ops", canonicalize_ops),
+    Pass("decompose_rnn", decompose_rnn),
     Pass("eliminate_identity", eliminate_identity),
     Pass("lower_gemm", lower_gemm),
+    Pass("lower_einsum", lower_einsum),
+    Pass("decompose_attention", decompose_attention),
+    Pass("fold_batchnorm", fold_batchnorm),
+    Pass("lower_conv", lower_conv),
+    Pass("canonicalize_matmul", canonicalize_matmul),
     Pass("fold_constants", fold_constants),
     Pass("fuse_elementwise", fuse_elementwise),
     Pass("legalize_broadcast", legalize_broadcast),

@@ -9,6 +9,17 @@ import onnx
 from lpuc.errors import ShapeError
 
 
+def parse_dims(text: str, option: str) -> tuple[int, ...]:
+    """`"1x3x224x224"` -> (1, 3, 224, 224); "" is a scalar."""
+    try:
+        shape = tuple(int(d) for d in text.lower().split("x")) if text else ()
+    except ValueError:
+        raise ShapeError(f"{option} {text!r}: dims must be integers joined by 'x' (e.g. 1x128)") from None
+    if any(d < 0 for d in shape):
+        raise ShapeError(f"{option} {text!r}: dims must be >= 0")
+    return shape
+
+
 def parse_shape_specs(specs: Iterable[str]) -> dict[str, tuple[int, ...]]:
     """`["x=1x3x224x224", "mask=1x128"]` -> {"x": (1, 3, 224, 224), "mask": (1, 128)}."""
     shapes: dict[str, tuple[int, ...]] = {}
@@ -16,13 +27,7 @@ def parse_shape_specs(specs: Iterable[str]) -> dict[str, tuple[int, ...]]:
         name, sep, dims = spec.rpartition("=")
         if not sep or not name:
             raise ShapeError(f"--input-shape {spec!r}: expected NAME=D0xD1x... (e.g. x=1x128)")
-        try:
-            shape = tuple(int(d) for d in dims.lower().split("x")) if dims else ()
-        except ValueError:
-            raise ShapeError(f"--input-shape {spec!r}: dims must be integers joined by 'x'") from None
-        if any(d < 0 for d in shape):
-            raise ShapeError(f"--input-shape {spec!r}: dims must be >= 0")
-        shapes[name] = shape
+        shapes[name] = parse_dims(dims, f"--input-shape {name}=")
     return shapes
 
 

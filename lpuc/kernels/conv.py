@@ -323,25 +323,47 @@ def conv_transpose(ctx: KernelContext, x, w, bias=None):
     kernel_shape = w.shape[2:]
     rank = len(kernel_shape)
     batch, channels = x.shape[:2]
-    strides = ctx.attr("strides") or [1] * rank
-    dilations = ctx.attr("dilations") or [1] * rank
-    full = [
-        (n - 1) * s + (k - 1) * d + 1
-        for n, k, s, d in zip(x.shape[2:], kernel_shape, strides, dilations, strict=True)
-    ]
-    pads, out_shape = _transpose_pads(ctx, x.shape[2:], strides, full)
+    strides, dilations, full, pads, out_shape = transpose_geometry(ctx, x.shape[2:], kernel_shape)
     # Each input pixel scatters W^T @ x[:, pixel] over its window: columns for col2im.
     xg = x.astype(work).reshape(batch, group, channels // group, -1)
     wg = w.astype(work).reshape(group, channels // group, -1)
     cols = np.matmul(wg.transpose(0, 2, 1)[None], xg).reshape(batch, -1, xg.shape[-1])
-    image = col2im(cols, full, kernel_shape, strides, [0] * (2 * rank), dilations)
-    # Output pixel j is full-image pixel j + pad_begin; outside the full image (negative pads,
-    # output_padding) it is zero.
-    begin = pads[:rank]
+    y = scatter_transposed(cols, full, kernel_shape, strides, dilations, pads[:rank], out_shape)
+    return _add_bias(y, bias).astype(x.dtype, copy=False)
+
+
+def scatter_transposed(
+    cols: np.ndarray,
+    full_shape: Sequence[int],
+    kernel_shape: Sequence[int],
+    strides: Sequence[int],
+    dilations: Sequence[int],
+    pads_begin: Sequence[int],
+    out_shape: Sequence[int],
+) -> np.ndarray:
+    """The ConvTranspose image [N, M, *out_shape] from its columns [N, M * prod(kernel), L].
+
+    Output pixel j is pixel j + pads_begin of the full (unpadded) image; outside the full image
+    (negative pads, output_padding) it is zero.
+    """
+    rank = len(full_shape)
+    image = col2im(cols, full_shape, kernel_shape, strides, [0] * (2 * rank), dilations)
     extend = [(0, 0)] * 2 + [
-        (max(0, -b), max(0, b + o - f)) for b, o, f in zip(begin, out_shape, full, strict=True)
+        (max(0, -b), max(0, b + o - f)) for b, o, f in zip(pads_begin, out_shape, full_shape, strict=True)
     ]
     image = np.pad(image, extend)
-    starts = [max(0, b) for b in begin]
-    y = image[(slice(None), slice(None), *(slice(s, s + o) for s, o in zip(starts, out_shape, strict=True)))]
-    return _add_bias(y, bias).astype(x.dtype, copy=False)
+    starts = [max(0, b) for b in pads_begin]
+    return image[(slice(None), slice(None), *(slice(s, s + o) for s, o in zip(starts, out_shape, strict=True)))]
+
+
+def transpose_geometry(ctx: KernelContext, input_shape: Sequence[int], kernel_shape: Sequence[int]):
+    """(strides, dilations, full image shape, pads, output shape) of a ConvTranspose node."""
+    rank = len(kernel_shape)
+    strides = ctx.attr("strides") or [1] * rank
+    dilations = ctx.attr("dilations") or [1] * rank
+    full = [
+        (n - 1) * s + (k - 1) * d + 1
+        for n, k, s, d in zip(input_shape, kernel_shape, strides, dilations, strict=True)
+    ]
+    pads, out_shape = _transpose_pads(ctx, input_shape, strides, full)
+    return list(strides), list(dilations), full, pads, out_shape

@@ -109,15 +109,16 @@ def _emit(b, node, placement, unit_class, opcode, ins, outs, slab: range | None)
         streamed = reads[in_desc[0]["count"] :]  # the table is addressed, only gathered rows move
     vectors = sum(r.nrows for r in streamed) + sum(r.nrows for r in writes)
     elem = sum(r.nrows * r.nlanes for r in writes)
+    passes = placement.passes_for(node, b.graph)
     b.emit(
         opcode,
         unit_class,
         reads,
         writes,
         node.name,
-        stream=int(np.ceil(placement.passes * vectors)),
+        stream=int(np.ceil(passes * vectors)),
         attrs=attrs,
-        elem_ops=int(placement.passes * elem) if unit_class == "VXM" else 0,
+        elem_ops=int(passes * elem) if unit_class == "VXM" else 0,
     )
 
 

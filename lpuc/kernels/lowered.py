@@ -1,0 +1,28 @@
+"""Kernels of the ops lpuc's passes introduce (domain "lpuc"): pieces of lowered convolutions."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from lpuc.ir.graph import LPUC_DOMAIN
+from lpuc.kernels.conv import im2col, scatter_transposed
+from lpuc.kernels.registry import KernelContext, kernel
+
+
+@kernel("Im2Col", domain=LPUC_DOMAIN)
+def im2col_kernel(ctx: KernelContext, x: np.ndarray) -> np.ndarray:
+    """x [N, C, *spatial] -> [N * prod(out), C * prod(kernel)] (attrs: kernel_shape, strides, pads, dilations)."""
+    return im2col(x, ctx.attr("kernel_shape"), ctx.attr("strides"), ctx.attr("pads"), ctx.attr("dilations"))
+
+
+@kernel("ConvTransposeScatter", domain=LPUC_DOMAIN)
+def conv_transpose_scatter(ctx: KernelContext, cols: np.ndarray, bias: np.ndarray | None = None) -> np.ndarray:
+    """ConvTranspose columns [N, M * prod(kernel), L] -> image [N, M, *out] (+ bias per channel)."""
+    work = np.float64 if cols.dtype == np.float64 else np.float32
+    image = scatter_transposed(
+        cols.astype(work, copy=False), ctx.attr("full_shape"), ctx.attr("kernel_shape"), ctx.attr("strides"),
+        ctx.attr("dilations"), ctx.attr("pads_begin"), ctx.attr("out_shape"),
+    )
+    if bias is not None:
+        image = image + bias.astype(work).reshape(1, -1, *([1] * (image.ndim - 2)))
+    return image.astype(cols.dtype, copy=False)
