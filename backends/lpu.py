@@ -18,7 +18,6 @@ import json
 import os
 import struct
 import sys
-import tempfile
 import zlib
 from pathlib import Path
 from typing import Any
@@ -27,6 +26,7 @@ import numpy as np
 
 from lpuc.dtypes import dtype_from_name, dtype_name
 from lpuc.errors import ArtifactError
+from lpuc.fileio import atomic_write
 from lpuc.program import Access, Binding, Instruction, Program, TileSlot
 from lpuc.target import target_from_dict
 
@@ -130,17 +130,7 @@ def _binding(b: Binding) -> dict:
 
 
 def write_program(program: Program, path: str | os.PathLike) -> None:
-    """Write atomically: a temp file in the same directory, renamed over the target."""
-    data = encode_program(program)
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent or ".")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, encode_program(program))
 
 
 # -- decode -------------------------------------------------------------------------------------

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import sys
-import tempfile
 import traceback
 from pathlib import Path
 
@@ -17,6 +16,7 @@ import click
 import numpy as np
 
 from lpuc.errors import CheckFailed, LpucError
+from lpuc.fileio import atomic_path
 from lpuc.report import human_bytes
 from lpuc.target import DEFAULT_TARGET, PRECISIONS
 
@@ -291,15 +291,8 @@ def _load_npz(path: str) -> dict[str, np.ndarray]:
 
 
 def _save_npz(path: str, arrays: dict[str, np.ndarray]) -> None:
-    target = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".npz", dir=target.parent or ".")
-    os.close(fd)
-    try:
+    with atomic_path(path, suffix=".npz") as tmp:
         np.savez(tmp, **arrays)
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _mean(value: np.ndarray) -> str:

@@ -155,7 +155,10 @@ _add("MXM", "LSTM GRU RNN", via="decompose_rnn")
 _add("MXM", "Einsum", via="lower_einsum")
 _add("MXM", "Attention", via="decompose_attention")
 
-_add("ALIAS", "Reshape Flatten Squeeze Unsqueeze Dropout")
+_add("ALIAS", "Reshape Flatten Squeeze Unsqueeze")
+# Inference Dropout is removed by eliminate_identity; what remains (training mode, or a mask that
+# is used) draws random numbers on the VXM.
+_add("VXM", "Dropout", passes=2)
 
 # Evaluated by the compiler: their inputs are constants once shapes are static. Left with runtime
 # inputs (a Range whose limits are computed), they run on the host.

@@ -21,6 +21,10 @@ from lpuc.dtypes import dtype_from_name, words_per_row
 from lpuc.target import Target
 
 
+# The instruction set the runtime executes (runtime/isa.py has one handler per opcode).
+OPCODES = ("mxm.lw", "mxm.mm", "vxm.map", "vxm.kernel", "sxm.kernel", "host.kernel")
+
+
 @dataclass(frozen=True)
 class Access:
     """Rows [addr, addr + nrows * words_per_row) of a slice, lanes [lane0, lane0 + nlanes)."""

@@ -34,7 +34,7 @@ def summary_text(s: dict[str, Any]) -> str:
 
 def _units(units: dict[str, float]) -> str:
     vxm = [p for u, p in units.items() if u.startswith("VXM")]
-    parts = [f"{u} {p:.1f}" for u, p in units.items() if not u.startswith("VXM")]
+    parts = [f"{u} {p:.1f}" for u, p in units.items() if not u.startswith("VXM") and (p or u.startswith("MXM"))]
     if vxm:
         parts.append(f"VXM(avg of {len(vxm)} ALUs) {sum(vxm) / len(vxm):.1f}")
     return ", ".join(parts)

@@ -9,10 +9,10 @@ and tid so that strict consumers accept it. Open the file at https://ui.perfetto
 from __future__ import annotations
 
 import json
+import re
 import os
-import tempfile
-from pathlib import Path
 
+from lpuc.fileio import atomic_write
 from lpuc.program import Program
 from lpuc.schedule.validator import tile_lifetimes
 
@@ -64,7 +64,7 @@ def trace_events(program: Program) -> list[dict]:
                 {
                     "ph": "X",
                     "name": f"{ins.opcode} {ins.node}",
-                    "cat": unit.rstrip("0123456789.LW") or unit,
+                    "cat": _unit_class(unit),
                     "pid": PID,
                     "tid": tids[unit],
                     "ts": ins.start * us,
@@ -80,6 +80,11 @@ def trace_events(program: Program) -> list[dict]:
             )
     events += _sram_counter(program, us)
     return events
+
+
+def _unit_class(unit: str) -> str:
+    """"MXM2.LW" -> "MXM", "VXM11" -> "VXM": the category Perfetto groups and colours by."""
+    return re.match(r"[A-Z]+", unit).group(0)
 
 
 def _sram_counter(program: Program, us: float) -> list[dict]:
@@ -111,13 +116,4 @@ def _sram_counter(program: Program, us: float) -> list[dict]:
 
 
 def write_trace(program: Program, path: str | os.PathLike) -> None:
-    path = Path(path)
-    data = json.dumps({"traceEvents": trace_events(program), "displayTimeUnit": "ns"}, separators=(",", ":"))
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent or ".")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, json.dumps({"traceEvents": trace_events(program), "displayTimeUnit": "ns"}, separators=(",", ":")))

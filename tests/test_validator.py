@@ -89,3 +89,15 @@ def test_rejects_mm_without_loaded_weights(program):
     instructions = [i for j, i in enumerate(program.instructions) if j != k]
     problems = _problems(dataclasses.replace(program, instructions=instructions))
     assert any("no LW loaded" in p or "no installed weights" in p for p in problems), problems
+
+
+def test_rejects_unknown_opcode(program):
+    problems = _problems(_with_instruction(program, 0, opcode="vxm.teleport"))
+    assert any("unknown opcode 'vxm.teleport'" in p for p in problems), problems
+
+
+def test_runtime_implements_exactly_the_instruction_set():
+    from lpuc.program import OPCODES
+    from lpuc.runtime.isa import HANDLERS
+
+    assert set(HANDLERS) == set(OPCODES)

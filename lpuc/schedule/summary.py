@@ -20,7 +20,10 @@ def summarize(
     for ins in program.instructions:
         for u in ins.units:
             busy[u] += ins.duration
-    units = {u: round(100.0 * busy[u] / cycles, 2) if cycles else 0.0 for u in target.units() if busy[u]}
+    # Every compute unit (idle ones too: an average over VXM ALUs must count all of them); the host
+    # only when used.
+    shown = [u for u in target.units() if not u.startswith("MEM") and (u != "HOST" or busy[u])]
+    units = {u: round(100.0 * busy[u] / cycles, 2) if cycles else 0.0 for u in shown}
     const_words = sum({t.const_key: t.words for t in program.tiles if t.kind == "const"}.values())
     host_nodes = sorted({i.node for i in program.instructions if i.opcode == "host.kernel"})
     return {

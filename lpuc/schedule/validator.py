@@ -1,7 +1,7 @@
 """Proof that a program obeys the chip's rules; used by the compiler, the runtime and tests.
 
 Checked, each as its own rule:
-1. units: every unit exists on the target and runs one instruction at a time;
+1. units: every opcode is known, every unit exists on the target and runs one instruction at a time;
 2. bounds: every tile slot and every access lies inside SRAM and inside its tile's slot;
 3. SRAM: no two tiles that are live at the same time share an address (identical constants may);
 4. timing: an instruction reads a tile only after a write to that window has completed, and no two
@@ -19,7 +19,7 @@ from collections import defaultdict
 
 from lpuc.dtypes import words_per_row
 from lpuc.errors import ScheduleError
-from lpuc.program import Access, Instruction, Program, TileSlot
+from lpuc.program import OPCODES, Access, Instruction, Program, TileSlot
 from lpuc.schedule.liveness import live_intervals
 
 MAX_PROBLEMS = 20
@@ -40,6 +40,8 @@ def _units(p: Program) -> list[str]:
     out: list[str] = []
     busy: dict[str, list[Instruction]] = defaultdict(list)
     for ins in p.instructions:
+        if ins.opcode not in OPCODES:
+            out.append(f"instruction {ins.id} has unknown opcode {ins.opcode!r}")
         if ins.duration <= 0 or ins.start < 0:
             out.append(f"instruction {ins.id} ({ins.opcode}) has start {ins.start}, duration {ins.duration}")
         for u in ins.units:
