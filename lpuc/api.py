@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
+from collections.abc import Iterator
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -49,24 +51,34 @@ def compile(  # noqa: A001 - the natural name for a compiler's entry point
     if precision not in PRECISIONS:
         raise LpucError(f"unknown precision {precision!r} (choose {', '.join(PRECISIONS)})")
     tgt = load_target(target)
-    started = time.perf_counter()
-    proto, where = _as_onnx(model, example_inputs, exporter)
-    graph = import_model(proto, where, input_shapes=input_shapes, const_inputs=const_inputs,
-                         strict_input_shapes=strict_input_shapes)
+    stages: dict[str, float] = {}
+    with _timed(stages, "frontend"):
+        proto, where = _as_onnx(model, example_inputs, exporter)
+        graph = import_model(proto, where, input_shapes=input_shapes, const_inputs=const_inputs,
+                             strict_input_shapes=strict_input_shapes)
     dump_dir = Path(dump_ir) if dump_ir is not None else None
-    ctx = PassContext(tgt, precision, host_fallback)
     timings = PassTimings()
-    graph = run_pipeline(graph, ctx, dump_dir=dump_dir, timings=timings)
-    tiled = lower(graph, tgt, precision, host_fallback=host_fallback, where=where)
-    options = {"precision": precision, "host_fallback": host_fallback}
-    program = build_program(tiled, tgt, where, options)
+    with _timed(stages, "passes"):
+        graph = run_pipeline(graph, PassContext(tgt, precision, host_fallback), dump_dir=dump_dir, timings=timings)
+    with _timed(stages, "lowering"):
+        tiled = lower(graph, tgt, precision, host_fallback=host_fallback, where=where)
+    with _timed(stages, "schedule"):
+        options = {"precision": precision, "host_fallback": host_fallback}
+        program = build_program(tiled, tgt, where, options)
     if dump_dir is not None:
         from lpuc.backends.text import program_text
 
         (dump_dir / "90_schedule.txt").write_text(program_text(program))
         (dump_dir / "99_final.graph.txt").write_text(print_graph(graph))
-    program.compile_seconds = time.perf_counter() - started
+    program.compile_stages = {**stages, **{f"pass {k}": v for k, v in timings.seconds.items()}}
     return program
+
+
+@contextlib.contextmanager
+def _timed(stages: dict[str, float], name: str) -> Iterator[None]:
+    start = time.perf_counter()
+    yield
+    stages[name] = time.perf_counter() - start
 
 
 def load(path: str | os.PathLike) -> Program:

@@ -103,9 +103,11 @@ def main(debug: bool) -> None:
     "--dump-ir", type=click.Path(file_okay=False), help="Write the IR after every stage to this directory."
 )
 @click.option("--no-host-fallback", is_flag=True, help="Fail instead of running unmappable ops on the host.")
+@click.option("-v", "--verbose", is_flag=True, help="Print the time each compile stage and pass took.")
 @click.option("--debug", is_flag=True, hidden=True)
 def compile(  # noqa: A001 - the command's name
-    model, output, target, precision, input_shapes, example_inputs, exporter, dump_ir, no_host_fallback, debug
+    model, output, target, precision, input_shapes, example_inputs, exporter, dump_ir, no_host_fallback, verbose,
+    debug,
 ):
     """Compile MODEL (an .onnx file, or pkg.module:factory returning a torch.nn.Module)."""
     import lpuc
@@ -124,6 +126,9 @@ def compile(  # noqa: A001 - the command's name
         dump_ir=dump_ir,
     )
     program.save(output)
+    if verbose:
+        for stage, seconds in program.compile_stages.items():
+            click.echo(f"  {stage:<32} {seconds:8.3f} s", err=True)
     s = program.summary
     size = Path(output).stat().st_size
     click.echo(

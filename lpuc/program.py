@@ -104,8 +104,12 @@ class Program:
     inputs: list[Binding]
     outputs: list[Binding]
     summary: dict[str, Any] = field(default_factory=dict)
-    # Measured on this machine, never stored in the artifact (artifacts are deterministic).
-    compile_seconds: float | None = field(default=None, compare=False)
+    # Seconds per compile stage, measured on this machine; never stored (artifacts are deterministic).
+    compile_stages: dict[str, float] = field(default_factory=dict, compare=False)
+
+    @property
+    def compile_seconds(self) -> float:
+        return sum(v for k, v in self.compile_stages.items() if not k.startswith("pass "))
 
     def queues(self) -> dict[str, list[Instruction]]:
         """Per-unit instruction queues, each in issue order."""

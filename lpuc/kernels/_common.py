@@ -1,10 +1,21 @@
-"""Small helpers shared by kernel modules."""
+"""Small helpers shared by kernel modules.
+
+The one place for them: kernel modules import shared helpers from here, never from a sibling op
+module. Nothing here registers a kernel.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import functools
+from collections.abc import Container, Iterable
+from typing import TYPE_CHECKING, Any
 
+import ml_dtypes
 import numpy as np
+from onnx import TensorProto, helper
+
+if TYPE_CHECKING:
+    from lpuc.kernels.registry import KernelContext, KernelFn
 
 
 def normalize_axis(axis: int, rank: int) -> int:
@@ -13,6 +24,7 @@ def normalize_axis(axis: int, rank: int) -> int:
 
 
 def normalize_axes(axes: Iterable[int], rank: int) -> tuple[int, ...]:
+    """`normalize_axis` over an axes attribute or input."""
     return tuple(normalize_axis(int(a), rank) for a in axes)
 
 
@@ -23,6 +35,86 @@ def ints(value: np.ndarray | None) -> list[int] | None:
     return [int(v) for v in np.asarray(value).reshape(-1)]
 
 
+def float_scalar(value: np.ndarray) -> float:
+    """A scalar input (ONNX passes them as shape [] or [1]) as a Python float."""
+    return float(np.asarray(value).reshape(-1)[0])
+
+
+def int_scalar(value: np.ndarray | None, default: int | None = None) -> int | None:
+    """An integer scalar input as a Python int; `default` when the optional input is absent."""
+    return default if value is None else int(np.asarray(value).reshape(-1)[0])
+
+
+def opset_before(ctx: KernelContext, version: int) -> bool:
+    """Whether the model imports an opset older than `version` (opset 0 means the latest)."""
+    return 0 < ctx.opset < version
+
+
+def onnx_dtype(to: int | str, op_type: str = "", allowed: Container[int] | None = None) -> np.dtype:
+    """The numpy dtype of an ONNX element type: a TensorProto code, or its name (Cast before opset 6).
+
+    With `allowed`, a code outside it is a ValueError naming `op_type`.
+    """
+    if isinstance(to, str):
+        to = TensorProto.DataType.Value(to.upper())
+    if allowed is not None and to not in allowed:
+        raise ValueError(f"{op_type}: unsupported data type code {to}")
+    return np.dtype(helper.tensor_dtype_to_np_dtype(to))
+
+
+def integer_range(dtype: np.dtype) -> tuple[int, int] | None:
+    """(min, max) of an integer dtype, including ml_dtypes' int4/int2; None for floats."""
+    try:
+        info = ml_dtypes.iinfo(dtype)
+    except (TypeError, ValueError):
+        return None
+    return int(info.min), int(info.max)
+
+
 def is_low_precision_float(dtype: np.dtype) -> bool:
     """float16 / bfloat16: compute in float32 and cast back to keep numpy's ufuncs exact enough."""
     return np.dtype(dtype).kind == "f" and np.dtype(dtype).itemsize < 4 or np.dtype(dtype).name == "bfloat16"
+
+
+def compute_dtype(dtype: np.dtype) -> np.dtype:
+    """float16/bfloat16 widen to float32 (numpy's ufuncs lose accuracy in them); others stay."""
+    return np.dtype(np.float32) if is_low_precision_float(dtype) else np.dtype(dtype)
+
+
+def accumulation_dtype(dtype: np.dtype) -> np.dtype:
+    """The dtype products and sums are accumulated in: float32 for fp16/bf16 (numpy would
+    accumulate in the narrow type), int64 for integers (exact; callers wrap back to the input
+    type, as a 32-bit accumulator would), otherwise the dtype itself."""
+    if is_low_precision_float(dtype):
+        return np.dtype(np.float32)
+    if integer_range(dtype) is not None:
+        return np.dtype(np.int64)
+    return np.dtype(dtype)
+
+
+def widen_low_precision(x: np.ndarray | None) -> np.ndarray | None:
+    """float16/bfloat16 as float32 (exact); any other dtype, or a missing input, unchanged."""
+    if x is not None and is_low_precision_float(x.dtype):
+        return x.astype(np.float32)
+    return x
+
+
+def low_precision_in_float32(fn: KernelFn) -> KernelFn:
+    """Run kernel `fn` on widened inputs and cast its result to the first input's dtype.
+
+    The final cast also keeps float32 in float32 when a formula's constants would promote it.
+    """
+
+    @functools.wraps(fn)
+    def wrapped(ctx: KernelContext, *inputs: Any) -> np.ndarray:
+        result = fn(ctx, *(widen_low_precision(x) for x in inputs))
+        return np.asarray(result).astype(inputs[0].dtype, copy=False)
+
+    return wrapped
+
+
+def sigmoid(x: np.ndarray) -> np.ndarray:
+    """1 / (1 + exp(-x)) without overflowing exp for large |x| (Sigmoid, recurrent gates, SiLU)."""
+    decay = np.exp(-np.abs(x))
+    # Integer literals: a float one would promote ml_dtypes' bfloat16 to float32.
+    return np.where(x >= 0, 1 / (1 + decay), decay / (1 + decay))

@@ -5,15 +5,10 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from onnx import TensorProto, helper
+from onnx import TensorProto
 
-from lpuc.kernels._common import is_low_precision_float
+from lpuc.kernels._common import compute_dtype, onnx_dtype
 from lpuc.kernels.registry import KernelContext, kernel
-
-
-def compute_dtype(dtype: np.dtype) -> np.dtype:
-    """Low-precision floats are computed in float32; float32/float64 stay as they are."""
-    return np.dtype(np.float32) if is_low_precision_float(dtype) else np.dtype(dtype)
 
 
 def split_heads(x: np.ndarray, num_heads: int, op: str) -> np.ndarray:
@@ -97,7 +92,7 @@ def _softmax_at_precision(scores: np.ndarray, precision: int | None) -> np.ndarr
         return masked_softmax(scores)
     if precision not in _SOFTMAX_PRECISIONS:
         raise ValueError(f"Attention: unsupported softmax_precision {precision}")
-    rounding = np.dtype(helper.tensor_dtype_to_np_dtype(precision))
+    rounding = onnx_dtype(precision)
     probs = masked_softmax(scores.astype(rounding).astype(compute_dtype(rounding)))
     return probs.astype(rounding).astype(scores.dtype)
 

@@ -6,8 +6,8 @@ from typing import Any
 
 import ml_dtypes
 import numpy as np
-from onnx import TensorProto, helper
 
+from lpuc.kernels._common import onnx_dtype, opset_before
 from lpuc.kernels.registry import KernelContext, kernel
 
 # Float 8 types whose out-of-range values the `saturate` attribute clamps to the largest finite value.
@@ -25,13 +25,6 @@ _E8M0_BIAS = 127
 _E8M0_NAN = 0xFF
 _E8M0_MAX = 0xFE  # the largest exponent field, 2**127
 _STRING = np.dtype(object)
-
-
-def onnx_dtype(to: int | str) -> np.dtype:
-    """numpy dtype of an ONNX element type: a TensorProto enum, or its name (Cast before opset 6)."""
-    if isinstance(to, str):
-        to = TensorProto.DataType.Value(to.upper())
-    return np.dtype(helper.tensor_dtype_to_np_dtype(to))
 
 
 def cast(x: np.ndarray, to: np.dtype, saturate: bool = True, round_mode: str = "up") -> np.ndarray:
@@ -126,14 +119,15 @@ def dropout(
 
     Not deterministic: unseeded training-mode dropout must not be folded into a constant.
     """
-    if 0 < ctx.opset < 12:
+    if opset_before(ctx, 12):
         ratio = ctx.attr("ratio", 0.5)
         # Before opset 7 dropout was on unless is_test was set; from 7 to 11 it was always off.
         training = ctx.opset < 7 and not ctx.attr("is_test", 0)
     else:
         ratio = 0.5 if ratio is None else float(ratio)
         training = training_mode is not None and bool(training_mode)
-    mask_dtype = x.dtype if 0 < ctx.opset < 10 else np.dtype(bool)  # the mask had the data's type before 10
+    # The mask had the data's type before opset 10.
+    mask_dtype = x.dtype if opset_before(ctx, 10) else np.dtype(bool)
     if not training or ratio == 0:
         return x, np.ones(x.shape, dtype=mask_dtype)
     keep = np.random.RandomState(ctx.attr("seed")).random_sample(x.shape) >= ratio

@@ -10,9 +10,8 @@ from collections.abc import Sequence
 
 import numpy as np
 import onnx
-from onnx import helper
 
-from lpuc.kernels._common import ints, normalize_axis
+from lpuc.kernels._common import ints, normalize_axis, onnx_dtype, opset_before
 from lpuc.kernels.interpreter import evaluate_graph
 from lpuc.kernels.registry import KernelContext, kernel
 
@@ -31,7 +30,7 @@ def _stack(elements: list[np.ndarray], declared: onnx.ValueInfoProto) -> np.ndar
         return np.stack(elements)
     tensor_type = declared.type.tensor_type
     dims = [d.dim_value for d in tensor_type.shape.dim] if tensor_type.HasField("shape") else []
-    return np.zeros((0, *dims), helper.tensor_dtype_to_np_dtype(tensor_type.elem_type))
+    return np.zeros((0, *dims), onnx_dtype(tensor_type.elem_type))
 
 
 def _truth(cond: np.ndarray) -> bool:
@@ -105,7 +104,7 @@ def _scan(
 def scan(ctx: KernelContext, *inputs: np.ndarray | None) -> list[np.ndarray]:
     body: onnx.GraphProto = ctx.attr("body")
     num_scan_inputs = int(ctx.attr("num_scan_inputs"))
-    if 0 < ctx.opset < 9:
+    if opset_before(ctx, 9):
         return _batched_scan(ctx, body, num_scan_inputs, inputs[0], list(inputs[1:]))
     num_states = len(inputs) - num_scan_inputs
     num_scan_outputs = len(body.output) - num_states

@@ -13,8 +13,7 @@ from collections.abc import Sequence
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
-from lpuc.kernels._common import ints
-from lpuc.kernels.matmul import accumulation_dtype
+from lpuc.kernels._common import accumulation_dtype, ints
 from lpuc.kernels.quantize import centered, quantize_values
 from lpuc.kernels.registry import KernelContext, kernel
 from lpuc.kernels.sampling import sample_at
@@ -353,7 +352,8 @@ def scatter_transposed(
     ]
     image = np.pad(image, extend)
     starts = [max(0, b) for b in pads_begin]
-    return image[(slice(None), slice(None), *(slice(s, s + o) for s, o in zip(starts, out_shape, strict=True)))]
+    crop = (slice(s, s + o) for s, o in zip(starts, out_shape, strict=True))
+    return image[(slice(None), slice(None), *crop)]
 
 
 def transpose_geometry(ctx: KernelContext, input_shape: Sequence[int], kernel_shape: Sequence[int]):

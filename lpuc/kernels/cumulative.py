@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from lpuc.kernels._common import ints, normalize_axis
-from lpuc.kernels.reduce import compute_dtype, opset_before
+from lpuc.kernels._common import compute_dtype, ints, normalize_axis, opset_before
 from lpuc.kernels.registry import KernelContext, kernel
 
 

@@ -4,12 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from lpuc.kernels._common import ints
+from lpuc.kernels._common import float_scalar, int_scalar
 from lpuc.kernels.registry import KernelContext, kernel
-
-
-def _float(value: np.ndarray) -> float:
-    return float(np.asarray(value, dtype=np.float64).reshape(-1)[0])
 
 
 def _corners(boxes: np.ndarray, center_point_box: int) -> np.ndarray:
@@ -66,9 +62,9 @@ def non_max_suppression(
     iou_threshold: np.ndarray | None = None,
     score_threshold: np.ndarray | None = None,
 ) -> np.ndarray:
-    limit = 0 if max_output_boxes_per_class is None else ints(max_output_boxes_per_class)[0]
-    iou_limit = 0.0 if iou_threshold is None else _float(iou_threshold)
-    min_score = None if score_threshold is None else _float(score_threshold)
+    limit = int_scalar(max_output_boxes_per_class, 0)
+    iou_limit = 0.0 if iou_threshold is None else float_scalar(iou_threshold)
+    min_score = None if score_threshold is None else float_scalar(score_threshold)
     corners = _corners(boxes, int(ctx.attr("center_point_box", 0)))
     selected = [
         (b, c, box)

@@ -11,15 +11,14 @@ import functools
 
 import numpy as np
 
-from lpuc.kernels._common import normalize_axis
-from lpuc.kernels.elementwise_math import low_precision_in_float32, widen_low_precision
+from lpuc.kernels._common import low_precision_in_float32, normalize_axis, opset_before, widen_low_precision
 from lpuc.kernels.registry import KernelContext, KernelFn, kernel
 
 
 def _legacy_aligned(ctx: KernelContext, a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """B reshaped so that numpy broadcasting reproduces the pre-opset-7 `axis` alignment."""
     axis = ctx.attr("axis")
-    if not 0 < ctx.opset < 7 or not ctx.attr("broadcast", 0) or axis is None or b.size == 1:
+    if not opset_before(ctx, 7) or not ctx.attr("broadcast", 0) or axis is None or b.size == 1:
         return b  # without an axis the old rule matched suffixes, which numpy does too
     axis = normalize_axis(axis, a.ndim)
     return b.reshape((1,) * axis + b.shape + (1,) * (a.ndim - axis - b.ndim))

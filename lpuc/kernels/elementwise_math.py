@@ -7,36 +7,12 @@ as Gelu is not rounded after every step.
 
 from __future__ import annotations
 
-import functools
 import math
-from typing import Any
 
 import numpy as np
 
-from lpuc.kernels._common import is_low_precision_float
+from lpuc.kernels._common import low_precision_in_float32, opset_before, sigmoid, widen_low_precision
 from lpuc.kernels.registry import KernelContext, KernelFn, kernel
-
-
-def widen_low_precision(x: np.ndarray | None) -> np.ndarray | None:
-    """float16/bfloat16 as float32 (exact); any other dtype, or a missing input, unchanged."""
-    if x is not None and is_low_precision_float(x.dtype):
-        return x.astype(np.float32)
-    return x
-
-
-def low_precision_in_float32(fn: KernelFn) -> KernelFn:
-    """Run `fn` on widened inputs and cast its result to the first input's dtype.
-
-    The final cast also keeps float32 in float32 when a formula's constants would promote it.
-    """
-
-    @functools.wraps(fn)
-    def wrapped(ctx: KernelContext, *inputs: Any) -> np.ndarray:
-        result = fn(ctx, *(widen_low_precision(x) for x in inputs))
-        return np.asarray(result).astype(inputs[0].dtype, copy=False)
-
-    return wrapped
-
 
 _UFUNCS = {
     "Abs": np.abs,
@@ -125,12 +101,6 @@ def erf_kernel(ctx: KernelContext, x: np.ndarray) -> np.ndarray:
 # --- Activations -----------------------------------------------------------------------------------
 
 
-def sigmoid(x: np.ndarray) -> np.ndarray:
-    """1 / (1 + exp(-x)) without overflowing exp for large |x|."""
-    decay = np.exp(-np.abs(x))
-    return np.where(x >= 0, 1.0 / (1.0 + decay), decay / (1.0 + decay))
-
-
 def softplus(x: np.ndarray) -> np.ndarray:
     """log(1 + exp(x)) without overflowing exp for large x."""
     return np.maximum(x, 0) + np.log1p(np.exp(-np.abs(x)))
@@ -169,7 +139,7 @@ def leaky_relu(ctx: KernelContext, x: np.ndarray) -> np.ndarray:
 @kernel("PRelu")
 @low_precision_in_float32
 def prelu(ctx: KernelContext, x: np.ndarray, slope: np.ndarray) -> np.ndarray:
-    if 0 < ctx.opset < 7 and slope.ndim == 1 and slope.size > 1 and x.ndim >= 2:
+    if opset_before(ctx, 7) and slope.ndim == 1 and slope.size > 1 and x.ndim >= 2:
         # Before opset 7 a non-scalar slope held one value per channel (axis 1).
         slope = slope.reshape((-1,) + (1,) * (x.ndim - 2))
     return np.where(x < 0, slope * x, x)
@@ -250,7 +220,7 @@ def gelu(ctx: KernelContext, x: np.ndarray) -> np.ndarray:
 def clip(
     ctx: KernelContext, x: np.ndarray, low: np.ndarray | None = None, high: np.ndarray | None = None
 ) -> np.ndarray:
-    if 0 < ctx.opset < 11:  # the bounds were attributes
+    if opset_before(ctx, 11):  # the bounds were attributes
         low, high = ctx.attr("min"), ctx.attr("max")
     # Not np.clip: min > max must give max everywhere, and a missing bound means no bound.
     if low is not None:

@@ -7,8 +7,7 @@ import math
 
 import numpy as np
 
-from lpuc.kernels._common import normalize_axis
-from lpuc.kernels.reduce import compute_dtype
+from lpuc.kernels._common import compute_dtype, int_scalar, normalize_axis
 from lpuc.kernels.registry import KernelContext, kernel
 
 ML_DOMAIN = "ai.onnx.ml"
@@ -117,7 +116,7 @@ def tensor_scatter_kernel(
 def one_hot_kernel(
     ctx: KernelContext, indices: np.ndarray, depth: np.ndarray, values: np.ndarray
 ) -> np.ndarray:
-    size = int(np.asarray(depth).reshape(-1)[0])
+    size = int_scalar(depth)
     axis = normalize_axis(ctx.attr("axis", -1), indices.ndim + 1)
     positions = indices.astype(np.int64)
     positions = np.where(positions < 0, positions + size, positions)  # out-of-range ones match nothing

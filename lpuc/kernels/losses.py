@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from lpuc.kernels.reduce import compute_dtype
+from lpuc.kernels._common import compute_dtype
 from lpuc.kernels.registry import KernelContext, kernel
 from lpuc.kernels.softmax import log_softmax
 

@@ -11,17 +11,24 @@ from lpuc.kernels.registry import KernelContext, kernel
 
 @kernel("Im2Col", domain=LPUC_DOMAIN)
 def im2col_kernel(ctx: KernelContext, x: np.ndarray) -> np.ndarray:
-    """x [N, C, *spatial] -> [N * prod(out), C * prod(kernel)] (attrs: kernel_shape, strides, pads, dilations)."""
+    """x [N, C, *spatial] -> [N * prod(out), C * prod(kernel)]; attrs kernel_shape/strides/pads/dilations."""
     return im2col(x, ctx.attr("kernel_shape"), ctx.attr("strides"), ctx.attr("pads"), ctx.attr("dilations"))
 
 
 @kernel("ConvTransposeScatter", domain=LPUC_DOMAIN)
-def conv_transpose_scatter(ctx: KernelContext, cols: np.ndarray, bias: np.ndarray | None = None) -> np.ndarray:
+def conv_transpose_scatter(
+    ctx: KernelContext, cols: np.ndarray, bias: np.ndarray | None = None
+) -> np.ndarray:
     """ConvTranspose columns [N, M * prod(kernel), L] -> image [N, M, *out] (+ bias per channel)."""
     work = np.float64 if cols.dtype == np.float64 else np.float32
     image = scatter_transposed(
-        cols.astype(work, copy=False), ctx.attr("full_shape"), ctx.attr("kernel_shape"), ctx.attr("strides"),
-        ctx.attr("dilations"), ctx.attr("pads_begin"), ctx.attr("out_shape"),
+        cols.astype(work, copy=False),
+        ctx.attr("full_shape"),
+        ctx.attr("kernel_shape"),
+        ctx.attr("strides"),
+        ctx.attr("dilations"),
+        ctx.attr("pads_begin"),
+        ctx.attr("out_shape"),
     )
     if bias is not None:
         image = image + bias.astype(work).reshape(1, -1, *([1] * (image.ndim - 2)))

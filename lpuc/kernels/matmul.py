@@ -4,20 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from lpuc.kernels._common import is_low_precision_float
-from lpuc.kernels.quantize import centered, integer_range, quantize_values
+from lpuc.kernels._common import accumulation_dtype
+from lpuc.kernels.quantize import centered, quantize_values
 from lpuc.kernels.registry import KernelContext, kernel
-
-
-def accumulation_dtype(dtype: np.dtype) -> np.dtype:
-    """The dtype products and sums are accumulated in: float32 for fp16/bf16 (numpy would
-    accumulate in the narrow type), int64 for integers (exact; callers wrap back to the input
-    type, as a 32-bit accumulator would), otherwise the dtype itself."""
-    if is_low_precision_float(dtype):
-        return np.dtype(np.float32)
-    if integer_range(dtype) is not None:
-        return np.dtype(np.int64)
-    return np.dtype(dtype)
 
 
 def accumulated_matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:

@@ -5,8 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from lpuc.kernels._common import ints, normalize_axes, normalize_axis
-from lpuc.kernels.reduce import opset_before
+from lpuc.kernels._common import ints, normalize_axes, normalize_axis, opset_before
 from lpuc.kernels.registry import KernelContext, kernel
 
 

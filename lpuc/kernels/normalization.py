@@ -5,8 +5,7 @@ from __future__ import annotations
 import ml_dtypes
 import numpy as np
 
-from lpuc.kernels._common import normalize_axes, normalize_axis
-from lpuc.kernels.reduce import compute_dtype, opset_before
+from lpuc.kernels._common import compute_dtype, normalize_axes, normalize_axis, opset_before
 from lpuc.kernels.registry import KernelContext, kernel
 
 # TensorProto element types that `stash_type` may name.

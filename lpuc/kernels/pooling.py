@@ -12,10 +12,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from lpuc.kernels._common import ints
+from lpuc.kernels._common import accumulation_dtype, integer_range, ints
 from lpuc.kernels.conv import conv_output_shape, sliding_windows, window_attrs
-from lpuc.kernels.matmul import accumulation_dtype
-from lpuc.kernels.quantize import integer_range
 from lpuc.kernels.registry import KernelContext, kernel
 
 

@@ -7,12 +7,11 @@ import math
 
 import numpy as np
 import onnx
-from onnx import helper
 
-from lpuc.kernels.attention import compute_dtype, masked_softmax, merge_heads, repeat_kv_heads, split_heads
+from lpuc.kernels._common import compute_dtype, onnx_dtype, sigmoid
+from lpuc.kernels.attention import masked_softmax, merge_heads, repeat_kv_heads, split_heads
 from lpuc.kernels.interpreter import evaluate_graph
 from lpuc.kernels.registry import KernelContext, kernel
-from lpuc.kernels.rnn import sigmoid
 
 
 def _silu(x: np.ndarray, alpha: float = 1.0) -> np.ndarray:
@@ -31,7 +30,7 @@ def _apply_modifier(ctx: KernelContext, graph: onnx.GraphProto | None, x: np.nda
 def flex_attention(ctx: KernelContext, q: np.ndarray, k: np.ndarray, v: np.ndarray) -> np.ndarray:
     precision = ctx.attr("softmax_precision")
     if precision is not None:
-        dtype = np.dtype(helper.tensor_dtype_to_np_dtype(int(precision)))
+        dtype = onnx_dtype(int(precision))
     else:
         dtype = np.dtype(np.float64 if q.dtype == np.float64 else np.float32)
     q_heads, head_size = q.shape[1], q.shape[-1]

@@ -9,52 +9,20 @@ from __future__ import annotations
 import ml_dtypes
 import numpy as np
 
-from lpuc.kernels._common import is_low_precision_float, normalize_axis
+from lpuc.kernels._common import integer_range, is_low_precision_float, normalize_axis, onnx_dtype
 from lpuc.kernels.registry import KernelContext, kernel
 
-# TensorProto.DataType codes of the types these ops name in `output_dtype` / `precision`.
-_ONNX_DTYPES: dict[int, np.dtype] = {
-    code: np.dtype(t)
-    for code, t in {
-        1: np.float32,
-        2: np.uint8,
-        3: np.int8,
-        4: np.uint16,
-        5: np.int16,
-        6: np.int32,
-        10: np.float16,
-        16: ml_dtypes.bfloat16,
-        17: ml_dtypes.float8_e4m3fn,
-        18: ml_dtypes.float8_e4m3fnuz,
-        19: ml_dtypes.float8_e5m2,
-        20: ml_dtypes.float8_e5m2fnuz,
-        21: ml_dtypes.uint4,
-        22: ml_dtypes.int4,
-        23: ml_dtypes.float4_e2m1fn,
-        25: ml_dtypes.uint2,
-        26: ml_dtypes.int2,
-        27: ml_dtypes.float6_e2m3fn,
-        28: ml_dtypes.float6_e3m2fn,
-    }.items()
-}
+# TensorProto.DataType codes of the types these ops may name in `output_dtype` / `precision`:
+# float, uint8, int8, uint16, int16, int32, float16, bfloat16, the float8s, uint4, int4, float4,
+# uint2, int2 and the float6s.
+_QUANTIZATION_TYPES = frozenset({1, 2, 3, 4, 5, 6, 10, 16, 17, 18, 19, 20, 21, 22, 23, 25, 26, 27, 28})
 
 _DIVISION_PRECISIONS = (np.dtype(np.float32), np.dtype(np.float16), np.dtype(ml_dtypes.bfloat16))
 
 
-def onnx_dtype(code: int, op_type: str) -> np.dtype:
-    """The numpy dtype of a TensorProto.DataType code."""
-    if code not in _ONNX_DTYPES:
-        raise ValueError(f"{op_type}: unsupported data type code {code}")
-    return _ONNX_DTYPES[code]
-
-
-def integer_range(dtype: np.dtype) -> tuple[int, int] | None:
-    """(min, max) of an integer dtype, including ml_dtypes' int4/int2; None for floats."""
-    try:
-        info = ml_dtypes.iinfo(dtype)
-    except (TypeError, ValueError):
-        return None
-    return int(info.min), int(info.max)
+def _attr_dtype(ctx: KernelContext, code: int) -> np.dtype:
+    """The type an `output_dtype` / `precision` attribute names; ValueError for one these ops lack."""
+    return onnx_dtype(code, ctx.op_type, _QUANTIZATION_TYPES)
 
 
 def quantize_values(
@@ -116,7 +84,7 @@ def _expander(ctx: KernelContext, shape: tuple[int, ...]):
 @kernel("QuantizeLinear")
 def quantize_linear(ctx: KernelContext, x, y_scale, y_zero_point=None):
     output_dtype = ctx.attr("output_dtype", 0)
-    out_dtype = onnx_dtype(output_dtype, ctx.op_type) if output_dtype else np.dtype(np.uint8)
+    out_dtype = _attr_dtype(ctx, output_dtype) if output_dtype else np.dtype(np.uint8)
     if y_zero_point is not None:
         if output_dtype and out_dtype != y_zero_point.dtype:
             raise ValueError(
@@ -124,7 +92,7 @@ def quantize_linear(ctx: KernelContext, x, y_scale, y_zero_point=None):
             )
         out_dtype = y_zero_point.dtype
     if ctx.attr("precision", 0):
-        precision = onnx_dtype(ctx.attr("precision"), ctx.op_type)
+        precision = _attr_dtype(ctx, ctx.attr("precision"))
     else:  # the scale's type, when it is one arithmetic can be done in (not int32 / float8e8m0)
         precision = y_scale.dtype if y_scale.dtype in _DIVISION_PRECISIONS else np.dtype(np.float32)
     expand = _expander(ctx, x.shape)
@@ -136,7 +104,7 @@ def quantize_linear(ctx: KernelContext, x, y_scale, y_zero_point=None):
 @kernel("DequantizeLinear")
 def dequantize_linear(ctx: KernelContext, x, x_scale, x_zero_point=None):
     output_dtype = ctx.attr("output_dtype", 0)
-    out_dtype = onnx_dtype(output_dtype, ctx.op_type) if output_dtype else x_scale.dtype
+    out_dtype = _attr_dtype(ctx, output_dtype) if output_dtype else x_scale.dtype
     expand = _expander(ctx, x.shape)
     shifted = centered(x, expand(x_zero_point))
     # The output type is the precision of the multiplication.

@@ -8,8 +8,9 @@ values. These kernels are registered non-deterministic so they are never constan
 from __future__ import annotations
 
 import numpy as np
-from onnx import TensorProto, helper
+from onnx import TensorProto
 
+from lpuc.kernels._common import onnx_dtype
 from lpuc.kernels.registry import KernelContext, kernel
 
 
@@ -25,8 +26,8 @@ def _dtype(ctx: KernelContext, like: np.ndarray | None, default: int = TensorPro
     """The `dtype` attribute, else the dtype of the input a *Like op copies, else `default`."""
     code = ctx.attr("dtype")
     if code is not None:
-        return np.dtype(helper.tensor_dtype_to_np_dtype(int(code)))
-    return like.dtype if like is not None else np.dtype(helper.tensor_dtype_to_np_dtype(default))
+        return onnx_dtype(int(code))
+    return like.dtype if like is not None else onnx_dtype(default)
 
 
 def _uniform(ctx: KernelContext, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:

@@ -1,8 +1,4 @@
-"""Reductions over axes (Reduce*) and index reductions (ArgMax, ArgMin).
-
-Also home to two helpers the other numeric kernels share: `compute_dtype` (the dtype numpy should
-compute a tensor in) and `opset_before` (whether a node follows an older opset's signature).
-"""
+"""Reductions over axes (Reduce*) and index reductions (ArgMax, ArgMin)."""
 
 from __future__ import annotations
 
@@ -10,20 +6,10 @@ from collections.abc import Callable
 
 import numpy as np
 
-from lpuc.kernels._common import ints, is_low_precision_float, normalize_axes, normalize_axis
+from lpuc.kernels._common import compute_dtype, ints, normalize_axes, normalize_axis, opset_before
 from lpuc.kernels.registry import KernelContext, kernel
 
 Reducer = Callable[[np.ndarray, tuple[int, ...], bool], np.ndarray]
-
-
-def compute_dtype(dtype: np.dtype) -> np.dtype:
-    """float16/bfloat16 widen to float32 (numpy's ufuncs lose accuracy in them); others stay."""
-    return np.dtype(np.float32) if is_low_precision_float(dtype) else np.dtype(dtype)
-
-
-def opset_before(ctx: KernelContext, version: int) -> bool:
-    """Whether the model imports an opset older than `version` (opset 0 means the latest)."""
-    return 0 < ctx.opset < version
 
 
 def _lowest_value(dtype: np.dtype) -> float | int | bool:

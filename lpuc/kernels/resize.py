@@ -15,8 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from lpuc.kernels._common import ints, normalize_axes
-from lpuc.kernels.reduce import opset_before
+from lpuc.kernels._common import ints, normalize_axes, opset_before
 from lpuc.kernels.registry import KernelContext, kernel
 
 Rounding = Callable[[np.ndarray], np.ndarray]

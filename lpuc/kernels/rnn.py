@@ -12,18 +12,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from lpuc.kernels.attention import compute_dtype
+from lpuc.kernels._common import compute_dtype, sigmoid
 from lpuc.kernels.registry import KernelContext, kernel
 
 Activation = Callable[[np.ndarray], np.ndarray]
 # A cell maps (projected input of one step, states) to the new states; states[0] is the hidden state.
 Cell = Callable[[np.ndarray, tuple[np.ndarray, ...]], tuple[np.ndarray, ...]]
-
-
-def sigmoid(x: np.ndarray) -> np.ndarray:
-    # Written with exp of a non-positive argument so neither tail overflows.
-    e = np.exp(-np.abs(x))
-    return np.where(x >= 0, 1 / (1 + e), e / (1 + e))
 
 
 # Parametrised activation: fn(x, alpha, beta).
@@ -165,6 +159,21 @@ def _clipper(ctx: KernelContext) -> Activation:
     return lambda x: np.clip(x, -clip, clip)
 
 
+def _prepare(
+    ctx: KernelContext,
+    gates: int,
+    default_activations: Sequence[str],
+    x: np.ndarray,
+    w: np.ndarray,
+    r: np.ndarray,
+    b: np.ndarray | None,
+    sequence_lens: np.ndarray | None,
+) -> tuple[_Setup, list[list[Activation]], Activation]:
+    """What every recurrent op starts from: its setup, each direction's activations and the clipper."""
+    setup = _setup(ctx, gates, x, w, r, b, sequence_lens)
+    return setup, _activations(ctx, default_activations, len(setup.directions)), _clipper(ctx)
+
+
 @kernel("RNN")
 def rnn(
     ctx: KernelContext,
@@ -175,9 +184,7 @@ def rnn(
     sequence_lens: np.ndarray | None = None,
     initial_h: np.ndarray | None = None,
 ) -> list[np.ndarray]:
-    setup = _setup(ctx, 1, x, w, r, b, sequence_lens)
-    activations = _activations(ctx, ["Tanh"], len(setup.directions))
-    clip = _clipper(ctx)
+    setup, activations, clip = _prepare(ctx, 1, ["Tanh"], x, w, r, b, sequence_lens)
 
     def make_cell(d: int) -> Cell:
         (f,) = activations[d]
@@ -197,9 +204,7 @@ def gru(
     sequence_lens: np.ndarray | None = None,
     initial_h: np.ndarray | None = None,
 ) -> list[np.ndarray]:
-    setup = _setup(ctx, 3, x, w, r, b, sequence_lens)
-    activations = _activations(ctx, ["Sigmoid", "Tanh"], len(setup.directions))
-    clip = _clipper(ctx)
+    setup, activations, clip = _prepare(ctx, 3, ["Sigmoid", "Tanh"], x, w, r, b, sequence_lens)
     linear_before_reset = bool(ctx.attr("linear_before_reset", 0))
     hidden = setup.hidden
 
@@ -237,9 +242,7 @@ def lstm(
     initial_c: np.ndarray | None = None,
     p: np.ndarray | None = None,
 ) -> list[np.ndarray]:
-    setup = _setup(ctx, 4, x, w, r, b, sequence_lens)
-    activations = _activations(ctx, ["Sigmoid", "Tanh", "Tanh"], len(setup.directions))
-    clip = _clipper(ctx)
+    setup, activations, clip = _prepare(ctx, 4, ["Sigmoid", "Tanh", "Tanh"], x, w, r, b, sequence_lens)
     input_forget = bool(ctx.attr("input_forget", 0))
     hidden = setup.hidden
     dtype = setup.x.dtype

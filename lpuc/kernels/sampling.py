@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from lpuc.kernels.matmul import accumulation_dtype
+from lpuc.kernels._common import accumulation_dtype, opset_before
 from lpuc.kernels.registry import KernelContext, kernel
 
 _CUBIC_ALPHA = -0.75
@@ -170,7 +170,7 @@ def roi_align(ctx: KernelContext, x, rois, batch_indices):
     if mode not in ("avg", "max"):
         raise ValueError(f"RoiAlign: unsupported mode {mode!r}")
     # Before opset 16 the op had no pixel shift (today's 'output_half_pixel').
-    default_transform = "output_half_pixel" if 0 < ctx.opset < 16 else "half_pixel"
+    default_transform = "output_half_pixel" if opset_before(ctx, 16) else "half_pixel"
     transform = ctx.attr("coordinate_transformation_mode", default_transform)
     if transform not in ("half_pixel", "output_half_pixel"):
         raise ValueError(f"RoiAlign: unsupported coordinate_transformation_mode {transform!r}")

@@ -10,10 +10,8 @@ import math
 from collections.abc import Sequence
 
 import numpy as np
-import onnx
 
-from lpuc.kernels._common import ints, normalize_axes, normalize_axis
-from lpuc.kernels.reduce import compute_dtype
+from lpuc.kernels._common import compute_dtype, ints, normalize_axes, normalize_axis, onnx_dtype
 from lpuc.kernels.registry import KernelContext, kernel
 
 
@@ -149,5 +147,5 @@ def eye_like_kernel(ctx: KernelContext, x: np.ndarray) -> np.ndarray:
     if x.ndim != 2:
         raise ValueError(f"EyeLike: input must be 2-D, got shape {x.shape}")
     elem_type = ctx.attr("dtype")
-    dtype = x.dtype if elem_type is None else onnx.helper.tensor_dtype_to_np_dtype(elem_type)
+    dtype = x.dtype if elem_type is None else onnx_dtype(elem_type)
     return np.eye(x.shape[0], x.shape[1], k=ctx.attr("k", 0), dtype=dtype)

@@ -8,9 +8,8 @@ as numpy's FFT does for float32.
 from __future__ import annotations
 
 import numpy as np
-from onnx import helper
 
-from lpuc.kernels._common import ints, normalize_axis
+from lpuc.kernels._common import float_scalar, int_scalar, normalize_axis, onnx_dtype, opset_before
 from lpuc.kernels.registry import KernelContext, kernel
 
 
@@ -28,20 +27,15 @@ def _from_complex(y: np.ndarray, dtype: np.dtype) -> np.ndarray:
     return np.stack([y.real, y.imag], axis=-1).astype(dtype)
 
 
-def _scalar(value: np.ndarray | None, default: int | None = None) -> int | None:
-    """An integer scalar input; `default` when it is absent."""
-    return default if value is None else ints(value)[0]
-
-
 @kernel("DFT")
 def dft(
     ctx: KernelContext, x: np.ndarray, dft_length: np.ndarray | None = None, axis: np.ndarray | None = None
 ) -> np.ndarray:
     # Before opset 20 the axis was an attribute defaulting to 1; since then it is an input defaulting to -2.
-    if 0 < ctx.opset < 20:
+    if opset_before(ctx, 20):
         axis_value = int(ctx.attr("axis", 1))
     else:
-        axis_value = _scalar(axis, -2)
+        axis_value = int_scalar(axis, -2)
     rank = x.ndim
     if not (-rank <= axis_value <= -2 or 0 <= axis_value <= rank - 2):
         raise ValueError(f"DFT: axis {axis_value} is out of range for a rank-{rank} input")
@@ -49,7 +43,7 @@ def dft(
     axis_value = normalize_axis(axis_value, rank)
     inverse = bool(ctx.attr("inverse", 0))
     onesided = bool(ctx.attr("onesided", 0))
-    length = _scalar(dft_length)
+    length = int_scalar(dft_length)
     if onesided and inverse:
         # IRFFT: a one-sided spectrum in, a real signal out.
         if length is None:
@@ -72,10 +66,10 @@ def stft(
 ) -> np.ndarray:
     samples = _to_complex(signal, "STFT")  # (batch, signal_length)
     signal_length = samples.shape[1]
-    length = _scalar(frame_length, signal_length if window is None else window.shape[0])
+    length = int_scalar(frame_length, signal_length if window is None else window.shape[0])
     if window is not None and window.shape[0] != length:
         raise ValueError(f"STFT: window length {window.shape[0]} differs from frame_length {length}")
-    step = _scalar(frame_step)
+    step = int_scalar(frame_step)
     if step <= 0 or not 0 < length <= signal_length:
         raise ValueError(
             f"STFT: invalid frame_step {step} / frame_length {length} for {signal_length} samples"
@@ -96,9 +90,9 @@ def stft(
 
 def _cosine_window(ctx: KernelContext, size: np.ndarray, coefficients: tuple[float, ...]) -> np.ndarray:
     """sum_k (-1)^k a_k cos(2 pi k n / N); N is size when periodic and size - 1 when symmetric."""
-    length = _scalar(size)
+    length = int_scalar(size)
     periodic = bool(ctx.attr("periodic", 1))
-    dtype = helper.tensor_dtype_to_np_dtype(int(ctx.attr("output_datatype", 1)))
+    dtype = onnx_dtype(int(ctx.attr("output_datatype", 1)))
     period = length if periodic else max(length - 1, 1)
     phase = 2 * np.pi * np.arange(length) / period
     window = sum((-1) ** k * a * np.cos(k * phase) for k, a in enumerate(coefficients))
@@ -138,10 +132,8 @@ def mel_weight_matrix(
     upper_edge_hertz: np.ndarray,
 ) -> np.ndarray:
     """Triangular filters with peak 1, edges evenly spaced in mel and snapped to DFT bins."""
-    mel_bins, length, rate = _scalar(num_mel_bins), _scalar(dft_length), _scalar(sample_rate)
-    low, high = (
-        _hertz_to_mel(float(np.asarray(e).reshape(-1)[0])) for e in (lower_edge_hertz, upper_edge_hertz)
-    )
+    mel_bins, length, rate = int_scalar(num_mel_bins), int_scalar(dft_length), int_scalar(sample_rate)
+    low, high = (_hertz_to_mel(float_scalar(e)) for e in (lower_edge_hertz, upper_edge_hertz))
     edges_mel = low + np.arange(mel_bins + 2) * (high - low) / (mel_bins + 2)
     edges = np.floor((length + 1) * _mel_to_hertz(edges_mel) / rate).astype(np.int64)
     left, center, right = edges[:-2], edges[1:-1], edges[2:]
@@ -151,5 +143,5 @@ def mel_weight_matrix(
     weights = np.where(
         (bins >= left) & (bins <= center), rising, np.where((bins > center) & (bins < right), falling, 0)
     )
-    dtype = helper.tensor_dtype_to_np_dtype(int(ctx.attr("output_datatype", 1)))
+    dtype = onnx_dtype(int(ctx.attr("output_datatype", 1)))
     return weights.astype(dtype)

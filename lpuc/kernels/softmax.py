@@ -6,8 +6,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from lpuc.kernels._common import normalize_axis
-from lpuc.kernels.reduce import compute_dtype, opset_before
+from lpuc.kernels._common import compute_dtype, normalize_axis, opset_before
 from lpuc.kernels.registry import KernelContext, kernel
 
 # Each takes and returns an array of the input type.

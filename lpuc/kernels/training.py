@@ -11,6 +11,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from lpuc.kernels._common import float_scalar
 from lpuc.kernels.registry import KernelContext, kernel
 
 TRAINING_DOMAIN = "ai.onnx.preview.training"
@@ -29,17 +30,13 @@ def _ungroup(results: list[tuple[np.ndarray, ...]]) -> list[np.ndarray]:
     return [out for role in zip(*results) for out in role]
 
 
-def _scalar(value: np.ndarray) -> float:
-    return float(np.asarray(value).reshape(-1)[0])
-
-
 @kernel("Adagrad", domain=TRAINING_DOMAIN)
 def adagrad(
     ctx: KernelContext, rate: np.ndarray, count: np.ndarray, *tensors: np.ndarray
 ) -> list[np.ndarray]:
     norm = ctx.attr("norm_coefficient", 0.0)
     epsilon = ctx.attr("epsilon", 1e-6)
-    step = _scalar(rate) / (1 + _scalar(count) * ctx.attr("decay_factor", 0.0))
+    step = float_scalar(rate) / (1 + float_scalar(count) * ctx.attr("decay_factor", 0.0))
     results = []
     for x, g, h in _groups(ctx, tensors, 3):
         g = norm * x + g
@@ -54,8 +51,8 @@ def adam(ctx: KernelContext, rate: np.ndarray, count: np.ndarray, *tensors: np.n
     alpha, beta = ctx.attr("alpha", 0.9), ctx.attr("beta", 0.999)
     norm, norm_post = ctx.attr("norm_coefficient", 0.0), ctx.attr("norm_coefficient_post", 0.0)
     epsilon = ctx.attr("epsilon", 1e-6)
-    t = _scalar(count)
-    step = _scalar(rate)
+    t = float_scalar(count)
+    step = float_scalar(rate)
     if t > 0:  # bias correction of both running averages
         step *= math.sqrt(1 - beta**t) / (1 - alpha**t)
     results = []
@@ -78,9 +75,9 @@ def momentum(
     alpha, beta, norm = (ctx.attr(name) for name in ("alpha", "beta", "norm_coefficient"))
     if alpha is None or beta is None or norm is None:
         raise ValueError("Momentum: the alpha, beta and norm_coefficient attributes are required")
-    if _scalar(count) <= 0:
+    if float_scalar(count) <= 0:
         beta = 1.0  # the first step takes the whole gradient
-    step = _scalar(rate)
+    step = float_scalar(rate)
     results = []
     for x, g, v in _groups(ctx, tensors, 3):
         g = norm * x + g

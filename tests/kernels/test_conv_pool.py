@@ -7,53 +7,25 @@ auto_pad, ceil_mode and count_include_pad.
 
 from __future__ import annotations
 
+import functools
 import itertools
 
 import numpy as np
-import onnx
 import pytest
-from onnx import helper
 
 from lpuc.kernels.conv import conv_output_shape, im2col, resolve_pads
 from lpuc.kernels.registry import KernelContext, run_kernel
+from tests.kernels import oracle
+from tests.kernels.oracle import onnxruntime_outputs
 
-ort = pytest.importorskip("onnxruntime")
+pytest.importorskip("onnxruntime")
 
 RANKS = (1, 2, 3)
 PAD_MODES = ("explicit", "VALID", "SAME_UPPER", "SAME_LOWER")
 STRIDE_DILATION = ((1, 1), (2, 1), (1, 2), (3, 2))
 
 
-def onnxruntime_outputs(op: str, inputs: list, attrs: dict, opset: int, num_outputs: int) -> list[np.ndarray]:
-    names = [f"in{i}" if value is not None else "" for i, value in enumerate(inputs)]
-    outputs = [f"out{i}" for i in range(num_outputs)]
-    graph = helper.make_graph(
-        [helper.make_node(op, names, outputs, **attrs)],
-        op,
-        [
-            helper.make_tensor_value_info(name, helper.np_dtype_to_tensor_dtype(value.dtype), value.shape)
-            for name, value in zip(names, inputs, strict=True)
-            if value is not None
-        ],
-        [onnx.ValueInfoProto(name=name) for name in outputs],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], ir_version=10)
-    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
-    feeds = {name: value for name, value in zip(names, inputs, strict=True) if value is not None}
-    return session.run(None, feeds)
-
-
-def assert_matches_onnxruntime(
-    op: str, inputs: list, attrs: dict, opset: int = 21, num_outputs: int = 1, atol: float = 1e-5
-) -> list[np.ndarray]:
-    expected = onnxruntime_outputs(op, inputs, attrs, opset, num_outputs)
-    ctx = KernelContext(op, attrs=attrs, opset=opset, num_outputs=num_outputs)
-    actual = run_kernel(ctx, inputs)
-    for got, want in zip(actual, expected, strict=True):
-        assert got.dtype == want.dtype
-        assert got.shape == want.shape
-        np.testing.assert_allclose(got, want, rtol=1e-4, atol=atol)
-    return actual
+assert_matches_onnxruntime = functools.partial(oracle.assert_matches_onnxruntime, rtol=1e-4)
 
 
 def random_window_attrs(

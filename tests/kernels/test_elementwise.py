@@ -14,32 +14,17 @@ from typing import Any
 
 import ml_dtypes
 import numpy as np
-import onnx
 import pytest
 from onnx import TensorProto, helper
 from onnx.numpy_helper import saturate_cast
 
 from lpuc.kernels.registry import KernelContext, run_kernel
-
-_TENSOR_TYPES = {
-    np.dtype(np.float32): TensorProto.FLOAT,
-    np.dtype(np.float16): TensorProto.FLOAT16,
-    np.dtype(np.float64): TensorProto.DOUBLE,
-    np.dtype(np.int8): TensorProto.INT8,
-    np.dtype(np.int16): TensorProto.INT16,
-    np.dtype(np.int32): TensorProto.INT32,
-    np.dtype(np.int64): TensorProto.INT64,
-    np.dtype(np.uint8): TensorProto.UINT8,
-    np.dtype(np.uint32): TensorProto.UINT32,
-    np.dtype(np.uint64): TensorProto.UINT64,
-    np.dtype(np.bool_): TensorProto.BOOL,
-}
+from tests.kernels.oracle import assert_outputs_close, kernel_outputs, onnxruntime_outputs
 
 
 def _run(op: str, *inputs: np.ndarray | None, opset: int = 0, outputs: int = 1, **attrs: Any) -> list:
-    ctx = KernelContext(op_type=op, attrs=attrs, opset=opset, num_outputs=outputs)
     with np.errstate(all="ignore"):
-        return run_kernel(ctx, list(inputs))
+        return kernel_outputs(op, inputs, attrs, opset, outputs)
 
 
 @dataclass
@@ -52,28 +37,6 @@ class Case:
     outputs: int = 1
     rtol: float = 1e-6
     atol: float = 1e-7
-
-
-def _run_onnxruntime(case: Case) -> list[np.ndarray]:
-    ort = pytest.importorskip("onnxruntime")
-    names = [f"in{i}" if x is not None else "" for i, x in enumerate(case.inputs)]
-    outs = [f"out{i}" for i in range(case.outputs)]
-    node = helper.make_node(case.op, names, outs, **case.attrs)
-    graph = helper.make_graph(
-        [node],
-        case.name,
-        [
-            helper.make_tensor_value_info(n, _TENSOR_TYPES[x.dtype], x.shape)
-            for n, x in zip(names, case.inputs, strict=True)
-            if x is not None
-        ],
-        [helper.make_empty_tensor_value_info(o) for o in outs],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", case.opset)], ir_version=10)
-    # Shape inference types the outputs, which onnxruntime needs.
-    model = onnx.shape_inference.infer_shapes(model, strict_mode=True)
-    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
-    return session.run(None, {n: x for n, x in zip(names, case.inputs, strict=True) if x is not None})
 
 
 def _rand(*shape: int, dtype: Any = np.float32, seed: int = 0) -> np.ndarray:
@@ -138,15 +101,12 @@ ORACLE_CASES = [
 
 @pytest.mark.parametrize("case", ORACLE_CASES, ids=[c.name for c in ORACLE_CASES])
 def test_matches_onnxruntime(case: Case) -> None:
-    expected = _run_onnxruntime(case)
+    # Strict shape inference types the outputs and checks that onnx accepts the node.
+    expected = onnxruntime_outputs(
+        case.op, case.inputs, case.attrs, case.opset, case.outputs, infer_shapes=True
+    )
     actual = _run(case.op, *case.inputs, opset=case.opset, outputs=case.outputs, **case.attrs)
-    assert len(actual) == len(expected)
-    for got, want in zip(actual, expected, strict=True):
-        assert got.dtype == want.dtype
-        assert got.shape == want.shape
-        np.testing.assert_allclose(
-            got.astype(np.float64), want.astype(np.float64), rtol=case.rtol, atol=case.atol
-        )
+    assert_outputs_close(actual, expected, case.rtol, case.atol)
 
 
 @pytest.mark.parametrize(

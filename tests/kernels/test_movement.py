@@ -13,49 +13,11 @@ import ml_dtypes
 import numpy as np
 import onnx
 import pytest
-from onnx import helper
 
-from lpuc.kernels.registry import KernelContext, run_kernel
 from lpuc.kernels.shape_ops import reshape_target_shape
+from tests.kernels.oracle import assert_matches_onnxruntime, kernel_outputs
 
-ort = pytest.importorskip("onnxruntime")
-
-
-def run(
-    op: str, inputs: list, attrs: dict | None = None, opset: int = 21, num_outputs: int = 1, domain: str = ""
-):
-    ctx = KernelContext(op, attrs=attrs or {}, opset=opset, num_outputs=num_outputs, domain=domain)
-    return run_kernel(ctx, inputs)
-
-
-def onnxruntime_outputs(op: str, inputs: list, attrs: dict, opset: int, num_outputs: int) -> list[np.ndarray]:
-    names = [f"in{i}" if value is not None else "" for i, value in enumerate(inputs)]
-    outputs = [f"out{i}" for i in range(num_outputs)]
-    graph = helper.make_graph(
-        [helper.make_node(op, names, outputs, **attrs)],
-        op,
-        [
-            helper.make_tensor_value_info(name, helper.np_dtype_to_tensor_dtype(value.dtype), value.shape)
-            for name, value in zip(names, inputs, strict=True)
-            if value is not None
-        ],
-        [onnx.ValueInfoProto(name=name) for name in outputs],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], ir_version=8)
-    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
-    feeds = {name: value for name, value in zip(names, inputs, strict=True) if value is not None}
-    return session.run(None, feeds)
-
-
-def assert_matches_onnxruntime(
-    op: str, inputs: list, attrs: dict, opset: int = 21, num_outputs: int = 1, atol: float = 1e-5
-) -> None:
-    expected = onnxruntime_outputs(op, inputs, attrs, opset, num_outputs)
-    actual = run(op, inputs, attrs, opset, num_outputs)
-    for got, want in zip(actual, expected, strict=True):
-        assert got.dtype == want.dtype
-        assert got.shape == want.shape
-        np.testing.assert_allclose(got.astype(np.float64), want.astype(np.float64), rtol=1e-5, atol=atol)
+pytest.importorskip("onnxruntime")
 
 
 def i64(*values: int) -> np.ndarray:
@@ -99,7 +61,7 @@ def test_reshape_target_shape_rejects(in_shape, shape, allowzero):
 
 
 def test_reshape_opset1_attribute():
-    (out,) = run("Reshape", [X345], {"shape": [0, -1]}, opset=1)
+    (out,) = kernel_outputs("Reshape", [X345], {"shape": [0, -1]}, opset=1)
     assert out.shape == (3, 20)
 
 
@@ -109,13 +71,13 @@ def test_unsqueeze_then_squeeze(opset, axes):
     as_attr = opset < 13
     unsqueeze = [X345] if as_attr else [X345, i64(*axes)]
     assert_matches_onnxruntime("Unsqueeze", unsqueeze, {"axes": axes} if as_attr else {}, opset)
-    (grown,) = run("Unsqueeze", unsqueeze, {"axes": axes} if as_attr else {}, opset)
+    (grown,) = kernel_outputs("Unsqueeze", unsqueeze, {"axes": axes} if as_attr else {}, opset)
     squeeze = [grown] if as_attr else [grown, i64(*axes)]
     assert_matches_onnxruntime("Squeeze", squeeze, {"axes": axes} if as_attr else {}, opset)
 
 
 def test_squeeze_without_axes_drops_every_unit_dim():
-    (out,) = run("Squeeze", [np.zeros((1, 3, 1, 2), np.float32)])
+    (out,) = kernel_outputs("Squeeze", [np.zeros((1, 3, 1, 2), np.float32)])
     assert out.shape == (3, 2)
 
 
@@ -135,22 +97,24 @@ def test_range(start, limit, delta, dtype):
 
 def test_range_float16_computes_in_float32_by_default():
     values = [np.array(v, np.float16) for v in (2048, 2060, 1)]
-    (out,) = run("Range", values, opset=27)
+    (out,) = kernel_outputs("Range", values, opset=27)
     assert out.dtype == np.float16
     np.testing.assert_array_equal(out, (2048 + np.arange(12, dtype=np.float32)).astype(np.float16))
 
 
 def test_constant_value_attributes():
-    assert run("Constant", [], {"value_float": 1.5})[0].dtype == np.float32
-    assert run("Constant", [], {"value_ints": [1, 2]})[0].dtype == np.int64
+    assert kernel_outputs("Constant", [], {"value_float": 1.5})[0].dtype == np.float32
+    assert kernel_outputs("Constant", [], {"value_ints": [1, 2]})[0].dtype == np.int64
     bf16 = np.array([1, 2], dtype=ml_dtypes.bfloat16)
-    assert run("Constant", [], {"value": bf16})[0].dtype == bf16.dtype
+    assert kernel_outputs("Constant", [], {"value": bf16})[0].dtype == bf16.dtype
     with pytest.raises(ValueError, match="Constant"):
-        run("Constant", [], {"value_int": 1, "value_float": 1.0})
+        kernel_outputs("Constant", [], {"value_int": 1, "value_float": 1.0})
 
 
 def test_eye_like_dtype_and_offset():
-    (out,) = run("EyeLike", [np.zeros((3, 4), np.int32)], {"k": -1, "dtype": onnx.TensorProto.FLOAT})
+    (out,) = kernel_outputs(
+        "EyeLike", [np.zeros((3, 4), np.int32)], {"k": -1, "dtype": onnx.TensorProto.FLOAT}
+    )
     np.testing.assert_array_equal(out, np.eye(3, 4, k=-1, dtype=np.float32))
 
 
@@ -225,7 +189,9 @@ def test_depth_to_space(mode):
 def test_space_to_depth_inverts_depth_to_space(mode):
     x = RNG.standard_normal((2, 8, 4, 6)).astype(np.float32)
     attrs = {"blocksize": 2, "mode": mode}
-    np.testing.assert_array_equal(run("SpaceToDepth", run("DepthToSpace", [x], attrs), attrs)[0], x)
+    np.testing.assert_array_equal(
+        kernel_outputs("SpaceToDepth", kernel_outputs("DepthToSpace", [x], attrs), attrs)[0], x
+    )
 
 
 @pytest.mark.parametrize(("batch_axis", "time_axis"), [(1, 0), (0, 1)])
@@ -249,7 +215,7 @@ X_CROP = np.arange(60, dtype=np.float32).reshape(3, 4, 5)
     ],
 )
 def test_center_crop_pad(shape, axes, expected):
-    (out,) = run("CenterCropPad", [X_CROP, i64(*shape)], {} if axes is None else {"axes": axes})
+    (out,) = kernel_outputs("CenterCropPad", [X_CROP, i64(*shape)], {} if axes is None else {"axes": axes})
     np.testing.assert_array_equal(out, expected)
 
 
@@ -309,14 +275,14 @@ def test_gather_elements_smaller_indices():
 
 def test_gather_rejects_out_of_range():
     with pytest.raises(ValueError, match="Gather"):
-        run("Gather", [X345, i64(3)])
+        kernel_outputs("Gather", [X345, i64(3)])
 
 
 @pytest.mark.parametrize("axis", [0, 1, -1])
 def test_one_hot_axes(axis):
     indices = i64(0, 3, -1, 9, -5).reshape(5, 1)
     values = np.array([-1, 4], np.int32)
-    (out,) = run("OneHot", [indices, np.array(4, np.int64), values], {"axis": axis})
+    (out,) = kernel_outputs("OneHot", [indices, np.array(4, np.int64), values], {"axis": axis})
     expected_hot = np.array([[1, 0, 0, 0], [0, 0, 0, 1], [0, 0, 0, 1], [0, 0, 0, 0], [0, 0, 0, 0]], bool)
     expected = np.where(np.moveaxis(expected_hot[:, None, :], -1, axis), 4, -1).astype(np.int32)
     np.testing.assert_array_equal(out, expected)
@@ -343,9 +309,9 @@ def test_unique(sorted_, axis):
 
 def test_array_feature_extractor():
     x = np.arange(12, dtype=np.float32).reshape(3, 4)
-    (out,) = run("ArrayFeatureExtractor", [x, i64(3, 0)], domain="ai.onnx.ml")
+    (out,) = kernel_outputs("ArrayFeatureExtractor", [x, i64(3, 0)], domain="ai.onnx.ml")
     np.testing.assert_array_equal(out, x[:, [3, 0]])
-    (row,) = run("ArrayFeatureExtractor", [x[0], i64(1)], domain="ai.onnx.ml")
+    (row,) = kernel_outputs("ArrayFeatureExtractor", [x[0], i64(1)], domain="ai.onnx.ml")
     assert row.shape == (1, 1)
 
 
@@ -446,4 +412,4 @@ def test_upsample_opset7_scales_attribute():
 )
 def test_resize_rejects_unknown_attributes(attrs, message):
     with pytest.raises(ValueError, match=message):
-        run("Resize", [X345, None, np.array([1, 2, 2], np.float32)], attrs, opset=19)
+        kernel_outputs("Resize", [X345, None, np.array([1, 2, 2], np.float32)], attrs, opset=19)

@@ -13,24 +13,11 @@ from typing import Any
 
 import ml_dtypes
 import numpy as np
-import onnx
 import pytest
-from onnx import TensorProto, helper
 
-from lpuc.kernels.registry import KernelContext, run_kernel
+from tests.kernels.oracle import assert_outputs_close, kernel_outputs, onnxruntime_outputs
 
-ort = pytest.importorskip("onnxruntime")
-
-_TENSOR_TYPES = {
-    np.dtype(np.float32): TensorProto.FLOAT,
-    np.dtype(np.float16): TensorProto.FLOAT16,
-    np.dtype(np.float64): TensorProto.DOUBLE,
-    np.dtype(np.int32): TensorProto.INT32,
-    np.dtype(np.int64): TensorProto.INT64,
-    np.dtype(np.uint8): TensorProto.UINT8,
-    np.dtype(np.int8): TensorProto.INT8,
-    np.dtype(np.bool_): TensorProto.BOOL,
-}
+pytest.importorskip("onnxruntime")
 
 
 @dataclass
@@ -45,33 +32,8 @@ class Case:
     atol: float = 1e-6
 
 
-def _run_lpuc(case: Case) -> list[np.ndarray]:
-    ctx = KernelContext(op_type=case.op, attrs=case.attrs, opset=case.opset, num_outputs=case.outputs)
-    return run_kernel(ctx, case.inputs)
-
-
 def _run(op: str, *inputs: np.ndarray, opset: int = 0, outputs: int = 1, **attrs: Any) -> list[np.ndarray]:
-    return _run_lpuc(Case(op, op, list(inputs), attrs, opset=opset, outputs=outputs))
-
-
-def _run_onnxruntime(case: Case) -> list[np.ndarray]:
-    names = [f"in{i}" for i in range(len(case.inputs))]
-    outs = [f"out{i}" for i in range(case.outputs)]
-    node = helper.make_node(case.op, names, outs, **case.attrs)
-    graph = helper.make_graph(
-        [node],
-        case.name,
-        [
-            helper.make_tensor_value_info(n, _TENSOR_TYPES[x.dtype], x.shape)
-            for n, x in zip(names, case.inputs, strict=True)
-        ],
-        [helper.make_empty_tensor_value_info(o) for o in outs],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", case.opset)], ir_version=10)
-    # Shape inference types the outputs, which onnxruntime needs.
-    model = onnx.shape_inference.infer_shapes(model, strict_mode=True)
-    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
-    return session.run(None, dict(zip(names, case.inputs, strict=True)))
+    return kernel_outputs(op, inputs, attrs, opset, outputs)
 
 
 def _rand(*shape: int, dtype: Any = np.float32, seed: int = 0) -> np.ndarray:
@@ -212,15 +174,12 @@ ORACLE_CASES = [
 
 @pytest.mark.parametrize("case", ORACLE_CASES, ids=[c.name for c in ORACLE_CASES])
 def test_matches_onnxruntime(case: Case) -> None:
-    expected = _run_onnxruntime(case)
-    actual = _run_lpuc(case)
-    assert len(actual) == len(expected)
-    for got, want in zip(actual, expected, strict=True):
-        assert got.dtype == want.dtype
-        assert got.shape == want.shape
-        np.testing.assert_allclose(
-            got.astype(np.float64), want.astype(np.float64), rtol=case.rtol, atol=case.atol
-        )
+    # Strict shape inference types the outputs and checks that onnx accepts the node.
+    expected = onnxruntime_outputs(
+        case.op, case.inputs, case.attrs, case.opset, case.outputs, infer_shapes=True
+    )
+    actual = kernel_outputs(case.op, case.inputs, case.attrs, case.opset, case.outputs)
+    assert_outputs_close(actual, expected, case.rtol, case.atol)
 
 
 @pytest.mark.parametrize(

@@ -7,59 +7,24 @@ activations); here each configuration is a single-node model run by both onnxrun
 from __future__ import annotations
 
 import numpy as np
-import onnx
 import pytest
-from onnx import TensorProto, helper
 
 from lpuc.kernels.interpreter import evaluate_model
+from tests.kernels.oracle import assert_outputs_close, feeds, run_onnxruntime, single_node_model
 
-ort = pytest.importorskip("onnxruntime")
-
-_ELEM_TYPES = {
-    np.dtype(np.float32): TensorProto.FLOAT,
-    np.dtype(np.float16): TensorProto.FLOAT16,
-    np.dtype(np.int32): TensorProto.INT32,
-    np.dtype(np.int64): TensorProto.INT64,
-    np.dtype(np.bool_): TensorProto.BOOL,
-}
-
-
-def _single_node_model(
-    op: str, inputs: dict[str, np.ndarray | None], num_outputs: int, opset: int, **attrs
-) -> onnx.ModelProto:
-    """A model of one `op` node whose outputs have the first input's type; None inputs are left out."""
-    input_names = [name if value is not None else "" for name, value in inputs.items()]
-    outputs = [f"out{i}" for i in range(num_outputs)]
-    node = helper.make_node(op, input_names, outputs, **attrs)
-    output_type = _ELEM_TYPES[next(iter(inputs.values())).dtype]
-    graph = helper.make_graph(
-        [node],
-        op,
-        [
-            helper.make_tensor_value_info(n, _ELEM_TYPES[v.dtype], v.shape)
-            for n, v in inputs.items()
-            if v is not None
-        ],
-        [helper.make_tensor_value_info(o, output_type, None) for o in outputs],
-    )
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+pytest.importorskip("onnxruntime")
 
 
 def _run_both(
     op: str, inputs: dict[str, np.ndarray | None], num_outputs: int, opset: int, **attrs
 ) -> tuple[list[np.ndarray], list[np.ndarray]]:
-    """(kernel outputs, onnxruntime outputs) of a single-node model."""
-    model = _single_node_model(op, inputs, num_outputs, opset, **attrs)
-    feeds = {name: value for name, value in inputs.items() if value is not None}
-    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
-    return evaluate_model(model, feeds), session.run(None, feeds)
+    """(outputs of the model run by lpuc's interpreter, onnxruntime's) of a single-node model."""
+    model = single_node_model(op, inputs, attrs, opset, num_outputs)
+    return evaluate_model(model, feeds(inputs)), run_onnxruntime(model, feeds(inputs))
 
 
 def _assert_close(actual: list[np.ndarray], expected: list[np.ndarray]) -> None:
-    assert len(actual) == len(expected)
-    for got, want in zip(actual, expected):
-        assert got.dtype == want.dtype and got.shape == want.shape
-        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+    assert_outputs_close(actual, expected, rtol=1e-4, atol=1e-5)
 
 
 def _assert_matches_onnxruntime(
@@ -142,9 +107,8 @@ def test_batch_major_layout(op: str, gates: int, num_outputs: int) -> None:
     batch_major = dict(
         inputs, X=inputs["X"].transpose(1, 0, 2), initial_h=inputs["initial_h"].transpose(1, 0, 2)
     )
-    model = _single_node_model(
-        op, batch_major, num_outputs, 14, hidden_size=3, direction="bidirectional", layout=1
-    )
+    attrs = {"hidden_size": 3, "direction": "bidirectional", "layout": 1}
+    model = single_node_model(op, batch_major, attrs, 14, num_outputs)
     actual = evaluate_model(model, batch_major)
     y, *final_states = expected
     _assert_close(actual, [y.transpose(2, 0, 1, 3), *(s.transpose(1, 0, 2) for s in final_states)])
@@ -201,12 +165,12 @@ def test_attention_qk_matmul_output_modes() -> None:
     mask = rng.standard_normal((4, 4)).astype(np.float32)
     for mode in range(4):
         inputs = {"Q": q, "K": k, "V": v, "attn_mask": mask, "past_key": None, "past_value": None}
-        model = _single_node_model("Attention", inputs, 4, 23, qk_matmul_output_mode=mode, softcap=3.0)
+        attrs = {"qk_matmul_output_mode": mode, "softcap": 3.0}
+        model = single_node_model("Attention", inputs, attrs, 23, 4)
         model.graph.node[0].output[1:3] = ["", ""]
         del model.graph.output[1:3]
-        feeds = {"Q": q, "K": k, "V": v, "attn_mask": mask}
-        session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
-        _assert_close(evaluate_model(model, feeds), session.run(None, feeds))
+        present = feeds(inputs)
+        _assert_close(evaluate_model(model, present), run_onnxruntime(model, present))
 
 
 def test_attention_external_cache_with_padding() -> None:
