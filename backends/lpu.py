@@ -125,8 +125,12 @@ def encode_program(program: Program) -> bytes:
 
 
 def _binding(b: Binding) -> dict:
-    return {"name": b.name, "shape": None if b.shape is None else list(b.shape), "dtype": b.dtype,
-            "tiles": list(b.tiles)}
+    return {
+        "name": b.name,
+        "shape": None if b.shape is None else list(b.shape),
+        "dtype": b.dtype,
+        "tiles": list(b.tiles),
+    }
 
 
 def write_program(program: Program, path: str | os.PathLike) -> None:

@@ -17,7 +17,8 @@ def program_text(program: Program) -> str:
     s = program.summary
     lines = [
         f"program {program.model_name} target={program.target.name} precision={program.precision}",
-        f"cycles={s.get('cycles')} latency_us={s.get('latency_us')} bound={s.get('lower_bound_cycles', {}).get('overall')} "
+        f"cycles={s.get('cycles')} latency_us={s.get('latency_us')} "
+        f"bound={s.get('lower_bound_cycles', {}).get('overall')} "
         f"sram_peak_bytes={s.get('sram_peak_bytes')} instructions={len(program.instructions)}",
     ]
     for ins in sorted(program.instructions, key=lambda i: (i.start, i.id)):

@@ -5,8 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import time
-from collections.abc import Iterator
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -54,12 +53,19 @@ def compile(  # noqa: A001 - the natural name for a compiler's entry point
     stages: dict[str, float] = {}
     with _timed(stages, "frontend"):
         proto, where = _as_onnx(model, example_inputs, exporter)
-        graph = import_model(proto, where, input_shapes=input_shapes, const_inputs=const_inputs,
-                             strict_input_shapes=strict_input_shapes)
+        graph = import_model(
+            proto,
+            where,
+            input_shapes=input_shapes,
+            const_inputs=const_inputs,
+            strict_input_shapes=strict_input_shapes,
+        )
     dump_dir = Path(dump_ir) if dump_ir is not None else None
     timings = PassTimings()
     with _timed(stages, "passes"):
-        graph = run_pipeline(graph, PassContext(tgt, precision, host_fallback), dump_dir=dump_dir, timings=timings)
+        graph = run_pipeline(
+            graph, PassContext(tgt, precision, host_fallback), dump_dir=dump_dir, timings=timings
+        )
     with _timed(stages, "lowering"):
         tiled = lower(graph, tgt, precision, host_fallback=host_fallback, where=where)
     with _timed(stages, "schedule"):

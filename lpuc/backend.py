@@ -11,7 +11,7 @@ cached per specialization.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -33,7 +33,9 @@ def shape_operand_inputs(model: onnx.ModelProto) -> set[str]:
     """Graph inputs whose values (not just shapes) flow into an operand that decides a shape."""
     producer = {o: n for n in model.graph.node for o in n.output}
     names = set(runtime_inputs(model))
-    pending = [n.input[k] for n in model.graph.node for k in SHAPE_OPERANDS.get(n.op_type, ()) if k < len(n.input)]
+    pending = [
+        n.input[k] for n in model.graph.node for k in SHAPE_OPERANDS.get(n.op_type, ()) if k < len(n.input)
+    ]
     seen: set[str] = set()
     while pending:
         value = pending.pop()
@@ -63,9 +65,13 @@ class LpucRep(BackendRep):
         program = self._programs.get(key)
         if program is None:
             compiled = lpuc.compile(
-                self.model, target=self.target, precision=self.precision,
+                self.model,
+                target=self.target,
+                precision=self.precision,
                 input_shapes={n: tuple(a.shape) for n, a in feeds.items() if n not in consts},
-                const_inputs=consts, host_fallback=self.host_fallback, strict_input_shapes=False,
+                const_inputs=consts,
+                host_fallback=self.host_fallback,
+                strict_input_shapes=False,
             )
             program = decode_program(compiled.to_bytes(), "<backend>")  # through the artifact
             self._programs[key] = program
@@ -105,12 +111,18 @@ class LpucBackend(Backend):
         return cls.prepare(model, device, **kwargs).run(inputs)
 
     @classmethod
-    def run_node(cls, node: onnx.NodeProto, inputs: Any, device: str = "CPU", outputs_info=None, **kwargs: Any):
+    def run_node(
+        cls, node: onnx.NodeProto, inputs: Any, device: str = "CPU", outputs_info=None, **kwargs: Any
+    ):
         """Wrap one node in a model (input types from the arrays) and run it."""
         values = list(inputs.values()) if isinstance(inputs, Mapping) else list(inputs)
         names = list(inputs) if isinstance(inputs, Mapping) else [n for n in node.input if n]
-        graph_inputs = [onnx.helper.make_tensor_value_info(n, onnx.helper.np_dtype_to_tensor_dtype(np.asarray(v).dtype),
-                                                           np.shape(v)) for n, v in zip(names, values)]
+        graph_inputs = [
+            onnx.helper.make_tensor_value_info(
+                n, onnx.helper.np_dtype_to_tensor_dtype(np.asarray(v).dtype), np.shape(v)
+            )
+            for n, v in zip(names, values)
+        ]
         graph_outputs = [onnx.helper.make_empty_tensor_value_info(o) for o in node.output if o]
         opset = kwargs.pop("opset_version", onnx.defs.onnx_opset_version())
         model = onnx.helper.make_model(

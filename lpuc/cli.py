@@ -106,7 +106,16 @@ def main(debug: bool) -> None:
 @click.option("-v", "--verbose", is_flag=True, help="Print the time each compile stage and pass took.")
 @click.option("--debug", is_flag=True, hidden=True)
 def compile(  # noqa: A001 - the command's name
-    model, output, target, precision, input_shapes, example_inputs, exporter, dump_ir, no_host_fallback, verbose,
+    model,
+    output,
+    target,
+    precision,
+    input_shapes,
+    example_inputs,
+    exporter,
+    dump_ir,
+    no_host_fallback,
+    verbose,
     debug,
 ):
     """Compile MODEL (an .onnx file, or pkg.module:factory returning a torch.nn.Module)."""
@@ -200,7 +209,8 @@ def targets():
         t = load_target(name)
         click.echo(
             f"{name:<10} {t.clock_mhz:g} MHz, {t.lanes} lanes, {t.num_slices} MEM slices "
-            f"({human_bytes(t.sram_bytes)}), {t.num_mxm} MXM planes, {t.vxm_alus} VXM ALUs/lane, {t.num_sxm} SXM"
+            f"({human_bytes(t.sram_bytes)}), {t.num_mxm} MXM planes, {t.vxm_alus} VXM ALUs/lane, "
+            f"{t.num_sxm} SXM"
             f"{' (default)' if name == DEFAULT_TARGET else ''}"
         )
         click.echo(f"{'':<10} {t.description}")

@@ -213,20 +213,60 @@ def table() -> dict[tuple[str, str], Placement]:
 # Inputs that decide output shapes (or control flow). A statically scheduled chip needs them at
 # compile time: the ONNX backend binds graph inputs that feed these positions as constants.
 SHAPE_OPERANDS: dict[str, tuple[int, ...]] = {
-    "Reshape": (1,), "Expand": (1,), "Tile": (1,), "Slice": (1, 2, 3, 4), "Pad": (1, 3),
-    "Resize": (1, 2, 3), "Upsample": (1,), "Split": (1,), "Squeeze": (1,), "Unsqueeze": (1,),
-    "ReduceSum": (1,), "ReduceMean": (1,), "ReduceMax": (1,), "ReduceMin": (1,), "ReduceProd": (1,),
-    "ReduceL1": (1,), "ReduceL2": (1,), "ReduceLogSum": (1,), "ReduceLogSumExp": (1,),
-    "ReduceSumSquare": (1,), "TopK": (1,), "OneHot": (1,), "ConstantOfShape": (0,), "Range": (0, 1, 2),
-    "CenterCropPad": (1,), "Col2Im": (1, 2), "DFT": (1, 2), "STFT": (1, 3), "BlackmanWindow": (0,),
-    "HannWindow": (0,), "HammingWindow": (0,), "MelWeightMatrix": (0, 1, 2, 3, 4), "AffineGrid": (1,),
-    "MaxUnpool": (2,), "Loop": (0, 1), "If": (0,), "CumSum": (1,), "Trilu": (1,), "EyeLike": (),
+    "Reshape": (1,),
+    "Expand": (1,),
+    "Tile": (1,),
+    "Slice": (1, 2, 3, 4),
+    "Pad": (1, 3),
+    "Resize": (1, 2, 3),
+    "Upsample": (1,),
+    "Split": (1,),
+    "Squeeze": (1,),
+    "Unsqueeze": (1,),
+    "ReduceSum": (1,),
+    "ReduceMean": (1,),
+    "ReduceMax": (1,),
+    "ReduceMin": (1,),
+    "ReduceProd": (1,),
+    "ReduceL1": (1,),
+    "ReduceL2": (1,),
+    "ReduceLogSum": (1,),
+    "ReduceLogSumExp": (1,),
+    "ReduceSumSquare": (1,),
+    "TopK": (1,),
+    "OneHot": (1,),
+    "ConstantOfShape": (0,),
+    "Range": (0, 1, 2),
+    "CenterCropPad": (1,),
+    "Col2Im": (1, 2),
+    "DFT": (1, 2),
+    "STFT": (1, 3),
+    "BlackmanWindow": (0,),
+    "HannWindow": (0,),
+    "HammingWindow": (0,),
+    "MelWeightMatrix": (0, 1, 2, 3, 4),
+    "AffineGrid": (1,),
+    "MaxUnpool": (2,),
+    "Loop": (0, 1),
+    "If": (0,),
+    "CumSum": (1,),
+    "Trilu": (1,),
+    "EyeLike": (),
 }
 
 # Ops whose output shapes depend on input *values*: never typed by evaluating them on placeholders.
-DATA_DEPENDENT_SHAPES = frozenset({
-    "NonZero", "Unique", "Compress", "NonMaxSuppression", "Loop", "If", "StringSplit", "TfIdfVectorizer",
-})
+DATA_DEPENDENT_SHAPES = frozenset(
+    {
+        "NonZero",
+        "Unique",
+        "Compress",
+        "NonMaxSuppression",
+        "Loop",
+        "If",
+        "StringSplit",
+        "TfIdfVectorizer",
+    }
+)
 # Ops that read only the shapes of their inputs.
 SHAPE_READERS = frozenset({"Shape", "Size"})
 
@@ -246,6 +286,13 @@ def supported_ops() -> list[dict]:
     for domain, op in registered_ops():
         p = placement(op, domain)
         unit = "VXM" if is_elementwise(op, domain) else p.unit
-        rows.append({"op": op, "domain": domain, "unit": unit, "via": p.via,
-                     "opsets": sorted(versions.get((domain, op), ()))})
+        rows.append(
+            {
+                "op": op,
+                "domain": domain,
+                "unit": unit,
+                "via": p.via,
+                "opsets": sorted(versions.get((domain, op), ())),
+            }
+        )
     return rows

@@ -20,7 +20,6 @@ import numpy as np
 from lpuc.dtypes import dtype_from_name, words_per_row
 from lpuc.target import Target
 
-
 # The instruction set the runtime executes (runtime/isa.py has one handler per opcode).
 OPCODES = ("mxm.lw", "mxm.mm", "vxm.map", "vxm.kernel", "sxm.kernel", "host.kernel")
 

@@ -21,9 +21,11 @@ def summary_text(s: dict[str, Any]) -> str:
         f"cycles     {s['cycles']}  = {s['latency_us']} us",
         f"bound      {bounds['overall']} cycles ({s['bound_ratio']}x achieved/bound): "
         + ", ".join(f"{k} {v}" for k, v in bounds.items() if k != "overall"),
-        f"SRAM       peak {human_bytes(s['sram_peak_bytes'])} live, {human_bytes(s['sram_used_bytes'])} addressed, "
+        f"SRAM       peak {human_bytes(s['sram_peak_bytes'])} live, "
+        f"{human_bytes(s['sram_used_bytes'])} addressed, "
         f"{human_bytes(s['sram_const_bytes'])} constants, of {human_bytes(s['sram_capacity_bytes'])}",
-        f"program    {s['instructions']} instructions, {s['tiles']} tiles, {s['macs']} MACs, host ops {s['host_ops']}",
+        f"program    {s['instructions']} instructions, {s['tiles']} tiles, {s['macs']} MACs, "
+        f"host ops {s['host_ops']}",
         "           " + ", ".join(f"{k} {v}" for k, v in s["instructions_by_opcode"].items()),
         "busy %     " + _units(s["units"]),
     ]
@@ -34,7 +36,9 @@ def summary_text(s: dict[str, Any]) -> str:
 
 def _units(units: dict[str, float]) -> str:
     vxm = [p for u, p in units.items() if u.startswith("VXM")]
-    parts = [f"{u} {p:.1f}" for u, p in units.items() if not u.startswith("VXM") and (p or u.startswith("MXM"))]
+    parts = [
+        f"{u} {p:.1f}" for u, p in units.items() if not u.startswith("VXM") and (p or u.startswith("MXM"))
+    ]
     if vxm:
         parts.append(f"VXM(avg of {len(vxm)} ALUs) {sum(vxm) / len(vxm):.1f}")
     return ", ".join(parts)

@@ -1,6 +1,6 @@
 """Regenerate the bundled demo models (fixed seeds, so the files are reproducible).
 
-    .venv/bin/python models/export_models.py
+.venv/bin/python models/export_models.py
 """
 
 from __future__ import annotations
@@ -24,7 +24,9 @@ MODELS = {
 
 def main() -> None:
     for name, (make, shape) in MODELS.items():
-        path = export(make(), (torch.zeros(*shape),), HERE / f"{name}.onnx", input_names=["x"], output_names=["y"])
+        path = export(
+            make(), (torch.zeros(*shape),), HERE / f"{name}.onnx", input_names=["x"], output_names=["y"]
+        )
         print(f"wrote {path} ({path.stat().st_size} bytes)")
 
 

@@ -11,10 +11,10 @@ import os
 from collections.abc import Mapping
 
 import numpy as np
-from threadpoolctl import ThreadpoolController
 from lpuc.runtime.isa import HANDLERS, decoded_attrs
 from lpuc.runtime.machine import Machine
 from lpuc.runtime.trace import write_trace
+from threadpoolctl import ThreadpoolController
 
 from lpuc.program import Program
 from lpuc.schedule.validator import validate

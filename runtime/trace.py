@@ -9,8 +9,8 @@ and tid so that strict consumers accept it. Open the file at https://ui.perfetto
 from __future__ import annotations
 
 import json
-import re
 import os
+import re
 
 from lpuc.fileio import atomic_write
 from lpuc.program import Program
@@ -83,7 +83,7 @@ def trace_events(program: Program) -> list[dict]:
 
 
 def _unit_class(unit: str) -> str:
-    """"MXM2.LW" -> "MXM", "VXM11" -> "VXM": the category Perfetto groups and colours by."""
+    """ "MXM2.LW" -> "MXM", "VXM11" -> "VXM": the category Perfetto groups and colours by."""
     return re.match(r"[A-Z]+", unit).group(0)
 
 
@@ -116,4 +116,7 @@ def _sram_counter(program: Program, us: float) -> list[dict]:
 
 
 def write_trace(program: Program, path: str | os.PathLike) -> None:
-    atomic_write(path, json.dumps({"traceEvents": trace_events(program), "displayTimeUnit": "ns"}, separators=(",", ":")))
+    atomic_write(
+        path,
+        json.dumps({"traceEvents": trace_events(program), "displayTimeUnit": "ns"}, separators=(",", ":")),
+    )

@@ -37,8 +37,16 @@ class ResidualBlock(torch.nn.Module):
         return x + self.fc2(torch.tanh(self.fc1(x)))
 
 
-def export(module: torch.nn.Module, example: tuple, path: Path, seed: int = 0, dynamo: bool = False,
-           input_names=None, output_names=None, dynamic_axes=None) -> Path:
+def export(
+    module: torch.nn.Module,
+    example: tuple,
+    path: Path,
+    seed: int = 0,
+    dynamo: bool = False,
+    input_names=None,
+    output_names=None,
+    dynamic_axes=None,
+) -> Path:
     """Export `module` (weights re-initialized from `seed`) to ONNX at `path`."""
     torch.manual_seed(seed)
     for p in module.parameters():  # deterministic weights independent of construction order
@@ -47,8 +55,15 @@ def export(module: torch.nn.Module, example: tuple, path: Path, seed: int = 0, d
     module.eval()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.onnx.export(module, example, str(path), input_names=input_names, output_names=output_names,
-                          dynamic_axes=dynamic_axes, dynamo=dynamo)
+        torch.onnx.export(
+            module,
+            example,
+            str(path),
+            input_names=input_names,
+            output_names=output_names,
+            dynamic_axes=dynamic_axes,
+            dynamo=dynamo,
+        )
     return path
 
 

@@ -7,11 +7,20 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 
-def single_op_model(op: str, inputs: list[tuple[str, list]], outputs: list[tuple[str, list]],
-                    opset: int = 21, initializers: dict[str, np.ndarray] | None = None, **attrs) -> onnx.ModelProto:
-    node = helper.make_node(op, [n for n, _ in inputs] + list(initializers or {}), [n for n, _ in outputs], **attrs)
+def single_op_model(
+    op: str,
+    inputs: list[tuple[str, list]],
+    outputs: list[tuple[str, list]],
+    opset: int = 21,
+    initializers: dict[str, np.ndarray] | None = None,
+    **attrs,
+) -> onnx.ModelProto:
+    node = helper.make_node(
+        op, [n for n, _ in inputs] + list(initializers or {}), [n for n, _ in outputs], **attrs
+    )
     graph = helper.make_graph(
-        [node], f"{op.lower()}_graph",
+        [node],
+        f"{op.lower()}_graph",
         [helper.make_tensor_value_info(n, TensorProto.FLOAT, s) for n, s in inputs],
         [helper.make_tensor_value_info(n, TensorProto.FLOAT, s) for n, s in outputs],
         [numpy_helper.from_array(v, n) for n, v in (initializers or {}).items()],
@@ -26,9 +35,15 @@ def unsupported_ops_model() -> onnx.ModelProto:
         helper.make_node("Frobnicate", ["a"], ["b"], name="frob_2", domain="com.acme"),
         helper.make_node("Twiddle", ["b"], ["y"], name="twiddle", domain="com.acme"),
     ]
-    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2])])
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21), helper.make_opsetid("com.acme", 3)])
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2])],
+    )
+    return helper.make_model(
+        graph, opset_imports=[helper.make_opsetid("", 21), helper.make_opsetid("com.acme", 3)]
+    )
 
 
 def dynamic_batch_model() -> onnx.ModelProto:

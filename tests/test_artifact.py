@@ -9,9 +9,9 @@ import sys
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from lpuc.backends.lpu import FORMAT_VERSION, decode_program, encode_program
 
 import lpuc
-from lpuc.backends.lpu import FORMAT_VERSION, decode_program, encode_program
 from lpuc.cli import main
 from lpuc.errors import ArtifactError
 from tests.models import random_feeds
@@ -55,7 +55,9 @@ def test_corrupt_artifact_is_one_line_error_exit_2(artifact, tmp_path, corrupt, 
 def test_no_traceback_in_a_real_process(artifact, tmp_path):
     bad = tmp_path / "bad.lpu"
     bad.write_bytes(artifact.read_bytes()[:200])
-    proc = subprocess.run([sys.executable, "-m", "lpuc.cli", "report", str(bad)], capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "lpuc.cli", "report", str(bad)], capture_output=True, text=True
+    )
     assert proc.returncode == 2
     assert proc.stderr.count("\n") == 1 and proc.stderr.startswith("error: ")
 

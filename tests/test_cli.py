@@ -78,7 +78,9 @@ def test_unsupported_ops_listed_in_one_error(tmp_path):
     path = tmp_path / "bad.onnx"
     onnx.save(unsupported_ops_model(), str(path))
     result = invoke("compile", path, "-o", tmp_path / "x.lpu")
-    assert_one_line_error(result, str(path), "Frobnicate", "frob_1", "frob_2", "Twiddle", "twiddle", "com.acme 3")
+    assert_one_line_error(
+        result, str(path), "Frobnicate", "frob_1", "frob_2", "Twiddle", "twiddle", "com.acme 3"
+    )
 
 
 def test_unbound_dynamic_dim(tmp_path):
@@ -93,9 +95,15 @@ def test_unbound_dynamic_dim(tmp_path):
 def test_bad_input_shape_specs(tmp_path):
     path = tmp_path / "dyn.onnx"
     onnx.save(dynamic_batch_model(), str(path))
-    assert_one_line_error(invoke("compile", path, "-o", tmp_path / "x.lpu", "--input-shape", "x=4xq"), "integers")
-    assert_one_line_error(invoke("compile", path, "-o", tmp_path / "x.lpu", "--input-shape", "z=4x16"), "unknown input")
-    assert_one_line_error(invoke("compile", path, "-o", tmp_path / "x.lpu", "--input-shape", "x=4x8"), "fixed at 16")
+    assert_one_line_error(
+        invoke("compile", path, "-o", tmp_path / "x.lpu", "--input-shape", "x=4xq"), "integers"
+    )
+    assert_one_line_error(
+        invoke("compile", path, "-o", tmp_path / "x.lpu", "--input-shape", "z=4x16"), "unknown input"
+    )
+    assert_one_line_error(
+        invoke("compile", path, "-o", tmp_path / "x.lpu", "--input-shape", "x=4x8"), "fixed at 16"
+    )
 
 
 def test_not_onnx_and_missing_file(tmp_path):

@@ -30,7 +30,11 @@ def test_identical_across_hash_seeds(model, mlp_onnx, tmp_path):
     for seed in ("0", "12345", "random"):
         out = tmp_path / f"{model}_{seed}.lpu"
         env = {**os.environ, "PYTHONHASHSEED": seed}
-        subprocess.run([sys.executable, "-m", "lpuc.cli", "compile", str(path), "-o", str(out)],
-                       check=True, env=env, capture_output=True)
+        subprocess.run(
+            [sys.executable, "-m", "lpuc.cli", "compile", str(path), "-o", str(out)],
+            check=True,
+            env=env,
+            capture_output=True,
+        )
         outputs.append(out.read_bytes())
     assert outputs[0] == outputs[1] == outputs[2]

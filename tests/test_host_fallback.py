@@ -16,10 +16,17 @@ from tests.models import ort_run
 
 def _det_sandwich() -> onnx.ModelProto:
     """Relu (chip) -> Det (host) -> Mul (chip): data crosses PCIe out and back."""
-    nodes = [helper.make_node("Relu", ["x"], ["a"]), helper.make_node("Det", ["a"], ["d"]),
-             helper.make_node("Mul", ["d", "d"], ["y"])]
-    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4, 3, 3])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4])])
+    nodes = [
+        helper.make_node("Relu", ["x"], ["a"]),
+        helper.make_node("Det", ["a"], ["d"]),
+        helper.make_node("Mul", ["d", "d"], ["y"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4, 3, 3])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4])],
+    )
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)])
 
 
@@ -39,7 +46,9 @@ def test_host_partition_is_costed_and_correct(tmp_path):
     art = tmp_path / "det.lpu"
     program.save(art)
     assert CliRunner().invoke(main, ["run", str(art), "--trace", str(trace)]).exit_code == 0
-    names = {e["args"]["name"] for e in json.loads(trace.read_text())["traceEvents"] if e["name"] == "thread_name"}
+    names = {
+        e["args"]["name"] for e in json.loads(trace.read_text())["traceEvents"] if e["name"] == "thread_name"
+    }
     assert "HOST" in names
     assert "host ops 1" in CliRunner().invoke(main, ["report", str(art)]).output
 
@@ -47,8 +56,12 @@ def test_host_partition_is_costed_and_correct(tmp_path):
 def test_host_results_read_only_on_the_host_stay_there(tmp_path):
     """NonZero -> Transpose: both on the host, the dynamic-shaped result never enters SRAM."""
     nodes = [helper.make_node("NonZero", ["x"], ["nz"]), helper.make_node("Transpose", ["nz"], ["y"])]
-    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [3, 4])],
-                              [helper.make_tensor_value_info("y", TensorProto.INT64, ["n", 2])])
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [3, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.INT64, ["n", 2])],
+    )
     m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)])
     program = lpuc.compile(m, precision="fp32")
     host = [i for i in program.instructions if i.opcode == "host.kernel"]
@@ -61,6 +74,8 @@ def test_host_results_read_only_on_the_host_stay_there(tmp_path):
 def test_no_host_fallback_is_a_one_line_error(tmp_path):
     path = tmp_path / "det.onnx"
     onnx.save(_det_sandwich(), str(path))
-    result = CliRunner().invoke(main, ["compile", str(path), "-o", str(tmp_path / "x.lpu"), "--no-host-fallback"])
+    result = CliRunner().invoke(
+        main, ["compile", str(path), "-o", str(tmp_path / "x.lpu"), "--no-host-fallback"]
+    )
     assert result.exit_code == 2 and "Traceback" not in result.output
     assert result.output.strip().splitlines()[-1].startswith("error: ") and "Det (Det_1)" in result.output

@@ -16,8 +16,17 @@ import pytest
 import lpuc
 
 DATA = Path(onnx.__file__).parent / "backend" / "test" / "data"
-MODELS = ["bvlc_alexnet", "zfnet512", "vgg19", "resnet50", "inception_v1", "inception_v2", "densenet121",
-          "shufflenet", "squeezenet"]
+MODELS = [
+    "bvlc_alexnet",
+    "zfnet512",
+    "vgg19",
+    "resnet50",
+    "inception_v1",
+    "inception_v2",
+    "densenet121",
+    "shufflenet",
+    "squeezenet",
+]
 
 
 def runner_inputs(model: onnx.ModelProto) -> dict[str, np.ndarray]:

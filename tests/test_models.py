@@ -21,8 +21,9 @@ def _export(module: torch.nn.Module, example: torch.Tensor, path, seed: int, dyn
     module.eval()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.onnx.export(module, (example,), str(path), input_names=["input"], output_names=["output"],
-                          dynamo=dynamo)
+        torch.onnx.export(
+            module, (example,), str(path), input_names=["input"], output_names=["output"], dynamo=dynamo
+        )
     return path
 
 

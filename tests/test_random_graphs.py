@@ -29,7 +29,9 @@ def graphs(draw):
         return f"v{counter}"
 
     for _ in range(draw(st.integers(1, 6))):
-        kind = draw(st.sampled_from(["unary", "binary_row", "binary_scalar", "matmul", "softmax", "transpose"]))
+        kind = draw(
+            st.sampled_from(["unary", "binary_row", "binary_scalar", "matmul", "softmax", "transpose"])
+        )
         out = fresh()
         if kind == "unary":
             nodes.append(helper.make_node(draw(st.sampled_from(UNARY)), [x], [out]))
@@ -41,8 +43,9 @@ def graphs(draw):
         elif kind == "matmul":
             n = draw(st.integers(1, 140))
             w = fresh()
-            inits[w] = (np.random.default_rng(counter).standard_normal((shape[-1], n)) / shape[-1] ** 0.5).astype(
-                np.float32)
+            inits[w] = (
+                np.random.default_rng(counter).standard_normal((shape[-1], n)) / shape[-1] ** 0.5
+            ).astype(np.float32)
             nodes.append(helper.make_node("MatMul", [x, w], [out]))
             shape = [shape[0], n]
         elif kind == "softmax":
@@ -52,7 +55,8 @@ def graphs(draw):
             shape = shape[::-1]
         x = out
     graph = helper.make_graph(
-        nodes, "random",
+        nodes,
+        "random",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, [rows, cols])],
         [helper.make_tensor_value_info(x, TensorProto.FLOAT, shape)],
         [numpy_helper.from_array(v, k) for k, v in inits.items()],

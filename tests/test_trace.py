@@ -27,9 +27,13 @@ def test_trace_is_valid_trace_event_json(residual_onnx, tmp_path):
     busy_tracks = {e["tid"] for e in work}
     assert busy_tracks == set(names), "every named track has work and every event sits on a named track"
     assert len(set(names.values())) == len(names), "one track per unit"
-    assert any(n.startswith("MXM") for n in names.values()) and any(n.startswith("VXM") for n in names.values())
-    assert all(e["name"].split(" ", 1)[0] in {"mxm.lw", "mxm.mm", "vxm.map", "vxm.kernel", "sxm.kernel"}
-               for e in work)
+    assert any(n.startswith("MXM") for n in names.values()) and any(
+        n.startswith("VXM") for n in names.values()
+    )
+    assert all(
+        e["name"].split(" ", 1)[0] in {"mxm.lw", "mxm.mm", "vxm.map", "vxm.kernel", "sxm.kernel"}
+        for e in work
+    )
     assert any("/fc1/" in e["name"] or "fc1" in e["name"] for e in work), "events name their source node"
     counters = [e for e in events if e["ph"] == "C"]
     assert counters and max(e["args"]["bytes"] for e in counters) > 0

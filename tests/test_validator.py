@@ -39,8 +39,10 @@ def _relocate(p: Program, tile_id: int, slice_: int, addr: int) -> Program:
     def move(a):
         return dataclasses.replace(a, slice=slice_, addr=addr + a.addr - old.addr) if a.buf == tile_id else a
 
-    instructions = [dataclasses.replace(i, reads=tuple(map(move, i.reads)), writes=tuple(map(move, i.writes)))
-                    for i in p.instructions]
+    instructions = [
+        dataclasses.replace(i, reads=tuple(map(move, i.reads)), writes=tuple(map(move, i.writes)))
+        for i in p.instructions
+    ]
     return dataclasses.replace(p, tiles=tiles, instructions=instructions)
 
 
@@ -60,8 +62,11 @@ def test_rejects_double_booked_unit(program):
 
 def test_rejects_read_before_write_completes(program):
     writer_of = {a.buf: ins for ins in program.instructions for a in ins.writes}
-    k, ins = next((k, i) for k, i in enumerate(program.instructions)
-                  if any(program.tiles[a.buf].kind == "temp" for a in i.reads))
+    k, ins = next(
+        (k, i)
+        for k, i in enumerate(program.instructions)
+        if any(program.tiles[a.buf].kind == "temp" for a in i.reads)
+    )
     producer = writer_of[next(a.buf for a in ins.reads if program.tiles[a.buf].kind == "temp")]
     problems = _problems(_with_instruction(program, k, start=producer.end - 1))
     assert any("before any write" in p or "while instruction" in p for p in problems), problems
@@ -70,8 +75,12 @@ def test_rejects_read_before_write_completes(program):
 def test_rejects_overlapping_sram_slots(program):
     life = tile_lifetimes(program)
     temps = [t for t in program.tiles if t.kind == "temp"]
-    a, b = next((a, b) for a in temps for b in temps
-                if a.id < b.id and life[a.id][0] < life[b.id][1] and life[b.id][0] < life[a.id][1])
+    a, b = next(
+        (a, b)
+        for a in temps
+        for b in temps
+        if a.id < b.id and life[a.id][0] < life[b.id][1] and life[b.id][0] < life[a.id][1]
+    )
     problems = _problems(_relocate(program, b.id, a.slice, a.addr))
     assert any("overlap in slice" in p for p in problems), problems
 
@@ -97,7 +106,8 @@ def test_rejects_unknown_opcode(program):
 
 
 def test_runtime_implements_exactly_the_instruction_set():
-    from lpuc.program import OPCODES
     from lpuc.runtime.isa import HANDLERS
+
+    from lpuc.program import OPCODES
 
     assert set(HANDLERS) == set(OPCODES)

@@ -9,8 +9,9 @@ from torch import nn
 
 
 def transformer_encoder(norm_first: bool) -> nn.Module:
-    layer = nn.TransformerEncoderLayer(d_model=64, nhead=4, dim_feedforward=128, dropout=0.0,
-                                       batch_first=True, norm_first=norm_first)
+    layer = nn.TransformerEncoderLayer(
+        d_model=64, nhead=4, dim_feedforward=128, dropout=0.0, batch_first=True, norm_first=norm_first
+    )
     return nn.TransformerEncoder(layer, num_layers=2, enable_nested_tensor=False)
 
 
@@ -37,7 +38,9 @@ class DecoderBlock(nn.Module):
         super().__init__()
         self.ln1, self.ln2 = nn.LayerNorm(width), nn.LayerNorm(width)
         self.attn = CausalSelfAttention(width, heads, context)
-        self.mlp = nn.Sequential(nn.Linear(width, 4 * width), nn.GELU(approximate=gelu), nn.Linear(4 * width, width))
+        self.mlp = nn.Sequential(
+            nn.Linear(width, 4 * width), nn.GELU(approximate=gelu), nn.Linear(4 * width, width)
+        )
 
     def forward(self, x):
         x = x + self.attn(self.ln1(x))
@@ -51,8 +54,9 @@ class GPT(nn.Module):
         super().__init__()
         self.tokens = nn.Embedding(vocab, width)
         self.positions = nn.Embedding(context, width)
-        self.blocks = nn.Sequential(DecoderBlock(width, heads, context, "none"),
-                                    DecoderBlock(width, heads, context, "tanh"))
+        self.blocks = nn.Sequential(
+            DecoderBlock(width, heads, context, "none"), DecoderBlock(width, heads, context, "tanh")
+        )
         self.norm = nn.LayerNorm(width)
         self.head = nn.Linear(width, vocab, bias=False)
 
@@ -82,8 +86,9 @@ class BasicBlock(nn.Module):
 class ResNetish(nn.Module):
     def __init__(self, classes: int = 10):
         super().__init__()
-        self.stem = nn.Sequential(nn.Conv2d(3, 16, 3, 1, 1, bias=False), nn.BatchNorm2d(16), nn.ReLU(),
-                                  nn.MaxPool2d(2))
+        self.stem = nn.Sequential(
+            nn.Conv2d(3, 16, 3, 1, 1, bias=False), nn.BatchNorm2d(16), nn.ReLU(), nn.MaxPool2d(2)
+        )
         self.layers = nn.Sequential(BasicBlock(16, 16, 1), BasicBlock(16, 32, 2), BasicBlock(32, 64, 2))
         self.fc = nn.Linear(64, classes)
 
@@ -109,10 +114,14 @@ class InvertedResidual(nn.Module):
         super().__init__()
         hidden = c * expand
         self.block = nn.Sequential(
-            nn.Conv2d(c, hidden, 1, bias=False), nn.BatchNorm2d(hidden), nn.Hardswish(),
-            nn.Conv2d(hidden, hidden, 3, stride, 1, groups=hidden, bias=False), nn.BatchNorm2d(hidden),
+            nn.Conv2d(c, hidden, 1, bias=False),
+            nn.BatchNorm2d(hidden),
             nn.Hardswish(),
-            nn.Conv2d(hidden, c, 1, bias=False), nn.BatchNorm2d(c),
+            nn.Conv2d(hidden, hidden, 3, stride, 1, groups=hidden, bias=False),
+            nn.BatchNorm2d(hidden),
+            nn.Hardswish(),
+            nn.Conv2d(hidden, c, 1, bias=False),
+            nn.BatchNorm2d(c),
         )
         self.residual = stride == 1
 
@@ -125,7 +134,9 @@ class MobileNetish(nn.Module):
     def __init__(self, classes: int = 10):
         super().__init__()
         self.stem = nn.Sequential(nn.Conv2d(3, 16, 3, 2, 1, bias=False), nn.BatchNorm2d(16), nn.Hardswish())
-        self.blocks = nn.Sequential(InvertedResidual(16, 4, 1), InvertedResidual(16, 4, 2), InvertedResidual(16, 6, 1))
+        self.blocks = nn.Sequential(
+            InvertedResidual(16, 4, 1), InvertedResidual(16, 4, 2), InvertedResidual(16, 6, 1)
+        )
         self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, classes))
 
     def forward(self, x):

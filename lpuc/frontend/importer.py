@@ -151,7 +151,9 @@ def _infer_outputs(
 ) -> dict[str, Value]:
     # Host ops are typed by their kernel, the definition of what they compute (onnx's inference
     # disagrees with the spec for a few of them); chip ops by onnx's inference, which is cheaper.
-    evaluated = _types_by_evaluation(node, values, opsets) if placement(node.op, node.domain).unit == "HOST" else None
+    evaluated = (
+        _types_by_evaluation(node, values, opsets) if placement(node.op, node.domain).unit == "HOST" else None
+    )
     types = {} if evaluated else _single_node_types(proto, node, values, opsets)
     out: dict[str, Value] = {}
     reads_dynamic = any(n and values[n].is_dynamic for n in node.inputs)
@@ -189,22 +191,38 @@ def _dynamic_value(name: str, t: onnx.TypeProto | None, where: str, what: str) -
 
 def _is_static(t: onnx.TypeProto) -> bool:
     tt = t.tensor_type
-    return t.HasField("tensor_type") and tt.HasField("shape") and all(d.HasField("dim_value") for d in tt.shape.dim)
+    return (
+        t.HasField("tensor_type")
+        and tt.HasField("shape")
+        and all(d.HasField("dim_value") for d in tt.shape.dim)
+    )
 
 
-def _types_by_evaluation(node: Node, values: Mapping[str, Value], opsets: Mapping[str, int]) -> dict[str, Value]:
+def _types_by_evaluation(
+    node: Node, values: Mapping[str, Value], opsets: Mapping[str, int]
+) -> dict[str, Value]:
     """Output types found by running the kernel on placeholder inputs of the right shapes.
 
     Only for ops whose output shapes cannot depend on input values (constants are passed as they are).
     """
     kernel = get_kernel(node.op, node.domain)
-    if kernel is None or node.op in DATA_DEPENDENT_SHAPES or any(n and values[n].is_dynamic for n in node.inputs):
+    if (
+        kernel is None
+        or node.op in DATA_DEPENDENT_SHAPES
+        or any(n and values[n].is_dynamic for n in node.inputs)
+    ):
         return {}
     shape_operands = [node.inputs[k] for k in SHAPE_OPERANDS.get(node.op, ()) if k < len(node.inputs)]
     if any(n and not values[n].is_const for n in shape_operands):
         return {}  # the shape depends on values we do not have
-    args = [None if not n else values[n].const if values[n].is_const else np.zeros(values[n].shape, values[n].dtype)
-            for n in node.inputs]
+    args = [
+        None
+        if not n
+        else values[n].const
+        if values[n].is_const
+        else np.zeros(values[n].shape, values[n].dtype)
+        for n in node.inputs
+    ]
     ctx = KernelContext(node.op, node.attrs, node.opset, len(node.outputs), node.domain, opsets)
     try:
         with np.errstate(all="ignore"):
@@ -227,7 +245,8 @@ def _single_node_types(
             continue
         v = values[name]
         input_types[name] = onnx.helper.make_tensor_type_proto(
-            onnx.helper.np_dtype_to_tensor_dtype(np.dtype(v.dtype)), None if v.shape is None else list(v.shape)
+            onnx.helper.np_dtype_to_tensor_dtype(np.dtype(v.dtype)),
+            None if v.shape is None else list(v.shape),
         )
         if v.is_const and v.size <= _INFERENCE_DATA_LIMIT:
             input_data[name] = numpy_helper.from_array(np.ascontiguousarray(v.const), name)

@@ -76,7 +76,10 @@ def canonicalize_opset(model: onnx.ModelProto) -> onnx.ModelProto:
 
 
 def _signature(model: onnx.ModelProto) -> list[bytes]:
-    return [v.type.SerializeToString(deterministic=True) for v in list(model.graph.input) + list(model.graph.output)]
+    return [
+        v.type.SerializeToString(deterministic=True)
+        for v in list(model.graph.input) + list(model.graph.output)
+    ]
 
 
 def _first_line(e: BaseException) -> str:

@@ -55,8 +55,10 @@ def host_resident_values(graph: Graph, where_ops: dict[str, str]) -> set[str]:
             continue
         for name in node.outputs:
             users = consumers.get(name, [])
-            if name and (graph.values[name].is_dynamic or (all(where_ops[u.name] == "HOST" for u in users)
-                                                          and (users or name in outputs))):
+            if name and (
+                graph.values[name].is_dynamic
+                or (all(where_ops[u.name] == "HOST" for u in users) and (users or name in outputs))
+            ):
                 resident.add(name)
     return resident
 

@@ -102,7 +102,9 @@ class TiledBuilder:
             buf = Buffer(len(self.buffers), name, np.dtype(v.dtype), 1, 1, 0, 0, host=True)
             self.buffers.append(buf)
             rows, cols = view_of(v.shape) if v.shape is not None else (0, 0)
-            t = TensorTiles(name, v.shape, np.dtype(v.dtype), rows, cols, self.block_rows, self.lanes, [[buf.id]])
+            t = TensorTiles(
+                name, v.shape, np.dtype(v.dtype), rows, cols, self.block_rows, self.lanes, [[buf.id]]
+            )
         else:
             t = self.new_tensor(name, v.shape, v.dtype)
         self.tensors[name] = t

@@ -40,7 +40,12 @@ def _operand(b: TiledBuilder, t: TensorTiles, first: int, rows: range | None) ->
     refs = [b.whole(buf) for row in grid for buf in row]
     desc = {"dtype": dtype_name(t.dtype), "first": first, "count": len(refs)}
     if _is_host(b, t):
-        return {**desc, "host": True, "shape": None if t.shape is None else list(t.shape), "row_offset": 0}, refs
+        return {
+            **desc,
+            "host": True,
+            "shape": None if t.shape is None else list(t.shape),
+            "row_offset": 0,
+        }, refs
     if rows is None:
         return {**desc, "shape": list(t.shape), "row_offset": 0}, refs
     row_offset = rows.start * t.block_rows

@@ -98,7 +98,9 @@ def assemble(
 
     def binding(name: str) -> Binding:
         t = tiled.tensors[name]
-        return Binding(name, None if t.shape is None else tuple(t.shape), dtype_name(t.dtype), tuple(t.tiles()))
+        return Binding(
+            name, None if t.shape is None else tuple(t.shape), dtype_name(t.dtype), tuple(t.tiles())
+        )
 
     return Program(
         target,
@@ -120,7 +122,8 @@ def _check_constants_fit(tiled: TiledProgram, target: Target, where: str) -> Non
     need = sum(seen.values()) * target.word_bytes
     if need > target.sram_bytes:
         raise DoesNotFitError(
-            f"{where}: constants need {human_bytes(need)} of SRAM, target {target.name} has {human_bytes(target.sram_bytes)} "
+            f"{where}: constants need {human_bytes(need)} of SRAM, "
+            f"target {target.name} has {human_bytes(target.sram_bytes)} "
             f"(over by {human_bytes(need - target.sram_bytes)}; try --precision fp16 or a larger target)"
         )
 
@@ -153,6 +156,7 @@ def _raise_does_not_fit(tiled: TiledProgram, alloc: Allocation, target: Target, 
             f"{human_bytes(target.sram_bytes)} (over by {human_bytes(peak - target.sram_bytes)})"
         )
     raise DoesNotFitError(
-        f"{where}: peak live data {human_bytes(peak)} fits the {human_bytes(target.sram_bytes)} of {target.name}, but "
+        f"{where}: peak live data {human_bytes(peak)} fits the {human_bytes(target.sram_bytes)} "
+        f"of {target.name}, but "
         f"{len(alloc.failures)} tiles could not be packed into slices (fragmentation)"
     )

@@ -42,7 +42,10 @@ def place_tiles(
     first, last = _program_order_lifetimes(program)
     releases: list[tuple[int, int, int, int]] = []  # (release index, buffer id, slice, words)
     live = load.copy()
-    order = sorted((b for b in program.buffers if not b.is_const and not b.host), key=lambda b: (first.get(b.id, -1), b.id))
+    order = sorted(
+        (b for b in program.buffers if not b.is_const and not b.host),
+        key=lambda b: (first.get(b.id, -1), b.id),
+    )
     cursor = 0
     for buf in order:
         now = first.get(buf.id, -1)

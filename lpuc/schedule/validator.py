@@ -77,7 +77,10 @@ def _bounds(p: Program) -> list[str]:
             tile = p.tiles[a.buf] if 0 <= a.buf < len(p.tiles) else None
             if tile is not None and tile.kind == "host":
                 if ins.opcode != "host.kernel":
-                    out.append(f"instruction {ins.id} ({ins.opcode}) on {ins.unit} accesses host-memory tensor {tile.tensor}")
+                    out.append(
+                        f"instruction {ins.id} ({ins.opcode}) on {ins.unit} "
+                        f"accesses host-memory tensor {tile.tensor}"
+                    )
                 continue
             problem = _access_problem(a, tile)
             if problem:
@@ -168,7 +171,8 @@ def _timing(p: Program) -> list[str]:
             if not is_write and tile.kind not in ("const", "input", "io"):  # host tensors too: written first
                 if not any(w_ins.end <= ins.start and _windows_overlap(a, w, wpr) for w_ins, w, _ in writes):
                     out.append(
-                        f"instruction {ins.id} ({ins.opcode}, {ins.node}) reads tile {buf} ({tile.tensor}) at "
+                        f"instruction {ins.id} ({ins.opcode}, {ins.node}) "
+                        f"reads tile {buf} ({tile.tensor}) at "
                         f"cycle {ins.start}, before any write to it has completed"
                     )
             if len(out) >= MAX_PROBLEMS:
@@ -194,7 +198,8 @@ def _mxm_weights(p: Program) -> list[str]:
             if ins.opcode == "mxm.lw":
                 if shadow is not None:
                     out.append(
-                        f"{plane}: LW {ins.id} overwrites the shadow weights of LW {shadow.id} before an MM installed them"
+                        f"{plane}: LW {ins.id} overwrites the shadow weights of LW {shadow.id} "
+                        "before an MM installed them"
                     )
                 if last_install is not None and ins.start < last_install + iw:
                     out.append(f"{plane}: LW {ins.id} starts before the previous install finished")
@@ -204,7 +209,8 @@ def _mxm_weights(p: Program) -> list[str]:
                     out.append(f"{plane}: MM {ins.id} installs weights but no LW loaded any")
                 elif shadow.end > ins.start:
                     out.append(
-                        f"{plane}: MM {ins.id} installs at cycle {ins.start} weights LW {shadow.id} finishes at {shadow.end}"
+                        f"{plane}: MM {ins.id} installs at cycle {ins.start} "
+                        f"weights LW {shadow.id} finishes at {shadow.end}"
                     )
                 shadow, active, last_install = None, True, ins.start
             elif not active:

@@ -60,11 +60,20 @@ def bench_model(path: Path, precision: str, target: str, repeats: int) -> dict:
     ort_s = _median_seconds(lambda: session.run(None, feeds), max(repeats, 20))
     s = program.summary
     return {
-        "model": path.stem, "precision": precision, "compile_s": compile_s, "cycles": s["cycles"],
-        "latency_us": s["latency_us"], "bound": s["lower_bound_cycles"]["overall"], "ratio": s["bound_ratio"],
-        "mxm_bound": s["lower_bound_cycles"]["mxm"], "finite": finite,
-        "sram": s["sram_peak_bytes"], "instructions": s["instructions"], "run_ms": lpuc_s * 1e3,
-        "ort_ms": ort_s * 1e3, "max_abs_err": err,
+        "model": path.stem,
+        "precision": precision,
+        "compile_s": compile_s,
+        "cycles": s["cycles"],
+        "latency_us": s["latency_us"],
+        "bound": s["lower_bound_cycles"]["overall"],
+        "ratio": s["bound_ratio"],
+        "mxm_bound": s["lower_bound_cycles"]["mxm"],
+        "finite": finite,
+        "sram": s["sram_peak_bytes"],
+        "instructions": s["instructions"],
+        "run_ms": lpuc_s * 1e3,
+        "ort_ms": ort_s * 1e3,
+        "max_abs_err": err,
     }
 
 
@@ -77,12 +86,19 @@ def main() -> None:
     args = parser.parse_args()
     paths = args.models or sorted((ROOT / "models").glob("*.onnx"))
     zoo = [] if args.models or args.no_zoo else sorted(LIGHT.glob("light_*.onnx"))
-    header = (f"{'model':<19}{'prec':<6}{'compile s':>10}{'cycles':>10}{'us':>9}{'bound':>9}{'ach/bnd':>8}"
-              f"{'mxm bnd':>9}{'ach/mxm':>8}{'SRAM KiB':>10}{'instrs':>7}{'run ms':>9}{'ort ms':>8}{'run/ort':>8}"
-              f"{'max err':>10}")
-    print(f"target {args.target}; wall times are medians of {args.repeats} runs (onnxruntime: >= 20; zoo: 1 run)")
-    print("bound: the compiler's lower bound for the program (max of MXM/VXM/SXM/MEM/host/critical path); "
-          "mxm bnd: MACs / peak MXM throughput")
+    header = (
+        f"{'model':<19}{'prec':<6}{'compile s':>10}{'cycles':>10}{'us':>9}{'bound':>9}{'ach/bnd':>8}"
+        f"{'mxm bnd':>9}{'ach/mxm':>8}{'SRAM KiB':>10}{'instrs':>7}{'run ms':>9}{'ort ms':>8}{'run/ort':>8}"
+        f"{'max err':>10}"
+    )
+    print(
+        f"target {args.target}; wall times are medians of {args.repeats} runs "
+        "(onnxruntime: >= 20; zoo: 1 run)"
+    )
+    print(
+        "bound: the compiler's lower bound for the program (max of MXM/VXM/SXM/MEM/host/critical path); "
+        "mxm bnd: MACs / peak MXM throughput"
+    )
     print(header)
     print("-" * len(header))
     runs = [(p, prec) for p in paths + zoo for prec in ("fp16", "fp32")]
@@ -91,12 +107,18 @@ def main() -> None:
             warnings.simplefilter("ignore")
             r = bench_model(path, precision, args.target, 1 if path in zoo else args.repeats)
         err = f"{r['max_abs_err']:>10.2e}" if r["finite"] else f"{'overflow':>10}"  # fp16 range exceeded
-        print(f"{r['model']:<19}{r['precision']:<6}{r['compile_s']:>10.2f}{r['cycles']:>10}{r['latency_us']:>9.2f}"
-              f"{r['bound']:>9}{r['ratio']:>8.2f}{r['mxm_bound']:>9}{r['cycles'] / max(1, r['mxm_bound']):>8.1f}"
-              f"{r['sram'] / 1024:>10.1f}{r['instructions']:>7}{r['run_ms']:>9.2f}{r['ort_ms']:>8.3f}"
-              f"{r['run_ms'] / r['ort_ms']:>8.1f}{err}")
+        print(
+            f"{r['model']:<19}{r['precision']:<6}{r['compile_s']:>10.2f}{r['cycles']:>10}{r['latency_us']:>9.2f}"
+            f"{r['bound']:>9}{r['ratio']:>8.2f}{r['mxm_bound']:>9}"
+            f"{r['cycles'] / max(1, r['mxm_bound']):>8.1f}"
+            f"{r['sram'] / 1024:>10.1f}{r['instructions']:>7}{r['run_ms']:>9.2f}{r['ort_ms']:>8.3f}"
+            f"{r['run_ms'] / r['ort_ms']:>8.1f}{err}"
+        )
     for name, us in GROQ_US.items():
-        print(f"reference: Groq's compiler on this chip runs {name.removeprefix('light_')} (int8) in {us:g} us (ISCA 2020)")
+        print(
+            f"reference: Groq's compiler on this chip runs {name.removeprefix('light_')} (int8) "
+            f"in {us:g} us (ISCA 2020)"
+        )
 
 
 if __name__ == "__main__":

@@ -46,8 +46,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--jobs", type=int, default=mp.cpu_count())
     parser.add_argument("-k", default="", help="only cases whose name contains this")
-    parser.add_argument("--write-expected", action="store_true",
-                        help="rewrite tests/conformance/expected_failures.txt from this run")
+    parser.add_argument(
+        "--write-expected",
+        action="store_true",
+        help="rewrite tests/conformance/expected_failures.txt from this run",
+    )
     args = parser.parse_args()
 
     from tests.conformance.cases import conformance_cases
@@ -62,8 +65,10 @@ def main() -> None:
     crashes = [r for r in results if r[1].startswith("crash")]
     ort_pass = sum(r[2] == "pass" for r in results)
     print(f"ONNX backend node tests in scope (float32/16, bfloat16, int8-64, uint8, bool): {len(results)}")
-    print(f"lpuc:        {lpuc_pass} passed, {len(results) - lpuc_pass - len(crashes)} failed cleanly, "
-          f"{len(crashes)} crashed   ({seconds:.0f} s with {args.jobs} workers)")
+    print(
+        f"lpuc:        {lpuc_pass} passed, {len(results) - lpuc_pass - len(crashes)} failed cleanly, "
+        f"{len(crashes)} crashed   ({seconds:.0f} s with {args.jobs} workers)"
+    )
     print(f"onnxruntime: {ort_pass} passed on the same cases")
     reasons = collections.Counter(r[1].split(":", 1)[1].strip()[:70] for r in results if r[1] != "pass")
     print("\nlpuc failures by reason:")
@@ -75,7 +80,9 @@ def main() -> None:
         from tests.conformance.test_conformance import EXPECTED_FAILURES
 
         lines = [line for line in EXPECTED_FAILURES.read_text().splitlines() if line.startswith("#")]
-        lines += [f"{name}  # {status.split(':', 1)[1].strip()}" for name, status, _ in results if status != "pass"]
+        lines += [
+            f"{name}  # {status.split(':', 1)[1].strip()}" for name, status, _ in results if status != "pass"
+        ]
         EXPECTED_FAILURES.write_text("\n".join(lines) + "\n")
         print(f"\nwrote {EXPECTED_FAILURES}")
 

@@ -33,7 +33,9 @@ def _params():
     for case in conformance_cases():
         marks = []
         if case.name in xfail:
-            marks.append(pytest.mark.xfail(strict=True, raises=(LpucError, AssertionError), reason=xfail[case.name]))
+            marks.append(
+                pytest.mark.xfail(strict=True, raises=(LpucError, AssertionError), reason=xfail[case.name])
+            )
         yield pytest.param(case, id=case.name, marks=marks)
 
 
