@@ -30,7 +30,11 @@ def summary_text(s: dict[str, Any]) -> str:
         "busy %     " + _units(s["units"]),
     ]
     if s.get("host_nodes"):
-        lines.append("host       " + ", ".join(s["host_nodes"]))
+        us = s["latency_us"] / max(1, s["cycles"])  # microseconds per cycle
+        lines.append(
+            f"host       {s['host_ops']} ops, {s['host_cycles'] * us:.1f} us on the host "
+            f"({s['host_pcie_cycles'] * us:.1f} us PCIe): " + ", ".join(s["host_nodes"])
+        )
     return "\n".join(lines)
 
 

@@ -75,6 +75,7 @@ def trace_events(program: Program) -> list[dict]:
                         "cycles": ins.duration,
                         "reads": len(ins.reads),
                         "writes": len(ins.writes),
+                        **({"pcie_cycles": ins.attrs["pcie_cycles"]} if "pcie_cycles" in ins.attrs else {}),
                     },
                 }
             )

@@ -105,8 +105,9 @@ def _emit(b, node, placement, unit_class, opcode, ins, outs, slab: range | None)
         # PCIe carries only what is in SRAM; results read only by host ops stay in host memory.
         to_host = sum(_nbytes(t) for t in ins if t is not None and not _is_host(b, t))
         to_chip = sum(_nbytes(t) for t in outs if t is not None and not _is_host(b, t))
-        cycles = b.target.host_compute_cycles(sum(_nbytes(t) for t in operands))
-        cycles += sum(b.target.pcie_cycles(n) for n in (to_host, to_chip) if n)
+        pcie = sum(b.target.pcie_cycles(n) for n in (to_host, to_chip) if n)
+        cycles = b.target.host_compute_cycles(sum(_nbytes(t) for t in operands)) + pcie
+        attrs["pcie_cycles"] = pcie
         b.emit(opcode, "HOST", reads, writes, node.name, stream=cycles, attrs=attrs)
         return
     streamed = reads

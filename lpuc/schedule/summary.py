@@ -45,6 +45,8 @@ def summarize(
         "instructions_by_opcode": dict(sorted(Counter(i.opcode for i in program.instructions).items())),
         "tiles": len(program.tiles),
         "host_ops": len(host_nodes),
+        "host_cycles": sum(i.duration for i in program.instructions if i.opcode == "host.kernel"),
+        "host_pcie_cycles": sum(i.attrs.get("pcie_cycles", 0) for i in program.instructions),
         "host_nodes": host_nodes,
         "macs": sum(op.macs for op in tiled.ops),
     }
