@@ -25,19 +25,15 @@ wrong length) raise UnsupportedError: the host kernel rejects them too.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 import numpy as np
-from lpuc.passes.fold_constants import try_fold
-from onnx import helper
 
 from lpuc.errors import UnsupportedError
 from lpuc.ir.graph import Graph, Node
 from lpuc.kernels.attention import compute_dtype
+from lpuc.passes.builder import NodeBuilder, replace_nodes
 
-# The opset whose semantics the emitted nodes use (Slice/Unsqueeze/Clip bounds as inputs).
-_OPSET = 21
 # Gate letters in the order of the rows of W, R and B.
 _GATES = {"RNN": "h", "GRU": "zrh", "LSTM": "iofc"}
 _DEFAULT_ACTIVATIONS = {"RNN": ("Tanh",), "GRU": ("Sigmoid", "Tanh"), "LSTM": ("Sigmoid", "Tanh", "Tanh")}
@@ -72,13 +68,11 @@ _INPUT_NAMES = ("X", "W", "R", "B", "sequence_lens", "initial_h", "initial_c", "
 
 def decompose_rnn(graph: Graph, ctx: object = None) -> Graph:
     used = _used_values(graph)
-    out = graph.copy(nodes=[])
-    for node in graph.nodes:
-        if node.domain or node.op not in _GATES:
-            out.nodes.append(node)
-            continue
-        out.nodes.extend(_decompose(node, out, used))
-    return out.prune_values()
+    return replace_nodes(graph, _is_recurrent, lambda em: _decompose(em, used))
+
+
+def _is_recurrent(node: Node, graph: Graph) -> bool:
+    return node.op in _GATES and not node.domain
 
 
 def _used_values(graph: Graph) -> frozenset[str]:
@@ -86,164 +80,6 @@ def _used_values(graph: Graph) -> frozenset[str]:
     for node in graph.nodes:
         names.update(i for i in node.inputs if i)
     return frozenset(names)
-
-
-# -- emitting nodes ---------------------------------------------------------------------------------
-
-
-class _Emitter:
-    """Builds the nodes that replace one recurrent node, named after it.
-
-    An op whose inputs are all constants is evaluated at once (with the runtime's kernels) and
-    becomes a constant instead of a node.
-    """
-
-    def __init__(self, graph: Graph, origin: Node):
-        self.graph = graph
-        self.origin = origin
-        self.nodes: list[Node] = []
-        self.scope = ""
-        self._taken: dict[str, int] = {}
-        self._scalars: dict[tuple[float, str], str] = {}
-
-    def shape(self, name: str) -> tuple[int, ...]:
-        return self.graph.values[name].shape
-
-    def dtype(self, name: str) -> np.dtype:
-        return self.graph.values[name].dtype
-
-    def const(self, tag: str, array: np.ndarray) -> str:
-        return self.graph.add_const(self._name(tag), np.asarray(array))
-
-    def op(
-        self,
-        op: str,
-        inputs: Sequence[str],
-        shape: Sequence[int],
-        dtype: np.dtype,
-        attrs: dict | None = None,
-        tag: str = "",
-        out: str = "",
-    ) -> str:
-        """Emit `op` (or fold it); `out` names an existing value to write instead of a new one."""
-        return self.ops(op, inputs, [shape], dtype, attrs, tag, out)[0]
-
-    def ops(
-        self,
-        op: str,
-        inputs: Sequence[str],
-        shapes: Sequence[Sequence[int]],
-        dtype: np.dtype,
-        attrs: dict | None = None,
-        tag: str = "",
-        out: str = "",
-    ) -> list[str]:
-        """Emit an op with one output per shape (or fold it)."""
-        name = self._name(tag or op.lower())
-        outputs = tuple(out or (name if len(shapes) == 1 else f"{name}_{k}") for k in range(len(shapes)))
-        node = Node(op, name, tuple(inputs), outputs, attrs or {}, "", _OPSET)
-        if not out and all(self.graph.is_const(i) for i in inputs if i):
-            folded = try_fold(node, self.graph.values, self.graph.opsets)
-            if folded is not None:
-                return [self.graph.add_const(o, array) for o, array in zip(outputs, folded)]
-        targets = (
-            [out] if out else [self.graph.add_value(o, tuple(s), dtype) for o, s in zip(outputs, shapes)]
-        )
-        self.nodes.append(node.with_(outputs=tuple(targets)))
-        return targets
-
-    def _name(self, tag: str) -> str:
-        base = "/".join(p for p in (self.origin.name, self.scope, tag) if p)
-        count = self._taken.get(base, 0)
-        self._taken[base] = count + 1
-        return base if count == 0 else f"{base}_{count}"
-
-    # -- shape-computing shorthands --------------------------------------------------------------
-    def ints(self, tag: str, values: Sequence[int]) -> str:
-        return self.const(tag, np.array(list(values), np.int64))
-
-    def scalar(self, value: float, dtype: np.dtype) -> str:
-        key = (float(value), np.dtype(dtype).str)
-        if key not in self._scalars:
-            scope, self.scope = self.scope, ""
-            self._scalars[key] = self.const("scalar", np.array(value, dtype))
-            self.scope = scope
-        return self._scalars[key]
-
-    def reshape(self, x: str, shape: Sequence[int], tag: str = "reshape", out: str = "") -> str:
-        if not out and tuple(shape) == self.shape(x):
-            return x
-        target = self.ints(f"{tag}_shape", shape)
-        return self.op("Reshape", (x, target), shape, self.dtype(x), tag=tag, out=out)
-
-    def slice(self, x: str, starts: Sequence[int], ends: Sequence[int], axes: Sequence[int], tag: str) -> str:
-        shape = list(self.shape(x))
-        for start, end, axis in zip(starts, ends, axes):
-            shape[axis] = end - start
-        operands = (
-            x,
-            self.ints(f"{tag}_starts", starts),
-            self.ints(f"{tag}_ends", ends),
-            self.ints(f"{tag}_axes", axes),
-        )
-        return self.op("Slice", operands, shape, self.dtype(x), tag=tag)
-
-    def split(self, x: str, axis: int, sizes: Sequence[int], tag: str) -> list[str]:
-        """x cut along `axis` into pieces of `sizes`: one pass over x, however many pieces."""
-        if len(sizes) == 1:
-            return [x]
-        shapes = [self.shape(x)[:axis] + (size,) + self.shape(x)[axis + 1 :] for size in sizes]
-        split = self.ints(f"{tag}_sizes", sizes)
-        return self.ops("Split", (x, split), shapes, self.dtype(x), {"axis": axis}, tag)
-
-    def transpose(self, x: str, perm: Sequence[int], tag: str = "transpose") -> str:
-        shape = [self.shape(x)[p] for p in perm]
-        return self.op("Transpose", (x,), shape, self.dtype(x), {"perm": list(perm)}, tag)
-
-    def concat(self, pieces: Sequence[str], axis: int, tag: str) -> str:
-        if len(pieces) == 1:
-            return pieces[0]
-        shape = list(self.shape(pieces[0]))
-        shape[axis] = sum(self.shape(p)[axis] for p in pieces)
-        return self.op("Concat", pieces, shape, self.dtype(pieces[0]), {"axis": axis}, tag)
-
-    def matmul(self, a: str, b: str, tag: str) -> str:
-        shape = (self.shape(a)[0], self.shape(b)[1])
-        return self.op("MatMul", (a, b), shape, self.dtype(a), tag=tag)
-
-    def binary(self, op: str, a: str, b: str, tag: str = "") -> str:
-        shape = np.broadcast_shapes(self.shape(a), self.shape(b))
-        return self.op(op, (a, b), shape, self.dtype(a), tag=tag)
-
-    def add(self, a: str, b: str, tag: str = "") -> str:
-        # x + 0 is x: a zero initial state folds its recurrent term away.
-        shape = np.broadcast_shapes(self.shape(a), self.shape(b))
-        if self._is_zero(b) and self.shape(a) == shape:
-            return a
-        if self._is_zero(a) and self.shape(b) == shape:
-            return b
-        return self.binary("Add", a, b, tag)
-
-    def unary(self, op: str, x: str, attrs: dict | None = None, tag: str = "") -> str:
-        return self.op(op, (x,), self.shape(x), self.dtype(x), attrs, tag)
-
-    def cast(self, x: str, dtype: np.dtype, tag: str = "cast", out: str = "") -> str:
-        if np.dtype(dtype) == self.dtype(x) and not out:
-            return x
-        return self.op("Cast", (x,), self.shape(x), np.dtype(dtype), {"to": _onnx_type(dtype)}, tag, out)
-
-    def where(self, mask: str | None, a: str, b: str, tag: str) -> str:
-        if mask is None:
-            return a
-        return self.op("Where", (mask, a, b), self.shape(a), self.dtype(a), tag=tag)
-
-    def _is_zero(self, name: str) -> bool:
-        v = self.graph.values[name]
-        return v.is_const and not np.any(v.const)
-
-
-def _onnx_type(dtype: np.dtype) -> int:
-    return int(helper.np_dtype_to_tensor_dtype(np.dtype(dtype)))
 
 
 # -- the layer's static description --------------------------------------------------------------
@@ -347,12 +183,13 @@ class _Direction:
     peepholes: tuple[str, str, str] | None  # LSTM: input, output, forget
 
 
-def _decompose(node: Node, graph: Graph, used: frozenset[str]) -> list[Node]:
-    layer = _parse(node, graph)
-    em = _Emitter(graph, node)
+def _decompose(em: NodeBuilder, used: frozenset[str]) -> None:
+    """Emit the unrolled layer; nothing at all when none of its outputs is used."""
+    node = em.node
+    layer = _parse(node, em.graph)
     outputs = [o if o in used else "" for o in node.outputs]
     if not any(outputs):
-        return []
+        return
     layer = replace(layer, inputs=_in_compute_dtype(em, layer))
     projected = _projected_gates(em, layer)
     masks = _step_masks(em, layer)
@@ -368,18 +205,23 @@ def _decompose(node: Node, graph: Graph, used: frozenset[str]) -> list[Node]:
             x_t = tuple(gate[t] for gate in projected[d])
             updated = _STEPS[node.op](em, layer, direction, x_t, states)
             states = tuple(
-                em.where(masks[t], new, old, f"keep{k}") for k, (new, old) in enumerate(zip(updated, states))
+                _where_running(em, masks[t], new, old, f"keep{k}")
+                for k, (new, old) in enumerate(zip(updated, states))
             )
             if outputs[0]:
-                ys[t] = em.where(masks[t], states[0], em.scalar(0, layer.dtype), "output")
+                ys[t] = _where_running(em, masks[t], states[0], em.scalar(0, layer.dtype), "output")
         per_step.append(ys)
         finals.append(states)
     em.scope = "outputs"
     _emit_outputs(em, layer, outputs, per_step, finals)
-    return em.nodes
 
 
-def _in_compute_dtype(em: _Emitter, layer: _Layer) -> dict[str, str]:
+def _where_running(em: NodeBuilder, mask: str | None, running: str, finished: str, tag: str) -> str:
+    """`running` where the batch entry's sequence still runs at this step, else `finished`."""
+    return running if mask is None else em.where(mask, running, finished, tag)
+
+
+def _in_compute_dtype(em: NodeBuilder, layer: _Layer) -> dict[str, str]:
     """The layer's inputs with the float ones cast to the compute dtype (once, for every direction)."""
     return {
         key: em.cast(name, layer.dtype, key) if name and key != "sequence_lens" else name
@@ -387,7 +229,7 @@ def _in_compute_dtype(em: _Emitter, layer: _Layer) -> dict[str, str]:
     }
 
 
-def _projected_gates(em: _Emitter, layer: _Layer) -> list[list[list[str]]]:
+def _projected_gates(em: NodeBuilder, layer: _Layer) -> list[list[list[str]]]:
     """X·Wᵀ + biases of every direction, gate and step ([d][gate][t], each [B, H]).
 
     One MatMul for all of them, then one Split into gate columns and one Split per gate into steps,
@@ -411,7 +253,7 @@ def _projected_gates(em: _Emitter, layer: _Layer) -> list[list[list[str]]]:
     return [steps[d * layer.gates : (d + 1) * layer.gates] for d in range(directions)]
 
 
-def _split_steps(em: _Emitter, layer: _Layer, gate: str, tag: str) -> list[str]:
+def _split_steps(em: NodeBuilder, layer: _Layer, gate: str, tag: str) -> list[str]:
     """The [B, H] block of each time step of one gate's projection ([T*B, H]; layout 1: [B*T, H])."""
     batch, hidden = layer.state_shape()
     if layer.batch_major:
@@ -423,7 +265,7 @@ def _split_steps(em: _Emitter, layer: _Layer, gate: str, tag: str) -> list[str]:
     return [em.reshape(b, (batch, hidden), f"{tag}_t{t}") for t, b in enumerate(blocks)]
 
 
-def _input_bias(em: _Emitter, layer: _Layer) -> str:
+def _input_bias(em: NodeBuilder, layer: _Layer) -> str:
     """The biases added to the projection [D*G*H]: Wb + Rb, except GRU's candidate Rb with
     linear_before_reset (that one is scaled by the reset gate)."""
     if not layer.inputs["B"]:
@@ -446,7 +288,7 @@ def _input_bias(em: _Emitter, layer: _Layer) -> str:
     return em.reshape(bias, (directions * width,), "bias_flat")
 
 
-def _direction(em: _Emitter, layer: _Layer, d: int) -> _Direction:
+def _direction(em: NodeBuilder, layer: _Layer, d: int) -> _Direction:
     em.scope = f"d{d}"
     hidden, width = layer.hidden, layer.width
     r = layer.inputs["R"]
@@ -466,18 +308,18 @@ def _direction(em: _Emitter, layer: _Layer, d: int) -> _Direction:
     )
 
 
-def _recurrent_weights(em: _Emitter, r: str, d: int, start: int, end: int, tag: str) -> str:
+def _recurrent_weights(em: NodeBuilder, r: str, d: int, start: int, end: int, tag: str) -> str:
     """Rows [start, end) of direction d's R, transposed: [H, end - start]."""
     block = em.slice(r, (d, start), (d + 1, end), (0, 1), f"{tag}_rows")
     return em.transpose(em.reshape(block, em.shape(block)[1:], f"{tag}_2d"), (1, 0), tag)
 
 
-def _row(em: _Emitter, x: str, d: int, start: int, end: int, tag: str) -> str:
+def _row(em: NodeBuilder, x: str, d: int, start: int, end: int, tag: str) -> str:
     """x[d, start:end] of a [D, n] value: [end - start]."""
     return em.reshape(em.slice(x, (d, start), (d + 1, end), (0, 1), f"{tag}_slice"), (end - start,), tag)
 
 
-def _peepholes(em: _Emitter, layer: _Layer, d: int) -> tuple[str, str, str] | None:
+def _peepholes(em: NodeBuilder, layer: _Layer, d: int) -> tuple[str, str, str] | None:
     if layer.node.op != "LSTM" or not layer.inputs["P"]:
         return None
     p = layer.inputs["P"]
@@ -489,13 +331,13 @@ def _peepholes(em: _Emitter, layer: _Layer, d: int) -> tuple[str, str, str] | No
     )
 
 
-def _initial_states(em: _Emitter, layer: _Layer, d: int) -> tuple[str, ...]:
+def _initial_states(em: NodeBuilder, layer: _Layer, d: int) -> tuple[str, ...]:
     em.scope = f"d{d}"
     keys = ("initial_h", "initial_c") if layer.node.op == "LSTM" else ("initial_h",)
     return tuple(_initial_state(em, layer, d, key) for key in keys)
 
 
-def _initial_state(em: _Emitter, layer: _Layer, d: int, key: str) -> str:
+def _initial_state(em: NodeBuilder, layer: _Layer, d: int, key: str) -> str:
     """Direction d's slice of an initial state ([D, B, H]; layout 1: [B, D, H]) as [B, H]; zeros if absent."""
     if not layer.inputs[key]:
         return em.const(key, np.zeros(layer.state_shape(), layer.dtype))
@@ -504,7 +346,7 @@ def _initial_state(em: _Emitter, layer: _Layer, d: int, key: str) -> str:
     return em.reshape(em.slice(state, (d,), (d + 1,), (axis,), f"{key}_slice"), layer.state_shape(), key)
 
 
-def _step_masks(em: _Emitter, layer: _Layer) -> list[str | None]:
+def _step_masks(em: NodeBuilder, layer: _Layer) -> list[str | None]:
     """Per step, a [B, H] bool mask of the batch entries still running; None where all are."""
     lens = layer.inputs["sequence_lens"]
     em.scope = "mask"
@@ -520,16 +362,10 @@ def _step_masks(em: _Emitter, layer: _Layer) -> list[str | None]:
             for t, row in enumerate(active)
         ]
     dtype = em.dtype(lens)
-    column = em.op("Unsqueeze", (lens, em.ints("axes", (1,))), (layer.batch, 1), dtype, tag="lens_column")
-    spread = em.op("Expand", (column, em.ints("lens_shape", shape)), shape, dtype, tag="lens")
+    column = em.emit("Unsqueeze", (lens, em.ints("axes", (1,))), (layer.batch, 1), dtype, "lens_column")
+    spread = em.emit("Expand", (column, em.ints("lens_shape", shape)), shape, dtype, "lens")
     return [
-        em.op(
-            "Greater",
-            (spread, em.const(f"t{t}_index", np.array(t, dtype))),
-            shape,
-            np.dtype(bool),
-            tag=f"t{t}",
-        )
+        em.binary("Greater", spread, em.const(f"t{t}_index", np.array(t, dtype)), f"t{t}", dtype=bool)
         for t in range(layer.seq_len)
     ]
 
@@ -537,27 +373,26 @@ def _step_masks(em: _Emitter, layer: _Layer) -> list[str | None]:
 # -- cells ---------------------------------------------------------------------------------------
 
 
-def _activate(em: _Emitter, layer: _Layer, act: _Activation, x: str, tag: str, clipped: bool = True) -> str:
+def _activate(
+    em: NodeBuilder, layer: _Layer, act: _Activation, x: str, tag: str, clipped: bool = True
+) -> str:
     """act(clip(x)) (clip only where the layer has one and `clipped`)."""
     if clipped and layer.clip is not None:
         bounds = (em.scalar(-layer.clip, layer.dtype), em.scalar(layer.clip, layer.dtype))
-        x = em.op("Clip", (x, *bounds), em.shape(x), em.dtype(x), tag=f"{tag}_clip")
+        x = em.emit("Clip", (x, *bounds), em.shape(x), em.dtype(x), f"{tag}_clip")
     if act.name in _SINGLE_OP_ACTIVATIONS:
         op, params = _SINGLE_OP_ACTIVATIONS[act.name]
-        attrs = {key: getattr(act, key) for key in params}
-        return em.unary(op, x, attrs, tag)
+        return em.unary(op, x, tag, **{key: getattr(act, key) for key in params})
     if act.name == "affine":  # alpha * x + beta
         scaled = em.binary("Mul", x, em.scalar(act.alpha, layer.dtype), f"{tag}_scale")
         return em.binary("Add", scaled, em.scalar(act.beta, layer.dtype), tag)
     # scaledtanh: alpha * tanh(beta * x)
     inner = em.binary("Mul", x, em.scalar(act.beta, layer.dtype), f"{tag}_inner")
-    return em.binary(
-        "Mul", em.unary("Tanh", inner, tag=f"{tag}_tanh"), em.scalar(act.alpha, layer.dtype), tag
-    )
+    return em.binary("Mul", em.unary("Tanh", inner, f"{tag}_tanh"), em.scalar(act.alpha, layer.dtype), tag)
 
 
 def _rnn_step(
-    em: _Emitter, layer: _Layer, dr: _Direction, x_t: tuple[str, ...], states: tuple[str, ...]
+    em: NodeBuilder, layer: _Layer, dr: _Direction, x_t: tuple[str, ...], states: tuple[str, ...]
 ) -> tuple[str]:
     (h,) = states
     pre = em.add(x_t[0], em.matmul(h, dr.recurrent, "recurrent"), "pre")
@@ -565,7 +400,7 @@ def _rnn_step(
 
 
 def _gru_step(
-    em: _Emitter, layer: _Layer, dr: _Direction, x_t: tuple[str, ...], states: tuple[str, ...]
+    em: NodeBuilder, layer: _Layer, dr: _Direction, x_t: tuple[str, ...], states: tuple[str, ...]
 ) -> tuple[str]:
     (h,) = states
     f, g = dr.activations
@@ -590,7 +425,7 @@ def _gru_step(
 
 
 def _lstm_step(
-    em: _Emitter, layer: _Layer, dr: _Direction, x_t: tuple[str, ...], states: tuple[str, ...]
+    em: NodeBuilder, layer: _Layer, dr: _Direction, x_t: tuple[str, ...], states: tuple[str, ...]
 ) -> tuple[str, str]:
     h, c = states
     f, g, h_act = dr.activations
@@ -629,7 +464,11 @@ _STEPS = {"RNN": _rnn_step, "GRU": _gru_step, "LSTM": _lstm_step}
 
 
 def _emit_outputs(
-    em: _Emitter, layer: _Layer, outputs: list[str], per_step: list[list[str]], finals: list[tuple[str, ...]]
+    em: NodeBuilder,
+    layer: _Layer,
+    outputs: list[str],
+    per_step: list[list[str]],
+    finals: list[tuple[str, ...]],
 ) -> None:
     """Y [T, D, B, H] (layout 1: [B, T, D, H]) and the final states [D, B, H] (layout 1: [B, D, H])."""
     directions = range(len(layer.reverse))
@@ -641,8 +480,8 @@ def _emit_outputs(
             _stack(em, layer, [finals[d][k] for d in directions], name, f"y_{'hc'[k]}")
 
 
-def _stack(em: _Emitter, layer: _Layer, pieces: list[str], out: str, tag: str) -> None:
-    """Stack [B, H] pieces in order along the non-batch axes of `out` and write it there.
+def _stack(em: NodeBuilder, layer: _Layer, pieces: list[str], out: str, tag: str) -> None:
+    """Stack [B, H] pieces in order along the non-batch axes of `out` and bind the result to it.
 
     Seq-major: the pieces are consecutive row blocks. Batch-major: each is a column of [B, n, H].
     """
@@ -652,8 +491,5 @@ def _stack(em: _Emitter, layer: _Layer, pieces: list[str], out: str, tag: str) -
         stacked = em.concat(columns, 1, tag)
     else:
         stacked = em.concat(pieces, 0, tag)
-    out_dtype = em.dtype(out)
-    if out_dtype == layer.dtype:
-        em.reshape(stacked, em.shape(out), f"{tag}_out", out=out)
-    else:
-        em.cast(em.reshape(stacked, em.shape(out), f"{tag}_shaped"), out_dtype, f"{tag}_out", out=out)
+    shaped = em.reshape(stacked, em.shape(out), f"{tag}_out")
+    em.bind_output(em.cast(shaped, em.dtype(out), f"{tag}_cast"), out)

@@ -1,7 +1,7 @@
 """Fold an inference BatchNormalization into the Conv before it (constant weights and statistics).
 
-    y = gamma * (conv(x, W) + b - mean) / sqrt(var + eps) + beta
-      = conv(x, W * s) + (b - mean) * s + beta,      s = gamma / sqrt(var + eps)
+y = gamma * (conv(x, W) + b - mean) / sqrt(var + eps) + beta
+  = conv(x, W * s) + (b - mean) * s + beta,      s = gamma / sqrt(var + eps)
 """
 
 from __future__ import annotations

@@ -21,13 +21,14 @@ def try_fold(node: Node, values: Mapping[str, Value], opsets: Mapping[str, int])
     kernel = get_kernel(node.op, node.domain)
     if kernel is None or not kernel.deterministic:
         return None
+    shape_only = node.op in _SHAPE_ONLY and not node.domain
     args = []
     for name in node.inputs:
         if not name:
             args.append(None)
             continue
         v = values.get(name)
-        if v is not None and not v.is_const and not v.is_dynamic and node.op in _SHAPE_ONLY and not node.domain:
+        if shape_only and v is not None and not v.is_const and not v.is_dynamic:
             args.append(np.empty(v.shape, dtype=v.dtype))  # never touched: only its shape is read
             continue
         if v is None or not v.is_const:

@@ -24,139 +24,14 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from onnx import helper
 
 from lpuc.errors import UnsupportedError
 from lpuc.ir.graph import Graph, Node
+from lpuc.passes.builder import NodeBuilder, replace_nodes
 
-# Opset of the nodes these passes emit: ReduceSum/ReduceMax take their axes and Slice its
-# starts/ends/axes/steps as constant inputs; Softmax works along one axis.
-EMITTED_OPSET = 21
 ELLIPSIS = "..."
 
 Labels = tuple[str, ...]
-
-
-class NodeBuilder:
-    """Emits the nodes that replace one node: deterministic names derived from it, typed values."""
-
-    def __init__(self, graph: Graph, node: Node):
-        self.graph = graph
-        self.node = node
-        self.nodes: list[Node] = []
-        self._step_counts: dict[str, int] = {}
-        self._renamable: set[str] = set()  # values made here that may still take an output's name
-
-    # -- values --------------------------------------------------------------------------------
-    def shape(self, name: str) -> tuple[int, ...]:
-        return self.graph.values[name].shape
-
-    def dtype(self, name: str) -> np.dtype:
-        return self.graph.values[name].dtype
-
-    def const(self, step: str, array: np.ndarray) -> str:
-        return self.graph.add_const(f"{self.node.name}/{step}", np.asarray(array))
-
-    def emit(
-        self, op: str, inputs: Sequence[str], shape: Sequence[int], dtype: np.dtype, step: str, **attrs
-    ) -> str:
-        name = self._node_name(step)
-        out = self.graph.add_value(name, tuple(shape), dtype)
-        self._renamable.add(out)
-        self.nodes.append(Node(op, name, tuple(inputs), (out,), attrs, "", EMITTED_OPSET))
-        return out
-
-    def bind_output(self, value: str, target: str) -> None:
-        """Make `value` appear under the original node's output name `target`."""
-        if value not in self._renamable:  # an input, or already bound to another output
-            self.nodes.append(
-                Node("Identity", self._node_name("output"), (value,), (target,), {}, "", EMITTED_OPSET)
-            )
-            return
-        self._renamable.discard(value)
-        self.nodes = [
-            n.with_(
-                inputs=tuple(target if i == value else i for i in n.inputs),
-                outputs=tuple(target if o == value else o for o in n.outputs),
-            )
-            for n in self.nodes
-        ]
-
-    def _node_name(self, step: str) -> str:
-        count = self._step_counts.get(step, 0)
-        self._step_counts[step] = count + 1
-        return f"{self.node.name}/{step}" if count == 0 else f"{self.node.name}/{step}_{count}"
-
-    # -- ops -----------------------------------------------------------------------------------
-    def transpose(self, x: str, perm: Sequence[int], step: str = "transpose") -> str:
-        if list(perm) == list(range(len(perm))):
-            return x
-        shape = [self.shape(x)[p] for p in perm]
-        return self.emit("Transpose", [x], shape, self.dtype(x), step, perm=[int(p) for p in perm])
-
-    def reshape(self, x: str, shape: Sequence[int], step: str = "reshape") -> str:
-        if tuple(shape) == self.shape(x):
-            return x
-        target = self.const(f"{step}_shape", np.array(shape, dtype=np.int64))
-        return self.emit("Reshape", [x, target], shape, self.dtype(x), step)
-
-    def reduce(self, op: str, x: str, axes: Sequence[int], keepdims: bool, step: str) -> str:
-        if not axes:
-            return x
-        rank = len(self.shape(x))
-        axes = sorted(a % rank for a in axes)
-        shape = [1 if a in axes else d for a, d in enumerate(self.shape(x)) if keepdims or a not in axes]
-        ax = self.const(f"{step}_axes", np.array(axes, dtype=np.int64))
-        return self.emit(op, [x, ax], shape, self.dtype(x), step, keepdims=int(keepdims))
-
-    def matmul(self, a: str, b: str, step: str = "matmul") -> str:
-        sa, sb = self.shape(a), self.shape(b)
-        batch = np.broadcast_shapes(sa[:-2], sb[:-2])
-        return self.emit("MatMul", [a, b], (*batch, sa[-2], sb[-1]), self.dtype(a), step)
-
-    def binary(self, op: str, a: str, b: str, step: str, dtype: np.dtype | None = None) -> str:
-        shape = np.broadcast_shapes(self.shape(a), self.shape(b))
-        return self.emit(op, [a, b], shape, self.dtype(a) if dtype is None else dtype, step)
-
-    def unary(self, op: str, x: str, step: str, **attrs) -> str:
-        return self.emit(op, [x], self.shape(x), self.dtype(x), step, **attrs)
-
-    def where(self, cond: str, a: str, b: str, step: str) -> str:
-        shape = np.broadcast_shapes(self.shape(cond), self.shape(a), self.shape(b))
-        return self.emit("Where", [cond, a, b], shape, self.dtype(a), step)
-
-    def cast(self, x: str, dtype: np.dtype, step: str = "cast") -> str:
-        if self.dtype(x) == np.dtype(dtype):
-            return x
-        to = helper.np_dtype_to_tensor_dtype(np.dtype(dtype))
-        return self.emit("Cast", [x], self.shape(x), dtype, step, to=int(to))
-
-    def concat(self, xs: Sequence[str], axis: int, step: str = "concat") -> str:
-        if len(xs) == 1:
-            return xs[0]
-        shape = list(self.shape(xs[0]))
-        shape[axis] = sum(self.shape(x)[axis] for x in xs)
-        return self.emit("Concat", list(xs), shape, self.dtype(xs[0]), step, axis=axis)
-
-    def gather(self, x: str, indices: str | np.ndarray, axis: int, step: str = "gather") -> str:
-        """x indexed along `axis` by a value or by constant indices."""
-        idx = indices if isinstance(indices, str) else self.const(f"{step}_indices", indices.astype(np.int64))
-        shape = self.shape(x)
-        axis %= len(shape)
-        out_shape = (*shape[:axis], *self.shape(idx), *shape[axis + 1 :])
-        return self.emit("Gather", [x, idx], out_shape, self.dtype(x), step, axis=axis)
-
-    def slice_last(self, x: str, start: int, stop: int, stride: int = 1, step: str = "slice") -> str:
-        """x[..., start:stop:stride]."""
-        shape = self.shape(x)
-        if (start, stop, stride) == (0, shape[-1], 1):
-            return x
-        consts = [
-            self.const(f"{step}_{k}", np.array([v], dtype=np.int64))
-            for k, v in (("starts", start), ("ends", stop), ("axes", len(shape) - 1), ("steps", stride))
-        ]
-        width = len(range(start, stop, stride))
-        return self.emit("Slice", [x, *consts], (*shape[:-1], width), self.dtype(x), step)
 
 
 @dataclass(frozen=True)
@@ -167,19 +42,15 @@ class Term:
     labels: Labels
 
 
-def lower_einsum(graph: Graph, ctx=None) -> Graph:
-    out = graph.copy(nodes=[])
-    for node in graph.nodes:
-        if node.op == "Einsum" and not node.domain and not _has_empty_tensor(node, graph):
-            out.nodes.extend(_lower(node, out))
-        else:
-            out.nodes.append(node)
-    return out.prune_values()
+def lower_einsum(graph: Graph, ctx: object = None) -> Graph:
+    return replace_nodes(graph, _lowerable, _lower)
 
 
-def _has_empty_tensor(node: Node, graph: Graph) -> bool:
+def _lowerable(node: Node, graph: Graph) -> bool:
+    if node.op != "Einsum" or node.domain:
+        return False
     # MatMul with K = 0 and empty reductions are not lowered: such an Einsum stays on the host.
-    return any(graph.values[v].size == 0 for v in (*node.inputs, *node.outputs) if v)
+    return all(graph.values[v].size for v in (*node.inputs, *node.outputs) if v)
 
 
 def parse_equation(equation: str, ranks: Sequence[int]) -> tuple[list[Labels], Labels]:
@@ -233,8 +104,8 @@ def label_sizes(terms: Sequence[Labels], shapes: Sequence[tuple[int, ...]]) -> d
     return sizes
 
 
-def _lower(node: Node, graph: Graph) -> list[Node]:
-    b = NodeBuilder(graph, node)
+def _lower(b: NodeBuilder) -> None:
+    node = b.node
     shapes = [b.shape(v) for v in node.inputs]
     try:
         labels, output = parse_equation(str(node.attr("equation", "")), [len(s) for s in shapes])
@@ -248,7 +119,6 @@ def _lower(node: Node, graph: Graph) -> list[Node]:
         terms = [_contract_pair(b, terms[0], terms[1], needed, order, sizes), *terms[2:]]
     result = _permute(b, _sum_out(b, terms[0], set(output)), output)
     b.bind_output(result.value, node.outputs[0])
-    return b.nodes
 
 
 def _normalize(b: NodeBuilder, term: Term, sizes: Mapping[str, int]) -> Term:
@@ -274,7 +144,7 @@ def _take_diagonal(b: NodeBuilder, term: Term, label: str) -> Term:
     flat = b.reshape(moved, [shape[i] for i in others] + [n ** len(axes)], "diagonal_flatten")
     # In the flattened axis, element (i, i, ..., i) sits at i * (1 + n + n^2 + ...).
     stride = sum(n**j for j in range(len(axes)))
-    diagonal = b.gather(flat, np.arange(n) * stride, axis=len(others), step="diagonal")
+    diagonal = b.gather(flat, np.arange(n) * stride, axis=len(others), tag="diagonal")
     return Term(diagonal, tuple(term.labels[i] for i in others) + (label,))
 
 
@@ -289,7 +159,7 @@ def _drop_broadcast_axes(b: NodeBuilder, term: Term, sizes: Mapping[str, int]) -
 
 def _sum_out(b: NodeBuilder, term: Term, keep: set[str]) -> Term:
     axes = [i for i, x in enumerate(term.labels) if x not in keep]
-    value = b.reduce("ReduceSum", term.value, axes, keepdims=False, step="sum")
+    value = b.reduce("ReduceSum", term.value, axes, keepdims=False, tag="sum")
     return Term(value, tuple(x for x in term.labels if x in keep))
 
 

@@ -2,61 +2,32 @@
 
 from __future__ import annotations
 
-import numpy as np
-
 from lpuc.ir.graph import Graph, Node
+from lpuc.passes.builder import NodeBuilder, replace_nodes
 
 
-def lower_gemm(graph: Graph, ctx=None) -> Graph:
-    out = graph.copy(nodes=[])
-    for node in graph.nodes:
-        if node.op != "Gemm" or node.domain or graph.touches_dynamic(node):
-            out.nodes.append(node)
-            continue
-        out.nodes.extend(_lower(node, out))
-    return out.prune_values()
+def lower_gemm(graph: Graph, ctx: object = None) -> Graph:
+    return replace_nodes(graph, _lowerable, _lower)
 
 
-def _lower(node: Node, g: Graph) -> list[Node]:
-    a, b = node.inputs[0], node.inputs[1]
-    c = node.inputs[2] if len(node.inputs) > 2 else ""
+def _lowerable(node: Node, graph: Graph) -> bool:
+    return node.op == "Gemm" and not node.domain and not graph.touches_dynamic(node)
+
+
+def _lower(b: NodeBuilder) -> None:
+    node = b.node
     alpha, beta = float(node.attr("alpha", 1.0)), float(node.attr("beta", 1.0))
-    y = node.outputs[0]
-    dtype = g.values[y].dtype
-    nodes: list[Node] = []
-
-    def transposed(name: str, flag: str) -> str:
-        if not node.attr(flag, 0):
-            return name
-        v = g.values[name]
-        if v.is_const:
-            return g.add_const(f"{name}_T", np.ascontiguousarray(v.const.T))
-        t = g.add_value(f"{name}_T", v.shape[::-1], v.dtype)
-        nodes.append(Node("Transpose", f"{node.name}/transpose_{flag}", (name,), (t,), {"perm": [1, 0]}))
-        return t
-
-    a, b = transposed(a, "transA"), transposed(b, "transB")
-    if alpha != 1.0 and g.values[b].is_const:
-        b = g.add_const(f"{b}_alpha", (g.values[b].const * alpha).astype(g.values[b].dtype))
-        alpha = 1.0
-    shape = g.values[y].shape
-    has_tail = alpha != 1.0 or (c and beta != 0.0)
-    mm = g.add_value(f"{y}_mm", shape, dtype) if has_tail else y
-    nodes.append(Node("MatMul", f"{node.name}/matmul", (a, b), (mm,)))
-    if alpha != 1.0:
-        scaled = g.add_value(f"{y}_alpha", shape, dtype) if c and beta != 0.0 else y
-        k = g.add_const(f"{node.name}_alpha", np.array(alpha, dtype=dtype))
-        nodes.append(Node("Mul", f"{node.name}/alpha", (mm, k), (scaled,)))
-        mm = scaled
+    a, w = (_operand(b, k, flag) for k, flag in ((0, "transA"), (1, "transB")))
+    if b.graph.is_const(w):  # scale the constant weights instead of every result
+        w, alpha = b.scaled(w, alpha, "alpha"), 1.0
+    y = b.scaled(b.matmul(a, w), alpha, "alpha")
+    c = node.inputs[2] if len(node.inputs) > 2 else ""
     if c and beta != 0.0:
-        cv = g.values[c]
-        if beta != 1.0:
-            if cv.is_const:
-                c = g.add_const(f"{c}_beta", (cv.const * beta).astype(cv.dtype))
-            else:
-                k = g.add_const(f"{node.name}_beta", np.array(beta, dtype=cv.dtype))
-                scaled_c = g.add_value(f"{c}_beta", cv.shape, cv.dtype)
-                nodes.append(Node("Mul", f"{node.name}/beta", (c, k), (scaled_c,)))
-                c = scaled_c
-        nodes.append(Node("Add", f"{node.name}/bias", (mm, c), (y,)))
-    return nodes
+        y = b.binary("Add", y, b.scaled(c, beta, "beta"), "bias")
+    b.bind_output(y, node.outputs[0])
+
+
+def _operand(b: NodeBuilder, index: int, flag: str) -> str:
+    """Input `index`, transposed if the node's `flag` says so (a constant one stays a constant)."""
+    x = b.node.inputs[index]
+    return b.transpose(x, (1, 0), f"transpose_{flag}") if b.node.attr(flag, 0) else x

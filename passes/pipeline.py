@@ -15,6 +15,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from lpuc.ir.graph import Graph
+from lpuc.ir.printer import print_graph
+from lpuc.ir.verify import verify_graph
 from lpuc.passes.canonicalize_matmul import canonicalize_matmul
 from lpuc.passes.canonicalize_ops import canonicalize_ops
 from lpuc.passes.decompose_attention import decompose_attention
@@ -28,10 +31,6 @@ from lpuc.passes.legalize_broadcast import legalize_broadcast
 from lpuc.passes.lower_conv import lower_conv
 from lpuc.passes.lower_einsum import lower_einsum
 from lpuc.passes.lower_gemm import lower_gemm
-
-from lpuc.ir.graph import Graph
-from lpuc.ir.printer import print_graph
-from lpuc.ir.verify import verify_graph
 from lpuc.target import Target
 
 

@@ -11,12 +11,12 @@ import os
 from collections.abc import Mapping
 
 import numpy as np
-from lpuc.runtime.isa import HANDLERS, decoded_attrs
-from lpuc.runtime.machine import Machine
-from lpuc.runtime.trace import write_trace
 from threadpoolctl import ThreadpoolController
 
 from lpuc.program import Program
+from lpuc.runtime.isa import HANDLERS, decoded_attrs
+from lpuc.runtime.machine import Machine
+from lpuc.runtime.trace import write_trace
 from lpuc.schedule.validator import validate
 
 _THREADPOOLS = ThreadpoolController()  # finding the BLAS libraries once, not per run

@@ -15,12 +15,12 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import numpy as np
-from lpuc.runtime.machine import Machine
 
 from lpuc.dtypes import dtype_from_name
 from lpuc.jsonable import from_json
 from lpuc.kernels import KernelContext, run_kernel
 from lpuc.program import Instruction
+from lpuc.runtime.machine import Machine
 
 Handler = Callable[[Machine, Instruction, dict], None]
 

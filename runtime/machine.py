@@ -5,12 +5,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from lpuc.runtime.sram import Sram
 
 from lpuc.dtypes import dtype_from_name
 from lpuc.errors import LpucError
 from lpuc.lowering.builder import view_of
 from lpuc.program import Access, Binding, Program, TileSlot
+from lpuc.runtime.sram import Sram
 
 
 @dataclass

@@ -9,9 +9,9 @@ import sys
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from lpuc.backends.lpu import FORMAT_VERSION, decode_program, encode_program
 
 import lpuc
+from lpuc.backends.lpu import FORMAT_VERSION, decode_program, encode_program
 from lpuc.cli import main
 from lpuc.errors import ArtifactError
 from tests.models import random_feeds

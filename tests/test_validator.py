@@ -106,8 +106,7 @@ def test_rejects_unknown_opcode(program):
 
 
 def test_runtime_implements_exactly_the_instruction_set():
-    from lpuc.runtime.isa import HANDLERS
-
     from lpuc.program import OPCODES
+    from lpuc.runtime.isa import HANDLERS
 
     assert set(HANDLERS) == set(OPCODES)

@@ -17,10 +17,16 @@ from lpuc.target import load_target
 CTX = PassContext(load_target("tsp-v1"), "fp32")
 
 
-def model(nodes, inputs: dict[str, list[int]], outputs: dict[str, list[int]], inits: dict | None = None,
-          opset: int = 21) -> onnx.ModelProto:
+def model(
+    nodes,
+    inputs: dict[str, list[int]],
+    outputs: dict[str, list[int]],
+    inits: dict | None = None,
+    opset: int = 21,
+) -> onnx.ModelProto:
     graph = helper.make_graph(
-        nodes, "test",
+        nodes,
+        "test",
         [helper.make_tensor_value_info(n, TensorProto.FLOAT, s) for n, s in inputs.items()],
         [helper.make_tensor_value_info(n, TensorProto.FLOAT, s) for n, s in outputs.items()],
         [numpy_helper.from_array(np.asarray(v), n) for n, v in (inits or {}).items()],

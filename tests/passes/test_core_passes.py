@@ -22,8 +22,12 @@ N = helper.make_node
 
 
 def test_fold_constants_evaluates_constant_subgraphs():
-    m = model([N("Add", ["c1", "c2"], ["c3"]), N("Mul", ["x", "c3"], ["y"])], {"x": [4]}, {"y": [4]},
-              {"c1": np.ones(4, np.float32), "c2": np.full(4, 2, np.float32)})
+    m = model(
+        [N("Add", ["c1", "c2"], ["c3"]), N("Mul", ["x", "c3"], ["y"])],
+        {"x": [4]},
+        {"y": [4]},
+        {"c1": np.ones(4, np.float32), "c2": np.full(4, 2, np.float32)},
+    )
     g = imported(m)  # the importer already folds as it goes
     assert ops(g) == ["Mul"] and np.array_equal(g.values["c3"].const, np.full(4, 3, np.float32))
     assert run_pass(fold_constants, g).nodes == g.nodes  # nothing left to fold
@@ -35,8 +39,11 @@ def test_shape_of_static_value_is_folded():
 
 
 def test_eliminate_identity_and_inference_dropout():
-    m = model([N("Identity", ["x"], ["a"]), N("Dropout", ["a"], ["b"]), N("Relu", ["b"], ["y"])],
-              {"x": [4]}, {"y": [4]})
+    m = model(
+        [N("Identity", ["x"], ["a"]), N("Dropout", ["a"], ["b"]), N("Relu", ["b"], ["y"])],
+        {"x": [4]},
+        {"y": [4]},
+    )
     g = run_pass(eliminate_identity, imported(m))
     assert ops(g) == ["Relu"] and g.nodes[0].inputs == ("x",)
 
@@ -47,8 +54,12 @@ def test_eliminate_identity_keeps_graph_outputs():
 
 
 def test_lower_gemm_folds_transpose_and_scales():
-    m = model([N("Gemm", ["x", "w", "c"], ["y"], transB=1, alpha=0.5, beta=2.0)], {"x": [3, 4]}, {"y": [3, 5]},
-              {"w": rand(5, 4), "c": rand(5, seed=1)})
+    m = model(
+        [N("Gemm", ["x", "w", "c"], ["y"], transB=1, alpha=0.5, beta=2.0)],
+        {"x": [3, 4]},
+        {"y": [3, 5]},
+        {"w": rand(5, 4), "c": rand(5, seed=1)},
+    )
     g = run_pass(lower_gemm, imported(m))
     assert ops(g) == ["MatMul", "Add"]
     assert g.values[g.nodes[0].inputs[1]].shape == (4, 5)  # transposed and scaled at compile time
@@ -56,8 +67,12 @@ def test_lower_gemm_folds_transpose_and_scales():
 
 
 def test_fuse_elementwise_merges_a_chain():
-    m = model([N("Mul", ["x", "s"], ["a"]), N("Add", ["a", "b"], ["c"]), N("Tanh", ["c"], ["y"])],
-              {"x": [2, 8]}, {"y": [2, 8]}, {"s": rand(8), "b": rand(8, seed=1)})
+    m = model(
+        [N("Mul", ["x", "s"], ["a"]), N("Add", ["a", "b"], ["c"]), N("Tanh", ["c"], ["y"])],
+        {"x": [2, 8]},
+        {"y": [2, 8]},
+        {"s": rand(8), "b": rand(8, seed=1)},
+    )
     g = run_pass(fuse_elementwise, imported(m))
     assert ops(g) == ["Fused"]
     assert [s["op"] for s in g.nodes[0].attrs["expr"]] == ["Mul", "Add", "Tanh"]
@@ -65,8 +80,16 @@ def test_fuse_elementwise_merges_a_chain():
 
 
 def test_fuse_elementwise_stops_at_shared_values_and_broadcasts():
-    m = model([N("Exp", ["x"], ["a"]), N("Add", ["a", "a"], ["b"]), N("Relu", ["a"], ["c"]),
-               N("Mul", ["b", "c"], ["y"])], {"x": [4]}, {"y": [4]})
+    m = model(
+        [
+            N("Exp", ["x"], ["a"]),
+            N("Add", ["a", "a"], ["b"]),
+            N("Relu", ["a"], ["c"]),
+            N("Mul", ["b", "c"], ["y"]),
+        ],
+        {"x": [4]},
+        {"y": [4]},
+    )
     g = run_pass(fuse_elementwise, imported(m))
     assert "Exp" in ops(g)  # `a` has two consumers: computed once, not fused twice
     assert_matches_onnxruntime(m, {"x": rand(4)})
@@ -89,28 +112,49 @@ def test_eliminate_dead_code():
 
 
 def test_canonicalize_ops():
-    m = model([N("CastLike", ["x", "like"], ["a"]), N("Sum", ["a"], ["y"])], {"x": [4]}, {"y": [4]},
-              {"like": np.zeros(1, np.float32)})
+    m = model(
+        [N("CastLike", ["x", "like"], ["a"]), N("Sum", ["a"], ["y"])],
+        {"x": [4]},
+        {"y": [4]},
+        {"like": np.zeros(1, np.float32)},
+    )
     g = run_pass(canonicalize_ops, imported(m))
     assert ops(g) == ["Cast", "Identity"] and g.nodes[0].attrs["to"] == 1
 
 
 def test_canonicalize_matmul_vector_operands():
-    m = model([N("MatMul", ["v", "w"], ["a"]), N("MatMul", ["w2", "a"], ["y"])], {"v": [4]}, {"y": [3]},
-              {"w": rand(4, 5), "w2": rand(3, 5, seed=1)})
+    m = model(
+        [N("MatMul", ["v", "w"], ["a"]), N("MatMul", ["w2", "a"], ["y"])],
+        {"v": [4]},
+        {"y": [3]},
+        {"w": rand(4, 5), "w2": rand(3, 5, seed=1)},
+    )
     g = run_pass(canonicalize_matmul, imported(m))
     assert all(len(g.values[i].shape) >= 2 for n in g.nodes if n.op == "MatMul" for i in n.inputs)
     assert_matches_onnxruntime(m, {"v": rand(4, seed=2)})
 
 
 def _conv_model(group=1, channels=8, out=8, stride=1, pad=1, bn=False):
-    nodes = [N("Conv", ["x", "w", "b"], ["c" if bn else "y"], kernel_shape=[3, 3], strides=[stride, stride],
-               pads=[pad] * 4, group=group)]
+    nodes = [
+        N(
+            "Conv",
+            ["x", "w", "b"],
+            ["c" if bn else "y"],
+            kernel_shape=[3, 3],
+            strides=[stride, stride],
+            pads=[pad] * 4,
+            group=group,
+        )
+    ]
     inits = {"w": rand(out, channels // group, 3, 3), "b": rand(out, seed=1)}
     if bn:
         nodes.append(N("BatchNormalization", ["c", "g", "beta", "mean", "var"], ["y"], epsilon=1e-3))
-        inits.update(g=rand(out, seed=2) + 2, beta=rand(out, seed=3), mean=rand(out, seed=4),
-                     var=np.abs(rand(out, seed=5)) + 0.5)
+        inits.update(
+            g=rand(out, seed=2) + 2,
+            beta=rand(out, seed=3),
+            mean=rand(out, seed=4),
+            var=np.abs(rand(out, seed=5)) + 0.5,
+        )
     size = (9 + 2 * pad - 3) // stride + 1
     return model(nodes, {"x": [1, channels, 9, 9]}, {"y": [1, out, size, size]}, inits)
 
@@ -146,8 +190,21 @@ def test_depthwise_conv_stays_on_the_vxm():
 
 
 def test_lower_conv_transpose():
-    m = model([N("ConvTranspose", ["x", "w", "b"], ["y"], strides=[2, 2], pads=[1, 1, 1, 1], output_padding=[1, 1])],
-              {"x": [1, 4, 5, 5]}, {"y": [1, 6, 10, 10]}, {"w": rand(4, 6, 3, 3), "b": rand(6, seed=1)})
+    m = model(
+        [
+            N(
+                "ConvTranspose",
+                ["x", "w", "b"],
+                ["y"],
+                strides=[2, 2],
+                pads=[1, 1, 1, 1],
+                output_padding=[1, 1],
+            )
+        ],
+        {"x": [1, 4, 5, 5]},
+        {"y": [1, 6, 10, 10]},
+        {"w": rand(4, 6, 3, 3), "b": rand(6, seed=1)},
+    )
     g = run_pass(lower_conv, imported(m))
     assert "MatMul" in ops(g) and "ConvTransposeScatter" in ops(g)
     assert_matches_onnxruntime(m, {"x": rand(1, 4, 5, 5, seed=2)})

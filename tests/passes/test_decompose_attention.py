@@ -1,4 +1,4 @@
-"""decompose_attention / decompose_rotary_embedding: Attention and RotaryEmbedding as chip ops."""
+"""decompose_attention: the Attention op as chip ops."""
 
 from __future__ import annotations
 
@@ -6,23 +6,12 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-from lpuc.passes.decompose_attention import decompose_attention, decompose_rotary_embedding
-from lpuc.passes.pipeline import PIPELINE, Pass, run_pipeline
 from onnx import TensorProto, helper
 
 import lpuc
 from lpuc.frontend.importer import import_model
+from lpuc.passes.decompose_attention import decompose_attention
 from tests.conformance.cases import assert_outputs_match, conformance_cases, normalize
-
-
-@pytest.fixture
-def with_decompositions(monkeypatch):
-    """Run the compiler with both decompositions first (until the pipeline lists them)."""
-    listed = {p.run for p in PIPELINE}
-    extra = tuple(
-        Pass(fn.__name__, fn) for fn in (decompose_attention, decompose_rotary_embedding) if fn not in listed
-    )
-    monkeypatch.setattr(run_pipeline, "__defaults__", (None, None, extra + PIPELINE))
 
 
 def attention_model(
@@ -133,14 +122,6 @@ def test_head_counts_that_do_not_divide_stay_on_the_host():
     assert ops_after(attention_model((1, 3, 4, 8), (1, 2, 6, 8), (1, 2, 6, 8))) == ["Attention"]
 
 
-def test_rotary_embedding_becomes_gathers_and_elementwise_ops():
-    case = next(c for c in conformance_cases() if c.name == "test_rotary_embedding_interleaved")
-    ops = ops_after(case.model, decompose_rotary_embedding)
-    assert "RotaryEmbedding" not in ops
-    assert ops.count("Gather") == 3  # cos and sin at the position ids, then the interleave
-    assert {"Mul", "Sub", "Add", "Slice", "Concat"} <= set(ops)
-
-
 # -- numerics on the chip -----------------------------------------------------------------------
 
 ORT_MODELS = {
@@ -169,7 +150,7 @@ ORT_MODELS = {
 
 
 @pytest.mark.parametrize("name", sorted(ORT_MODELS))
-def test_matches_onnxruntime_on_the_chip(with_decompositions, name):
+def test_matches_onnxruntime_on_the_chip(name):
     model = ORT_MODELS[name]()
     feeds = random_feeds(model)
     session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
@@ -185,8 +166,9 @@ NODE_CASES = [
 
 
 @pytest.mark.parametrize("case", NODE_CASES, ids=[c.name for c in NODE_CASES])
-def test_onnx_node_cases_on_the_chip(with_decompositions, case):
-    """Every Attention and RotaryEmbedding node test compiles with no host op and matches onnx."""
+def test_onnx_node_cases_on_the_chip(case):
+    """Every Attention and RotaryEmbedding node test compiles with no host op and matches onnx
+    (RotaryEmbedding as one VXM kernel)."""
     program = lpuc.compile(case.model, precision="fp32", host_fallback=False)
     names = [i.name for i in case.model.graph.input]
     for inputs, expected in case.data_sets:
@@ -195,10 +177,5 @@ def test_onnx_node_cases_on_the_chip(with_decompositions, case):
 
 
 def test_no_attention_node_case_is_left_for_the_host():
-    left = [
-        c.name
-        for c in NODE_CASES
-        if "Attention" in ops_after(c.model)
-        or "RotaryEmbedding" in ops_after(c.model, decompose_rotary_embedding)
-    ]
+    left = [c.name for c in NODE_CASES if "Attention" in ops_after(c.model)]
     assert left == []

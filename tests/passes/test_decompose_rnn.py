@@ -16,8 +16,6 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
-from lpuc.passes.decompose_rnn import decompose_rnn
-from lpuc.passes.pipeline import PIPELINE, Pass, run_pipeline
 from onnx import helper, numpy_helper
 
 import lpuc
@@ -26,6 +24,8 @@ from lpuc.errors import UnsupportedError
 from lpuc.frontend.importer import import_model
 from lpuc.ir.graph import Graph, graph_summary
 from lpuc.kernels.interpreter import evaluate_model
+from lpuc.passes.decompose_rnn import decompose_rnn
+from lpuc.passes.pipeline import PIPELINE, Pass, run_pipeline
 
 RTOL, ATOL = 1e-4, 1e-5
 INPUT_NAMES = ("X", "W", "R", "B", "sequence_lens", "initial_h", "initial_c", "P")

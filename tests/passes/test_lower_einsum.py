@@ -7,27 +7,15 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
-from lpuc.passes.lower_einsum import lower_einsum, parse_equation
-from lpuc.passes.pipeline import PIPELINE, Pass, run_pipeline
 from onnx import TensorProto, helper
 
 import lpuc
 from lpuc.errors import UnsupportedError
 from lpuc.frontend.importer import import_model
 from lpuc.ir.graph import Graph, Node, Value
+from lpuc.passes.lower_einsum import lower_einsum, parse_equation
 from tests.conformance.cases import all_cases, assert_outputs_match, normalize
 from tests.models import export, ort_run
-
-
-@pytest.fixture
-def with_lower_einsum(monkeypatch):
-    """Run the compiler with lower_einsum first (until the pipeline lists it)."""
-    passes = (
-        PIPELINE
-        if any(p.run is lower_einsum for p in PIPELINE)
-        else (Pass("lower_einsum", lower_einsum),) + PIPELINE
-    )
-    monkeypatch.setattr(run_pipeline, "__defaults__", (None, None, passes))
 
 
 def einsum_model(
@@ -163,7 +151,7 @@ EQUATIONS = [
 
 
 @pytest.mark.parametrize(("equation", "shapes"), EQUATIONS, ids=[e for e, _ in EQUATIONS])
-def test_matches_onnxruntime_on_the_chip(with_lower_einsum, equation, shapes):
+def test_matches_onnxruntime_on_the_chip(equation, shapes):
     model = einsum_model(equation, shapes)
     rng = np.random.default_rng(0)
     feeds = {f"x{i}": rng.standard_normal(s).astype(np.float32) for i, s in enumerate(shapes)}
@@ -178,7 +166,7 @@ ONNX_CASES = [c for c in all_cases() if c.model.graph.node[0].op_type == "Einsum
 
 
 @pytest.mark.parametrize("case", ONNX_CASES, ids=[c.name for c in ONNX_CASES])
-def test_onnx_node_cases_on_the_chip(with_lower_einsum, case):
+def test_onnx_node_cases_on_the_chip(case):
     """All of onnx's Einsum node tests (float64 and bfloat16 ones too) run with no host op."""
     program = lpuc.compile(case.model, precision="fp32", host_fallback=False)
     names = [i.name for i in case.model.graph.input]
@@ -203,7 +191,7 @@ class EinsumAttention(torch.nn.Module):
         return torch.einsum("bhse,fhe->bsf", context, self.out)
 
 
-def test_torch_einsum_attention_block_on_the_chip(with_lower_einsum, tmp_path):
+def test_torch_einsum_attention_block_on_the_chip(tmp_path):
     path = export(EinsumAttention(), (torch.zeros(2, 8, 32),), tmp_path / "einsum.onnx", input_names=["x"])
     model = onnx.load(path)
     assert "Einsum" in {n.op_type for n in model.graph.node}
