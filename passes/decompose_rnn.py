@@ -31,7 +31,7 @@ import numpy as np
 
 from lpuc.errors import UnsupportedError
 from lpuc.ir.graph import Graph, Node
-from lpuc.kernels.attention import compute_dtype
+from lpuc.kernels._common import compute_dtype
 from lpuc.passes.builder import NodeBuilder, replace_nodes
 
 # Gate letters in the order of the rows of W, R and B.
