@@ -20,14 +20,8 @@ from lpuc.ops import Placement
 
 # Ops whose first input is addressed (gathered from), not streamed in full.
 _GATHERS = frozenset({"Gather", "GatherElements", "GatherND"})
-_ROWWISE_DEFAULT_AXIS = {
-    "Softmax": -1,
-    "LogSoftmax": -1,
-    "Hardmax": -1,
-    "LayerNormalization": -1,
-    "RMSNormalization": -1,
-    "LpNormalization": -1,
-}
+# Before opset 13 these flatten the input to 2-D at `axis`, whose default was 1 (not the last axis).
+_SOFTMAX_FAMILY = frozenset({"Softmax", "LogSoftmax", "Hardmax"})
 
 
 def _operand(b: TiledBuilder, t: TensorTiles, first: int, rows: range | None) -> tuple[dict, list[Ref]]:
@@ -57,9 +51,7 @@ def is_rowwise(node: Node, b: TiledBuilder, placement: Placement) -> bool:
     if not placement.rowwise or len([o for o in node.outputs if o]) != 1:
         return False
     rank = len(b.graph.values[node.inputs[0]].shape)
-    default = _ROWWISE_DEFAULT_AXIS.get(node.op, -1)
-    if node.op in ("Softmax", "LogSoftmax", "Hardmax") and node.opset and node.opset < 13:
-        default = 1
+    default = 1 if node.op in _SOFTMAX_FAMILY and 0 < node.opset < 13 else -1
     return rank >= 1 and normalize_axis(int(node.attr("axis", default)), rank) == rank - 1
 
 
