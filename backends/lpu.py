@@ -173,10 +173,9 @@ def decode_program(data: bytes, where: str = "<bytes>", validate: bool = True) -
         raise ArtifactError(f"{where}: corrupt .lpu file ({type(e).__name__}: {e})") from None
     if validate:
         from lpuc.errors import ScheduleError
-        from lpuc.schedule.validator import validate as check
 
         try:
-            check(program)
+            program.validate()
         except ScheduleError as e:
             raise ArtifactError(f"{where}: {e}") from None
     return program

@@ -105,6 +105,9 @@ class Program:
     summary: dict[str, Any] = field(default_factory=dict)
     # Seconds per compile stage, measured on this machine; never stored (artifacts are deterministic).
     compile_stages: dict[str, float] = field(default_factory=dict, compare=False)
+    # Set once this object passed the validator. Not an __init__ field, so a changed copy made with
+    # dataclasses.replace is checked again; the trust boundary is loading an artifact (always checked).
+    validated: bool = field(default=False, init=False, compare=False, repr=False)
 
     @property
     def compile_seconds(self) -> float:
@@ -137,6 +140,9 @@ class Program:
         return execute(self, inputs, trace=trace)
 
     def validate(self) -> None:
+        """Prove the program legal (raises ScheduleError); checked once per Program object."""
         from lpuc.schedule.validator import validate
 
-        validate(self)
+        if not self.validated:
+            validate(self)
+            self.validated = True

@@ -17,7 +17,6 @@ from lpuc.program import Program
 from lpuc.runtime.isa import HANDLERS, decoded_attrs
 from lpuc.runtime.machine import Machine
 from lpuc.runtime.trace import write_trace
-from lpuc.schedule.validator import validate
 
 _THREADPOOLS = ThreadpoolController()  # finding the BLAS libraries once, not per run
 
@@ -25,7 +24,7 @@ _THREADPOOLS = ThreadpoolController()  # finding the BLAS libraries once, not pe
 def execute(
     program: Program, inputs: Mapping[str, np.ndarray], trace: str | os.PathLike | None = None
 ) -> dict[str, np.ndarray]:
-    validate(program)
+    program.validate()  # a no-op for programs the compiler or the loader already proved legal
     machine = Machine(program)
     machine.bind_inputs(dict(inputs))
     cache: dict[int, dict] = {}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
+import numpy as np
 import pytest
 
 import lpuc
@@ -51,10 +52,7 @@ def test_compiled_program_is_valid(program):
 
 
 def test_rejects_double_booked_unit(program):
-    by_unit = {}
-    for k, ins in enumerate(program.instructions):
-        by_unit.setdefault(ins.unit, []).append(k)
-    first, second = next(v for v in by_unit.values() if len(v) >= 2)[:2]
+    first, second = _two_on_one_unit(program)
     start = program.instructions[first].start
     problems = _problems(_with_instruction(program, second, start=start))
     assert any("double-booked" in p for p in problems), problems
@@ -110,3 +108,20 @@ def test_runtime_implements_exactly_the_instruction_set():
     from lpuc.runtime.isa import HANDLERS
 
     assert set(HANDLERS) == set(OPCODES)
+
+
+def test_a_changed_copy_is_validated_again_before_it_runs(program):
+    """Programs are checked once per object; a copy made with dataclasses.replace is a new object."""
+    assert program.validated
+    first, second = _two_on_one_unit(program)
+    broken = _with_instruction(program, second, start=program.instructions[first].start)
+    assert not broken.validated
+    with pytest.raises(ScheduleError, match="double-booked"):
+        broken.run({b.name: np.zeros(b.shape, np.float32) for b in broken.inputs})
+
+
+def _two_on_one_unit(p: Program) -> tuple[int, int]:
+    by_unit: dict[str, list[int]] = {}
+    for k, ins in enumerate(p.instructions):
+        by_unit.setdefault(ins.unit, []).append(k)
+    return tuple(next(v for v in by_unit.values() if len(v) >= 2)[:2])

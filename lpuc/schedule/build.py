@@ -19,7 +19,6 @@ from lpuc.schedule.bounds import cycle_bounds
 from lpuc.schedule.placement import place_tiles
 from lpuc.schedule.scheduler import Schedule, schedule
 from lpuc.schedule.summary import summarize
-from lpuc.schedule.validator import validate
 from lpuc.target import Target
 
 MAX_PLACEMENT_ROUNDS = 4
@@ -46,7 +45,7 @@ def build_program(tiled: TiledProgram, target: Target, where: str, options: dict
         _raise_does_not_fit(tiled, alloc, target, where)
     program = assemble(tiled, sched, slice_of, alloc, target)
     program.summary = summarize(program, tiled, cycle_bounds(tiled, sched, target), alloc, options or {})
-    validate(program)
+    program.validate()
     return program
 
 
