@@ -7,6 +7,7 @@ and out. MEM read and write delays are added where an operand comes from or goes
 
 from __future__ import annotations
 
+from collections import defaultdict
 from collections.abc import Mapping
 
 from lpuc.ir.tiled import TileOp
@@ -38,13 +39,9 @@ def duration(target: Target, unit: str, op: TileOp, slice_of: Mapping[int, int])
 
 
 def estimate(target: Target, op: TileOp) -> int:
-    """Duration without knowing slices (transport to the nearest slice): for priorities only."""
-    return duration(target, _any_unit(op), op, _NearestSlice())
-
-
-class _NearestSlice(dict):
-    def __missing__(self, key: int) -> int:  # every buffer "in" slice 0: transport is a guess anyway
-        return 0
+    """Duration before slices are known, for scheduling priorities only: every tile is taken to be
+    in slice 0 (transport is a guess at that point anyway)."""
+    return duration(target, _any_unit(op), op, defaultdict(int))
 
 
 def _any_unit(op: TileOp) -> str:
