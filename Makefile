@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 OUT    := out
 JOBS   ?= auto
 
-.PHONY: setup demo test test-fast bench conformance lint format clean
+.PHONY: setup demo test test-fast bench conformance golden faults fuzz lint format clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -37,6 +37,17 @@ bench: setup
 
 conformance: setup
 	$(BIN)/python -m tests.conformance.report
+
+fuzz: setup
+	$(BIN)/python -m tests.fuzz --cases 10000
+
+# Rewrite tests/golden/summaries/ (checked by tests/test_golden.py) after an intended schedule change.
+golden: setup
+	$(BIN)/python -m tests.golden.regen
+
+# Inject each fault of tests/faults/faults.py into a scratch copy and check the fast suite catches it.
+faults: setup
+	$(BIN)/python -m tests.faults.run
 
 lint: setup
 	$(BIN)/ruff check lpuc passes backends runtime tests models

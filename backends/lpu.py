@@ -24,6 +24,8 @@ from typing import Any
 
 import numpy as np
 
+from lpuc.backends.lpu_check import check_body
+from lpuc.cost import Work
 from lpuc.dtypes import dtype_from_name, dtype_name
 from lpuc.errors import ArtifactError
 from lpuc.fileio import atomic_write
@@ -34,7 +36,7 @@ if sys.byteorder != "little":  # constants are stored as raw little-endian bytes
     raise ImportError("lpuc artifacts need a little-endian host")
 
 MAGIC = b"LPU\0"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: instructions carry their work record; summaries are recomputed at load
 _PREFIX = struct.Struct("<4sIQ")
 
 
@@ -68,6 +70,7 @@ def encode_program(program: Program) -> bytes:
                 [acc(w) for w in i.writes],
                 s(i.node),
                 a(dict(i.attrs)),
+                i.work.to_list(),
             ]
             for i in items
         ]
@@ -166,6 +169,7 @@ def decode_program(data: bytes, where: str = "<bytes>", validate: bool = True) -
             raise ArtifactError(f"{where}: checksum mismatch (corrupt or truncated .lpu file)")
         sections = {s["name"]: payload[s["offset"] : s["offset"] + s["nbytes"]] for s in header["sections"]}
         body = json.loads(zlib.decompress(sections["program"]))
+        check_body(body)  # field types and index ranges: one-line errors for edited files
         program = _program_from(body, sections["consts"])
     except ArtifactError:
         raise
@@ -178,7 +182,30 @@ def decode_program(data: bytes, where: str = "<bytes>", validate: bool = True) -
             program.validate()
         except ScheduleError as e:
             raise ArtifactError(f"{where}: {e}") from None
+        _check_summary(program, where)
     return program
+
+
+def _check_summary(program: Program, where: str) -> None:
+    """The stored summary must be what the instructions give: figures are recomputed, never trusted."""
+    from lpuc.schedule.summary import stored_facts, summarize
+
+    stored = program.summary
+    try:
+        expected = summarize(program, stored_facts(stored))
+    except (KeyError, TypeError) as e:
+        raise ArtifactError(f"{where}: summary is incomplete ({type(e).__name__}: {e})") from None
+    if stored != expected:
+        key = next(k for k in sorted(set(stored) | set(expected)) if stored.get(k) != expected.get(k))
+        raise ArtifactError(
+            f"{where}: summary does not match the instructions (edited?): {key} is "
+            f"{_short(stored.get(key))} in the file, {_short(expected.get(key))} recomputed"
+        )
+
+
+def _short(value: Any) -> str:
+    text = json.dumps(value, sort_keys=True)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def _program_from(body: dict, const_blob: bytes) -> Program:
@@ -190,7 +217,7 @@ def _program_from(body: dict, const_blob: bytes) -> Program:
 
     instructions = []
     for items in body["queues"].values():
-        for i_id, opcode, units, start, dur, reads, writes, node, attr in items:
+        for i_id, opcode, units, start, dur, reads, writes, node, attr, work in items:
             instructions.append(
                 Instruction(
                     int(i_id),
@@ -202,6 +229,7 @@ def _program_from(body: dict, const_blob: bytes) -> Program:
                     tuple(acc(w) for w in writes),
                     strings[node],
                     attrs[attr],
+                    Work.from_list(work),
                 )
             )
     instructions.sort(key=lambda i: i.id)

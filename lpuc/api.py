@@ -40,8 +40,10 @@ def compile(  # noqa: A001 - the natural name for a compiler's entry point
 ) -> Program:
     """Compile an ONNX model (path or ModelProto) into a scheduled, validated Program.
 
-    A `torch.nn.Module` is exported to ONNX first with `example_inputs` and `exporter`
-    ("torchscript" or "dynamo"; see lpuc.frontend.torch_export).
+    A `torch.nn.Module` is exported to ONNX first with `example_inputs` (a tensor, a tuple of
+    positional tensors and/or a dict name -> tensor of keyword ones) and `exporter` ("torchscript" or
+    "dynamo"; see lpuc.frontend.torch_export); so is a Hugging Face model directory (default inputs
+    1x128 int64 token ids + attention mask unless `example_inputs` are given; lpuc.frontend.hf).
     `input_shapes` binds dynamic input dims ({"x": (1, 128)}); `precision` is "fp16" (the MXM's
     native path: inputs rounded to fp16, fp32 accumulation) or "fp32" (exact, three fp16 passes).
     `const_inputs` compiles inputs as constants and `strict_input_shapes=False` lets `input_shapes`
@@ -59,7 +61,9 @@ def compile(  # noqa: A001 - the natural name for a compiler's entry point
             input_shapes=input_shapes,
             const_inputs=const_inputs,
             strict_input_shapes=strict_input_shapes,
+            target=tgt,
         )
+    model_nodes = {n.name for n in graph.nodes}  # the model's own ops, before passes rewrite them
     dump_dir = Path(dump_ir) if dump_ir is not None else None
     timings = PassTimings()
     with _timed(stages, "passes"):
@@ -70,7 +74,7 @@ def compile(  # noqa: A001 - the natural name for a compiler's entry point
         tiled = lower(graph, tgt, precision, host_fallback=host_fallback, where=where)
     with _timed(stages, "schedule"):
         options = {"precision": precision, "host_fallback": host_fallback}
-        program = build_program(tiled, tgt, where, options)
+        program = build_program(tiled, tgt, where, options, model_nodes)
     if dump_dir is not None:
         from lpuc.backends.text import program_text
 
@@ -82,8 +86,11 @@ def compile(  # noqa: A001 - the natural name for a compiler's entry point
 
 @contextlib.contextmanager
 def _timed(stages: dict[str, float], name: str) -> Iterator[None]:
+    from lpuc import progress
+
     start = time.perf_counter()
-    yield
+    with progress.stage(name):  # a bar on a terminal once the stage has taken a second
+        yield
     stages[name] = time.perf_counter() - start
 
 
@@ -97,6 +104,10 @@ def load(path: str | os.PathLike) -> Program:
 def _as_onnx(model: Any, example_inputs: Any, exporter: str) -> tuple[onnx.ModelProto, str]:
     if isinstance(model, onnx.ModelProto):
         return load_model(model), model.graph.name or "<model>"
+    if isinstance(model, (str, os.PathLike)) and Path(model).is_dir():
+        from lpuc.frontend.hf import export_hf_dir
+
+        return load_model(export_hf_dir(model, exporter, example_inputs=example_inputs)), str(model)
     if isinstance(model, (str, os.PathLike)):
         proto = load_model(model)
         proto.graph.name = Path(model).stem  # exporters name every graph "main_graph"

@@ -11,14 +11,19 @@ import os
 import sys
 import traceback
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 import numpy as np
 
 from lpuc.errors import CheckFailed, LpucError
 from lpuc.fileio import atomic_path
+from lpuc.progress import quiet_option
 from lpuc.report import human_bytes
 from lpuc.target import DEFAULT_TARGET, PRECISIONS
+
+if TYPE_CHECKING:
+    import onnx
 
 DEFAULT_TOLERANCE = {"fp32": (1e-4, 1e-5), "fp16": (2e-2, 1e-3)}  # (rtol, atol)
 
@@ -42,6 +47,10 @@ class _Group(click.Group):
         except Exception as e:  # noqa: BLE001 - last line of defence: no traceback without --debug
             if _debug(ctx):
                 raise
+            if isinstance(e, OSError) and e.filename is not None:
+                # A path the user gave that cannot be read or written: their error, not lpuc's.
+                click.echo(f"error: {e.filename}: {e.strerror or e}", err=True)
+                sys.exit(2)
             first = str(e).splitlines()[0] if str(e) else ""
             click.echo(
                 f"internal error: {type(e).__name__}: {first} (rerun with --debug for details)", err=True
@@ -61,6 +70,7 @@ def main(debug: bool) -> None:
 
 
 @main.command()
+@quiet_option
 @click.argument("model")
 @click.option(
     "-o", "--output", type=click.Path(dir_okay=False), required=True, help="Artifact to write (.lpu)."
@@ -89,16 +99,20 @@ def main(debug: bool) -> None:
     "--example-input",
     "example_inputs",
     multiple=True,
-    metavar="D0xD1..",
-    help="For a PyTorch factory MODEL (pkg.mod:fn): shape of each example input (float32).",
+    metavar="[NAME=]D0xD1..[:DTYPE]",
+    help="For a PyTorch factory or Hugging Face MODEL: an example input's shape and dtype (default "
+    "float32), positional or named after forward's parameter, e.g. 1x3x224x224 or input_ids=1x16:int64 "
+    "(repeatable).",
 )
 @click.option(
     "--exporter",
     type=click.Choice(["torchscript", "dynamo"]),
     default="torchscript",
     show_default=True,
-    help="torch.onnx exporter for a PyTorch factory MODEL.",
+    help="torch.onnx exporter for a PyTorch factory or Hugging Face MODEL.",
 )
+@click.option("--seq-len", type=int, help="Hugging Face MODEL directory: sequence length (default 128).")
+@click.option("--batch", type=int, help="Hugging Face MODEL directory: batch size (default 1).")
 @click.option(
     "--dump-ir", type=click.Path(file_okay=False), help="Write the IR after every stage to this directory."
 )
@@ -113,28 +127,35 @@ def compile(  # noqa: A001 - the command's name
     input_shapes,
     example_inputs,
     exporter,
+    seq_len,
+    batch,
     dump_ir,
     no_host_fallback,
     verbose,
     debug,
 ):
-    """Compile MODEL (an .onnx file, or pkg.module:factory returning a torch.nn.Module)."""
+    """Compile MODEL: an .onnx file, pkg.module:factory (or file.py:factory) returning a
+    torch.nn.Module, or a Hugging Face model directory (config.json + weights)."""
     import lpuc
     from lpuc.frontend.input_shapes import parse_shape_specs
 
     shapes = parse_shape_specs(input_shapes)
-    source, examples = _model_source(model, example_inputs)
+    source = _model_source(model, example_inputs, exporter, seq_len, batch)
     program = lpuc.compile(
         source,
         target=target,
         precision=precision,
         input_shapes=shapes,
-        example_inputs=examples,
-        exporter=exporter,
         host_fallback=not no_host_fallback,
         dump_ir=dump_ir,
     )
     program.save(output)
+    kept = ""
+    if not isinstance(source, str):  # an ONNX model exported here: keep it for `run --check`
+        from lpuc.fileio import atomic_write
+
+        atomic_write(f"{output}.onnx", source.SerializeToString())
+        kept = f" and the exported ONNX {output}.onnx (for run --check)"
     if verbose:
         for stage, seconds in program.compile_stages.items():
             click.echo(f"  {stage:<32} {seconds:8.3f} s", err=True)
@@ -143,12 +164,14 @@ def compile(  # noqa: A001 - the command's name
     click.echo(
         f"compiled {model} for {s['target']} ({s['precision']}): {s['instructions']} instructions, "
         f"{s['cycles']} cycles = {s['latency_us']} us at {program.target.clock_mhz:g} MHz "
-        f"({s['bound_ratio']}x the lower bound), SRAM peak {human_bytes(s['sram_peak_bytes'])}, "
-        f"host ops {s['host_ops']}; wrote {output} ({human_bytes(size)}) in {program.compile_seconds:.2f} s"
+        f"({s['bound_ratio']}x the hardware bound), SRAM peak {human_bytes(s['sram_peak_bytes'])}, "
+        f"host ops {s['host_ops']}; wrote {output} ({human_bytes(size)}){kept} "
+        f"in {program.compile_seconds:.2f} s"
     )
 
 
 @main.command()
+@quiet_option
 @click.argument("artifact", type=click.Path(dir_okay=False))
 @click.option("--inputs", "inputs_path", type=click.Path(dir_okay=False), help=".npz keyed by input name.")
 @click.option("-o", "--output", type=click.Path(dir_okay=False), help="Write outputs to this .npz.")
@@ -159,39 +182,75 @@ def compile(  # noqa: A001 - the command's name
 @click.option("--rtol", type=float, help="Relative tolerance for --check (default by precision).")
 @click.option("--atol", type=float, help="Absolute tolerance for --check (default by precision).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed for random inputs.")
+@click.option(
+    "--all-tensors",
+    is_flag=True,
+    help="With --check: compare every intermediate tensor and name the first node that diverges.",
+)
 @click.option("--debug", is_flag=True, hidden=True)
-def run(artifact, inputs_path, output, trace, check_model, rtol, atol, seed, debug):
+def run(artifact, inputs_path, output, trace, check_model, rtol, atol, seed, all_tensors, debug):
     """Execute ARTIFACT in the reference runtime."""
     import lpuc
 
+    if all_tensors and not check_model:
+        raise LpucError("--all-tensors compares with onnxruntime: give --check MODEL.onnx")
+    for label, tol in (("--rtol", rtol), ("--atol", atol)):
+        if tol is not None and not tol >= 0:
+            raise LpucError(f"{label} {tol:g}: a tolerance must be >= 0")
     program = lpuc.load(artifact)
+    reference = OnnxReference(check_model, program) if check_model else None
     if inputs_path:
         feeds = _load_npz(inputs_path)
     else:
         feeds = random_inputs(program, seed)
         shapes = ", ".join(f"{b.name}={'x'.join(map(str, b.shape)) or 'scalar'}" for b in program.inputs)
         click.echo(f"no --inputs: using random inputs (seed {seed}): {shapes}", err=True)
-    outputs = program.run(feeds, trace=trace)
+    if all_tensors:
+        from lpuc.runtime.capture import execute_capturing
+
+        outputs, captured = execute_capturing(program, feeds)
+        if trace:
+            from lpuc.runtime import write_trace
+
+            write_trace(program, trace)
+    else:
+        outputs, captured = program.run(feeds, trace=trace), None
     for name, value in outputs.items():
         click.echo(f"output {name}: {value.dtype}{list(value.shape)} mean={_mean(value)}")
     if output:
         _save_npz(output, outputs)
     if trace:
         click.echo(f"wrote trace {trace} (open in https://ui.perfetto.dev)")
-    if check_model:
+    if reference is not None:
         default_rtol, default_atol = DEFAULT_TOLERANCE.get(program.precision, (1e-4, 1e-5))
-        check_against_onnxruntime(check_model, feeds, outputs, rtol or default_rtol, atol or default_atol)
+        rtol = default_rtol if rtol is None else rtol  # 0 is a tolerance too: only None means default
+        atol = default_atol if atol is None else atol
+        if captured is not None:
+            check_intermediates(reference, feeds, captured, rtol, atol)
+        check_against_onnxruntime(check_model, feeds, outputs, rtol, atol, reference=reference)
 
 
 @main.command()
 @click.argument("artifact", type=click.Path(dir_okay=False))
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable summary.")
+@click.option(
+    "--html",
+    "html_path",
+    type=click.Path(dir_okay=False),
+    help="Also write a self-contained HTML page: summary, utilization and SRAM over time, critical path.",
+)
 @click.option("--debug", is_flag=True, hidden=True)
-def report(artifact, as_json, debug):
+def report(artifact, as_json, html_path, debug):
     """Show the schedule summary of ARTIFACT: cycles, latency, unit busy %, SRAM."""
     import lpuc
 
-    s = lpuc.load(artifact).summary
+    program = lpuc.load(artifact)
+    s = program.summary
+    if html_path:
+        from lpuc.report_html import write_report_html
+
+        write_report_html(program, html_path)
+        click.echo(f"wrote {html_path}", err=True)
     if as_json:
         click.echo(json.dumps(s, indent=2, sort_keys=True))
         return
@@ -201,10 +260,24 @@ def report(artifact, as_json, debug):
 
 
 @main.command()
-def targets():
-    """List the targets lpuc ships."""
-    from lpuc.target import available_targets, load_target
+@click.option(
+    "--check",
+    "check_file",
+    metavar="FILE",
+    type=click.Path(dir_okay=False),
+    help="Validate a target JSON file.",
+)
+def targets(check_file):
+    """List the targets lpuc ships, or validate a target file with --check FILE."""
+    from lpuc.target import available_targets, load_target, load_target_file
 
+    if check_file is not None:
+        t = load_target_file(check_file)  # a TargetError becomes `error: FILE: field ...`, exit 2
+        click.echo(
+            f"{check_file}: ok ({t.name}, {t.clock_mhz:g} MHz, {t.lanes} lanes, {t.num_slices} MEM slices "
+            f"({human_bytes(t.sram_bytes)}), {t.num_mxm} MXM, {t.num_sxm} SXM, sha256 {t.sha256[:12]})"
+        )
+        return
     for name in available_targets():
         t = load_target(name)
         click.echo(
@@ -236,22 +309,57 @@ def ops(as_json, unit):
     click.echo(f"{len(rows)} ops: " + ", ".join(f"{n} {u}" for u, n in counts.items() if n))
 
 
+@main.command()
+@click.argument("old")
+@click.argument("new")
+@click.option(
+    "--tolerance",
+    default="0",
+    show_default=True,
+    metavar="PCT",
+    help="Allowed worsening of each metric in percent of OLD: 1% or 1.",
+)
+@click.option(
+    "--format", "fmt", type=click.Choice(["text", "markdown", "json"]), default="text", show_default=True
+)
+@click.option("--debug", is_flag=True, hidden=True)
+def diff(old, new, tolerance, fmt, debug):
+    """Compare schedule summaries OLD -> NEW: .lpu artifacts, `report --json` files or directories of
+    them (matched by file name). Exit 1 when a metric got worse beyond --tolerance."""
+    from lpuc.diff import diff_paths, parse_tolerance, render
+
+    result = diff_paths(old, new, parse_tolerance(tolerance))
+    click.echo(render(result, fmt))
+    sys.exit(result.exit_code)
+
+
 # -- helpers --------------------------------------------------------------------------------------
-def _model_source(model: str, example_inputs: tuple[str, ...]):
+def _model_source(
+    model: str, example_inputs: tuple[str, ...], exporter: str, seq_len: int | None, batch: int | None
+) -> str | onnx.ModelProto:
+    """An .onnx path as given, or the ONNX exported from a PyTorch factory or Hugging Face directory."""
+    from lpuc.frontend.hf import export_hf_dir, is_hf_dir
+
+    if Path(model).is_dir():
+        if not is_hf_dir(model):
+            raise LpucError(f"{model}: a directory MODEL must be a Hugging Face model (no config.json)")
+        from lpuc.frontend.torch_export import example_tensors
+
+        examples = example_tensors(example_inputs) if example_inputs else None
+        return export_hf_dir(model, exporter, batch=batch, seq_len=seq_len, example_inputs=examples)
+    if seq_len is not None or batch is not None:
+        raise LpucError("--seq-len and --batch are only for Hugging Face model directories")
     if ":" in model and not Path(model).exists():
-        from lpuc.frontend.torch_export import factory_from_spec
+        from lpuc.frontend.torch_export import example_tensors, export_module, factory_from_spec
 
         module = factory_from_spec(model)
-        from lpuc.frontend.input_shapes import parse_dims
-
-        shapes = [parse_dims(s, "--example-input") for s in example_inputs]
-        import torch
-
-        gen = torch.Generator().manual_seed(0)
-        return module, tuple(torch.randn(*s, generator=gen) for s in shapes)
+        return export_module(module, example_tensors(example_inputs), exporter=exporter)
     if example_inputs:
-        raise LpucError("--example-input is only for PyTorch factories (MODEL given as pkg.module:function)")
-    return model, None
+        raise LpucError(
+            "--example-input is only for PyTorch factories (MODEL given as pkg.module:function) "
+            "and Hugging Face model directories"
+        )
+    return model
 
 
 def random_inputs(program, seed: int) -> dict[str, np.ndarray]:
@@ -270,31 +378,145 @@ def random_inputs(program, seed: int) -> dict[str, np.ndarray]:
     return feeds
 
 
-def check_against_onnxruntime(model_path, feeds, outputs, rtol: float, atol: float) -> None:
-    try:
-        import onnxruntime as ort
-    except ImportError:
-        raise LpucError("--check needs onnxruntime (pip install onnxruntime)") from None
-    session = ort.InferenceSession(str(model_path), providers=["CPUExecutionProvider"])
-    names = [o.name for o in session.get_outputs()]
-    wanted = {i.name for i in session.get_inputs()}
-    expected = dict(zip(names, session.run(None, {k: v for k, v in feeds.items() if k in wanted})))
+class OnnxReference:
+    """The --check model in onnxruntime, checked up front to match the program's inputs and outputs."""
+
+    def __init__(self, model_path: str, program=None):
+        from lpuc.frontend.loader import load_model
+
+        self.path = str(model_path)
+        self.model = _dims_as_dynamic(load_model(model_path))  # one-line errors: missing, not ONNX
+        self.session = self._session(self.model)
+        if program is not None:
+            self._match(program)
+
+    def _session(self, model):
+        try:
+            import onnxruntime as ort
+        except ImportError:
+            raise LpucError("--check needs onnxruntime (pip install onnxruntime)") from None
+        try:
+            return ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+        except Exception as e:  # noqa: BLE001 - onnxruntime raises its own exception types
+            raise LpucError(f"{self.path}: onnxruntime cannot load it ({_first_line(e)})") from None
+
+    def _match(self, program) -> None:
+        """Same input / output names, and shapes wherever the model's dims are fixed."""
+        for kind, ours, theirs in (
+            ("inputs", program.inputs, self.session.get_inputs()),
+            ("outputs", program.outputs, self.session.get_outputs()),
+        ):
+            names = sorted(b.name for b in ours)
+            if names != sorted(o.name for o in theirs):
+                raise LpucError(
+                    f"{self.path}: not the compiled model: its {kind} are "
+                    f"{', '.join(sorted(o.name for o in theirs))}, the program's are {', '.join(names)}"
+                )
+            shapes = {b.name: b.shape for b in ours}
+            for o in theirs:
+                shape = shapes[o.name]
+                dims = list(o.shape) if o.shape is not None else None
+                if shape is None or dims is None:
+                    continue
+                fixed = [d if isinstance(d, int) and d > 0 else None for d in dims]
+                if len(fixed) != len(shape) or any(f is not None and f != d for f, d in zip(fixed, shape)):
+                    raise LpucError(
+                        f"{self.path}: not the compiled model: {kind[:-1]} '{o.name}' has shape {dims}, "
+                        f"the program's is {list(shape)}"
+                    )
+
+    def run(self, feeds: dict[str, np.ndarray], names: list[str] | None = None) -> dict[str, np.ndarray]:
+        session = self.session if names is None else self._session(_with_outputs(self.model, names))
+        wanted = {i.name for i in session.get_inputs()}
+        try:
+            results = session.run(names, {k: v for k, v in feeds.items() if k in wanted})
+        except Exception as e:  # noqa: BLE001 - onnxruntime raises its own exception types
+            raise LpucError(
+                f"{self.path}: onnxruntime cannot run it on these inputs ({_first_line(e)})"
+            ) from None
+        return dict(zip(names or [o.name for o in session.get_outputs()], results))
+
+
+def _dims_as_dynamic(model):
+    """Input dims of 0 mark dynamic dims for some exporters (lpuc binds them): tell onnxruntime,
+    which reads -1 that way already but 0 as a fixed size."""
+    for vi in model.graph.input:
+        for axis, d in enumerate(vi.type.tensor_type.shape.dim):
+            if d.HasField("dim_value") and d.dim_value == 0:
+                d.dim_param = f"{vi.name}_dim{axis}"  # setting the oneof clears dim_value
+    return model
+
+
+def _with_outputs(model, names: list[str]):
+    """A copy of `model` that also returns the intermediate values `names` (type left to onnxruntime)."""
+    import onnx
+
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)
+    present = {o.name for o in copy.graph.output}
+    copy.graph.output.extend(onnx.ValueInfoProto(name=n) for n in names if n not in present)
+    return copy
+
+
+def compare(got: np.ndarray, ref: np.ndarray, rtol: float, atol: float) -> tuple[bool, str]:
+    """(within tolerance, error figures): max abs / rel error, cosine similarity, SQNR in dB."""
+    got = np.asarray(got, dtype=np.float64)
+    ref = np.asarray(ref, dtype=np.float64)
+    if got.shape != ref.shape:
+        if got.size != ref.size:
+            return False, f"shape {list(got.shape)}, onnxruntime's {list(ref.shape)}"
+        got = got.reshape(ref.shape)  # intermediates are captured as [rows, cols] views
+    err = np.abs(got - ref)
+    max_abs = float(err.max()) if err.size else 0.0
+    max_rel = float((err / np.maximum(np.abs(ref), np.finfo(np.float32).tiny)).max()) if err.size else 0.0
+    ok = bool(np.all(err <= atol + rtol * np.abs(ref)))
+    norms = float(np.linalg.norm(got)) * float(np.linalg.norm(ref))
+    cosine = float(np.dot(got.ravel(), ref.ravel()) / norms) if norms else float(np.array_equal(got, ref))
+    noise = float(np.sum(err**2))
+    sqnr = 10 * np.log10(float(np.sum(ref**2)) / noise) if noise else float("inf")
+    return ok, (
+        f"max abs err {max_abs:.3g}, max rel err {max_rel:.3g}, cosine {cosine:.6f}, SQNR {sqnr:.1f} dB"
+    )
+
+
+def check_against_onnxruntime(
+    model_path, feeds, outputs, rtol: float, atol: float, reference: OnnxReference | None = None
+) -> None:
+    reference = reference or OnnxReference(model_path)
     failed = []
-    for name, ref in expected.items():
-        got = np.asarray(outputs[name], dtype=np.float64)
-        ref = np.asarray(ref, dtype=np.float64)
-        err = np.abs(got - ref)
-        max_abs = float(err.max()) if err.size else 0.0
-        max_rel = float((err / np.maximum(np.abs(ref), np.finfo(np.float32).tiny)).max()) if err.size else 0.0
-        ok = bool(np.all(err <= atol + rtol * np.abs(ref)))
-        click.echo(
-            f"check {name}: max abs err {max_abs:.3g}, max rel err {max_rel:.3g} "
-            f"(rtol {rtol:g}, atol {atol:g}): {'ok' if ok else 'FAILED'}"
-        )
+    for name, ref in reference.run(feeds).items():
+        if name not in outputs:
+            raise LpucError(f"{model_path}: not the compiled model: the program has no output '{name}'")
+        ok, figures = compare(outputs[name], ref, rtol, atol)
+        click.echo(f"check {name}: {figures} (rtol {rtol:g}, atol {atol:g}): {'ok' if ok else 'FAILED'}")
         if not ok:
             failed.append(name)
     if failed:
         raise CheckFailed(f"outputs differ from onnxruntime beyond tolerance: {', '.join(failed)}")
+
+
+def check_intermediates(reference: OnnxReference, feeds, captured: dict[str, np.ndarray], rtol, atol) -> None:
+    """Compare every captured tensor the ONNX model also names; report the first diverging node."""
+    producers = [(n, o) for n in reference.model.graph.node for o in n.output if o in captured]
+    if not producers:
+        click.echo("check --all-tensors: no intermediate tensor of the model survives compilation")
+        return
+    expected = reference.run(feeds, [o for _, o in producers])
+    first, diverged = None, 0
+    for node, name in producers:  # ONNX nodes are stored in topological order
+        ok, figures = compare(captured[name], expected[name], rtol, atol)
+        if not ok:
+            diverged += 1
+            first = first or f"node '{node.name}' ({node.op_type}) output '{name}': {figures}"
+    click.echo(
+        f"check --all-tensors: {len(producers)} intermediate tensors compared, {diverged} beyond tolerance"
+        + (f"; first divergence at {first}" if first else "")
+    )
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return text[0] if text else type(e).__name__
 
 
 def _load_npz(path: str) -> dict[str, np.ndarray]:

@@ -17,6 +17,10 @@ class ModelError(LpucError):
     """The model file cannot be read, is not ONNX, or is not valid ONNX."""
 
 
+class TargetError(LpucError):
+    """A target description file is missing a field, has a wrong or out-of-range value, or is inconsistent."""
+
+
 class UnsupportedError(LpucError):
     """The model uses operators or features lpuc cannot compile."""
 

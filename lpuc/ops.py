@@ -24,6 +24,9 @@ from dataclasses import dataclass
 
 from lpuc.ir.graph import LPUC_DOMAIN, Graph, Node
 
+# Vector ALU ops of a VXM kernel, from (node, graph, input vectors, output vectors); see lpuc.cost.
+AluRule = Callable[[Node, Graph, int, int], int]
+
 
 @dataclass(frozen=True)
 class Placement:
@@ -32,21 +35,60 @@ class Placement:
     rowwise: bool = False  # output row slab depends only on the same input row slab (axis = last)
     via: str = ""  # rewritten by this pass before lowering
     cost: Callable[[Node, Graph], float] | None = None  # passes that depend on the node's attributes
+    # Vector ALU ops when they are not one per streamed vector (pooling, interpolation).
+    alu_ops: AluRule | None = None
 
     def passes_for(self, node: Node, graph: Graph) -> float:
         return self.cost(node, graph) if self.cost is not None else self.passes
 
 
-def _window_passes(node: Node, graph: Graph) -> float:
-    """Sliding-window ops: one pass per window tap (a 3x3 max pool reads each output's 9 inputs)."""
+def _window_alu_ops(node: Node, graph: Graph, in_vectors: int, out_vectors: int) -> int:
+    """Sliding-window pooling: each output vector combines one shifted input vector per window tap
+    (LpPool: a power and an add per tap)."""
     shape = node.attr("kernel_shape") or graph.values[node.inputs[0]].shape[2:]
-    return float(math.prod(shape))
+    per_tap = 2 if node.op == "LpPool" else 1
+    return int(math.prod(shape)) * per_tap * out_vectors
 
 
-def _vxm_conv_passes(node: Node, graph: Graph) -> float:
-    """A convolution left on the VXM (depthwise-like): a MAC per tap and input channel per group."""
+def _global_pool_alu_ops(node: Node, graph: Graph, in_vectors: int, out_vectors: int) -> int:
+    """Global pooling: every input vector is added into its channel's accumulator once, then each
+    output reduces its lanes in a log-depth tree."""
+    width = int(graph.values[node.inputs[0]].shape[-1])
+    per_tap = 2 if node.op == "GlobalLpPool" else 1
+    return per_tap * in_vectors + out_vectors * math.ceil(math.log2(max(2, width)))
+
+
+def _vxm_conv_alu_ops(node: Node, graph: Graph, in_vectors: int, out_vectors: int) -> int:
+    """A convolution left on the VXM (depthwise-like): a multiply and an add per tap and input
+    channel of its group, for every output vector."""
     w = graph.values[node.inputs[1]].shape
-    return float(math.prod(w[2:]) * w[1])
+    return 2 * int(math.prod(w[2:])) * int(w[1]) * out_vectors
+
+
+def _per_output(ops: Callable[[Node], int]) -> AluRule:
+    """A fixed number of ALU ops per output element (interpolating ops), over the output vectors."""
+    return lambda node, graph, in_vectors, out_vectors: ops(node) * out_vectors
+
+
+def _resize_ops(node: Node) -> int:
+    """Per output value: nearest copies; linear blends 2 taps per spatial axis, cubic 4 (a multiply and
+    an add per tap), plus the coordinate transform."""
+    mode = node.attr("mode", "nearest")
+    mode = mode.decode() if isinstance(mode, bytes) else mode
+    taps = {"nearest": 1, "linear": 2, "cubic": 4}.get(mode, 4)
+    return 1 if taps == 1 else 2 * taps**2 + 4
+
+
+def _grid_sample_ops(node: Node) -> int:
+    mode = node.attr("mode", "linear")
+    mode = mode.decode() if isinstance(mode, bytes) else mode
+    taps = {"nearest": 1, "linear": 4, "bilinear": 4, "cubic": 16, "bicubic": 16}.get(mode, 16)
+    return 2 * taps + 6  # 6: unnormalizing the grid coordinates
+
+
+def _roi_align_ops(node: Node) -> int:
+    ratio = int(node.attr("sampling_ratio", 0)) or 2  # adaptive ratio: assume 2x2 points per bin
+    return ratio * ratio * (2 * 4 + 4) + 1  # bilinear taps + coordinates per point, then the average
 
 
 # ALU ops per element (VXM has TanH, Exp, RSqrt natively; the rest are built from them).
@@ -125,6 +167,19 @@ ELEMENTWISE: dict[str, int] = {
 # Variadic elementwise ops (Sum, Max, ...) cost one ALU op per extra operand.
 VARIADIC = frozenset({"Sum", "Mean", "Max", "Min"})
 
+
+def expression_alu_ops(steps: list[dict]) -> int:
+    """ALU ops per element of a fused elementwise expression (steps as lpuc.passes.fuse_elementwise
+    records them)."""
+    total = 0
+    for s in steps:
+        ops = ELEMENTWISE.get(s["op"], 1)
+        if s["op"] in VARIADIC:
+            ops *= max(1, len(s["args"]) - 1)
+        total += ops
+    return max(1, total)
+
+
 _TABLE: dict[tuple[str, str], Placement] = {}
 
 
@@ -136,9 +191,10 @@ def _add(
     via: str = "",
     domain: str = "",
     cost: Callable[[Node, Graph], float] | None = None,
+    alu_ops: AluRule | None = None,
 ) -> None:
     for op in ops.split():
-        _TABLE[(domain, op)] = Placement(unit, passes, rowwise, via, cost)
+        _TABLE[(domain, op)] = Placement(unit, passes, rowwise, via, cost, alu_ops)
 
 
 for _op, _alu in ELEMENTWISE.items():
@@ -149,7 +205,7 @@ _add("VXM", "CastLike", passes=1, via="canonicalize_ops")
 _add("MXM", "MatMul")
 _add("MXM", "Gemm", via="lower_gemm")
 # Dense convolutions become Im2Col + MatMul (lower_conv); depthwise-like ones stay on the VXM.
-_add("VXM", "Conv", via="lower_conv", cost=_vxm_conv_passes)
+_add("VXM", "Conv", via="lower_conv", alu_ops=_vxm_conv_alu_ops)
 _add("MXM", "ConvTranspose", via="lower_conv")
 _add("MXM", "LSTM GRU RNN", via="decompose_rnn")
 _add("MXM", "Einsum", via="lower_einsum")
@@ -176,7 +232,8 @@ _add("VXM", "CumSum CumProd", passes=2)
 _add("VXM", "TopK", passes=8)
 _add("VXM", "BatchNormalization", passes=2, via="fold_batchnorm")
 _add("VXM", "InstanceNormalization GroupNormalization MeanVarianceNormalization LRN", passes=5)
-_add("VXM", "MaxPool AveragePool LpPool GlobalAveragePool GlobalMaxPool GlobalLpPool", cost=_window_passes)
+_add("VXM", "MaxPool AveragePool LpPool", alu_ops=_window_alu_ops)
+_add("VXM", "GlobalAveragePool GlobalMaxPool GlobalLpPool", alu_ops=_global_pool_alu_ops)
 _add("VXM", "NegativeLogLikelihoodLoss SoftmaxCrossEntropyLoss", passes=6)
 _add("VXM", "QuantizeLinear DequantizeLinear DynamicQuantizeLinear", passes=2)
 _add("VXM", "Trilu EyeLike", passes=1)
@@ -185,7 +242,13 @@ _add("VXM", "RotaryEmbedding", passes=3)
 # Data movement: SXM shifts/permutes/transposes and MEM gathers.
 _add("SXM", "Transpose Concat Split Slice Expand Tile Pad DepthToSpace SpaceToDepth ReverseSequence")
 _add("SXM", "Gather GatherElements GatherND Scatter ScatterElements ScatterND OneHot CenterCropPad")
-_add("SXM", "Resize Upsample GridSample AffineGrid RoiAlign MaxUnpool Col2Im")
+_add("SXM", "MaxUnpool")
+# Interpolating and accumulating "movement" ops do arithmetic: they run on the VXM, costed by it.
+_add("VXM", "Resize Upsample", alu_ops=_per_output(_resize_ops))
+_add("VXM", "GridSample", alu_ops=_per_output(_grid_sample_ops))
+_add("VXM", "RoiAlign", alu_ops=_per_output(_roi_align_ops))
+_add("VXM", "AffineGrid", alu_ops=_per_output(lambda node: 4))  # theta (2x3) times [x, y, 1]
+_add("VXM", "Col2Im", alu_ops=lambda node, graph, in_vectors, out_vectors: in_vectors + out_vectors)
 _add("SXM", "Im2Col ConvTransposeScatter", domain=LPUC_DOMAIN)
 
 _HOST_OPS = (

@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from lpuc.cost import Work
 from lpuc.dtypes import dtype_from_name, words_per_row
 from lpuc.target import Target
 
@@ -47,6 +48,7 @@ class Instruction:
     writes: tuple[Access, ...]
     node: str
     attrs: Mapping[str, Any] = field(default_factory=dict)
+    work: Work = field(default_factory=Work)  # what it does; lpuc.cost turns it into its duration
 
     @property
     def unit(self) -> str:
@@ -108,6 +110,8 @@ class Program:
     # Set once this object passed the validator. Not an __init__ field, so a changed copy made with
     # dataclasses.replace is checked again; the trust boundary is loading an artifact (always checked).
     validated: bool = field(default=False, init=False, compare=False, repr=False)
+    # The runtime's execution plan for this object (lpuc.runtime.plan), built on the first run.
+    plan: Any = field(default=None, init=False, compare=False, repr=False)
 
     @property
     def compile_seconds(self) -> float:
@@ -132,12 +136,16 @@ class Program:
         return encode_program(self)
 
     def run(
-        self, inputs: Mapping[str, np.ndarray], trace: str | os.PathLike | None = None
+        self,
+        inputs: Mapping[str, np.ndarray],
+        trace: str | os.PathLike | None = None,
+        interpret: bool = False,
     ) -> dict[str, np.ndarray]:
-        """Execute the instruction streams in the reference runtime; returns outputs by name."""
+        """Execute the instruction streams in the reference runtime; returns outputs by name.
+        interpret=True: the plain instruction-by-instruction interpreter (the execution plan's oracle)."""
         from lpuc.runtime import execute
 
-        return execute(self, inputs, trace=trace)
+        return execute(self, inputs, trace=trace, interpret=interpret)
 
     def validate(self) -> None:
         """Prove the program legal (raises ScheduleError); checked once per Program object."""

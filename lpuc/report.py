@@ -15,12 +15,18 @@ def human_bytes(nbytes: float) -> str:
 
 def summary_text(s: dict[str, Any]) -> str:
     bounds = s["lower_bound_cycles"]
+    binding = max((k for k in bounds if k != "overall"), key=lambda k: (bounds[k], k))
+    path = s["critical_path"]
     lines = [
         f"model      {s['model']}  ({s['compiler']})",
-        f"target     {s['target']}, precision {s['precision']}",
-        f"cycles     {s['cycles']}  = {s['latency_us']} us",
-        f"bound      {bounds['overall']} cycles ({s['bound_ratio']}x achieved/bound): "
+        f"target     {s['target']} ({s['clock_mhz']:g} MHz, sha256 {s['target_sha256'][:12]}), "
+        f"precision {s['precision']}",
+        f"cycles     {s['cycles']}  = {s['latency_us']} us on the chip, {s['end_to_end_us']} us end to end "
+        f"(model inputs and outputs over PCIe: {s['model_io_pcie_cycles']} cycles)",
+        f"bound      {s['bound_ratio']}x the hardware bound of {bounds['overall']} cycles ({binding}); "
         + ", ".join(f"{k} {v}" for k, v in bounds.items() if k != "overall"),
+        f"critical   {path['instructions']} instructions, {path['busy_cycles']} busy cycles; most: "
+        + ", ".join(f"{t['node']} ({t['opcode']}) {t['cycles']}" for t in path["top"]),
         f"SRAM       peak {human_bytes(s['sram_peak_bytes'])} live, "
         f"{human_bytes(s['sram_used_bytes'])} addressed, "
         f"{human_bytes(s['sram_const_bytes'])} constants, of {human_bytes(s['sram_capacity_bytes'])}",
@@ -28,6 +34,8 @@ def summary_text(s: dict[str, Any]) -> str:
         f"host ops {s['host_ops']}",
         "           " + ", ".join(f"{k} {v}" for k, v in s["instructions_by_opcode"].items()),
         "busy %     " + _units(s["units"]),
+        f"           MEM ports {s['mem_ports_busy_pct']}, streams east {s['streams_busy_pct']['east']} "
+        f"west {s['streams_busy_pct']['west']}",
     ]
     if s.get("host_nodes"):
         us = s["latency_us"] / max(1, s["cycles"])  # microseconds per cycle
@@ -35,6 +43,11 @@ def summary_text(s: dict[str, Any]) -> str:
             f"host       {s['host_ops']} ops, {s['host_cycles'] * us:.1f} us on the host "
             f"({s['host_pcie_cycles'] * us:.1f} us PCIe): " + ", ".join(s["host_nodes"])
         )
+        if s.get("host_estimated_nodes"):
+            lines.append(
+                "           sizes depend on data, costed at their compile-time maximum: "
+                + ", ".join(s["host_estimated_nodes"])
+            )
     return "\n".join(lines)
 
 

@@ -1,9 +1,9 @@
 """The graph pass pipeline: one literal, ordered list.
 
 Each pass is a function `(Graph, PassContext) -> Graph`. Instruments (IR verification, dumping the IR
-after each pass, timing) wrap the passes from outside; passes never print or check on their own.
-Environment switches: LPUC_VERIFY=0 skips the verifier, LPUC_PRINT_IR=1 prints the IR after each
-pass to stderr.
+after each pass as text and ONNX, timing, a progress bar) wrap the passes from outside; passes never
+print or check on their own. Environment switches: LPUC_VERIFY=0 skips the verifier, LPUC_PRINT_IR=1
+prints the IR after each pass to stderr.
 """
 
 from __future__ import annotations
@@ -15,8 +15,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from lpuc import progress
+from lpuc.fileio import atomic_write
 from lpuc.ir.graph import Graph
 from lpuc.ir.printer import print_graph
+from lpuc.ir.to_onnx import graph_to_onnx
 from lpuc.ir.verify import verify_graph
 from lpuc.passes.canonicalize_matmul import canonicalize_matmul
 from lpuc.passes.canonicalize_ops import canonicalize_ops
@@ -86,20 +89,25 @@ def run_pipeline(
         _dump(dump_dir, "00_import", graph)
     if verify:
         verify_graph(graph)
-    for index, p in enumerate(passes, start=1):
-        start = time.perf_counter()
-        graph = p.run(graph, ctx)
-        if timings is not None:
-            timings.seconds[p.name] = timings.seconds.get(p.name, 0.0) + time.perf_counter() - start
-        if verify:
-            verify_graph(graph)
-        if dump_dir is not None:
-            _dump(dump_dir, f"{index:02d}_{p.name}", graph)
-        if echo:
-            print(f"--- after {p.name}\n{print_graph(graph)}", file=sys.stderr)
+    with progress.stage("passes", total=len(passes)) as bar:
+        for index, p in enumerate(passes, start=1):
+            bar.label(p.name)
+            start = time.perf_counter()
+            graph = p.run(graph, ctx)
+            if timings is not None:
+                timings.seconds[p.name] = timings.seconds.get(p.name, 0.0) + time.perf_counter() - start
+            if verify:
+                verify_graph(graph)
+            if dump_dir is not None:
+                _dump(dump_dir, f"{index:02d}_{p.name}", graph)
+            if echo:
+                print(f"--- after {p.name}\n{print_graph(graph)}", file=sys.stderr)
+            bar.advance()
     return graph
 
 
 def _dump(directory: Path, stem: str, graph: Graph) -> None:
+    """The IR as text (for diffs) and as ONNX (for Netron; large constants left out)."""
     directory.mkdir(parents=True, exist_ok=True)
-    (directory / f"{stem}.graph.txt").write_text(print_graph(graph))
+    atomic_write(directory / f"{stem}.graph.txt", print_graph(graph))
+    atomic_write(directory / f"{stem}.onnx", graph_to_onnx(graph).SerializeToString())

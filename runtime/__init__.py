@@ -1,14 +1,20 @@
-"""The reference runtime: validate a program, then execute its instruction streams in cycle order.
+"""The reference runtime: validate a program, then execute its instructions in program order.
 
-Each instruction reads its windows at its start cycle and writes at its end; the validator proves
-that no two instructions touching the same data overlap in time, so executing them in start order
-with vectorized numpy gives exactly the values the chip's streams would produce.
+Instructions run in ascending id order, the program's sequential order: the validator proves the
+timed schedule (each instruction reads its windows at its start cycle and writes at its end, no two
+instructions touching the same data overlap) computes exactly the same values.
+
+Two executors share the instruction semantics of `lpuc.runtime.isa`: the execution plan
+(`lpuc.runtime.plan`, the default: built once per Program, then reused) and the plain
+instruction-by-instruction interpreter (`interpret=True`), kept as the plan's oracle.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+import threading
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 
 import numpy as np
 from threadpoolctl import ThreadpoolController
@@ -16,25 +22,74 @@ from threadpoolctl import ThreadpoolController
 from lpuc.program import Program
 from lpuc.runtime.isa import HANDLERS, decoded_attrs
 from lpuc.runtime.machine import Machine
+from lpuc.runtime.plan import Plan
 from lpuc.runtime.trace import write_trace
 
-_THREADPOOLS = ThreadpoolController()  # finding the BLAS libraries once, not per run
+_BLAS = ThreadpoolController().select(user_api="blas").lib_controllers  # found once, not per run
 
 
 def execute(
-    program: Program, inputs: Mapping[str, np.ndarray], trace: str | os.PathLike | None = None
+    program: Program,
+    inputs: Mapping[str, np.ndarray],
+    trace: str | os.PathLike | None = None,
+    interpret: bool = False,
 ) -> dict[str, np.ndarray]:
     program.validate()  # a no-op for programs the compiler or the loader already proved legal
+    # Instructions are tile-sized: a multi-threaded BLAS only adds wake-up latency (and collapses
+    # entirely on a loaded machine), so each runs on one thread. Both executors must use the same
+    # count: it changes how a GEMM splits its sums, and so the last bits of the result.
+    with _one_blas_thread(), np.errstate(all="ignore"):
+        outputs = _interpret(program, inputs) if interpret else _plan(program).run(inputs)
+    if trace is not None:
+        write_trace(program, trace)
+    return outputs
+
+
+_BLAS_LOCK = threading.Lock()
+_BLAS_USERS = 0  # runs in progress: the first sets one thread, the last restores the count
+_BLAS_BEFORE: list[int | None] = []
+
+
+def _set_blas_threads(counts: list[int | None]) -> None:
+    for lib, n in zip(_BLAS, counts):
+        if n is not None:
+            # threadpoolctl's public setter ignores all but the first thread that used it; the
+            # count here is kept consistent across threads by the lock, so set it directly.
+            getattr(lib, "_real_set_num_threads", lib.set_num_threads)(n)
+
+
+@contextmanager
+def _one_blas_thread() -> Iterator[None]:
+    """BLAS on one thread while any run is in progress (thread count changes a GEMM's rounding,
+    so concurrent runs must not restore it under each other). threadpoolctl's limit() re-inspects
+    every library on each entry (~0.1 ms); this only sets the count."""
+    global _BLAS_USERS, _BLAS_BEFORE
+    with _BLAS_LOCK:
+        if _BLAS_USERS == 0:
+            _BLAS_BEFORE = [lib.get_num_threads() for lib in _BLAS]
+            _set_blas_threads([1] * len(_BLAS))
+        _BLAS_USERS += 1
+    try:
+        yield
+    finally:
+        with _BLAS_LOCK:
+            _BLAS_USERS -= 1
+            if _BLAS_USERS == 0:
+                _set_blas_threads(_BLAS_BEFORE)
+
+
+def _plan(program: Program) -> Plan:
+    if program.plan is None:
+        program.plan = Plan(program)
+    return program.plan
+
+
+def _interpret(program: Program, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
     machine = Machine(program)
     machine.bind_inputs(dict(inputs))
     cache: dict[int, dict] = {}
-    # Instructions are tile-sized: a multi-threaded BLAS only adds wake-up latency (and collapses
-    # entirely on a loaded machine), so each runs on one thread.
-    with _THREADPOOLS.limit(limits=1, user_api="blas"):
-        for ins in sorted(program.instructions, key=lambda i: (i.start, i.id)):
-            HANDLERS[ins.opcode](machine, ins, decoded_attrs(ins, cache))
-    if trace is not None:
-        write_trace(program, trace)
+    for ins in sorted(program.instructions, key=lambda i: i.id):
+        HANDLERS[ins.opcode](machine, ins, decoded_attrs(ins, cache))
     return machine.outputs()
 
 

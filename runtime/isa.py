@@ -17,6 +17,7 @@ from collections.abc import Callable
 import numpy as np
 
 from lpuc.dtypes import dtype_from_name
+from lpuc.errors import LpucError
 from lpuc.jsonable import from_json
 from lpuc.kernels import KernelContext, run_kernel
 from lpuc.program import Instruction
@@ -84,8 +85,12 @@ def _kernel(m: Machine, ins: Instruction, attrs: dict) -> None:
         attrs["domain"],
         attrs["opsets"],
     )
-    with np.errstate(all="ignore"):
-        results = run_kernel(ctx, inputs)
+    try:
+        with np.errstate(all="ignore"):
+            results = run_kernel(ctx, inputs)
+    except LpucError as e:  # bad data (e.g. an index out of range): name the node
+        e.args = (f"node '{ins.node}' ({attrs['kernel']}): {e}",)
+        raise
     for desc, value in zip(attrs["outputs"], results):
         if desc is None:
             continue

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -71,6 +72,11 @@ class Machine:
 
     # -- I/O ------------------------------------------------------------------------------------
     def bind_inputs(self, inputs: dict[str, np.ndarray]) -> None:
+        for b, value in self.coerced_inputs(inputs):
+            self.store_tensor(value, list(b.tiles))
+
+    def coerced_inputs(self, inputs: Mapping[str, np.ndarray]) -> list[tuple[Binding, np.ndarray]]:
+        """Each program input's binding and value, checked and converted (raises LpucError)."""
         expected = {b.name: b for b in self.program.inputs}
         missing = sorted(set(expected) - set(inputs))
         extra = sorted(set(inputs) - set(expected))
@@ -79,8 +85,7 @@ class Machine:
                 f"inputs do not match the program: missing {missing or 'none'}, unexpected {extra or 'none'} "
                 f"(program inputs: {', '.join(expected)})"
             )
-        for name, b in expected.items():
-            self.store_tensor(_coerce(name, inputs[name], b), list(b.tiles))
+        return [(b, _coerce(name, inputs[name], b)) for name, b in expected.items()]
 
     def outputs(self) -> dict[str, np.ndarray]:
         out = {}
@@ -99,8 +104,7 @@ def _coerce(name: str, value, b: Binding) -> np.ndarray:
         raise LpucError(
             f"input '{name}' has shape {tuple(arr.shape)}, the program was compiled for {tuple(b.shape)}"
         )
+    # No silent casts: onnxruntime refuses an input of another dtype, and so do we.
     if arr.dtype != dtype:
-        if not np.can_cast(arr.dtype, dtype, casting="same_kind"):
-            raise LpucError(f"input '{name}' has dtype {arr.dtype}, the program expects {b.dtype}")
-        arr = arr.astype(dtype)
+        raise LpucError(f"input '{name}' has dtype {arr.dtype}, the program expects {b.dtype}")
     return arr

@@ -21,12 +21,15 @@ class Sram:
         block = self.words[a.slice, a.addr : a.addr + a.nrows * wpr]
         return block.reshape(a.nrows, wpr * self.words.shape[2]).view(dtype)
 
+    def view(self, a: Access, dtype: np.dtype) -> np.ndarray:
+        """The window itself, [nrows, nlanes]: a live view (writes through it change SRAM)."""
+        return self._rows(a, dtype)[:, a.lane0 : a.lane0 + a.nlanes]
+
     def read(self, a: Access, dtype: np.dtype) -> np.ndarray:
         """The window's values, [nrows, nlanes] (a copy: later writes never change it)."""
-        return self._rows(a, dtype)[:, a.lane0 : a.lane0 + a.nlanes].copy()
+        return self.view(a, dtype).copy()
 
     def write(self, a: Access, dtype: np.dtype, values: np.ndarray) -> None:
-        rows = self._rows(a, dtype)
-        rows[:, a.lane0 : a.lane0 + a.nlanes] = np.broadcast_to(
+        self.view(a, dtype)[...] = np.broadcast_to(
             np.asarray(values).astype(dtype, copy=False), (a.nrows, a.nlanes)
         )

@@ -8,6 +8,7 @@ and tid so that strict consumers accept it. Open the file at https://ui.perfetto
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -22,7 +23,7 @@ PID = 1
 def trace_events(program: Program) -> list[dict]:
     target = program.target
     us = 1.0 / target.clock_mhz
-    used = {u for ins in program.instructions for u in ins.units}
+    used = {u for ins in program.instructions for u in ins.units if _is_track(u)}
     tids = {u: k + 1 for k, u in enumerate(u for u in target.units() if u in used)}
     events: list[dict] = [
         {
@@ -59,7 +60,10 @@ def trace_events(program: Program) -> list[dict]:
             }
         )
     for ins in sorted(program.instructions, key=lambda i: (i.start, i.id)):
-        for unit in ins.units:
+        ports = sum(u.startswith("MEM") for u in ins.units)
+        streams = sum(not _is_track(u) for u in ins.units) - ports
+        work = {k: v for k, v in dataclasses.asdict(ins.work).items() if v}
+        for unit in filter(_is_track, ins.units):
             events.append(
                 {
                     "ph": "X",
@@ -75,12 +79,19 @@ def trace_events(program: Program) -> list[dict]:
                         "cycles": ins.duration,
                         "reads": len(ins.reads),
                         "writes": len(ins.writes),
-                        **({"pcie_cycles": ins.attrs["pcie_cycles"]} if "pcie_cycles" in ins.attrs else {}),
+                        "mem_ports": ports,
+                        "streams": streams,
+                        **work,
                     },
                 }
             )
     events += _sram_counter(program, us)
     return events
+
+
+def _is_track(unit: str) -> bool:
+    """Functional units get a track; MEM ports and stream ids are listed in each event's args."""
+    return not unit.startswith(("MEM", "SE", "SW"))
 
 
 def _unit_class(unit: str) -> str:

@@ -15,6 +15,7 @@ from lpuc.backends.lpu import FORMAT_VERSION, decode_program, encode_program
 from lpuc.cli import main
 from lpuc.errors import ArtifactError
 from tests.models import random_feeds
+from tests.mutate import legally_changed
 
 
 @pytest.fixture(scope="module")
@@ -84,6 +85,7 @@ def test_runtime_really_executes_the_streams(mlp_program, mlp_onnx):
     k, first = next((k, w) for k, w in lws if (w.nrows, w.nlanes) == (64, 128))  # W1: [64, 128]
     second = next(w for _, w in lws if (w.nrows, w.nlanes) == (128, 128))  # W2: [128, 128]
     swapped = dataclasses.replace(second, nrows=first.nrows)  # W2's first 64 rows: same shape as W1
-    after = decode_program(_reencode(mlp_program, k, reads=(swapped,))).run(feeds)["y"]
+    changed = legally_changed(mlp_program, k, reads=(swapped,))
+    after = decode_program(encode_program(changed)).run(feeds)["y"]
     assert after.shape == before.shape
     assert not np.allclose(before, after)

@@ -189,7 +189,7 @@ def test_unexportable_op_is_one_line(exporter, capfd):
     [
         (None, "needs example inputs"),
         ((), "needs example inputs"),
-        ({"x": torch.zeros(4, 16)}, "must be a tensor or a tuple of tensors (got dict)"),
+        ({"x": 3}, "must be a tensor or a tuple of tensors, or a dict name -> tensor (got dict)"),
         ((torch.zeros(4, 16), 3), "must be a tensor or a tuple of tensors"),
     ],
 )

@@ -59,15 +59,16 @@ def test_rejects_double_booked_unit(program):
 
 
 def test_rejects_read_before_write_completes(program):
-    writer_of = {a.buf: ins for ins in program.instructions for a in ins.writes}
-    k, ins = next(
-        (k, i)
+    k, ins, producer = next(
+        (k, i, w)
         for k, i in enumerate(program.instructions)
-        if any(program.tiles[a.buf].kind == "temp" for a in i.reads)
+        for a in i.reads
+        if program.tiles[a.buf].kind == "temp"
+        for w in program.instructions
+        if w.id < i.id and any(x.buf == a.buf for x in w.writes)
     )
-    producer = writer_of[next(a.buf for a in ins.reads if program.tiles[a.buf].kind == "temp")]
     problems = _problems(_with_instruction(program, k, start=producer.end - 1))
-    assert any("before any write" in p or "while instruction" in p for p in problems), problems
+    assert any("comes before it" in p for p in problems), problems
 
 
 def test_rejects_overlapping_sram_slots(program):

@@ -13,17 +13,19 @@ from collections.abc import Mapping
 
 import numpy as np
 import onnx
-from onnx import numpy_helper, shape_inference
+from onnx import TensorProto, numpy_helper, shape_inference
 
-from lpuc.errors import ShapeError, UnsupportedError
+from lpuc.errors import ModelError, ShapeError, UnsupportedError
 from lpuc.frontend.attributes import node_attributes
 from lpuc.frontend.input_shapes import bind_input_shapes
+from lpuc.frontend.limits import check_before_folding, check_value_size
 from lpuc.frontend.loader import canonicalize_opset
 from lpuc.ir.graph import Graph, Node, Value, constant_value
 from lpuc.kernels import KernelContext, get_kernel, run_kernel
 from lpuc.kernels.registry import CAPTURES_ATTR, canonical_domain
 from lpuc.ops import DATA_DEPENDENT_SHAPES, SHAPE_OPERANDS, placement
 from lpuc.passes.fold_constants import try_fold
+from lpuc.target import Target
 
 # Constant operands larger than this are not handed to onnx's inference (it only needs shapes).
 _INFERENCE_DATA_LIMIT = 1 << 16
@@ -35,6 +37,7 @@ def import_model(
     input_shapes: Mapping[str, tuple[int, ...]] | None = None,
     const_inputs: Mapping[str, np.ndarray] | None = None,
     strict_input_shapes: bool = True,
+    target: Target | None = None,
 ) -> Graph:
     """Build the Graph IR of `model` with every dynamic dim bound and constants folded.
 
@@ -53,11 +56,12 @@ def import_model(
 
     values: dict[str, Value] = {}
     for init in model.graph.initializer:
-        values[init.name] = constant_value(init.name, numpy_helper.to_array(init))
+        values[init.name] = constant_value(init.name, _decoded(numpy_helper.to_array, init, init.name, where))
     for sp in model.graph.sparse_initializer:
         from lpuc.frontend.attributes import _sparse_to_dense
 
-        values[sp.values.name] = constant_value(sp.values.name, _sparse_to_dense(sp))
+        dense = _decoded(_sparse_to_dense, sp, sp.values.name, where)
+        values[sp.values.name] = constant_value(sp.values.name, dense)
     inputs: list[str] = []
     for vi in model.graph.input:
         if vi.name in values:
@@ -66,12 +70,17 @@ def import_model(
             values[vi.name] = constant_value(vi.name, np.asarray(const_inputs[vi.name]))
             continue
         values[vi.name] = _value_from_type(vi.name, vi.type, where, f"input '{vi.name}'")
+        check_value_size(values[vi.name], where, f"input '{vi.name}'", target)
         inputs.append(vi.name)
 
     nodes: list[Node] = []
     for index, proto in enumerate(model.graph.node):
         domain = canonical_domain(proto.domain)
-        attrs = node_attributes(proto)
+        try:
+            attrs = node_attributes(proto)
+        except (ValueError, KeyError, TypeError) as e:  # a tensor attribute whose data is corrupt
+            name = proto.name or f"{proto.op_type}_{index}"
+            raise ModelError(f"{where}: node '{name}' ({proto.op_type}): bad attribute ({e})") from None
         captures = [n for n in captured_names(proto) if n in values]
         if captures:
             attrs[CAPTURES_ATTR] = captures
@@ -84,13 +93,22 @@ def import_model(
             domain=domain,
             opset=opsets.get(domain, 0),
         )
-        folded = try_fold(node, values, opsets)
+        _check_input_types(proto, node, values, where)
+        check_before_folding(node, values, where, target)
+        try:
+            folded = try_fold(node, values, opsets)
+        except MemoryError:
+            raise ShapeError(
+                f"{where}: node '{node.name}' ({node.op}): output too large to evaluate"
+            ) from None
         if folded is not None:
             for name, array in zip(node.outputs, folded):
                 if name:
                     values[name] = constant_value(name, array)
+                    check_value_size(values[name], where, _what(name, node), target)
             continue
         for name, value in _infer_outputs(proto, node, values, inferred, opsets, where).items():
+            check_value_size(value, where, _what(name, node), target)
             values[name] = value
         nodes.append(node)
 
@@ -100,6 +118,50 @@ def import_model(
             raise ShapeError(f"{where}: graph output '{o}' is not produced by any node")
     graph = Graph(model.graph.name or "model", nodes, values, inputs, outputs, opsets)
     return graph.prune_values()
+
+
+def _check_input_types(proto: onnx.NodeProto, node: Node, values: Mapping[str, Value], where: str) -> None:
+    """Refuse inputs of a type the op's schema does not allow (onnxruntime refuses those too)."""
+    try:
+        schema = onnx.defs.get_schema(node.op, node.opset, node.domain)
+    except onnx.defs.SchemaError:
+        return  # no schema (lpuc or custom domains): the kernel decides
+    formals = list(schema.inputs)
+    allowed = {c.type_param_str: set(c.allowed_type_strs) for c in schema.type_constraints}
+    for k, name in enumerate(proto.input):
+        if not name or name not in values or not formals:
+            continue
+        formal = formals[min(k, len(formals) - 1)]  # a variadic last formal covers the rest
+        if k >= len(formals) and formal.option != onnx.defs.OpSchema.FormalParameterOption.Variadic:
+            continue
+        types = allowed.get(formal.type_str, {formal.type_str})
+        dtype = values[name].dtype
+        try:
+            got = (
+                "tensor("
+                + TensorProto.DataType.Name(onnx.helper.np_dtype_to_tensor_dtype(dtype)).lower()
+                + ")"
+            )
+        except (KeyError, ValueError, TypeError):
+            continue
+        if got not in types and not any(t.startswith(("seq", "optional", "map")) for t in types):
+            names = ", ".join(sorted(t[7:-1] for t in types if t.startswith("tensor(")))
+            raise UnsupportedError(
+                f"{where}: node '{node.name}' ({node.op}): input {k} '{name}' is {got[7:-1]}; "
+                f"opset {node.opset} {node.op} takes {names}"
+            )
+
+
+def _decoded(decode, proto, name: str, where: str) -> np.ndarray:
+    """A stored tensor's data; dims, dtype and data that disagree are the model's fault."""
+    try:
+        return decode(proto)
+    except (ValueError, KeyError, TypeError) as e:
+        raise ModelError(f"{where}: initializer '{name}' is corrupt ({type(e).__name__}: {e})") from None
+
+
+def _what(name: str, node: Node) -> str:
+    return f"output '{name}' of {node.op} node '{node.name}'"
 
 
 def captured_names(node: onnx.NodeProto) -> list[str]:
@@ -155,7 +217,12 @@ def _infer_outputs(
         _types_by_evaluation(node, values, opsets) if placement(node.op, node.domain).unit == "HOST" else None
     )
     types = {} if evaluated else _single_node_types(proto, node, values, opsets)
+    # onnx's node inference refused these operands: whole-model types (e.g. declared output
+    # shapes) are not evidence then, the kernel is asked instead.
+    doubtful = types is None and placement(node.op, node.domain).unit != "HOST"
+    types = types or {}
     out: dict[str, Value] = {}
+    errors: list[str] = []
     reads_dynamic = any(n and values[n].is_dynamic for n in node.inputs)
     for name in node.outputs:
         if not name:
@@ -164,12 +231,20 @@ def _infer_outputs(
         # Whole-model inference may have assumed values for dynamic inputs: not trusted then.
         t = types.get(name) or (None if reads_dynamic else inferred.get(name))
         value = (evaluated or {}).get(name)
-        if value is None and t is not None and _is_static(t):
+        if value is None and doubtful:
+            if evaluated is None:
+                evaluated = _types_by_evaluation(node, values, opsets, errors)
+            value = evaluated.get(name)
+        if value is None and t is not None and _is_static(t) and not errors:
             value = _value_from_type(name, t, where, what)
         if value is None:
             if evaluated is None:
-                evaluated = _types_by_evaluation(node, values, opsets)
+                evaluated = _types_by_evaluation(node, values, opsets, errors)
             value = evaluated.get(name)
+        if value is None and errors and placement(node.op, node.domain).unit != "HOST":
+            # The kernel refused operands of these shapes and attributes: an invalid node, which
+            # would otherwise fail only when the program runs.
+            raise ShapeError(f"{where}: node '{node.name}' ({node.op}): {errors[0]}")
         if value is None:
             # A shape that depends on data: the value lives on the host, where its producer and
             # every consumer then run (lowering checks this).
@@ -194,12 +269,12 @@ def _is_static(t: onnx.TypeProto) -> bool:
     return (
         t.HasField("tensor_type")
         and tt.HasField("shape")
-        and all(d.HasField("dim_value") for d in tt.shape.dim)
+        and all(d.HasField("dim_value") and d.dim_value >= 0 for d in tt.shape.dim)
     )
 
 
 def _types_by_evaluation(
-    node: Node, values: Mapping[str, Value], opsets: Mapping[str, int]
+    node: Node, values: Mapping[str, Value], opsets: Mapping[str, int], errors: list[str] | None = None
 ) -> dict[str, Value]:
     """Output types found by running the kernel on placeholder inputs of the right shapes.
 
@@ -227,14 +302,16 @@ def _types_by_evaluation(
     try:
         with np.errstate(all="ignore"):
             results = run_kernel(ctx, args)
-    except Exception:  # noqa: BLE001 - a placeholder may be invalid data for the op: no type then
+    except Exception as e:  # noqa: BLE001 - a placeholder may be invalid data for the op: no type then
+        if errors is not None:
+            errors.append(str(e).splitlines()[0][:200] if str(e) else type(e).__name__)
         return {}
     return {n: Value(n, tuple(int(d) for d in r.shape), r.dtype) for n, r in zip(node.outputs, results) if n}
 
 
 def _single_node_types(
     proto: onnx.NodeProto, node: Node, values: Mapping[str, Value], opsets: Mapping[str, int]
-) -> dict[str, onnx.TypeProto]:
+) -> dict[str, onnx.TypeProto] | None:
     try:
         schema = onnx.defs.get_schema(node.op, opsets.get(node.domain, 1), node.domain)
     except onnx.defs.SchemaError:
@@ -252,8 +329,8 @@ def _single_node_types(
             input_data[name] = numpy_helper.from_array(np.ascontiguousarray(v.const), name)
     try:
         return dict(shape_inference.infer_node_outputs(schema, proto, input_types, input_data))
-    except Exception:  # noqa: BLE001 - fall back to whole-model inference
-        return {}
+    except Exception:  # noqa: BLE001 - None: refused (the caller falls back to other evidence)
+        return None
 
 
 def _value_from_type(name: str, t: onnx.TypeProto, where: str, what: str) -> Value:
@@ -266,6 +343,6 @@ def _value_from_type(name: str, t: onnx.TypeProto, where: str, what: str) -> Val
         raise UnsupportedError(f"{where}: {what} has unsupported element type {tt.elem_type}") from None
     if dtype.kind == "O":
         raise UnsupportedError(f"{where}: {what} is a string tensor; strings are not supported")
-    if not tt.HasField("shape") or any(not d.HasField("dim_value") for d in tt.shape.dim):
+    if not tt.HasField("shape") or any(not d.HasField("dim_value") or d.dim_value < 0 for d in tt.shape.dim):
         raise ShapeError(f"{where}: cannot infer a static shape for {what}")
     return Value(name, tuple(int(d.dim_value) for d in tt.shape.dim), dtype)

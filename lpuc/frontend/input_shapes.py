@@ -56,15 +56,21 @@ def bind_input_shapes(
             _apply(vi, shapes[vi.name], where, strict)
             continue
         for axis, d in enumerate(dims):
-            if not d.HasField("dim_value"):
-                label = f" ('{d.dim_param}')" if d.dim_param else ""
+            if is_dynamic_dim(d):
+                label = f" ('{d.dim_param}')" if d.dim_param else f" ({d.dim_value})" if d.dim_value else ""
                 raise ShapeError(
                     f"{where}: input '{vi.name}' dim {axis}{label} is dynamic; bind it with "
-                    f"--input-shape {vi.name}=" + "x".join(str(x.dim_value or 1) for x in dims)
+                    f"--input-shape {vi.name}=" + "x".join(str(max(x.dim_value, 1)) for x in dims)
                 )
         if not vi.type.tensor_type.HasField("shape"):
             raise ShapeError(f"{where}: input '{vi.name}' has unknown rank; bind it with --input-shape")
     return bound
+
+
+def is_dynamic_dim(d: onnx.TensorShapeProto.Dimension) -> bool:
+    """A symbolic or missing dim, or -1 / 0: exporters (Paddle, some others) write those for
+    dynamic dims and onnxruntime accepts any size there, so we ask for a binding too."""
+    return not d.HasField("dim_value") or d.dim_value <= 0
 
 
 def _apply(vi: onnx.ValueInfoProto, shape: tuple[int, ...], where: str, strict: bool) -> None:
@@ -73,7 +79,7 @@ def _apply(vi: onnx.ValueInfoProto, shape: tuple[int, ...], where: str, strict: 
     if old is not None and len(old) != len(shape):
         raise ShapeError(f"{where}: input '{vi.name}' has rank {len(old)}, --input-shape gives {len(shape)}")
     for axis, (d, size) in enumerate(zip(old or [], shape)):
-        if d.HasField("dim_value") and d.dim_value != size:
+        if not is_dynamic_dim(d) and d.dim_value != size:
             raise ShapeError(
                 f"{where}: input '{vi.name}' dim {axis} is fixed at {d.dim_value}, --input-shape gives {size}"
             )

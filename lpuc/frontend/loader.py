@@ -22,6 +22,8 @@ def load_model(source: str | os.PathLike | onnx.ModelProto) -> onnx.ModelProto:
     else:
         path = Path(source)
         where = str(path)
+        if path.is_dir():
+            raise ModelError(f"{where}: is a directory, not an ONNX model file")
         if not path.is_file():
             raise ModelError(f"{where}: no such file")
         try:
@@ -37,7 +39,7 @@ def load_model(source: str | os.PathLike | onnx.ModelProto) -> onnx.ModelProto:
     _check_opsets(model, where)
     try:
         onnx.checker.check_model(model)
-    except onnx.checker.ValidationError as e:
+    except (onnx.checker.ValidationError, UnicodeDecodeError) as e:  # bad bytes in a name: not UTF-8
         raise ModelError(f"{where}: invalid ONNX model ({_first_line(e)})") from None
     if model.functions:
         model = onnx.inliner.inline_local_functions(model)

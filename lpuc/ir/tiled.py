@@ -6,7 +6,8 @@ Layout. Every tensor is seen as a 2-D row-major view [rows, cols] with cols = it
 words. A tile is the unit of SRAM allocation: it lives in one slice at one address range.
 
 Tile ops name an opcode the runtime executes (see runtime/isa.py), the unit class that executes it,
-the tile windows (`Ref`) it reads and writes, and its cost inputs (vectors streamed, ALUs held).
+the tile windows (`Ref`) it reads and writes, and the work it does (`lpuc.cost.Work`), which the cost
+model alone turns into cycles.
 Ops are listed in a valid sequential order; the scheduler derives dependencies from their
 overlapping windows.
 """
@@ -18,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from lpuc.cost import Work
 from lpuc.dtypes import words_per_row
 
 
@@ -104,12 +106,9 @@ class TileOp:
     reads: tuple[Ref, ...]
     writes: tuple[Ref, ...]
     node: str  # source node name (for traces and reports)
-    stream: int  # vectors the unit streams (or, for HOST, its cycles before transport)
+    work: Work
     attrs: dict[str, Any] = field(default_factory=dict)
-    alus: int = 1  # VXM ALUs held for the whole op
     group: int = -1  # MXM weight group: an LW and the MMs that use its weights
-    macs: int = 0  # multiply-accumulates (for the MXM lower bound)
-    elem_ops: int = 0  # element operations (for the VXM lower bound)
 
 
 @dataclass

@@ -14,8 +14,15 @@ import ml_dtypes
 import numpy as np
 from onnx import TensorProto, helper
 
+from lpuc.errors import LpucError
+
 if TYPE_CHECKING:
     from lpuc.kernels.registry import KernelContext, KernelFn
+
+
+class IndexRangeError(LpucError, ValueError):
+    """An index input out of range: bad data, not an lpuc bug (a ValueError too, so constant
+    folding reports it like any other invalid operand)."""
 
 
 def normalize_axis(axis: int, rank: int) -> int:
@@ -73,7 +80,8 @@ def integer_range(dtype: np.dtype) -> tuple[int, int] | None:
 
 def is_low_precision_float(dtype: np.dtype) -> bool:
     """float16 / bfloat16: compute in float32 and cast back to keep numpy's ufuncs exact enough."""
-    return np.dtype(dtype).kind == "f" and np.dtype(dtype).itemsize < 4 or np.dtype(dtype).name == "bfloat16"
+    dtype = np.dtype(dtype)  # once: dtype.name is slow, and this runs per elementwise kernel call
+    return dtype.kind == "f" and dtype.itemsize < 4 or dtype == ml_dtypes.bfloat16
 
 
 def compute_dtype(dtype: np.dtype) -> np.dtype:

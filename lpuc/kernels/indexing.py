@@ -7,7 +7,7 @@ import math
 
 import numpy as np
 
-from lpuc.kernels._common import compute_dtype, int_scalar, normalize_axis
+from lpuc.kernels._common import IndexRangeError, compute_dtype, int_scalar, normalize_axis
 from lpuc.kernels.registry import KernelContext, kernel
 
 ML_DOMAIN = "ai.onnx.ml"
@@ -17,7 +17,8 @@ def checked_indices(op: str, indices: np.ndarray, dim: int) -> np.ndarray:
     """Indices into a dimension of size `dim` with negatives wrapped; out-of-range ones are an error."""
     indices = np.asarray(indices).astype(np.int64)
     if indices.size and (indices.min() < -dim or indices.max() >= dim):
-        raise ValueError(f"{op}: index out of range [{-dim}, {dim - 1}]")
+        bad = int(indices.min()) if indices.min() < -dim else int(indices.max())
+        raise IndexRangeError(f"{op}: index {bad} out of range [{-dim}, {dim - 1}]")
     return np.where(indices < 0, indices + dim, indices)
 
 

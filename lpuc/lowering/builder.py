@@ -7,7 +7,8 @@ from collections.abc import Iterable
 
 import numpy as np
 
-from lpuc.dtypes import dtype_name
+from lpuc.cost import Work
+from lpuc.dtypes import dtype_name, words_per_row
 from lpuc.ir.graph import Graph
 from lpuc.ir.tiled import Buffer, Ref, TensorTiles, TiledProgram, TileOp
 from lpuc.target import Target
@@ -41,13 +42,17 @@ class TiledBuilder:
         self.target = target
         self.precision = precision
         self.lanes = target.lanes
-        self.block_rows = target.lanes  # square tiles keep MXM operands aligned with other tensors
+        # Square tiles keep MXM operands aligned with other tensors; a tile of the widest dtype (8 bytes
+        # per lane) must also fit in one slice.
+        self.block_rows = min(target.lanes, target.addresses_per_slice // words_per_row(np.dtype(np.int64)))
         self.buffers: list[Buffer] = []
         self.tensors: dict[str, TensorTiles] = {}
         self.ops: list[TileOp] = []
         self.const_data: dict[str, np.ndarray] = {}
         self._stored_consts: dict[tuple[str, str], TensorTiles] = {}
         self._groups = 0
+        # Compile-time maximum size of each data-dependent (host-resident) tensor, for host costs.
+        self.max_bytes: dict[str, int] = {}
 
     # -- tensors --------------------------------------------------------------------------------
     def tensor(self, name: str) -> TensorTiles:
@@ -144,12 +149,10 @@ class TiledBuilder:
         reads: Iterable[Ref],
         writes: Iterable[Ref],
         node: str,
-        stream: int,
+        work: Work,
         **fields,
     ) -> TileOp:
-        op = TileOp(
-            len(self.ops), opcode, unit_class, tuple(reads), tuple(writes), node, int(stream), **fields
-        )
+        op = TileOp(len(self.ops), opcode, unit_class, tuple(reads), tuple(writes), node, work, **fields)
         self.ops.append(op)
         return op
 

@@ -1,8 +1,8 @@
 """Elementwise ops and fused expressions -> one VXM map per output tile.
 
 Each operand is read as the matching tile, one broadcast row, or one scalar (legalize_broadcast
-guarantees one of these). The expression's ALU ops run as a pipeline over chained ALUs, so a map
-holds as many ALUs as its expression has ops (wrapping around when it has more than the VXM).
+guarantees one of these). The expression's ALU ops run as a pipeline over chained ALUs (lpuc.cost
+charges it: one ALU per op, wrapping around when it has more than a lane's ALUs).
 """
 
 from __future__ import annotations
@@ -11,23 +11,14 @@ import math
 
 import numpy as np
 
+from lpuc.cost import Work
 from lpuc.ir.graph import Node
 from lpuc.ir.tiled import Ref
 from lpuc.jsonable import to_json
 from lpuc.lowering.builder import TiledBuilder
-from lpuc.ops import ELEMENTWISE, VARIADIC
+from lpuc.ops import expression_alu_ops
 from lpuc.passes.fuse_elementwise import node_steps
 from lpuc.passes.legalize_broadcast import operand_mode
-
-
-def expression_alu_ops(steps: list[dict]) -> int:
-    total = 0
-    for s in steps:
-        ops = ELEMENTWISE.get(s["op"], 1)
-        if s["op"] in VARIADIC:
-            ops *= max(1, len(s["args"]) - 1)
-        total += ops
-    return max(1, total)
 
 
 def lower_map(b: TiledBuilder, node: Node) -> None:
@@ -38,8 +29,6 @@ def lower_map(b: TiledBuilder, node: Node) -> None:
     if None in [m for m, t in zip(modes, operands) if t is not None]:
         raise AssertionError(f"{node.name}: operand broadcast not legalized")
     alu_ops = expression_alu_ops(steps)
-    alus = min(alu_ops, b.target.vxm_alus)
-    wraps = math.ceil(alu_ops / b.target.vxm_alus)
     widest = max([np.dtype(t.dtype).itemsize for t in operands if t is not None] + [out.dtype.itemsize])
     words = math.ceil(widest / 4)  # the ALUs are 32-bit: 64-bit values take two passes
     # Operand k of the expression is read number positions[k] (missing optional inputs are None).
@@ -68,8 +57,6 @@ def lower_map(b: TiledBuilder, node: Node) -> None:
                 reads,
                 [b.whole(buf)],
                 node.name,
-                stream=tile.rows * words * wraps,
-                alus=alus,
+                Work(vectors=tile.rows * words, alu_ops=alu_ops, elem_ops=tile.rows * tile.lanes * alu_ops),
                 attrs=attrs,
-                elem_ops=tile.rows * tile.lanes * alu_ops,
             )

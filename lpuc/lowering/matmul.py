@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from lpuc.cost import Work
+from lpuc.dtypes import words_per_row
 from lpuc.ir.graph import Node
 from lpuc.lowering.builder import TiledBuilder, split_range
 
@@ -27,7 +29,7 @@ def lower_matmul(b: TiledBuilder, node: Node) -> None:
     if len(av.shape) < 2 or len(wv.shape) < 2:
         raise AssertionError("MatMul operands must be at least 2-D after canonicalize_matmul")
     mode_name = mxm_mode_for(av.dtype, b.precision)
-    mode = b.target.mxm_mode(mode_name)
+    mode = b.target.mxm_mode(mode_name)  # its tile sizes; the cost model charges its row rate
     a = b.tensor(a_name)
     # Constant weights are stored in the MXM input precision (the rounding the MXM applies anyway).
     w_dtype = np.float16 if mode_name == "fp16" and wv.dtype.kind == "f" else wv.dtype
@@ -55,16 +57,15 @@ def lower_matmul(b: TiledBuilder, node: Node) -> None:
             for ki, (k0, k1) in enumerate(k_chunks):
                 group = b.new_group()
                 weights = b.window(w, w_row0 + k0, w_row0 + k1, n0, n1)
-                words = weights.nrows * np.dtype(w.dtype).itemsize
                 b.emit(
                     "mxm.lw",
                     "MXM.LW",
                     [weights],
                     [],
                     node.name,
-                    stream=-(-words // b.target.lw_words_per_cycle),
+                    Work(words=weights.nrows * words_per_row(w.dtype)),
                     group=group,
-                    attrs=attrs,
+                    attrs={**attrs, "group": group},
                 )
                 for mi, (m0, m1) in enumerate(m_segments):
                     act = b.window(a, a_row0 + m0, a_row0 + m1, k0, k1)
@@ -76,10 +77,15 @@ def lower_matmul(b: TiledBuilder, node: Node) -> None:
                         [act, out] if accumulate else [act],
                         [out],
                         node.name,
-                        stream=(m1 - m0) * mode.cycles_per_row,
+                        Work(vectors=m1 - m0, macs=(m1 - m0) * (k1 - k0) * (n1 - n0)),
                         group=group,
-                        attrs={**attrs, "acc": accumulate, "install": mi == 0},
-                        macs=(m1 - m0) * (k1 - k0) * (n1 - n0),
+                        attrs={
+                            **attrs,
+                            "group": group,
+                            "acc": accumulate,
+                            "install": mi == 0,
+                            "k": [k0, k1, k],
+                        },
                     )
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from lpuc.cost import Work
 from lpuc.dtypes import dtype_name
 from lpuc.ir.graph import Node
 from lpuc.ir.tiled import Ref, TensorTiles
@@ -93,31 +94,77 @@ def _emit(b, node, placement, unit_class, opcode, ins, outs, slab: range | None)
         "opsets": dict(sorted(b.graph.opsets.items())),
     }
     if unit_class == "HOST":
-        operands = [t for t in ins + outs if t is not None]
-        # PCIe carries only what is in SRAM; results read only by host ops stay in host memory.
-        to_host = sum(_nbytes(t) for t in ins if t is not None and not _is_host(b, t))
-        to_chip = sum(_nbytes(t) for t in outs if t is not None and not _is_host(b, t))
-        pcie = sum(b.target.pcie_cycles(n) for n in (to_host, to_chip) if n)
-        cycles = b.target.host_compute_cycles(sum(_nbytes(t) for t in operands)) + pcie
-        attrs["pcie_cycles"] = pcie
-        b.emit(opcode, "HOST", reads, writes, node.name, stream=cycles, attrs=attrs)
+        b.emit(opcode, "HOST", reads, writes, node.name, _host_work(b, node, ins, outs), attrs=attrs)
         return
     streamed = reads
     if node.op in _GATHERS and in_desc[0] is not None:
         streamed = reads[in_desc[0]["count"] :]  # the table is addressed, only gathered rows move
-    vectors = sum(r.nrows for r in streamed) + sum(r.nrows for r in writes)
-    elem = sum(r.nrows * r.nlanes for r in writes)
-    passes = placement.passes_for(node, b.graph)
-    b.emit(
-        opcode,
-        unit_class,
-        reads,
-        writes,
-        node.name,
-        stream=int(np.ceil(passes * vectors)),
-        attrs=attrs,
-        elem_ops=int(passes * elem) if unit_class == "VXM" else 0,
+    in_vectors = sum(r.nrows for r in streamed)
+    out_vectors = sum(r.nrows for r in writes)
+    out_elems = sum(r.nrows * r.nlanes for r in writes)
+    vectors = int(np.ceil(placement.passes_for(node, b.graph) * (in_vectors + out_vectors)))
+    if placement.alu_ops is not None:
+        alu_ops = placement.alu_ops(node, b.graph, in_vectors, out_vectors)
+        elem_ops = int(np.ceil(alu_ops * out_elems / max(1, out_vectors)))
+    else:  # one ALU op per vector streamed
+        alu_ops = vectors
+        elem_ops = int(placement.passes_for(node, b.graph) * out_elems)
+    work = Work(
+        vectors=vectors,
+        alu_ops=alu_ops if unit_class == "VXM" else 0,
+        elem_ops=elem_ops if unit_class == "VXM" else 0,
     )
+    b.emit(opcode, unit_class, reads, writes, node.name, work, attrs=attrs)
+
+
+def _host_work(b: TiledBuilder, node: Node, ins: list, outs: list) -> Work:
+    """A host op's work: it touches every operand byte (and does about one FLOP per element, a
+    transform N log N), once per trip of a Loop; PCIe carries only what lives in SRAM. Sizes that
+    depend on data are taken at their compile-time maximum."""
+    in_bytes = [_max_bytes(b, t) for t in ins if t is not None]
+    out_bytes = [_max_bytes(b, t) for t in outs if t is not None]
+    data_dependent = any(t is not None and t.shape is None for t in ins + outs)
+    for t, nbytes in zip([t for t in outs if t is not None], out_bytes):
+        if t.shape is None:
+            b.max_bytes[t.name] = max(nbytes, sum(in_bytes))  # a result is at most as big as its inputs
+            data_dependent = True
+    trips = _trip_count(b, node)
+    touched = trips * (sum(in_bytes) + sum(out_bytes))
+    elems = trips * sum(
+        nb // max(1, np.dtype(t.dtype).itemsize)
+        for t, nb in zip(ins + outs, in_bytes + out_bytes)
+        if t is not None
+    )
+    flops = elems * (max(1, int(np.log2(max(2, elems)))) if node.op in _TRANSFORMS else 1)
+    to_host = sum(_nbytes(t) for t in ins if t is not None and not _is_host(b, t))
+    to_chip = sum(_nbytes(t) for t in outs if t is not None and not _is_host(b, t))
+    return Work(
+        host_flops=flops,
+        host_bytes=touched,
+        pcie_to_host=to_host,
+        pcie_to_chip=to_chip,
+        at_max=data_dependent or node.op in ("Loop", "Scan", "If"),
+    )
+
+
+# Host ops whose arithmetic grows as N log N (FFT-based).
+_TRANSFORMS = frozenset({"DFT", "STFT"})
+
+
+def _trip_count(b: TiledBuilder, node: Node) -> int:
+    """A Loop's trip count when the compiler knows it (its M input is a constant), else one trip."""
+    if node.op != "Loop" or not node.inputs or not node.inputs[0]:
+        return 1
+    value = b.graph.values[node.inputs[0]]
+    if value.is_const:
+        return max(1, int(np.asarray(value.const).reshape(-1)[0]))
+    return 1
+
+
+def _max_bytes(b: TiledBuilder, t: TensorTiles) -> int:
+    if t.shape is not None:
+        return _nbytes(t)
+    return b.max_bytes.get(t.name, 0)
 
 
 def _is_host(b: TiledBuilder, t: TensorTiles) -> bool:
@@ -125,5 +172,5 @@ def _is_host(b: TiledBuilder, t: TensorTiles) -> bool:
 
 
 def _nbytes(t: TensorTiles) -> int:
-    """Size of a tensor (0 while its shape is dynamic: the host cost model only sees static data)."""
+    """Size of a static tensor (a dynamic one's is only known from its producer's maximum)."""
     return 0 if t.shape is None else t.rows * t.cols * np.dtype(t.dtype).itemsize

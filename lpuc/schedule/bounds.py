@@ -1,61 +1,88 @@
-"""Lower bounds on cycles: what no schedule of this program on this target can beat.
+"""Lower bounds on cycles from the model's work and the target alone: what no schedule can beat.
 
-- MXM: multiply-accumulates / (planes x MACs per cycle at the op's precision)
-- VXM: element operations / (lanes x ALUs)
-- SXM: vectors streamed through SXMs / number of SXMs
-- MEM: bytes read and written / (slices x word bytes x banks) per cycle
-- host: host-fallback time (one host, serial)
-- critical path: the longest dependency chain with each op's own duration
-The program's bound is the largest of these; reports show achieved / bound.
+Never from this schedule's own critical path (that is reported apart, by the summary):
+- mxm: multiply-accumulates / (planes x MACs per cycle at the op's precision)
+- vxm: element operations / (lanes x ALUs per lane)
+- sxm: vectors the model's own data-movement ops stream / SXM units (layout changes the compiler
+  inserts are its choice, not the model's work)
+- mem: every constant, input and output word crosses a MEM port at least once / (slices x banks)
+- host: host-fallback time, one host, serial (PCIe included)
+- dependence_chain: the longest chain of the graph's nodes, each at its minimal latency (one vector
+  through its unit, no transport)
+The hardware bound is the largest; `bound_ratio` = cycles / bound.
+
+`compile_facts` are computed once from the Tiled IR (they need the graph); `hardware_bounds` recomputes
+the rest from the instructions, so a loaded artifact's bounds are checked, not trusted.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Collection
 
+from lpuc import cost
 from lpuc.ir.tiled import TiledProgram
-from lpuc.schedule.scheduler import Schedule
+from lpuc.program import Program
 from lpuc.target import Target
 
 
-def cycle_bounds(program: TiledProgram, sched: Schedule, target: Target) -> dict[str, int]:
-    mxm = 0.0
-    vxm_elem = 0
-    sxm_vectors = 0
-    moved_bytes = 0
-    host = 0
-    for op in program.ops:
-        if op.unit_class == "MXM":
-            mxm += op.macs / target.mxm_mode(op.attrs["precision"]).macs_per_cycle
-        elif op.unit_class == "VXM":
-            vxm_elem += op.elem_ops
-        elif op.unit_class == "SXM":
-            sxm_vectors += op.stream
-        elif op.unit_class == "HOST":
-            host += sched.slots[op.id].duration
-        if op.unit_class != "HOST":
-            for r in op.reads + op.writes:
-                moved_bytes += r.nrows * program.buffers[r.buf].dtype.itemsize * target.word_bytes
-    bounds = {
-        "mxm": math.ceil(mxm / max(1, target.num_mxm)),
-        "vxm": math.ceil(vxm_elem / (target.lanes * target.vxm_alus)),
+def compile_facts(
+    tiled: TiledProgram, preds: list[set[int]], target: Target, model_nodes: Collection[str]
+) -> dict:
+    """The bound inputs only the compiler can see: the graph's dependence chain and the model's own
+    SXM work."""
+    sxm_vectors = sum(
+        op.work.vectors for op in tiled.ops if op.unit_class == "SXM" and op.node in model_nodes
+    )
+    return {
+        "dependence_chain": _dependence_chain(tiled, preds, target),
         "sxm": math.ceil(sxm_vectors / max(1, target.num_sxm)),
-        "mem": math.ceil(moved_bytes / (target.num_slices * target.word_bytes * target.mem_banks)),
+    }
+
+
+def hardware_bounds(program: Program, facts: dict) -> dict[str, int]:
+    target = program.target
+    mxm = 0.0
+    elem_ops = 0
+    host = 0
+    for ins in program.instructions:
+        if ins.opcode == "mxm.mm":
+            mxm += ins.work.macs / target.mxm_mode(ins.attrs["precision"]).macs_per_cycle
+        elif ins.opcode == "host.kernel":
+            host += cost.host_cycles(target, ins.work)
+        elem_ops += ins.work.elem_ops if ins.opcode.startswith("vxm.") else 0
+    once: dict[tuple[int, int], int] = {}  # identical constant tiles share a slot: count it once
+    for t in program.tiles:
+        if t.kind in ("const", "input", "output", "io"):
+            once[(t.slice, t.addr) if t.kind == "const" else (-1 - t.id, 0)] = t.words
+    bounds = {
+        "mxm": math.ceil(mxm / target.num_mxm),
+        "vxm": math.ceil(elem_ops / (target.lanes * target.vxm_alus)),
+        "sxm": int(facts["sxm"]),
+        "mem": math.ceil(sum(once.values()) / (target.num_slices * target.mem_banks)),
         "host": host,
-        "critical_path": _critical_path(program, sched),
+        "dependence_chain": int(facts["dependence_chain"]),
     }
     bounds["overall"] = max(bounds.values())
     return bounds
 
 
-def _critical_path(program: TiledProgram, sched: Schedule) -> int:
-    finish = [0] * len(program.ops)
-    lw_finish: dict[int, int] = {}
-    for op in program.ops:  # program order is topological
-        ready = max((finish[p] for p in sched.preds[op.id]), default=0)
-        if op.unit_class == "MXM":
-            ready = max(ready, lw_finish.get(op.group, 0))  # weights must be loaded first
-        finish[op.id] = ready + sched.slots[op.id].duration
-        if op.unit_class == "MXM.LW":
-            lw_finish[op.group] = finish[op.id]
-    return max(finish, default=0)
+def _dependence_chain(tiled: TiledProgram, preds: list[set[int]], target: Target) -> int:
+    """Longest path through the graph's nodes, each costing its minimal latency. A node's tile ops may
+    run in parallel, so a node costs its slowest op's minimal latency, once."""
+    latency: dict[str, int] = {}
+    node_preds: dict[str, set[str]] = {}
+    order: list[str] = []
+    for op in tiled.ops:  # program order is topological, and each node's ops are contiguous
+        if op.node not in latency:
+            order.append(op.node)
+            latency[op.node] = 0
+            node_preds[op.node] = set()
+        precision = op.attrs.get("precision", tiled.precision)
+        latency[op.node] = max(latency[op.node], cost.minimal_latency(target, op.opcode, op.work, precision))
+        node_preds[op.node].update(tiled.ops[p].node for p in preds[op.id])
+    finish: dict[str, int] = {}
+    for node in order:
+        ready = max((finish[p] for p in node_preds[node] if p != node and p in finish), default=0)
+        finish[node] = ready + latency[node]
+    return max(finish.values(), default=0)

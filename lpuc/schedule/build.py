@@ -7,6 +7,7 @@ to the slices with the most room and the program is scheduled again (a few round
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass
 
 from lpuc.dtypes import dtype_name, words_per_row
@@ -15,10 +16,10 @@ from lpuc.ir.tiled import TiledProgram
 from lpuc.program import Access, Binding, Instruction, Program, TileSlot
 from lpuc.report import human_bytes
 from lpuc.schedule.allocator import Allocation, allocate
-from lpuc.schedule.bounds import cycle_bounds
+from lpuc.schedule.bounds import compile_facts
 from lpuc.schedule.placement import place_tiles
 from lpuc.schedule.scheduler import Schedule, schedule
-from lpuc.schedule.summary import summarize
+from lpuc.schedule.summary import compile_time_facts, summarize
 from lpuc.target import Target
 
 MAX_PLACEMENT_ROUNDS = 4
@@ -31,7 +32,14 @@ class BuildResult:
     allocation: Allocation
 
 
-def build_program(tiled: TiledProgram, target: Target, where: str, options: dict | None = None) -> Program:
+def build_program(
+    tiled: TiledProgram,
+    target: Target,
+    where: str,
+    options: dict | None = None,
+    model_nodes: Collection[str] = (),
+) -> Program:
+    """Schedule and place `tiled`; `model_nodes` names the model's own nodes (for the SXM bound)."""
     _check_constants_fit(tiled, target, where)
     pinned: dict[int, int] = {}
     for _ in range(MAX_PLACEMENT_ROUNDS):
@@ -44,7 +52,8 @@ def build_program(tiled: TiledProgram, target: Target, where: str, options: dict
     else:
         _raise_does_not_fit(tiled, alloc, target, where)
     program = assemble(tiled, sched, slice_of, alloc, target)
-    program.summary = summarize(program, tiled, cycle_bounds(tiled, sched, target), alloc, options or {})
+    facts = compile_time_facts(options or {}, compile_facts(tiled, sched.preds, target, set(model_nodes)))
+    program.summary = summarize(program, facts)
     program.validate()
     return program
 
@@ -90,6 +99,7 @@ def assemble(
                 tuple(access(w) for w in op.writes),
                 op.node,
                 op.attrs,
+                op.work,
             )
         )
     used_keys = sorted({b.const_key for b in tiled.buffers if b.is_const})
@@ -120,10 +130,15 @@ def _check_constants_fit(tiled: TiledProgram, target: Target, where: str) -> Non
             seen[b.const_key] = b.words
     need = sum(seen.values()) * target.word_bytes
     if need > target.sram_bytes:
+        # fp16 only helps where it would store MXM weights at half size: an fp32 build's float weights.
+        halves = tiled.precision == "fp32" and any(
+            b.is_const and b.dtype.name == "float32" for b in tiled.buffers
+        )
+        advice = "try --precision fp16 or a larger target" if halves else "try a larger target"
         raise DoesNotFitError(
             f"{where}: constants need {human_bytes(need)} of SRAM, "
             f"target {target.name} has {human_bytes(target.sram_bytes)} "
-            f"(over by {human_bytes(need - target.sram_bytes)}; try --precision fp16 or a larger target)"
+            f"(over by {human_bytes(need - target.sram_bytes)}; {advice})"
         )
 
 

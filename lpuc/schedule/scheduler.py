@@ -7,17 +7,24 @@ VXM, SXM and host timelines accept ops into earlier gaps (insertion scheduling).
 MXM weight groups (one LW and the MMs that use its weights) are placed as a whole on one plane, in
 time order per plane, honouring double buffering: an LW fills the plane's shadow weights while the
 previous group computes, but only after that group installed its weights (IW).
+
+Besides its unit, every op books what lpuc.cost says it holds for its whole duration: VXM ALUs, ports
+on the MEM slices it reads and writes, and east/west stream ids. An op starts at the earliest cycle
+at which all of them are free, so no slice or stream is oversubscribed in any cycle.
 """
 
 from __future__ import annotations
 
 import heapq
 from bisect import bisect_right
+from collections import defaultdict
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from lpuc import cost
+from lpuc.cost import Stream
+from lpuc.dtypes import words_per_row
 from lpuc.ir.tiled import TiledProgram, TileOp
-from lpuc.schedule.costs import duration, estimate
 from lpuc.schedule.dependencies import dependencies
 from lpuc.target import Target
 
@@ -73,7 +80,7 @@ def schedule(program: TiledProgram, target: Target, slice_of: Mapping[int, int])
     item_of = [op.group if op.group >= 0 else -1 - op.id for op in ops]  # groups >= 0, singles < 0
     members = {**{g: m for g, m in groups.items()}, **{-1 - op.id: [op.id] for op in ops if op.group < 0}}
 
-    rank = _upward_ranks(ops, preds, target)
+    rank = _upward_ranks(program, preds, target)
     item_preds: dict[int, set[int]] = {}
     item_succs: dict[int, set[int]] = {}
     for item, ids in members.items():
@@ -87,16 +94,16 @@ def schedule(program: TiledProgram, target: Target, slice_of: Mapping[int, int])
     ]
     heapq.heapify(heap)
 
-    state = _UnitState(target)
+    state = _UnitState(target, program, slice_of)
     slots: list[Slot | None] = [None] * len(ops)
     while heap:
         _, _, item = heapq.heappop(heap)
         ids = members[item]
         if item >= 0:
-            state.place_group([ops[i] for i in ids], preds, slots, slice_of)
+            state.place_group([ops[i] for i in ids], preds, slots)
         else:
             op = ops[ids[0]]
-            slots[op.id] = state.place(op, _ready(op.id, preds, slots), slice_of)
+            slots[op.id] = state.place(op, _ready(op.id, preds, slots))
         for s in sorted(item_succs.get(item, ())):
             pending[s] -= 1
             if pending[s] == 0:
@@ -111,11 +118,19 @@ def _ready(op_id: int, preds: list[set[int]], slots: list[Slot | None]) -> int:
     return max((slots[p].end for p in preds[op_id]), default=0)
 
 
-def _upward_ranks(ops: list[TileOp], preds: list[set[int]], target: Target) -> list[int]:
+def _upward_ranks(program: TiledProgram, preds: list[set[int]], target: Target) -> list[int]:
+    """Longest path to the end of the program, with durations estimated before slices are known
+    (every tile taken to be in slice 0)."""
+    ops = program.ops
     succ_best = [0] * len(ops)
     rank = [0] * len(ops)
+    anywhere = defaultdict(int)
     for op in reversed(ops):
-        rank[op.id] = estimate(target, op) + succ_best[op.id]
+        unit = {"MXM": "MXM0", "MXM.LW": "MXM0.LW", "VXM": "VXM0", "SXM": "SXM0"}.get(op.unit_class, "HOST")
+        reads, writes = op_streams(program, op, anywhere)
+        precision = op.attrs.get("precision", program.precision)
+        estimate = cost.duration(target, op.opcode, unit, op.work, reads, writes, precision)
+        rank[op.id] = estimate + succ_best[op.id]
         for p in preds[op.id]:
             if rank[op.id] > succ_best[p]:
                 succ_best[p] = rank[op.id]
@@ -123,71 +138,134 @@ def _upward_ranks(ops: list[TileOp], preds: list[set[int]], target: Target) -> l
 
 
 class _UnitState:
-    def __init__(self, target: Target):
+    def __init__(self, target: Target, program: TiledProgram, slice_of: Mapping[int, int]):
         self.target = target
+        self.program = program
+        self.slice_of = slice_of
         self.timelines = {u: Timeline() for u in target.units()}
         self.vxm = [f"VXM{i}" for i in range(target.vxm_alus)]
         self.sxm = [f"SXM{i}" for i in range(target.num_sxm)]
+        self.east = stream_units(target, "E")
+        self.west = stream_units(target, "W")
         n = target.num_mxm
         self.plane_free = [0] * n
         self.lw_free = [0] * n
         self.installed_at = [-target.iw_cycles] * n
 
-    def place(self, op: TileOp, ready: int, slice_of: Mapping[int, int]) -> Slot:
-        if op.unit_class == "VXM":
-            return self._place_vxm(op, ready, slice_of)
-        units = self.sxm if op.unit_class == "SXM" else ["HOST"]
-        best = None
-        for u in units:
-            d = duration(self.target, u, op, slice_of)
-            t = self.timelines[u].earliest(ready, d)
-            if best is None or t + d < best[0] + best[1]:
-                best = (t, d, u)
-        t, d, u = best
-        self.timelines[u].reserve(t, d)
-        return Slot((u,), t, d)
+    # -- what an op needs -------------------------------------------------------------------------
+    def _streams(self, op: TileOp) -> tuple[list[Stream], list[Stream]]:
+        return op_streams(self.program, op, self.slice_of)
 
-    def _place_vxm(self, op: TileOp, ready: int, slice_of: Mapping[int, int]) -> Slot:
-        k = min(op.alus, len(self.vxm))
-        d = duration(self.target, self.vxm[0], op, slice_of)
-        t = ready
+    def _request(self, op: TileOp, unit: str) -> tuple[int, list[tuple[list[str], int]]]:
+        """Duration of `op` on `unit` and the resource pools it books: (candidates, how many)."""
+        reads, writes = self._streams(op)
+        work, opcode = op.work, op.opcode
+        precision = op.attrs.get("precision", self.program.precision)
+        d = cost.duration(
+            self.target, opcode, unit, work, reads, writes, precision, bool(op.attrs.get("install"))
+        )
+        pools: list[tuple[list[str], int]] = []
+        if opcode.startswith("vxm."):
+            pools.append((self.vxm, cost.vxm_alus(self.target, opcode, work)))
+        else:
+            pools.append(([unit], 1))
+        n_unit = cost.unit_cycles(self.target, opcode, work, precision)
+        for s, k in cost.port_needs(self.target, opcode, [*reads, *writes], n_unit).items():
+            pools.append((port_units(self.target, s), k))
+        east, west = cost.stream_needs(self.target, opcode, unit, reads, writes)
+        if east:
+            pools.append((self.east, east))
+        if west:
+            pools.append((self.west, west))
+        return d, pools
+
+    def _fit(self, pools: list[tuple[list[str], int]], t: int, d: int) -> tuple[int, tuple[str, ...]]:
+        """Earliest start >= t at which every pool has its count of units free for d cycles."""
         while True:
-            free = sorted((self.timelines[u].earliest(t, d), i) for i, u in enumerate(self.vxm))
-            t_k = free[k - 1][0]
-            if t_k == t:
-                chosen = sorted(i for start, i in free if start == t)[:k]
-                break
-            t = t_k
-        for i in chosen:
-            self.timelines[self.vxm[i]].reserve(t, d)
-        return Slot(tuple(self.vxm[i] for i in chosen), t, d)
+            latest, chosen = t, []
+            for names, k in pools:
+                free, later = [], []
+                for u in names:  # stops at the first k units free at t: the common case
+                    e = self.timelines[u].earliest(t, d)
+                    if e == t:
+                        free.append(u)
+                        if len(free) == k:
+                            break
+                    else:
+                        later.append(e)
+                if len(free) < k:
+                    later.sort()
+                    latest = max(latest, later[k - len(free) - 1])
+                chosen += free
+            if latest == t:
+                return t, tuple(chosen)
+            t = latest
 
-    def place_group(self, group: list[TileOp], preds, slots: list[Slot | None], slice_of) -> None:
+    def _reserve(self, slot: Slot) -> None:
+        for u in slot.units:
+            self.timelines[u].reserve(slot.start, slot.duration)
+
+    # -- placing ops --------------------------------------------------------------------------------
+    def place(self, op: TileOp, ready: int) -> Slot:
+        units = {"VXM": self.vxm[:1], "SXM": self.sxm}.get(op.unit_class, ["HOST"])
+        best: Slot | None = None
+        for u in units:  # VXM ALUs are interchangeable: the pool picks them
+            d, pools = self._request(op, u)
+            t, chosen = self._fit(pools, ready, d)
+            if best is None or t + d < best.end:
+                best = Slot(chosen, t, d)
+        self._reserve(best)
+        return best
+
+    def place_group(self, group: list[TileOp], preds, slots: list[Slot | None]) -> None:
         lw, mms = group[0], group[1:]
         best = None
         for p in range(len(self.plane_free)):
-            plan = self._plan_group(p, lw, mms, preds, slots, slice_of)
+            plan = self._plan_group(p, lw, mms, preds, slots)
             if best is None or plan[-1].end < best[1][-1].end:
                 best = (p, plan)
         p, plan = best
         for op, slot in zip(group, plan):
             slots[op.id] = slot
-            self.timelines[slot.units[0]].reserve(slot.start, slot.duration)
+            self._reserve(slot)
         self.lw_free[p] = plan[0].end
         self.plane_free[p] = plan[-1].end
         self.installed_at[p] = plan[1].start
 
-    def _plan_group(self, p, lw, mms, preds, slots, slice_of) -> list[Slot]:
+    def _plan_group(self, p, lw, mms, preds, slots) -> list[Slot]:
+        """The group on plane p: its LW fills the shadow buffer once the previous group installed its
+        weights; its MMs follow in order once the weights are loaded."""
         lw_unit, mm_unit = f"MXM{p}.LW", f"MXM{p}"
-        d = duration(self.target, lw_unit, lw, slice_of)
-        start = max(
+        d, pools = self._request(lw, lw_unit)
+        ready = max(
             _ready(lw.id, preds, slots), self.lw_free[p], self.installed_at[p] + self.target.iw_cycles
         )
-        plan = [Slot((lw_unit,), start, d)]
+        start, units = self._fit(pools, ready, d)
+        plan = [Slot(units, start, d)]
         t = max(self.plane_free[p], start + d)
         for mm in mms:
-            t = max(t, _ready(mm.id, preds, slots))
-            d = duration(self.target, mm_unit, mm, slice_of)
-            plan.append(Slot((mm_unit,), t, d))
+            d, pools = self._request(mm, mm_unit)
+            t, units = self._fit(pools, max(t, _ready(mm.id, preds, slots)), d)
+            plan.append(Slot(units, t, d))
             t += d
         return plan
+
+
+def op_streams(
+    program: TiledProgram, op: TileOp, slice_of: Mapping[int, int]
+) -> tuple[list[Stream], list[Stream]]:
+    """The cost model's view of an op's windows once its tiles have slices."""
+
+    def stream(r) -> Stream:
+        b = program.buffers[r.buf]
+        return Stream(slice_of[r.buf], r.nrows, words_per_row(b.dtype), r.nlanes)
+
+    return [stream(r) for r in op.reads], [stream(w) for w in op.writes]
+
+
+def port_units(target: Target, slice_index: int) -> list[str]:
+    return [f"MEM{slice_index}.p{j}" for j in range(target.mem_banks)]
+
+
+def stream_units(target: Target, direction: str) -> list[str]:
+    return [f"S{direction}{j}" for j in range(target.streams_per_direction)]

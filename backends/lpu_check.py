@@ -1,0 +1,140 @@
+"""Structural checks of a decoded .lpu program body, before any object is built from it.
+
+The checksum only proves the file is what some writer produced; an edited (re-sealed) or buggy
+file must still fail with a one-line error, never an exception deep in the validator or runtime.
+Every problem raises ValueError naming the field (the codec turns it into an ArtifactError).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+from lpuc.dtypes import dtype_from_name
+from lpuc.target import PRECISIONS
+
+TILE_KINDS = ("const", "input", "output", "io", "temp", "host")
+
+
+def check_body(body: Any) -> None:
+    _expect(isinstance(body, dict), "program", "an object")
+    _expect(body.get("precision") in PRECISIONS, "precision", f"one of {', '.join(PRECISIONS)}")
+    _expect(isinstance(body.get("model"), str), "model", "a string")
+    _expect(isinstance(body.get("summary"), dict), "summary", "an object")
+    strings = body.get("strings")
+    _expect(isinstance(strings, list) and all(isinstance(s, str) for s in strings), "strings", "strings")
+    attrs = body.get("attrs")
+    _expect(isinstance(attrs, list) and all(isinstance(a, dict) for a in attrs), "attrs", "objects")
+    queues = body.get("queues")
+    _expect(isinstance(queues, dict), "queues", "an object")
+    for unit, items in sorted(queues.items()):
+        _expect(isinstance(items, list), f"queues.{unit}", "a list")
+        for k, item in enumerate(items):
+            _instruction(item, f"queues.{unit}[{k}]", len(strings), len(attrs))
+    tiles = body.get("tiles")
+    _expect(isinstance(tiles, list), "tiles", "a list")
+    for k, t in enumerate(tiles):
+        _tile(t, f"tiles[{k}]", len(strings))
+    consts = body.get("consts")
+    _expect(isinstance(consts, list), "consts", "a list")
+    keys = set()
+    for k, c in enumerate(consts):
+        where = f"consts[{k}]"
+        _expect(isinstance(c, dict), where, "an object")
+        _expect(isinstance(c.get("key"), str), f"{where}.key", "a string")
+        _nat(c.get("offset"), f"{where}.offset")
+        _nat(c.get("nbytes"), f"{where}.nbytes")
+        _dtype(c.get("dtype"), f"{where}.dtype")
+        _shape(c.get("shape"), f"{where}.shape")
+        keys.add(c["key"])
+    for k, t in enumerate(tiles):
+        if t[9] == "const":
+            _expect(t[10] in keys, f"tiles[{k}] const key", "a key of the constant index")
+    for side in ("inputs", "outputs"):
+        bindings = body.get(side)
+        _expect(isinstance(bindings, list), side, "a list")
+        for k, b in enumerate(bindings):
+            where = f"{side}[{k}]"
+            _expect(isinstance(b, dict) and isinstance(b.get("name"), str), where, "an object with a name")
+            _dtype(b.get("dtype"), f"{where}.dtype")
+            if b.get("shape") is not None:
+                _shape(b["shape"], f"{where}.shape")
+            ids = b.get("tiles")
+            _expect(isinstance(ids, list), f"{where}.tiles", "a list")
+            for i in ids:
+                _index(i, len(tiles), f"{where}.tiles")
+                if side == "inputs":
+                    _expect(tiles[i][9] in ("input", "io", "host"), f"{where}.tiles", "input tiles")
+            shape = b.get("shape")
+            # Inputs are stored into exactly their tiles (outputs may be read through an alias).
+            if side == "inputs" and shape is not None and ids and tiles[ids[0]][9] != "host":
+                covered = sum(tiles[i][3] * tiles[i][4] for i in ids)
+                _expect(covered == math.prod(shape), f"{where}.tiles", f"tiles covering shape {shape}")
+
+
+def _instruction(item: Any, where: str, n_strings: int, n_attrs: int) -> None:
+    _expect(isinstance(item, list) and len(item) == 10, where, "a list of 10 fields")
+    i_id, opcode, units, start, dur, reads, writes, node, attr, work = item
+    _nat(i_id, f"{where} id")
+    _index(opcode, n_strings, f"{where} opcode")
+    _expect(isinstance(units, list) and units, f"{where} units", "a non-empty list")
+    for u in units:
+        _index(u, n_strings, f"{where} units")
+    _int(start, f"{where} start")
+    _int(dur, f"{where} duration")
+    for label, windows in (("reads", reads), ("writes", writes)):
+        _expect(isinstance(windows, list), f"{where} {label}", "a list")
+        for w in windows:
+            _expect(isinstance(w, list) and len(w) == 6, f"{where} {label}", "windows of 6 integers")
+            for v in w:
+                _int(v, f"{where} {label}")
+    _index(node, n_strings, f"{where} node")
+    _index(attr, n_attrs, f"{where} attrs")
+    _expect(isinstance(work, list), f"{where} work", "a list")
+    for v in work:
+        _int(v, f"{where} work")
+
+
+def _tile(t: Any, where: str, n_strings: int) -> None:
+    _expect(isinstance(t, list) and len(t) == 11, where, "a list of 11 fields")
+    _nat(t[0], f"{where} id")
+    _index(t[1], n_strings, f"{where} tensor")
+    _dtype(t[2], f"{where} dtype")
+    for k, label in enumerate(("rows", "lanes", "r0", "c0", "slice", "addr"), start=3):
+        _int(t[k], f"{where} {label}")
+    _expect(t[9] in TILE_KINDS, f"{where} kind", f"one of {', '.join(TILE_KINDS)}")
+    _expect(t[10] is None or isinstance(t[10], str), f"{where} const key", "a string or null")
+
+
+def _expect(ok: bool, where: str, what: str) -> None:
+    if not ok:
+        raise ValueError(f"{where} must be {what}")
+
+
+def _int(v: Any, where: str) -> None:
+    _expect(isinstance(v, int) and not isinstance(v, bool), where, "an integer")
+
+
+def _nat(v: Any, where: str) -> None:
+    _expect(isinstance(v, int) and not isinstance(v, bool) and v >= 0, where, "an integer >= 0")
+
+
+def _index(v: Any, n: int, where: str) -> None:
+    _expect(isinstance(v, int) and not isinstance(v, bool) and 0 <= v < n, where, f"an index below {n}")
+
+
+def _shape(v: Any, where: str) -> None:
+    _expect(isinstance(v, list), where, "a list of dims")
+    for d in v:
+        _nat(d, where)
+
+
+def _dtype(v: Any, where: str) -> None:
+    _expect(isinstance(v, str), where, "a dtype name")
+    try:
+        dt = dtype_from_name(v)
+    except TypeError:
+        dt = None
+    _expect(isinstance(dt, np.dtype) and dt.kind in "biufV", where, "a numeric dtype name")

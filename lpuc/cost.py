@@ -1,0 +1,249 @@
+"""The cost model: the one place that turns the work an instruction does into cycles.
+
+Lowering records *work* (`Work`: vectors streamed, weight words loaded, ALU ops, MACs, host FLOPs and
+bytes, PCIe bytes); this module charges it against the target file and nothing else. The scheduler
+asks it for durations and resource needs, the validator recomputes every duration with it (a file
+cannot claim a faster schedule than these rules), and the bounds use its throughputs.
+
+Rules, T = N + d_func + d_transport (+ stagger):
+- N, the cycles the unit streams, is the larger of the unit's own rate and MEM bandwidth:
+    mxm.mm      activation rows x cycles_per_row of the precision (+ iw_cycles when it installs)
+    mxm.lw      weight words / lw_words_per_cycle
+    vxm.map     output rows x 32-bit words per value x wraps (ALU ops beyond the ALUs a lane has)
+    vxm.kernel  vectors streamed, or vector ALU ops / ALUs held, whichever is larger
+    sxm.kernel  vectors streamed
+    MEM         per slice, words read and written / ports booked on it (one word per bank per cycle)
+- d_func: MXM result delay; VXM delay per chained ALU; SXM delay; MEM read / write delay.
+- d_transport: slices between the unit and the farthest slice it reads (in) and writes (out).
+- stagger: cycles for the instruction to reach the last superlane it uses.
+- host.kernel: host FLOPs / host_gflops + bytes touched / host_gbytes_per_s, plus one PCIe transfer
+  each way that carries data (latency + bytes / bandwidth).
+
+Resources an instruction books for its whole duration (so no cycle oversubscribes them): its unit,
+extra VXM ALUs, ports on each MEM slice it touches (one per access, more where the unit's rate needs
+them, at most the banks), and one stream id per byte
+of each vector it moves in each direction (32 east + 32 west per lane on tsp-v1). Ops that walk
+whole tensors tile by tile (vxm/sxm kernels) move one read and one write tile at a time.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from lpuc.target import Target
+
+# The unit kind an opcode's queue must be (validator rule) and the kind of its first unit.
+QUEUE_KIND = {
+    "mxm.lw": "MXM.LW",
+    "mxm.mm": "MXM",
+    "vxm.map": "VXM",
+    "vxm.kernel": "VXM",
+    "sxm.kernel": "SXM",
+    "host.kernel": "HOST",
+}
+# Kernels stream their operands one tile after another rather than all at once.
+_SEQUENTIAL = frozenset({"vxm.kernel", "sxm.kernel"})
+
+
+@dataclass(frozen=True)
+class Work:
+    """What one instruction does, in the units the cost model charges (zero where it does not apply)."""
+
+    vectors: int = 0  # vectors the unit streams (mm: activation rows; map: output rows; kernel: all)
+    words: int = 0  # mxm.lw: weight words loaded into the plane
+    alu_ops: int = 0  # vxm.map: ALU ops per element; vxm.kernel: vector ALU ops in all
+    macs: int = 0  # multiply-accumulates (MXM bound)
+    elem_ops: int = 0  # element operations (VXM bound)
+    host_flops: int = 0  # host.kernel: arithmetic on the host
+    host_bytes: int = 0  # host.kernel: bytes the host touches
+    pcie_to_host: int = 0  # host.kernel: bytes sent from SRAM to the host
+    pcie_to_chip: int = 0  # host.kernel: bytes sent back
+    at_max: bool = False  # a data-dependent size, costed at its compile-time maximum
+
+    def to_list(self) -> list[int]:
+        return [getattr(self, f) for f in _WORK_FIELDS[:-1]] + [int(self.at_max)]
+
+    @classmethod
+    def from_list(cls, values: Sequence[int]) -> Work:
+        if len(values) != len(_WORK_FIELDS):
+            raise ValueError(f"work record has {len(values)} fields, expected {len(_WORK_FIELDS)}")
+        *counts, at_max = (int(v) for v in values)
+        if min(counts, default=0) < 0:
+            raise ValueError("negative work")
+        return cls(*counts, at_max=bool(at_max))
+
+
+_WORK_FIELDS = (
+    "vectors",
+    "words",
+    "alu_ops",
+    "macs",
+    "elem_ops",
+    "host_flops",
+    "host_bytes",
+    "pcie_to_host",
+    "pcie_to_chip",
+    "at_max",
+)
+
+
+@dataclass(frozen=True)
+class Stream:
+    """One operand window as the cost model sees it: where it is and how much of it moves."""
+
+    slice: int  # -1: host memory (no SRAM traffic)
+    rows: int
+    words_per_row: int  # MEM words (= bytes per lane) per vector
+    lanes: int
+
+    @property
+    def words(self) -> int:
+        return self.rows * self.words_per_row
+
+
+# -- the unit's own rate ----------------------------------------------------------------------------
+def vxm_alus(target: Target, opcode: str, work: Work) -> int:
+    """ALUs (per lane) a VXM instruction holds: a map chains one ALU per op; a kernel as many as keep
+    up with its stream."""
+    if opcode == "vxm.map":
+        return max(1, min(work.alu_ops, target.vxm_alus))
+    if opcode == "vxm.kernel":
+        per_vector = math.ceil(work.alu_ops / max(1, work.vectors))
+        return max(1, min(per_vector, target.vxm_alus))
+    return 0
+
+
+def unit_cycles(target: Target, opcode: str, work: Work, precision: str = "fp16") -> int:
+    """N: cycles the unit streams at its own rate (before MEM bandwidth)."""
+    if opcode == "mxm.mm":
+        return work.vectors * target.mxm_mode(precision).cycles_per_row
+    if opcode == "mxm.lw":
+        return math.ceil(work.words / target.lw_words_per_cycle)
+    if opcode == "vxm.map":
+        wraps = math.ceil(max(1, work.alu_ops) / target.vxm_alus)
+        return work.vectors * wraps
+    if opcode == "vxm.kernel":
+        return max(work.vectors, math.ceil(work.alu_ops / vxm_alus(target, opcode, work)))
+    if opcode == "host.kernel":
+        return host_cycles(target, work)
+    return work.vectors
+
+
+def host_cycles(target: Target, work: Work) -> int:
+    compute = target.host_cycles(work.host_flops, work.host_bytes)
+    return max(1, compute + pcie_cycles(target, work.pcie_to_host) + pcie_cycles(target, work.pcie_to_chip))
+
+
+def pcie_cycles(target: Target, nbytes: int) -> int:
+    """One PCIe transfer (none for 0 bytes): fixed latency plus bytes over bandwidth."""
+    return target.pcie_cycles(nbytes) if nbytes else 0
+
+
+# -- MEM ports and streams -------------------------------------------------------------------------
+def port_needs(
+    target: Target, opcode: str, streams: Iterable[Stream], unit_rate_cycles: int
+) -> dict[int, int]:
+    """Slice -> ports (banks) the instruction books on it: one per access, more where the unit's rate
+    needs more words per cycle from that slice than one bank delivers, at most the banks."""
+    if opcode == "host.kernel":
+        return {}  # host DMA runs far below one port's rate
+    count: dict[int, int] = defaultdict(int)
+    words: dict[int, int] = defaultdict(int)
+    for s in streams:
+        if s.slice >= 0:
+            count[s.slice] += 1
+            words[s.slice] += s.words
+    cycles = max(1, unit_rate_cycles)
+    return {s: min(max(n, math.ceil(words[s] / cycles)), target.mem_banks) for s, n in sorted(count.items())}
+
+
+def mem_cycles(ports: dict[int, int], streams: Iterable[Stream]) -> int:
+    """Cycles to move every word through the ports booked on its slice (one word per port per cycle)."""
+    words: dict[int, int] = defaultdict(int)
+    for s in streams:
+        if s.slice >= 0:
+            words[s.slice] += s.words
+    return max((math.ceil(w / ports[s]) for s, w in words.items()), default=0)
+
+
+def stream_needs(
+    target: Target, opcode: str, unit: str, reads: Sequence[Stream], writes: Sequence[Stream]
+) -> tuple[int, int]:
+    """(east, west) stream ids an instruction holds: one per byte of each vector in flight.
+
+    Reads flow from their slice towards the unit, writes from the unit to their slice."""
+    if opcode == "host.kernel":
+        return 0, 0
+    pos = target.position(unit)
+    east: list[int] = []
+    west: list[int] = []
+    for group, towards_unit in ((reads, True), (writes, False)):
+        e = [s.words_per_row for s in group if s.slice >= 0 and _flows_east(target, pos, s, towards_unit)]
+        w = [s.words_per_row for s in group if s.slice >= 0 and not _flows_east(target, pos, s, towards_unit)]
+        if opcode in _SEQUENTIAL:  # one tile of each group at a time
+            east.append(max(e, default=0))
+            west.append(max(w, default=0))
+        else:
+            east.append(sum(e))
+            west.append(sum(w))
+    cap = target.streams_per_direction
+    return min(sum(east), cap), min(sum(west), cap)
+
+
+def _flows_east(target: Target, unit_pos: int, s: Stream, towards_unit: bool) -> bool:
+    slice_pos = target.position(f"MEM{s.slice}")
+    return (slice_pos < unit_pos) if towards_unit else (unit_pos < slice_pos)
+
+
+# -- duration --------------------------------------------------------------------------------------
+def duration(
+    target: Target,
+    opcode: str,
+    unit: str,
+    work: Work,
+    reads: Sequence[Stream],
+    writes: Sequence[Stream],
+    precision: str = "fp16",
+    install: bool = False,
+) -> int:
+    """Cycles from issue to the last result written, for `opcode` on `unit`."""
+    n_unit = unit_cycles(target, opcode, work, precision)
+    if opcode == "host.kernel":
+        return n_unit
+    ports = port_needs(target, opcode, [*reads, *writes], n_unit)
+    n = max(n_unit, mem_cycles(ports, [*reads, *writes]))
+    pos = target.position(unit)
+    t_in = max((abs(pos - target.position(f"MEM{s.slice}")) for s in reads if s.slice >= 0), default=0)
+    t_out = max((abs(pos - target.position(f"MEM{s.slice}")) for s in writes if s.slice >= 0), default=0)
+    read_lat = target.mem.read_delay + t_in if reads else 0
+    write_lat = target.mem.write_delay + t_out if writes else 0
+    if opcode == "mxm.lw":
+        return max(1, n + read_lat)
+    lanes = max((s.lanes for s in [*reads, *writes]), default=1)
+    stagger = target.stagger(lanes)
+    if opcode == "mxm.mm":
+        iw = target.iw_cycles if install else 0
+        return iw + n + target.delay("MXM") + read_lat + write_lat + stagger
+    if opcode.startswith("vxm."):
+        func = target.delay("VXM") * vxm_alus(target, opcode, work)
+    else:
+        func = target.delay("SXM")
+    return max(1, n) + func + read_lat + write_lat + stagger
+
+
+def minimal_latency(target: Target, opcode: str, work: Work, precision: str = "fp16") -> int:
+    """The least time any schedule needs from an op's first input to its first result: one vector
+    through the unit with no transport (host ops: their whole host time). For dependence-chain bounds."""
+    mem = target.mem.read_delay + target.mem.write_delay
+    if opcode == "host.kernel":
+        return host_cycles(target, work)
+    if opcode == "mxm.mm":
+        return target.mxm_mode(precision).cycles_per_row + target.delay("MXM") + mem
+    if opcode == "mxm.lw":
+        return 1 + target.mem.read_delay
+    if opcode.startswith("vxm."):
+        return 1 + target.delay("VXM") + mem
+    return 1 + target.delay("SXM") + mem

@@ -1,0 +1,446 @@
+"""The execution plan: a program's instruction streams turned once into numpy steps bound to SRAM.
+
+The interpreter (`lpuc.runtime.isa`) re-derives every address, dtype and attribute on every run.
+A plan does that work once per Program: each instruction becomes a closure over live numpy views
+of the SRAM windows it reads and writes, with its attributes decoded and its kernels resolved.
+Every instruction still computes its effect from its operands in SRAM, in ascending id order, with
+the same numpy operations as the interpreter, so outputs are bit-identical (tests/test_runtime_plan.py).
+
+Done once instead of per run:
+- constants are written into SRAM when the plan is built. The SRAM is reused run after run: a run
+  restores only constants that tiles reusing their slots overwrote, and zeroes what the previous
+  run wrote only if some read takes values its tile never had written (the validator refuses such
+  programs). Untouched SRAM stays unallocated (np.zeros is lazy);
+- a weight load (mxm.lw) whose window nothing writes reads the same values every run: its
+  MXM-rounded weights are computed at build time (up to the size of the SRAM image, for memory);
+- MMs that read the same activation window with no write in between share one rounded copy.
+
+Concurrent runs of one program each take their own SRAM (a small pool).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from lpuc.dtypes import dtype_from_name, words_per_row
+from lpuc.errors import LpucError
+from lpuc.kernels import KernelContext, run_kernel
+from lpuc.kernels.registry import CAPTURES_ATTR, get_kernel
+from lpuc.lowering.builder import view_of
+from lpuc.program import Access, Instruction, Program, TileSlot
+from lpuc.runtime.fp16 import round_fp16
+from lpuc.runtime.isa import decoded_attrs, mxm_input
+from lpuc.runtime.machine import Machine
+
+Step = Callable[[], None]
+
+
+def _mxm_input(x: np.ndarray, precision: str) -> np.ndarray:
+    """isa.mxm_input (same bits), with float32 -> fp16 rounding done in vectorized passes."""
+    if precision == "fp16" and x.dtype == np.float32:
+        return round_fp16(x)
+    if x.dtype == np.float16:
+        return x.astype(np.float32)  # already fp16: isa's first cast would only copy
+    return mxm_input(x, precision)
+
+
+def _bound_kernel(ctx: KernelContext) -> Callable[[list], list[np.ndarray]]:
+    """run_kernel(ctx, inputs) with the registry look-up done once."""
+    k = get_kernel(ctx.op_type, ctx.domain)
+    if k is None or ctx.attrs.get(CAPTURES_ATTR):
+        return lambda inputs: run_kernel(ctx, inputs)
+    fn, n = k.fn, ctx.num_outputs
+
+    def call(inputs: list) -> list[np.ndarray]:
+        out = fn(ctx, *inputs)
+        outs = list(out) if isinstance(out, (tuple, list)) else [out]
+        return [o if isinstance(o, np.ndarray) else np.asarray(o) for o in outs[:n]]
+
+    return call
+
+
+def _whole(t: TileSlot) -> Access:
+    return Access(t.id, t.slice, t.addr, t.rows, 0, t.lanes)
+
+
+def _span(a: Access, dtype: np.dtype) -> tuple[int, int, int]:
+    """(slice, first address, end address) of a window."""
+    return a.slice, a.addr, a.addr + a.nrows * words_per_row(dtype)
+
+
+def _merge(spans: list[tuple[int, int, int]]) -> list[tuple[int, int, int]]:
+    out: list[tuple[int, int, int]] = []
+    for s, lo, hi in sorted(spans):
+        if out and out[-1][0] == s and lo <= out[-1][2]:
+            out[-1] = (s, out[-1][1], max(out[-1][2], hi))
+        else:
+            out.append((s, lo, hi))
+    return out
+
+
+def _readonly(v: np.ndarray) -> np.ndarray:
+    v = v.view()
+    v.flags.writeable = False  # kernels receive SRAM itself: one writing its inputs fails loudly
+    return v
+
+
+@dataclass
+class _Tensor:
+    """How a whole tensor maps onto tiles: (tile view, row, col) pieces of its [rows, cols] view."""
+
+    shape: tuple[int, ...]
+    dtype: np.dtype
+    pieces: list[tuple[np.ndarray, int, int]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.rows_cols = view_of(self.shape)
+
+    def direct(self) -> np.ndarray | None:
+        """The tensor as one contiguous SRAM view, when a single tile holds all of it unconverted."""
+        if len(self.pieces) != 1:
+            return None
+        v, r, c = self.pieces[0]
+        if (r, c) != (0, 0) or v.shape != self.rows_cols or v.dtype != self.dtype:
+            return None
+        if not v.flags.c_contiguous:
+            return None  # the interpreter hands kernels a contiguous copy; keep its memory layout
+        return _readonly(v.reshape(self.shape))
+
+    def load(self) -> np.ndarray:
+        """A fresh array (what Machine.load_tensor builds)."""
+        out = np.zeros(self.rows_cols, dtype=self.dtype)
+        for v, r, c in self.pieces:
+            out[r : r + v.shape[0], c : c + v.shape[1]] = v
+        return out.reshape(self.shape)
+
+    def store(self, value: np.ndarray) -> None:
+        view = value.reshape(self.rows_cols if value.shape == self.shape else view_of(value.shape))
+        for v, r, c in self.pieces:
+            np.copyto(v, view[r : r + v.shape[0], c : c + v.shape[1]], casting="unsafe")
+
+
+class _Executor:
+    """One SRAM image with every instruction bound to it as a step."""
+
+    def __init__(self, program: Program):
+        self.machine = m = Machine(program)  # SRAM with the constants written, MXM planes, host memory
+        self.program = program
+        self._dirty = self._written_spans(program)
+        self._load_cache: dict[int, dict] = {}
+        order = sorted(program.instructions, key=lambda i: i.id)
+        builders = {
+            "mxm.lw": self._lw,
+            "mxm.mm": self._mm,
+            "vxm.map": self._map,
+            "vxm.kernel": self._kernel,
+            "sxm.kernel": self._kernel,
+            "host.kernel": self._kernel,
+        }
+        self._shared = self._share_mxm_inputs(order)
+        # Converted weights kept across runs: at most as many bytes as the program's SRAM image.
+        image = (
+            program.summary.get("sram_peak_bytes")
+            or sum(t.words for t in m.tiles) * program.target.word_bytes
+        )
+        self._weight_budget = int(image)
+        self._mxm_inputs: list[np.ndarray | None] = [None] * len(self._shared)
+        self.steps: list[Step] = [
+            builders[ins.opcode](ins, decoded_attrs(ins, self._load_cache)) for ins in order
+        ]
+        # What a run must undo of the previous one: constants overwritten by tiles that reuse their
+        # slots, and, only if some read takes values that no earlier write of its tile produced
+        # (the validator refuses those), everything written, so that such reads see zeros again.
+        const_spans = _merge([_span(_whole(t), t.np_dtype) for t in program.tiles if t.kind == "const"])
+        zeros = self._reads_uncovered(program, order)
+        self._restore: list[tuple[np.ndarray, np.ndarray | None]] = []
+        for s, lo, hi in self._dirty:
+            block = m.sram.words[s, lo:hi]
+            if any(cs == s and clo < hi and lo < chi for cs, clo, chi in const_spans):
+                self._restore.append((block, block.copy()))
+            elif zeros:
+                self._restore.append((block, None))
+        self._inputs = [self._tensor(b.shape, b.dtype, b.tiles) for b in program.inputs]
+        self._outputs: list[tuple[str, int | None, _Tensor | None]] = []
+        for b in program.outputs:
+            if b.tiles and m.tiles[b.tiles[0]].kind == "host":
+                self._outputs.append((b.name, b.tiles[0], None))
+            else:
+                self._outputs.append((b.name, None, self._tensor(b.shape, b.dtype, b.tiles)))
+        self._reset_needed = False
+
+    # -- build helpers --------------------------------------------------------------------------
+    def _view(self, a: Access) -> np.ndarray:
+        return self.machine.sram.view(a, self.machine.tiles[a.buf].np_dtype)
+
+    def _tensor(self, shape, dtype, tiles, row_offset: int = 0) -> _Tensor:
+        shape = () if shape is None else tuple(shape)  # a data-shaped value: store uses its own shape
+        t = _Tensor(shape, dtype_from_name(dtype) if isinstance(dtype, str) else np.dtype(dtype))
+        for b in tiles:
+            slot = self.machine.tiles[b]
+            t.pieces.append((self._view(_whole(slot)), slot.r0 - row_offset, slot.c0))
+        return t
+
+    @staticmethod
+    def _written_spans(program: Program) -> list[tuple[int, int, int]]:
+        tiles = program.tiles
+        spans = [_span(_whole(tiles[b]), tiles[b].np_dtype) for x in program.inputs for b in x.tiles]
+        for ins in program.instructions:
+            for a in ins.writes:
+                t = tiles[a.buf]
+                if t.kind != "host":
+                    spans.append(_span(a, t.np_dtype))
+                    spans.append(_span(_whole(t), t.np_dtype))  # kernels store whole tiles
+        return _merge(spans)
+
+    @staticmethod
+    def _reads_uncovered(program: Program, order: list[Instruction]) -> bool:
+        """Whether some read takes a value of a computed tile that no earlier write of it produced
+        (kernels read and write whole tiles; outputs are read at the end)."""
+        tiles = program.tiles
+        written: dict[int, np.ndarray] = {}
+
+        def window(a: Access, whole: bool) -> np.ndarray | None:
+            t = tiles[a.buf]
+            if t.kind in ("const", "input", "io", "host"):
+                return None  # loaded before the run (or not in SRAM)
+            mask = written.setdefault(t.id, np.zeros((t.rows, t.lanes), dtype=bool))
+            if whole:
+                return mask
+            r0 = (a.addr - t.addr) // words_per_row(t.np_dtype)
+            return mask[r0 : r0 + a.nrows, a.lane0 : a.lane0 + a.nlanes]
+
+        for ins in order:
+            whole = ins.opcode.endswith(".kernel")
+            for a in ins.reads:
+                w = window(a, whole)
+                if w is not None and not w.all():
+                    return True
+            for a in ins.writes:
+                w = window(a, whole)
+                if w is not None:
+                    w[...] = True
+        for b in program.outputs:
+            for buf in b.tiles:
+                w = window(_whole(tiles[buf]), True)
+                if w is not None and not w.all():
+                    return True
+        return False
+
+    def _written(self, a: Access) -> bool:
+        s, lo, hi = _span(a, self.machine.tiles[a.buf].np_dtype)
+        return any(ds == s and dlo < hi and lo < dhi for ds, dlo, dhi in self._dirty)
+
+    # -- instructions ---------------------------------------------------------------------------
+    def _lw(self, ins: Instruction, attrs: dict) -> Step:
+        plane = self.machine.planes[ins.unit.split(".")[0]]
+        src, precision = self._view(ins.reads[0]), attrs["precision"]
+        size = src.size * (8 if src.dtype.kind in "iub" else 4)  # bytes of the MXM's copy
+        if not self._written(ins.reads[0]) and size <= self._weight_budget:
+            # The window holds the same values in every run: convert them once. Memory-bounded:
+            # beyond the budget the remaining loads convert on every run, as the interpreter does.
+            self._weight_budget -= size
+            weights = _mxm_input(src, precision)
+
+            def lw() -> None:
+                plane.shadow = weights
+        else:
+
+            def lw() -> None:
+                plane.shadow = _mxm_input(src, precision)
+
+        return lw
+
+    def _mm(self, ins: Instruction, attrs: dict) -> Step:
+        plane = self.machine.planes[ins.unit]
+        install, precision = bool(attrs.get("install")), attrs["precision"]
+        src, dst = self._view(ins.reads[0]), self._view(ins.writes[0])
+        acc = self._view(ins.reads[1]) if attrs.get("acc") else None
+        slot, first, last = self._shared.get(ins.id, (None, True, True))
+        shared = self._mxm_inputs
+
+        def mm() -> None:
+            if install:
+                plane.active, plane.shadow = plane.shadow, None
+            if first:
+                a = _mxm_input(src, precision)
+                if not last:
+                    shared[slot] = a
+            else:
+                a = shared[slot]
+                if last:
+                    shared[slot] = None
+            product = a @ plane.active
+            if acc is not None:
+                if acc.dtype == product.dtype:
+                    np.add(product, acc, out=product)  # the same sum, without isa's copy of acc
+                else:
+                    product = product + acc.astype(product.dtype)
+            np.copyto(dst, product, casting="unsafe")
+
+        return mm
+
+    def _share_mxm_inputs(self, order: list[Instruction]) -> dict[int, tuple[int, bool, bool]]:
+        """MMs that read the same window with nothing written to it in between multiply the same
+        values: the first rounds them to the MXM precision, the others reuse that array.
+        Returns mm id -> (slot, first user, last user) for windows read more than once."""
+        tiles = self.machine.tiles
+        live: dict[int, dict[tuple, int]] = {}  # slice -> window key -> slot
+        users: list[list[int]] = []
+        for ins in order:
+            if ins.opcode == "mxm.mm":
+                a = ins.reads[0]
+                key = (a.addr, a.nrows, a.lane0, a.nlanes, tiles[a.buf].dtype, ins.attrs.get("precision"))
+                slot = live.setdefault(a.slice, {}).setdefault(key, len(users))
+                if slot == len(users):
+                    users.append([])
+                users[slot].append(ins.id)
+            for w in ins.writes:
+                t = tiles[w.buf]
+                if t.kind == "host":
+                    continue
+                for s, lo, hi in (_span(w, t.np_dtype), _span(_whole(t), t.np_dtype)):
+                    windows = live.get(s, {})
+                    for key in [
+                        k
+                        for k in windows
+                        if k[0] < hi and lo < k[0] + k[1] * words_per_row(dtype_from_name(k[4]))
+                    ]:
+                        del windows[key]
+        out: dict[int, tuple[int, bool, bool]] = {}
+        for slot, ids in enumerate(u for u in users if len(u) > 1):
+            for k, i in enumerate(ids):
+                out[i] = (slot, k == 0, k == len(ids) - 1)
+        return out
+
+    def _map(self, ins: Instruction, attrs: dict) -> Step:
+        reads = [_readonly(self._view(a)) for a in ins.reads]
+        operands = [None if k is None else reads[k] for k in attrs["operands"]]
+        program: list[tuple[Callable, list[tuple[int, int]]]] = []
+        for step in attrs["expr"]:
+            ctx = KernelContext(step["op"], step["attrs"], step.get("opset", 0), 1, step["domain"])
+            # (0, _) missing, (1, k) operand k, (2, k) result of step k
+            args = [
+                (0, 0) if a == "-" else (1, int(a[1:])) if a[0] == "i" else (2, int(a[1:]))
+                for a in step["args"]
+            ]
+            program.append((_bound_kernel(ctx), args))
+        dst = self._view(ins.writes[0])
+
+        def vmap() -> None:
+            results: list[np.ndarray] = []
+            for call, args in program:
+                results.append(
+                    call([None if k == 0 else operands[j] if k == 1 else results[j] for k, j in args])[0]
+                )
+            np.copyto(dst, results[-1], casting="unsafe")
+
+        return vmap
+
+    def _kernel(self, ins: Instruction, attrs: dict) -> Step:
+        m = self.machine
+        loaders: list[Callable[[], np.ndarray | None]] = []
+        for desc in attrs["inputs"]:
+            if desc is None:
+                loaders.append(lambda: None)
+                continue
+            refs = ins.reads[desc["first"] : desc["first"] + desc["count"]]
+            if desc.get("host"):
+                loaders.append(lambda b=refs[0].buf: m.host_memory[b])
+                continue
+            t = self._tensor(desc["shape"], desc["dtype"], [r.buf for r in refs], desc["row_offset"])
+            direct = t.direct()
+            loaders.append((lambda v=direct: v) if direct is not None else t.load)
+        ctx = KernelContext(
+            attrs["kernel"],
+            attrs["attrs"],
+            attrs["opset"],
+            len(attrs["outputs"]),
+            attrs["domain"],
+            attrs["opsets"],
+        )
+        call = _bound_kernel(ctx)
+        stores: list[tuple[dict, Callable[[np.ndarray], None]] | None] = []
+        for desc in attrs["outputs"]:
+            if desc is None:
+                stores.append(None)
+                continue
+            refs = ins.writes[desc["first"] : desc["first"] + desc["count"]]
+            if desc.get("host"):
+                stores.append((desc, self._host_store(refs[0].buf, dtype_from_name(desc["dtype"]))))
+            else:
+                t = self._tensor(desc["shape"], desc["dtype"], [r.buf for r in refs], desc["row_offset"])
+                stores.append((desc, t.store))
+        kernel_name, node = attrs["kernel"], ins.node
+
+        def kernel() -> None:
+            try:
+                results = call([load() for load in loaders])
+            except LpucError as e:  # bad data (e.g. an index out of range): name the node, as isa does
+                e.args = (f"node '{node}' ({kernel_name}): {e}",)
+                raise
+            for store, value in zip(stores, results):
+                if store is None:
+                    continue
+                desc, put = store
+                if desc["shape"] is not None and tuple(value.shape) != tuple(desc["shape"]):
+                    raise RuntimeError(
+                        f"instruction {ins.id} ({kernel_name} {node}): kernel produced shape "
+                        f"{tuple(value.shape)}, the program expects {tuple(desc['shape'])}"
+                    )
+                put(value)
+
+        return kernel
+
+    def _host_store(self, buf: int, dtype: np.dtype) -> Callable[[np.ndarray], None]:
+        host, words = self.machine.host_memory, self.machine.sram.words
+
+        def put(value: np.ndarray) -> None:
+            value = value.astype(dtype, copy=False)
+            # host memory outlives the step: never keep a view of SRAM (a kernel may return its input)
+            host[buf] = value.copy() if np.may_share_memory(value, words) else value
+
+        return put
+
+    # -- running ----------------------------------------------------------------------------------
+    def run(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        m = self.machine
+        values = m.coerced_inputs(inputs)  # refuse bad inputs before touching state
+        if self._reset_needed:
+            for block, held in self._restore:
+                if held is None:
+                    block.fill(0)
+                else:
+                    np.copyto(block, held)
+            for p in m.planes.values():
+                p.shadow = p.active = None
+            m.host_memory.clear()
+        self._reset_needed = True
+        for t, (_, value) in zip(self._inputs, values):
+            t.store(value)
+        for step in self.steps:
+            step()
+        # Fresh arrays (load copies): the next run reuses this SRAM.
+        return {
+            name: m.host_memory[host] if host is not None else t.load() for name, host, t in self._outputs
+        }
+
+
+class Plan:
+    """A program's executors: built on first use, reused by later runs (one per concurrent run)."""
+
+    def __init__(self, program: Program):
+        self.program = program
+        self._free: list[_Executor] = [_Executor(program)]
+
+    def run(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        try:
+            ex = self._free.pop()
+        except IndexError:  # another thread is running this program
+            ex = _Executor(self.program)
+        try:
+            return ex.run(inputs)
+        finally:
+            self._free.append(ex)

@@ -1,0 +1,231 @@
+"""One mutation per validator rule, each of which a wrong program could slip through before; and a
+randomized test: hundreds of dependency-breaking mutations of compiled programs, every one refused."""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+import lpuc
+from lpuc.backends.lpu import decode_program, encode_program
+from lpuc.cli import main
+from lpuc.errors import ArtifactError, ScheduleError
+from lpuc.program import Program
+from lpuc.schedule.validator import validate
+from tests.mutate import cost_of, resummarized, with_instruction, without_instruction
+
+
+@pytest.fixture(scope="module")
+def mlp(mlp_onnx) -> Program:
+    """tsp-mini splits K into 32-wide chunks: every layer accumulates."""
+    return lpuc.compile(mlp_onnx, target="tsp-mini", precision="fp32")
+
+
+@pytest.fixture(scope="module")
+def residual(small_residual_onnx) -> Program:
+    """80 activation rows on 64-lane tiles: weight groups with two MMs (one installs, one reuses)."""
+    return lpuc.compile(small_residual_onnx, target="tsp-mini", precision="fp16")
+
+
+def _problems(p: Program) -> list[str]:
+    with pytest.raises(ScheduleError) as info:
+        validate(p)
+    return info.value.problems
+
+
+def _index(p: Program, pred) -> int:
+    return next(k for k, i in enumerate(p.instructions) if pred(i))
+
+
+def test_compiled_programs_are_valid(mlp, residual):
+    validate(mlp)
+    validate(residual)
+
+
+def test_accumulating_matmul_moved_after_the_consumer_of_its_result(mlp):
+    last_acc = max((i for i in mlp.instructions if i.attrs.get("acc")), key=lambda i: i.id)
+    consumer = next(
+        i
+        for i in mlp.instructions
+        if i.id > last_acc.id and any(r.buf == last_acc.writes[0].buf for r in i.reads)
+    )
+    moved = with_instruction(mlp, last_acc.id, start=consumer.end + 10_000)
+    problems = _problems(moved)
+    assert any(f"instruction {consumer.id} " in p and "comes before it" in p for p in problems), problems
+
+
+@pytest.mark.parametrize("step", ["first", "middle", "last"])
+def test_dropped_accumulation_step(mlp, step):
+    chain_of = {}
+    for i in mlp.instructions:
+        if i.opcode == "mxm.mm":
+            chain_of.setdefault(i.writes[0], []).append(i)
+    chain = max(chain_of.values(), key=len)
+    assert len(chain) >= 3
+    dropped = {"first": chain[0], "middle": chain[1], "last": chain[-1]}[step]
+    problems = _problems(without_instruction(mlp, dropped.id))
+    assert any("accumulation step is missing" in p or "cover K" in p or "no LW" in p for p in problems)
+    assert any("accumulation step is missing" in p or "cover K" in p for p in problems), problems
+
+
+def test_dropped_installing_matmul(residual):
+    k = _index(residual, lambda i: i.opcode == "mxm.mm" and i.attrs["install"])
+    group = residual.instructions[k].attrs["group"]
+    assert any(i.attrs.get("group") == group and not i.attrs.get("install") for i in residual.instructions)
+    problems = _problems(without_instruction(residual, k))
+    assert any("weights of another group" in p or "no installed weights" in p for p in problems), problems
+
+
+def test_installing_the_weights_of_another_group(residual):
+    k = _index(residual, lambda i: i.opcode == "mxm.lw")
+    other = next(i.attrs["group"] for i in residual.instructions if i.opcode == "mxm.lw" and i.id != k)
+    changed = with_instruction(residual, k, attrs={**residual.instructions[k].attrs, "group": other})
+    assert any("not its own group's" in p for p in _problems(changed))
+
+
+def test_dropped_only_writer_of_a_model_output(mlp):
+    out_tiles = {t for b in mlp.outputs for t in b.tiles}
+    k = _index(mlp, lambda i: any(w.buf in out_tiles for w in i.writes))
+    problems = _problems(without_instruction(mlp, k))
+    assert any("no instruction writes" in p for p in problems), problems
+
+
+def test_dropped_writer_of_part_of_a_tile(residual):
+    """A reader whose window is only partly written (one of two lane blocks dropped) is refused."""
+    readers = [i for i in residual.instructions if i.opcode == "vxm.map"]
+    writers = {w.buf: [] for i in readers for w in i.reads}
+    for i in residual.instructions:
+        for w in i.writes:
+            if w.buf in writers and i.opcode == "mxm.mm":
+                writers[w.buf].append(i)
+    victim = next(ws[0] for ws in writers.values() if ws)
+    problems = _problems(without_instruction(residual, victim.id))
+    assert any("no earlier instruction writes" in p or "accumulation" in p for p in problems), problems
+
+
+def test_duration_shorter_than_the_cost_model(mlp):
+    k = _index(mlp, lambda i: i.opcode == "mxm.mm")
+    assert any("shorter than the" in p for p in _problems(with_instruction(mlp, k, duration=1)))
+    one_less = with_instruction(mlp, k, duration=mlp.instructions[k].duration - 1)
+    assert any("shorter than the" in p for p in _problems(one_less))
+
+
+def test_work_record_that_does_not_match_the_windows(mlp):
+    k = _index(mlp, lambda i: i.opcode == "mxm.mm")
+    ins = mlp.instructions[k]
+    cheaper = dataclasses.replace(ins.work, vectors=ins.work.vectors // 2)
+    assert any("does not match" in p for p in _problems(with_instruction(mlp, k, work=cheaper)))
+
+
+def test_map_issued_on_an_mxm_unit(mlp):
+    k = _index(mlp, lambda i: i.opcode == "vxm.map")
+    ins = mlp.instructions[k]
+    moved = with_instruction(mlp, k, units=("MXM0", *ins.units[1:]))
+    assert any("not a VXM unit" in p for p in _problems(moved))
+
+
+def test_missing_mem_port_and_stream_bookings(mlp):
+    k = _index(mlp, lambda i: i.opcode == "vxm.map")
+    ins = mlp.instructions[k]
+    no_ports = with_instruction(mlp, k, units=tuple(u for u in ins.units if not u.startswith("MEM")))
+    assert any("ports of MEM slice" in p for p in _problems(no_ports))
+    no_streams = with_instruction(mlp, k, units=tuple(u for u in ins.units if not u.startswith(("SE", "SW"))))
+    assert any("streams, books 0" in p for p in _problems(no_streams))
+
+
+def test_oversubscribed_mem_port(mlp):
+    """Two instructions holding the same bank port of a slice at the same time."""
+    a, b = [
+        i for i in mlp.instructions if i.opcode == "vxm.map" and any(u.startswith("MEM") for u in i.units)
+    ][:2]
+    port = next(u for u in a.units if u.startswith("MEM"))
+    clash = with_instruction(mlp, b.id, units=(*b.units, port), start=a.start)
+    assert any(f"unit {port} double-booked" in p for p in _problems(clash))
+
+
+def test_edited_summary_is_refused_at_load(mlp, tmp_path):
+    edited = dataclasses.replace(mlp)
+    edited.summary = {**mlp.summary, "cycles": mlp.summary["cycles"] // 2}
+    with pytest.raises(ArtifactError, match="summary does not match the instructions.*cycles"):
+        decode_program(encode_program(edited))
+    path = tmp_path / "edited.lpu"
+    path.write_bytes(encode_program(edited))
+    result = CliRunner().invoke(main, ["report", str(path)])
+    assert result.exit_code == 2
+    assert result.output.strip().startswith("error: ") and result.output.strip().count("\n") == 0
+
+
+def test_edited_duration_is_refused_at_load(mlp):
+    k = _index(mlp, lambda i: i.opcode == "vxm.map")
+    shorter = resummarized(with_instruction(mlp, k, duration=mlp.instructions[k].duration - 1))
+    with pytest.raises(ArtifactError, match="shorter than the"):
+        decode_program(encode_program(shorter))
+
+
+# -- randomized ------------------------------------------------------------------------------------
+def _mutations(p: Program, rng: random.Random, count: int):
+    """Dependency-breaking mutations: (description, mutated program)."""
+    ins = p.instructions
+    out_tiles = {t for b in p.outputs for t in b.tiles}
+    producers = []  # (consumer index, producer) for every read of a computed window
+    for k, i in enumerate(ins):
+        for r in i.reads:
+            if p.tiles[r.buf].kind in ("temp", "output"):
+                for w in ins:
+                    if w.id < i.id and any(x.buf == r.buf for x in w.writes):
+                        producers.append((k, w))
+    needed = [
+        k
+        for k, i in enumerate(ins)
+        if any(
+            w.buf in out_tiles or any(w.buf == r.buf for j in ins if j.id > i.id for r in j.reads)
+            for w in i.writes
+        )
+    ]
+    accs = [k for k, i in enumerate(ins) if i.opcode == "mxm.mm" and "k" in i.attrs]
+    kinds = ["move", "drop_writer", "drop_acc", "shorten"]
+    for _ in range(count):
+        kind = rng.choice(kinds)
+        if kind == "move":
+            k, producer = rng.choice(producers)
+            start = max(0, producer.end - rng.randint(1, producer.duration))
+            yield f"move {k} to {start}, before {producer.id} ends", with_instruction(p, k, start=start)
+        elif kind == "drop_writer":
+            k = rng.choice(needed)
+            yield f"drop writer {k}", without_instruction(p, k)
+        elif kind == "drop_acc":
+            k = rng.choice(accs)
+            yield f"drop matmul {k}", without_instruction(p, k)
+        else:
+            k = rng.randrange(len(ins))
+            need = cost_of(p, ins[k])
+            yield f"shorten {k}", with_instruction(p, k, duration=rng.randint(1, need - 1))
+
+
+def test_every_random_dependency_breaking_mutation_is_refused(mlp, residual):
+    rng = random.Random(20261129)
+    accepted = []
+    total = 0
+    for program in (mlp, residual):
+        for what, mutated in _mutations(program, rng, 120):
+            total += 1
+            try:
+                validate(mutated)
+            except ScheduleError:
+                continue
+            accepted.append(what)
+    assert total >= 200
+    assert not accepted, f"{len(accepted)} of {total} wrong programs accepted: {accepted[:5]}"
+
+
+def test_outputs_still_match_after_legal_rescheduling(mlp, mlp_onnx):
+    """Sanity check for the mutation helpers: an unmodified round trip runs the same."""
+    from tests.models import random_feeds
+
+    feeds = random_feeds(mlp_onnx)
+    again = decode_program(encode_program(mlp))
+    np.testing.assert_array_equal(again.run(feeds)["y"], mlp.run(feeds)["y"])
