@@ -183,6 +183,7 @@ def decode_program(data: bytes, where: str = "<bytes>", validate: bool = True) -
         except ScheduleError as e:
             raise ArtifactError(f"{where}: {e}") from None
         _check_summary(program, where)
+    program.origin = where
     return program
 
 
@@ -193,7 +194,7 @@ def _check_summary(program: Program, where: str) -> None:
     stored = program.summary
     try:
         expected = summarize(program, stored_facts(stored))
-    except (KeyError, TypeError) as e:
+    except (KeyError, TypeError, IndexError, ValueError) as e:
         raise ArtifactError(f"{where}: summary is incomplete ({type(e).__name__}: {e})") from None
     if stored != expected:
         key = next(k for k in sorted(set(stored) | set(expected)) if stored.get(k) != expected.get(k))

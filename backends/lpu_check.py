@@ -11,9 +11,11 @@ import math
 from typing import Any
 
 import numpy as np
+import onnx
 
 from lpuc.dtypes import dtype_from_name
-from lpuc.target import PRECISIONS
+from lpuc.kernels import get_kernel
+from lpuc.target import PRECISIONS, target_from_dict
 
 TILE_KINDS = ("const", "input", "output", "io", "temp", "host")
 
@@ -27,12 +29,17 @@ def check_body(body: Any) -> None:
     _expect(isinstance(strings, list) and all(isinstance(s, str) for s in strings), "strings", "strings")
     attrs = body.get("attrs")
     _expect(isinstance(attrs, list) and all(isinstance(a, dict) for a in attrs), "attrs", "objects")
+    units = set(target_from_dict(body.get("target")).units())  # LpucError if the target is bad
     queues = body.get("queues")
     _expect(isinstance(queues, dict), "queues", "an object")
     for unit, items in sorted(queues.items()):
         _expect(isinstance(items, list), f"queues.{unit}", "a list")
         for k, item in enumerate(items):
-            _instruction(item, f"queues.{unit}[{k}]", len(strings), len(attrs))
+            where = f"queues.{unit}[{k}]"
+            _instruction(item, where, len(strings), len(attrs))
+            for u in item[2]:
+                _expect(strings[u] in units, f"{where} units", "units of the target")
+            _attrs(strings[item[1]], attrs[item[8]], len(item[5]), len(item[6]), f"{where} attrs")
     tiles = body.get("tiles")
     _expect(isinstance(tiles, list), "tiles", "a list")
     for k, t in enumerate(tiles):
@@ -68,8 +75,8 @@ def check_body(body: Any) -> None:
                 if side == "inputs":
                     _expect(tiles[i][9] in ("input", "io", "host"), f"{where}.tiles", "input tiles")
             shape = b.get("shape")
-            # Inputs are stored into exactly their tiles (outputs may be read through an alias).
-            if side == "inputs" and shape is not None and ids and tiles[ids[0]][9] != "host":
+            # A binding's tiles hold exactly its values: the runtime stores / loads them whole.
+            if shape is not None and ids and tiles[ids[0]][9] != "host":
                 covered = sum(tiles[i][3] * tiles[i][4] for i in ids)
                 _expect(covered == math.prod(shape), f"{where}.tiles", f"tiles covering shape {shape}")
 
@@ -95,6 +102,99 @@ def _instruction(item: Any, where: str, n_strings: int, n_attrs: int) -> None:
     _expect(isinstance(work, list), f"{where} work", "a list")
     for v in work:
         _int(v, f"{where} work")
+
+
+def _attrs(opcode: str, attrs: dict, n_reads: int, n_writes: int, where: str) -> None:
+    """The fields of an instruction's attributes the runtime and validator read."""
+    if opcode.startswith("mxm."):
+        _expect(isinstance(attrs.get("precision"), str), f"{where}.precision", "a string")
+        k = attrs.get("k")
+        if k is not None:
+            _expect(isinstance(k, list) and len(k) == 3, f"{where}.k", "3 integers")
+            for v in k:
+                _int(v, f"{where}.k")
+    elif opcode == "vxm.map":
+        operands, expr = attrs.get("operands"), attrs.get("expr")
+        _expect(isinstance(operands, list), f"{where}.operands", "a list")
+        for v in operands:
+            _expect(v is None or _is_index(v, n_reads), f"{where}.operands", f"read indices below {n_reads}")
+        _expect(isinstance(expr, list) and expr, f"{where}.expr", "a non-empty list")
+        for k, step in enumerate(expr):
+            at = f"{where}.expr[{k}]"
+            _expect(isinstance(step, dict), at, "an object")
+            _kernel_name(step.get("op"), step.get("domain"), at)
+            _expect(isinstance(step.get("attrs"), dict), f"{at}.attrs", "an object")
+            _int(step.get("opset", 0), f"{at}.opset")
+            args = step.get("args")
+            _expect(isinstance(args, list), f"{at}.args", "a list")
+            for a in args:
+                ok = a == "-" or (
+                    isinstance(a, str)
+                    and a[:1] in ("i", "s")
+                    and a[1:].isdigit()
+                    and int(a[1:]) < (len(operands) if a[0] == "i" else k)
+                )
+                _expect(ok, f"{at}.args", "'-', i<operand> or s<earlier step>")
+    elif opcode in ("vxm.kernel", "sxm.kernel", "host.kernel"):
+        _kernel_name(attrs.get("kernel"), attrs.get("domain"), where)
+        _expect(isinstance(attrs.get("attrs"), dict), f"{where}.attrs", "an object")
+        _int(attrs.get("opset"), f"{where}.opset")
+        _onnx_attr_types(attrs["kernel"], attrs["domain"], attrs["opset"], attrs["attrs"], f"{where}.attrs")
+        opsets = attrs.get("opsets")
+        _expect(isinstance(opsets, dict), f"{where}.opsets", "an object")
+        for v in opsets.values():
+            _int(v, f"{where}.opsets")
+        for side, n in (("inputs", n_reads), ("outputs", n_writes)):
+            descs = attrs.get(side)
+            _expect(isinstance(descs, list), f"{where}.{side}", "a list")
+            for d in descs:
+                if d is None:
+                    continue
+                _expect(isinstance(d, dict), f"{where}.{side}", "objects")
+                _nat(d.get("first"), f"{where}.{side}.first")
+                _nat(d.get("count"), f"{where}.{side}.count")
+                _expect(d["first"] + d["count"] <= n, f"{where}.{side}", f"windows below {n}")
+                _dtype(d.get("dtype"), f"{where}.{side}.dtype")
+                if d.get("shape") is not None:
+                    _shape(d["shape"], f"{where}.{side}.shape")
+                _int(d.get("row_offset", 0), f"{where}.{side}.row_offset")
+
+
+_ATTR_CHECKS = {
+    onnx.AttributeProto.INT: (lambda v: isinstance(v, int), "an integer"),
+    onnx.AttributeProto.FLOAT: (lambda v: isinstance(v, (int, float)), "a number"),
+    onnx.AttributeProto.STRING: (lambda v: isinstance(v, str), "a string"),
+    onnx.AttributeProto.INTS: (
+        lambda v: isinstance(v, list) and all(isinstance(x, int) for x in v),
+        "integers",
+    ),
+    onnx.AttributeProto.FLOATS: (
+        lambda v: isinstance(v, list) and all(isinstance(x, (int, float)) for x in v),
+        "numbers",
+    ),
+}
+
+
+def _onnx_attr_types(op: str, domain: str, opset: int, attrs: dict, where: str) -> None:
+    """Attributes of ONNX ops must have the types their schema gives (values are the kernel's job)."""
+    try:
+        schema = onnx.defs.get_schema(op, opset, domain)
+    except onnx.defs.SchemaError:
+        return
+    for name, value in attrs.items():
+        spec = schema.attributes.get(name)
+        check = _ATTR_CHECKS.get(spec.type) if spec is not None else None
+        if check is not None:
+            _expect(check[0](value), f"{where}.{name}", check[1])
+
+
+def _kernel_name(op: Any, domain: Any, where: str) -> None:
+    _expect(isinstance(op, str) and isinstance(domain, str), where, "an op and a domain")
+    _expect(get_kernel(op, domain) is not None, where, f"an op lpuc has a kernel for, not {domain}::{op}")
+
+
+def _is_index(v: Any, n: int) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and 0 <= v < n
 
 
 def _tile(t: Any, where: str, n_strings: int) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +37,7 @@ def compile(  # noqa: A001 - the natural name for a compiler's entry point
     dump_ir: str | os.PathLike | None = None,
     const_inputs: Mapping[str, np.ndarray] | None = None,
     strict_input_shapes: bool = True,
+    disable_passes: Iterable[str] = (),
 ) -> Program:
     """Compile an ONNX model (path or ModelProto) into a scheduled, validated Program.
 
@@ -48,10 +49,14 @@ def compile(  # noqa: A001 - the natural name for a compiler's entry point
     native path: inputs rounded to fp16, fp32 accumulation) or "fp32" (exact, three fp16 passes).
     `const_inputs` compiles inputs as constants and `strict_input_shapes=False` lets `input_shapes`
     replace declared static dims (both used by the ONNX backend, which specializes on actual inputs).
+    `disable_passes` names graph passes to skip (e.g. ("fuse_gelu",), to measure a fusion's effect).
     """
     if precision not in PRECISIONS:
         raise LpucError(f"unknown precision {precision!r} (choose {', '.join(PRECISIONS)})")
     tgt = load_target(target)
+    # Built before the frontend runs, so an unknown pass name fails at once.
+    disabled = [disable_passes] if isinstance(disable_passes, str) else disable_passes
+    pass_ctx = PassContext(tgt, precision, host_fallback, frozenset(disabled))
     stages: dict[str, float] = {}
     with _timed(stages, "frontend"):
         proto, where = _as_onnx(model, example_inputs, exporter)
@@ -67,13 +72,15 @@ def compile(  # noqa: A001 - the natural name for a compiler's entry point
     dump_dir = Path(dump_ir) if dump_ir is not None else None
     timings = PassTimings()
     with _timed(stages, "passes"):
-        graph = run_pipeline(
-            graph, PassContext(tgt, precision, host_fallback), dump_dir=dump_dir, timings=timings
-        )
+        graph = run_pipeline(graph, pass_ctx, dump_dir=dump_dir, timings=timings)
     with _timed(stages, "lowering"):
         tiled = lower(graph, tgt, precision, host_fallback=host_fallback, where=where)
     with _timed(stages, "schedule"):
-        options = {"precision": precision, "host_fallback": host_fallback}
+        options = {
+            "precision": precision,
+            "host_fallback": host_fallback,
+            "disabled_passes": sorted(pass_ctx.disabled),  # so `lpuc diff` shows a different pass set
+        }
         program = build_program(tiled, tgt, where, options, model_nodes)
     if dump_dir is not None:
         from lpuc.backends.text import program_text
@@ -84,14 +91,42 @@ def compile(  # noqa: A001 - the natural name for a compiler's entry point
     return program
 
 
+# Each stage of this process's latest compile: (seconds, peak resident set size in bytes or None
+# where the OS does not say). Kept beside compile_stages (seconds only, summed by Program) and
+# recorded even for a stage that fails, so a benchmark can time a model that does not fit.
+stage_usage: dict[str, tuple[float, int | None]] = {}
+
+
 @contextlib.contextmanager
 def _timed(stages: dict[str, float], name: str) -> Iterator[None]:
     from lpuc import progress
 
+    _reset_peak_rss()
     start = time.perf_counter()
-    with progress.stage(name):  # a bar on a terminal once the stage has taken a second
-        yield
-    stages[name] = time.perf_counter() - start
+    try:
+        with progress.stage(name):  # a bar on a terminal once the stage has taken a second
+            yield
+    finally:
+        stage_usage[name] = (time.perf_counter() - start, _peak_rss())
+    stages[name] = stage_usage[name][0]
+
+
+def _reset_peak_rss() -> None:
+    # Linux: writing 5 to clear_refs resets VmHWM to the current RSS, so each stage gets its own peak.
+    with contextlib.suppress(OSError):
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+
+
+def _peak_rss() -> int | None:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
 
 
 def load(path: str | os.PathLike) -> Program:

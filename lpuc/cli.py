@@ -117,7 +117,19 @@ def main(debug: bool) -> None:
     "--dump-ir", type=click.Path(file_okay=False), help="Write the IR after every stage to this directory."
 )
 @click.option("--no-host-fallback", is_flag=True, help="Fail instead of running unmappable ops on the host.")
-@click.option("-v", "--verbose", is_flag=True, help="Print the time each compile stage and pass took.")
+@click.option(
+    "--disable-pass",
+    "disable_passes",
+    multiple=True,
+    metavar="NAME",
+    help="Skip this graph pass, e.g. fuse_gelu, to measure its effect (repeatable).",
+)
+@click.option(
+    "-v",
+    "--verbose",
+    is_flag=True,
+    help="Print each compile stage's time and peak RSS, and each pass's time.",
+)
 @click.option("--debug", is_flag=True, hidden=True)
 def compile(  # noqa: A001 - the command's name
     model,
@@ -131,6 +143,7 @@ def compile(  # noqa: A001 - the command's name
     batch,
     dump_ir,
     no_host_fallback,
+    disable_passes,
     verbose,
     debug,
 ):
@@ -148,6 +161,7 @@ def compile(  # noqa: A001 - the command's name
         input_shapes=shapes,
         host_fallback=not no_host_fallback,
         dump_ir=dump_ir,
+        disable_passes=disable_passes,
     )
     program.save(output)
     kept = ""
@@ -157,8 +171,12 @@ def compile(  # noqa: A001 - the command's name
         atomic_write(f"{output}.onnx", source.SerializeToString())
         kept = f" and the exported ONNX {output}.onnx (for run --check)"
     if verbose:
+        from lpuc.api import stage_usage
+
         for stage, seconds in program.compile_stages.items():
-            click.echo(f"  {stage:<32} {seconds:8.3f} s", err=True)
+            rss = stage_usage.get(stage, (0.0, None))[1]  # stages have a peak RSS, passes do not
+            peak = f"  peak RSS {rss / 2**20:8.1f} MiB" if rss is not None else ""
+            click.echo(f"  {stage:<32} {seconds:8.3f} s{peak}", err=True)
     s = program.summary
     size = Path(output).stat().st_size
     click.echo(

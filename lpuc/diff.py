@@ -32,7 +32,7 @@ METRICS = (
 # Dict metrics whose missing entries are counts of zero (an opcode that is not used).
 COUNT_DICTS = frozenset({"instructions_by_opcode"})
 # Keys that say what was compiled for; a change is a note, not a regression.
-NOTE_KEYS = ("target", "precision", "target_sha256", "clock_mhz")
+NOTE_KEYS = ("target", "precision", "target_sha256", "clock_mhz", "options")
 REQUIRED_KEYS = ("cycles", "instructions")
 FORMATS = ("text", "markdown", "json")
 SUFFIXES = (".lpu", ".json")

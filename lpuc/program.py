@@ -112,6 +112,9 @@ class Program:
     validated: bool = field(default=False, init=False, compare=False, repr=False)
     # The runtime's execution plan for this object (lpuc.runtime.plan), built on the first run.
     plan: Any = field(default=None, init=False, compare=False, repr=False)
+    # The file a loaded program came from (None: compiled in this process). A kernel that fails on a
+    # loaded program's attributes is the file's fault (exit 2), on a compiled one lpuc's (exit 3).
+    origin: str | None = field(default=None, init=False, compare=False, repr=False)
 
     @property
     def compile_seconds(self) -> float:

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from lpuc import progress
+from lpuc.errors import LpucError
 from lpuc.fileio import atomic_write
 from lpuc.ir.graph import Graph
 from lpuc.ir.printer import print_graph
@@ -30,6 +31,8 @@ from lpuc.passes.eliminate_identity import eliminate_identity
 from lpuc.passes.fold_batchnorm import fold_batchnorm
 from lpuc.passes.fold_constants import fold_constants
 from lpuc.passes.fuse_elementwise import fuse_elementwise
+from lpuc.passes.fuse_gelu import fuse_gelu
+from lpuc.passes.fuse_layernorm import fuse_layernorm
 from lpuc.passes.legalize_broadcast import legalize_broadcast
 from lpuc.passes.lower_conv import lower_conv
 from lpuc.passes.lower_einsum import lower_einsum
@@ -42,6 +45,16 @@ class PassContext:
     target: Target
     precision: str = "fp16"
     host_fallback: bool = True
+    # Passes run_pipeline skips, by name (to measure what each one is worth).
+    disabled: frozenset[str] = frozenset()
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "disabled", frozenset(self.disabled))  # any iterable of names
+        unknown = sorted(set(self.disabled) - set(pass_names()))
+        if unknown:
+            raise LpucError(
+                f"unknown pass {', '.join(map(repr, unknown))} (passes: {', '.join(pass_names())})"
+            )
 
 
 GraphPass = Callable[[Graph, PassContext], Graph]
@@ -65,10 +78,17 @@ PIPELINE: tuple[Pass, ...] = (
     Pass("lower_conv", lower_conv),
     Pass("canonicalize_matmul", canonicalize_matmul),
     Pass("fold_constants", fold_constants),
+    Pass("fuse_layernorm", fuse_layernorm),
+    Pass("fuse_gelu", fuse_gelu),
     Pass("fuse_elementwise", fuse_elementwise),
     Pass("legalize_broadcast", legalize_broadcast),
     Pass("eliminate_dead_code", eliminate_dead_code),
 )
+
+
+def pass_names() -> list[str]:
+    """The names of the pipeline's passes, in order, each once."""
+    return list(dict.fromkeys(p.name for p in PIPELINE))
 
 
 @dataclass
@@ -91,6 +111,9 @@ def run_pipeline(
         verify_graph(graph)
     with progress.stage("passes", total=len(passes)) as bar:
         for index, p in enumerate(passes, start=1):
+            if p.name in ctx.disabled:
+                bar.advance()
+                continue
             bar.label(p.name)
             start = time.perf_counter()
             graph = p.run(graph, ctx)

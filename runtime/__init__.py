@@ -19,6 +19,7 @@ from contextlib import contextmanager
 import numpy as np
 from threadpoolctl import ThreadpoolController
 
+from lpuc.errors import ArtifactError, LpucError
 from lpuc.program import Program
 from lpuc.runtime.isa import HANDLERS, decoded_attrs
 from lpuc.runtime.machine import Machine
@@ -39,7 +40,18 @@ def execute(
     # entirely on a loaded machine), so each runs on one thread. Both executors must use the same
     # count: it changes how a GEMM splits its sums, and so the last bits of the result.
     with _one_blas_thread(), np.errstate(all="ignore"):
-        outputs = _interpret(program, inputs) if interpret else _plan(program).run(inputs)
+        try:
+            outputs = _interpret(program, inputs) if interpret else _plan(program).run(inputs)
+        except LpucError:
+            raise
+        except Exception as e:
+            if program.origin is None:
+                raise  # a compiled program that cannot run is lpuc's bug
+            first = str(e).splitlines()[0] if str(e) else ""
+            raise ArtifactError(
+                f"{program.origin}: the program fails at run time ({type(e).__name__}: {first}); "
+                "was the file edited?"
+            ) from None
     if trace is not None:
         write_trace(program, trace)
     return outputs

@@ -46,6 +46,7 @@ def export(
     input_names=None,
     output_names=None,
     dynamic_axes=None,
+    opset_version: int | None = None,
 ) -> Path:
     """Export `module` (weights re-initialized from `seed`) to ONNX at `path`."""
     torch.manual_seed(seed)
@@ -63,6 +64,7 @@ def export(
             output_names=output_names,
             dynamic_axes=dynamic_axes,
             dynamo=dynamo,
+            opset_version=opset_version,
         )
     return path
 

@@ -19,8 +19,12 @@ import lpuc
 from lpuc.backends.lpu import decode_program, encode_program
 from tests.kernels.oracle import IR_VERSION
 
-# Program fields the artifact does not store by design: timings of this machine, validation state.
-NOT_STORED = {"compile_stages", "validated"}
+
+def _stored(obj: object, f: dataclasses.Field) -> bool:
+    """Program fields declared compare=False are per-object state the artifact does not store by
+    design (compile timings, validation, the runtime's plan, where it was loaded from). Elsewhere
+    every field counts (Target.raw is compare=False but is the whole chip description)."""
+    return f.compare or not isinstance(obj, lpuc.Program)
 
 
 def _model() -> onnx.ModelProto:
@@ -52,7 +56,7 @@ def assert_same(a: object, b: object, where: str) -> None:
     assert type(a) is type(b), f"{where}: {type(a).__name__} != {type(b).__name__}"
     if dataclasses.is_dataclass(a):
         for f in dataclasses.fields(a):
-            if not (isinstance(a, lpuc.Program) and f.name in NOT_STORED):
+            if _stored(a, f):
                 assert_same(getattr(a, f.name), getattr(b, f.name), f"{where}.{f.name}")
     elif isinstance(a, np.ndarray):
         assert (a.dtype, a.shape) == (b.dtype, b.shape), where

@@ -13,6 +13,7 @@ import pytest
 from onnx import TensorProto, helper
 
 import lpuc
+from lpuc.runtime import execute
 from tests.kernels.oracle import IR_VERSION, run_onnxruntime
 
 # (M, K, N, K2) per target: K, K2 > 160 are several K tiles on both chips; tsp-mini has 512 KiB of SRAM.
@@ -81,13 +82,15 @@ def test_reference_distinguishes_rounding_from_none(target):
     assert _max_scaled_error(exact, rounded.astype(np.float64)) > 5 * FP16_TOL
 
 
+@pytest.mark.parametrize("interpret", [False, True], ids=["plan", "interpreter"])
 @pytest.mark.parametrize("target", ["tsp-v1", "tsp-mini"])
-def test_fp16_matches_rounded_reference(target):
+def test_fp16_matches_rounded_reference(target, interpret):
+    """Both executors: the default execution plan and the instruction-by-instruction interpreter."""
     program = lpuc.compile(_mlp(target), target=target, precision="fp16")
     accumulating = [i for i in program.instructions if i.opcode == "mxm.mm" and i.attrs.get("acc")]
     assert accumulating, "K was not split into accumulated chunks"
     feeds = _feeds(target)
-    got = program.run(feeds)["y"]
+    got = execute(program, feeds, interpret=interpret)["y"]
     assert got.shape == (SHAPES[target][0], SHAPES[target][2]) and got.dtype == np.float32
     assert _max_scaled_error(got, _reference(feeds, True).astype(np.float64)) < FP16_TOL
 

@@ -19,7 +19,7 @@ from lpuc.errors import ModelError, ShapeError, UnsupportedError
 from lpuc.frontend.attributes import node_attributes
 from lpuc.frontend.input_shapes import bind_input_shapes
 from lpuc.frontend.limits import check_before_folding, check_value_size
-from lpuc.frontend.loader import canonicalize_opset
+from lpuc.frontend.loader import canonicalize_weightless, raw_data_too_small, weightless
 from lpuc.ir.graph import Graph, Node, Value, constant_value
 from lpuc.kernels import KernelContext, get_kernel, run_kernel
 from lpuc.kernels.registry import CAPTURES_ATTR, canonical_domain
@@ -45,7 +45,11 @@ def import_model(
     inputs that feed shape operands, which a statically scheduled chip must know).
     """
     const_inputs = dict(const_inputs or {})
-    model = canonicalize_opset(model)
+    # Everything but reading the weights works on a weightless copy; the weights are read once,
+    # from `model`'s own tensors, when they become constants below.
+    tensors = {t.name: t for t in model.graph.initializer}
+    light = canonicalize_weightless(weightless(model))
+    model = light.model
     check_supported(model, where)
     shapes = dict(input_shapes or {})
     for name, value in const_inputs.items():
@@ -56,7 +60,9 @@ def import_model(
 
     values: dict[str, Value] = {}
     for init in model.graph.initializer:
-        values[init.name] = constant_value(init.name, _decoded(numpy_helper.to_array, init, init.name, where))
+        stubbed = init.name in light.stubbed
+        tensor = tensors[init.name] if stubbed else init
+        values[init.name] = constant_value(init.name, _initializer_array(tensor, stubbed, where))
     for sp in model.graph.sparse_initializer:
         from lpuc.frontend.attributes import _sparse_to_dense
 
@@ -94,7 +100,7 @@ def import_model(
             opset=opsets.get(domain, 0),
         )
         _check_input_types(proto, node, values, where)
-        check_before_folding(node, values, where, target)
+        check_before_folding(node, values, where)
         try:
             folded = try_fold(node, values, opsets)
         except MemoryError:
@@ -105,7 +111,9 @@ def import_model(
             for name, array in zip(node.outputs, folded):
                 if name:
                     values[name] = constant_value(name, array)
-                    check_value_size(values[name], where, _what(name, node), target)
+                    # Constants are checked against SRAM later, once deduplicated and at their
+                    # stored precision (lpuc.schedule.build); here only against the element limit.
+                    check_value_size(values[name], where, _what(name, node), None)
             continue
         for name, value in _infer_outputs(proto, node, values, inferred, opsets, where).items():
             check_value_size(value, where, _what(name, node), target)
@@ -150,6 +158,18 @@ def _check_input_types(proto: onnx.NodeProto, node: Node, values: Mapping[str, V
                 f"{where}: node '{node.name}' ({node.op}): input {k} '{name}' is {got[7:-1]}; "
                 f"opset {node.opset} {node.op} takes {names}"
             )
+
+
+def _initializer_array(tensor: onnx.TensorProto, stubbed: bool, where: str) -> np.ndarray:
+    try:
+        return numpy_helper.to_array(tensor)
+    except (ValueError, KeyError, TypeError):
+        # The checker saw a stub of this tensor, so it could not refuse raw data too short for
+        # the dims: refused here in its words.
+        message = raw_data_too_small(tensor) if stubbed else None
+        if message:
+            raise ModelError(f"{where}: invalid ONNX model ({message})") from None
+    return _decoded(numpy_helper.to_array, tensor, tensor.name, where)
 
 
 def _decoded(decode, proto, name: str, where: str) -> np.ndarray:

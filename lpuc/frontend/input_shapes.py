@@ -56,7 +56,7 @@ def bind_input_shapes(
             _apply(vi, shapes[vi.name], where, strict)
             continue
         for axis, d in enumerate(dims):
-            if is_dynamic_dim(d):
+            if is_dynamic_dim(d) and not (d.HasField("dim_value") and d.dim_value == 0):
                 label = f" ('{d.dim_param}')" if d.dim_param else f" ({d.dim_value})" if d.dim_value else ""
                 raise ShapeError(
                     f"{where}: input '{vi.name}' dim {axis}{label} is dynamic; bind it with "
@@ -69,7 +69,8 @@ def bind_input_shapes(
 
 def is_dynamic_dim(d: onnx.TensorShapeProto.Dimension) -> bool:
     """A symbolic or missing dim, or -1 / 0: exporters (Paddle, some others) write those for
-    dynamic dims and onnxruntime accepts any size there, so we ask for a binding too."""
+    dynamic dims, so `--input-shape` may bind them. Left unbound, -1 must be bound, while 0 stays a
+    real empty dim (ONNX's node tests have empty inputs)."""
     return not d.HasField("dim_value") or d.dim_value <= 0
 
 

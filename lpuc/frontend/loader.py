@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import math
 import os
+from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import onnx
 from google.protobuf.message import DecodeError
+from onnx import TensorProto
 
 from lpuc.errors import ModelError, UnsupportedError
 
@@ -37,12 +42,15 @@ def load_model(source: str | os.PathLike | onnx.ModelProto) -> onnx.ModelProto:
         except (OSError, ValueError) as e:
             raise ModelError(f"{where}: cannot read external data ({_first_line(e)})") from None
     _check_opsets(model, where)
+    light = weightless(model)
     try:
-        onnx.checker.check_model(model)
+        check_weightless(light)
     except (onnx.checker.ValidationError, UnicodeDecodeError) as e:  # bad bytes in a name: not UTF-8
         raise ModelError(f"{where}: invalid ONNX model ({_first_line(e)})") from None
     if model.functions:
-        model = onnx.inliner.inline_local_functions(model)
+        model = attach_weights(
+            Weightless(onnx.inliner.inline_local_functions(light.model), light.stubbed), model
+        )
     return model
 
 
@@ -63,18 +71,31 @@ def default_opset(model: onnx.ModelProto) -> int:
 
 def canonicalize_opset(model: onnx.ModelProto) -> onnx.ModelProto:
     """Convert older models up to CANONICAL_OPSET where onnx's converter can; else keep as is."""
+    light = weightless(model)
+    converted = canonicalize_weightless(light)
+    return model if converted is light else attach_weights(converted, model)
+
+
+def canonicalize_weightless(light: Weightless) -> Weightless:
+    """canonicalize_opset on a weightless model: the converter never sees (or copies) the weights."""
+    model = light.model
     version = default_opset(model)
     if version == 0 or version >= CANONICAL_OPSET:
-        return model
+        return light
     try:
         converted = onnx.version_converter.convert_version(model, CANONICAL_OPSET)
-        onnx.checker.check_model(converted)
+        check_weightless(Weightless(converted, light.stubbed))
     except Exception:  # noqa: BLE001 - the converter raises many types; keeping the model is safe
-        return model
+        return light
     # Some adapters change the graph's signature (e.g. Scan 8 -> 9 drops the batch axis): refuse those.
     if _signature(converted) != _signature(model):
-        return model
-    return converted
+        return light
+    # The weights are re-attached by name: refuse an adapter that rewrote a stubbed one (none do).
+    before = {t.name: _tensor_type(t) for t in model.graph.initializer if t.name in light.stubbed}
+    after = {t.name: _tensor_type(t) for t in converted.graph.initializer if t.name in light.stubbed}
+    if after != before:
+        return light
+    return Weightless(converted, light.stubbed)
 
 
 def _signature(model: onnx.ModelProto) -> list[bytes]:
@@ -87,3 +108,139 @@ def _signature(model: onnx.ModelProto) -> list[bytes]:
 def _first_line(e: BaseException) -> str:
     text = str(e).strip().splitlines()
     return text[0] if text else type(e).__name__
+
+
+# Initializers with more elements than this are stubbed in weightless copies: onnx's inference reads
+# only small constants (shape operands), the importer's per-node inference uses the same limit.
+STUB_MIN_ELEMENTS = 1 << 16
+_TYPED_FIELDS = ("float_data", "int32_data", "string_data", "int64_data", "double_data", "uint64_data")
+_DATA_FIELDS = ("raw_data", *_TYPED_FIELDS)
+_COMPLEX = (TensorProto.COMPLEX64, TensorProto.COMPLEX128)  # two typed values per element
+
+
+@dataclass(frozen=True)
+class Weightless:
+    """A copy of a model whose large initializers hold a placeholder instead of their data.
+
+    onnx's checker, version converter and shape inference serialize the whole model (often more
+    than once); on this copy they handle kilobytes, not the weights. Stubbed tensors keep their name,
+    dims, dtype and which field holds the data; `attach_weights` or the importer (by name) put the
+    real tensors back.
+    """
+
+    model: onnx.ModelProto
+    stubbed: frozenset[str]
+
+
+def weightless(model: onnx.ModelProto) -> Weightless:
+    graph = model.graph
+    light = onnx.ModelProto()
+    _copy_fields(model, light, skip=("graph",))
+    _copy_fields(graph, light.graph, skip=("initializer",))
+    names = Counter(t.name for t in graph.initializer)
+    stubbed = set()
+    for t in graph.initializer:
+        if names[t.name] == 1 and _stubbable(t):  # a name given twice: the tensors stay (rare, exact)
+            light.graph.initializer.append(_stub(t))
+            stubbed.add(t.name)
+        else:
+            light.graph.initializer.append(t)
+    return Weightless(light, frozenset(stubbed))
+
+
+def check_weightless(light: Weightless) -> None:
+    """onnx's checker on a weightless model. Stubs pass as one-element tensors (the checker would
+    refuse their placeholder for their dims); their typed data was counted when stubbed, and raw data
+    too short for its dims is the importer's error (`raw_data_too_small`), as reading its length
+    here would copy it."""
+    view = onnx.ModelProto()
+    view.CopyFrom(light.model)
+    for t in view.graph.initializer:
+        if t.name in light.stubbed:
+            del t.dims[:]
+            t.dims.append(1)
+    onnx.checker.check_model(view)
+
+
+def attach_weights(light: Weightless, original: onnx.ModelProto) -> onnx.ModelProto:
+    """A full model: `light` with its stubs replaced by `original`'s tensors of the same names."""
+    tensors = {t.name: t for t in original.graph.initializer if t.name in light.stubbed}
+    model = onnx.ModelProto()
+    model.CopyFrom(light.model)
+    for t in model.graph.initializer:
+        if t.name in light.stubbed:
+            t.CopyFrom(tensors[t.name])
+    return model
+
+
+def raw_data_too_small(tensor: TensorProto) -> str | None:
+    """The checker's message for raw data shorter than its dims need (checked for stubs only)."""
+    if not tensor.HasField("raw_data"):
+        return None
+    bits = _BITS.get(tensor.data_type)
+    if bits is None:
+        try:
+            bits = 8 * np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type)).itemsize
+        except (KeyError, ValueError, TypeError):
+            return None
+    required = (math.prod(tensor.dims) * bits + 7) // 8
+    size = len(tensor.raw_data)
+    if size >= required:
+        return None
+    return (
+        f"TensorProto (tensor name: {tensor.name}) raw_data size ({size} bytes) is too small for the "
+        f"declared shape and type ({required} bytes required)."
+    )
+
+
+# Sub-byte types, packed in raw data.
+_BITS = {
+    getattr(TensorProto, n): b
+    for n, b in (("INT4", 4), ("UINT4", 4), ("FLOAT4E2M1", 4), ("INT2", 2), ("UINT2", 2))
+    if hasattr(TensorProto, n)
+}
+
+
+def _stubbable(t: TensorProto) -> bool:
+    if t.data_location == TensorProto.EXTERNAL or t.data_type == TensorProto.STRING:
+        return False
+    elements = math.prod(t.dims)
+    if elements <= STUB_MIN_ELEMENTS:
+        return False
+    if t.HasField("raw_data"):
+        return not any(len(getattr(t, f)) for f in _TYPED_FIELDS)
+    filled = [f for f in _TYPED_FIELDS if len(getattr(t, f))]
+    # Only typed data the checker accepts: exactly one field, with enough values for the dims.
+    per_element = 2 if t.data_type in _COMPLEX else 1
+    return len(filled) == 1 and len(getattr(t, filled[0])) >= per_element * elements
+
+
+def _stub(t: TensorProto) -> TensorProto:
+    stub = TensorProto()
+    _copy_fields(t, stub, skip=_DATA_FIELDS)
+    if t.HasField("raw_data"):
+        stub.raw_data = bytes(16)  # enough for one element of any type
+    else:
+        field = next(f for f in _TYPED_FIELDS if len(getattr(t, f)))
+        getattr(stub, field).extend(getattr(t, field)[:2])  # two: a complex element takes two
+    return stub
+
+
+def _tensor_type(t: TensorProto) -> tuple:
+    return (t.data_type, tuple(t.dims))
+
+
+def _copy_fields(src, dst, skip: tuple[str, ...]) -> None:
+    """Copy every set field of message `src` to `dst` except `skip`, without touching those."""
+    for fd in src.DESCRIPTOR.fields:
+        if fd.name in skip:
+            continue
+        value = getattr(src, fd.name)
+        if fd.is_repeated:
+            if len(value):
+                getattr(dst, fd.name).extend(value)
+        elif src.HasField(fd.name):
+            if fd.message_type is not None:
+                getattr(dst, fd.name).CopyFrom(value)
+            else:
+                setattr(dst, fd.name, value)

@@ -8,10 +8,10 @@ All tensors are NCHW-style: [N, C, *spatial].
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
-from numpy.lib.stride_tricks import sliding_window_view
+from numpy.lib.stride_tricks import as_strided, sliding_window_view
 
 from lpuc.kernels._common import accumulation_dtype, ints
 from lpuc.kernels.quantize import centered, quantize_values
@@ -94,6 +94,105 @@ def window_attrs(
     return list(strides), pads, list(dilations)
 
 
+def _covered(
+    output_shape: Sequence[int], kernel_shape: Sequence[int], strides: Sequence[int], dilations: Sequence[int]
+) -> list[int]:
+    """Padded extent per spatial axis that `output_shape` windows cover."""
+    spans = [(k - 1) * d + 1 for k, d in zip(kernel_shape, dilations, strict=True)]
+    return [(o - 1) * s + span for o, s, span in zip(output_shape, strides, spans, strict=True)]
+
+
+def padded_input(
+    x: np.ndarray, pads: Sequence[int], covered: Sequence[int], fill: float = 0, channels_last: bool = False
+) -> np.ndarray:
+    """x [N, C, *spatial] with `pads` of `fill` at the beginning, the end padded or cropped to `covered`;
+    x itself when that changes nothing. `channels_last` gives [N, *covered, C] instead (always a copy)."""
+    begins = pads[: x.ndim - 2]
+    kept = [max(0, min(n, c - b)) for n, b, c in zip(x.shape[2:], begins, covered, strict=True)]
+    source = x[(slice(None), slice(None), *(slice(0, k) for k in kept))]
+    interior = tuple(slice(b, b + k) for b, k in zip(begins, kept, strict=True))
+    if channels_last:
+        out = np.full((x.shape[0], *covered, x.shape[1]), fill, dtype=x.dtype)
+        out[(slice(None), *interior)] = np.moveaxis(source, 1, -1)
+        return out
+    if not any(begins) and all(c <= n for c, n in zip(covered, x.shape[2:], strict=True)):
+        return source  # nothing to pad: a view, cropped to the covered cells
+    out = np.full((*x.shape[:2], *covered), fill, dtype=x.dtype)
+    out[(slice(None), slice(None), *interior)] = source
+    return out
+
+
+def tap_views(
+    padded: np.ndarray,
+    kernel_shape: Sequence[int],
+    strides: Sequence[int],
+    dilations: Sequence[int],
+    output_shape: Sequence[int],
+    first_axis: int = 2,
+) -> list[np.ndarray]:
+    """Per window tap (row-major over kernel_shape), the strided view [..., *output_shape, ...] of the
+    padded input cells it reads, spatial axes from `first_axis`. A window op is then a loop over
+    taps of whole-tensor slices: each touches the input once, with no window-sized copies."""
+    lead = (slice(None),) * first_axis
+    return [
+        padded[
+            (
+                *lead,
+                *(
+                    slice(t * d, t * d + (o - 1) * s + 1, s)
+                    for t, d, o, s in zip(tap, dilations, output_shape, strides, strict=True)
+                ),
+            )
+        ]
+        for tap in np.ndindex(*kernel_shape)
+    ]
+
+
+def window_taps(
+    x: np.ndarray,
+    kernel_shape: Sequence[int],
+    strides: Sequence[int],
+    pads: Sequence[int],
+    dilations: Sequence[int],
+    output_shape: Sequence[int],
+    fill: float = 0,
+) -> list[np.ndarray]:
+    """`tap_views` [N, C, *output_shape] of x [N, C, *spatial] padded with `fill`."""
+    covered = _covered(output_shape, kernel_shape, strides, dilations)
+    padded = padded_input(x, pads, covered, fill)
+    return tap_views(padded, kernel_shape, strides, dilations, output_shape)
+
+
+def stride1_taps(
+    x: np.ndarray,
+    kernel_shape: Sequence[int],
+    pads: Sequence[int],
+    dilations: Sequence[int],
+    output_shape: Sequence[int],
+    fill: float = 0,
+) -> tuple[list[np.ndarray], Callable[[np.ndarray], np.ndarray]]:
+    """Stride-1 windows as long contiguous runs: per tap, a view [N, C, L] of the padded input
+    flattened per channel and shifted by the tap's offset, so one op per tap runs over whole
+    channels rather than over output rows. Output position o is at flat index sum(o_i * grid_i)
+    (row-major strides of the padded grid); `unflatten` maps a result [N, C, L] to a contiguous
+    [N, C, *output_shape], dropping the positions that straddle a padded row's end."""
+    covered = _covered(output_shape, kernel_shape, [1] * len(kernel_shape), dilations)
+    flat = np.ascontiguousarray(padded_input(x, pads, covered, fill)).reshape(*x.shape[:2], -1)
+    grid = [math.prod(covered[i + 1 :]) for i in range(len(covered))]
+    length = sum((o - 1) * g for o, g in zip(output_shape, grid, strict=True)) + 1
+    offsets = [
+        sum(t * d * g for t, d, g in zip(tap, dilations, grid, strict=True))
+        for tap in np.ndindex(*kernel_shape)
+    ]
+
+    def unflatten(y: np.ndarray) -> np.ndarray:
+        shape = (*y.shape[:2], *output_shape)
+        strides = (*y.strides[:2], *(g * y.itemsize for g in grid))
+        return np.ascontiguousarray(as_strided(y, shape, strides, writeable=False))
+
+    return [flat[..., off : off + length] for off in offsets], unflatten
+
+
 def sliding_windows(
     x: np.ndarray,
     kernel_shape: Sequence[int],
@@ -107,9 +206,7 @@ def sliding_windows(
     `fill`; the end is padded further (or cropped) to exactly what `output_shape` windows cover."""
     rank = len(kernel_shape)
     spans = [(k - 1) * d + 1 for k, d in zip(kernel_shape, dilations, strict=True)]
-    covered = [(o - 1) * s + span for o, s, span in zip(output_shape, strides, spans, strict=True)]
-    widths = [(0, 0)] * 2 + [(pads[i], max(0, covered[i] - pads[i] - x.shape[2 + i])) for i in range(rank)]
-    padded = np.pad(x, widths, constant_values=fill)[(..., *(slice(0, c) for c in covered))]
+    padded = padded_input(x, pads, _covered(output_shape, kernel_shape, strides, dilations), fill)
     windows = sliding_window_view(padded, spans, axis=tuple(range(2, 2 + rank)))
     return windows[
         (
@@ -134,10 +231,24 @@ def im2col(
     (c, k0, k1, ...), so `im2col(x, ...) @ W.reshape(M, -1).T` is the group=1 convolution.
     """
     out_shape = conv_output_shape(x.shape[2:], kernel_shape, strides, pads, dilations)
-    windows = sliding_windows(x, kernel_shape, strides, pads, dilations, out_shape)
-    rank = len(kernel_shape)
-    order = (0, *range(2, 2 + rank), 1, *range(2 + rank, 2 + 2 * rank))
-    return windows.transpose(order).reshape(x.shape[0] * math.prod(out_shape), -1)
+    batch, channels = x.shape[:2]
+    rows, taps = batch * math.prod(out_shape), math.prod(kernel_shape)
+    covered = _covered(out_shape, kernel_shape, strides, dilations)
+    if taps == 1:  # a 1x1 kernel: the strided input, channels moved last (one transposed copy)
+        (view,) = window_taps(x, kernel_shape, strides, pads, dilations, out_shape)
+        return np.moveaxis(view, 1, -1).reshape(rows, channels)
+    if channels <= kernel_shape[-1]:
+        # Few channels: a window row is the longest contiguous run, so copy whole windows.
+        windows = sliding_windows(x, kernel_shape, strides, pads, dilations, out_shape)
+        rank = len(kernel_shape)
+        order = (0, *range(2, 2 + rank), 1, *range(2 + rank, 2 + 2 * rank))
+        return windows.transpose(order).reshape(rows, -1)
+    # Channels last once, then each tap copies runs of C contiguous values into its column slots.
+    padded = padded_input(x, pads, covered, channels_last=True)
+    cols = np.empty((batch, *out_shape, channels, taps), dtype=x.dtype)
+    for t, view in enumerate(tap_views(padded, kernel_shape, strides, dilations, out_shape, first_axis=1)):
+        cols[..., t] = view
+    return cols.reshape(rows, channels * taps)
 
 
 def _grouped_matmul(cols: np.ndarray, w: np.ndarray, group: int, batch: int, out_shape: Sequence[int]):
@@ -175,10 +286,35 @@ def _add_bias(y: np.ndarray, bias: np.ndarray | None) -> np.ndarray:
     return y if bias is None else y + bias.astype(y.dtype).reshape(-1, *([1] * (y.ndim - 2)))
 
 
+def _depthwise(ctx: KernelContext, x: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """Convolution where every output channel reads one input channel (w [M, 1, *k], group = C):
+    a sum over taps of shifted input slices times a per-channel weight, instead of C tiny matmuls."""
+    kernel_shape = w.shape[2:]
+    strides, pads, dilations = window_attrs(ctx, x.shape[2:], kernel_shape)
+    out_shape = conv_output_shape(x.shape[2:], kernel_shape, strides, pads, dilations, op_type=ctx.op_type)
+    # With a channel multiplier, output channel m reads input channel m // multiplier.
+    x = np.repeat(x, w.shape[0] // x.shape[1], axis=1) if w.shape[0] != x.shape[1] else x
+    if all(s == 1 for s in strides):
+        views, unflatten = stride1_taps(x, kernel_shape, pads, dilations, out_shape)
+    else:
+        views, unflatten = window_taps(x, kernel_shape, strides, pads, dilations, out_shape), None
+    weights = w.reshape(w.shape[0], -1, *([1] * (views[0].ndim - 2)))  # [M, taps, 1, ...]
+    y = np.zeros(views[0].shape, dtype=x.dtype)
+    product = np.empty_like(y)
+    for t, view in enumerate(views):
+        y += np.multiply(view, weights[:, t], out=product)
+    return y if unflatten is None else unflatten(y)
+
+
 @kernel("Conv")
 def conv(ctx: KernelContext, x, w, bias=None):
     work = accumulation_dtype(x.dtype)
-    y = _convolve(ctx, x.astype(work, copy=False), w.astype(work, copy=False))
+    xw, ww = x.astype(work, copy=False), w.astype(work, copy=False)
+    group = ctx.attr("group", 1)
+    if group > 1 and group == x.shape[1] and w.shape[1] == 1 and w.shape[0] % group == 0:
+        y = _depthwise(ctx, xw, ww)
+    else:
+        y = _convolve(ctx, xw, ww)
     return _add_bias(y, bias).astype(x.dtype, copy=False)
 
 

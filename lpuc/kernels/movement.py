@@ -3,16 +3,47 @@ DepthToSpace, SpaceToDepth, Trilu, ReverseSequence and CenterCropPad."""
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from lpuc.kernels._common import ints, normalize_axes, normalize_axis, opset_before
 from lpuc.kernels.registry import KernelContext, kernel
 
 
+def _rotation_split(perm: tuple[int, ...]) -> tuple[int, int] | None:
+    """(p, j) when perm keeps axes [0, p) and swaps the groups [p, j) and [j, n): the tensor is then a
+    batch of 2-D matrices being transposed (NHWC -> NCHW is (1, 3)). None otherwise."""
+    n = len(perm)
+    p = next((i for i, a in enumerate(perm) if a != i), n)
+    for j in range(p + 1, n):
+        if perm[p:] == (*range(j, n), *range(p, j)):
+            return p, j
+    return None
+
+
+# Elements a row block of the blocked transpose reads: the block's source rows are C elements
+# apart, and a power-of-two C makes them collide in the cache unless the block stays small.
+_TRANSPOSE_BLOCK = 8192
+
+
 @kernel("Transpose")
 def transpose_kernel(ctx: KernelContext, x: np.ndarray) -> np.ndarray:
     perm = ctx.attr("perm")
-    return np.transpose(x, None if perm is None else normalize_axes(perm, x.ndim))
+    perm = tuple(reversed(range(x.ndim))) if perm is None else normalize_axes(perm, x.ndim)
+    split = _rotation_split(perm)
+    if split is None or x.size < 65536:  # numpy's own copy is fine for these
+        return np.transpose(x, perm)
+    # A batch of matrix transposes [A, R, C] -> [A, C, R], copied R-blocks at a time so the
+    # strided reads of a block stay in cache.
+    p, j = split
+    a, r, c = math.prod(x.shape[:p]), math.prod(x.shape[p:j]), math.prod(x.shape[j:])
+    source = x.reshape(a, r, c)
+    out = np.empty((a, c, r), dtype=x.dtype)
+    block = max(16, _TRANSPOSE_BLOCK // c)
+    for start in range(0, r, block):
+        out[:, :, start : start + block] = source[:, start : start + block].transpose(0, 2, 1)
+    return out.reshape([x.shape[i] for i in perm])
 
 
 @kernel("Concat")

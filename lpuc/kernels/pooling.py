@@ -1,19 +1,21 @@
 """Pooling: AveragePool, MaxPool, LpPool, their Global forms, MaxUnpool, MaxRoiPool.
 
-Windowed pools reduce the windows of `conv.sliding_windows`; padded cells hold a value the
-reduction ignores, and AveragePool divides by a cell count pooled the same way from a mask.
+MaxPool and AveragePool loop over window taps (`conv.window_taps`), folding each tap's strided
+slice of the padded input into a preallocated output; padded cells hold a value the reduction
+ignores, and AveragePool divides by the count of cells each window counts. LpPool and MaxPool's
+indices reduce whole windows of `conv.sliding_windows` instead.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
 from lpuc.kernels._common import accumulation_dtype, integer_range, ints
-from lpuc.kernels.conv import conv_output_shape, sliding_windows, window_attrs
+from lpuc.kernels.conv import conv_output_shape, sliding_windows, stride1_taps, window_attrs, window_taps
 from lpuc.kernels.registry import KernelContext, kernel
 
 
@@ -52,6 +54,33 @@ class _Windows:
         )
         return view.reshape(*view.shape[: 2 + len(self.spatial)], -1)
 
+    def taps(
+        self, x: np.ndarray, fill: float = 0
+    ) -> tuple[list[np.ndarray], Callable[[np.ndarray], np.ndarray]]:
+        """Per window tap, a view of the cells it reads (padding set to `fill`), and the map from a
+        fold of those views to [N, C, *out]: stride 1 runs over whole flattened channels."""
+        if all(s == 1 for s in self.strides):
+            return stride1_taps(x, self.kernel_shape, self.pads, self.dilations, self.output_shape, fill)
+        views = window_taps(
+            x, self.kernel_shape, self.strides, self.pads, self.dilations, self.output_shape, fill
+        )
+        return views, lambda y: y
+
+    def count(self, include_pads: bool) -> np.ndarray:
+        """[*out] cells each window counts (see `counted`): a box window's count is the product of
+        its per-axis counts."""
+        rank = len(self.spatial)
+        total = np.ones((), dtype=np.int64)
+        for i, (size, k, s, d, o) in enumerate(
+            zip(self.spatial, self.kernel_shape, self.strides, self.dilations, self.output_shape, strict=True)
+        ):
+            begin, end = self.pads[i], self.pads[rank + i]
+            low, high = (-begin, size + end) if include_pads else (0, size)
+            cell = (np.arange(o) * s - begin)[:, None] + np.arange(k) * d
+            per_axis = ((cell >= low) & (cell < high)).sum(axis=1)
+            total = total * per_axis.reshape([-1 if j == i else 1 for j in range(rank)])
+        return total
+
     def counted(self, include_pads: bool) -> np.ndarray:
         """[1, 1, *out, prod(kernel)] mask of the cells an average counts: those on the input, and
         with `include_pads` those on the explicit pads too (never ceil_mode's overhang)."""
@@ -71,8 +100,12 @@ def _lowest(dtype: np.dtype) -> float:
 def average_pool(ctx: KernelContext, x):
     windows = _Windows.of(ctx, x)
     work = accumulation_dtype(x.dtype)
-    total = windows.cells(x.astype(work, copy=False)).sum(axis=-1)
-    count = windows.counted(bool(ctx.attr("count_include_pad", 0))).sum(axis=-1)
+    views, unflatten = windows.taps(x)
+    total = np.zeros(views[0].shape, dtype=work)
+    for view in views:  # summed in the accumulation dtype, no widened copy of x
+        np.add(total, view, out=total)
+    total = unflatten(total)
+    count = windows.count(bool(ctx.attr("count_include_pad", 0)))
     return (total / count.astype(work)).astype(x.dtype)
 
 
@@ -90,10 +123,14 @@ def lp_pool(ctx: KernelContext, x):
 @kernel("MaxPool")
 def max_pool(ctx: KernelContext, x):
     windows = _Windows.of(ctx, x)
+    if ctx.num_outputs < 2:
+        (first, *rest), unflatten = windows.taps(x, _lowest(x.dtype))
+        y = first.copy()
+        for view in rest:  # np.maximum propagates NaN as max over the window does
+            np.maximum(y, view, out=y)
+        return unflatten(y)
     cells = windows.cells(x, _lowest(x.dtype))
     y = cells.max(axis=-1)
-    if ctx.num_outputs < 2:
-        return y
     # Indices: the first cell on the input holding the max (or a NaN, which max propagates),
     # flattened over the whole input [N, C, *spatial]; storage_order=1 flattens the spatial
     # axes column-major.

@@ -455,8 +455,8 @@ def _outputs_written(p: Program) -> list[str]:
                 out.append(f"output {b.name} names unknown tile {tile_id}")
                 continue
             t = p.tiles[tile_id]
-            if t.kind in ("io", "input"):
-                continue  # an input passed through: the host wrote it
+            if t.kind in ("io", "input", "const"):
+                continue  # an input passed through (the host wrote it), or a constant of the image
             if t.kind == "host":
                 if not written.get(tile_id):
                     out.append(f"output {b.name} (host tensor) is never written")

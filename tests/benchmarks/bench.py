@@ -1,14 +1,17 @@
 """`make bench`: compile and run the bundled models; print schedule quality and runtime speed.
 
-For each model and precision: compile time; simulated cycles and latency at the target clock; the
-compiler's lower bound and achieved / bound; SRAM peak; wall time of one run in the reference
-runtime and of onnxruntime, measured in this process, and their ratio; max error against
-onnxruntime. Wall times are medians of several runs (machines are shared and noisy).
+For each model and precision: compile time; simulated cycles (and before the honest cost model of
+issue 6, from cycles_before_issue6.json, measured at commit 5a223a2), latency on the chip and end to
+end; the hardware lower bound, cycles / bound and the resource that sets it; SRAM peak; wall time of
+one run in the reference runtime (execution plan and interpreter) and of onnxruntime, measured in
+this process, and their ratio; max error against onnxruntime. Wall times are medians of several runs
+(machines are shared and noisy).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import time
 import warnings
@@ -24,6 +27,7 @@ ROOT = Path(__file__).resolve().parents[2]
 LIGHT = Path(onnx.__file__).parent / "backend" / "test" / "data" / "light"
 # Published results of the same chip with Groq's compiler (ISCA 2020): the marks to beat.
 GROQ_US = {"light_resnet50": 49.0}
+BEFORE = json.loads((Path(__file__).parent / "cycles_before_issue6.json").read_text())
 
 
 def _median_seconds(fn, repeats: int) -> float:
@@ -66,7 +70,12 @@ def bench_model(path: Path, precision: str, target: str, repeats: int) -> dict:
         "compile_s": compile_s,
         "cycles": s["cycles"],
         "latency_us": s["latency_us"],
+        "before": BEFORE.get(f"{path.stem}/{precision}"),
+        "end_to_end_us": s["end_to_end_us"],
         "bound": s["lower_bound_cycles"]["overall"],
+        "binding": max(
+            (k for k in s["lower_bound_cycles"] if k != "overall"), key=lambda k: s["lower_bound_cycles"][k]
+        ),
         "ratio": s["bound_ratio"],
         "mxm_bound": s["lower_bound_cycles"]["mxm"],
         "finite": finite,
@@ -89,18 +98,17 @@ def main() -> None:
     paths = args.models or sorted((ROOT / "models").glob("*.onnx"))
     zoo = [] if args.models or args.no_zoo else sorted(LIGHT.glob("light_*.onnx"))
     header = (
-        f"{'model':<19}{'prec':<6}{'compile s':>10}{'cycles':>10}{'us':>9}{'bound':>9}{'ach/bnd':>8}"
-        f"{'mxm bnd':>9}{'ach/mxm':>8}{'SRAM KiB':>10}{'instrs':>7}{'run ms':>9}{'interp ms':>10}"
-        f"{'ort ms':>8}{'plan/ort':>9}"
-        f"{'max err':>10}"
+        f"{'model':<19}{'prec':<6}{'compile s':>10}{'before':>10}{'cycles':>10}{'change':>8}{'us':>9}"
+        f"{'e2e us':>9}{'bound':>8}{'(by)':>6}{'ratio':>7}{'SRAM KiB':>10}{'instrs':>7}{'run ms':>9}"
+        f"{'interp ms':>10}{'ort ms':>8}{'plan/ort':>9}{'max err':>10}"
     )
     print(
         f"target {args.target}; wall times are medians of {args.repeats} runs "
         "(onnxruntime: >= 20; zoo: 1 run, after a first run that builds the plan)"
     )
     print(
-        "bound: the compiler's lower bound for the program (max of MXM/VXM/SXM/MEM/host/critical path); "
-        "mxm bnd: MACs / peak MXM throughput"
+        "before: cycles at 5a223a2, before the honest cost model; bound: the hardware lower bound (max of "
+        "MXM, VXM, SXM, MEM, host and the graph's dependence chain), (by): which; ratio: cycles / bound"
     )
     print(header)
     print("-" * len(header))
@@ -111,12 +119,14 @@ def main() -> None:
             warnings.simplefilter("ignore")
             r = bench_model(path, precision, args.target, 1 if path in zoo else args.repeats)
         err = f"{r['max_abs_err']:>10.2e}" if r["finite"] else f"{'overflow':>10}"  # fp16 range exceeded
+        before = f"{r['before']:>10}" if r["before"] else f"{'-':>10}"
+        change = f"{100 * (r['cycles'] / r['before'] - 1):>+7.1f}%" if r["before"] else f"{'-':>8}"
         print(
-            f"{r['model']:<19}{r['precision']:<6}{r['compile_s']:>10.2f}{r['cycles']:>10}{r['latency_us']:>9.2f}"
-            f"{r['bound']:>9}{r['ratio']:>8.2f}{r['mxm_bound']:>9}"
-            f"{r['cycles'] / max(1, r['mxm_bound']):>8.1f}"
-            f"{r['sram'] / 1024:>10.1f}{r['instructions']:>7}{r['run_ms']:>9.2f}{r['interp_ms']:>10.2f}"
-            f"{r['ort_ms']:>8.3f}{r['run_ms'] / r['ort_ms']:>9.2f}{err}"
+            f"{r['model']:<19}{r['precision']:<6}{r['compile_s']:>10.2f}{before}{r['cycles']:>10}{change}"
+            f"{r['latency_us']:>9.1f}{r['end_to_end_us']:>9.1f}{r['bound']:>8}{r['binding'][:5]:>6}"
+            f"{r['ratio']:>7.1f}{r['sram'] / 1024:>10.1f}{r['instructions']:>7}{r['run_ms']:>9.2f}"
+            f"{r['interp_ms']:>10.2f}{r['ort_ms']:>8.3f}{r['run_ms'] / r['ort_ms']:>9.2f}{err}",
+            flush=True,
         )
         results.append(r)
     ratios = [r["run_ms"] / r["ort_ms"] for r in results]
@@ -126,11 +136,15 @@ def main() -> None:
         if r["model"] == "mlp":  # tiny: its run time is the runtime's fixed per-run cost
             overhead = r["run_ms"] - r["ort_ms"]
             print(f"fixed per-run overhead ({r['precision']} MLP, plan - onnxruntime): {overhead:.3f} ms")
-    for name, us in GROQ_US.items():
-        print(
-            f"reference: Groq's compiler on this chip runs {name.removeprefix('light_')} (int8) "
-            f"in {us:g} us (ISCA 2020)"
-        )
+    for r in results:
+        us = GROQ_US.get(r["model"])
+        if us is not None:
+            print(
+                f"{r['model'].removeprefix('light_')} {r['precision']}: {r['cycles']:,} cycles = "
+                f"{r['latency_us']:,.0f} us, {r['ratio']:.1f}x its hardware bound ({r['binding']}, "
+                f"{r['bound']:,} cycles) and {r['latency_us'] / us:.0f}x the {us:g} us Groq's compiler gets "
+                "on this chip (int8, ISCA 2020)"
+            )
 
 
 if __name__ == "__main__":

@@ -38,10 +38,18 @@ FAULTS: tuple[Fault, ...] = (
     ),
     Fault(
         "mxm-input-not-rounded",
+        "runtime/plan.py",
+        '    if precision == "fp16" and x.dtype == np.float32:\n        return round_fp16(x)\n',
+        '    if precision == "fp16" and x.dtype == np.float32:\n        return x.copy()\n',
+        "the fp16 path (the default executor) must round MXM operands; tests/test_fp16_reference.py"
+        " feeds unrounded weights",
+    ),
+    Fault(
+        "mxm-input-not-rounded-interpreter",
         "runtime/isa.py",
         "return x.astype(np.float16).astype(np.float32)",
         "return x.astype(np.float32)",
-        "the fp16 path must round MXM operands; tests/test_fp16_reference.py feeds unrounded weights",
+        "the instruction-by-instruction interpreter (the plan's oracle) must round MXM operands too",
     ),
     Fault(
         "codec-drops-acc",

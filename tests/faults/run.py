@@ -103,6 +103,7 @@ def _env(work: Path, root: Path) -> dict[str, str]:
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([str(site), str(root)])
     env["PYTHONDONTWRITEBYTECODE"] = "1"
+    env["COLUMNS"] = "250"  # pytest cuts the failure lines of its summary to the terminal width
     return env
 
 
@@ -142,8 +143,10 @@ class SuiteRun:
         return [line.split()[1] for line in self.failures]
 
 
-def run_suite(root: Path, env: dict[str, str], deselect: tuple[str, ...], stop_first: bool) -> SuiteRun:
-    args = [*PYTEST, *(["-x"] if stop_first else []), *(f"--deselect={d}" for d in deselect)]
+def run_suite(
+    root: Path, env: dict[str, str], deselect: tuple[str, ...], stop_first: bool, tests: tuple[str, ...]
+) -> SuiteRun:
+    args = [*PYTEST, *(["-x"] if stop_first else []), *(f"--deselect={d}" for d in deselect), *tests]
     proc = subprocess.run(
         [sys.executable, *args], cwd=root, env=env, capture_output=True, text=True, timeout=TIMEOUT_S
     )
@@ -152,7 +155,9 @@ def run_suite(root: Path, env: dict[str, str], deselect: tuple[str, ...], stop_f
     return SuiteRun(proc.returncode, failures, lines[-1] if lines else proc.stderr.strip()[-200:])
 
 
-def run_one(snap: Path, work: Path, fault: Fault | None, deselect: tuple[str, ...]) -> SuiteRun | None:
+def run_one(
+    snap: Path, work: Path, fault: Fault | None, deselect: tuple[str, ...], tests: tuple[str, ...] = ()
+) -> SuiteRun | None:
     """The suite on a fresh copy with `fault` injected (None: the baseline, run to the end)."""
     root = work / (fault.name if fault else "baseline")
     shutil.copytree(snap, root)
@@ -164,7 +169,7 @@ def run_one(snap: Path, work: Path, fault: Fault | None, deselect: tuple[str, ..
                 return None
         env = _env(work, root)
         check_imports(root, env)
-        run = run_suite(root, env, deselect, stop_first=fault is not None)
+        run = run_suite(root, env, deselect, fault is not None, tests)
     finally:
         shutil.rmtree(root)
     print(f"    suite: {run.last}" + (f"; first failure: {run.failures[0]}" if run.failures else ""))
@@ -182,12 +187,14 @@ def run_one(snap: Path, work: Path, fault: Fault | None, deselect: tuple[str, ..
     help="Deselect the tests that fail without a fault instead of stopping.",
 )
 @click.option("--deselect", multiple=True, help="A test id to leave out of every run (repeatable).")
+@click.option("--tests", multiple=True, help="Run only these test paths/ids, not the whole fast suite.")
 @click.option("--check", is_flag=True, help="Only check that every fault's snippet occurs exactly once.")
 def main(
     only: tuple[str, ...],
     no_baseline: bool,
     allow_baseline_failures: bool,
     deselect: tuple[str, ...],
+    tests: tuple[str, ...],
     check: bool,
 ) -> None:
     names = {f.name for f in FAULTS}
@@ -208,7 +215,7 @@ def main(
         snapshot(REPO, snap)  # one snapshot: others editing the tree mid-run change nothing here
         if not no_baseline:
             print("baseline (no fault):")
-            base = run_one(snap, work, None, deselect)
+            base = run_one(snap, work, None, deselect, tests)
             if base is None or base.broken or (base.failed and not allow_baseline_failures):
                 raise click.ClickException("the unmodified fast suite does not pass: fix that first")
             if base.failed:
@@ -218,7 +225,7 @@ def main(
         missed = []
         for fault in faults:
             print(f"{fault.name}: {fault.path}")
-            run = run_one(snap, work, fault, deselect)
+            run = run_one(snap, work, fault, deselect, tests)
             if run is not None and run.failed:
                 print("    caught")
             else:

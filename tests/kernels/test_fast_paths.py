@@ -1,0 +1,148 @@
+"""The tap-loop code paths of the hot window kernels against onnxruntime.
+
+test_conv_pool.py covers the ops in general; these pin the paths it does not reach: single-output
+MaxPool, depthwise Conv (group = channels, with and without a channel multiplier), and each of
+im2col's layouts (1x1 kernels, few channels, channels-last), which must equal the patch matrix
+exactly.
+"""
+
+from __future__ import annotations
+
+import functools
+import itertools
+import math
+
+import numpy as np
+import pytest
+
+from lpuc.kernels.conv import conv_output_shape, im2col, resolve_pads
+from tests.kernels import oracle
+from tests.kernels.oracle import onnxruntime_outputs
+from tests.kernels.test_conv_pool import PAD_MODES, RANKS, STRIDE_DILATION, random_input, random_window_attrs
+
+pytest.importorskip("onnxruntime")
+
+assert_matches_onnxruntime = functools.partial(oracle.assert_matches_onnxruntime, rtol=1e-4)
+
+CASES = list(itertools.product(RANKS, PAD_MODES, STRIDE_DILATION))
+
+
+def _case(case: tuple, offset: int, kernel_low: int = 2):
+    rank, pad_mode, stride_dilation = case
+    rng = np.random.default_rng(offset + CASES.index(case))
+    kernel = [int(k) for k in rng.integers(kernel_low, 4, rank)]
+    attrs = random_window_attrs(rng, rank, pad_mode, *stride_dilation, kernel)
+    if pad_mode.startswith("SAME"):  # onnxruntime rejects SAME pads that come out negative (stride > kernel)
+        attrs["strides"] = [min(s, k) for s, k in zip(attrs["strides"], kernel, strict=True)]
+    spatial = [int(s) for s in rng.integers(6, 10, rank)]
+    return rng, attrs, spatial
+
+
+@pytest.mark.parametrize("case", CASES)
+@pytest.mark.parametrize("ceil_mode", (0, 1))
+def test_max_pool_single_output(case, ceil_mode):
+    rng, attrs, spatial = _case(case, 400)
+    if "pads" in attrs:
+        attrs["ceil_mode"] = ceil_mode
+    assert_matches_onnxruntime("MaxPool", [random_input(rng, (2, 5, *spatial))], attrs)
+
+
+def test_max_pool_all_negative_padded_edges():
+    # Padding must never win a max: every input value is below zero.
+    x = -np.abs(random_input(np.random.default_rng(0), (1, 3, 7, 7))) - 1
+    attrs = {"kernel_shape": [3, 3], "strides": [2, 2], "pads": [1, 1, 1, 1]}
+    assert_matches_onnxruntime("MaxPool", [x], attrs)
+
+
+@pytest.mark.parametrize("case", CASES)
+@pytest.mark.parametrize("multiplier", (1, 2))
+def test_depthwise_conv(case, multiplier):
+    rng, attrs, spatial = _case(case, 500, kernel_low=1)
+    channels = 4
+    attrs["group"] = channels
+    x = random_input(rng, (2, channels, *spatial))
+    w = random_input(rng, (channels * multiplier, 1, *attrs["kernel_shape"]))
+    bias = random_input(rng, (channels * multiplier,))
+    assert_matches_onnxruntime("Conv", [x, w, bias], attrs)
+
+
+def test_depthwise_conv_float16():
+    rng = np.random.default_rng(7)
+    x = random_input(rng, (1, 6, 9, 8), np.float16)
+    w = random_input(rng, (6, 1, 3, 3), np.float16)
+    attrs = {"group": 6, "kernel_shape": [3, 3], "pads": [1, 1, 1, 1], "strides": [2, 1]}
+    oracle.assert_matches_onnxruntime("Conv", [x, w], attrs, rtol=1e-2, atol=1e-2)
+
+
+def _patches(x, kernel, strides, pads, dilations) -> np.ndarray:
+    """im2col by definition: one row per output position, one column per (channel, tap)."""
+    rank = len(kernel)
+    out_shape = conv_output_shape(x.shape[2:], kernel, strides, pads, dilations)
+    padded = np.pad(x, [(0, 0), (0, 0)] + [(pads[i], pads[rank + i] + strides[i] * 2) for i in range(rank)])
+    rows = []
+    for n in range(x.shape[0]):
+        for position in np.ndindex(*out_shape):
+            row = []
+            for c in range(x.shape[1]):
+                for tap in np.ndindex(*kernel):
+                    at = [p * s + t * d for p, s, t, d in zip(position, strides, tap, dilations, strict=True)]
+                    row.append(padded[(n, c, *at)])
+            rows.append(row)
+    return np.array(rows, dtype=x.dtype).reshape(x.shape[0] * math.prod(out_shape), -1)
+
+
+IM2COL_CASES = [
+    # (channels, kernel, strides, dilations, pads): one per layout im2col picks
+    (5, [1, 1], [1, 1], [1, 1], [0, 0, 0, 0]),  # 1x1: the input moved channels-last
+    (5, [1, 1], [2, 3], [1, 1], [0, 0, 0, 0]),  # 1x1 strided
+    (5, [1, 1], [2, 1], [1, 1], [1, 0, 0, 1]),  # 1x1 with pads
+    (2, [3, 3], [2, 2], [1, 1], [1, 1, 1, 1]),  # few channels: whole windows
+    (3, [2, 3], [1, 2], [2, 1], [0, 2, 1, 0]),  # few channels, dilated
+    (6, [3, 3], [1, 1], [1, 1], [1, 1, 1, 1]),  # channels-last taps
+    (7, [3, 2], [2, 1], [1, 2], [2, 0, 1, 1]),  # channels-last taps, dilated and strided
+    (9, [2], [1], [2], [1, 0]),  # rank 1
+    (4, [2, 2, 2], [1, 2, 1], [1, 1, 2], [1, 0, 1, 0, 1, 0]),  # rank 3
+]
+
+
+@pytest.mark.parametrize("channels, kernel, strides, dilations, pads", IM2COL_CASES)
+def test_im2col_layouts_exact(channels, kernel, strides, dilations, pads):
+    rng = np.random.default_rng(channels)
+    x = random_input(rng, (2, channels, *[8, 7, 6][: len(kernel)]))
+    cols = im2col(x, kernel, strides, pads, dilations)
+    np.testing.assert_array_equal(cols, _patches(x, kernel, strides, pads, dilations))
+
+
+@pytest.mark.parametrize("channels, kernel, strides, dilations, pads", IM2COL_CASES)
+def test_im2col_matmul_matches_onnxruntime_conv(channels, kernel, strides, dilations, pads):
+    rng = np.random.default_rng(10 + channels)
+    x = random_input(rng, (2, channels, *[8, 7, 6][: len(kernel)]))
+    w = random_input(rng, (3, channels, *kernel))
+    pads = resolve_pads("NOTSET", x.shape[2:], kernel, strides, dilations, pads)
+    out_shape = conv_output_shape(x.shape[2:], kernel, strides, pads, dilations)
+    y = im2col(x, kernel, strides, pads, dilations) @ w.reshape(3, -1).T
+    attrs = {"kernel_shape": kernel, "strides": strides, "dilations": dilations, "pads": pads}
+    expected = onnxruntime_outputs("Conv", [x, w], attrs)[0]
+    np.testing.assert_allclose(
+        np.moveaxis(y.reshape(2, *out_shape, 3), -1, 1), expected, rtol=1e-4, atol=1e-5
+    )
+
+
+@pytest.mark.parametrize(
+    "shape, perm",
+    [
+        ((1, 14, 14, 512), [0, 3, 1, 2]),  # NHWC -> NCHW: rows of the blocked copy
+        ((2, 7, 7, 2048), [0, 3, 1, 2]),  # batch > 1, blocks of 16 rows, the last one partial
+        ((3, 100, 300), [0, 2, 1]),
+        ((257, 300), [1, 0]),
+        ((16, 9, 30, 50), [2, 3, 0, 1]),  # a leading group of two axes moved behind the trailing two
+        ((16, 9, 30, 50), None),  # reversed: not a batch of matrix transposes
+        ((4, 68, 14, 14, 4), [0, 2, 1, 3, 4]),
+        ((5,), None),
+    ],
+)
+@pytest.mark.parametrize("dtype", (np.float32, np.int8))
+def test_transpose_large(shape, perm, dtype):
+    x = (random_input(np.random.default_rng(len(shape)), shape) * 50).astype(dtype)
+    attrs = {} if perm is None else {"perm": perm}
+    oracle.assert_matches_onnxruntime("Transpose", [x], attrs, rtol=0, atol=0)
