@@ -205,8 +205,13 @@ def compile(  # noqa: A001 - the command's name
     is_flag=True,
     help="With --check: compare every intermediate tensor and name the first node that diverges.",
 )
+@click.option(
+    "--interpret",
+    is_flag=True,
+    help="Run the plain instruction-by-instruction interpreter (the execution plan's oracle).",
+)
 @click.option("--debug", is_flag=True, hidden=True)
-def run(artifact, inputs_path, output, trace, check_model, rtol, atol, seed, all_tensors, debug):
+def run(artifact, inputs_path, output, trace, check_model, rtol, atol, seed, all_tensors, interpret, debug):
     """Execute ARTIFACT in the reference runtime."""
     import lpuc
 
@@ -232,7 +237,7 @@ def run(artifact, inputs_path, output, trace, check_model, rtol, atol, seed, all
 
             write_trace(program, trace)
     else:
-        outputs, captured = program.run(feeds, trace=trace), None
+        outputs, captured = program.run(feeds, trace=trace, interpret=interpret), None
     for name, value in outputs.items():
         click.echo(f"output {name}: {value.dtype}{list(value.shape)} mean={_mean(value)}")
     if output:

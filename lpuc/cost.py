@@ -104,6 +104,17 @@ class Stream:
         return self.rows * self.words_per_row
 
 
+def unit_kind(unit: str) -> str:
+    """MXM, MXM.LW, VXM, SXM, HOST, PORT (a MEM slice's bank port) or STREAM."""
+    if unit.startswith("MEM"):
+        return "PORT"
+    if unit.startswith(("SE", "SW")):
+        return "STREAM"
+    if unit.endswith(".LW"):
+        return "MXM.LW"
+    return unit.rstrip("0123456789")
+
+
 # -- the unit's own rate ----------------------------------------------------------------------------
 def vxm_alus(target: Target, opcode: str, work: Work) -> int:
     """ALUs (per lane) a VXM instruction holds: a map chains one ALU per op; a kernel as many as keep

@@ -37,6 +37,16 @@ class Access:
     nlanes: int
 
 
+def windows_overlap(a: Access, b: Access, wpr: int) -> bool:
+    """Whether two windows of one tile (`wpr` words per row) share a value."""
+    return (
+        a.addr < b.addr + b.nrows * wpr
+        and b.addr < a.addr + a.nrows * wpr
+        and a.lane0 < b.lane0 + b.nlanes
+        and b.lane0 < a.lane0 + a.nlanes
+    )
+
+
 @dataclass(frozen=True)
 class Instruction:
     id: int

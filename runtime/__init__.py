@@ -19,6 +19,7 @@ from contextlib import contextmanager
 import numpy as np
 from threadpoolctl import ThreadpoolController
 
+from lpuc import progress
 from lpuc.errors import ArtifactError, LpucError
 from lpuc.program import Program
 from lpuc.runtime.isa import HANDLERS, decoded_attrs
@@ -39,7 +40,7 @@ def execute(
     # Instructions are tile-sized: a multi-threaded BLAS only adds wake-up latency (and collapses
     # entirely on a loaded machine), so each runs on one thread. Both executors must use the same
     # count: it changes how a GEMM splits its sums, and so the last bits of the result.
-    with _one_blas_thread(), np.errstate(all="ignore"):
+    with _one_blas_thread(), np.errstate(all="ignore"), progress.stage("run"):
         try:
             outputs = _interpret(program, inputs) if interpret else _plan(program).run(inputs)
         except LpucError:

@@ -7,7 +7,7 @@ import dataclasses
 from lpuc import cost
 from lpuc.program import Instruction, Program
 from lpuc.schedule.summary import stored_facts, summarize
-from lpuc.schedule.validator import streams_of
+from lpuc.schedule.validate_costs import streams_of
 
 
 def with_instruction(p: Program, index: int, **changes) -> Program:

@@ -1,7 +1,10 @@
 """Convolutions: Conv, ConvInteger, QLinearConv, DeformConv, ConvTranspose, Col2Im.
 
 Conv is im2col + matmul, and the compiler lowers it to exactly that: it reuses `im2col`,
-`resolve_pads` and `conv_output_shape` from here. Pooling shares `sliding_windows`.
+`resolve_pads` and `conv_output_shape` from here. Depthwise Conv (one input channel per output
+channel) is a loop over window taps instead. Pooling shares `window_taps` and `sliding_windows`.
+Hot window ops loop over the kernel's taps, each a whole-tensor strided slice of the padded
+input, rather than materializing every window: that touches the input once per tap.
 All tensors are NCHW-style: [N, C, *spatial].
 """
 
@@ -156,28 +159,27 @@ def window_taps(
     dilations: Sequence[int],
     output_shape: Sequence[int],
     fill: float = 0,
-) -> list[np.ndarray]:
-    """`tap_views` [N, C, *output_shape] of x [N, C, *spatial] padded with `fill`."""
+) -> tuple[list[np.ndarray], Callable[[np.ndarray], np.ndarray]]:
+    """The windows of x [N, C, *spatial] padded with `fill`, tap by tap: per tap, a view of the
+    cells it reads, and `finish`, which turns an elementwise fold of those views (a sum, a max)
+    into [N, C, *output_shape]. Strided windows give `tap_views` [N, C, *output_shape]; stride 1
+    gives `_flat_taps`, whose runs are whole channels instead of output rows."""
     covered = _covered(output_shape, kernel_shape, strides, dilations)
     padded = padded_input(x, pads, covered, fill)
-    return tap_views(padded, kernel_shape, strides, dilations, output_shape)
+    if all(s == 1 for s in strides):
+        return _flat_taps(padded, kernel_shape, dilations, output_shape)
+    return tap_views(padded, kernel_shape, strides, dilations, output_shape), lambda y: y
 
 
-def stride1_taps(
-    x: np.ndarray,
-    kernel_shape: Sequence[int],
-    pads: Sequence[int],
-    dilations: Sequence[int],
-    output_shape: Sequence[int],
-    fill: float = 0,
+def _flat_taps(
+    padded: np.ndarray, kernel_shape: Sequence[int], dilations: Sequence[int], output_shape: Sequence[int]
 ) -> tuple[list[np.ndarray], Callable[[np.ndarray], np.ndarray]]:
-    """Stride-1 windows as long contiguous runs: per tap, a view [N, C, L] of the padded input
-    flattened per channel and shifted by the tap's offset, so one op per tap runs over whole
-    channels rather than over output rows. Output position o is at flat index sum(o_i * grid_i)
-    (row-major strides of the padded grid); `unflatten` maps a result [N, C, L] to a contiguous
-    [N, C, *output_shape], dropping the positions that straddle a padded row's end."""
-    covered = _covered(output_shape, kernel_shape, [1] * len(kernel_shape), dilations)
-    flat = np.ascontiguousarray(padded_input(x, pads, covered, fill)).reshape(*x.shape[:2], -1)
+    """Stride-1 taps of a padded input [N, C, *covered]: per tap, a view [N, C, L] of it flattened
+    per channel and shifted by the tap's offset. Output position o sits at flat index
+    sum(o_i * grid_i) (grid: the row-major strides of `covered`); `finish` picks those out of a
+    result [N, C, L], dropping the positions that straddle a padded row's end."""
+    flat = np.ascontiguousarray(padded).reshape(*padded.shape[:2], -1)
+    covered = padded.shape[2:]
     grid = [math.prod(covered[i + 1 :]) for i in range(len(covered))]
     length = sum((o - 1) * g for o, g in zip(output_shape, grid, strict=True)) + 1
     offsets = [
@@ -185,12 +187,12 @@ def stride1_taps(
         for tap in np.ndindex(*kernel_shape)
     ]
 
-    def unflatten(y: np.ndarray) -> np.ndarray:
+    def finish(y: np.ndarray) -> np.ndarray:
         shape = (*y.shape[:2], *output_shape)
         strides = (*y.strides[:2], *(g * y.itemsize for g in grid))
         return np.ascontiguousarray(as_strided(y, shape, strides, writeable=False))
 
-    return [flat[..., off : off + length] for off in offsets], unflatten
+    return [flat[..., off : off + length] for off in offsets], finish
 
 
 def sliding_windows(
@@ -235,7 +237,7 @@ def im2col(
     rows, taps = batch * math.prod(out_shape), math.prod(kernel_shape)
     covered = _covered(out_shape, kernel_shape, strides, dilations)
     if taps == 1:  # a 1x1 kernel: the strided input, channels moved last (one transposed copy)
-        (view,) = window_taps(x, kernel_shape, strides, pads, dilations, out_shape)
+        (view,) = tap_views(padded_input(x, pads, covered), kernel_shape, strides, dilations, out_shape)
         return np.moveaxis(view, 1, -1).reshape(rows, channels)
     if channels <= kernel_shape[-1]:
         # Few channels: a window row is the longest contiguous run, so copy whole windows.
@@ -294,16 +296,13 @@ def _depthwise(ctx: KernelContext, x: np.ndarray, w: np.ndarray) -> np.ndarray:
     out_shape = conv_output_shape(x.shape[2:], kernel_shape, strides, pads, dilations, op_type=ctx.op_type)
     # With a channel multiplier, output channel m reads input channel m // multiplier.
     x = np.repeat(x, w.shape[0] // x.shape[1], axis=1) if w.shape[0] != x.shape[1] else x
-    if all(s == 1 for s in strides):
-        views, unflatten = stride1_taps(x, kernel_shape, pads, dilations, out_shape)
-    else:
-        views, unflatten = window_taps(x, kernel_shape, strides, pads, dilations, out_shape), None
+    views, finish = window_taps(x, kernel_shape, strides, pads, dilations, out_shape)
     weights = w.reshape(w.shape[0], -1, *([1] * (views[0].ndim - 2)))  # [M, taps, 1, ...]
     y = np.zeros(views[0].shape, dtype=x.dtype)
     product = np.empty_like(y)
     for t, view in enumerate(views):
         y += np.multiply(view, weights[:, t], out=product)
-    return y if unflatten is None else unflatten(y)
+    return finish(y)
 
 
 @kernel("Conv")

@@ -1,9 +1,9 @@
 """Pooling: AveragePool, MaxPool, LpPool, their Global forms, MaxUnpool, MaxRoiPool.
 
-MaxPool and AveragePool loop over window taps (`conv.window_taps`), folding each tap's strided
-slice of the padded input into a preallocated output; padded cells hold a value the reduction
-ignores, and AveragePool divides by the count of cells each window counts. LpPool and MaxPool's
-indices reduce whole windows of `conv.sliding_windows` instead.
+MaxPool and AveragePool loop over window taps (`conv.window_taps`), folding each tap's slice of
+the padded input into a preallocated output; padded cells hold a value the reduction ignores,
+and AveragePool divides by the count of cells each window counts. LpPool and MaxPool's indices
+reduce whole windows of `conv.sliding_windows` instead.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from lpuc.kernels._common import accumulation_dtype, integer_range, ints
-from lpuc.kernels.conv import conv_output_shape, sliding_windows, stride1_taps, window_attrs, window_taps
+from lpuc.kernels.conv import conv_output_shape, sliding_windows, window_attrs, window_taps
 from lpuc.kernels.registry import KernelContext, kernel
 
 
@@ -57,14 +57,10 @@ class _Windows:
     def taps(
         self, x: np.ndarray, fill: float = 0
     ) -> tuple[list[np.ndarray], Callable[[np.ndarray], np.ndarray]]:
-        """Per window tap, a view of the cells it reads (padding set to `fill`), and the map from a
-        fold of those views to [N, C, *out]: stride 1 runs over whole flattened channels."""
-        if all(s == 1 for s in self.strides):
-            return stride1_taps(x, self.kernel_shape, self.pads, self.dilations, self.output_shape, fill)
-        views = window_taps(
+        """`conv.window_taps` of this node: per tap a view of the cells it reads, padding `fill`."""
+        return window_taps(
             x, self.kernel_shape, self.strides, self.pads, self.dilations, self.output_shape, fill
         )
-        return views, lambda y: y
 
     def count(self, include_pads: bool) -> np.ndarray:
         """[*out] cells each window counts (see `counted`): a box window's count is the product of
@@ -100,11 +96,11 @@ def _lowest(dtype: np.dtype) -> float:
 def average_pool(ctx: KernelContext, x):
     windows = _Windows.of(ctx, x)
     work = accumulation_dtype(x.dtype)
-    views, unflatten = windows.taps(x)
+    views, finish = windows.taps(x)
     total = np.zeros(views[0].shape, dtype=work)
     for view in views:  # summed in the accumulation dtype, no widened copy of x
         np.add(total, view, out=total)
-    total = unflatten(total)
+    total = finish(total)
     count = windows.count(bool(ctx.attr("count_include_pad", 0)))
     return (total / count.astype(work)).astype(x.dtype)
 
@@ -124,11 +120,11 @@ def lp_pool(ctx: KernelContext, x):
 def max_pool(ctx: KernelContext, x):
     windows = _Windows.of(ctx, x)
     if ctx.num_outputs < 2:
-        (first, *rest), unflatten = windows.taps(x, _lowest(x.dtype))
+        (first, *rest), finish = windows.taps(x, _lowest(x.dtype))
         y = first.copy()
         for view in rest:  # np.maximum propagates NaN as max over the window does
             np.maximum(y, view, out=y)
-        return unflatten(y)
+        return finish(y)
     cells = windows.cells(x, _lowest(x.dtype))
     y = cells.max(axis=-1)
     # Indices: the first cell on the input holding the max (or a NaN, which max propagates),

@@ -14,8 +14,7 @@ import bisect
 from collections import defaultdict
 
 from lpuc.dtypes import words_per_row
-from lpuc.program import Access, Instruction, Program
-from lpuc.schedule.validator import windows_overlap
+from lpuc.program import Access, Instruction, Program, windows_overlap
 
 
 def critical_path(program: Program) -> list[Instruction]:

@@ -5,33 +5,34 @@ exactly that). The validator proves the timed schedule computes the same thing a
 could run it. Checked, each as its own rule:
 1. units: every opcode is known and sits in a queue of its unit kind; every unit exists, runs one
    instruction at a time, and the program uses no more queues than the chip has;
-2. costs: every instruction books the VXM ALUs, MEM ports and streams lpuc.cost says it holds, its
-   duration is at least what the cost model gives, and its work matches the windows it touches;
+2. costs (validate_costs.py): every instruction books the VXM ALUs, MEM ports and streams lpuc.cost
+   says it holds, its duration is at least what the cost model gives, and its work matches the
+   windows it touches;
 3. bounds: every tile slot and every access lies inside SRAM and inside its tile's slot;
 4. SRAM: no two tiles that are live at the same time share an address (identical constants may);
 5. order: of two instructions touching overlapping windows, one of them writing, the one with the
-   lower id ends before the other starts; a read of a computed tile follows a write to it;
-6. accumulation: the matmuls accumulating into a window cover its K range in order, and nothing
+   lower id ends before the other starts; every value a computed tile's reader takes was written
+   by an earlier instruction;
+6. accumulation (validate_mxm.py): the matmuls accumulating into a window cover its K range in order, and nothing
    else reads the window before the last of them;
-7. MXM weights: every MM computes with the weights its own group's LW loaded on its plane;
+7. MXM weights (validate_mxm.py): every MM computes with the weights its own group's LW loaded on its plane;
 8. outputs: every model output is written in full;
 9. constants are never written.
 """
 
 from __future__ import annotations
 
-import math
-from collections import Counter, defaultdict
+from collections import defaultdict
 
 import numpy as np
 
-from lpuc import cost
-from lpuc.cost import QUEUE_KIND, Stream
+from lpuc.cost import QUEUE_KIND, unit_kind
 from lpuc.dtypes import words_per_row
 from lpuc.errors import ScheduleError
-from lpuc.ops import expression_alu_ops
-from lpuc.program import Access, Instruction, Program, TileSlot
+from lpuc.program import Access, Instruction, Program, TileSlot, windows_overlap
 from lpuc.schedule.liveness import live_intervals
+from lpuc.schedule.validate_costs import check_costs
+from lpuc.schedule.validate_mxm import check_accumulation, check_weights
 
 MAX_PROBLEMS = 20
 
@@ -40,12 +41,12 @@ def validate(program: Program) -> None:
     problems: list[str] = []
     rules = (
         _units,
-        _costs,
+        check_costs,
         _bounds,
         _sram_overlap,
         _order,
-        _accumulation,
-        _mxm_weights,
+        check_accumulation,
+        check_weights,
         _outputs_written,
         _constants_read_only,
     )
@@ -53,17 +54,6 @@ def validate(program: Program) -> None:
         problems += rule(program)[:MAX_PROBLEMS]
     if problems:
         raise ScheduleError(problems)
-
-
-def unit_kind(unit: str) -> str:
-    """MXM, MXM.LW, VXM, SXM, HOST, PORT (a MEM slice's bank port) or STREAM."""
-    if unit.startswith("MEM"):
-        return "PORT"
-    if unit.startswith(("SE", "SW")):
-        return "STREAM"
-    if unit.endswith(".LW"):
-        return "MXM.LW"
-    return unit.rstrip("0123456789")
 
 
 def _units(p: Program) -> list[str]:
@@ -105,101 +95,6 @@ def _units(p: Program) -> list[str]:
                 if len(out) >= MAX_PROBLEMS:
                     return out
     return out
-
-
-def streams_of(p: Program, ins: Instruction) -> tuple[list[Stream], list[Stream]]:
-    """The cost model's view of an instruction's windows."""
-
-    def stream(a: Access) -> Stream:
-        t = p.tiles[a.buf]
-        return Stream(-1 if t.kind == "host" else a.slice, a.nrows, words_per_row(t.np_dtype), a.nlanes)
-
-    return [stream(a) for a in ins.reads], [stream(a) for a in ins.writes]
-
-
-def _costs(p: Program) -> list[str]:
-    target, out = p.target, []
-    for ins in p.instructions:
-        if ins.opcode not in QUEUE_KIND or not ins.units or not _accesses_known(p, ins):
-            continue  # reported by _units / _bounds
-        where = f"instruction {ins.id} ({ins.opcode}, {ins.node})"
-        problem = _work_problem(p, ins)
-        if problem:
-            out.append(f"{where}: {problem}")
-            continue
-        reads, writes = streams_of(p, ins)
-        precision = ins.attrs.get("precision", p.precision)
-        need = cost.duration(
-            target, ins.opcode, ins.unit, ins.work, reads, writes, precision, bool(ins.attrs.get("install"))
-        )
-        if ins.duration < need:
-            out.append(
-                f"{where}: duration {ins.duration} is shorter than the {need} cycles the cost model gives"
-            )
-        booked = Counter(_booking_key(u) for u in ins.units)
-        n_unit = cost.unit_cycles(target, ins.opcode, ins.work, precision)
-        for s, k in cost.port_needs(target, ins.opcode, [*reads, *writes], n_unit).items():
-            if booked[f"MEM{s}"] < k:
-                out.append(f"{where}: needs {k} ports of MEM slice {s}, books {booked[f'MEM{s}']}")
-        east, west = cost.stream_needs(target, ins.opcode, ins.unit, reads, writes)
-        for direction, k in (("E", east), ("W", west)):
-            if booked[f"STREAM{direction}"] < k:
-                out.append(f"{where}: needs {k} {direction} streams, books {booked[f'STREAM{direction}']}")
-        alus = cost.vxm_alus(target, ins.opcode, ins.work)
-        if booked["VXM"] < alus:
-            out.append(f"{where}: needs {alus} VXM ALUs, books {booked['VXM']}")
-        if len(out) >= MAX_PROBLEMS:
-            break
-    return out
-
-
-def _booking_key(unit: str) -> str:
-    """What a booked unit counts towards: a slice's ports, a direction's streams, or a unit kind."""
-    kind = unit_kind(unit)
-    if kind == "PORT":
-        return unit.split(".")[0]
-    if kind == "STREAM":
-        return f"STREAM{unit[1]}"
-    return kind
-
-
-def _accesses_known(p: Program, ins: Instruction) -> bool:
-    return all(0 <= a.buf < len(p.tiles) for a in ins.reads + ins.writes)
-
-
-def _work_problem(p: Program, ins: Instruction) -> str | None:
-    """Work the cost model charges must match the windows the instruction touches."""
-    w = ins.work
-    if ins.opcode == "mxm.mm":
-        k0, k1, _ = ins.attrs.get("k", (0, 0, 0))
-        if not ins.reads or not ins.writes:
-            return "an MM needs an activation window and a result window"
-        act, res = ins.reads[0], ins.writes[0]
-        if w.vectors != act.nrows or w.macs != act.nrows * (k1 - k0) * res.nlanes or act.nlanes != k1 - k0:
-            return (
-                f"work {w.vectors} rows / {w.macs} MACs does not match its "
-                f"{act.nrows}x{act.nlanes} activation window"
-            )
-        if ins.attrs.get("acc") and (len(ins.reads) < 2 or ins.reads[1] != res):
-            return "an accumulating MM must read the window it accumulates into"
-    elif ins.opcode == "mxm.lw":
-        if len(ins.reads) != 1:
-            return "an LW reads one weight window"
-        t = p.tiles[ins.reads[0].buf]
-        if w.words != ins.reads[0].nrows * words_per_row(t.np_dtype):
-            return f"work {w.words} words does not match its {ins.reads[0].nrows}-row weight window"
-    elif ins.opcode == "vxm.map":
-        if len(ins.writes) != 1:
-            return "a map writes one window"
-        widest = max(p.tiles[a.buf].np_dtype.itemsize for a in ins.reads + ins.writes)
-        if w.vectors != ins.writes[0].nrows * math.ceil(widest / 4):
-            return f"work {w.vectors} vectors does not match its {ins.writes[0].nrows}-row result"
-        if w.alu_ops < expression_alu_ops(list(ins.attrs.get("expr", []))):
-            return f"work {w.alu_ops} ALU ops per element is less than its expression needs"
-    elif ins.opcode in ("vxm.kernel", "sxm.kernel"):
-        if w.vectors < sum(a.nrows for a in ins.writes):
-            return f"work {w.vectors} vectors is less than the {sum(a.nrows for a in ins.writes)} it writes"
-    return None
 
 
 def _bounds(p: Program) -> list[str]:
@@ -278,15 +173,6 @@ def _sram_overlap(p: Program) -> list[str]:
     return out
 
 
-def windows_overlap(a: Access, b: Access, wpr: int) -> bool:
-    return (
-        a.addr < b.addr + b.nrows * wpr
-        and b.addr < a.addr + a.nrows * wpr
-        and a.lane0 < b.lane0 + b.nlanes
-        and b.lane0 < a.lane0 + a.nlanes
-    )
-
-
 def _order(p: Program) -> list[str]:
     out: list[str] = []
     accesses: dict[int, list[tuple[Instruction, Access, bool]]] = defaultdict(list)
@@ -336,109 +222,6 @@ def _reads_covered(buf: int, tile: TileSlot, items: list[tuple[Instruction, Acce
             out.append(
                 f"instruction {ins.id} ({ins.opcode}, {ins.node}) reads values of tile {buf} ({tile.tensor}) "
                 "that no earlier instruction writes"
-            )
-    return out
-
-
-def _accumulation(p: Program) -> list[str]:
-    out: list[str] = []
-    chains: dict[Access, list[Instruction]] = defaultdict(list)
-    for ins in p.instructions:
-        if ins.opcode == "mxm.mm" and ins.writes and "k" in ins.attrs:
-            chains[ins.writes[0]].append(ins)
-    readers: dict[int, list[tuple[Instruction, Access]]] = defaultdict(list)
-    for ins in p.instructions:
-        for a in ins.reads:
-            readers[a.buf].append((ins, a))
-    for window, chain in sorted(chains.items(), key=lambda kv: kv[1][0].id):
-        chain.sort(key=lambda i: i.id)
-        reach = 0
-        for ins in chain:
-            k0, k1, total = ins.attrs["k"]
-            if bool(ins.attrs.get("acc")) != (reach > 0) or k0 != reach:
-                out.append(
-                    f"MM {ins.id} ({ins.node}) {'accumulates' if ins.attrs.get('acc') else 'writes'} K range "
-                    f"[{k0}, {k1}) of tile {window.buf} after K [0, {reach}): an accumulation step is missing"
-                )
-                break
-            reach = k1
-        else:
-            if reach != chain[-1].attrs["k"][2]:
-                out.append(
-                    f"MMs into tile {window.buf} ({chain[-1].node}) cover K [0, {reach}) "
-                    f"of {chain[-1].attrs['k'][2]}"
-                )
-        wpr = words_per_row(p.tiles[window.buf].np_dtype) if 0 <= window.buf < len(p.tiles) else 1
-        members = {i.id for i in chain}
-        for ins, a in readers.get(window.buf, ()):
-            if ins.id not in members and ins.id < chain[-1].id and windows_overlap(a, window, wpr):
-                out.append(
-                    f"instruction {ins.id} ({ins.opcode}, {ins.node}) reads tile {window.buf} "
-                    f"before its last accumulation step (MM {chain[-1].id})"
-                )
-        if len(out) >= MAX_PROBLEMS:
-            break
-    return out
-
-
-def _mxm_weights(p: Program) -> list[str]:
-    """Each MM computes with its own group's weights on the chip (instructions in time order, with
-    load and install timing) and in the runtime (the same state machine in id order)."""
-    out: list[str] = []
-    planes: dict[str, list[Instruction]] = defaultdict(list)
-    for ins in p.instructions:
-        if ins.opcode in ("mxm.lw", "mxm.mm") and ins.units:
-            planes[ins.unit.split(".")[0]].append(ins)
-    for plane, items in sorted(planes.items()):
-        # An IW precedes an LW at the same cycle.
-        in_time = sorted(items, key=lambda i: (i.start, i.opcode != "mxm.mm", i.id))
-        out += _weight_states(plane, in_time, p.target.iw_cycles)
-        if not out:
-            out += [
-                f"{problem} (in id order)"
-                for problem in _weight_states(plane, sorted(items, key=lambda i: i.id))
-            ]
-    return out
-
-
-def _weight_states(plane: str, items: list[Instruction], iw: int | None = None) -> list[str]:
-    """Walk a plane's LWs and MMs through its shadow and active weight buffers; with `iw`, also check
-    that loads finish before installs and start after the previous install."""
-    out: list[str] = []
-    shadow: Instruction | None = None  # LW whose weights wait in the shadow buffer
-    active: int | None = None  # weight group installed
-    last_install = None
-    for ins in items:
-        group = ins.attrs.get("group")
-        if ins.opcode == "mxm.lw":
-            if shadow is not None:
-                out.append(
-                    f"{plane}: LW {ins.id} overwrites the shadow weights of LW {shadow.id} "
-                    "before an MM installed them"
-                )
-            if iw is not None and last_install is not None and ins.start < last_install + iw:
-                out.append(f"{plane}: LW {ins.id} starts before the previous install finished")
-            shadow = ins
-        elif ins.attrs.get("install"):
-            if shadow is None:
-                out.append(f"{plane}: MM {ins.id} installs weights but no LW loaded any")
-            elif iw is not None and shadow.end > ins.start:
-                out.append(
-                    f"{plane}: MM {ins.id} installs at cycle {ins.start} "
-                    f"weights LW {shadow.id} finishes at {shadow.end}"
-                )
-            elif shadow.attrs.get("group") != group:
-                out.append(
-                    f"{plane}: MM {ins.id} installs the weights of LW {shadow.id}, not its own group's"
-                )
-            active = None if shadow is None else shadow.attrs.get("group")
-            shadow, last_install = None, ins.start
-        elif active is None:
-            out.append(f"{plane}: MM {ins.id} runs with no installed weights")
-        elif active != group:
-            out.append(
-                f"{plane}: MM {ins.id} computes with the weights of another group "
-                "(its installing MM is missing)"
             )
     return out
 
