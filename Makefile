@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 OUT    := out
 JOBS   ?= auto
 
-.PHONY: setup demo test test-fast bench conformance golden faults fuzz lint format clean
+.PHONY: setup demo test test-fast bench bench-compile conformance golden faults fuzz lint format clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -34,6 +34,11 @@ test-fast: setup
 
 bench: setup
 	$(BIN)/python -m tests.benchmarks.bench
+	$(MAKE) bench-compile
+
+# Compile time and peak RSS per stage for 4/12/24/48-layer GPT-2-shaped models (exported once, cached).
+bench-compile: setup
+	$(BIN)/python -m tests.benchmarks.compile_bench
 
 conformance: setup
 	$(BIN)/python -m tests.conformance.report

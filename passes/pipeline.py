@@ -37,6 +37,7 @@ from lpuc.passes.legalize_broadcast import legalize_broadcast
 from lpuc.passes.lower_conv import lower_conv
 from lpuc.passes.lower_einsum import lower_einsum
 from lpuc.passes.lower_gemm import lower_gemm
+from lpuc.passes.sink_transposes import sink_transposes
 from lpuc.target import Target
 
 
@@ -76,6 +77,7 @@ PIPELINE: tuple[Pass, ...] = (
     Pass("decompose_attention", decompose_attention),
     Pass("fold_batchnorm", fold_batchnorm),
     Pass("lower_conv", lower_conv),
+    Pass("sink_transposes", sink_transposes),
     Pass("canonicalize_matmul", canonicalize_matmul),
     Pass("fold_constants", fold_constants),
     Pass("fuse_layernorm", fuse_layernorm),

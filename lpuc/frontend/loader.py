@@ -133,6 +133,14 @@ class Weightless:
 
 
 def weightless(model: onnx.ModelProto) -> Weightless:
+    try:
+        return _weightless(model)
+    except UnicodeDecodeError:
+        # A string field that is not UTF-8: the checker refuses the model itself, in its own words.
+        return Weightless(model, frozenset())
+
+
+def _weightless(model: onnx.ModelProto) -> Weightless:
     graph = model.graph
     light = onnx.ModelProto()
     _copy_fields(model, light, skip=("graph",))
@@ -153,6 +161,9 @@ def check_weightless(light: Weightless) -> None:
     refuse their placeholder for their dims); their typed data was counted when stubbed, and raw data
     too short for its dims is the importer's error (`raw_data_too_small`), as reading its length
     here would copy it."""
+    if not light.stubbed:
+        onnx.checker.check_model(light.model)
+        return
     view = onnx.ModelProto()
     view.CopyFrom(light.model)
     for t in view.graph.initializer:

@@ -11,7 +11,10 @@ from lpuc.kernels.registry import KernelContext, kernel
 
 @kernel("Im2Col", domain=LPUC_DOMAIN)
 def im2col_kernel(ctx: KernelContext, x: np.ndarray) -> np.ndarray:
-    """x [N, C, *spatial] -> [N * prod(out), C * prod(kernel)]; attrs kernel_shape/strides/pads/dilations."""
+    """x [N, C, *spatial] -> [N * prod(out), C * prod(kernel)]; attrs kernel_shape/strides/pads/dilations.
+    With channels_last, x is [N, *spatial, C] (the columns keep the same order)."""
+    if ctx.attr("channels_last", 0):
+        x = np.moveaxis(x, -1, 1)
     return im2col(x, ctx.attr("kernel_shape"), ctx.attr("strides"), ctx.attr("pads"), ctx.attr("dilations"))
 
 

@@ -88,6 +88,26 @@ def bench_model(path: Path, precision: str, target: str, repeats: int) -> dict:
     }
 
 
+# Passes that change schedules, measured by compiling without each in turn.
+ABLATIONS = ("sink_transposes", "fuse_layernorm", "fuse_gelu")
+
+
+def ablate(path: Path, target: str) -> None:
+    """Cycles with each schedule-shaping pass disabled in turn, so each one's effect is measured."""
+    if not path.exists():
+        return
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        full = lpuc.compile(path, target=target, precision="fp16").summary["cycles"]
+        parts = []
+        for name in ABLATIONS:
+            cycles = lpuc.compile(path, target=target, precision="fp16", disable_passes=(name,)).summary[
+                "cycles"
+            ]
+            parts.append(f"without {name} {cycles:,} ({cycles / full:.2f}x)")
+    print(f"{path.stem} fp16: {full:,} cycles; " + "; ".join(parts))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("models", nargs="*", type=Path, help="ONNX files (default: models/*.onnx)")
@@ -136,6 +156,7 @@ def main() -> None:
         if r["model"] == "mlp":  # tiny: its run time is the runtime's fixed per-run cost
             overhead = r["run_ms"] - r["ort_ms"]
             print(f"fixed per-run overhead ({r['precision']} MLP, plan - onnxruntime): {overhead:.3f} ms")
+    ablate(LIGHT / "light_resnet50.onnx", args.target)
     for r in results:
         us = GROQ_US.get(r["model"])
         if us is not None:

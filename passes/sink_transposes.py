@@ -1,0 +1,137 @@
+"""Transposes carried forward unmaterialized until they cancel or reach an op that needs them.
+
+lower_conv leaves each convolution's result channels-last ([N, *spatial, M]) followed by a Transpose
+back to NCHW, and between two convolutions a tensor usually passes only elementwise ops (bias, ReLU,
+a residual Add), which do not care about layout; Im2Col can read channels-last directly. So a
+Transpose is not emitted where it stands: its result is *pending* (the source value and the perm).
+- an elementwise op whose operands are pending with one perm (and otherwise constants, transposed
+  here at compile time) runs on the sources; its result is pending too;
+- a Transpose of a pending value composes the perms (and cancels when they are inverse);
+- an Im2Col of a pending channels-last value reads that value (attribute channels_last);
+- anything else gets the Transpose emitted, once per value, under the value's own name.
+Whole-tensor SXM transposes between convolutions disappear, and the ops in between run on
+channels-last rows, whose lanes hold channels (64-2048) instead of one row of pixels (7-56).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from lpuc.ir.graph import LPUC_DOMAIN, Graph, Node, constant_value
+from lpuc.ops import is_elementwise
+
+Perm = tuple[int, ...]
+
+
+def sink_transposes(graph: Graph, ctx: object = None) -> Graph:
+    return _Sinker(graph).run()
+
+
+def channels_last_to_first(rank: int) -> Perm:
+    """The perm that turns [N, *spatial, C] into [N, C, *spatial]."""
+    return (0, rank - 1, *range(1, rank - 1))
+
+
+class _Sinker:
+    def __init__(self, graph: Graph) -> None:
+        self.graph = graph.copy(nodes=[])
+        self.source = graph
+        self.pending: dict[str, tuple[str, Perm]] = {}  # value -> (source value, perm)
+        self.alias: dict[str, str] = {}  # value -> the value it equals (transposes that cancelled)
+        self.opset = graph.opsets.get("", 21)
+
+    def run(self) -> Graph:
+        for node in self.source.nodes:
+            node = node.with_(inputs=tuple(self.alias.get(i, i) for i in node.inputs))
+            if not self._absorb(node):
+                self._emit(node)
+        for name in self.source.outputs:
+            if name in self.alias:
+                self._add(
+                    Node("Identity", f"{name}/identity", (self.alias[name],), (name,), opset=self.opset)
+                )
+            self._materialize(name)
+        return self.graph.prune_values()
+
+    # -- ops that keep a transpose pending -----------------------------------------------------------
+    def _absorb(self, node: Node) -> bool:
+        if self.graph.touches_dynamic(node):
+            return False
+        if node.op == "Transpose" and not node.domain:
+            return self._transpose(node)
+        if node.op == "Im2Col" and node.domain == LPUC_DOMAIN:
+            return self._im2col(node)
+        if is_elementwise(node.op, node.domain) and len(node.outputs) == 1:
+            return self._elementwise(node)
+        return False
+
+    def _transpose(self, node: Node) -> bool:
+        x, y = node.inputs[0], node.outputs[0]
+        rank = len(self.graph.values[x].shape)
+        perm = tuple(int(p) for p in node.attr("perm") or reversed(range(rank)))
+        source, before = self.pending.get(x, (x, tuple(range(rank))))
+        composed = tuple(before[p] for p in perm)
+        if composed == tuple(range(rank)):
+            self.alias[y] = source  # a transpose pair cancels
+        else:
+            self.pending[y] = (source, composed)
+        return True
+
+    def _im2col(self, node: Node) -> bool:
+        x = node.inputs[0]
+        if x not in self.pending:
+            return False
+        source, perm = self.pending[x]
+        if perm != channels_last_to_first(len(perm)):
+            return False
+        self._add(node.with_(inputs=(source,), attrs={**node.attrs, "channels_last": 1}))
+        return True
+
+    def _elementwise(self, node: Node) -> bool:
+        out = self.graph.values[node.outputs[0]]
+        perms = {self.pending[i][1] for i in node.inputs if i in self.pending}
+        if len(perms) != 1:
+            return False
+        (perm,) = perms
+        inverse = tuple(int(p) for p in np.argsort(perm))
+        inputs = []
+        for i in node.inputs:
+            if not i:
+                inputs.append(i)
+            elif i in self.pending:
+                if self.graph.values[i].shape != out.shape:
+                    return False  # broadcast on the pending side: keep it simple
+                inputs.append(self.pending[i][0])
+            elif self.graph.values[i].is_const:
+                inputs.append(self._transposed_const(i, len(perm), inverse))
+            else:
+                return False  # a runtime operand in the original layout
+        shape = tuple(out.shape[p] for p in inverse)
+        name = self.graph.add_value(f"{node.outputs[0]}_cl", shape, out.dtype)
+        self._add(node.with_(name=f"{node.name}/cl", inputs=tuple(inputs), outputs=(name,)))
+        self.pending[node.outputs[0]] = (name, perm)
+        return True
+
+    def _transposed_const(self, name: str, rank: int, inverse: Perm) -> str:
+        data = np.asarray(self.graph.values[name].const)
+        full = data.reshape((1,) * (rank - data.ndim) + data.shape)
+        moved = self.graph.unique_name(f"{name}_cl")
+        self.graph.values[moved] = constant_value(moved, np.transpose(full, inverse))
+        return moved
+
+    # -- everything else -----------------------------------------------------------------------------
+    def _emit(self, node: Node) -> None:
+        for i in node.inputs:
+            self._materialize(i)
+        self._add(node)
+
+    def _materialize(self, name: str) -> None:
+        if name not in self.pending:
+            return
+        source, perm = self.pending.pop(name)
+        self._add(
+            Node("Transpose", f"{name}/transpose", (source,), (name,), {"perm": list(perm)}, opset=self.opset)
+        )
+
+    def _add(self, node: Node) -> None:
+        self.graph.nodes.append(node)
