@@ -234,6 +234,14 @@ _add("VXM", "BatchNormalization", passes=2, via="fold_batchnorm")
 _add("VXM", "InstanceNormalization GroupNormalization MeanVarianceNormalization LRN", passes=5)
 _add("VXM", "MaxPool AveragePool LpPool", alu_ops=_window_alu_ops)
 _add("VXM", "GlobalAveragePool GlobalMaxPool GlobalLpPool", alu_ops=_global_pool_alu_ops)
+# Channels-last pooling (sink_transposes): channels on lanes, so a global pool only adds vectors.
+_add("VXM", "MaxPool AveragePool", domain=LPUC_DOMAIN, alu_ops=_window_alu_ops)
+_add(
+    "VXM",
+    "GlobalAveragePool GlobalMaxPool",
+    domain=LPUC_DOMAIN,
+    alu_ops=lambda node, graph, in_vectors, out_vectors: in_vectors + out_vectors,
+)
 _add("VXM", "NegativeLogLikelihoodLoss SoftmaxCrossEntropyLoss", passes=6)
 _add("VXM", "QuantizeLinear DequantizeLinear DynamicQuantizeLinear", passes=2)
 _add("VXM", "Trilu EyeLike", passes=1)

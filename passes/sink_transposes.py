@@ -7,7 +7,8 @@ Transpose is not emitted where it stands: its result is *pending* (the source va
 - an elementwise op whose operands are pending with one perm (and otherwise constants, transposed
   here at compile time) runs on the sources; its result is pending too;
 - a Transpose of a pending value composes the perms (and cancels when they are inverse);
-- an Im2Col of a pending channels-last value reads that value (attribute channels_last);
+- an Im2Col of a pending channels-last value reads that value (attribute channels_last), and a
+  pooling op runs channels-last (lpuc domain); a Concat of pending operands concatenates the sources;
 - anything else gets the Transpose emitted, once per value, under the value's own name.
 Whole-tensor SXM transposes between convolutions disappear, and the ops in between run on
 channels-last rows, whose lanes hold channels (64-2048) instead of one row of pixels (7-56).
@@ -21,6 +22,8 @@ from lpuc.ir.graph import LPUC_DOMAIN, Graph, Node, constant_value
 from lpuc.ops import is_elementwise
 
 Perm = tuple[int, ...]
+# Pooling ops with a channels-last form (lpuc domain, see lpuc.kernels.lowered).
+CHANNELS_LAST_POOLS = frozenset({"MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool"})
 
 
 def sink_transposes(graph: Graph, ctx: object = None) -> Graph:
@@ -61,6 +64,10 @@ class _Sinker:
             return self._transpose(node)
         if node.op == "Im2Col" and node.domain == LPUC_DOMAIN:
             return self._im2col(node)
+        if node.op in CHANNELS_LAST_POOLS and not node.domain and len(node.outputs) == 1:
+            return self._pool(node)
+        if node.op == "Concat" and not node.domain:
+            return self._concat(node)
         if is_elementwise(node.op, node.domain) and len(node.outputs) == 1:
             return self._elementwise(node)
         return False
@@ -87,6 +94,34 @@ class _Sinker:
         self._add(node.with_(inputs=(source,), attrs={**node.attrs, "channels_last": 1}))
         return True
 
+    def _pool(self, node: Node) -> bool:
+        x, y = node.inputs[0], node.outputs[0]
+        if x not in self.pending or self.pending[x][1] != channels_last_to_first(len(self.pending[x][1])):
+            return False
+        source, perm = self.pending[x]
+        self._pending_result(node.with_(inputs=(source,), domain=LPUC_DOMAIN), y, perm)
+        return True
+
+    def _concat(self, node: Node) -> bool:
+        perms = {self.pending[i][1] if i in self.pending else None for i in node.inputs}
+        if len(perms) != 1 or None in perms:
+            return False  # every operand pending with one perm
+        (perm,) = perms
+        axis = int(node.attr("axis")) % len(perm)
+        sources = tuple(self.pending[i][0] for i in node.inputs)
+        self._pending_result(
+            node.with_(inputs=sources, attrs={**node.attrs, "axis": perm[axis]}), node.outputs[0], perm
+        )
+        return True
+
+    def _pending_result(self, node: Node, out: str, perm: Perm) -> None:
+        """Emit `node` computing `out` in its source layout: `out` becomes pending `perm`."""
+        value = self.graph.values[out]
+        shape = tuple(value.shape[p] for p in np.argsort(perm))
+        name = self.graph.add_value(f"{out}_cl", shape, value.dtype)
+        self._add(node.with_(name=f"{node.name}/cl", outputs=(name,)))
+        self.pending[out] = (name, perm)
+
     def _elementwise(self, node: Node) -> bool:
         out = self.graph.values[node.outputs[0]]
         perms = {self.pending[i][1] for i in node.inputs if i in self.pending}
@@ -106,10 +141,7 @@ class _Sinker:
                 inputs.append(self._transposed_const(i, len(perm), inverse))
             else:
                 return False  # a runtime operand in the original layout
-        shape = tuple(out.shape[p] for p in inverse)
-        name = self.graph.add_value(f"{node.outputs[0]}_cl", shape, out.dtype)
-        self._add(node.with_(name=f"{node.name}/cl", inputs=tuple(inputs), outputs=(name,)))
-        self.pending[node.outputs[0]] = (name, perm)
+        self._pending_result(node.with_(inputs=tuple(inputs)), node.outputs[0], perm)
         return True
 
     def _transposed_const(self, name: str, rank: int, inverse: Perm) -> str:

@@ -6,6 +6,8 @@ Counted, not timed: every ModelProto.SerializeToString during a compile is recor
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import onnx
 import pytest
@@ -16,6 +18,7 @@ from lpuc.errors import ModelError
 from lpuc.frontend.loader import STUB_MIN_ELEMENTS, canonicalize_opset
 from tests.models import ort_run
 
+MLP = Path(__file__).resolve().parents[1] / "models" / "mlp.onnx"
 WIDTH = 320  # 320 x 320 = 102,400 elements: above the stub limit, 400 KB of fp32 weights
 assert WIDTH * WIDTH > STUB_MIN_ELEMENTS
 
@@ -105,3 +108,16 @@ def test_raw_data_too_short_for_its_dims_is_the_checkers_error(tmp_path):
         lpuc.compile(path)
     expected = str(checked.value).strip().splitlines()[0]
     assert str(refused.value) == f"{path}: invalid ONNX model ({expected})"
+
+
+def test_verbose_compile_prints_each_stages_time_and_peak_rss(tmp_path):
+    from click.testing import CliRunner
+
+    from lpuc.cli import main
+
+    result = CliRunner().invoke(main, ["compile", str(MLP), "-o", str(tmp_path / "m.lpu"), "-v"])
+    assert result.exit_code == 0, result.output
+    lines = {line.split()[0]: line for line in result.output.splitlines() if line.startswith("  ")}
+    for stage in ("frontend", "passes", "lowering", "schedule"):
+        mib = float(lines[stage].split("peak RSS")[1].split()[0])
+        assert 10 < mib < 4096  # this process's resident set, in MiB

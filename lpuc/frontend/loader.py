@@ -111,11 +111,13 @@ def _first_line(e: BaseException) -> str:
 
 
 # Initializers with more elements than this are stubbed in weightless copies: onnx's inference reads
-# only small constants (shape operands), the importer's per-node inference uses the same limit.
+# only small constants (shape operands); the importer's per-node inference uses the same limit.
 STUB_MIN_ELEMENTS = 1 << 16
 _TYPED_FIELDS = ("float_data", "int32_data", "string_data", "int64_data", "double_data", "uint64_data")
 _DATA_FIELDS = ("raw_data", *_TYPED_FIELDS)
 _COMPLEX = (TensorProto.COMPLEX64, TensorProto.COMPLEX128)  # two typed values per element
+# Strings may not be raw data; int32 / int64 tensors are what onnx's inference reads as shapes.
+_NEVER_STUBBED = (TensorProto.STRING, TensorProto.INT32, TensorProto.INT64)
 
 
 @dataclass(frozen=True)
@@ -213,7 +215,7 @@ _BITS = {
 
 
 def _stubbable(t: TensorProto) -> bool:
-    if t.data_location == TensorProto.EXTERNAL or t.data_type == TensorProto.STRING:
+    if t.data_location == TensorProto.EXTERNAL or t.data_type in _NEVER_STUBBED:
         return False
     elements = math.prod(t.dims)
     if elements <= STUB_MIN_ELEMENTS:

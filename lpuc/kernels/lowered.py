@@ -6,7 +6,7 @@ import numpy as np
 
 from lpuc.ir.graph import LPUC_DOMAIN
 from lpuc.kernels.conv import im2col, scatter_transposed
-from lpuc.kernels.registry import KernelContext, kernel
+from lpuc.kernels.registry import KernelContext, kernel, run_kernel
 
 
 @kernel("Im2Col", domain=LPUC_DOMAIN)
@@ -36,3 +36,12 @@ def conv_transpose_scatter(
     if bias is not None:
         image = image + bias.astype(work).reshape(1, -1, *([1] * (image.ndim - 2)))
     return image.astype(cols.dtype, copy=False)
+
+
+@kernel("MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool", domain=LPUC_DOMAIN)
+def channels_last_pool(ctx: KernelContext, x: np.ndarray) -> np.ndarray:
+    """The ONNX pooling op of the same name on a channels-last [N, *spatial, C] tensor (result
+    channels-last too): sink_transposes keeps convolution chains channels-last through pooling."""
+    onnx_ctx = KernelContext(ctx.op_type, ctx.attrs, ctx.opset, 1)
+    (y,) = run_kernel(onnx_ctx, [np.moveaxis(x, -1, 1)])
+    return np.moveaxis(y, 1, -1)

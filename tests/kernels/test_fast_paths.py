@@ -106,10 +106,13 @@ IM2COL_CASES = [
 
 
 @pytest.mark.parametrize("channels, kernel, strides, dilations, pads", IM2COL_CASES)
-def test_im2col_layouts_exact(channels, kernel, strides, dilations, pads):
+@pytest.mark.parametrize("channels_last", (False, True))
+def test_im2col_layouts_exact(channels, kernel, strides, dilations, pads, channels_last):
     rng = np.random.default_rng(channels)
     x = random_input(rng, (2, channels, *[8, 7, 6][: len(kernel)]))
-    cols = im2col(x, kernel, strides, pads, dilations)
+    # Lowered Im2Col may read NHWC memory: a channels-first view of it must give the same columns.
+    source = np.moveaxis(np.ascontiguousarray(np.moveaxis(x, 1, -1)), -1, 1) if channels_last else x
+    cols = im2col(source, kernel, strides, pads, dilations)
     np.testing.assert_array_equal(cols, _patches(x, kernel, strides, pads, dilations))
 
 
