@@ -2,9 +2,10 @@
 
 C[..., M, N] = A[..., M, K] @ B[..., K, N]. For every batch of C, the K range is cut into chunks of
 at most the plane's k_tile (never crossing a tile of A's lanes or B's rows) and N into chunks of at
-most n_tile. Each (k-chunk, n-chunk) is one weight group: one LW, then one MM per row segment of
-the activations. MMs after the first k-chunk accumulate into C (read-modify-write of the C window).
-Weight-stationary order: a weight tile is loaded once and every activation row passes it.
+most n_tile. Each (k-chunk, n-chunk) is one weight group per plane it runs on: an LW, then one MM per
+row segment of the activations (tall activations are shared among up to all planes). MMs after the
+first k-chunk accumulate into C (read-modify-write of the C window). Weight-stationary order: a
+weight tile is loaded once per plane and every activation row of that plane's share passes it.
 """
 
 from __future__ import annotations
@@ -55,38 +56,47 @@ def lower_matmul(b: TiledBuilder, node: Node) -> None:
         n_chunks = split_range(0, n, mode.n_tile, c.lanes, w.lanes)
         for n0, n1 in n_chunks:
             for ki, (k0, k1) in enumerate(k_chunks):
-                group = b.new_group()
                 weights = b.window(w, w_row0 + k0, w_row0 + k1, n0, n1)
-                b.emit(
-                    "mxm.lw",
-                    "MXM.LW",
-                    [weights],
-                    [],
-                    node.name,
-                    Work(words=weights.nrows * words_per_row(w.dtype)),
-                    group=group,
-                    attrs={**attrs, "group": group},
-                )
-                for mi, (m0, m1) in enumerate(m_segments):
-                    act = b.window(a, a_row0 + m0, a_row0 + m1, k0, k1)
-                    out = b.window(c, c_row0 + m0, c_row0 + m1, n0, n1)
-                    accumulate = ki > 0
+                # Tall activations: the rows are shared among the planes, each loading the weights.
+                for part in _parts(m_segments, b.target.num_mxm):
+                    group = b.new_group()
                     b.emit(
-                        "mxm.mm",
-                        "MXM",
-                        [act, out] if accumulate else [act],
-                        [out],
+                        "mxm.lw",
+                        "MXM.LW",
+                        [weights],
+                        [],
                         node.name,
-                        Work(vectors=m1 - m0, macs=(m1 - m0) * (k1 - k0) * (n1 - n0)),
+                        Work(words=weights.nrows * words_per_row(w.dtype)),
                         group=group,
-                        attrs={
-                            **attrs,
-                            "group": group,
-                            "acc": accumulate,
-                            "install": mi == 0,
-                            "k": [k0, k1, k],
-                        },
+                        attrs={**attrs, "group": group},
                     )
+                    for mi, (m0, m1) in enumerate(part):
+                        act = b.window(a, a_row0 + m0, a_row0 + m1, k0, k1)
+                        out = b.window(c, c_row0 + m0, c_row0 + m1, n0, n1)
+                        accumulate = ki > 0
+                        b.emit(
+                            "mxm.mm",
+                            "MXM",
+                            [act, out] if accumulate else [act],
+                            [out],
+                            node.name,
+                            Work(vectors=m1 - m0, macs=(m1 - m0) * (k1 - k0) * (n1 - n0)),
+                            group=group,
+                            attrs={
+                                **attrs,
+                                "group": group,
+                                "acc": accumulate,
+                                "install": mi == 0,
+                                "k": [k0, k1, k],
+                            },
+                        )
+
+
+def _parts(segments: list[tuple[int, int]], planes: int) -> list[list[tuple[int, int]]]:
+    """Row segments cut into at most `planes` contiguous runs of near-equal length."""
+    count = max(1, min(planes, len(segments)))
+    bounds = [round(i * len(segments) / count) for i in range(count + 1)]
+    return [segments[lo:hi] for lo, hi in zip(bounds, bounds[1:])]
 
 
 def _problems(a_shape, w_shape, c_shape) -> list[tuple[int, int, int, int]]:
