@@ -7,7 +7,8 @@ Transpose is not emitted where it stands: its result is *pending* (the source va
 - an elementwise op whose operands are pending with one perm (and otherwise constants, transposed
   here at compile time) runs on the sources; its result is pending too;
 - a Transpose of a pending value composes the perms (and cancels when they are inverse);
-- an Im2Col of a pending channels-last value reads that value (attribute channels_last), and a
+- an Im2Col of a pending channels-last value reads that value (attribute channels_last; a 1x1
+  window is just a Reshape of it, which costs nothing), and a
   pooling op runs channels-last (lpuc domain); a Concat of pending operands concatenates the sources;
 - anything else gets the Transpose emitted, once per value, under the value's own name.
 Whole-tensor SXM transposes between convolutions disappear, and the ops in between run on
@@ -33,6 +34,15 @@ def sink_transposes(graph: Graph, ctx: object = None) -> Graph:
 def channels_last_to_first(rank: int) -> Perm:
     """The perm that turns [N, *spatial, C] into [N, C, *spatial]."""
     return (0, rank - 1, *range(1, rank - 1))
+
+
+def _pointwise(im2col: Node) -> bool:
+    """A 1x1 window at stride 1 without padding: every pixel is one row of columns."""
+    return (
+        all(int(k) == 1 for k in im2col.attr("kernel_shape"))
+        and all(int(st) == 1 for st in im2col.attr("strides"))
+        and not any(int(p) for p in im2col.attr("pads"))
+    )
 
 
 class _Sinker:
@@ -91,7 +101,13 @@ class _Sinker:
         source, perm = self.pending[x]
         if perm != channels_last_to_first(len(perm)):
             return False
-        self._add(node.with_(inputs=(source,), attrs={**node.attrs, "channels_last": 1}))
+        if _pointwise(node):  # a 1x1 window: channels-last rows already are the columns
+            shape = self.graph.add_const(
+                f"{node.outputs[0]}_shape", np.asarray(self.graph.values[node.outputs[0]].shape)
+            )
+            self._add(Node("Reshape", f"{node.name}/rows", (source, shape), node.outputs, opset=self.opset))
+        else:
+            self._add(node.with_(inputs=(source,), attrs={**node.attrs, "channels_last": 1}))
         return True
 
     def _pool(self, node: Node) -> bool:

@@ -89,3 +89,17 @@ def test_a_transposed_graph_output_keeps_its_name():
     sunk = run_pass(sink_transposes, imported(m))
     assert ops(sunk) == ["Transpose"] and sunk.nodes[0].outputs == ("y",)
     assert_matches_onnxruntime(m, {"x": rand(2, 3, seed=9)})
+
+
+def test_pointwise_convolution_reads_channels_last_rows_for_free():
+    nodes = [
+        helper.make_node("Conv", ["x", "w1"], ["c1"], pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c1"], ["r1"]),
+        helper.make_node("Conv", ["r1", "w2"], ["y"]),  # 1x1
+    ]
+    inits = {"w1": rand(8, 4, 3, 3, seed=10), "w2": rand(16, 8, 1, 1, seed=11)}
+    m = model(nodes, {"x": [1, 4, 5, 5]}, {"y": [1, 16, 5, 5]}, inits)
+    sunk = run_pass(sink_transposes, run_pass(lower_conv, imported(m)))
+    assert ops(sunk).count("Im2Col") == 1  # only the 3x3 convolution gathers windows
+    assert "Reshape" in ops(sunk)
+    assert_matches_onnxruntime(m, {"x": rand(1, 4, 5, 5, seed=12)})
