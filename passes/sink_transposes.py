@@ -51,6 +51,7 @@ class _Sinker:
         self.source = graph
         self.pending: dict[str, tuple[str, Perm]] = {}  # value -> (source value, perm)
         self.alias: dict[str, str] = {}  # value -> the value it equals (transposes that cancelled)
+        self.written_by: dict[str, str] = {}  # pending value -> the Transpose node that made it
         self.opset = graph.opsets.get("", 21)
 
     def run(self) -> Graph:
@@ -92,6 +93,7 @@ class _Sinker:
             self.alias[y] = source  # a transpose pair cancels
         else:
             self.pending[y] = (source, composed)
+            self.written_by[y] = node.name  # if emitted after all, it keeps its name
         return True
 
     def _im2col(self, node: Node) -> bool:
@@ -177,9 +179,8 @@ class _Sinker:
         if name not in self.pending:
             return
         source, perm = self.pending.pop(name)
-        self._add(
-            Node("Transpose", f"{name}/transpose", (source,), (name,), {"perm": list(perm)}, opset=self.opset)
-        )
+        node_name = self.written_by.get(name, f"{name}/transpose")
+        self._add(Node("Transpose", node_name, (source,), (name,), {"perm": list(perm)}, opset=self.opset))
 
     def _add(self, node: Node) -> None:
         self.graph.nodes.append(node)

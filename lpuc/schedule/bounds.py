@@ -3,8 +3,9 @@
 Never from this schedule's own critical path (that is reported apart, by the summary):
 - mxm: multiply-accumulates / (planes x MACs per cycle at the op's precision)
 - vxm: element operations / (lanes x ALUs per lane)
-- sxm: vectors the model's own data-movement ops stream / SXM units (layout changes the compiler
-  inserts are its choice, not the model's work)
+- sxm: vectors the model's own data-movement ops stream / SXM units, for those the graph passes keep
+  (layout changes the compiler inserts are its choice, not the model's work; a model Transpose the
+  passes cancel is not counted either, so this one is a bound on this compilation of the model)
 - mem: every constant, input and output word crosses a MEM port at least once / (slices x banks)
 - host: host-fallback time, one host, serial (PCIe included)
 - dependence_chain: the longest chain of the graph's nodes, each at its minimal latency (one vector
