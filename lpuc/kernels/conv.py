@@ -105,11 +105,18 @@ def _covered(
     return [(o - 1) * s + span for o, s, span in zip(output_shape, strides, spans, strict=True)]
 
 
+def is_channels_last(x: np.ndarray) -> bool:
+    """Whether x [N, C, *spatial] is a view of channels-last memory (lowered ops pass NHWC tensors
+    as such views): then keeping that layout keeps every copy contiguous."""
+    return x.ndim > 2 and x.shape[1] > 1 and x.strides[1] == x.itemsize and not x.flags.c_contiguous
+
+
 def padded_input(
     x: np.ndarray, pads: Sequence[int], covered: Sequence[int], fill: float = 0, channels_last: bool = False
 ) -> np.ndarray:
     """x [N, C, *spatial] with `pads` of `fill` at the beginning, the end padded or cropped to `covered`;
-    x itself when that changes nothing. `channels_last` gives [N, *covered, C] instead (always a copy)."""
+    x itself when that changes nothing. A copy keeps x's layout (channels-first or channels-last);
+    `channels_last` gives [N, *covered, C] instead (always a copy)."""
     begins = pads[: x.ndim - 2]
     kept = [max(0, min(n, c - b)) for n, b, c in zip(x.shape[2:], begins, covered, strict=True)]
     source = x[(slice(None), slice(None), *(slice(0, k) for k in kept))]
@@ -120,6 +127,8 @@ def padded_input(
         return out
     if not any(begins) and all(c <= n for c, n in zip(covered, x.shape[2:], strict=True)):
         return source  # nothing to pad: a view, cropped to the covered cells
+    if is_channels_last(x):
+        return np.moveaxis(padded_input(x, pads, covered, fill, channels_last=True), -1, 1)
     out = np.full((*x.shape[:2], *covered), fill, dtype=x.dtype)
     out[(slice(None), slice(None), *interior)] = source
     return out
@@ -163,10 +172,10 @@ def window_taps(
     """The windows of x [N, C, *spatial] padded with `fill`, tap by tap: per tap, a view of the
     cells it reads, and `finish`, which turns an elementwise fold of those views (a sum, a max)
     into [N, C, *output_shape]. Strided windows give `tap_views` [N, C, *output_shape]; stride 1
-    gives `_flat_taps`, whose runs are whole channels instead of output rows."""
+    on channels-first memory gives `_flat_taps`, whose runs are whole channels, not output rows."""
     covered = _covered(output_shape, kernel_shape, strides, dilations)
     padded = padded_input(x, pads, covered, fill)
-    if all(s == 1 for s in strides):
+    if all(s == 1 for s in strides) and not is_channels_last(x):
         return _flat_taps(padded, kernel_shape, dilations, output_shape)
     return tap_views(padded, kernel_shape, strides, dilations, output_shape), lambda y: y
 
@@ -298,7 +307,7 @@ def _depthwise(ctx: KernelContext, x: np.ndarray, w: np.ndarray) -> np.ndarray:
     x = np.repeat(x, w.shape[0] // x.shape[1], axis=1) if w.shape[0] != x.shape[1] else x
     views, finish = window_taps(x, kernel_shape, strides, pads, dilations, out_shape)
     weights = w.reshape(w.shape[0], -1, *([1] * (views[0].ndim - 2)))  # [M, taps, 1, ...]
-    y = np.zeros(views[0].shape, dtype=x.dtype)
+    y = np.zeros_like(views[0])  # the views' layout, so every op below runs contiguously
     product = np.empty_like(y)
     for t, view in enumerate(views):
         y += np.multiply(view, weights[:, t], out=product)

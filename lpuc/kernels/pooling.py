@@ -97,7 +97,7 @@ def average_pool(ctx: KernelContext, x):
     windows = _Windows.of(ctx, x)
     work = accumulation_dtype(x.dtype)
     views, finish = windows.taps(x)
-    total = np.zeros(views[0].shape, dtype=work)
+    total = np.zeros_like(views[0], dtype=work)  # the views' layout: contiguous folds
     for view in views:  # summed in the accumulation dtype, no widened copy of x
         np.add(total, view, out=total)
     total = finish(total)
@@ -121,7 +121,7 @@ def max_pool(ctx: KernelContext, x):
     windows = _Windows.of(ctx, x)
     if ctx.num_outputs < 2:
         (first, *rest), finish = windows.taps(x, _lowest(x.dtype))
-        y = first.copy()
+        y = first.copy(order="K")  # the views' layout: contiguous folds
         for view in rest:  # np.maximum propagates NaN as max over the window does
             np.maximum(y, view, out=y)
         return finish(y)

@@ -89,9 +89,10 @@ def time_case(key: str, repeats: int) -> float:
 
 
 def _label(key: str) -> str:
-    op, _, shapes, _, attrs = json.loads(key)
-    window = {k: attrs[k] for k in ("kernel_shape", "strides", "pads", "group", "perm") if k in attrs}
-    return f"{op} {shapes[0]} {json.dumps(window, separators=(',', ':'))}"
+    op, domain, shapes, _, attrs = json.loads(key)
+    keys = ("kernel_shape", "strides", "pads", "group", "perm", "channels_last")
+    window = {k: attrs[k] for k in keys if k in attrs}
+    return f"{domain + ':' if domain else ''}{op} {shapes[0]} {json.dumps(window, separators=(',', ':'))}"
 
 
 def main() -> None:

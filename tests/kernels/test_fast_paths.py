@@ -149,3 +149,29 @@ def test_transpose_large(shape, perm, dtype):
     x = (random_input(np.random.default_rng(len(shape)), shape) * 50).astype(dtype)
     attrs = {} if perm is None else {"perm": perm}
     oracle.assert_matches_onnxruntime("Transpose", [x], attrs, rtol=0, atol=0)
+
+
+WINDOW_OPS = [
+    ("MaxPool", {"kernel_shape": [3, 3], "strides": [2, 2], "pads": [1, 1, 1, 1]}),
+    ("MaxPool", {"kernel_shape": [3, 3], "strides": [1, 1], "pads": [1, 1, 1, 1]}),
+    ("MaxPool", {"kernel_shape": [2, 3], "strides": [2, 1], "ceil_mode": 1}),
+    ("AveragePool", {"kernel_shape": [3, 3], "strides": [2, 2], "pads": [1, 1, 1, 1]}),
+    (
+        "AveragePool",
+        {"kernel_shape": [3, 2], "strides": [1, 1], "pads": [1, 0, 1, 1], "count_include_pad": 1},
+    ),
+    ("Conv", {"kernel_shape": [3, 3], "strides": [1, 1], "pads": [1, 1, 1, 1], "group": 6}),
+    ("Conv", {"kernel_shape": [3, 3], "strides": [2, 2], "pads": [1, 1, 1, 1], "group": 6}),
+]
+
+
+@pytest.mark.parametrize("op, attrs", WINDOW_OPS)
+def test_window_ops_on_channels_last_views(op, attrs):
+    # Lowered channels-last pooling hands the kernels an NCHW view of NHWC memory.
+    rng = np.random.default_rng(3)
+    x = random_input(rng, (2, 6, 9, 8))
+    inputs = [x] if op != "Conv" else [x, random_input(rng, (6, 1, 3, 3)), random_input(rng, (6,))]
+    view = np.moveaxis(np.ascontiguousarray(np.moveaxis(x, 1, -1)), -1, 1)
+    expected = onnxruntime_outputs(op, inputs, attrs)[0]
+    actual = oracle.kernel_outputs(op, [view, *inputs[1:]], attrs)[0]
+    np.testing.assert_allclose(actual, expected, rtol=1e-5, atol=1e-5)
