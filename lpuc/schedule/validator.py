@@ -13,9 +13,10 @@ could run it. Checked, each as its own rule:
 5. order: of two instructions touching overlapping windows, one of them writing, the one with the
    lower id ends before the other starts; every value a computed tile's reader takes was written
    by an earlier instruction;
-6. accumulation (validate_mxm.py): the matmuls accumulating into a window cover its K range in order, and nothing
-   else reads the window before the last of them;
-7. MXM weights (validate_mxm.py): every MM computes with the weights its own group's LW loaded on its plane;
+6. accumulation (validate_mxm.py): the matmuls accumulating into a window cover its K range in
+   order, and nothing else reads the window before the last of them;
+7. MXM weights (validate_mxm.py): every MM computes with the weights its own group's LW loaded on
+   its plane;
 8. outputs: every model output is written in full;
 9. constants are never written.
 """
