@@ -65,6 +65,18 @@ def _map(m: Machine, ins: Instruction, attrs: dict) -> None:
     m.write(ins.writes[0], results[-1])
 
 
+def kernel_context(attrs: dict) -> KernelContext:
+    """The context a kernel instruction's decoded attributes describe."""
+    return KernelContext(
+        attrs["kernel"],
+        attrs["attrs"],
+        attrs["opset"],
+        len(attrs["outputs"]),
+        attrs["domain"],
+        attrs["opsets"],
+    )
+
+
 def _kernel(m: Machine, ins: Instruction, attrs: dict) -> None:
     inputs = []
     for desc in attrs["inputs"]:
@@ -77,14 +89,7 @@ def _kernel(m: Machine, ins: Instruction, attrs: dict) -> None:
             continue
         dtype = dtype_from_name(desc["dtype"])
         inputs.append(m.load_tensor(tuple(desc["shape"]), dtype, [r.buf for r in refs], desc["row_offset"]))
-    ctx = KernelContext(
-        attrs["kernel"],
-        attrs["attrs"],
-        attrs["opset"],
-        len(attrs["outputs"]),
-        attrs["domain"],
-        attrs["opsets"],
-    )
+    ctx = kernel_context(attrs)
     try:
         with np.errstate(all="ignore"):
             results = run_kernel(ctx, inputs)

@@ -32,7 +32,7 @@ from lpuc.kernels.registry import CAPTURES_ATTR, get_kernel
 from lpuc.lowering.builder import view_of
 from lpuc.program import Access, Instruction, Program, TileSlot
 from lpuc.runtime.fp16 import round_fp16
-from lpuc.runtime.isa import decoded_attrs, mxm_input
+from lpuc.runtime.isa import decoded_attrs, kernel_context, mxm_input
 from lpuc.runtime.machine import Machine
 
 Step = Callable[[], None]
@@ -353,15 +353,7 @@ class _Executor:
             t = self._tensor(desc["shape"], desc["dtype"], [r.buf for r in refs], desc["row_offset"])
             direct = t.direct()
             loaders.append((lambda v=direct: v) if direct is not None else t.load)
-        ctx = KernelContext(
-            attrs["kernel"],
-            attrs["attrs"],
-            attrs["opset"],
-            len(attrs["outputs"]),
-            attrs["domain"],
-            attrs["opsets"],
-        )
-        call = _bound_kernel(ctx)
+        call = _bound_kernel(kernel_context(attrs))
         stores: list[tuple[dict, Callable[[np.ndarray], None]] | None] = []
         for desc in attrs["outputs"]:
             if desc is None:
