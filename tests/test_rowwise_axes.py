@@ -58,11 +58,6 @@ def _x(shape: tuple[int, ...]) -> np.ndarray:
 @pytest.mark.parametrize("op", ["Softmax", "LogSoftmax", "Hardmax"])
 def test_softmax_family_on_every_axis(op, rank, axis, opset, request):
     shape = SHAPES[rank]
-    if op == "Hardmax" and opset < 13 and axis != -1:
-        # onnx's version converter (lpuc/frontend/loader.py upgrades to opset 21) has no Hardmax
-        # 12 -> 13 adapter: the 2-D coercion at `axis` is lost. Strict: flips when fixed.
-        reason = "onnx's version converter gives Hardmax-11 Hardmax-13 (per-axis) semantics"
-        request.applymarker(pytest.mark.xfail(strict=True, reason=reason))
     _check(_model(op, shape, opset, {"axis": axis}), {"x": _x(shape)})
 
 

@@ -82,6 +82,8 @@ def canonicalize_weightless(light: Weightless) -> Weightless:
     version = default_opset(model)
     if version == 0 or version >= CANONICAL_OPSET:
         return light
+    if version < 13:
+        model = _hardmax_on_2d(model)
     try:
         converted = onnx.version_converter.convert_version(model, CANONICAL_OPSET)
         check_weightless(Weightless(converted, light.stubbed))
@@ -96,6 +98,32 @@ def canonicalize_weightless(light: Weightless) -> Weightless:
     if after != before:
         return light
     return Weightless(converted, light.stubbed)
+
+
+def _hardmax_on_2d(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Before opset 13 Hardmax flattened its input to 2-D at `axis`; onnx's converter has no 12->13
+    adapter for it (it has for Softmax), so spell the old meaning out: Flatten, Hardmax over the
+    flattened axis, Reshape back."""
+    if not any(n.op_type == "Hardmax" and n.domain in ("", "ai.onnx") for n in model.graph.node):
+        return model
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    nodes = []
+    for k, n in enumerate(model.graph.node):
+        if n.op_type != "Hardmax" or n.domain not in ("", "ai.onnx"):
+            nodes.append(n)
+            continue
+        axis = next((a.i for a in n.attribute if a.name == "axis"), 1)
+        flat, hard, shape = (f"{n.output[0]}__hardmax{k}_{tag}" for tag in ("flat", "2d", "shape"))
+        nodes += [
+            onnx.helper.make_node("Flatten", [n.input[0]], [flat], axis=axis),
+            onnx.helper.make_node("Hardmax", [flat], [hard], axis=1, name=n.name),
+            onnx.helper.make_node("Shape", [n.input[0]], [shape]),
+            onnx.helper.make_node("Reshape", [hard, shape], [n.output[0]]),
+        ]
+    del out.graph.node[:]
+    out.graph.node.extend(nodes)
+    return out
 
 
 def _signature(model: onnx.ModelProto) -> list[bytes]:
