@@ -56,7 +56,7 @@ def _x(shape: tuple[int, ...]) -> np.ndarray:
 @pytest.mark.parametrize("axis", [0, 1, -2, -1])
 @pytest.mark.parametrize("rank", sorted(SHAPES))
 @pytest.mark.parametrize("op", ["Softmax", "LogSoftmax", "Hardmax"])
-def test_softmax_family_on_every_axis(op, rank, axis, opset, request):
+def test_softmax_family_on_every_axis(op, rank, axis, opset):
     shape = SHAPES[rank]
     _check(_model(op, shape, opset, {"axis": axis}), {"x": _x(shape)})
 
