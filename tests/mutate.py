@@ -4,10 +4,21 @@ from __future__ import annotations
 
 import dataclasses
 
+import pytest
+
 from lpuc import cost
+from lpuc.errors import ScheduleError
 from lpuc.program import Instruction, Program
 from lpuc.schedule.summary import stored_facts, summarize
 from lpuc.schedule.validate_costs import streams_of
+from lpuc.schedule.validator import validate
+
+
+def refusals(p: Program) -> list[str]:
+    """The validator's problems with `p`, which must be refused."""
+    with pytest.raises(ScheduleError) as info:
+        validate(p)
+    return info.value.problems
 
 
 def with_instruction(p: Program, index: int, **changes) -> Program:

@@ -6,16 +6,11 @@ import dataclasses
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
 
-from lpuc.cli import main
 from lpuc.kernels import registry
+from tests.cli_helpers import invoke
 
 MLP = Path(__file__).resolve().parent.parent / "models" / "mlp.onnx"
-
-
-def invoke(*args):
-    return CliRunner().invoke(main, [str(a) for a in args])
 
 
 @pytest.fixture(scope="module")

@@ -7,24 +7,10 @@ import json
 import numpy as np
 import onnx
 import pytest
-from click.testing import CliRunner
 
-from lpuc.cli import main
+from tests.cli_helpers import assert_one_line_error, invoke
 from tests.models import ort_run
 from tests.onnx_builders import dynamic_batch_model, single_op_model, unsupported_ops_model
-
-
-def invoke(*args):
-    return CliRunner().invoke(main, [str(a) for a in args])
-
-
-def assert_one_line_error(result, *fragments, code=2):
-    assert result.exit_code == code, result.output
-    lines = result.output.strip().splitlines()
-    assert lines[-1].startswith("error: "), result.output
-    for f in fragments:
-        assert f in lines[-1], (f, lines[-1])
-    assert "Traceback" not in result.output
 
 
 def test_compile_run_report(mlp_onnx, tmp_path):

@@ -8,10 +8,9 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from click.testing import CliRunner
 
 import lpuc
-from lpuc.cli import main
+from tests.cli_helpers import assert_one_line_error, invoke
 
 transformers = pytest.importorskip("transformers")
 
@@ -31,10 +30,6 @@ def bert_dir(tmp_path_factory):
     directory = tmp_path_factory.mktemp("tiny-bert")
     model.save_pretrained(directory)
     return directory
-
-
-def invoke(*args):
-    return CliRunner().invoke(main, [str(a) for a in args])
 
 
 def graph_inputs(path) -> dict[str, tuple[int, list[int]]]:
@@ -81,30 +76,24 @@ def test_batch_and_seq_len(bert_dir, tmp_path):
     }
 
 
-def assert_cli_error(result, *fragments):
-    assert result.exit_code == 2, result.output
-    lines = result.output.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.output
-    for fragment in fragments:
-        assert fragment in lines[0], (fragment, lines[0])
-
-
 def test_missing_transformers_is_one_line(bert_dir, tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "transformers", None)  # makes `import transformers` fail
     result = invoke("compile", bert_dir, "-o", tmp_path / "x.lpu")
-    assert_cli_error(result, "needs transformers (pip install 'lpuc[torch]')")
+    assert_one_line_error(result, "needs transformers (pip install 'lpuc[torch]')", only=True)
 
 
 def test_directory_without_config(tmp_path):
     result = invoke("compile", tmp_path, "-o", tmp_path / "x.lpu")
-    assert_cli_error(result, "a directory MODEL must be a Hugging Face model (no config.json)")
+    assert_one_line_error(
+        result, "a directory MODEL must be a Hugging Face model (no config.json)", only=True
+    )
 
 
 def test_bad_seq_len(bert_dir, tmp_path):
     result = invoke("compile", bert_dir, "-o", tmp_path / "x.lpu", "--seq-len", "0")
-    assert_cli_error(result, "--batch and --seq-len must be >= 1")
+    assert_one_line_error(result, "--batch and --seq-len must be >= 1", only=True)
     result = invoke("compile", bert_dir, "-o", tmp_path / "x.lpu", "--seq-len", "65")
-    assert_cli_error(result, "--seq-len 65 exceeds the model's max_position_embeddings 64")
+    assert_one_line_error(result, "--seq-len 65 exceeds the model's max_position_embeddings 64", only=True)
 
 
 def test_default_inputs_fit_the_model(bert_dir, tmp_path):
@@ -124,4 +113,4 @@ def test_example_input_replaces_the_defaults(bert_dir, tmp_path):
     both = invoke(
         "compile", bert_dir, "-o", artifact, "--example-input", "input_ids=1x8:int64", "--seq-len", "8"
     )
-    assert_cli_error(both, "give either example inputs or --batch/--seq-len, not both")
+    assert_one_line_error(both, "give either example inputs or --batch/--seq-len, not both", only=True)

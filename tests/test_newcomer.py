@@ -11,28 +11,14 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-from click.testing import CliRunner
 from onnx import TensorProto, helper, numpy_helper
 
 import lpuc
-from lpuc.cli import main
 from lpuc.errors import LpucError
 from lpuc.frontend.loader import load_model
+from tests.cli_helpers import assert_one_line_error, invoke
 
 MODELS = Path(__file__).resolve().parent.parent / "models"
-
-
-def invoke(*args):
-    return CliRunner().invoke(main, [str(a) for a in args])
-
-
-def assert_one_line_error(result, *fragments, code=2):
-    assert result.exit_code == code, result.output
-    lines = result.output.strip().splitlines()
-    assert lines[-1].startswith("error: "), result.output
-    for f in fragments:
-        assert f in lines[-1], (f, lines[-1])
-    assert "Traceback" not in result.output and "internal error" not in result.output
 
 
 def mlp_with_input_dims(tmp_path, dims: dict[int, int], outputs_too: bool = False) -> Path:

@@ -10,13 +10,12 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from click.testing import CliRunner
 
 import lpuc
-from lpuc.cli import main
 from lpuc.errors import LpucError
 from lpuc.frontend import torch_export
 from lpuc.frontend.torch_export import export_module, factory_from_spec
+from tests.cli_helpers import assert_one_line_error, invoke
 
 EXPORTERS = ("torchscript", "dynamo")
 
@@ -253,18 +252,6 @@ def factory_dir(tmp_path, monkeypatch):
     sys.modules.pop("lpuc_test_factory", None)
 
 
-def invoke(*args):
-    return CliRunner().invoke(main, [str(a) for a in args])
-
-
-def assert_cli_error(result, *fragments):
-    assert result.exit_code == 2, result.output
-    lines = result.output.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.output
-    for fragment in fragments:
-        assert fragment in lines[0], (fragment, lines[0])
-
-
 @pytest.mark.parametrize("spec", ["lpuc_test_factory:make", "lpuc_test_factory.py:make"])
 def test_factory_spec_builds_module(factory_dir, spec):
     module = factory_from_spec(spec)
@@ -305,10 +292,12 @@ def test_cli_compiles_factory(factory_dir):
 )
 def test_cli_bad_factory_specs_are_one_line(factory_dir, spec, fragments):
     result = invoke("compile", spec, "--example-input", "2x16", "-o", "out.lpu")
-    assert_cli_error(result, spec, *fragments)
+    assert_one_line_error(result, spec, *fragments, only=True)
     assert not (factory_dir / "out.lpu").exists()
 
 
 def test_cli_factory_without_example_input(factory_dir):
     result = invoke("compile", "lpuc_test_factory:make", "-o", "out.lpu")
-    assert_cli_error(result, "Net: exporting a torch module needs example inputs", "--example-input")
+    assert_one_line_error(
+        result, "Net: exporting a torch module needs example inputs", "--example-input", only=True
+    )

@@ -12,23 +12,12 @@ from lpuc.dtypes import words_per_row
 from lpuc.errors import ScheduleError
 from lpuc.program import Program
 from lpuc.schedule.validator import tile_lifetimes, validate
+from tests.mutate import refusals, with_instruction
 
 
 @pytest.fixture(scope="module")
 def program(mlp_onnx) -> Program:
     return lpuc.compile(mlp_onnx, target="tsp-mini", precision="fp32")
-
-
-def _problems(p: Program) -> list[str]:
-    with pytest.raises(ScheduleError) as info:
-        validate(p)
-    return info.value.problems
-
-
-def _with_instruction(p: Program, index: int, **changes) -> Program:
-    instructions = list(p.instructions)
-    instructions[index] = dataclasses.replace(instructions[index], **changes)
-    return dataclasses.replace(p, instructions=instructions)
 
 
 def _relocate(p: Program, tile_id: int, slice_: int, addr: int) -> Program:
@@ -54,7 +43,7 @@ def test_compiled_program_is_valid(program):
 def test_rejects_double_booked_unit(program):
     first, second = _two_on_one_unit(program)
     start = program.instructions[first].start
-    problems = _problems(_with_instruction(program, second, start=start))
+    problems = refusals(with_instruction(program, second, start=start))
     assert any("double-booked" in p for p in problems), problems
 
 
@@ -67,7 +56,7 @@ def test_rejects_read_before_write_completes(program):
         for w in program.instructions
         if w.id < i.id and any(x.buf == a.buf for x in w.writes)
     )
-    problems = _problems(_with_instruction(program, k, start=producer.end - 1))
+    problems = refusals(with_instruction(program, k, start=producer.end - 1))
     assert any("comes before it" in p for p in problems), problems
 
 
@@ -80,7 +69,7 @@ def test_rejects_overlapping_sram_slots(program):
         for b in temps
         if a.id < b.id and life[a.id][0] < life[b.id][1] and life[b.id][0] < life[a.id][1]
     )
-    problems = _problems(_relocate(program, b.id, a.slice, a.addr))
+    problems = refusals(_relocate(program, b.id, a.slice, a.addr))
     assert any("overlap in slice" in p for p in problems), problems
 
 
@@ -88,19 +77,19 @@ def test_rejects_address_past_capacity(program):
     tile = next(t for t in program.tiles if t.kind == "temp")
     capacity = program.target.addresses_per_slice
     moved = _relocate(program, tile.id, tile.slice, capacity - words_per_row(tile.np_dtype))
-    problems = _problems(moved)
+    problems = refusals(moved)
     assert any("exceeds the slice capacity" in p for p in problems), problems
 
 
 def test_rejects_mm_without_loaded_weights(program):
     k = next(k for k, i in enumerate(program.instructions) if i.opcode == "mxm.lw")
     instructions = [i for j, i in enumerate(program.instructions) if j != k]
-    problems = _problems(dataclasses.replace(program, instructions=instructions))
+    problems = refusals(dataclasses.replace(program, instructions=instructions))
     assert any("no LW loaded" in p or "no installed weights" in p for p in problems), problems
 
 
 def test_rejects_unknown_opcode(program):
-    problems = _problems(_with_instruction(program, 0, opcode="vxm.teleport"))
+    problems = refusals(with_instruction(program, 0, opcode="vxm.teleport"))
     assert any("unknown opcode 'vxm.teleport'" in p for p in problems), problems
 
 
@@ -115,7 +104,7 @@ def test_a_changed_copy_is_validated_again_before_it_runs(program):
     """Programs are checked once per object; a copy made with dataclasses.replace is a new object."""
     assert program.validated
     first, second = _two_on_one_unit(program)
-    broken = _with_instruction(program, second, start=program.instructions[first].start)
+    broken = with_instruction(program, second, start=program.instructions[first].start)
     assert not broken.validated
     with pytest.raises(ScheduleError, match="double-booked"):
         broken.run({b.name: np.zeros(b.shape, np.float32) for b in broken.inputs})

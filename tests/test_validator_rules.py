@@ -16,7 +16,7 @@ from lpuc.cli import main
 from lpuc.errors import ArtifactError, ScheduleError
 from lpuc.program import Program
 from lpuc.schedule.validator import validate
-from tests.mutate import cost_of, resummarized, with_instruction, without_instruction
+from tests.mutate import cost_of, refusals, resummarized, with_instruction, without_instruction
 
 
 @pytest.fixture(scope="module")
@@ -29,12 +29,6 @@ def mlp(mlp_onnx) -> Program:
 def residual(small_residual_onnx) -> Program:
     """80 activation rows on 64-lane tiles: weight groups with two MMs (one installs, one reuses)."""
     return lpuc.compile(small_residual_onnx, target="tsp-mini", precision="fp16")
-
-
-def _problems(p: Program) -> list[str]:
-    with pytest.raises(ScheduleError) as info:
-        validate(p)
-    return info.value.problems
 
 
 def _index(p: Program, pred) -> int:
@@ -54,7 +48,7 @@ def test_accumulating_matmul_moved_after_the_consumer_of_its_result(mlp):
         if i.id > last_acc.id and any(r.buf == last_acc.writes[0].buf for r in i.reads)
     )
     moved = with_instruction(mlp, last_acc.id, start=consumer.end + 10_000)
-    problems = _problems(moved)
+    problems = refusals(moved)
     assert any(f"instruction {consumer.id} " in p and "comes before it" in p for p in problems), problems
 
 
@@ -67,7 +61,7 @@ def test_dropped_accumulation_step(mlp, step):
     chain = max(chain_of.values(), key=len)
     assert len(chain) >= 3
     dropped = {"first": chain[0], "middle": chain[1], "last": chain[-1]}[step]
-    problems = _problems(without_instruction(mlp, dropped.id))
+    problems = refusals(without_instruction(mlp, dropped.id))
     assert any("accumulation step is missing" in p or "cover K" in p or "no LW" in p for p in problems)
     assert any("accumulation step is missing" in p or "cover K" in p for p in problems), problems
 
@@ -76,7 +70,7 @@ def test_dropped_installing_matmul(residual):
     k = _index(residual, lambda i: i.opcode == "mxm.mm" and i.attrs["install"])
     group = residual.instructions[k].attrs["group"]
     assert any(i.attrs.get("group") == group and not i.attrs.get("install") for i in residual.instructions)
-    problems = _problems(without_instruction(residual, k))
+    problems = refusals(without_instruction(residual, k))
     assert any("weights of another group" in p or "no installed weights" in p for p in problems), problems
 
 
@@ -84,13 +78,13 @@ def test_installing_the_weights_of_another_group(residual):
     k = _index(residual, lambda i: i.opcode == "mxm.lw")
     other = next(i.attrs["group"] for i in residual.instructions if i.opcode == "mxm.lw" and i.id != k)
     changed = with_instruction(residual, k, attrs={**residual.instructions[k].attrs, "group": other})
-    assert any("not its own group's" in p for p in _problems(changed))
+    assert any("not its own group's" in p for p in refusals(changed))
 
 
 def test_dropped_only_writer_of_a_model_output(mlp):
     out_tiles = {t for b in mlp.outputs for t in b.tiles}
     k = _index(mlp, lambda i: any(w.buf in out_tiles for w in i.writes))
-    problems = _problems(without_instruction(mlp, k))
+    problems = refusals(without_instruction(mlp, k))
     assert any("no instruction writes" in p for p in problems), problems
 
 
@@ -103,38 +97,38 @@ def test_dropped_writer_of_part_of_a_tile(residual):
             if w.buf in writers and i.opcode == "mxm.mm":
                 writers[w.buf].append(i)
     victim = next(ws[0] for ws in writers.values() if ws)
-    problems = _problems(without_instruction(residual, victim.id))
+    problems = refusals(without_instruction(residual, victim.id))
     assert any("no earlier instruction writes" in p or "accumulation" in p for p in problems), problems
 
 
 def test_duration_shorter_than_the_cost_model(mlp):
     k = _index(mlp, lambda i: i.opcode == "mxm.mm")
-    assert any("shorter than the" in p for p in _problems(with_instruction(mlp, k, duration=1)))
+    assert any("shorter than the" in p for p in refusals(with_instruction(mlp, k, duration=1)))
     one_less = with_instruction(mlp, k, duration=mlp.instructions[k].duration - 1)
-    assert any("shorter than the" in p for p in _problems(one_less))
+    assert any("shorter than the" in p for p in refusals(one_less))
 
 
 def test_work_record_that_does_not_match_the_windows(mlp):
     k = _index(mlp, lambda i: i.opcode == "mxm.mm")
     ins = mlp.instructions[k]
     cheaper = dataclasses.replace(ins.work, vectors=ins.work.vectors // 2)
-    assert any("does not match" in p for p in _problems(with_instruction(mlp, k, work=cheaper)))
+    assert any("does not match" in p for p in refusals(with_instruction(mlp, k, work=cheaper)))
 
 
 def test_map_issued_on_an_mxm_unit(mlp):
     k = _index(mlp, lambda i: i.opcode == "vxm.map")
     ins = mlp.instructions[k]
     moved = with_instruction(mlp, k, units=("MXM0", *ins.units[1:]))
-    assert any("not a VXM unit" in p for p in _problems(moved))
+    assert any("not a VXM unit" in p for p in refusals(moved))
 
 
 def test_missing_mem_port_and_stream_bookings(mlp):
     k = _index(mlp, lambda i: i.opcode == "vxm.map")
     ins = mlp.instructions[k]
     no_ports = with_instruction(mlp, k, units=tuple(u for u in ins.units if not u.startswith("MEM")))
-    assert any("ports of MEM slice" in p for p in _problems(no_ports))
+    assert any("ports of MEM slice" in p for p in refusals(no_ports))
     no_streams = with_instruction(mlp, k, units=tuple(u for u in ins.units if not u.startswith(("SE", "SW"))))
-    assert any("streams, books 0" in p for p in _problems(no_streams))
+    assert any("streams, books 0" in p for p in refusals(no_streams))
 
 
 def test_oversubscribed_mem_port(mlp):
@@ -144,7 +138,7 @@ def test_oversubscribed_mem_port(mlp):
     ][:2]
     port = next(u for u in a.units if u.startswith("MEM"))
     clash = with_instruction(mlp, b.id, units=(*b.units, port), start=a.start)
-    assert any(f"unit {port} double-booked" in p for p in _problems(clash))
+    assert any(f"unit {port} double-booked" in p for p in refusals(clash))
 
 
 def test_edited_summary_is_refused_at_load(mlp, tmp_path):
