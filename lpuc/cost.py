@@ -31,7 +31,7 @@ from __future__ import annotations
 import math
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 from lpuc.target import Target
 
@@ -64,30 +64,18 @@ class Work:
     at_max: bool = False  # a data-dependent size, costed at its compile-time maximum
 
     def to_list(self) -> list[int]:
-        return [getattr(self, f) for f in _WORK_FIELDS[:-1]] + [int(self.at_max)]
+        """The fields in declaration order, as ints (the artifact's form)."""
+        return [int(getattr(self, f.name)) for f in fields(self)]
 
     @classmethod
     def from_list(cls, values: Sequence[int]) -> Work:
-        if len(values) != len(_WORK_FIELDS):
-            raise ValueError(f"work record has {len(values)} fields, expected {len(_WORK_FIELDS)}")
+        names = [f.name for f in fields(cls)]
+        if len(values) != len(names):
+            raise ValueError(f"work record has {len(values)} fields, expected {len(names)}")
         *counts, at_max = (int(v) for v in values)
         if min(counts, default=0) < 0:
             raise ValueError("negative work")
         return cls(*counts, at_max=bool(at_max))
-
-
-_WORK_FIELDS = (
-    "vectors",
-    "words",
-    "alu_ops",
-    "macs",
-    "elem_ops",
-    "host_flops",
-    "host_bytes",
-    "pcie_to_host",
-    "pcie_to_chip",
-    "at_max",
-)
 
 
 @dataclass(frozen=True)
