@@ -149,14 +149,14 @@ def port_needs(
     needs more words per cycle from that slice than one bank delivers, at most the banks."""
     if opcode == "host.kernel":
         return {}  # host DMA runs far below one port's rate
-    count: dict[int, int] = defaultdict(int)
-    words: dict[int, int] = defaultdict(int)
+    count: dict[int, int] = {}
+    words: dict[int, int] = {}
     for s in streams:
         if s.slice >= 0:
-            count[s.slice] += 1
-            words[s.slice] += s.words
-    cycles = max(1, unit_rate_cycles)
-    return {s: min(max(n, math.ceil(words[s] / cycles)), target.mem_banks) for s, n in sorted(count.items())}
+            count[s.slice] = count.get(s.slice, 0) + 1
+            words[s.slice] = words.get(s.slice, 0) + s.rows * s.words_per_row
+    cycles, banks = max(1, unit_rate_cycles), target.mem_banks
+    return {s: min(max(n, -(-words[s] // cycles)), banks) for s, n in sorted(count.items())}
 
 
 def mem_cycles(ports: dict[int, int], streams: Iterable[Stream]) -> int:
@@ -193,7 +193,7 @@ def stream_needs(
 
 
 def _flows_east(target: Target, unit_pos: int, s: Stream, towards_unit: bool) -> bool:
-    slice_pos = target.position(f"MEM{s.slice}")
+    slice_pos = target.slice_positions[s.slice]
     return (slice_pos < unit_pos) if towards_unit else (unit_pos < slice_pos)
 
 
@@ -215,8 +215,9 @@ def duration(
     ports = port_needs(target, opcode, [*reads, *writes], n_unit)
     n = max(n_unit, mem_cycles(ports, [*reads, *writes]))
     pos = target.position(unit)
-    t_in = max((abs(pos - target.position(f"MEM{s.slice}")) for s in reads if s.slice >= 0), default=0)
-    t_out = max((abs(pos - target.position(f"MEM{s.slice}")) for s in writes if s.slice >= 0), default=0)
+    columns = target.slice_positions
+    t_in = max((abs(pos - columns[s.slice]) for s in reads if s.slice >= 0), default=0)
+    t_out = max((abs(pos - columns[s.slice]) for s in writes if s.slice >= 0), default=0)
     read_lat = target.mem.read_delay + t_in if reads else 0
     write_lat = target.mem.write_delay + t_out if writes else 0
     if opcode == "mxm.lw":

@@ -352,6 +352,11 @@ class Target:
         return self._positions[unit.split(".")[0]]
 
     @cached_property
+    def slice_positions(self) -> tuple[int, ...]:
+        """Floorplan column of each MEM slice, by slice index (the cost model asks for it per access)."""
+        return tuple(self.position(f"MEM{i}") for i in range(self.num_slices))
+
+    @cached_property
     def _positions(self) -> dict[str, int]:
         positions, counters, col = {}, {"MXM": 0, "SXM": 0, "MEM": 0}, 0
         for kind, count in self.floorplan:

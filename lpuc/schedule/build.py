@@ -17,8 +17,9 @@ from lpuc.program import Access, Binding, Instruction, Program, TileSlot
 from lpuc.report import human_bytes
 from lpuc.schedule.allocator import Allocation, allocate
 from lpuc.schedule.bounds import compile_facts
+from lpuc.schedule.dependencies import dependencies
 from lpuc.schedule.placement import place_tiles
-from lpuc.schedule.scheduler import Schedule, schedule
+from lpuc.schedule.scheduler import Schedule, schedule, upward_ranks
 from lpuc.schedule.summary import compile_time_facts, summarize
 from lpuc.target import Target
 
@@ -42,9 +43,11 @@ def build_program(
     """Schedule and place `tiled`; `model_nodes` names the model's own nodes (for the SXM bound)."""
     _check_constants_fit(tiled, target, where)
     pinned: dict[int, int] = {}
+    preds = dependencies(tiled)
+    rank = upward_ranks(tiled, preds, target)  # the same for every placement round
     for _ in range(MAX_PLACEMENT_ROUNDS):
         slice_of = place_tiles(tiled, target, pinned)
-        sched = schedule(tiled, target, slice_of)
+        sched = schedule(tiled, target, slice_of, preds, rank)
         alloc = allocate(tiled, sched, slice_of, target.addresses_per_slice)
         if not alloc.failures:
             break

@@ -18,7 +18,7 @@ from __future__ import annotations
 import heapq
 from bisect import bisect_right
 from collections import defaultdict
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from lpuc import cost
@@ -27,6 +27,9 @@ from lpuc.dtypes import words_per_row
 from lpuc.ir.tiled import TiledProgram, TileOp
 from lpuc.schedule.dependencies import dependencies
 from lpuc.target import Target
+
+# What an op books: any `count` of the `candidates` units, each for `duration` cycles from its start.
+Pool = tuple[Sequence[str], int, int]
 
 
 @dataclass(frozen=True)
@@ -46,8 +49,11 @@ class Timeline:
     def __init__(self) -> None:
         self.starts: list[int] = []
         self.ends: list[int] = []
+        self.horizon = 0  # the last busy cycle + 1: from here on the unit is free
 
     def earliest(self, t: int, dur: int) -> int:
+        if t >= self.horizon:  # most ops are placed after everything booked so far
+            return t
         i = bisect_right(self.starts, t) - 1
         if i >= 0 and self.ends[i] > t:
             t = self.ends[i]
@@ -61,6 +67,7 @@ class Timeline:
         i = bisect_right(self.starts, t)
         self.starts.insert(i, t)
         self.ends.insert(i, t + dur)
+        self.horizon = max(self.horizon, t + dur)
 
 
 @dataclass
@@ -70,9 +77,17 @@ class Schedule:
     preds: list[set[int]]
 
 
-def schedule(program: TiledProgram, target: Target, slice_of: Mapping[int, int]) -> Schedule:
+def schedule(
+    program: TiledProgram,
+    target: Target,
+    slice_of: Mapping[int, int],
+    preds: list[set[int]] | None = None,
+    rank: list[int] | None = None,
+) -> Schedule:
+    """`preds` (lpuc.schedule.dependencies) and `rank` (upward_ranks) depend on the program only: a
+    caller that schedules one program several times may compute them once and pass them."""
     ops = program.ops
-    preds = dependencies(program)
+    preds = dependencies(program) if preds is None else preds
     groups: dict[int, list[int]] = {}
     for op in ops:
         if op.group >= 0:
@@ -80,7 +95,7 @@ def schedule(program: TiledProgram, target: Target, slice_of: Mapping[int, int])
     item_of = [op.group if op.group >= 0 else -1 - op.id for op in ops]  # groups >= 0, singles < 0
     members = {**{g: m for g, m in groups.items()}, **{-1 - op.id: [op.id] for op in ops if op.group < 0}}
 
-    rank = _upward_ranks(program, preds, target)
+    rank = upward_ranks(program, preds, target) if rank is None else rank
     item_preds: dict[int, set[int]] = {}
     item_succs: dict[int, set[int]] = {}
     for item, ids in members.items():
@@ -118,7 +133,7 @@ def _ready(op_id: int, preds: list[set[int]], slots: list[Slot | None]) -> int:
     return max((slots[p].end for p in preds[op_id]), default=0)
 
 
-def _upward_ranks(program: TiledProgram, preds: list[set[int]], target: Target) -> list[int]:
+def upward_ranks(program: TiledProgram, preds: list[set[int]], target: Target) -> list[int]:
     """Longest path to the end of the program, with durations estimated before slices are known
     (every tile taken to be in slice 0)."""
     ops = program.ops
@@ -151,55 +166,80 @@ class _UnitState:
         self.plane_free = [0] * n
         self.lw_free = [0] * n
         self.installed_at = [-target.iw_cycles] * n
+        self._stream_cache: dict[int, tuple[list[Stream], list[Stream]]] = {}
 
     # -- what an op needs -------------------------------------------------------------------------
     def _streams(self, op: TileOp) -> tuple[list[Stream], list[Stream]]:
-        return op_streams(self.program, op, self.slice_of)
+        # Asked once per plane an MXM op is tried on; the slices do not change while scheduling.
+        found = self._stream_cache.get(op.id)
+        if found is None:
+            found = self._stream_cache[op.id] = op_streams(self.program, op, self.slice_of)
+        return found
 
-    def _request(self, op: TileOp, unit: str) -> tuple[int, list[tuple[list[str], int]]]:
-        """Duration of `op` on `unit` and the resource pools it books: (candidates, how many)."""
+    def _request(self, op: TileOp, unit: str) -> tuple[int, list[Pool]]:
+        """Duration of `op` on `unit` and the resource pools it books: (candidates, how many, cycles)."""
         reads, writes = self._streams(op)
         work, opcode = op.work, op.opcode
         precision = op.attrs.get("precision", self.program.precision)
         d = cost.duration(
             self.target, opcode, unit, work, reads, writes, precision, bool(op.attrs.get("install"))
         )
-        pools: list[tuple[list[str], int]] = []
+        pools: list[Pool] = []
         if opcode.startswith("vxm."):
-            pools.append((self.vxm, cost.vxm_alus(self.target, opcode, work)))
+            pools.append((self.vxm, cost.vxm_alus(self.target, opcode, work), d))
         else:
-            pools.append(([unit], 1))
+            pools.append(([unit], 1, d))
         n_unit = cost.unit_cycles(self.target, opcode, work, precision)
         for s, k in cost.port_needs(self.target, opcode, [*reads, *writes], n_unit).items():
-            pools.append((port_units(self.target, s), k))
+            pools.append((port_units(self.target, s), k, d))
         east, west = cost.stream_needs(self.target, opcode, unit, reads, writes)
         if east:
-            pools.append((self.east, east))
+            pools.append((self.east, east, d))
         if west:
-            pools.append((self.west, west))
+            pools.append((self.west, west, d))
         return d, pools
 
-    def _fit(self, pools: list[tuple[list[str], int]], t: int, d: int) -> tuple[int, tuple[str, ...]]:
-        """Earliest start >= t at which every pool has its count of units free for d cycles."""
-        while True:
-            latest, chosen = t, []
-            for names, k in pools:
-                free, later = [], []
-                for u in names:  # stops at the first k units free at t: the common case
-                    e = self.timelines[u].earliest(t, d)
-                    if e == t:
-                        free.append(u)
-                        if len(free) == k:
-                            break
-                    else:
-                        later.append(e)
-                if len(free) < k:
-                    later.sort()
-                    latest = max(latest, later[k - len(free) - 1])
-                chosen += free
-            if latest == t:
-                return t, tuple(chosen)
-            t = latest
+    def _fit(self, pools: list[Pool], t: int) -> tuple[int, tuple[str, ...]]:
+        """Earliest start >= t at which every pool has its count of units free for its duration, and
+        the first free units of each pool (in pool order) at that start.
+
+        A pool short of units at t stays short until its k-th soonest free unit is free, so jumping
+        there skips no feasible start: the answer is the least feasible start, whatever order the
+        pools are checked in. Pools are checked round-robin from the one that last failed, until all
+        of them pass at the same t."""
+        chosen: list[list[str] | None] = [None] * len(pools)
+        i = passed = 0
+        while passed < len(pools):
+            names, k, d = pools[i]
+            free, later = self._free_units(names, k, t, d)
+            if len(free) == k:
+                chosen[i] = free
+                passed += 1
+            else:
+                later.sort()
+                t = later[k - len(free) - 1]
+                chosen = [None] * len(pools)
+                passed = 0
+                continue  # the same pool again at the new t
+            i = (i + 1) % len(pools)
+        return t, tuple(u for units in chosen for u in units)
+
+    def _free_units(self, names: Sequence[str], k: int, t: int, d: int) -> tuple[list[str], list[int]]:
+        """The first k of `names` free for [t, t + d), or all the free ones and, when fewer than k are,
+        the earliest start of each busy one."""
+        timelines = self.timelines
+        free: list[str] = []
+        later: list[int] = []
+        for u in names:  # stops at the first k units free at t: the common case
+            line = timelines[u]
+            e = t if t >= line.horizon else line.earliest(t, d)  # the test inlined: a hot loop
+            if e == t:
+                free.append(u)
+                if len(free) == k:
+                    break
+            else:
+                later.append(e)
+        return free, later
 
     def _reserve(self, slot: Slot) -> None:
         for u in slot.units:
@@ -211,7 +251,7 @@ class _UnitState:
         best: Slot | None = None
         for u in units:  # VXM ALUs are interchangeable: the pool picks them
             d, pools = self._request(op, u)
-            t, chosen = self._fit(pools, ready, d)
+            t, chosen = self._fit(pools, ready)
             if best is None or t + d < best.end:
                 best = Slot(chosen, t, d)
         self._reserve(best)
@@ -240,12 +280,12 @@ class _UnitState:
         ready = max(
             _ready(lw.id, preds, slots), self.lw_free[p], self.installed_at[p] + self.target.iw_cycles
         )
-        start, units = self._fit(pools, ready, d)
+        start, units = self._fit(pools, ready)
         plan = [Slot(units, start, d)]
         t = max(self.plane_free[p], start + d)
         for mm in mms:
             d, pools = self._request(mm, mm_unit)
-            t, units = self._fit(pools, max(t, _ready(mm.id, preds, slots)), d)
+            t, units = self._fit(pools, max(t, _ready(mm.id, preds, slots)))
             plan.append(Slot(units, t, d))
             t += d
         return plan
