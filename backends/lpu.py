@@ -28,7 +28,7 @@ from lpuc.backends.lpu_check import check_body
 from lpuc.cost import Work
 from lpuc.dtypes import dtype_from_name, dtype_name
 from lpuc.errors import ArtifactError
-from lpuc.fileio import atomic_write
+from lpuc.fileio import atomic_path
 from lpuc.program import Access, Binding, Instruction, Program, TileSlot
 from lpuc.target import target_from_dict
 
@@ -46,6 +46,12 @@ def _dumps(obj: Any) -> bytes:
 
 # -- encode -------------------------------------------------------------------------------------
 def encode_program(program: Program) -> bytes:
+    return b"".join(encoded_parts(program))
+
+
+def encoded_parts(program: Program) -> list[bytes | np.ndarray]:
+    """The artifact as buffers to write back to back. The constants are views of the program's arrays,
+    so saving a program copies none of its weights (they reach the file once)."""
     strings: dict[str, int] = {}
     attrs_table: dict[bytes, int] = {}
 
@@ -83,18 +89,18 @@ def encode_program(program: Program) -> bytes:
     blobs, const_index, offset = [], [], 0
     for key in sorted(program.consts):
         data = np.ascontiguousarray(program.consts[key])
-        raw = data.tobytes()  # hosts are little-endian (checked at import)
+        raw = data.reshape(-1).view(np.uint8)  # its bytes, not a copy (hosts are little-endian)
         const_index.append(
             {
                 "key": key,
                 "dtype": dtype_name(data.dtype),
                 "shape": list(data.shape),
                 "offset": offset,
-                "nbytes": len(raw),
+                "nbytes": raw.nbytes,
             }
         )
         blobs.append(raw)
-        offset += len(raw)
+        offset += raw.nbytes
     body = {
         "target": program.target.as_dict(),
         "precision": program.precision,
@@ -108,23 +114,26 @@ def encode_program(program: Program) -> bytes:
         "summary": program.summary,
         "consts": const_index,
     }
-    sections = [("program", zlib.compress(_dumps(body), 6)), ("consts", b"".join(blobs))]
-    payload, table, at = b"", [], 0
-    for name, data in sections:
-        table.append({"name": name, "offset": at, "nbytes": len(data)})
-        payload += data
-        at += len(data)
+    sections = [("program", [zlib.compress(_dumps(body), 6)]), ("consts", blobs)]
+    checksum, table, at = hashlib.sha256(), [], 0
+    for name, parts in sections:
+        nbytes = 0
+        for part in parts:
+            checksum.update(part)
+            nbytes += len(part)
+        table.append({"name": name, "offset": at, "nbytes": nbytes})
+        at += nbytes
     header = _dumps(
         {
             "format_version": FORMAT_VERSION,
             "target": program.target.name,
             "precision": program.precision,
             "model": program.model_name,
-            "checksum": hashlib.sha256(payload).hexdigest(),
+            "checksum": checksum.hexdigest(),
             "sections": table,
         }
     )
-    return _PREFIX.pack(MAGIC, FORMAT_VERSION, len(header)) + header + payload
+    return [_PREFIX.pack(MAGIC, FORMAT_VERSION, len(header)) + header, *(p for _, ps in sections for p in ps)]
 
 
 def _binding(b: Binding) -> dict:
@@ -137,7 +146,10 @@ def _binding(b: Binding) -> dict:
 
 
 def write_program(program: Program, path: str | os.PathLike) -> None:
-    atomic_write(path, encode_program(program))
+    parts = encoded_parts(program)
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        for part in parts:
+            f.write(part)
 
 
 # -- decode -------------------------------------------------------------------------------------
