@@ -58,7 +58,7 @@ def compile(  # noqa: A001 - the natural name for a compiler's entry point
     disabled = [disable_passes] if isinstance(disable_passes, str) else disable_passes
     pass_ctx = PassContext(tgt, precision, host_fallback, frozenset(disabled))
     stages: dict[str, float] = {}
-    with _timed(stages, "frontend"):
+    with timed_stage(stages, "frontend"):
         proto, where = _as_onnx(model, example_inputs, exporter)
         graph = import_model(
             proto,
@@ -68,20 +68,23 @@ def compile(  # noqa: A001 - the natural name for a compiler's entry point
             strict_input_shapes=strict_input_shapes,
             target=tgt,
         )
+        del proto  # the graph holds what it needs: the parsed file is not kept through the later stages
     model_nodes = {n.name for n in graph.nodes}  # the model's own ops, before passes rewrite them
     dump_dir = Path(dump_ir) if dump_ir is not None else None
     timings = PassTimings()
-    with _timed(stages, "passes"):
+    with timed_stage(stages, "passes"):
         graph = run_pipeline(graph, pass_ctx, dump_dir=dump_dir, timings=timings)
-    with _timed(stages, "lowering"):
+    with timed_stage(stages, "lowering"):
         tiled = lower(graph, tgt, precision, host_fallback=host_fallback, where=where)
-    with _timed(stages, "schedule"):
+    with timed_stage(stages, "schedule"):
         options = {
             "precision": precision,
             "host_fallback": host_fallback,
             "disabled_passes": sorted(pass_ctx.disabled),  # so `lpuc diff` shows a different pass set
         }
         program = build_program(tiled, tgt, where, options, model_nodes)
+    with timed_stage(stages, "validate"):
+        program.validate()
     if dump_dir is not None:
         from lpuc.backends.text import program_text
 
@@ -98,7 +101,9 @@ stage_usage: dict[str, tuple[float, int | None]] = {}
 
 
 @contextlib.contextmanager
-def _timed(stages: dict[str, float], name: str) -> Iterator[None]:
+def timed_stage(stages: dict[str, float], name: str) -> Iterator[None]:
+    """Time the block as compile stage `name` (seconds into `stages`, seconds and peak RSS into
+    `stage_usage`); for stages run after `compile` returns, such as writing the artifact."""
     from lpuc import progress
 
     _reset_peak_rss()

@@ -163,7 +163,10 @@ def compile(  # noqa: A001 - the command's name
         dump_ir=dump_ir,
         disable_passes=disable_passes,
     )
-    program.save(output)
+    from lpuc.api import timed_stage
+
+    with timed_stage(program.compile_stages, "encode"):
+        program.save(output)
     kept = ""
     if not isinstance(source, str):  # an ONNX model exported here: keep it for `run --check`
         from lpuc.fileio import atomic_write
@@ -173,7 +176,9 @@ def compile(  # noqa: A001 - the command's name
     if verbose:
         from lpuc.api import stage_usage
 
-        for stage, seconds in program.compile_stages.items():
+        stages = program.compile_stages
+        for stage in sorted(stages, key=lambda k: k.startswith("pass ")):  # stages, then passes
+            seconds = stages[stage]
             rss = stage_usage.get(stage, (0.0, None))[1]  # stages have a peak RSS, passes do not
             peak = f"  peak RSS {rss / 2**20:8.1f} MiB" if rss is not None else ""
             click.echo(f"  {stage:<32} {seconds:8.3f} s{peak}", err=True)

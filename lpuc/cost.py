@@ -28,10 +28,12 @@ whole tensors tile by tile (vxm/sxm kernels) move one read and one write tile at
 
 from __future__ import annotations
 
+import functools
 import math
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, fields
+from typing import Any, TypeVar
 
 from lpuc.target import Target
 
@@ -92,6 +94,7 @@ class Stream:
         return self.rows * self.words_per_row
 
 
+@functools.cache  # a target has a few hundred unit names; validation asks per booked unit
 def unit_kind(unit: str) -> str:
     """MXM, MXM.LW, VXM, SXM, HOST, PORT (a MEM slice's bank port) or STREAM."""
     if unit.startswith("MEM"):
@@ -101,6 +104,34 @@ def unit_kind(unit: str) -> str:
     if unit.endswith(".LW"):
         return "MXM.LW"
     return unit.rstrip("0123456789")
+
+
+# A compile asks the same few thousand questions tens of thousands of times (a model's layers repeat,
+# and every MXM op is costed on each plane in every placement round), so answers are kept. The table
+# lives on the Target object: hashing a whole target per question would cost more than the answer.
+_MEMO_LIMIT = 1 << 16  # entries per target; the table is emptied when full
+_MISSING = object()
+T = TypeVar("T")
+
+
+def _memo(fn: Callable[..., T]) -> Callable[..., T]:
+    """Cache `fn(target, *args)` by its arguments (lists of streams keyed as tuples). Calls with keyword
+    arguments are not cached (the hot callers pass positions)."""
+
+    @functools.wraps(fn)
+    def cached(target: Target, *args: Any, **kwargs: Any) -> T:
+        if kwargs:
+            return fn(target, *args, **kwargs)
+        key = (fn, *[tuple(a) if a.__class__ is list else a for a in args])
+        memo = target.cost_memo
+        found = memo.get(key, _MISSING)
+        if found is _MISSING:
+            if len(memo) >= _MEMO_LIMIT:
+                memo.clear()
+            found = memo[key] = fn(target, *args)
+        return found
+
+    return cached
 
 
 # -- the unit's own rate ----------------------------------------------------------------------------
@@ -147,6 +178,13 @@ def port_needs(
 ) -> dict[int, int]:
     """Slice -> ports (banks) the instruction books on it: one per access, more where the unit's rate
     needs more words per cycle from that slice than one bank delivers, at most the banks."""
+    return dict(_port_needs(target, opcode, list(streams), unit_rate_cycles))  # a copy: callers own it
+
+
+@_memo
+def _port_needs(
+    target: Target, opcode: str, streams: Iterable[Stream], unit_rate_cycles: int
+) -> dict[int, int]:
     if opcode == "host.kernel":
         return {}  # host DMA runs far below one port's rate
     count: dict[int, int] = {}
@@ -168,6 +206,7 @@ def mem_cycles(ports: dict[int, int], streams: Iterable[Stream]) -> int:
     return max((math.ceil(w / ports[s]) for s, w in words.items()), default=0)
 
 
+@_memo
 def stream_needs(
     target: Target, opcode: str, unit: str, reads: Sequence[Stream], writes: Sequence[Stream]
 ) -> tuple[int, int]:
@@ -198,6 +237,7 @@ def _flows_east(target: Target, unit_pos: int, s: Stream, towards_unit: bool) ->
 
 
 # -- duration --------------------------------------------------------------------------------------
+@_memo
 def duration(
     target: Target,
     opcode: str,
@@ -212,7 +252,7 @@ def duration(
     n_unit = unit_cycles(target, opcode, work, precision)
     if opcode == "host.kernel":
         return n_unit
-    ports = port_needs(target, opcode, [*reads, *writes], n_unit)
+    ports = _port_needs(target, opcode, [*reads, *writes], n_unit)
     n = max(n_unit, mem_cycles(ports, [*reads, *writes]))
     pos = target.position(unit)
     columns = target.slice_positions

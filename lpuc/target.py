@@ -352,6 +352,11 @@ class Target:
         return self._positions[unit.split(".")[0]]
 
     @cached_property
+    def cost_memo(self) -> dict:
+        """lpuc.cost's answers about this target, by question: filled and read by lpuc.cost only."""
+        return {}
+
+    @cached_property
     def slice_positions(self) -> tuple[int, ...]:
         """Floorplan column of each MEM slice, by slice index (the cost model asks for it per access)."""
         return tuple(self.position(f"MEM{i}") for i in range(self.num_slices))

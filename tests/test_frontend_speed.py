@@ -118,6 +118,6 @@ def test_verbose_compile_prints_each_stages_time_and_peak_rss(tmp_path):
     result = CliRunner().invoke(main, ["compile", str(MLP), "-o", str(tmp_path / "m.lpu"), "-v"])
     assert result.exit_code == 0, result.output
     lines = {line.split()[0]: line for line in result.output.splitlines() if line.startswith("  ")}
-    for stage in ("frontend", "passes", "lowering", "schedule"):
+    for stage in ("frontend", "passes", "lowering", "schedule", "validate", "encode"):
         mib = float(lines[stage].split("peak RSS")[1].split()[0])
         assert 10 < mib < 4096  # this process's resident set, in MiB

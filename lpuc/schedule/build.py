@@ -1,4 +1,4 @@
-"""Tiled IR -> Program: place tiles, schedule, allocate SRAM, assemble and validate.
+"""Tiled IR -> Program: place tiles, schedule, allocate SRAM and assemble (the caller validates).
 
 Placement happens before scheduling because transport delays depend on it; the allocator then
 packs each slice with the real lifetimes. When a slice overflows, the tiles that did not fit move
@@ -40,7 +40,8 @@ def build_program(
     options: dict | None = None,
     model_nodes: Collection[str] = (),
 ) -> Program:
-    """Schedule and place `tiled`; `model_nodes` names the model's own nodes (for the SXM bound)."""
+    """Schedule and place `tiled`; `model_nodes` names the model's own nodes (for the SXM bound). The
+    program is not validated yet: lpuc.compile does that as a stage of its own."""
     _check_constants_fit(tiled, target, where)
     pinned: dict[int, int] = {}
     preds = dependencies(tiled)
@@ -57,7 +58,6 @@ def build_program(
     program = assemble(tiled, sched, slice_of, alloc, target)
     facts = compile_time_facts(options or {}, compile_facts(tiled, sched.preds, target, set(model_nodes)))
     program.summary = summarize(program, facts)
-    program.validate()
     return program
 
 

@@ -4,6 +4,7 @@ windows it touches (so a file cannot make itself cheaper by editing its work).""
 
 from __future__ import annotations
 
+import functools
 import math
 from collections import Counter
 
@@ -58,6 +59,7 @@ def check_costs(p: Program) -> list[str]:
     return out
 
 
+@functools.cache  # asked once per booked unit of every instruction; few distinct names
 def _booking_key(unit: str) -> str:
     """What a booked unit counts towards: a slice's ports, a direction's streams, or a unit kind."""
     kind = unit_kind(unit)
