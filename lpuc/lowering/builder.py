@@ -182,5 +182,5 @@ class TiledBuilder:
 def _content_key(tile: np.ndarray) -> str:
     h = hashlib.sha256()
     h.update(f"{dtype_name(tile.dtype)}{tile.shape}".encode())
-    h.update(tile.tobytes())
+    h.update(tile.reshape(-1).view(np.uint8))  # the (C-contiguous) tile's bytes, without a copy
     return h.hexdigest()[:24]
