@@ -33,7 +33,7 @@ import math
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, fields
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 from lpuc.target import Target
 
@@ -80,9 +80,9 @@ class Work:
         return cls(*counts, at_max=bool(at_max))
 
 
-@dataclass(frozen=True)
-class Stream:
-    """One operand window as the cost model sees it: where it is and how much of it moves."""
+class Stream(NamedTuple):
+    """One operand window as the cost model sees it: where it is and how much of it moves. (A named
+    tuple: cost answers are cached by their streams, and a tuple hashes in C.)"""
 
     slice: int  # -1: host memory (no SRAM traffic)
     rows: int

@@ -44,15 +44,23 @@ class Slot:
 
 
 class Timeline:
-    """Busy intervals of one unit, kept sorted and disjoint."""
+    """Busy intervals of one unit, kept sorted and disjoint; touching intervals are merged (the unit is
+    busy over their union either way, and the lists stay short)."""
 
     def __init__(self) -> None:
         self.starts: list[int] = []
         self.ends: list[int] = []
         self.horizon = 0  # the last busy cycle + 1: from here on the unit is free
 
-    def earliest(self, t: int, dur: int) -> int:
+    def is_free(self, t: int, dur: int) -> bool:
+        """Whether the unit is free for [t, t + dur)."""
         if t >= self.horizon:  # most ops are placed after everything booked so far
+            return True
+        i = bisect_right(self.starts, t)
+        return (i == 0 or self.ends[i - 1] <= t) and (i == len(self.starts) or self.starts[i] >= t + dur)
+
+    def earliest(self, t: int, dur: int) -> int:
+        if t >= self.horizon:
             return t
         i = bisect_right(self.starts, t) - 1
         if i >= 0 and self.ends[i] > t:
@@ -64,10 +72,20 @@ class Timeline:
         return t
 
     def reserve(self, t: int, dur: int) -> None:
-        i = bisect_right(self.starts, t)
-        self.starts.insert(i, t)
-        self.ends.insert(i, t + dur)
-        self.horizon = max(self.horizon, t + dur)
+        end = t + dur
+        self.horizon = max(self.horizon, end)
+        starts, ends = self.starts, self.ends
+        i = bisect_right(starts, t)
+        if i > 0 and ends[i - 1] == t:  # continues the interval before it
+            ends[i - 1] = end
+            if i < len(starts) and starts[i] == end:  # and closes the gap to the next one
+                ends[i - 1] = ends.pop(i)
+                starts.pop(i)
+        elif i < len(starts) and starts[i] == end:  # ends where the next one starts
+            starts[i] = t
+        else:
+            starts.insert(i, t)
+            ends.insert(i, end)
 
 
 @dataclass
@@ -229,17 +247,12 @@ class _UnitState:
         the earliest start of each busy one."""
         timelines = self.timelines
         free: list[str] = []
-        later: list[int] = []
         for u in names:  # stops at the first k units free at t: the common case
-            line = timelines[u]
-            e = t if t >= line.horizon else line.earliest(t, d)  # the test inlined: a hot loop
-            if e == t:
+            if timelines[u].is_free(t, d):
                 free.append(u)
                 if len(free) == k:
-                    break
-            else:
-                later.append(e)
-        return free, later
+                    return free, []
+        return free, [e for u in names if (e := timelines[u].earliest(t, d)) != t]
 
     def _reserve(self, slot: Slot) -> None:
         for u in slot.units:
@@ -304,7 +317,15 @@ def op_streams(
 
 
 def port_units(target: Target, slice_index: int) -> list[str]:
-    return [f"MEM{slice_index}.p{j}" for j in range(target.mem_banks)]
+    """The bank ports of one MEM slice (a shared list: do not modify it)."""
+    key = (slice_index, target.mem_banks)  # all a name depends on (a Target hashes slowly)
+    names = _PORT_UNITS.get(key)
+    if names is None:
+        names = _PORT_UNITS[key] = [f"MEM{slice_index}.p{j}" for j in range(target.mem_banks)]
+    return names
+
+
+_PORT_UNITS: dict[tuple[int, int], list[str]] = {}
 
 
 def stream_units(target: Target, direction: str) -> list[str]:
