@@ -155,9 +155,12 @@ def _sram_overlap(p: Program) -> list[str]:
         if t.kind != "host":
             by_slice[t.slice].append(t)
     for s, tiles in sorted(by_slice.items()):
+        if not _may_share_live_addresses(tiles, life):
+            continue
         tiles.sort(key=lambda t: (t.addr, t.id))
         for i, a in enumerate(tiles):
-            for b in tiles[i + 1 :]:
+            for j in range(i + 1, len(tiles)):
+                b = tiles[j]
                 if b.addr >= a.addr + a.words:
                     break
                 if a.const_key is not None and a.const_key == b.const_key and a.addr == b.addr:
@@ -174,6 +177,33 @@ def _sram_overlap(p: Program) -> list[str]:
     return out
 
 
+def _may_share_live_addresses(tiles: list[TileSlot], life: list[tuple[int, int]]) -> bool:
+    """Whether two of one slice's tiles might overlap in address and lifetime (other than identical
+    constants sharing a slot): every pair at once with numpy, so that only a slice that may break the
+    rule gets the pair-by-pair walk that words its problems. Errs only towards True."""
+    n = len(tiles)
+    addr = np.array([t.addr for t in tiles], dtype=np.int64)
+    top = addr + np.array([t.words for t in tiles], dtype=np.int64)
+    start = np.array([life[t.id][0] for t in tiles], dtype=np.int64)
+    end = np.array([life[t.id][1] for t in tiles], dtype=np.int64)
+    first_with_key: dict[str, int] = {}
+    slot = np.array(  # tiles with one constant key share an id; others have their own
+        [first_with_key.setdefault(t.const_key, i) if t.const_key else -1 - i for i, t in enumerate(tiles)]
+    )
+    rows = max(1, (1 << 22) // max(1, n))  # pairs in blocks of ~4M
+    for r0 in range(0, n, rows):
+        a = slice(r0, r0 + rows)
+        a_in_b = (addr <= addr[a, None]) & (addr[a, None] < top)
+        b_in_a = (addr[a, None] <= addr) & (addr < top[a, None])
+        clash = (a_in_b | b_in_a) & (start[a, None] < end) & (start < end[a, None])
+        clash &= ~((slot[a, None] == slot) & (addr[a, None] == addr))  # a shared constant slot
+        own = np.arange(r0, min(n, r0 + rows))
+        clash[own - r0, own] = False  # a tile and itself
+        if clash.any():
+            return True
+    return False
+
+
 def _order(p: Program) -> list[str]:
     out: list[str] = []
     accesses: dict[int, list[tuple[Instruction, Access, bool]]] = defaultdict(list)
@@ -188,7 +218,8 @@ def _order(p: Program) -> list[str]:
         tile = p.tiles[buf]
         wpr = words_per_row(tile.np_dtype)
         writes = [x for x in items if x[2]]
-        for ins, a, is_write in items:
+        in_order = _accesses_in_time_order(items)
+        for ins, a, is_write in [] if in_order else items:
             for w_ins, w, _ in writes:
                 if w_ins.id == ins.id or not windows_overlap(a, w, wpr):
                     continue
@@ -206,6 +237,28 @@ def _order(p: Program) -> list[str]:
         if tile.kind not in ("const", "input", "io"):
             out += _reads_covered(buf, tile, items)
     return out
+
+
+def _accesses_in_time_order(items: list[tuple[Instruction, Access, bool]]) -> bool:
+    """Whether, taking every window of the tile to overlap every other, each access still ends before
+    any later-id write starts and starts after every earlier-id write ended: then no pair breaks the
+    order rule, which is checked pair by pair (quadratic in the tile's accesses) only otherwise."""
+    by_id = sorted(items, key=lambda x: x[0].id)
+    any_end = write_end = -1  # latest end of the earlier-id accesses / writes
+    i = 0
+    while i < len(by_id):
+        j = i
+        while j < len(by_id) and by_id[j][0].id == by_id[i][0].id:  # one instruction's accesses
+            j += 1
+        ins = by_id[i][0]
+        writes = any(x[2] for x in by_id[i:j])
+        if ins.start < write_end or (writes and ins.start < any_end):
+            return False
+        any_end = max(any_end, ins.end)
+        if writes:
+            write_end = max(write_end, ins.end)
+        i = j
+    return True
 
 
 def _reads_covered(buf: int, tile: TileSlot, items: list[tuple[Instruction, Access, bool]]) -> list[str]:
