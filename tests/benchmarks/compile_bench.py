@@ -174,7 +174,7 @@ def main() -> None:
     print(f"models cached in {CACHE}; each compile in its own process; precision {args.precision}")
     print("GPT-2 shape (vocab 50257) does not fit SRAM: frontend + passes only; vocab 2048: full compile")
     print("per stage: wall seconds and peak RSS MiB; the last column is the peak over the model file's size")
-    stage_head = "  ".join(f"{s[:6] + ' s':>6} {'MiB':>5}" for s in STAGES)
+    stage_head = "  ".join(f"{s[:6]:>6} {'MiB':>5}" for s in STAGES)  # seconds, then MiB
     print(f"{'model':<24}  {'file MiB':>9}  {stage_head}  {'total s':>7} {'peak/file':>6}")
     results = {}
     for case in cases:
