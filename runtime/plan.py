@@ -256,8 +256,10 @@ class _Executor:
     def _mm(self, ins: Instruction, attrs: dict) -> Step:
         plane = self.machine.planes[ins.unit]
         install, precision = bool(attrs.get("install")), attrs["precision"]
-        src, dst = self._view(ins.reads[0]), self._view(ins.writes[0])
+        src = self._view(ins.reads[0])
+        dst = None if attrs.get("keep") else self._view(ins.writes[0])
         acc = self._view(ins.reads[1]) if attrs.get("acc") else None
+        from_acc = bool(attrs.get("from_acc"))
         slot, first, last = self._shared.get(ins.id, (None, True, True))
         shared = self._mxm_inputs
 
@@ -273,12 +275,18 @@ class _Executor:
                 if last:
                     shared[slot] = None
             product = a @ plane.active
+            if from_acc:
+                np.add(product, plane.acc, out=product)
             if acc is not None:
                 if acc.dtype == product.dtype:
                     np.add(product, acc, out=product)  # the same sum, without isa's copy of acc
                 else:
                     product = product + acc.astype(product.dtype)
-            np.copyto(dst, product, casting="unsafe")
+            if dst is None:
+                plane.acc = product
+            else:
+                plane.acc = None
+                np.copyto(dst, product, casting="unsafe")
 
         return mm
 

@@ -2,10 +2,14 @@
 
 C[..., M, N] = A[..., M, K] @ B[..., K, N]. For every batch of C, the K range is cut into chunks of
 at most the plane's k_tile (never crossing a tile of A's lanes or B's rows) and N into chunks of at
-most n_tile. Each (k-chunk, n-chunk) is one weight group per plane it runs on: an LW, then one MM per
-row segment of the activations (tall activations are shared among up to all planes). MMs after the
-first k-chunk accumulate into C (read-modify-write of the C window). Weight-stationary order: a
-weight tile is loaded once per plane and every activation row of that plane's share passes it.
+most n_tile. A weight group is an LW into a plane and the MMs that use those weights.
+
+- K in one chunk: weight-stationary. Each n-chunk's weights are loaded once per plane and every
+  activation row of that plane's share passes them (tall activations are shared among the planes).
+- K in several chunks: one accumulation chain per (row segment, n-chunk) on one plane, an LW and an
+  MM per k-chunk. The plane keeps the partial sum in its accumulators (`keep`; the next MM starts
+  `from_acc`) and only the last MM writes C, so partial sums never travel through SRAM. Segments are
+  at most the target's `mxm.acc_rows` rows.
 """
 
 from __future__ import annotations
@@ -54,42 +58,87 @@ def lower_matmul(b: TiledBuilder, node: Node) -> None:
             0, k, mode.k_tile, a.lanes, [p - w_row0 for p in range(0, w_row0 + k + 1, w.block_rows)]
         )
         n_chunks = split_range(0, n, mode.n_tile, c.lanes, w.lanes)
-        for n0, n1 in n_chunks:
+        if len(k_chunks) == 1:
+            _weight_stationary(
+                b, node, attrs, a, w, c, (a_row0, w_row0, c_row0), m_segments, k_chunks[0], n_chunks
+            )
+        else:
+            # Partial sums stay in the plane's accumulators, which hold acc_rows rows.
+            segments = split_range(0, m, b.target.mxm.acc_rows, [e for _, e in m_segments])
+            _accumulated(b, node, attrs, a, w, c, (a_row0, w_row0, c_row0), segments, k_chunks, n_chunks, k)
+
+
+def _weight_stationary(b, node, attrs, a, w, c, origin, m_segments, k_chunk, n_chunks) -> None:
+    """K fits one weight tile: load each weight tile once per plane, stream every row of that plane's
+    share past it (tall activations are shared among the planes)."""
+    a_row0, w_row0, c_row0 = origin
+    k0, k1 = k_chunk
+    for n0, n1 in n_chunks:
+        weights = b.window(w, w_row0 + k0, w_row0 + k1, n0, n1)
+        for part in _parts(m_segments, b.target.num_mxm):
+            group = _load(b, node, attrs, w, weights)
+            for mi, (m0, m1) in enumerate(part):
+                act = b.window(a, a_row0 + m0, a_row0 + m1, k0, k1)
+                out = b.window(c, c_row0 + m0, c_row0 + m1, n0, n1)
+                b.emit(
+                    "mxm.mm",
+                    "MXM",
+                    [act],
+                    [out],
+                    node.name,
+                    Work(vectors=m1 - m0, macs=(m1 - m0) * (k1 - k0) * (n1 - n0)),
+                    group=group,
+                    attrs={**attrs, "group": group, "install": mi == 0, "k": [k0, k1, k1]},
+                )
+
+
+def _accumulated(b, node, attrs, a, w, c, origin, segments, k_chunks, n_chunks, k) -> None:
+    """K spans several weight tiles: each row segment is one chain on one plane, a weight load and an
+    MM per K chunk; the plane sums the partial products in its accumulators and the last MM writes
+    the total, so no partial sum goes through SRAM."""
+    a_row0, w_row0, c_row0 = origin
+    for n0, n1 in n_chunks:
+        for m0, m1 in segments:
+            chain = -1
             for ki, (k0, k1) in enumerate(k_chunks):
-                weights = b.window(w, w_row0 + k0, w_row0 + k1, n0, n1)
-                # Tall activations: the rows are shared among the planes, each loading the weights.
-                for part in _parts(m_segments, b.target.num_mxm):
-                    group = b.new_group()
-                    b.emit(
-                        "mxm.lw",
-                        "MXM.LW",
-                        [weights],
-                        [],
-                        node.name,
-                        Work(words=weights.nrows * words_per_row(w.dtype)),
-                        group=group,
-                        attrs={**attrs, "group": group},
-                    )
-                    for mi, (m0, m1) in enumerate(part):
-                        act = b.window(a, a_row0 + m0, a_row0 + m1, k0, k1)
-                        out = b.window(c, c_row0 + m0, c_row0 + m1, n0, n1)
-                        accumulate = ki > 0
-                        b.emit(
-                            "mxm.mm",
-                            "MXM",
-                            [act, out] if accumulate else [act],
-                            [out],
-                            node.name,
-                            Work(vectors=m1 - m0, macs=(m1 - m0) * (k1 - k0) * (n1 - n0)),
-                            group=group,
-                            attrs={
-                                **attrs,
-                                "group": group,
-                                "acc": accumulate,
-                                "install": mi == 0,
-                                "k": [k0, k1, k],
-                            },
-                        )
+                last = ki == len(k_chunks) - 1
+                group = _load(b, node, attrs, w, b.window(w, w_row0 + k0, w_row0 + k1, n0, n1), chain)
+                chain = group if chain < 0 else chain
+                act = b.window(a, a_row0 + m0, a_row0 + m1, k0, k1)
+                out = b.window(c, c_row0 + m0, c_row0 + m1, n0, n1)
+                mm_attrs = {**attrs, "group": group, "install": True, "k": [k0, k1, k]}
+                if ki > 0:
+                    mm_attrs.update(from_acc=True, k_from=k_chunks[0][0])
+                if not last:
+                    mm_attrs.update(keep=True, lanes=n1 - n0)
+                b.emit(
+                    "mxm.mm",
+                    "MXM",
+                    [act],
+                    [out] if last else [],
+                    node.name,
+                    Work(vectors=m1 - m0, macs=(m1 - m0) * (k1 - k0) * (n1 - n0)),
+                    group=group,
+                    chain=chain,
+                    attrs=mm_attrs,
+                )
+
+
+def _load(b: TiledBuilder, node: Node, attrs: dict, w, weights, chain: int = -1) -> int:
+    """An LW of `weights` opening a new weight group (of `chain` when it continues one); its id."""
+    group = b.new_group()
+    b.emit(
+        "mxm.lw",
+        "MXM.LW",
+        [weights],
+        [],
+        node.name,
+        Work(words=weights.nrows * words_per_row(w.dtype)),
+        group=group,
+        chain=group if chain < 0 else chain,
+        attrs={**attrs, "group": group},
+    )
+    return group
 
 
 def _parts(segments: list[tuple[int, int]], planes: int) -> list[list[tuple[int, int]]]:
