@@ -37,6 +37,7 @@ from lpuc.passes.legalize_broadcast import legalize_broadcast
 from lpuc.passes.lower_conv import lower_conv
 from lpuc.passes.lower_einsum import lower_einsum
 from lpuc.passes.lower_gemm import lower_gemm
+from lpuc.passes.sink_reshapes import sink_reshapes
 from lpuc.passes.sink_transposes import sink_transposes
 from lpuc.target import Target
 
@@ -82,6 +83,7 @@ PIPELINE: tuple[Pass, ...] = (
     Pass("fold_constants", fold_constants),
     Pass("fuse_layernorm", fuse_layernorm),
     Pass("fuse_gelu", fuse_gelu),
+    Pass("sink_reshapes", sink_reshapes),
     Pass("fuse_elementwise", fuse_elementwise),
     Pass("legalize_broadcast", legalize_broadcast),
     Pass("eliminate_dead_code", eliminate_dead_code),

@@ -38,6 +38,11 @@ from lpuc.runtime.machine import Machine
 Step = Callable[[], None]
 
 
+def _rows(views: list[np.ndarray]) -> np.ndarray:
+    """Windows stacked row after row (a weight load reading several tiles)."""
+    return np.concatenate(views) if len(views) > 1 else views[0]
+
+
 def _mxm_input(x: np.ndarray, precision: str) -> np.ndarray:
     """isa.mxm_input (same bits), with float32 -> fp16 rounding done in vectorized passes."""
     if precision == "fp16" and x.dtype == np.float32:
@@ -236,20 +241,20 @@ class _Executor:
     # -- instructions ---------------------------------------------------------------------------
     def _lw(self, ins: Instruction, attrs: dict) -> Step:
         plane = self.machine.planes[ins.unit.split(".")[0]]
-        src, precision = self._view(ins.reads[0]), attrs["precision"]
-        size = src.size * (8 if src.dtype.kind in "iub" else 4)  # bytes of the MXM's copy
-        if not self._written(ins.reads[0]) and size <= self._weight_budget:
-            # The window holds the same values in every run: convert them once. Memory-bounded:
+        views, precision = [self._view(a) for a in ins.reads], attrs["precision"]
+        size = sum(v.size for v in views) * (8 if views[0].dtype.kind in "iub" else 4)  # the MXM's copy
+        if not any(self._written(a) for a in ins.reads) and size <= self._weight_budget:
+            # The windows hold the same values in every run: convert them once. Memory-bounded:
             # beyond the budget the remaining loads convert on every run, as the interpreter does.
             self._weight_budget -= size
-            weights = _mxm_input(src, precision)
+            weights = _mxm_input(_rows(views), precision)
 
             def lw() -> None:
                 plane.shadow = weights
         else:
 
             def lw() -> None:
-                plane.shadow = _mxm_input(src, precision)
+                plane.shadow = _mxm_input(_rows(views), precision)
 
         return lw
 

@@ -36,9 +36,15 @@ def lower_matmul(b: TiledBuilder, node: Node) -> None:
     mode_name = mxm_mode_for(av.dtype, b.precision)
     mode = b.target.mxm_mode(mode_name)  # its tile sizes; the cost model charges its row rate
     a = b.tensor(a_name)
-    # Constant weights are stored in the MXM input precision (the rounding the MXM applies anyway).
+    # Constant weights are stored in the MXM input precision (the rounding the MXM applies anyway),
+    # in tiles short enough that one K chunk spans as many slices as a weight load needs to reach
+    # its full rate (one word per bank per cycle from each slice).
     w_dtype = np.float16 if mode_name == "fp16" and wv.dtype.kind == "f" else wv.dtype
-    w = b.const_tensor(w_name, w_dtype) if wv.is_const else b.tensor(w_name)
+    if wv.is_const:
+        spread = -(-b.target.lw_words_per_cycle // b.target.mem_banks)
+        w = b.const_tensor(w_name, w_dtype, block_rows=max(1, -(-mode.k_tile // spread)))
+    else:
+        w = b.tensor(w_name)
     c = b.define(node.outputs[0])
     if c.rows == 0 or c.cols == 0:
         return
@@ -54,9 +60,9 @@ def lower_matmul(b: TiledBuilder, node: Node) -> None:
             [p - a_row0 for p in range(0, a_row0 + m + 1, a.block_rows)],
             [p - c_row0 for p in range(0, c_row0 + m + 1, c.block_rows)],
         )
-        k_chunks = split_range(
-            0, k, mode.k_tile, a.lanes, [p - w_row0 for p in range(0, w_row0 + k + 1, w.block_rows)]
-        )
+        # A weight load may read several tiles of a constant (spread over slices), one of anything else.
+        w_tiles = [] if wv.is_const else [p - w_row0 for p in range(0, w_row0 + k + 1, w.block_rows)]
+        k_chunks = split_range(0, k, mode.k_tile, a.lanes, w_tiles)
         n_chunks = split_range(0, n, mode.n_tile, c.lanes, w.lanes)
         if len(k_chunks) == 1:
             _weight_stationary(
@@ -74,7 +80,7 @@ def _weight_stationary(b, node, attrs, a, w, c, origin, m_segments, k_chunk, n_c
     a_row0, w_row0, c_row0 = origin
     k0, k1 = k_chunk
     for n0, n1 in n_chunks:
-        weights = b.window(w, w_row0 + k0, w_row0 + k1, n0, n1)
+        weights = b.windows(w, w_row0 + k0, w_row0 + k1, n0, n1)
         for part in _parts(m_segments, b.target.num_mxm):
             group = _load(b, node, attrs, w, weights)
             for mi, (m0, m1) in enumerate(part):
@@ -102,7 +108,7 @@ def _accumulated(b, node, attrs, a, w, c, origin, segments, k_chunks, n_chunks, 
             chain = -1
             for ki, (k0, k1) in enumerate(k_chunks):
                 last = ki == len(k_chunks) - 1
-                group = _load(b, node, attrs, w, b.window(w, w_row0 + k0, w_row0 + k1, n0, n1), chain)
+                group = _load(b, node, attrs, w, b.windows(w, w_row0 + k0, w_row0 + k1, n0, n1), chain)
                 chain = group if chain < 0 else chain
                 act = b.window(a, a_row0 + m0, a_row0 + m1, k0, k1)
                 out = b.window(c, c_row0 + m0, c_row0 + m1, n0, n1)
@@ -125,15 +131,16 @@ def _accumulated(b, node, attrs, a, w, c, origin, segments, k_chunks, n_chunks, 
 
 
 def _load(b: TiledBuilder, node: Node, attrs: dict, w, weights, chain: int = -1) -> int:
-    """An LW of `weights` opening a new weight group (of `chain` when it continues one); its id."""
+    """An LW of the `weights` windows (rows in order) opening a new weight group (of `chain` when it
+    continues one); its id."""
     group = b.new_group()
     b.emit(
         "mxm.lw",
         "MXM.LW",
-        [weights],
+        weights,
         [],
         node.name,
-        Work(words=weights.nrows * words_per_row(w.dtype)),
+        Work(words=sum(r.nrows for r in weights) * words_per_row(w.dtype)),
         group=group,
         chain=group if chain < 0 else chain,
         attrs={**attrs, "group": group},

@@ -96,11 +96,13 @@ def _work_problem(p: Program, ins: Instruction) -> str | None:
         if ins.attrs.get("acc") and (keep or len(ins.reads) < 2 or ins.reads[1] != ins.writes[0]):
             return "an accumulating MM must read the window it accumulates into"
     elif ins.opcode == "mxm.lw":
-        if len(ins.reads) != 1:
-            return "an LW reads one weight window"
-        t = p.tiles[ins.reads[0].buf]
-        if w.words != ins.reads[0].nrows * words_per_row(t.np_dtype):
-            return f"work {w.words} words does not match its {ins.reads[0].nrows}-row weight window"
+        if not ins.reads or ins.writes:
+            return "an LW reads weight windows and writes none"
+        words = sum(a.nrows * words_per_row(p.tiles[a.buf].np_dtype) for a in ins.reads)
+        if w.words != words:
+            return f"work {w.words} words does not match the {words} words of its weight windows"
+        if len({a.nlanes for a in ins.reads}) != 1:
+            return "the weight windows of an LW differ in lanes"
     elif ins.opcode == "vxm.map":
         if len(ins.writes) != 1:
             return "a map writes one window"
