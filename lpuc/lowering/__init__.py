@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import numpy as np
+
 from lpuc.errors import UnsupportedError
 from lpuc.ir.graph import LPUC_DOMAIN, Graph, Node
 from lpuc.ir.tiled import TiledProgram
@@ -17,7 +19,13 @@ def lower(
     graph: Graph, target: Target, precision: str, host_fallback: bool = True, where: str = ""
 ) -> TiledProgram:
     where_ops = {n.name: unit_of(n, graph) for n in graph.nodes}
-    b = TiledBuilder(graph, target, precision, host_resident=host_resident_values(graph, where_ops))
+    b = TiledBuilder(
+        graph,
+        target,
+        precision,
+        host_resident=host_resident_values(graph, where_ops),
+        fp16_values=mxm_rounded_values(graph) if precision == "fp16" else set(),
+    )
     for name in graph.inputs:
         b.define(name)
     host = [n for n in graph.nodes if where_ops[n.name] == "HOST"]
@@ -61,6 +69,42 @@ def host_resident_values(graph: Graph, where_ops: dict[str, str]) -> set[str]:
             ):
                 resident.add(name)
     return resident
+
+
+# Ops whose result, rounded to fp16, equals the op applied to fp16-rounded inputs (they copy or
+# select values; rounding is monotonic).
+_ROUNDING_TRANSPARENT = frozenset(
+    {"Reshape", "Flatten", "Squeeze", "Unsqueeze", "Identity", "Transpose", "Concat", "Slice", "MaxPool"}
+)
+
+
+def mxm_rounded_values(graph: Graph) -> set[str]:
+    """float32 values an fp16 build may store as fp16 without changing any result: every use rounds
+    them to fp16 anyway, because it is a MatMul (the MXM multiplies fp16) or an op that copies or
+    selects values into another such value. Halves their SRAM, bank and stream traffic."""
+    consumers = graph.consumers()
+    keep32 = set(graph.inputs) | set(graph.outputs)
+    rounded: set[str] = set()
+    for node in reversed(graph.nodes):
+        for name in node.outputs:
+            v = graph.values.get(name)
+            if not name or name in keep32 or v is None or v.dtype != np.float32 or v.is_dynamic:
+                continue
+            users = consumers.get(name, [])
+            if users and all(_rounds(u, name, rounded) for u in users):
+                rounded.add(name)
+    return rounded
+
+
+def _rounds(user: Node, name: str, rounded: set[str]) -> bool:
+    if user.op == "MatMul" and not user.domain:
+        return name in user.inputs[:2]
+    transparent = user.op in _ROUNDING_TRANSPARENT or (
+        user.domain == LPUC_DOMAIN and user.op in ("Im2Col", "MaxPool")
+    )
+    data = user.inputs[:1] if user.op in ("Reshape", "Slice", "Squeeze", "Unsqueeze") else user.inputs
+    outs = [o for o in user.outputs if o]
+    return transparent and name in data and len(outs) == 1 and outs[0] in rounded
 
 
 def unit_of(node: Node, graph: Graph) -> str:

@@ -36,9 +36,17 @@ def split_range(start: int, stop: int, *boundaries: Iterable[int] | int) -> list
 
 
 class TiledBuilder:
-    def __init__(self, graph: Graph, target: Target, precision: str, host_resident: set[str] | None = None):
+    def __init__(
+        self,
+        graph: Graph,
+        target: Target,
+        precision: str,
+        host_resident: set[str] | None = None,
+        fp16_values: set[str] | None = None,
+    ):
         self.graph = graph
         self.host_resident = host_resident or set()
+        self.fp16_values = fp16_values or set()  # float32 values stored as fp16 (see lowering)
         self.target = target
         self.precision = precision
         self.lanes = target.lanes
@@ -124,7 +132,7 @@ class TiledBuilder:
                 name, v.shape, np.dtype(v.dtype), rows, cols, self.block_rows, self.lanes, [[buf.id]]
             )
         else:
-            t = self.new_tensor(name, v.shape, v.dtype)
+            t = self.new_tensor(name, v.shape, np.float16 if name in self.fp16_values else v.dtype)
         self.tensors[name] = t
         return t
 
