@@ -47,15 +47,20 @@ class PassContext:
     target: Target
     precision: str = "fp16"
     host_fallback: bool = True
-    # Passes run_pipeline skips, by name (to measure what each one is worth).
+    # Passes run_pipeline skips and lowering strategies lowering leaves out, by name (to measure what
+    # each one is worth).
     disabled: frozenset[str] = frozenset()
 
     def __post_init__(self) -> None:
+        from lpuc.lowering import STRATEGIES
+
         object.__setattr__(self, "disabled", frozenset(self.disabled))  # any iterable of names
-        unknown = sorted(set(self.disabled) - set(pass_names()))
+        known = [*pass_names(), *STRATEGIES]
+        unknown = sorted(set(self.disabled) - set(known))
         if unknown:
             raise LpucError(
-                f"unknown pass {', '.join(map(repr, unknown))} (passes: {', '.join(pass_names())})"
+                f"unknown pass or strategy {', '.join(map(repr, unknown))} (passes and lowering "
+                f"strategies: {', '.join(known)})"
             )
 
 

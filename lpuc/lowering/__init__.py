@@ -14,17 +14,35 @@ from lpuc.lowering.stream import lower_stream
 from lpuc.ops import Placement, is_elementwise, placement
 from lpuc.target import Target
 
+# Lowering strategies, each of which can be turned off by name (like a pass) to measure its worth.
+STRATEGIES = {
+    "mxm_accumulators": "K chunks summed in a plane's accumulators, not through SRAM",
+    "weight_spread": "constant weights tiled over slices so a weight load reaches its full rate",
+    "row_slabs": "Im2Col and pooling cut into result row slabs (consumers start on the first)",
+    "fp16_storage": "fp16 builds store values that only feed the MXM (or copies of them) as fp16",
+    "constant_replicas": "broadcast constants copied so parallel maps do not share a slice's ports",
+}
+
 
 def lower(
-    graph: Graph, target: Target, precision: str, host_fallback: bool = True, where: str = ""
+    graph: Graph,
+    target: Target,
+    precision: str,
+    host_fallback: bool = True,
+    where: str = "",
+    disabled: frozenset[str] = frozenset(),
 ) -> TiledProgram:
+    """Tile ops for every node. `disabled` names lowering strategies to leave out (STRATEGIES)."""
     where_ops = {n.name: unit_of(n, graph) for n in graph.nodes}
     b = TiledBuilder(
         graph,
         target,
         precision,
         host_resident=host_resident_values(graph, where_ops),
-        fp16_values=mxm_rounded_values(graph) if precision == "fp16" else set(),
+        fp16_values=mxm_rounded_values(graph)
+        if precision == "fp16" and "fp16_storage" not in disabled
+        else set(),
+        disabled=disabled,
     )
     for name in graph.inputs:
         b.define(name)

@@ -43,8 +43,10 @@ class TiledBuilder:
         precision: str,
         host_resident: set[str] | None = None,
         fp16_values: set[str] | None = None,
+        disabled: frozenset[str] = frozenset(),
     ):
         self.graph = graph
+        self.disabled = disabled  # lowering strategies turned off (lpuc.lowering.STRATEGIES)
         self.host_resident = host_resident or set()
         self.fp16_values = fp16_values or set()  # float32 values stored as fp16 (see lowering)
         self.target = target
@@ -61,6 +63,9 @@ class TiledBuilder:
         self._groups = 0
         # Compile-time maximum size of each data-dependent (host-resident) tensor, for host costs.
         self.max_bytes: dict[str, int] = {}
+
+    def enabled(self, strategy: str) -> bool:
+        return strategy not in self.disabled
 
     # -- tensors --------------------------------------------------------------------------------
     def tensor(self, name: str) -> TensorTiles:

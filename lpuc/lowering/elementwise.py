@@ -40,6 +40,7 @@ def lower_map(b: TiledBuilder, node: Node) -> None:
     # Maps of different row blocks run side by side on different ALUs; a broadcast constant (a bias
     # row, a scalar) they all read is copied so that they do not queue for one slice's ports.
     replicas = min(len(out.grid), -(-b.target.vxm_alus // b.target.mem_banks))
+    replicas = replicas if b.enabled("constant_replicas") else 1
     for rb, row in enumerate(out.grid):
         for cb, buf in enumerate(row):
             tile = b.buffers[buf]

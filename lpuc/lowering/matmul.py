@@ -40,7 +40,7 @@ def lower_matmul(b: TiledBuilder, node: Node) -> None:
     # in tiles short enough that one K chunk spans as many slices as a weight load needs to reach
     # its full rate (one word per bank per cycle from each slice).
     w_dtype = np.float16 if mode_name == "fp16" and wv.dtype.kind == "f" else wv.dtype
-    if wv.is_const:
+    if wv.is_const and b.enabled("weight_spread"):
         spread = -(-b.target.lw_words_per_cycle // b.target.mem_banks)
         w = b.const_tensor(w_name, w_dtype, block_rows=max(1, -(-mode.k_tile // spread)))
     else:
@@ -61,12 +61,16 @@ def lower_matmul(b: TiledBuilder, node: Node) -> None:
             [p - c_row0 for p in range(0, c_row0 + m + 1, c.block_rows)],
         )
         # A weight load may read several tiles of a constant (spread over slices), one of anything else.
-        w_tiles = [] if wv.is_const else [p - w_row0 for p in range(0, w_row0 + k + 1, w.block_rows)]
+        w_tiles = (
+            []
+            if wv.is_const and b.enabled("weight_spread")
+            else [p - w_row0 for p in range(0, w_row0 + k + 1, w.block_rows)]
+        )
         k_chunks = split_range(0, k, mode.k_tile, a.lanes, w_tiles)
         n_chunks = split_range(0, n, mode.n_tile, c.lanes, w.lanes)
-        if len(k_chunks) == 1:
+        if len(k_chunks) == 1 or not b.enabled("mxm_accumulators"):
             _weight_stationary(
-                b, node, attrs, a, w, c, (a_row0, w_row0, c_row0), m_segments, k_chunks[0], n_chunks
+                b, node, attrs, a, w, c, (a_row0, w_row0, c_row0), m_segments, k_chunks, n_chunks, k
             )
         else:
             # Partial sums stay in the plane's accumulators, which hold acc_rows rows.
@@ -74,28 +78,28 @@ def lower_matmul(b: TiledBuilder, node: Node) -> None:
             _accumulated(b, node, attrs, a, w, c, (a_row0, w_row0, c_row0), segments, k_chunks, n_chunks, k)
 
 
-def _weight_stationary(b, node, attrs, a, w, c, origin, m_segments, k_chunk, n_chunks) -> None:
-    """K fits one weight tile: load each weight tile once per plane, stream every row of that plane's
-    share past it (tall activations are shared among the planes)."""
+def _weight_stationary(b, node, attrs, a, w, c, origin, m_segments, k_chunks, n_chunks, k) -> None:
+    """Load each weight tile once per plane and stream every row of that plane's share past it (tall
+    activations are shared among the planes). K chunks after the first add into C through SRAM."""
     a_row0, w_row0, c_row0 = origin
-    k0, k1 = k_chunk
     for n0, n1 in n_chunks:
-        weights = b.windows(w, w_row0 + k0, w_row0 + k1, n0, n1)
-        for part in _parts(m_segments, b.target.num_mxm):
-            group = _load(b, node, attrs, w, weights)
-            for mi, (m0, m1) in enumerate(part):
-                act = b.window(a, a_row0 + m0, a_row0 + m1, k0, k1)
-                out = b.window(c, c_row0 + m0, c_row0 + m1, n0, n1)
-                b.emit(
-                    "mxm.mm",
-                    "MXM",
-                    [act],
-                    [out],
-                    node.name,
-                    Work(vectors=m1 - m0, macs=(m1 - m0) * (k1 - k0) * (n1 - n0)),
-                    group=group,
-                    attrs={**attrs, "group": group, "install": mi == 0, "k": [k0, k1, k1]},
-                )
+        for ki, (k0, k1) in enumerate(k_chunks):
+            weights = b.windows(w, w_row0 + k0, w_row0 + k1, n0, n1)
+            for part in _parts(m_segments, b.target.num_mxm):
+                group = _load(b, node, attrs, w, weights)
+                for mi, (m0, m1) in enumerate(part):
+                    act = b.window(a, a_row0 + m0, a_row0 + m1, k0, k1)
+                    out = b.window(c, c_row0 + m0, c_row0 + m1, n0, n1)
+                    b.emit(
+                        "mxm.mm",
+                        "MXM",
+                        [act, out] if ki else [act],
+                        [out],
+                        node.name,
+                        Work(vectors=m1 - m0, macs=(m1 - m0) * (k1 - k0) * (n1 - n0)),
+                        group=group,
+                        attrs={**attrs, "group": group, "install": mi == 0, "acc": ki > 0, "k": [k0, k1, k]},
+                    )
 
 
 def _accumulated(b, node, attrs, a, w, c, origin, segments, k_chunks, n_chunks, k) -> None:

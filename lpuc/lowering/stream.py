@@ -73,7 +73,12 @@ def lower_stream(b: TiledBuilder, node: Node, placement: Placement, unit_class: 
     outs = [b.define(o) if o else None for o in node.outputs]
     if all(t is None or not t.tiles() for t in outs):
         return  # nothing to write: empty results
-    if unit_class != "HOST" and is_windowed(node, placement) and len(outs[0].grid) > 1:
+    if (
+        unit_class != "HOST"
+        and b.enabled("row_slabs")
+        and is_windowed(node, placement)
+        and len(outs[0].grid) > 1
+    ):
         x, y = ins[0], outs[0]
         for rb in range(len(y.grid)):
             r0, r1 = rb * y.block_rows, min(y.rows, (rb + 1) * y.block_rows)
