@@ -36,7 +36,8 @@ if sys.byteorder != "little":  # constants are stored as raw little-endian bytes
     raise ImportError("lpuc artifacts need a little-endian host")
 
 MAGIC = b"LPU\0"
-FORMAT_VERSION = 2  # 2: instructions carry their work record; summaries are recomputed at load
+FORMAT_VERSION = 3  # 2: instructions carry their work record; summaries are recomputed at load
+# 3: MXM accumulators (mm keep / from_acc), plane occupancy, LWs of several windows, mxm.acc_rows
 _PREFIX = struct.Struct("<4sIQ")
 
 

@@ -43,6 +43,24 @@ def test_timeline_answers_like_its_intervals(seed):
             assert line.is_free(t, d) == (not _busy(booked, t, d))
 
 
+@pytest.mark.parametrize("seed", range(20))
+def test_release_undoes_reserve(seed):
+    """A tried-and-dropped booking (place_group tries every plane) leaves the timeline as it was, also
+    when it was merged with the intervals it touches."""
+    rng = random.Random(seed)
+    booked = _random_bookings(rng, rng.randint(1, 30))
+    kept, tried = booked[: len(booked) // 2], booked[len(booked) // 2 :]
+    line, reference = Timeline(), Timeline()
+    for s, e in kept:
+        line.reserve(s, e - s)
+        reference.reserve(s, e - s)
+    for s, e in tried:
+        line.reserve(s, e - s)
+    for s, e in reversed(tried) if seed % 2 else tried:
+        line.release(s, e - s)
+    assert (line.starts, line.ends, line.horizon) == (reference.starts, reference.ends, reference.horizon)
+
+
 class _Pools(_UnitState):
     """Only the timelines of a _UnitState: what _fit reads."""
 
@@ -50,14 +68,14 @@ class _Pools(_UnitState):
         self.timelines = {u: Timeline() for u in names}
 
 
-def _brute_fit(booked: dict[str, list[tuple[int, int]]], pools, t: int) -> tuple[int, tuple[str, ...]]:
+def _brute_fit(booked: dict[str, list[tuple[int, int]]], pools, t: int):
     for start in range(t, 100_000):
         chosen = []
         for names, k, d in pools:
             free = [u for u in names if not _busy(booked[u], start, d)][:k]
             if len(free) < k:
                 break
-            chosen += free
+            chosen += [(u, d) for u in free]
         else:
             return start, tuple(chosen)
     raise AssertionError("no start found")
