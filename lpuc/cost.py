@@ -26,7 +26,8 @@ whole duration.
 
 Resources an instruction books for its whole duration (so no cycle oversubscribes them): its unit,
 extra VXM ALUs, ports on each MEM slice it touches (one per access, more where the unit's rate needs
-them, at most the banks), and one stream id per byte
+them, at most the banks; a schedule may book fewer, at least one per slice, and the instruction then
+streams its words more slowly), and one stream id per byte
 of each vector it moves in each direction (32 east + 32 west per lane on tsp-v1). Ops that walk
 whole tensors tile by tile (vxm/sxm kernels) move one read and one write tile at a time.
 """
@@ -35,7 +36,7 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, fields
 
 from lpuc.target import Target
@@ -212,12 +213,15 @@ def duration(
     writes: Sequence[Stream],
     precision: str = "fp16",
     install: bool = False,
+    ports: Mapping[int, int] | None = None,
 ) -> int:
-    """Cycles from issue to the last result written, for `opcode` on `unit`."""
+    """Cycles from issue to the last result written, for `opcode` on `unit`, with the ports it books
+    on each slice (default: port_needs; fewer ports stream its words more slowly)."""
     n_unit = unit_cycles(target, opcode, work, precision)
     if opcode == "host.kernel":
         return n_unit
-    ports = port_needs(target, opcode, [*reads, *writes], n_unit)
+    if ports is None:
+        ports = port_needs(target, opcode, [*reads, *writes], n_unit)
     n = max(n_unit, mem_cycles(ports, [*reads, *writes]))
     pos = target.position(unit)
     t_in = max((abs(pos - target.position(f"MEM{s.slice}")) for s in reads if s.slice >= 0), default=0)
@@ -247,13 +251,15 @@ def occupancy(
     writes: Sequence[Stream],
     precision: str = "fp16",
     install: bool = False,
+    ports: Mapping[int, int] | None = None,
 ) -> int:
     """Cycles the instruction holds its own unit: an MM holds its plane while its rows stream in (and
     while it installs weights); everything else holds its unit for its whole duration."""
     if opcode != "mxm.mm":
-        return duration(target, opcode, unit, work, reads, writes, precision, install)
+        return duration(target, opcode, unit, work, reads, writes, precision, install, ports)
     n_unit = unit_cycles(target, opcode, work, precision)
-    ports = port_needs(target, opcode, [*reads, *writes], n_unit)
+    if ports is None:
+        ports = port_needs(target, opcode, [*reads, *writes], n_unit)
     n = max(n_unit, mem_cycles(ports, [*reads, *writes]))
     return max(1, (target.iw_cycles if install else 0) + n)
 
