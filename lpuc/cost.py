@@ -26,7 +26,8 @@ whole duration.
 
 Resources an instruction books for its whole duration (so no cycle oversubscribes them): its unit,
 extra VXM ALUs, ports on each MEM slice it touches (one per access, more where the unit's rate needs
-them, at most the banks), and one stream id per byte
+them, at most the banks; a schedule may book fewer, at least one per slice, and the instruction then
+streams its words more slowly), and one stream id per byte
 of each vector it moves in each direction (32 east + 32 west per lane on tsp-v1). Ops that walk
 whole tensors tile by tile (vxm/sxm kernels) move one read and one write tile at a time.
 """
@@ -36,7 +37,7 @@ from __future__ import annotations
 import functools
 import math
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, fields
 from typing import Any, NamedTuple, TypeVar
 
@@ -119,6 +120,15 @@ _MISSING = object()
 T = TypeVar("T")
 
 
+def _hashable(arg: Any) -> Any:
+    """An argument as part of a memo key: lists as tuples, mappings (ports per slice) as item tuples."""
+    if arg.__class__ is list:
+        return tuple(arg)
+    if isinstance(arg, Mapping):
+        return tuple(sorted(arg.items()))
+    return arg
+
+
 def _memo(fn: Callable[..., T]) -> Callable[..., T]:
     """Cache `fn(target, *args)` by its arguments (lists of streams keyed as tuples). Calls with keyword
     arguments are not cached (the hot callers pass positions)."""
@@ -127,7 +137,7 @@ def _memo(fn: Callable[..., T]) -> Callable[..., T]:
     def cached(target: Target, *args: Any, **kwargs: Any) -> T:
         if kwargs:
             return fn(target, *args, **kwargs)
-        key = (fn, *[tuple(a) if a.__class__ is list else a for a in args])
+        key = (fn, *[_hashable(a) for a in args])
         memo = target.cost_memo
         found = memo.get(key, _MISSING)
         if found is _MISSING:
@@ -252,12 +262,15 @@ def duration(
     writes: Sequence[Stream],
     precision: str = "fp16",
     install: bool = False,
+    ports: Mapping[int, int] | None = None,
 ) -> int:
-    """Cycles from issue to the last result written, for `opcode` on `unit`."""
+    """Cycles from issue to the last result written, for `opcode` on `unit`, with the ports it books
+    on each slice (default: port_needs; fewer ports stream its words more slowly)."""
     n_unit = unit_cycles(target, opcode, work, precision)
     if opcode == "host.kernel":
         return n_unit
-    ports = _port_needs(target, opcode, [*reads, *writes], n_unit)
+    if ports is None:
+        ports = _port_needs(target, opcode, [*reads, *writes], n_unit)
     n = max(n_unit, mem_cycles(ports, [*reads, *writes]))
     pos = target.position(unit)
     columns = target.slice_positions
@@ -289,13 +302,15 @@ def occupancy(
     writes: Sequence[Stream],
     precision: str = "fp16",
     install: bool = False,
+    ports: Mapping[int, int] | None = None,
 ) -> int:
     """Cycles the instruction holds its own unit: an MM holds its plane while its rows stream in (and
     while it installs weights); everything else holds its unit for its whole duration."""
     if opcode != "mxm.mm":
-        return duration(target, opcode, unit, work, reads, writes, precision, install)
+        return duration(target, opcode, unit, work, reads, writes, precision, install, ports)
     n_unit = unit_cycles(target, opcode, work, precision)
-    ports = _port_needs(target, opcode, [*reads, *writes], n_unit)
+    if ports is None:
+        ports = _port_needs(target, opcode, [*reads, *writes], n_unit)
     n = max(n_unit, mem_cycles(ports, [*reads, *writes]))
     return max(1, (target.iw_cycles if install else 0) + n)
 

@@ -81,6 +81,7 @@ def test_runtime_really_executes_the_streams(mlp_program, mlp_onnx):
     """Point the first layer's LW at the second layer's weights (a legal program): outputs change."""
     feeds = random_feeds(mlp_onnx)
     before = mlp_program.run(feeds)["y"]
+
     def rows(i):
         return sum(a.nrows for a in i.reads), i.reads[0].nlanes
 

@@ -30,22 +30,39 @@ def _check(program, path, feeds, rtol=2e-2, atol=1e-3):
 
 
 def test_k_chunks_accumulate_in_the_plane(tmp_path):
-    """K = 400: three chunks. Each row segment is one chain on one plane: the first two MMs keep their
-    sums (no write), the last writes; each MM takes in its rows while the previous one's results
+    """K = 400: three chunks. Each 320-row segment is one chain on one plane: the first two MMs keep
+    their sums (no write), the last writes; each MM takes in its rows while the previous one's results
     drain (fp32: 6 cycles per row, so one bank port serves each MM's fp32 activations)."""
+    path = _matmul(tmp_path, 1280, 400, 16)
+    program = lpuc.compile(path, precision="fp32")
+    mms = [i for i in program.instructions if i.opcode == "mxm.mm"]
+    chains = [sorted((i for i in mms if i.unit == u), key=lambda i: i.start) for u in {i.unit for i in mms}]
+    assert len(chains) == 4  # one per plane
+    for chain in chains:
+        assert [bool(i.attrs.get("keep")) for i in chain] == [True, True, False]
+        assert [bool(i.attrs.get("from_acc")) for i in chain] == [False, True, True]
+        assert [len(i.writes) for i in chain] == [0, 0, 1] and len({i.unit for i in chain}) == 1
+        assert all(a.start < b.start < a.end for a, b in zip(chain, chain[1:])), "the plane pipelines"
+    feeds = {"x": np.random.default_rng(1).normal(size=(1280, 400)).astype(np.float32)}
+    _check(program, path, feeds, rtol=1e-4, atol=1e-6)
+    old = lpuc.compile(path, precision="fp32", disable_passes=["mxm_accumulators"])
+    assert sum(bool(i.attrs.get("acc")) for i in old.instructions) == 8  # through SRAM
+    assert program.summary["cycles"] < old.summary["cycles"]
+    np.testing.assert_allclose(old.run(feeds)["y"], program.run(feeds)["y"], rtol=1e-6, atol=1e-5)
+
+
+def test_k_split_over_planes_when_chains_are_few(tmp_path):
+    """One 300-row chain of three K chunks would keep one plane busy and three idle: it becomes three
+    one-chunk parts on three planes, writing partial results that a VXM map adds into the output."""
     path = _matmul(tmp_path, 300, 400, 16)
     program = lpuc.compile(path, precision="fp32")
     mms = [i for i in program.instructions if i.opcode == "mxm.mm"]
-    assert [bool(i.attrs.get("keep")) for i in mms] == [True, True, False]
-    assert [bool(i.attrs.get("from_acc")) for i in mms] == [False, True, True]
-    assert [len(i.writes) for i in mms] == [0, 0, 1] and len({i.unit for i in mms}) == 1
-    assert all(a.start < b.start < a.end for a, b in zip(mms, mms[1:])), "the plane pipelines its MMs"
+    assert len(mms) == 3 and len({i.unit for i in mms}) == 3
+    assert not any(i.attrs.get("keep") or i.attrs.get("from_acc") for i in mms)
+    (add,) = [i for i in program.instructions if i.opcode == "vxm.map"]
+    assert {a.buf for a in add.reads} == {w.buf for i in mms for w in i.writes}
     feeds = {"x": np.random.default_rng(1).normal(size=(300, 400)).astype(np.float32)}
     _check(program, path, feeds, rtol=1e-4, atol=1e-6)
-    old = lpuc.compile(path, precision="fp32", disable_passes=["mxm_accumulators"])
-    assert sum(bool(i.attrs.get("acc")) for i in old.instructions) == 2  # through SRAM
-    assert program.summary["cycles"] < old.summary["cycles"]
-    np.testing.assert_allclose(old.run(feeds)["y"], program.run(feeds)["y"], rtol=1e-6, atol=1e-5)
 
 
 def test_weights_spread_over_slices(tmp_path):

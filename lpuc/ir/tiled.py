@@ -122,6 +122,8 @@ class TiledProgram:
     outputs: list[str]
     precision: str
     graph_name: str = "model"
+    # The model's dtype of each input and output where its tiles store another (fp16 storage).
+    io_dtypes: dict[str, np.dtype] = field(default_factory=dict)
 
     def buffer(self, buf_id: int) -> Buffer:
         return self.buffers[buf_id]

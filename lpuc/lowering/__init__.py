@@ -101,16 +101,18 @@ def mxm_rounded_values(graph: Graph) -> set[str]:
     them to fp16 anyway, because it is a MatMul (the MXM multiplies fp16) or an op that copies or
     selects values into another such value. Halves their SRAM, bank and stream traffic."""
     consumers = graph.consumers()
-    keep32 = set(graph.inputs) | set(graph.outputs)
+    outputs = set(graph.outputs)
     rounded: set[str] = set()
-    for node in reversed(graph.nodes):
-        for name in node.outputs:
-            v = graph.values.get(name)
-            if not name or name in keep32 or v is None or v.dtype != np.float32 or v.is_dynamic:
-                continue
-            users = consumers.get(name, [])
-            if users and all(_rounds(u, name, rounded) for u in users):
-                rounded.add(name)
+    # Results before the values they are computed from; model inputs last (the host converts them
+    # before they cross PCIe; the program's inputs keep the model's dtype).
+    names = [o for node in reversed(graph.nodes) for o in node.outputs] + list(graph.inputs)
+    for name in names:
+        v = graph.values.get(name)
+        if not name or name in outputs or v is None or v.dtype != np.float32 or v.is_dynamic or v.is_const:
+            continue
+        users = consumers.get(name, [])
+        if users and all(_rounds(u, name, rounded) for u in users):
+            rounded.add(name)
     return rounded
 
 

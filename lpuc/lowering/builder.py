@@ -207,6 +207,11 @@ class TiledBuilder:
             list(self.graph.outputs),
             self.precision,
             self.graph.name,
+            {
+                n: np.dtype(self.graph.values[n].dtype)
+                for n in [*self.graph.inputs, *self.graph.outputs]
+                if self.tensors[n].dtype != self.graph.values[n].dtype
+            },
         )
 
 

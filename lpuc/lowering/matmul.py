@@ -14,12 +14,15 @@ most n_tile. A weight group is an LW into a plane and the MMs that use those wei
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from lpuc.cost import Work
 from lpuc.dtypes import words_per_row
 from lpuc.ir.graph import Node
 from lpuc.lowering.builder import TiledBuilder, split_range
+from lpuc.ops import expression_alu_ops
 
 
 def mxm_mode_for(dtype: np.dtype, precision: str) -> str:
@@ -105,33 +108,118 @@ def _weight_stationary(b, node, attrs, a, w, c, origin, m_segments, k_chunks, n_
 def _accumulated(b, node, attrs, a, w, c, origin, segments, k_chunks, n_chunks, k) -> None:
     """K spans several weight tiles: each row segment is one chain on one plane, a weight load and an
     MM per K chunk; the plane sums the partial products in its accumulators and the last MM writes
-    the total, so no partial sum goes through SRAM."""
+    the total, so no partial sum goes through SRAM.
+
+    With too few chains to keep the planes equally busy (one 196-row segment on four planes), K is
+    split: each part is a chain of its own, free to run on another plane, writing a partial result,
+    and one VXM map per tile adds the partials into C."""
     a_row0, w_row0, c_row0 = origin
+    rows = [m1 - m0 for m0, m1 in segments for _ in n_chunks]
+    mode = b.target.mxm_mode(attrs["precision"])
+    parts = _parts(k_chunks, _k_split(b, rows, len(k_chunks), mode.cycles_per_row))
+    if len(parts) == 1:
+        partials = [c]
+    else:
+        partials = [b.new_tensor(f"{node.name}/partial{j}", c.shape, c.dtype) for j in range(len(parts))]
     for n0, n1 in n_chunks:
         for m0, m1 in segments:
-            chain = -1
-            for ki, (k0, k1) in enumerate(k_chunks):
-                last = ki == len(k_chunks) - 1
-                group = _load(b, node, attrs, w, b.windows(w, w_row0 + k0, w_row0 + k1, n0, n1), chain)
-                chain = group if chain < 0 else chain
-                act = b.window(a, a_row0 + m0, a_row0 + m1, k0, k1)
-                out = b.window(c, c_row0 + m0, c_row0 + m1, n0, n1)
-                mm_attrs = {**attrs, "group": group, "install": True, "k": [k0, k1, k]}
-                if ki > 0:
-                    mm_attrs.update(from_acc=True, k_from=k_chunks[0][0])
-                if not last:
-                    mm_attrs.update(keep=True, lanes=n1 - n0)
-                b.emit(
-                    "mxm.mm",
-                    "MXM",
-                    [act],
-                    [out] if last else [],
-                    node.name,
-                    Work(vectors=m1 - m0, macs=(m1 - m0) * (k1 - k0) * (n1 - n0)),
-                    group=group,
-                    chain=chain,
-                    attrs=mm_attrs,
+            for part, into in zip(parts, partials):
+                _chain(
+                    b,
+                    node,
+                    attrs,
+                    (a, w, into),
+                    origin,
+                    (m0, m1),
+                    part,
+                    (n0, n1),
+                    k if len(parts) == 1 else None,
                 )
+    if len(parts) > 1:
+        _add_partials(b, node, partials, c, c_row0, segments[-1][1] - segments[0][0])
+
+
+def _chain(b, node, attrs, tensors, origin, rows, part, cols, k: int | None) -> None:
+    """One accumulation chain: rows x cols of the result over the K chunks of `part` (K = k, or None:
+    a partial result over the part alone)."""
+    a, w, c = tensors
+    a_row0, w_row0, c_row0 = origin
+    (m0, m1), (n0, n1) = rows, cols
+    # A partial result is the product over its part of K: the validator sees K ranges within it.
+    base = 0 if k is not None else part[0][0]
+    k = k if k is not None else part[-1][1] - base
+    chain = -1
+    for ki, (k0, k1) in enumerate(part):
+        last = ki == len(part) - 1
+        group = _load(b, node, attrs, w, b.windows(w, w_row0 + k0, w_row0 + k1, n0, n1), chain)
+        chain = group if chain < 0 else chain
+        act = b.window(a, a_row0 + m0, a_row0 + m1, k0, k1)
+        out = b.window(c, c_row0 + m0, c_row0 + m1, n0, n1)
+        mm_attrs = {**attrs, "group": group, "install": True, "k": [k0 - base, k1 - base, k]}
+        if ki > 0:
+            mm_attrs.update(from_acc=True, k_from=part[0][0] - base)
+        if not last:
+            mm_attrs.update(keep=True, lanes=n1 - n0)
+        b.emit(
+            "mxm.mm",
+            "MXM",
+            [act],
+            [out] if last else [],
+            node.name,
+            Work(vectors=m1 - m0, macs=(m1 - m0) * (k1 - k0) * (n1 - n0)),
+            group=group,
+            chain=chain,
+            attrs=mm_attrs,
+        )
+
+
+def _k_split(b: TiledBuilder, rows: list[int], chunks: int, cycles_per_row: int) -> int:
+    """How many parts to split each chain's K into (chains of `rows` rows each): the number that
+    makes the busiest plane's share of the work smallest, placing the parts longest first on the
+    least busy plane, if that beats one part by more than the VXM pass that adds the partials (about
+    a tile of fp32 rows through a slice's banks; a heuristic). Only with few chains: one 196-row
+    chain on four planes becomes four quarter chains, one per plane."""
+    planes = b.target.num_mxm
+
+    def cycles(s: int) -> float:
+        load = [0.0] * planes
+        for r in sorted((r for r in rows for _ in range(s)), reverse=True):
+            load[load.index(min(load))] += r / s
+        adding = 0 if s == 1 else max(rows) * 4 / b.target.mem_banks
+        return max(load) * chunks * cycles_per_row + adding
+
+    if len(rows) > 2 * planes:  # enough chains to go round: the partials' pass would not pay
+        return 1
+    return min(range(1, min(chunks, planes) + 1), key=lambda s: (cycles(s), s))
+
+
+def _add_partials(b: TiledBuilder, node: Node, partials, c, c_row0: int, m: int) -> None:
+    """C = the sum of the K parts' partial results, one VXM map per tile window of this product."""
+    step = {
+        "op": "Sum",
+        "domain": "",
+        "attrs": {},
+        "args": [f"i{j}" for j in range(len(partials))],
+        "dtype": np.dtype(c.dtype).name,
+        "opset": 13,
+    }
+    attrs = {"expr": [step], "operands": list(range(len(partials)))}
+    for r0, r1 in split_range(c_row0, c_row0 + m, c.block_rows):
+        for c0, c1 in split_range(0, c.cols, c.lanes):
+            out = b.window(c, r0, r1, c0, c1)
+            b.emit(
+                "vxm.map",
+                "VXM",
+                [b.window(t, r0, r1, c0, c1) for t in partials],
+                [out],
+                node.name,
+                Work(
+                    vectors=(r1 - r0) * math.ceil(np.dtype(c.dtype).itemsize / 4),
+                    alu_ops=expression_alu_ops([step]),
+                    elem_ops=(r1 - r0) * (c1 - c0) * expression_alu_ops([step]),
+                ),
+                attrs=attrs,
+            )
 
 
 def _load(b: TiledBuilder, node: Node, attrs: dict, w, weights, chain: int = -1) -> int:

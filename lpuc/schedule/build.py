@@ -110,9 +110,8 @@ def assemble(
 
     def binding(name: str) -> Binding:
         t = tiled.tensors[name]
-        return Binding(
-            name, None if t.shape is None else tuple(t.shape), dtype_name(t.dtype), tuple(t.tiles())
-        )
+        dtype = tiled.io_dtypes.get(name, t.dtype)  # the model's, where the tiles store another
+        return Binding(name, None if t.shape is None else tuple(t.shape), dtype_name(dtype), tuple(t.tiles()))
 
     return Program(
         target,

@@ -207,21 +207,25 @@ class _UnitState:
             found = self._stream_cache[op.id] = op_streams(self.program, op, self.slice_of)
         return found
 
-    def _request(self, op: TileOp, unit: str) -> tuple[int, int, list[Pool]]:
-        """Duration and occupancy of `op` on `unit`, and the resource pools it books."""
+    def _request(self, op: TileOp, unit: str, one_port: bool = False) -> tuple[int, int, list[Pool]]:
+        """Duration and occupancy of `op` on `unit`, and the resource pools it books (one_port: a
+        single port on each slice, streaming more slowly, rather than what its rate could use)."""
         reads, writes = self._streams(op)
         work, opcode = op.work, op.opcode
         precision = op.attrs.get("precision", self.program.precision)
         install = bool(op.attrs.get("install"))
-        d = cost.duration(self.target, opcode, unit, work, reads, writes, precision, install)
-        busy = cost.occupancy(self.target, opcode, unit, work, reads, writes, precision, install)
+        n_unit = cost.unit_cycles(self.target, opcode, work, precision)
+        ports = cost.port_needs(self.target, opcode, [*reads, *writes], n_unit)
+        if one_port:
+            ports = {s: 1 for s in ports}
+        d = cost.duration(self.target, opcode, unit, work, reads, writes, precision, install, ports)
+        busy = cost.occupancy(self.target, opcode, unit, work, reads, writes, precision, install, ports)
         pools: list[Pool] = []
         if opcode.startswith("vxm."):
             pools.append((self.vxm, cost.vxm_alus(self.target, opcode, work), d))
         else:
             pools.append(([unit], 1, busy))
-        n_unit = cost.unit_cycles(self.target, opcode, work, precision)
-        for s, k in cost.port_needs(self.target, opcode, [*reads, *writes], n_unit).items():
+        for s, k in ports.items():
             pools.append((port_units(self.target, s), k, d))
         east, west = cost.stream_needs(self.target, opcode, unit, reads, writes)
         if east:
@@ -315,9 +319,14 @@ class _UnitState:
         lw_free, plane_free, installed_at = self.lw_free[p], self.plane_free[p], self.installed_at[p]
         plan = []
         for lw, *mms in groups:
-            d, _, pools = self._request(lw, lw_unit)
             ready = max(_ready(lw.id, preds, slots), lw_free, installed_at + self.target.iw_cycles)
-            start, held = self._fit(pools, ready)
+            # A load at full rate, or at one port per slice if that finishes first (ports are taken).
+            options = []
+            for one_port in (False, True):
+                d, _, pools = self._request(lw, lw_unit, one_port)
+                start, held = self._fit(pools, ready)
+                options.append((start + d, start, d, held))
+            _, start, d, held = min(options, key=lambda o: o[:2])
             plan.append((Slot(_names(held), start, d), held))
             self._reserve(start, held)  # later ops of the item overlap it in time
             lw_free = start + d

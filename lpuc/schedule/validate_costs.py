@@ -37,18 +37,28 @@ def check_costs(p: Program) -> list[str]:
             continue
         reads, writes = streams_of(p, ins)
         precision = ins.attrs.get("precision", p.precision)
+        booked = Counter(_booking_key(u) for u in ins.units)
+        ports = booked_ports(p, ins, reads, writes)
+        unbooked = sorted(s for s, k in ports.items() if not k)
+        if unbooked:
+            out.append(f"{where}: touches MEM slice {unbooked[0]} but books none of its ports")
+            continue
+        # Its words stream through the ports it booked (fewer than it could use: more slowly).
         need = cost.duration(
-            target, ins.opcode, ins.unit, ins.work, reads, writes, precision, bool(ins.attrs.get("install"))
+            target,
+            ins.opcode,
+            ins.unit,
+            ins.work,
+            reads,
+            writes,
+            precision,
+            bool(ins.attrs.get("install")),
+            ports if ins.opcode != "host.kernel" else None,
         )
         if ins.duration < need:
             out.append(
                 f"{where}: duration {ins.duration} is shorter than the {need} cycles the cost model gives"
             )
-        booked = Counter(_booking_key(u) for u in ins.units)
-        n_unit = cost.unit_cycles(target, ins.opcode, ins.work, precision)
-        for s, k in cost.port_needs(target, ins.opcode, [*reads, *writes], n_unit).items():
-            if booked[f"MEM{s}"] < k:
-                out.append(f"{where}: needs {k} ports of MEM slice {s}, books {booked[f'MEM{s}']}")
         east, west = cost.stream_needs(target, ins.opcode, ins.unit, reads, writes)
         for direction, k in (("E", east), ("W", west)):
             if booked[f"STREAM{direction}"] < k:
@@ -57,6 +67,13 @@ def check_costs(p: Program) -> list[str]:
         if booked["VXM"] < alus:
             out.append(f"{where}: needs {alus} VXM ALUs, books {booked['VXM']}")
     return out
+
+
+def booked_ports(p: Program, ins: Instruction, reads: list[Stream], writes: list[Stream]) -> dict[int, int]:
+    """Slice -> the ports the instruction books there (at most the banks), for every slice it touches."""
+    counts = Counter(u.split(".")[0] for u in ins.units if unit_kind(u) == "PORT")
+    slices = sorted({x.slice for x in [*reads, *writes] if x.slice >= 0})
+    return {s: min(counts[f"MEM{s}"], p.target.mem_banks) for s in slices}
 
 
 @functools.cache  # asked once per booked unit of every instruction; few distinct names

@@ -35,7 +35,7 @@ from lpuc.dtypes import words_per_row
 from lpuc.errors import ScheduleError
 from lpuc.program import Access, Instruction, Program, TileSlot, windows_overlap
 from lpuc.schedule.liveness import live_intervals
-from lpuc.schedule.validate_costs import check_costs, streams_of
+from lpuc.schedule.validate_costs import booked_ports, check_costs, streams_of
 from lpuc.schedule.validate_mxm import check_accumulation, check_accumulators, check_weights
 
 MAX_PROBLEMS = 20
@@ -112,6 +112,9 @@ def _held_until(p: Program, ins: Instruction, unit: str) -> int:
     ):
         return ins.end
     reads, writes = streams_of(p, ins)
+    ports = booked_ports(p, ins, reads, writes)
+    if not all(ports.values()):
+        return ins.end  # refused by the cost rule
     busy = cost.occupancy(
         p.target,
         ins.opcode,
@@ -121,6 +124,7 @@ def _held_until(p: Program, ins: Instruction, unit: str) -> int:
         writes,
         ins.attrs.get("precision", p.precision),
         bool(ins.attrs.get("install")),
+        ports,
     )
     return ins.start + min(busy, ins.duration)
 
