@@ -28,7 +28,8 @@ def _stored(obj: object, f: dataclasses.Field) -> bool:
 
 
 def _model() -> onnx.ModelProto:
-    """Softmax(x @ W) with K = 400 (several K tiles on tsp-v1), and Det on the host."""
+    """Softmax(x @ W) with K = 400 (several K tiles on tsp-v1: a 320-row chain per plane), and Det on
+    the host."""
     w = np.random.default_rng(7).standard_normal((400, 48)).astype(np.float32)
     f = TensorProto.FLOAT
     graph = helper.make_graph(
@@ -39,8 +40,8 @@ def _model() -> onnx.ModelProto:
             helper.make_node("Det", ["r"], ["d"]),
         ],
         "codec",
-        [helper.make_tensor_value_info("x", f, [8, 400]), helper.make_tensor_value_info("m", f, [4, 3, 3])],
-        [helper.make_tensor_value_info("y", f, [8, 48]), helper.make_tensor_value_info("d", f, [4])],
+        [helper.make_tensor_value_info("x", f, [1280, 400]), helper.make_tensor_value_info("m", f, [4, 3, 3])],
+        [helper.make_tensor_value_info("y", f, [1280, 48]), helper.make_tensor_value_info("d", f, [4])],
         [numpy_helper.from_array(w, "w")],
     )
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)], ir_version=IR_VERSION)

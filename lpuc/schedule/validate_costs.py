@@ -40,7 +40,7 @@ def check_costs(p: Program) -> list[str]:
         ports = booked_ports(p, ins, reads, writes)
         unbooked = sorted(s for s, k in ports.items() if not k)
         if unbooked:
-            out.append(f"{where}: touches MEM slice {unbooked[0]} but books none of its ports")
+            out.append(f"{where}: books none of the ports of MEM slice {unbooked[0]} it touches")
             continue
         # Its words stream through the ports it booked (fewer than it could use: more slowly).
         need = cost.duration(
@@ -69,10 +69,11 @@ def check_costs(p: Program) -> list[str]:
 
 
 def booked_ports(p: Program, ins: Instruction, reads: list[Stream], writes: list[Stream]) -> dict[int, int]:
-    """Slice -> the ports the instruction books there (at most the banks), for every slice it touches."""
+    """Slice -> the ports the instruction books there (at most the banks), for every slice whose
+    ports it must book (host DMA books none)."""
     counts = Counter(u.split(".")[0] for u in ins.units if unit_kind(u) == "PORT")
-    slices = sorted({x.slice for x in [*reads, *writes] if x.slice >= 0})
-    return {s: min(counts[f"MEM{s}"], p.target.mem_banks) for s in slices}
+    need = cost.port_needs(p.target, ins.opcode, [*reads, *writes], 1)
+    return {s: min(counts[f"MEM{s}"], p.target.mem_banks) for s in sorted(need)}
 
 
 def _booking_key(unit: str) -> str:
