@@ -33,6 +33,7 @@ from lpuc.passes.fold_constants import fold_constants
 from lpuc.passes.fuse_elementwise import fuse_elementwise
 from lpuc.passes.fuse_gelu import fuse_gelu
 from lpuc.passes.fuse_layernorm import fuse_layernorm
+from lpuc.passes.fuse_softmax import fuse_softmax
 from lpuc.passes.legalize_broadcast import legalize_broadcast
 from lpuc.passes.lower_conv import lower_conv
 from lpuc.passes.lower_einsum import lower_einsum
@@ -91,6 +92,7 @@ PIPELINE: tuple[Pass, ...] = (
     Pass("sink_reshapes", sink_reshapes),
     Pass("fuse_elementwise", fuse_elementwise),
     Pass("legalize_broadcast", legalize_broadcast),
+    Pass("fuse_softmax", fuse_softmax),
     Pass("eliminate_dead_code", eliminate_dead_code),
 )
 

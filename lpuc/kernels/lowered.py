@@ -1,4 +1,4 @@
-"""Kernels of the ops lpuc's passes introduce (domain "lpuc"): pieces of lowered convolutions."""
+"""Kernels of the ops lpuc's passes introduce (domain "lpuc"): lowered convolutions, fused softmax."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from lpuc.ir.graph import LPUC_DOMAIN
 from lpuc.kernels import windows
 from lpuc.kernels.conv import im2col, scatter_transposed
 from lpuc.kernels.registry import KernelContext, kernel, run_kernel
+from lpuc.kernels.softmax import softmax
 
 
 @kernel("Im2Col", domain=LPUC_DOMAIN)
@@ -66,3 +67,29 @@ def _pool_rows(ctx: KernelContext, x: np.ndarray) -> np.ndarray:
         idx = windows.tap_rows(ctx.attrs, slab["in_shape"], *slab["out_rows"])
         count = np.maximum(1, (idx >= 0).sum(axis=1, keepdims=True))
     return (values.sum(axis=1) / count).astype(x.dtype)
+
+
+def evaluate_expression(steps: list[dict], operands: list[np.ndarray | None]) -> np.ndarray:
+    """A fused elementwise expression (lpuc.passes.fuse_elementwise's steps) over its operands."""
+    results: list[np.ndarray] = []
+    for step in steps:
+        args = [
+            None if a == "-" else operands[int(a[1:])] if a[0] == "i" else results[int(a[1:])]
+            for a in step["args"]
+        ]
+        ctx = KernelContext(step["op"], step["attrs"], step.get("opset", 0), 1, step["domain"])
+        with np.errstate(all="ignore"):
+            results.append(run_kernel(ctx, args)[0])
+    return results[-1]
+
+
+@kernel("FusedSoftmax", domain=LPUC_DOMAIN)
+def fused_softmax(ctx: KernelContext, *operands: np.ndarray | None) -> np.ndarray:
+    """Softmax over the last axis of an elementwise expression (attr expr; e.g. x * scale + mask).
+
+    Operand 0 has the result's shape; the others are that shape too, one row of the last axis, or a
+    scalar. The runtime may hand over a 2-D row slab of the shaped operands: rows keep their last
+    axis, so a row operand is applied as a vector along it."""
+    rows = [o if o is None or o.ndim < 2 or o.size != o.shape[-1] else o.reshape(-1) for o in operands]
+    x = evaluate_expression(ctx.attr("expr"), rows)
+    return softmax(np.asarray(x).reshape(operands[0].shape), -1)
