@@ -268,6 +268,8 @@ _add("VXM", "Fused", domain=LPUC_DOMAIN)
 _add("VXM", "CastLike", passes=1, via="canonicalize_ops")
 
 _add("MXM", "MatMul")
+# A MatMul reading attention heads from lanes, or writing them merged (passes/address_heads).
+_add("MXM", "HeadMatMul", domain=LPUC_DOMAIN)
 _add("MXM", "Gemm", via="lower_gemm")
 # Dense convolutions become Im2Col + MatMul (lower_conv); depthwise-like ones stay on the VXM.
 _add("VXM", "Conv", via="lower_conv", alu_ops=_vxm_conv_alu_ops)

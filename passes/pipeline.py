@@ -22,6 +22,7 @@ from lpuc.ir.graph import Graph
 from lpuc.ir.printer import print_graph
 from lpuc.ir.to_onnx import graph_to_onnx
 from lpuc.ir.verify import verify_graph
+from lpuc.passes.address_heads import address_heads
 from lpuc.passes.canonicalize_matmul import canonicalize_matmul
 from lpuc.passes.canonicalize_ops import canonicalize_ops
 from lpuc.passes.decompose_attention import decompose_attention
@@ -87,6 +88,7 @@ PIPELINE: tuple[Pass, ...] = (
     Pass("sink_transposes", sink_transposes),
     Pass("canonicalize_matmul", canonicalize_matmul),
     Pass("fold_constants", fold_constants),
+    Pass("address_heads", address_heads),
     Pass("fuse_layernorm", fuse_layernorm),
     Pass("fuse_gelu", fuse_gelu),
     Pass("sink_reshapes", sink_reshapes),

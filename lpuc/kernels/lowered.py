@@ -1,4 +1,4 @@
-"""Kernels of the ops lpuc's passes introduce (domain "lpuc"): lowered convolutions, fused softmax."""
+"""Kernels of the ops lpuc's passes introduce (domain "lpuc"): lowered convolutions, attention pieces."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import numpy as np
 from lpuc.ir.graph import LPUC_DOMAIN
 from lpuc.kernels import windows
 from lpuc.kernels.conv import im2col, scatter_transposed
+from lpuc.kernels.matmul import accumulated_matmul
 from lpuc.kernels.registry import KernelContext, kernel, run_kernel
 from lpuc.kernels.softmax import softmax
 
@@ -93,3 +94,25 @@ def fused_softmax(ctx: KernelContext, *operands: np.ndarray | None) -> np.ndarra
     rows = [o if o is None or o.ndim < 2 or o.size != o.shape[-1] else o.reshape(-1) for o in operands]
     x = evaluate_expression(ctx.attr("expr"), rows)
     return softmax(np.asarray(x).reshape(operands[0].shape), -1)
+
+
+@kernel("HeadMatMul", domain=LPUC_DOMAIN)
+def head_matmul(ctx: KernelContext, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """MatMul over [B, H, *, *] operands, either of which may be given as its heads' lanes: a_lanes /
+    b_lanes = [offset, width] read head h from lanes offset + h*width of a [B, S, *] tensor (as
+    passes/address_heads folds the head split); merge = 1 returns [B, M, H*N] instead of [B, H, M, N]."""
+    heads = int(ctx.attr("heads"))
+    y = accumulated_matmul(
+        _heads(a, heads, ctx.attr("a_lanes")), _heads(b, heads, ctx.attr("b_lanes"))
+    ).astype(a.dtype, copy=False)
+    if ctx.attr("merge", 0):
+        y = y.transpose(0, 2, 1, 3).reshape(y.shape[0], y.shape[2], heads * y.shape[3])
+    return y
+
+
+def _heads(x: np.ndarray, heads: int, lanes: list[int]) -> np.ndarray:
+    if not lanes:
+        return x
+    offset, width = lanes
+    window = x[..., offset : offset + heads * width]
+    return window.reshape(*x.shape[:-1], heads, width).transpose(0, 2, 1, 3)

@@ -1,0 +1,162 @@
+"""Attention heads as addressing instead of data movement.
+
+Exporters split heads with X [B, S, H*D] -> Reshape [B, S, H, D] -> Transpose [B, H, S, D] and merge
+them back with the inverse. In tsp-v1's [rows, lanes] layout each of those is a whole-tensor SXM pass
+(the Reshape narrows the lanes from H*D to D, the Transpose reorders rows), yet head h of X is only
+lanes [h*D, (h+1)*D) of X's rows: a window the MXM can stream from or write to directly. So:
+
+- a MatMul operand Transpose(Reshape(X, [B, S, H, D]), [0, 2, 1, 3]) (Q as activations, V as weights)
+  is read from X's lanes, and when X is an output of a last-axis Split of P (the fused QKV
+  projection), from P's lanes at X's offset;
+- a MatMul result read only by Transpose([0, 2, 1, 3]) and then Reshape([B, S, H*N]) is written
+  into the lanes of that merged result;
+  such a MatMul becomes `lpuc.HeadMatMul`: attributes heads, a_lanes / b_lanes ([offset, width] of an
+  operand read by heads, [] for an operand read as it is) and merge (1: result merged);
+- K^T, Transpose(Reshape(K, [B, S, H, D]), [0, 2, 3, 1]), becomes Reshape(Transpose(K, [0, 2, 1]),
+  [B, H, D, S]): one SXM transpose instead of a Reshape and a Transpose, and that Reshape keeps the
+  [rows, lanes] view (head h's weights are rows [h*D, (h+1)*D)), so it costs nothing.
+The Reshapes and Transposes left unread are removed by eliminate_dead_code.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from lpuc.ir.graph import LPUC_DOMAIN, Graph, Node
+from lpuc.kernels._common import normalize_axis
+
+SPLIT_HEADS = (0, 2, 1, 3)  # [B, S, H, D] -> [B, H, S, D], and back
+SPLIT_HEADS_TRANSPOSED = (0, 2, 3, 1)  # [B, S, H, D] -> [B, H, D, S]
+
+
+@dataclass(frozen=True)
+class Heads:
+    """A [B, H, S, D] operand that is lanes [offset, offset + H*D) of the rows of `source` [B, S, *]."""
+
+    source: str
+    heads: int
+    offset: int
+    width: int
+
+
+def address_heads(graph: Graph, ctx: object = None) -> Graph:
+    producers, consumers = graph.producers(), graph.consumers()
+    outputs = set(graph.outputs)
+    opset = graph.opsets.get("", 21)
+    out = graph.copy(nodes=[])
+    merged: set[str] = set()  # Transpose / Reshape nodes a HeadMatMul's merged result replaces
+    changed = False
+    for node in graph.nodes:
+        if node.name in merged:
+            continue
+        if node.op != "MatMul" or node.domain or not _four_d(graph, node):
+            out.nodes.append(node)
+            continue
+        inputs = list(node.inputs[:2])
+        k_t = _transposed_heads(graph, producers, inputs[1])
+        if k_t is not None:
+            inputs[1] = _transpose_rows(out, node, k_t, opset)
+            changed = True
+        a = _heads_operand(graph, producers, inputs[0])
+        b = _heads_operand(graph, producers, inputs[1]) if k_t is None else None
+        merge = _merged_result(graph, consumers, outputs, node)
+        heads = graph.values[node.outputs[0]].shape[1]
+        if (a is None and b is None and merge is None) or any(h and h.heads != heads for h in (a, b)):
+            out.nodes.append(node.with_(inputs=tuple(inputs)))
+            continue
+        attrs = {
+            "heads": int(heads),
+            "a_lanes": [a.offset, a.width] if a else [],
+            "b_lanes": [b.offset, b.width] if b else [],
+            "merge": int(merge is not None),
+        }
+        changed = True
+        sources = (a.source if a else inputs[0], b.source if b else inputs[1])
+        result = node.outputs[0]
+        if merge is not None:
+            merged.update(n.name for n in merge)
+            result = merge[-1].outputs[0]
+        out.nodes.append(Node("HeadMatMul", node.name, sources, (result,), attrs, LPUC_DOMAIN, 1))
+    return out.prune_values() if changed else graph
+
+
+def _four_d(graph: Graph, node: Node) -> bool:
+    shapes = [graph.values[v].shape for v in (*node.inputs[:2], node.outputs[0])]
+    if graph.touches_dynamic(node) or any(len(s) != 4 for s in shapes):
+        return False
+    return shapes[0][:2] == shapes[1][:2] == shapes[2][:2]  # no broadcast batch dims
+
+
+def _split_heads(graph: Graph, producers: dict[str, Node], value: str, perm: tuple[int, ...]):
+    """(Reshape node, X, H, D) when `value` is Transpose(Reshape(X [B, S, H*D], [B, S, H, D]), perm)."""
+    t = producers.get(value)
+    if t is None or t.op != "Transpose" or t.domain or tuple(t.attr("perm") or ()) != perm:
+        return None
+    r = producers.get(t.inputs[0])
+    if r is None or r.op != "Reshape" or r.domain or graph.touches_dynamic(r):
+        return None
+    x = r.inputs[0]
+    xs, rs = graph.values[x].shape, graph.values[r.outputs[0]].shape
+    if len(xs) != 3 or len(rs) != 4 or tuple(rs[:2]) != tuple(xs[:2]) or rs[2] * rs[3] != xs[2]:
+        return None
+    return r, x, int(rs[2]), int(rs[3])
+
+
+def _heads_operand(graph: Graph, producers: dict[str, Node], value: str) -> Heads | None:
+    found = _split_heads(graph, producers, value, SPLIT_HEADS)
+    if found is None:
+        return None
+    _, x, heads, width = found
+    split = producers.get(x)
+    if split is not None and split.op == "Split" and not split.domain and not graph.touches_dynamic(split):
+        rank = len(graph.values[split.inputs[0]].shape)
+        if normalize_axis(int(split.attr("axis", 0)), rank) == rank - 1:
+            k = split.outputs.index(x)
+            offset = sum(int(graph.values[o].shape[-1]) for o in split.outputs[:k])
+            return Heads(split.inputs[0], heads, offset, width)
+    return Heads(x, heads, 0, width)
+
+
+def _transposed_heads(graph: Graph, producers: dict[str, Node], value: str) -> tuple[str, int, int] | None:
+    """(K, H, D) when `value` is K^T split into heads: Transpose(Reshape(K, [B, S, H, D]), [0, 2, 3, 1])."""
+    found = _split_heads(graph, producers, value, SPLIT_HEADS_TRANSPOSED)
+    return None if found is None else found[1:]
+
+
+def _transpose_rows(out: Graph, matmul: Node, k_t: tuple[str, int, int], opset: int) -> str:
+    """Reshape(Transpose(K, [0, 2, 1]), [B, H, D, S]) added to `out`; its name."""
+    k, heads, width = k_t
+    batch, seq, lanes = out.values[k].shape
+    dtype = out.values[k].dtype
+    flipped = out.add_value(f"{k}/transposed", (batch, lanes, seq), dtype)
+    name = f"{matmul.name}/kt"
+    out.nodes.append(
+        Node("Transpose", f"{name}/transpose", (k,), (flipped,), {"perm": [0, 2, 1]}, opset=opset)
+    )
+    shape = out.add_const(f"{name}/shape", np.array([batch, heads, width, seq], dtype=np.int64))
+    heads_first = out.add_value(f"{k}/heads_transposed", (batch, heads, width, seq), dtype)
+    out.nodes.append(Node("Reshape", f"{name}/heads", (flipped, shape), (heads_first,), opset=opset))
+    return heads_first
+
+
+def _merged_result(
+    graph: Graph, consumers: dict[str, list[Node]], outputs: set[str], matmul: Node
+) -> tuple[Node, Node] | None:
+    """(Transpose, Reshape) when the MatMul's [B, H, M, N] result is only merged to [B, M, H*N]."""
+    value = matmul.outputs[0]
+    users = consumers.get(value, [])
+    if value in outputs or len(users) != 1:
+        return None
+    t = users[0]
+    if t.op != "Transpose" or t.domain or tuple(t.attr("perm") or ()) != SPLIT_HEADS:
+        return None
+    users = consumers.get(t.outputs[0], [])
+    if t.outputs[0] in outputs or len(users) != 1 or users[0].op != "Reshape" or users[0].domain:
+        return None
+    r = users[0]
+    batch, heads, rows, width = graph.values[value].shape
+    if tuple(graph.values[r.outputs[0]].shape) != (batch, rows, heads * width):
+        return None
+    return t, r

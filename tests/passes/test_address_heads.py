@@ -1,0 +1,103 @@
+"""address_heads: the head split / merge Reshape + Transpose chains of multi-head attention become
+lane addressing of lpuc.HeadMatMul (and one 2-D transpose for K^T); checked against onnxruntime."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+import lpuc
+from lpuc.frontend.importer import import_model
+from lpuc.passes.address_heads import address_heads
+from lpuc.passes.eliminate_dead_code import eliminate_dead_code
+from lpuc.passes.pipeline import PIPELINE, run_pipeline
+from tests import zoo
+from tests.models import export, ort_run
+from tests.passes.helpers import CTX, ops, run_pass
+
+WIDTH, HEADS, CONTEXT = 64, 4, 24
+
+
+@pytest.fixture(scope="module", params=[1, 2], ids=["batch1", "batch2"])
+def attention_onnx(request, tmp_path_factory):
+    batch = request.param
+    path = tmp_path_factory.mktemp("heads") / f"attention_b{batch}.onnx"
+    module = zoo.CausalSelfAttention(WIDTH, HEADS, CONTEXT)
+    return export(module, (torch.zeros(batch, CONTEXT, WIDTH),), path, input_names=["x"]), batch
+
+
+def _before_address_heads(path):
+    """The graph as address_heads receives it in the pipeline."""
+    upto = [p.name for p in PIPELINE].index("address_heads")
+    return run_pipeline(import_model(onnx.load(path), "attention"), CTX, passes=PIPELINE[:upto])
+
+
+def test_head_split_and_merge_become_addressing(attention_onnx):
+    path, batch = attention_onnx
+    graph = _before_address_heads(path)
+    assert ops(graph).count("Transpose") == 4 and ops(graph).count("MatMul") == 4
+    after = run_pass(eliminate_dead_code, run_pass(address_heads, graph))
+    heads = [n for n in after.nodes if n.op == "HeadMatMul"]
+    assert [n.domain for n in heads] == ["lpuc", "lpuc"]
+    scores, mixed = heads
+    # Q @ K^T: Q is read from lanes [0, 16) + 16 h of the QKV projection (before its Split); K^T is
+    # one 2-D transpose whose head view is a Reshape that keeps the [rows, lanes] layout.
+    width = WIDTH // HEADS
+    assert scores.attrs == {"heads": HEADS, "a_lanes": [0, width], "b_lanes": [], "merge": 0}
+    k_heads = next(n for n in after.nodes if n.outputs[0] == scores.inputs[1])
+    assert k_heads.op == "Reshape"
+    assert after.values[k_heads.outputs[0]].shape == (batch, HEADS, width, CONTEXT)
+    # probs @ V: V is lanes [2 * WIDTH, 3 * WIDTH) of the projection; the result is written merged.
+    assert mixed.attrs == {"heads": HEADS, "a_lanes": [], "b_lanes": [2 * WIDTH, width], "merge": 1}
+    assert after.values[mixed.outputs[0]].shape == (batch, CONTEXT, WIDTH)
+    assert ops(after).count("Transpose") == 1  # K^T only
+
+
+def test_attention_matches_onnxruntime_with_less_data_movement(attention_onnx):
+    path, batch = attention_onnx
+    x = np.random.default_rng(batch).standard_normal((batch, CONTEXT, WIDTH)).astype(np.float32)
+    (want,) = ort_run(path, {"x": x})
+    results = {}
+    for disabled in ((), ("address_heads",)):
+        program = lpuc.compile(path, precision="fp32", host_fallback=False, disable_passes=disabled)
+        (got,) = program.run({"x": x}).values()
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+        results[disabled] = program.summary
+    addressed, moved = results[()], results[("address_heads",)]
+    sxm = "sxm.kernel"
+    assert addressed["instructions_by_opcode"][sxm] < moved["instructions_by_opcode"][sxm]
+    assert addressed["cycles"] < moved["cycles"]
+
+
+def test_a_split_head_read_elsewhere_stays(attention_onnx):
+    # The head-split Q is also a graph output: the Transpose stays for it, the MatMul still addresses.
+    path, _ = attention_onnx
+    graph = _before_address_heads(path)
+    matmul = next(n for n in graph.nodes if n.op == "MatMul" and len(graph.values[n.inputs[0]].shape) == 4)
+    graph.outputs.append(matmul.inputs[0])
+    after = run_pass(eliminate_dead_code, run_pass(address_heads, graph))
+    assert matmul.inputs[0] in {o for n in after.nodes for o in n.outputs if n.op == "Transpose"}
+    assert ops(after).count("HeadMatMul") == 2
+
+
+def test_nothing_to_do_returns_the_graph():
+    graph = import_model(_plain_matmul_model(), "plain")
+    assert address_heads(graph) is graph
+
+
+def _plain_matmul_model() -> onnx.ModelProto:
+    from onnx import TensorProto, helper
+
+    shape = [1, 2, 3, 4]
+    return helper.make_model(
+        helper.make_graph(
+            [helper.make_node("MatMul", ["a", "b"], ["y"], "mm")],
+            "plain",
+            [helper.make_tensor_value_info(n, TensorProto.FLOAT, shape) for n in ("a",)]
+            + [helper.make_tensor_value_info("b", TensorProto.FLOAT, [1, 2, 4, 3])],
+            [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2, 3, 3])],
+        ),
+        opset_imports=[helper.make_opsetid("", 18)],
+    )
