@@ -15,7 +15,10 @@ lanes [h*D, (h+1)*D) of X's rows: a window the MXM can stream from or write to d
 - K^T, Transpose(Reshape(K, [B, S, H, D]), [0, 2, 3, 1]), becomes Reshape(Transpose(K, [0, 2, 1]),
   [B, H, D, S]): one SXM transpose instead of a Reshape and a Transpose, and that Reshape keeps the
   [rows, lanes] view (head h's weights are rows [h*D, (h+1)*D)), so it costs nothing.
-The Reshapes and Transposes left unread are removed by eliminate_dead_code.
+  When K is an output of the Split of a fused QKV projection X @ W [+ b] (constants W, b), K's
+  columns of W and b become a projection of their own, so that the transpose reads K alone and the
+  Split of the rest is addressing too (the MXM tiles the projection's columns either way).
+The Reshapes, Transposes and Splits left unread are removed by eliminate_dead_code.
 """
 
 from __future__ import annotations
@@ -42,6 +45,7 @@ class Heads:
 
 
 def address_heads(graph: Graph, ctx: object = None) -> Graph:
+    graph = _project_keys_apart(graph)
     producers, consumers = graph.producers(), graph.consumers()
     outputs = set(graph.outputs)
     opset = graph.opsets.get("", 21)
@@ -160,3 +164,105 @@ def _merged_result(
     if tuple(graph.values[r.outputs[0]].shape) != (batch, rows, heads * width):
         return None
     return t, r
+
+
+def _project_keys_apart(graph: Graph) -> Graph:
+    """`graph` with each K that is split into heads as K^T, and that is a last-axis Split output of
+    a constant projection X @ W [+ b] read only by that Split, computed by a projection of its own
+    (W's and b's columns of K); the Split then splits the projection of the other columns."""
+    producers, consumers = graph.producers(), graph.consumers()
+    rewrites: dict[str, tuple[Node, ...]] = {}  # Split node name -> the nodes replacing it
+    for node in graph.nodes:
+        if node.op != "MatMul" or node.domain or not _four_d(graph, node):
+            continue
+        k_t = _transposed_heads(graph, producers, node.inputs[1])
+        split = producers.get(k_t[0]) if k_t else None
+        if split is None or split.name in rewrites or split.op != "Split" or split.domain:
+            continue
+        projection = _constant_projection(graph, producers, consumers, split)
+        if projection is not None:
+            rewrites[split.name] = _split_projection(graph, split, k_t[0], *projection)
+    if not rewrites:
+        return graph
+    out = graph.copy(nodes=[])
+    for node in graph.nodes:
+        out.nodes.extend(rewrites.get(node.name, (node,)))
+    return out  # the old projection is dead: eliminate_dead_code drops it
+
+
+def _constant_projection(
+    graph: Graph, producers: dict[str, Node], consumers: dict[str, list[Node]], split: Node
+) -> tuple[str, np.ndarray, np.ndarray | None] | None:
+    """(X, W, b) when the Split splits the last axis of X @ W [+ b] (W 2-D, b one row; constants)
+    and nothing else reads the projection; else None."""
+    p = split.inputs[0]
+    shape = graph.values[p].shape
+    if len(split.outputs) < 2 or graph.touches_dynamic(split) or len(shape) != 3 or p in graph.outputs:
+        return None
+    if normalize_axis(int(split.attr("axis", 0)), 3) != 2 or len(consumers.get(p, [])) != 1:
+        return None
+    bias = None
+    node = producers.get(p)
+    if node is not None and node.op == "Add" and not node.domain:
+        k = next((k for k in (0, 1) if graph.is_const(node.inputs[k])), None)
+        if k is None:
+            return None
+        bias = graph.values[node.inputs[k]].const
+        if (
+            bias.size != shape[-1]
+            or bias.shape[-1] != shape[-1]
+            or len(consumers.get(node.inputs[1 - k], [])) != 1
+        ):
+            return None
+        bias = bias.reshape(-1)
+        node = producers.get(node.inputs[1 - k])
+    if node is None or node.op != "MatMul" or node.domain or not graph.is_const(node.inputs[1]):
+        return None
+    weights = graph.values[node.inputs[1]].const
+    if weights.ndim != 2 or graph.values[node.outputs[0]].shape != shape:
+        return None
+    return node.inputs[0], weights, bias
+
+
+def _split_projection(
+    graph: Graph, split: Node, key: str, x: str, weights: np.ndarray, bias: np.ndarray | None
+) -> tuple[Node, ...]:
+    """Nodes computing `key` = X @ W[:, K's columns] [+ b] and the Split's other outputs from X @ the
+    other columns [+ b]."""
+    widths = [int(graph.values[o].shape[-1]) for o in split.outputs]
+    k = split.outputs.index(key)
+    lo, hi = sum(widths[:k]), sum(widths[: k + 1])
+    opset = graph.opsets.get("", 21)
+    batch, seq, _ = graph.values[key].shape
+    dtype = graph.values[key].dtype
+    nodes: list[Node] = []
+
+    def project(columns: np.ndarray, tag: str, result: str | None) -> str:
+        width = len(columns)
+        name = f"{split.name}/{tag}"
+        w = graph.add_const(f"{name}/weights", np.ascontiguousarray(weights[:, columns]))
+        product = (
+            result
+            if bias is None and result
+            else graph.add_value(f"{name}/product", (batch, seq, width), dtype)
+        )
+        nodes.append(Node("MatMul", f"{name}/matmul", (x, w), (product,), opset=opset))
+        if bias is None:
+            return product
+        b = graph.add_const(f"{name}/bias", np.ascontiguousarray(bias[columns]))
+        biased = result or graph.add_value(f"{name}/projection", (batch, seq, width), dtype)
+        nodes.append(Node("Add", f"{name}/bias_add", (product, b), (biased,), opset=opset))
+        return biased
+
+    everything = np.arange(sum(widths))
+    project(everything[lo:hi], "keys", key)
+    rest = project(np.concatenate([everything[:lo], everything[hi:]]), "rest", None)
+    others = tuple(o for o in split.outputs if o != key)
+    sizes = graph.add_const(
+        f"{split.name}/rest_sizes", np.array([w for o, w in zip(split.outputs, widths) if o != key], np.int64)
+    )
+    if len(others) == 1:
+        nodes.append(Node("Identity", f"{split.name}/rest", (rest,), others, opset=opset))
+    else:
+        nodes.append(Node("Split", f"{split.name}/rest", (rest, sizes), others, {"axis": -1}, opset=opset))
+    return tuple(nodes)

@@ -42,15 +42,18 @@ def test_head_split_and_merge_become_addressing(attention_onnx):
     heads = [n for n in after.nodes if n.op == "HeadMatMul"]
     assert [n.domain for n in heads] == ["lpuc", "lpuc"]
     scores, mixed = heads
-    # Q @ K^T: Q is read from lanes [0, 16) + 16 h of the QKV projection (before its Split); K^T is
-    # one 2-D transpose whose head view is a Reshape that keeps the [rows, lanes] layout.
+    # K's columns of the QKV projection became a projection of their own; Q and V are read from the
+    # lanes of the projection of the other columns: no Split is left.
+    assert "Split" not in ops(after) and ops(after).count("MatMul") == 3  # K, Q|V, output projection
+    # Q @ K^T: Q is read from lanes [0, 16) + 16 h of the Q|V projection; K^T is one 2-D transpose
+    # whose head view is a Reshape that keeps the [rows, lanes] layout.
     width = WIDTH // HEADS
     assert scores.attrs == {"heads": HEADS, "a_lanes": [0, width], "b_lanes": [], "merge": 0}
     k_heads = next(n for n in after.nodes if n.outputs[0] == scores.inputs[1])
     assert k_heads.op == "Reshape"
     assert after.values[k_heads.outputs[0]].shape == (batch, HEADS, width, CONTEXT)
-    # probs @ V: V is lanes [2 * WIDTH, 3 * WIDTH) of the projection; the result is written merged.
-    assert mixed.attrs == {"heads": HEADS, "a_lanes": [], "b_lanes": [2 * WIDTH, width], "merge": 1}
+    # probs @ V: V is lanes [WIDTH, 2 * WIDTH) of the Q|V projection; the result is written merged.
+    assert mixed.attrs == {"heads": HEADS, "a_lanes": [], "b_lanes": [WIDTH, width], "merge": 1}
     assert after.values[mixed.outputs[0]].shape == (batch, CONTEXT, WIDTH)
     assert ops(after).count("Transpose") == 1  # K^T only
 
