@@ -29,6 +29,7 @@ import numpy as np
 
 from lpuc.ir.graph import LPUC_DOMAIN, Graph, Node
 from lpuc.kernels._common import normalize_axis
+from lpuc.passes.builder import EMITTED_OPSET
 
 SPLIT_HEADS = (0, 2, 1, 3)  # [B, S, H, D] -> [B, H, S, D], and back
 SPLIT_HEADS_TRANSPOSED = (0, 2, 3, 1)  # [B, S, H, D] -> [B, H, D, S]
@@ -48,7 +49,6 @@ def address_heads(graph: Graph, ctx: object = None) -> Graph:
     graph = _project_keys_apart(graph)
     producers, consumers = graph.producers(), graph.consumers()
     outputs = set(graph.outputs)
-    opset = graph.opsets.get("", 21)
     out = graph.copy(nodes=[])
     merged: set[str] = set()  # Transpose / Reshape nodes a HeadMatMul's merged result replaces
     changed = False
@@ -61,7 +61,7 @@ def address_heads(graph: Graph, ctx: object = None) -> Graph:
         inputs = list(node.inputs[:2])
         k_t = _transposed_heads(graph, producers, inputs[1])
         if k_t is not None:
-            inputs[1] = _transpose_rows(out, node, k_t, opset)
+            inputs[1] = _transpose_rows(out, node, k_t)
             changed = True
         a = _heads_operand(graph, producers, inputs[0])
         b = _heads_operand(graph, producers, inputs[1]) if k_t is None else None
@@ -129,7 +129,7 @@ def _transposed_heads(graph: Graph, producers: dict[str, Node], value: str) -> t
     return None if found is None else found[1:]
 
 
-def _transpose_rows(out: Graph, matmul: Node, k_t: tuple[str, int, int], opset: int) -> str:
+def _transpose_rows(out: Graph, matmul: Node, k_t: tuple[str, int, int]) -> str:
     """Reshape(Transpose(K, [0, 2, 1]), [B, H, D, S]) added to `out`; its name."""
     k, heads, width = k_t
     batch, seq, lanes = out.values[k].shape
@@ -137,11 +137,11 @@ def _transpose_rows(out: Graph, matmul: Node, k_t: tuple[str, int, int], opset: 
     flipped = out.add_value(f"{k}/transposed", (batch, lanes, seq), dtype)
     name = f"{matmul.name}/kt"
     out.nodes.append(
-        Node("Transpose", f"{name}/transpose", (k,), (flipped,), {"perm": [0, 2, 1]}, opset=opset)
+        Node("Transpose", f"{name}/transpose", (k,), (flipped,), {"perm": [0, 2, 1]}, opset=EMITTED_OPSET)
     )
     shape = out.add_const(f"{name}/shape", np.array([batch, heads, width, seq], dtype=np.int64))
     heads_first = out.add_value(f"{k}/heads_transposed", (batch, heads, width, seq), dtype)
-    out.nodes.append(Node("Reshape", f"{name}/heads", (flipped, shape), (heads_first,), opset=opset))
+    out.nodes.append(Node("Reshape", f"{name}/heads", (flipped, shape), (heads_first,), opset=EMITTED_OPSET))
     return heads_first
 
 
@@ -232,7 +232,6 @@ def _split_projection(
     widths = [int(graph.values[o].shape[-1]) for o in split.outputs]
     k = split.outputs.index(key)
     lo, hi = sum(widths[:k]), sum(widths[: k + 1])
-    opset = graph.opsets.get("", 21)
     batch, seq, _ = graph.values[key].shape
     dtype = graph.values[key].dtype
     nodes: list[Node] = []
@@ -246,23 +245,23 @@ def _split_projection(
             if bias is None and result
             else graph.add_value(f"{name}/product", (batch, seq, width), dtype)
         )
-        nodes.append(Node("MatMul", f"{name}/matmul", (x, w), (product,), opset=opset))
+        nodes.append(Node("MatMul", f"{name}/matmul", (x, w), (product,), opset=EMITTED_OPSET))
         if bias is None:
             return product
         b = graph.add_const(f"{name}/bias", np.ascontiguousarray(bias[columns]))
         biased = result or graph.add_value(f"{name}/projection", (batch, seq, width), dtype)
-        nodes.append(Node("Add", f"{name}/bias_add", (product, b), (biased,), opset=opset))
+        nodes.append(Node("Add", f"{name}/bias_add", (product, b), (biased,), opset=EMITTED_OPSET))
         return biased
 
     everything = np.arange(sum(widths))
     project(everything[lo:hi], "keys", key)
-    rest = project(np.concatenate([everything[:lo], everything[hi:]]), "rest", None)
     others = tuple(o for o in split.outputs if o != key)
-    sizes = graph.add_const(
-        f"{split.name}/rest_sizes", np.array([w for o, w in zip(split.outputs, widths) if o != key], np.int64)
-    )
-    if len(others) == 1:
-        nodes.append(Node("Identity", f"{split.name}/rest", (rest,), others, opset=opset))
-    else:
-        nodes.append(Node("Split", f"{split.name}/rest", (rest, sizes), others, {"axis": -1}, opset=opset))
+    rest_columns = np.concatenate([everything[:lo], everything[hi:]])
+    rest = project(rest_columns, "rest", others[0] if len(others) == 1 else None)
+    if len(others) > 1:  # the rest is split as before, minus K
+        rest_widths = np.array([w for o, w in zip(split.outputs, widths) if o != key], np.int64)
+        sizes = graph.add_const(f"{split.name}/rest_sizes", rest_widths)
+        nodes.append(
+            Node("Split", f"{split.name}/rest", (rest, sizes), others, {"axis": -1}, opset=EMITTED_OPSET)
+        )
     return tuple(nodes)

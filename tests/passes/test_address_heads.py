@@ -104,3 +104,44 @@ def _plain_matmul_model() -> onnx.ModelProto:
         ),
         opset_imports=[helper.make_opsetid("", 18)],
     )
+
+
+def _cross_attention_model() -> onnx.ModelProto:
+    """Queries given, keys and values split from one projection without bias: x @ W -> Split(K, V)."""
+    from onnx import helper
+
+    from tests.passes.helpers import model
+
+    n = helper.make_node
+    s, w, h, d = 8, 32, 4, 8
+    c = {f"shape{k}": np.array(v, np.int64) for k, v in {"h": [1, s, h, d], "y": [1, s, w]}.items()}
+    nodes = [
+        n("MatMul", ["x", "wkv"], ["kv"], "proj"),
+        n("Split", ["kv", "sizes"], ["k", "v"], "split", axis=-1),
+        *[n("Reshape", [v, "shapeh"], [f"{v}4"], f"r_{v}") for v in ("q", "k", "v")],
+        n("Transpose", ["q4"], ["qh"], "t_q", perm=[0, 2, 1, 3]),
+        n("Transpose", ["k4"], ["kt"], "t_k", perm=[0, 2, 3, 1]),
+        n("Transpose", ["v4"], ["vh"], "t_v", perm=[0, 2, 1, 3]),
+        n("MatMul", ["qh", "kt"], ["scores"], "qk"),
+        n("Softmax", ["scores"], ["probs"], "softmax", axis=-1),
+        n("MatMul", ["probs", "vh"], ["o"], "pv"),
+        n("Transpose", ["o"], ["o2"], "t_o", perm=[0, 2, 1, 3]),
+        n("Reshape", ["o2", "shapey"], ["y"], "merge"),
+    ]
+    consts = {"wkv": np.random.default_rng(0).standard_normal((w, 2 * w)).astype(np.float32) / 4, **c}
+    consts["sizes"] = np.array([w, w], np.int64)
+    return model(nodes, {"x": [1, s, w], "q": [1, s, w]}, {"y": [1, s, w]}, consts)
+
+
+def test_keys_of_a_two_way_split_without_bias():
+    from tests.passes.helpers import assert_matches_onnxruntime, imported, rand
+
+    m = _cross_attention_model()
+    after = run_pass(eliminate_dead_code, run_pass(address_heads, imported(m)))
+    # K's projection, V's (the rest, no Split left), K^T, its head view, the attention.
+    assert ops(after) == ["MatMul", "MatMul", "Transpose", "Reshape", "HeadMatMul", "Softmax", "HeadMatMul"]
+    assert [n.attrs["b_lanes"] for n in after.nodes if n.op == "HeadMatMul"] == [[], [0, 8]]
+    program = assert_matches_onnxruntime(m, {"x": rand(1, 8, 32), "q": rand(1, 8, 32, seed=1)})
+    assert "sxm.kernel" in program.summary["instructions_by_opcode"]  # the K^T transpose only
+    moves = [i.attrs["kernel"] for i in program.instructions if i.opcode == "sxm.kernel"]
+    assert moves == ["Transpose"]
