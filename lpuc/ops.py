@@ -143,8 +143,15 @@ def _grouped_alu_ops(
             int(shape[a]) for a in reduced if a != rank - 1
         )
         tree = math.ceil(math.log2(min(width, lanes))) if spans_lanes and width > 1 else 0
-        streamed = in_vectors if per_input else out_vectors
-        groups = math.ceil(streamed / max(1, vectors_per_group))
+        if per_input:  # a reduction (never cut into slabs): every vector of its data input
+            streamed = math.prod(int(d) for d in shape[:-1]) * math.ceil(width / lanes)
+        else:
+            streamed = out_vectors
+        # Groups along the lanes: one tree each; along rows only: their statistics fill the lanes of
+        # each result vector side by side.
+        groups = (
+            math.ceil(streamed / max(1, vectors_per_group)) if spans_lanes or not per_input else out_vectors
+        )
         return max(1, per_vector(node) * streamed + groups * (trees * tree + per_group))
 
     return rule
