@@ -9,7 +9,10 @@ lanes [h*D, (h+1)*D) of X's rows: a window the MXM can stream from or write to d
   is read from X's lanes, and when X is an output of a last-axis Split of P (the fused QKV
   projection), from P's lanes at X's offset;
 - a MatMul result read only by Transpose([0, 2, 1, 3]) and then Reshape([B, S, H*N]) is written
-  into the lanes of that merged result;
+  into the lanes of that merged result. A weight's lanes are the plane's columns and so the result's
+  lanes: weights are read by heads only into a merged result, from an offset on a tile boundary
+  (head h's weights then sit where its result goes); an activation's lanes meet the plane's rows,
+  which the weight load places freely, so activations are read from any offset;
   such a MatMul becomes `lpuc.HeadMatMul`: attributes heads, a_lanes / b_lanes ([offset, width] of an
   operand read by heads, [] for an operand read as it is) and merge (1: result merged);
 - K^T, Transpose(Reshape(K, [B, S, H, D]), [0, 2, 3, 1]), becomes Reshape(Transpose(K, [0, 2, 1]),
@@ -17,19 +20,25 @@ lanes [h*D, (h+1)*D) of X's rows: a window the MXM can stream from or write to d
   [rows, lanes] view (head h's weights are rows [h*D, (h+1)*D)), so it costs nothing.
   When K is an output of the Split of a fused QKV projection X @ W [+ b] (constants W, b), K's
   columns of W and b become a projection of their own, so that the transpose reads K alone and the
-  Split of the rest is addressing too (the MXM tiles the projection's columns either way).
+  Split of the rest is addressing too; V (read by heads as weights) gets a projection of its own as
+  well, so that its lanes start on a tile boundary. The MXM tiles each projection's columns apart
+  (on GPT-2 shapes one more column chunk than the fused projection: 3 + 3 + 3 against 8).
 The Reshapes, Transposes and Splits left unread are removed by eliminate_dead_code.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from lpuc.ir.graph import LPUC_DOMAIN, Graph, Node
 from lpuc.kernels._common import normalize_axis
 from lpuc.passes.builder import EMITTED_OPSET
+
+if TYPE_CHECKING:
+    from lpuc.passes.pipeline import PassContext
 
 SPLIT_HEADS = (0, 2, 1, 3)  # [B, S, H, D] -> [B, H, S, D], and back
 SPLIT_HEADS_TRANSPOSED = (0, 2, 3, 1)  # [B, S, H, D] -> [B, H, D, S]
@@ -45,7 +54,8 @@ class Heads:
     width: int
 
 
-def address_heads(graph: Graph, ctx: object = None) -> Graph:
+def address_heads(graph: Graph, ctx: PassContext) -> Graph:
+    lanes = ctx.target.lanes
     graph = _project_keys_apart(graph)
     producers, consumers = graph.producers(), graph.consumers()
     outputs = set(graph.outputs)
@@ -66,6 +76,9 @@ def address_heads(graph: Graph, ctx: object = None) -> Graph:
         a = _heads_operand(graph, producers, inputs[0])
         b = _heads_operand(graph, producers, inputs[1]) if k_t is None else None
         merge = _merged_result(graph, consumers, outputs, node)
+        # Weights by heads only into a merged result, from a tile boundary (see the module docstring).
+        if b is None or merge is None or b.offset % lanes:
+            b = merge = None
         heads = graph.values[node.outputs[0]].shape[1]
         if (a is None and b is None and merge is None) or any(h and h.heads != heads for h in (a, b)):
             out.nodes.append(node.with_(inputs=tuple(inputs)))
@@ -181,7 +194,8 @@ def _project_keys_apart(graph: Graph) -> Graph:
             continue
         projection = _constant_projection(graph, producers, consumers, split)
         if projection is not None:
-            rewrites[split.name] = _split_projection(graph, split, k_t[0], *projection)
+            apart = [o for o in split.outputs if o != k_t[0] and _feeds_weight_heads(graph, consumers, o)]
+            rewrites[split.name] = _split_projection(graph, split, k_t[0], apart, *projection)
     if not rewrites:
         return graph
     out = graph.copy(nodes=[])
@@ -224,14 +238,32 @@ def _constant_projection(
     return node.inputs[0], weights, bias
 
 
+def _feeds_weight_heads(graph: Graph, consumers: dict[str, list[Node]], value: str) -> bool:
+    """Whether `value` is split into heads (Reshape, Transpose [0, 2, 1, 3]) as a MatMul's weights."""
+    for r in consumers.get(value, []):
+        for t in consumers.get(r.outputs[0], []) if r.op == "Reshape" else []:
+            if t.op == "Transpose" and tuple(t.attr("perm") or ()) == SPLIT_HEADS:
+                if any(
+                    m.op == "MatMul" and m.inputs[1] == t.outputs[0] for m in consumers.get(t.outputs[0], [])
+                ):
+                    return True
+    return False
+
+
 def _split_projection(
-    graph: Graph, split: Node, key: str, x: str, weights: np.ndarray, bias: np.ndarray | None
+    graph: Graph,
+    split: Node,
+    key: str,
+    apart: list[str],
+    x: str,
+    weights: np.ndarray,
+    bias: np.ndarray | None,
 ) -> tuple[Node, ...]:
-    """Nodes computing `key` = X @ W[:, K's columns] [+ b] and the Split's other outputs from X @ the
-    other columns [+ b]."""
-    widths = [int(graph.values[o].shape[-1]) for o in split.outputs]
-    k = split.outputs.index(key)
-    lo, hi = sum(widths[:k]), sum(widths[: k + 1])
+    """Nodes computing `key` = X @ W[:, K's columns] [+ b], each output in `apart` (V, read as weights
+    by heads: its lanes must start on a tile boundary) likewise, and the Split's other outputs from X @
+    the other columns [+ b]."""
+    widths = {o: int(graph.values[o].shape[-1]) for o in split.outputs}
+    starts = dict(zip(split.outputs, np.cumsum([0] + [widths[o] for o in split.outputs[:-1]])))
     batch, seq, _ = graph.values[key].shape
     dtype = graph.values[key].dtype
     nodes: list[Node] = []
@@ -253,15 +285,39 @@ def _split_projection(
         nodes.append(Node("Add", f"{name}/bias_add", (product, b), (biased,), opset=EMITTED_OPSET))
         return biased
 
-    everything = np.arange(sum(widths))
-    project(everything[lo:hi], "keys", key)
-    others = tuple(o for o in split.outputs if o != key)
-    rest_columns = np.concatenate([everything[:lo], everything[hi:]])
-    rest = project(rest_columns, "rest", others[0] if len(others) == 1 else None)
-    if len(others) > 1:  # the rest is split as before, minus K
-        rest_widths = np.array([w for o, w in zip(split.outputs, widths) if o != key], np.int64)
-        sizes = graph.add_const(f"{split.name}/rest_sizes", rest_widths)
+    def columns(value: str) -> np.ndarray:
+        return np.arange(starts[value], starts[value] + widths[value])
+
+    # K first (its transpose comes before Q @ K^T), then the rest (Q), then V (needed last).
+    project(columns(key), "keys", key)
+    others = [o for o in split.outputs if o != key and o not in apart]
+    if others:
+        rest_columns = np.concatenate([columns(o) for o in others])
+        rest = project(rest_columns, "rest", others[0] if len(others) == 1 else None)
+        if len(others) > 1:  # the rest is split as before
+            widths_left = np.array([widths[o] for o in others], np.int64)
+            sizes = graph.add_const(f"{split.name}/rest_sizes", widths_left)
+            nodes.append(
+                Node(
+                    "Split",
+                    f"{split.name}/rest",
+                    (rest, sizes),
+                    tuple(others),
+                    {"axis": -1},
+                    opset=EMITTED_OPSET,
+                )
+            )
+    for k, value in enumerate(apart, start=1):
+        project(columns(value), f"apart{k}", value)
+    return tuple(nodes)
+    rest = project(
+        np.concatenate([columns(o) for o in others]), "rest", others[0] if len(others) == 1 else None
+    )
+    if len(others) > 1:  # the rest is split as before
+        sizes = graph.add_const(f"{split.name}/rest_sizes", np.array([widths[o] for o in others], np.int64))
         nodes.append(
-            Node("Split", f"{split.name}/rest", (rest, sizes), others, {"axis": -1}, opset=EMITTED_OPSET)
+            Node(
+                "Split", f"{split.name}/rest", (rest, sizes), tuple(others), {"axis": -1}, opset=EMITTED_OPSET
+            )
         )
     return tuple(nodes)

@@ -42,18 +42,19 @@ def test_head_split_and_merge_become_addressing(attention_onnx):
     heads = [n for n in after.nodes if n.op == "HeadMatMul"]
     assert [n.domain for n in heads] == ["lpuc", "lpuc"]
     scores, mixed = heads
-    # K's columns of the QKV projection became a projection of their own; Q and V are read from the
-    # lanes of the projection of the other columns: no Split is left.
-    assert "Split" not in ops(after) and ops(after).count("MatMul") == 3  # K, Q|V, output projection
-    # Q @ K^T: Q is read from lanes [0, 16) + 16 h of the Q|V projection; K^T is one 2-D transpose
-    # whose head view is a Reshape that keeps the [rows, lanes] layout.
+    # K's and V's columns of the QKV projection became projections of their own (K to be transposed
+    # alone, V so that its lanes start at 0); Q is the rest: no Split is left.
+    assert "Split" not in ops(after) and ops(after).count("MatMul") == 4  # Q, K, V, output projection
+    # Q @ K^T: Q is read from lanes [16 h, 16 h + 16); K^T is one 2-D transpose whose head view is a
+    # Reshape that keeps the [rows, lanes] layout.
     width = WIDTH // HEADS
     assert scores.attrs == {"heads": HEADS, "a_lanes": [0, width], "b_lanes": [], "merge": 0}
     k_heads = next(n for n in after.nodes if n.outputs[0] == scores.inputs[1])
     assert k_heads.op == "Reshape"
     assert after.values[k_heads.outputs[0]].shape == (batch, HEADS, width, CONTEXT)
-    # probs @ V: V is lanes [WIDTH, 2 * WIDTH) of the Q|V projection; the result is written merged.
-    assert mixed.attrs == {"heads": HEADS, "a_lanes": [], "b_lanes": [WIDTH, width], "merge": 1}
+    # probs @ V: head h's weights, lanes [16 h, 16 h + 16) of V, sit where its result goes in the
+    # merged output.
+    assert mixed.attrs == {"heads": HEADS, "a_lanes": [], "b_lanes": [0, width], "merge": 1}
     assert after.values[mixed.outputs[0]].shape == (batch, CONTEXT, WIDTH)
     assert ops(after).count("Transpose") == 1  # K^T only
 
@@ -85,9 +86,22 @@ def test_a_split_head_read_elsewhere_stays(attention_onnx):
     assert ops(after).count("HeadMatMul") == 2
 
 
+def test_weights_off_a_tile_boundary_are_not_read_by_heads(attention_onnx):
+    # The QKV projection is also a graph output, so K keeps its Split: V's lanes start at 128, not
+    # on a tile boundary of tsp-v1 (320 lanes), and its results could not land in place.
+    path, _ = attention_onnx
+    graph = _before_address_heads(path)
+    split = next(n for n in graph.nodes if n.op == "Split")
+    graph.outputs.append(split.inputs[0])
+    after = run_pass(eliminate_dead_code, run_pass(address_heads, graph))
+    heads = [n.attrs for n in after.nodes if n.op == "HeadMatMul"]
+    assert heads == [{"heads": HEADS, "a_lanes": [0, WIDTH // HEADS], "b_lanes": [], "merge": 0}]
+    assert ops(after).count("Transpose") == 3  # K^T, V's head split, the merge
+
+
 def test_nothing_to_do_returns_the_graph():
     graph = import_model(_plain_matmul_model(), "plain")
-    assert address_heads(graph) is graph
+    assert address_heads(graph, CTX) is graph
 
 
 def _plain_matmul_model() -> onnx.ModelProto:
