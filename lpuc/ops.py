@@ -24,8 +24,9 @@ from dataclasses import dataclass
 
 from lpuc.ir.graph import LPUC_DOMAIN, Graph, Node
 
-# Vector ALU ops of a VXM kernel, from (node, graph, input vectors, output vectors); see lpuc.cost.
-AluRule = Callable[[Node, Graph, int, int], int]
+# Vector ALU ops of a VXM kernel, from (node, graph, input vectors, output vectors, lanes per vector);
+# see lpuc.cost.
+AluRule = Callable[[Node, Graph, int, int, int], int]
 
 
 @dataclass(frozen=True)
@@ -35,16 +36,19 @@ class Placement:
     rowwise: bool = False  # output row slab depends only on the same input row slab (axis = last)
     via: str = ""  # rewritten by this pass before lowering
     cost: Callable[[Node, Graph], float] | None = None  # passes that depend on the node's attributes
-    # Vector ALU ops when they are not one per streamed vector (pooling, interpolation).
+    # Vector ALU ops when they are not one per streamed vector (pooling, interpolation, reductions).
     alu_ops: AluRule | None = None
     # Channels-last sliding-window op: each result row slab reads the input rows its windows touch.
     windowed: bool = False
+    # When set: the kernel streams each input vector this many times and each output vector once
+    # (a normalization reads a row for its statistics, then again to normalize it), not `passes` x all.
+    input_reads: int = 0
 
     def passes_for(self, node: Node, graph: Graph) -> float:
         return self.cost(node, graph) if self.cost is not None else self.passes
 
 
-def _window_alu_ops(node: Node, graph: Graph, in_vectors: int, out_vectors: int) -> int:
+def _window_alu_ops(node: Node, graph: Graph, in_vectors: int, out_vectors: int, lanes: int) -> int:
     """Sliding-window pooling: each output vector combines one shifted input vector per window tap
     (LpPool: a power and an add per tap)."""
     shape = node.attr("kernel_shape") or graph.values[node.inputs[0]].shape[2:]
@@ -52,7 +56,7 @@ def _window_alu_ops(node: Node, graph: Graph, in_vectors: int, out_vectors: int)
     return int(math.prod(shape)) * per_tap * out_vectors
 
 
-def _global_pool_alu_ops(node: Node, graph: Graph, in_vectors: int, out_vectors: int) -> int:
+def _global_pool_alu_ops(node: Node, graph: Graph, in_vectors: int, out_vectors: int, lanes: int) -> int:
     """Global pooling: every input vector is added into its channel's accumulator once, then each
     output reduces its lanes in a log-depth tree."""
     width = int(graph.values[node.inputs[0]].shape[-1])
@@ -60,7 +64,7 @@ def _global_pool_alu_ops(node: Node, graph: Graph, in_vectors: int, out_vectors:
     return per_tap * in_vectors + out_vectors * math.ceil(math.log2(max(2, width)))
 
 
-def _vxm_conv_alu_ops(node: Node, graph: Graph, in_vectors: int, out_vectors: int) -> int:
+def _vxm_conv_alu_ops(node: Node, graph: Graph, in_vectors: int, out_vectors: int, lanes: int) -> int:
     """A convolution left on the VXM (depthwise-like): a multiply and an add per tap and input
     channel of its group, for every output vector."""
     w = graph.values[node.inputs[1]].shape
@@ -69,7 +73,7 @@ def _vxm_conv_alu_ops(node: Node, graph: Graph, in_vectors: int, out_vectors: in
 
 def _per_output(ops: Callable[[Node], int]) -> AluRule:
     """A fixed number of ALU ops per output element (interpolating ops), over the output vectors."""
-    return lambda node, graph, in_vectors, out_vectors: ops(node) * out_vectors
+    return lambda node, graph, in_vectors, out_vectors, lanes: ops(node) * out_vectors
 
 
 def _resize_ops(node: Node) -> int:
@@ -91,6 +95,70 @@ def _grid_sample_ops(node: Node) -> int:
 def _roi_align_ops(node: Node) -> int:
     ratio = int(node.attr("sampling_ratio", 0)) or 2  # adaptive ratio: assume 2x2 points per bin
     return ratio * ratio * (2 * 4 + 4) + 1  # bilinear taps + coordinates per point, then the average
+
+
+def _normalized_axes(node: Node, graph: Graph) -> tuple[int, ...]:
+    """The axes a softmax or normalization reduces over: from `axis` to the end (LayerNorm, RMSNorm,
+    softmax before opset 13, which flattens there), or `axis` alone (softmax from opset 13)."""
+    from lpuc.kernels._common import normalize_axis
+
+    rank = len(graph.values[node.inputs[0]].shape)
+    old_softmax = node.op in ("Softmax", "LogSoftmax") and 0 < node.opset < 13
+    axis = normalize_axis(int(node.attr("axis", 1 if old_softmax else -1)), rank)
+    is_norm = node.op in ("LayerNormalization", "RMSNormalization")
+    return tuple(range(axis, rank)) if is_norm or old_softmax else (axis,)
+
+
+def _reduce_axes(node: Node, graph: Graph) -> tuple[int, ...]:
+    from lpuc.kernels.reduce import reduction_axes
+    from lpuc.kernels.registry import KernelContext
+
+    rank = len(graph.values[node.inputs[0]].shape)
+    axes = node.inputs[1] if len(node.inputs) > 1 and node.inputs[1] else ""
+    const = graph.values[axes].const if axes and graph.is_const(axes) else None
+    return reduction_axes(KernelContext(node.op, node.attrs, node.opset), rank, const)
+
+
+def _grouped_alu_ops(
+    axes: Callable[[Node, Graph], tuple[int, ...]],
+    per_vector: Callable[[Node], int],
+    trees: int,
+    per_group: int,
+    per_input: bool = False,
+) -> AluRule:
+    """Vector ALU ops of a kernel over groups of elements reduced together (a row, for the last axis):
+    `per_vector` ops on every vector written (every vector read, for a reduction: `per_input`),
+    `trees` log-depth lane-reduction trees per group when the group spans lanes (a tree of
+    ceil(log2(lanes it spans)) shift-and-combine steps; vectors of one group combine in the
+    per-vector ops), and `per_group` ops on each group's statistics (mean, rsqrt, reciprocal)."""
+
+    def rule(node: Node, graph: Graph, in_vectors: int, out_vectors: int, lanes: int) -> int:
+        shape = graph.values[node.inputs[0]].shape
+        reduced, rank = axes(node, graph), len(shape)
+        if rank == 0 or not reduced:
+            return max(1, per_vector(node) * (in_vectors if per_input else out_vectors))
+        width = int(shape[-1])
+        spans_lanes = rank - 1 in reduced
+        vectors_per_group = (math.ceil(width / lanes) if spans_lanes else 1) * math.prod(
+            int(shape[a]) for a in reduced if a != rank - 1
+        )
+        tree = math.ceil(math.log2(min(width, lanes))) if spans_lanes and width > 1 else 0
+        if per_input:  # a reduction (never cut into slabs): every vector of its data input
+            streamed = math.prod(int(d) for d in shape[:-1]) * math.ceil(width / lanes)
+        else:
+            streamed = out_vectors
+        # Groups along the lanes: one tree each; along rows only: their statistics fill the lanes of
+        # each result vector side by side.
+        groups = (
+            math.ceil(streamed / max(1, vectors_per_group)) if spans_lanes or not per_input else out_vectors
+        )
+        return max(1, per_vector(node) * streamed + groups * (trees * tree + per_group))
+
+    return rule
+
+
+def _has_input(index: int) -> Callable[[Node], int]:
+    return lambda node: int(len(node.inputs) > index and bool(node.inputs[index]))
 
 
 # ALU ops per element (VXM has TanH, Exp, RSqrt natively; the rest are built from them).
@@ -195,9 +263,10 @@ def _add(
     cost: Callable[[Node, Graph], float] | None = None,
     alu_ops: AluRule | None = None,
     windowed: bool = False,
+    input_reads: int = 0,
 ) -> None:
     for op in ops.split():
-        _TABLE[(domain, op)] = Placement(unit, passes, rowwise, via, cost, alu_ops, windowed)
+        _TABLE[(domain, op)] = Placement(unit, passes, rowwise, via, cost, alu_ops, windowed, input_reads)
 
 
 for _op, _alu in ELEMENTWISE.items():
@@ -206,6 +275,8 @@ _add("VXM", "Fused", domain=LPUC_DOMAIN)
 _add("VXM", "CastLike", passes=1, via="canonicalize_ops")
 
 _add("MXM", "MatMul")
+# A MatMul reading attention heads from lanes, or writing them merged (passes/address_heads).
+_add("MXM", "HeadMatMul", domain=LPUC_DOMAIN)
 _add("MXM", "Gemm", via="lower_gemm")
 # Dense convolutions become Im2Col + MatMul (lower_conv); depthwise-like ones stay on the VXM.
 _add("VXM", "Conv", via="lower_conv", alu_ops=_vxm_conv_alu_ops)
@@ -225,12 +296,47 @@ _add("FOLD", "Constant Shape Size ConstantOfShape Range")
 
 # Row-wise reductions and normalizations along the last axis: a log-depth lane reduction tree
 # (SXM shifts feeding VXM adds) plus the elementwise work.
-_add("VXM", "Softmax LogSoftmax", passes=4, rowwise=True)
+# Softmax and the norms read their input more than once: statistics passes, then a normalizing pass.
+# They hold as many ALUs as their arithmetic needs (lpuc.cost.vxm_alus), counted per vector / per row:
+# - Softmax, three reads: the max (1), the sum of exp(x - max) (sub, exp, add: 3), then
+#   exp(x - max) * 1/sum (sub, exp, mul: 3); per row a max tree, a sum tree and the reciprocal (2).
+#   LogSoftmax: the last pass is x - max - log(sum) (sub, sub: 2); per row a log (4).
+# - LayerNorm, two reads: sums of x and x * x (add, mul, add), then (x - mean) * rstd * scale
+#   [+ bias] (sub, mul, mul [, add]); per row two trees, mean, variance (3), + eps and rsqrt.
+#   RMSNorm: a sum of squares (mul, add), then x * rstd * scale (mul, mul); per row one tree, / n,
+#   + eps, rsqrt.
+_SOFTMAX_ALU = _grouped_alu_ops(_normalized_axes, lambda node: 7, trees=2, per_group=2)
+_LOG_SOFTMAX_ALU = _grouped_alu_ops(_normalized_axes, lambda node: 6, trees=2, per_group=4)
+_LAYER_NORM_ALU = _grouped_alu_ops(_normalized_axes, lambda n: 6 + _has_input(2)(n), trees=2, per_group=6)
+_RMS_NORM_ALU = _grouped_alu_ops(_normalized_axes, lambda node: 4, trees=1, per_group=3)
+_add("VXM", "Softmax", rowwise=True, alu_ops=_SOFTMAX_ALU, input_reads=3)
+# Softmax of an elementwise prologue (fuse_softmax): the prologue's ops are recomputed in each read.
+_FUSED_SOFTMAX_ALU = _grouped_alu_ops(
+    _normalized_axes, lambda node: 7 + 3 * expression_alu_ops(node.attr("expr")), trees=2, per_group=2
+)
+_add("VXM", "FusedSoftmax", rowwise=True, domain=LPUC_DOMAIN, alu_ops=_FUSED_SOFTMAX_ALU, input_reads=3)
+_add("VXM", "LogSoftmax", rowwise=True, alu_ops=_LOG_SOFTMAX_ALU, input_reads=3)
 _add("VXM", "Hardmax", passes=3, rowwise=True)
-_add("VXM", "LayerNormalization RMSNormalization", passes=5, rowwise=True)
+_add("VXM", "LayerNormalization", rowwise=True, alu_ops=_LAYER_NORM_ALU, input_reads=2)
+_add("VXM", "RMSNormalization", rowwise=True, alu_ops=_RMS_NORM_ALU, input_reads=2)
 _add("VXM", "LpNormalization", passes=3, rowwise=True)
-_add("VXM", "ReduceSum ReduceMean ReduceMax ReduceMin ReduceProd ReduceL1 ReduceL2", passes=2)
-_add("VXM", "ReduceLogSum ReduceLogSumExp ReduceSumSquare ArgMax ArgMin", passes=3)
+# Reductions stream their input once, combining each vector into its group's accumulator (abs or
+# square first for L1 / L2 / SumSquare), then a lane tree per group when the last axis is reduced,
+# and per group the mean's 1 / n, L2's sqrt (2) or LogSum's log (4).
+for _op, (_per_vector, _per_group) in {
+    "ReduceSum": (1, 0),
+    "ReduceMax": (1, 0),
+    "ReduceMin": (1, 0),
+    "ReduceProd": (1, 0),
+    "ReduceMean": (1, 1),
+    "ReduceL1": (2, 0),
+    "ReduceSumSquare": (2, 0),
+    "ReduceL2": (2, 2),
+    "ReduceLogSum": (1, 4),
+}.items():
+    _rule = _grouped_alu_ops(_reduce_axes, lambda node, k=_per_vector: k, 1, _per_group, per_input=True)
+    _add("VXM", _op, alu_ops=_rule, input_reads=1)
+_add("VXM", "ReduceLogSumExp ArgMax ArgMin", passes=3)
 _add("VXM", "CumSum CumProd", passes=2)
 _add("VXM", "TopK", passes=8)
 _add("VXM", "BatchNormalization", passes=2, via="fold_batchnorm")
@@ -243,7 +349,7 @@ _add(
     "VXM",
     "GlobalAveragePool GlobalMaxPool",
     domain=LPUC_DOMAIN,
-    alu_ops=lambda node, graph, in_vectors, out_vectors: in_vectors + out_vectors,
+    alu_ops=lambda node, graph, in_vectors, out_vectors, lanes: in_vectors + out_vectors,
 )
 _add("VXM", "NegativeLogLikelihoodLoss SoftmaxCrossEntropyLoss", passes=6)
 _add("VXM", "QuantizeLinear DequantizeLinear DynamicQuantizeLinear", passes=2)
@@ -259,7 +365,7 @@ _add("VXM", "Resize Upsample", alu_ops=_per_output(_resize_ops))
 _add("VXM", "GridSample", alu_ops=_per_output(_grid_sample_ops))
 _add("VXM", "RoiAlign", alu_ops=_per_output(_roi_align_ops))
 _add("VXM", "AffineGrid", alu_ops=_per_output(lambda node: 4))  # theta (2x3) times [x, y, 1]
-_add("VXM", "Col2Im", alu_ops=lambda node, graph, in_vectors, out_vectors: in_vectors + out_vectors)
+_add("VXM", "Col2Im", alu_ops=lambda node, graph, in_vectors, out_vectors, lanes: in_vectors + out_vectors)
 _add("SXM", "Im2Col", domain=LPUC_DOMAIN, windowed=True)
 _add("SXM", "ConvTransposeScatter", domain=LPUC_DOMAIN)
 

@@ -40,6 +40,7 @@ class Fusion:
     inputs: tuple[str | np.ndarray, ...]  # value names, or constants the rewrite adds
     attrs: dict[str, Any] = field(default_factory=dict)
     opset: int = 0
+    domain: str = ""  # "lpuc" for lpuc's own ops
 
 
 class View:
@@ -171,4 +172,4 @@ def _build(graph: Graph, f: Fusion) -> Node:
         if isinstance(operand, np.ndarray):
             operand = graph.add_const(f"{name}/input{k}", operand)
         inputs.append(operand)
-    return Node(f.op, name, tuple(inputs), (f.root.outputs[0],), dict(f.attrs), "", f.opset)
+    return Node(f.op, name, tuple(inputs), (f.root.outputs[0],), dict(f.attrs), f.domain, f.opset)

@@ -22,6 +22,7 @@ from lpuc.ir.graph import Graph
 from lpuc.ir.printer import print_graph
 from lpuc.ir.to_onnx import graph_to_onnx
 from lpuc.ir.verify import verify_graph
+from lpuc.passes.address_heads import address_heads
 from lpuc.passes.canonicalize_matmul import canonicalize_matmul
 from lpuc.passes.canonicalize_ops import canonicalize_ops
 from lpuc.passes.decompose_attention import decompose_attention
@@ -33,6 +34,7 @@ from lpuc.passes.fold_constants import fold_constants
 from lpuc.passes.fuse_elementwise import fuse_elementwise
 from lpuc.passes.fuse_gelu import fuse_gelu
 from lpuc.passes.fuse_layernorm import fuse_layernorm
+from lpuc.passes.fuse_softmax import fuse_softmax
 from lpuc.passes.legalize_broadcast import legalize_broadcast
 from lpuc.passes.lower_conv import lower_conv
 from lpuc.passes.lower_einsum import lower_einsum
@@ -86,11 +88,13 @@ PIPELINE: tuple[Pass, ...] = (
     Pass("sink_transposes", sink_transposes),
     Pass("canonicalize_matmul", canonicalize_matmul),
     Pass("fold_constants", fold_constants),
+    Pass("address_heads", address_heads),
     Pass("fuse_layernorm", fuse_layernorm),
     Pass("fuse_gelu", fuse_gelu),
     Pass("sink_reshapes", sink_reshapes),
     Pass("fuse_elementwise", fuse_elementwise),
     Pass("legalize_broadcast", legalize_broadcast),
+    Pass("fuse_softmax", fuse_softmax),
     Pass("eliminate_dead_code", eliminate_dead_code),
 )
 

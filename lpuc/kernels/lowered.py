@@ -1,4 +1,4 @@
-"""Kernels of the ops lpuc's passes introduce (domain "lpuc"): pieces of lowered convolutions."""
+"""Kernels of the ops lpuc's passes introduce (domain "lpuc"): lowered convolutions, attention pieces."""
 
 from __future__ import annotations
 
@@ -7,7 +7,9 @@ import numpy as np
 from lpuc.ir.graph import LPUC_DOMAIN
 from lpuc.kernels import windows
 from lpuc.kernels.conv import im2col, scatter_transposed
+from lpuc.kernels.matmul import accumulated_matmul
 from lpuc.kernels.registry import KernelContext, kernel, run_kernel
+from lpuc.kernels.softmax import softmax
 
 
 @kernel("Im2Col", domain=LPUC_DOMAIN)
@@ -66,3 +68,51 @@ def _pool_rows(ctx: KernelContext, x: np.ndarray) -> np.ndarray:
         idx = windows.tap_rows(ctx.attrs, slab["in_shape"], *slab["out_rows"])
         count = np.maximum(1, (idx >= 0).sum(axis=1, keepdims=True))
     return (values.sum(axis=1) / count).astype(x.dtype)
+
+
+def evaluate_expression(steps: list[dict], operands: list[np.ndarray | None]) -> np.ndarray:
+    """A fused elementwise expression (lpuc.passes.fuse_elementwise's steps) over its operands."""
+    results: list[np.ndarray] = []
+    for step in steps:
+        args = [
+            None if a == "-" else operands[int(a[1:])] if a[0] == "i" else results[int(a[1:])]
+            for a in step["args"]
+        ]
+        ctx = KernelContext(step["op"], step["attrs"], step.get("opset", 0), 1, step["domain"])
+        with np.errstate(all="ignore"):
+            results.append(run_kernel(ctx, args)[0])
+    return results[-1]
+
+
+@kernel("FusedSoftmax", domain=LPUC_DOMAIN)
+def fused_softmax(ctx: KernelContext, *operands: np.ndarray | None) -> np.ndarray:
+    """Softmax over the last axis of an elementwise expression (attr expr; e.g. x * scale + mask).
+
+    Operand 0 has the result's shape; the others are that shape too, one row of the last axis, or a
+    scalar. The runtime may hand over a 2-D row slab of the shaped operands: rows keep their last
+    axis, so a row operand is applied as a vector along it."""
+    rows = [o if o is None or o.ndim < 2 or o.size != o.shape[-1] else o.reshape(-1) for o in operands]
+    x = evaluate_expression(ctx.attr("expr"), rows)
+    return softmax(np.asarray(x).reshape(operands[0].shape), -1)
+
+
+@kernel("HeadMatMul", domain=LPUC_DOMAIN)
+def head_matmul(ctx: KernelContext, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """MatMul over [B, H, *, *] operands, either of which may be given as its heads' lanes: a_lanes /
+    b_lanes = [offset, width] read head h from lanes offset + h*width of a [B, S, *] tensor (as
+    passes/address_heads folds the head split); merge = 1 returns [B, M, H*N] instead of [B, H, M, N]."""
+    heads = int(ctx.attr("heads"))
+    y = accumulated_matmul(
+        _heads(a, heads, ctx.attr("a_lanes")), _heads(b, heads, ctx.attr("b_lanes"))
+    ).astype(a.dtype, copy=False)
+    if ctx.attr("merge", 0):
+        y = y.transpose(0, 2, 1, 3).reshape(y.shape[0], y.shape[2], heads * y.shape[3])
+    return y
+
+
+def _heads(x: np.ndarray, heads: int, lanes: list[int]) -> np.ndarray:
+    if not lanes:
+        return x
+    offset, width = lanes
+    window = x[..., offset : offset + heads * width]
+    return window.reshape(*x.shape[:-1], heads, width).transpose(0, 2, 1, 3)

@@ -142,7 +142,9 @@ def unit_of(node: Node, graph: Graph) -> str:
         return "SXM"
     if p.unit == "MXM":
         # Ops rewritten by a pass (p.via) should be gone; MatMul must have 2-D+ operands.
-        ok = node.op == "MatMul" and all(len(graph.values[i].shape) >= 2 for i in node.inputs[:2])
+        ok = node.op in ("MatMul", "HeadMatMul") and all(
+            len(graph.values[i].shape) >= 2 for i in node.inputs[:2]
+        )
         return "MXM" if ok else "HOST"
     if p.unit == "FOLD":
         return "HOST"  # not folded: its inputs are only known at run time

@@ -10,17 +10,21 @@ most n_tile. A weight group is an LW into a plane and the MMs that use those wei
   MM per k-chunk. The plane keeps the partial sum in its accumulators (`keep`; the next MM starts
   `from_acc`) and only the last MM writes C, so partial sums never travel through SRAM. Segments are
   at most the target's `mxm.acc_rows` rows.
+
+An lpuc.HeadMatMul is the same with attention heads addressed: the products of head h read (or
+write) their windows at lane offsets instead of from separate head-major tensors.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 
 from lpuc.cost import Work
 from lpuc.dtypes import words_per_row
-from lpuc.ir.graph import Node
+from lpuc.ir.graph import LPUC_DOMAIN, Node
 from lpuc.lowering.builder import TiledBuilder, split_range
 from lpuc.ops import expression_alu_ops
 
@@ -36,6 +40,10 @@ def lower_matmul(b: TiledBuilder, node: Node) -> None:
     av, wv, cv = (b.graph.values[n] for n in (a_name, w_name, node.outputs[0]))
     if len(av.shape) < 2 or len(wv.shape) < 2:
         raise AssertionError("MatMul operands must be at least 2-D after canonicalize_matmul")
+    heads = _HeadViews.of(node)
+    a_shape = heads.operand_shape(av.shape, heads.a_lanes)
+    w_shape = heads.operand_shape(wv.shape, heads.b_lanes)
+    c_shape = heads.result_shape(cv.shape)
     mode_name = mxm_mode_for(av.dtype, b.precision)
     mode = b.target.mxm_mode(mode_name)  # its tile sizes; the cost model charges its row rate
     a = b.tensor(a_name)
@@ -51,48 +59,43 @@ def lower_matmul(b: TiledBuilder, node: Node) -> None:
     c = b.define(node.outputs[0])
     if c.rows == 0 or c.cols == 0:
         return
-    k, n = av.shape[-1], wv.shape[-1]
+    k, n = a_shape[-1], w_shape[-1]
     if k == 0:
         raise AssertionError("MatMul with K = 0 must be folded before lowering")
     attrs = {"precision": mode_name}
-    for a_row0, w_row0, c_row0, m in _problems(av.shape, wv.shape, cv.shape):
+    problems = _problems(a_shape, w_shape, c_shape, heads)
+    for p in problems:
         # Row segments of the activations that stay inside one tile of A and of C.
         m_segments = split_range(
-            0,
-            m,
-            [p - a_row0 for p in range(0, a_row0 + m + 1, a.block_rows)],
-            [p - c_row0 for p in range(0, c_row0 + m + 1, c.block_rows)],
+            0, p.m, _tile_edges(p.a_row, p.m, a.block_rows), _tile_edges(p.c_row, p.m, c.block_rows)
         )
         # A weight load may read several tiles of a constant (spread over slices), one of anything else.
-        w_tiles = (
-            []
-            if wv.is_const and b.enabled("weight_spread")
-            else [p - w_row0 for p in range(0, w_row0 + k + 1, w.block_rows)]
+        w_tiles = [] if wv.is_const and b.enabled("weight_spread") else _tile_edges(p.w_row, k, w.block_rows)
+        k_chunks = split_range(0, k, mode.k_tile, _tile_edges(p.a_col, k, a.lanes), w_tiles)
+        n_chunks = split_range(
+            0, n, mode.n_tile, _tile_edges(p.c_col, n, c.lanes), _tile_edges(p.w_col, n, w.lanes)
         )
-        k_chunks = split_range(0, k, mode.k_tile, a.lanes, w_tiles)
-        n_chunks = split_range(0, n, mode.n_tile, c.lanes, w.lanes)
         if len(k_chunks) == 1 or not b.enabled("mxm_accumulators"):
-            _weight_stationary(
-                b, node, attrs, a, w, c, (a_row0, w_row0, c_row0), m_segments, k_chunks, n_chunks, k
-            )
+            _weight_stationary(b, node, attrs, a, w, c, p, m_segments, k_chunks, n_chunks, k)
         else:
             # Partial sums stay in the plane's accumulators, which hold acc_rows rows.
-            segments = split_range(0, m, b.target.mxm.acc_rows, [e for _, e in m_segments])
-            _accumulated(b, node, attrs, a, w, c, (a_row0, w_row0, c_row0), segments, k_chunks, n_chunks, k)
+            segments = split_range(0, p.m, b.target.mxm.acc_rows, [e for _, e in m_segments])
+            # K splits over planes only for one product: a batch of them keeps the planes busy.
+            split = len(problems) == 1
+            _accumulated(b, node, attrs, a, w, c, p, segments, k_chunks, n_chunks, k, split)
 
 
-def _weight_stationary(b, node, attrs, a, w, c, origin, m_segments, k_chunks, n_chunks, k) -> None:
+def _weight_stationary(b, node, attrs, a, w, c, p: _Problem, m_segments, k_chunks, n_chunks, k) -> None:
     """Load each weight tile once per plane and stream every row of that plane's share past it (tall
     activations are shared among the planes). K chunks after the first add into C through SRAM."""
-    a_row0, w_row0, c_row0 = origin
     for n0, n1 in n_chunks:
         for ki, (k0, k1) in enumerate(k_chunks):
-            weights = b.windows(w, w_row0 + k0, w_row0 + k1, n0, n1)
+            weights = b.windows(w, p.w_row + k0, p.w_row + k1, p.w_col + n0, p.w_col + n1)
             for part in _parts(m_segments, b.target.num_mxm):
                 group = _load(b, node, attrs, w, weights)
                 for mi, (m0, m1) in enumerate(part):
-                    act = b.window(a, a_row0 + m0, a_row0 + m1, k0, k1)
-                    out = b.window(c, c_row0 + m0, c_row0 + m1, n0, n1)
+                    act = b.window(a, p.a_row + m0, p.a_row + m1, p.a_col + k0, p.a_col + k1)
+                    out = b.window(c, p.c_row + m0, p.c_row + m1, p.c_col + n0, p.c_col + n1)
                     b.emit(
                         "mxm.mm",
                         "MXM",
@@ -105,7 +108,7 @@ def _weight_stationary(b, node, attrs, a, w, c, origin, m_segments, k_chunks, n_
                     )
 
 
-def _accumulated(b, node, attrs, a, w, c, origin, segments, k_chunks, n_chunks, k) -> None:
+def _accumulated(b, node, attrs, a, w, c, p: _Problem, segments, k_chunks, n_chunks, k, split: bool) -> None:
     """K spans several weight tiles: each row segment is one chain on one plane, a weight load and an
     MM per K chunk; the plane sums the partial products in its accumulators and the last MM writes
     the total, so no partial sum goes through SRAM.
@@ -113,10 +116,9 @@ def _accumulated(b, node, attrs, a, w, c, origin, segments, k_chunks, n_chunks, 
     With too few chains to keep the planes equally busy (one 196-row segment on four planes), K is
     split: each part is a chain of its own, free to run on another plane, writing a partial result,
     and one VXM map per tile adds the partials into C."""
-    a_row0, w_row0, c_row0 = origin
     rows = [m1 - m0 for m0, m1 in segments for _ in n_chunks]
     mode = b.target.mxm_mode(attrs["precision"])
-    parts = _parts(k_chunks, _k_split(b, rows, len(k_chunks), mode.cycles_per_row))
+    parts = _parts(k_chunks, _k_split(b, rows, len(k_chunks), mode.cycles_per_row) if split else 1)
     if len(parts) == 1:
         partials = [c]
     else:
@@ -124,26 +126,16 @@ def _accumulated(b, node, attrs, a, w, c, origin, segments, k_chunks, n_chunks, 
     for n0, n1 in n_chunks:
         for m0, m1 in segments:
             for part, into in zip(parts, partials):
-                _chain(
-                    b,
-                    node,
-                    attrs,
-                    (a, w, into),
-                    origin,
-                    (m0, m1),
-                    part,
-                    (n0, n1),
-                    k if len(parts) == 1 else None,
-                )
+                whole_k = k if len(parts) == 1 else None
+                _chain(b, node, attrs, (a, w, into), p, (m0, m1), part, (n0, n1), whole_k)
     if len(parts) > 1:
-        _add_partials(b, node, partials, c, c_row0, segments[-1][1] - segments[0][0])
+        _add_partials(b, node, partials, c, p, segments[-1][1] - segments[0][0], n_chunks[-1][1])
 
 
-def _chain(b, node, attrs, tensors, origin, rows, part, cols, k: int | None) -> None:
+def _chain(b, node, attrs, tensors, p: _Problem, rows, part, cols, k: int | None) -> None:
     """One accumulation chain: rows x cols of the result over the K chunks of `part` (K = k, or None:
     a partial result over the part alone)."""
     a, w, c = tensors
-    a_row0, w_row0, c_row0 = origin
     (m0, m1), (n0, n1) = rows, cols
     # A partial result is the product over its part of K: the validator sees K ranges within it.
     base = 0 if k is not None else part[0][0]
@@ -151,10 +143,11 @@ def _chain(b, node, attrs, tensors, origin, rows, part, cols, k: int | None) -> 
     chain = -1
     for ki, (k0, k1) in enumerate(part):
         last = ki == len(part) - 1
-        group = _load(b, node, attrs, w, b.windows(w, w_row0 + k0, w_row0 + k1, n0, n1), chain)
+        weights = b.windows(w, p.w_row + k0, p.w_row + k1, p.w_col + n0, p.w_col + n1)
+        group = _load(b, node, attrs, w, weights, chain)
         chain = group if chain < 0 else chain
-        act = b.window(a, a_row0 + m0, a_row0 + m1, k0, k1)
-        out = b.window(c, c_row0 + m0, c_row0 + m1, n0, n1)
+        act = b.window(a, p.a_row + m0, p.a_row + m1, p.a_col + k0, p.a_col + k1)
+        out = b.window(c, p.c_row + m0, p.c_row + m1, p.c_col + n0, p.c_col + n1)
         mm_attrs = {**attrs, "group": group, "install": True, "k": [k0 - base, k1 - base, k]}
         if ki > 0:
             mm_attrs.update(from_acc=True, k_from=part[0][0] - base)
@@ -193,7 +186,7 @@ def _k_split(b: TiledBuilder, rows: list[int], chunks: int, cycles_per_row: int)
     return min(range(1, min(chunks, planes) + 1), key=lambda s: (cycles(s), s))
 
 
-def _add_partials(b: TiledBuilder, node: Node, partials, c, c_row0: int, m: int) -> None:
+def _add_partials(b: TiledBuilder, node: Node, partials, c, p: _Problem, m: int, n: int) -> None:
     """C = the sum of the K parts' partial results, one VXM map per tile window of this product."""
     step = {
         "op": "Sum",
@@ -204,8 +197,8 @@ def _add_partials(b: TiledBuilder, node: Node, partials, c, c_row0: int, m: int)
         "opset": 13,
     }
     attrs = {"expr": [step], "operands": list(range(len(partials)))}
-    for r0, r1 in split_range(c_row0, c_row0 + m, c.block_rows):
-        for c0, c1 in split_range(0, c.cols, c.lanes):
+    for r0, r1 in split_range(p.c_row, p.c_row + m, c.block_rows):
+        for c0, c1 in split_range(p.c_col, p.c_col + n, c.lanes):
             out = b.window(c, r0, r1, c0, c1)
             b.emit(
                 "vxm.map",
@@ -247,14 +240,67 @@ def _parts(segments: list[tuple[int, int]], planes: int) -> list[list[tuple[int,
     return [segments[lo:hi] for lo, hi in zip(bounds, bounds[1:])]
 
 
-def _problems(a_shape, w_shape, c_shape) -> list[tuple[int, int, int, int]]:
-    """(A row, B row, C row, M) of each 2-D product; shared 2-D weights make one tall product."""
-    m, k = a_shape[-2], a_shape[-1]
+def _problems(a_shape, w_shape, c_shape, heads: _HeadViews) -> list[_Problem]:
+    """The 2-D products of C; shared 2-D weights make one tall product. Head h of batch b of an
+    operand read by heads is its rows of batch b at lanes offset + h*width (merged C: lanes h*N)."""
+    m, k, n = a_shape[-2], a_shape[-1], w_shape[-1]
     batch = tuple(c_shape[:-2])
-    if int(np.prod(w_shape[:-2], dtype=np.int64)) == 1 and tuple(a_shape[:-2]) == batch:
-        return [(0, 0, 0, m * int(np.prod(batch, dtype=np.int64)))]
+    plain = not (heads.a_lanes or heads.b_lanes or heads.merge)
+    if plain and int(np.prod(w_shape[:-2], dtype=np.int64)) == 1 and tuple(a_shape[:-2]) == batch:
+        return [_Problem(0, 0, 0, 0, 0, 0, m * int(np.prod(batch, dtype=np.int64)))]
     a_index, w_index = _batch_index(a_shape[:-2], batch), _batch_index(w_shape[:-2], batch)
-    return [(int(a_index[i]) * m, int(w_index[i]) * k, i * m, m) for i in range(len(a_index))]
+    problems = []
+    for i in range(len(a_index)):
+        outer, h = divmod(i, heads.heads) if heads.heads else (0, 0)
+        a_row, a_col = (outer * m, heads.a_lanes[0] + h * k) if heads.a_lanes else (int(a_index[i]) * m, 0)
+        w_row, w_col = (outer * k, heads.b_lanes[0] + h * n) if heads.b_lanes else (int(w_index[i]) * k, 0)
+        c_row, c_col = (outer * m, h * n) if heads.merge else (i * m, 0)
+        problems.append(_Problem(a_row, a_col, w_row, w_col, c_row, c_col, m))
+    return problems
+
+
+def _tile_edges(start: int, length: int, step: int) -> list[int]:
+    """Tile boundaries (multiples of `step`) inside [start, start + length), relative to start."""
+    return [e - start for e in range((start // step + 1) * step, start + length, step)]
+
+
+@dataclass(frozen=True)
+class _HeadViews:
+    """How an lpuc.HeadMatMul (passes/address_heads) reads its operands and writes its result: an
+    operand with lanes [offset, width] is [B, S, *] whose head h is lanes offset + h*width onward; a
+    merged result is [B, M, H*N]. A plain MatMul has none of these."""
+
+    heads: int = 0
+    a_lanes: tuple[int, ...] = ()
+    b_lanes: tuple[int, ...] = ()
+    merge: bool = False
+
+    @classmethod
+    def of(cls, node: Node) -> _HeadViews:
+        if node.domain != LPUC_DOMAIN or node.op != "HeadMatMul":
+            return cls()
+        lanes = (tuple(int(v) for v in node.attr(k) or ()) for k in ("a_lanes", "b_lanes"))
+        return cls(int(node.attr("heads")), *lanes, bool(node.attr("merge", 0)))
+
+    def operand_shape(self, shape: tuple[int, ...], lanes: tuple[int, ...]) -> tuple[int, ...]:
+        """The [B, H, rows, cols] operand the MXM multiplies."""
+        return (shape[0], self.heads, shape[1], lanes[1]) if lanes else tuple(shape)
+
+    def result_shape(self, shape: tuple[int, ...]) -> tuple[int, ...]:
+        return (shape[0], self.heads, shape[1], shape[2] // self.heads) if self.merge else tuple(shape)
+
+
+@dataclass(frozen=True)
+class _Problem:
+    """One 2-D product: where its A, B and C start (view row, lane) and its M."""
+
+    a_row: int
+    a_col: int
+    w_row: int
+    w_col: int
+    c_row: int
+    c_col: int
+    m: int
 
 
 def _batch_index(shape: tuple[int, ...], batch: tuple[int, ...]) -> np.ndarray:

@@ -134,9 +134,12 @@ def _emit(
     in_vectors = sum(r.nrows for r in streamed)
     out_vectors = sum(r.nrows for r in writes)
     out_elems = sum(r.nrows * r.nlanes for r in writes)
-    vectors = int(np.ceil(placement.passes_for(node, b.graph) * (in_vectors + out_vectors)))
+    if placement.input_reads:
+        vectors = placement.input_reads * in_vectors + out_vectors
+    else:
+        vectors = int(np.ceil(placement.passes_for(node, b.graph) * (in_vectors + out_vectors)))
     if placement.alu_ops is not None:
-        alu_ops = placement.alu_ops(node, b.graph, in_vectors, out_vectors)
+        alu_ops = placement.alu_ops(node, b.graph, in_vectors, out_vectors, b.lanes)
         elem_ops = int(np.ceil(alu_ops * out_elems / max(1, out_vectors)))
     else:  # one ALU op per vector streamed
         alu_ops = vectors

@@ -5,7 +5,8 @@ issue 6, from cycles_before_issue6.json, measured at commit 5a223a2), latency on
 end; the hardware lower bound, cycles / bound and the resource that sets it; SRAM peak; wall time of
 one run in the reference runtime (execution plan and interpreter) and of onnxruntime, measured in
 this process, and their ratio; max error against onnxruntime. Wall times are medians of several runs
-(machines are shared and noisy).
+(machines are shared and noisy). Then ablations: light ResNet-50 without each schedule-shaping pass,
+and a GPT-2-shaped decoder (--gpt-layers) with each transformer pass disabled in turn.
 """
 
 from __future__ import annotations
@@ -108,12 +109,85 @@ def ablate(path: Path, target: str) -> None:
     print(f"{path.stem} fp16: {full:,} cycles; " + "; ".join(parts))
 
 
+# The transformer passes, measured on a GPT-2-shaped decoder (width 768, 12 heads, seq 128).
+TRANSFORMER_ABLATIONS = ("address_heads", "fuse_layernorm", "fuse_gelu", "fuse_softmax", "fuse_elementwise")
+
+
+def gpt2_file(layers: int, opset: int = 14) -> Path:
+    """A GPT-2-shaped decoder (tests/zoo.py GPT: width 768, 12 heads, seq 128, tanh GELU; vocab 2048
+    so that it fits SRAM) exported once at `opset` and cached. Opset 14, as Hugging Face exports
+    often are, writes LayerNorm and GELU as chains of small ops: what the fusion passes are for."""
+    import os
+    import tempfile
+
+    import torch
+
+    from tests import zoo
+    from tests.benchmarks.compile_bench import CACHE
+    from tests.models import export
+
+    path = CACHE / f"gpt2_l{layers}_w768_h12_t128_v2048_opset{opset}.onnx"
+    if path.is_file():
+        return path
+    CACHE.mkdir(parents=True, exist_ok=True)
+    module = zoo.GPT(vocab=2048, width=768, heads=12, context=128)
+    module.blocks = torch.nn.Sequential(*(zoo.DecoderBlock(768, 12, 128, "tanh") for _ in range(layers)))
+    ids = torch.zeros(1, 128, dtype=torch.int64)
+    with tempfile.TemporaryDirectory(dir=CACHE) as tmp:  # renamed into place: never a partial file
+        part = export(
+            module, (ids,), Path(tmp) / "model.onnx", seed=0, input_names=["ids"], opset_version=opset
+        )
+        os.replace(part, path)
+    return path
+
+
+def ablate_transformer(target: str, layers: int) -> None:
+    """Cycles, bound ratio and the SXM / VXM share of the critical path of a GPT-2-shaped decoder,
+    with each transformer pass disabled in turn."""
+    path = gpt2_file(layers)
+    rows = []
+    for disabled in ((), *((name,) for name in TRANSFORMER_ABLATIONS)):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            program = lpuc.compile(path, target=target, precision="fp16", disable_passes=disabled)
+        rows.append((disabled, program.summary, _critical_share(program)))
+    full = rows[0][1]["cycles"]
+    print(
+        f"GPT-2-shaped decoder (opset 14 export), {layers} layers, 768 wide, seq 128, fp16: "
+        "transformer passes disabled in turn"
+    )
+    for disabled, s, share in rows:
+        label = f"without {disabled[0]}" if disabled else "all passes"
+        print(
+            f"  {label:<26}{s['cycles']:>10,} cycles ({s['cycles'] / full:.2f}x)"
+            f"  ratio {s['bound_ratio']:>6.2f}"
+            f"  critical path: SXM {share['SXM']:.1%}, VXM {share['VXM']:.1%}, MXM {share['MXM']:.1%}"
+        )
+
+
+def _critical_share(program) -> dict[str, float]:
+    """The share of the critical path's busy cycles each unit class spends."""
+    from lpuc.schedule.critical_path import critical_path
+
+    path = critical_path(program)
+    total = max(1, sum(i.duration for i in path))
+    share = {"MXM": 0.0, "VXM": 0.0, "SXM": 0.0}
+    for ins in path:
+        kind = ins.opcode.split(".")[0].upper()
+        if kind in share:
+            share[kind] += ins.duration / total
+    return share
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("models", nargs="*", type=Path, help="ONNX files (default: models/*.onnx)")
     parser.add_argument("--target", default="tsp-v1")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--no-zoo", action="store_true", help="skip onnx's light zoo models")
+    parser.add_argument(
+        "--gpt-layers", type=int, default=12, help="layers of the GPT-2-shaped ablation (0: skip it)"
+    )
     args = parser.parse_args()
     paths = args.models or sorted((ROOT / "models").glob("*.onnx"))
     zoo = [] if args.models or args.no_zoo else sorted(LIGHT.glob("light_*.onnx"))
@@ -157,6 +231,8 @@ def main() -> None:
             overhead = r["run_ms"] - r["ort_ms"]
             print(f"fixed per-run overhead ({r['precision']} MLP, plan - onnxruntime): {overhead:.3f} ms")
     ablate(LIGHT / "light_resnet50.onnx", args.target)
+    if args.gpt_layers:
+        ablate_transformer(args.target, args.gpt_layers)
     for r in results:
         us = GROQ_US.get(r["model"])
         if us is not None:

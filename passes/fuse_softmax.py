@@ -1,0 +1,70 @@
+"""Fuse the elementwise prologue of a last-axis Softmax into it: one row-wise `lpuc.FusedSoftmax`.
+
+Attention scores are scaled and masked before their softmax, e.g. Softmax(Where(mask, -inf, s / c))
+or Softmax(s * c + bias). After fuse_elementwise that prologue is one `lpuc.Fused` map: a whole-tensor
+VXM pass that writes the scaled scores to SRAM for the softmax to read back. FusedSoftmax evaluates the
+prologue's expression inside the softmax's own passes over each row instead (it is recomputed in each
+of them: cheaper than a round trip through SRAM and a separate instruction on the critical path).
+
+The rule is anchored at a Softmax over the last axis whose input is an elementwise or Fused node of
+the same shape read by nothing else; the prologue's first operand must have that shape too (the row
+slabs are cut from it), the others must be one row of the last axis (a [B, 1, 1, S] padding mask) or
+a scalar. A second full-size operand (a causal [S, S] mask expanded over the heads) is refused: it
+would stream again in each of the softmax's passes, which costs more than the separate map reading it
+once. `match_softmaxes` returns the fusions and the candidates refused, with reasons.
+"""
+
+from __future__ import annotations
+
+from lpuc.ir.graph import LPUC_DOMAIN, Graph, Node
+from lpuc.kernels._common import normalize_axis
+from lpuc.ops import is_elementwise
+from lpuc.passes.fuse_elementwise import node_steps
+from lpuc.passes.legalize_broadcast import operand_mode
+from lpuc.passes.pattern import Fusion, Refusal, Refused, View, apply_fusions, find_fusions
+
+RULE = "softmax"
+
+
+def fuse_softmax(graph: Graph, ctx=None) -> Graph:
+    return apply_fusions(graph, match_softmaxes(graph)[0])
+
+
+def match_softmaxes(graph: Graph) -> tuple[list[Fusion], list[Refusal]]:
+    """The softmax-prologue fusions in `graph` and the candidates refused, with reasons."""
+    return find_fusions(graph, RULE, _match)
+
+
+def _match(view: View, softmax: Node) -> Fusion | None:
+    if softmax.op != "Softmax" or softmax.domain or view.graph.touches_dynamic(softmax):
+        return None
+    x = softmax.inputs[0]
+    prologue = view.producers.get(x)
+    if prologue is None or not _is_map(prologue) or view.graph.touches_dynamic(prologue):
+        return None
+    shape = view.graph.values[x].shape
+    rank = len(shape)
+    # Before opset 13 the softmax flattens from `axis` (default 1): the last axis only when it is last.
+    default = 1 if 0 < softmax.opset < 13 else -1
+    if rank == 0 or normalize_axis(int(softmax.attr("axis", default)), rank) != rank - 1:
+        raise Refused(f"Softmax '{softmax.name}' is not over the last axis")
+    view.check_float(x)
+    view.check_private([prologue, softmax], softmax)
+    operands = [view.graph.values[i].shape if i else None for i in prologue.inputs]
+    if not prologue.inputs or operands[0] != shape:
+        raise Refused(f"the first operand of '{prologue.name}' is not shaped like the scores {shape}")
+    for name, operand in zip(prologue.inputs[1:], operands[1:]):
+        mode = None if operand is None else operand_mode(operand, shape)
+        if operand is not None and mode not in ("row", "scalar"):
+            # A second full-size operand (a [.., S, S] mask) would stream again in every pass of the
+            # softmax: more than the separate map costs (it reads it once).
+            raise Refused(f"operand '{name}' of '{prologue.name}' is not one row or a scalar")
+    attrs = {"expr": node_steps(prologue, view.graph), "axis": -1}
+    names = (prologue.name, softmax.name)
+    return Fusion(RULE, names, softmax, "FusedSoftmax", prologue.inputs, attrs, 1, LPUC_DOMAIN)
+
+
+def _is_map(node: Node) -> bool:
+    """An elementwise node or a fused elementwise expression, with one result."""
+    fused = node.domain == LPUC_DOMAIN and node.op == "Fused"
+    return len(node.outputs) == 1 and (fused or is_elementwise(node.op, node.domain))

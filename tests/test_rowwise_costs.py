@@ -1,0 +1,92 @@
+"""The op table's rules for row-wise kernels (lpuc/ops.py): a softmax, a norm or a reduction streams
+its input once per pass of its algorithm and counts its vector ALU ops per vector, per row's lane
+trees and per row's statistics, so lpuc.cost lets it hold that many ALUs. Each case compiles one node,
+reads the work its instructions carry and checks it against the rule worked out by hand."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+import lpuc
+from lpuc import cost
+from tests.kernels.oracle import IR_VERSION
+
+LANES = 320  # tsp-v1
+
+
+def _one_node(op: str, shape: list[int], out_shape: list[int], consts: dict | None = None, **attrs):
+    consts = consts or {}
+    graph = helper.make_graph(
+        [helper.make_node(op, ["x", *consts], ["y"], **attrs)],
+        op,
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, shape)],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, out_shape)],
+        [numpy_helper.from_array(v, k) for k, v in consts.items()],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=IR_VERSION)
+    return lpuc.compile(model, precision="fp32")
+
+
+def _kernels(program):
+    return [i for i in program.instructions if i.opcode == "vxm.kernel"]
+
+
+def _rows(accesses) -> int:
+    return sum(a.nrows for a in accesses)
+
+
+def test_layernorm_reads_twice_and_holds_alus_for_its_arithmetic():
+    width = 768
+    consts = {"scale": np.ones(width, np.float32), "bias": np.zeros(width, np.float32)}
+    program = _one_node("LayerNormalization", [1, 128, width], [1, 128, width], consts, axis=-1)
+    (ins,) = _kernels(program)  # 128 rows: one slab
+    tiles = math.ceil(width / LANES)
+    assert _rows(ins.writes) == 128 * tiles
+    assert ins.work.vectors == 2 * _rows(ins.reads) + _rows(ins.writes)
+    # Per vector: add, mul, add; sub, mul, mul, add. Per row: two 9-step lane trees (log2 320) and 6.
+    tree = math.ceil(math.log2(LANES))
+    assert ins.work.alu_ops == 7 * 128 * tiles + 128 * (2 * tree + 6)
+    alus = cost.vxm_alus(program.target, "vxm.kernel", ins.work)
+    assert alus == math.ceil(ins.work.alu_ops / ins.work.vectors) > 1
+    # The old rule charged 5 passes of every vector through one ALU.
+    assert cost.unit_cycles(program.target, "vxm.kernel", ins.work) < 5 * (
+        _rows(ins.reads) + _rows(ins.writes)
+    )
+
+
+@pytest.mark.parametrize("op, per_vector, per_row", [("Softmax", 7, 2), ("LogSoftmax", 6, 4)])
+def test_softmax_reads_three_times_per_row_slab(op, per_vector, per_row):
+    program = _one_node(op, [1, 4, 128, 128], [1, 4, 128, 128], axis=-1)
+    slabs = _kernels(program)
+    assert [_rows(i.writes) for i in slabs] == [320, 192]  # 512 rows in 320-row slabs
+    for ins in slabs:
+        rows = _rows(ins.writes)
+        assert ins.work.vectors == 3 * _rows(ins.reads) + rows
+        # Two 7-step trees per 128-wide row (a max and a sum).
+        assert ins.work.alu_ops == per_vector * rows + rows * (2 * 7 + per_row)
+
+
+@pytest.mark.parametrize("keepdims", [0, 1])
+def test_reduction_over_the_last_axis_streams_once(keepdims):
+    # keepdims=0 packs the 64 means into the lanes of one vector: still a tree per row.
+    axes = {"axes": np.array([-1], np.int64)}
+    program = _one_node("ReduceMean", [1, 64, 640], [1, 64, 1][: 3 - (not keepdims)], axes, keepdims=keepdims)
+    (ins,) = _kernels(program)
+    data_rows = 64 * 2  # two lane tiles per row
+    assert ins.work.vectors == _rows(ins.reads) + _rows(ins.writes)
+    # One add per data vector, then per row a 9-step lane tree and the mean's 1 / n.
+    assert ins.work.alu_ops == data_rows + 64 * (9 + 1)
+
+
+@pytest.mark.parametrize("keepdims", [0, 1])
+def test_reduction_over_rows_has_no_lane_tree(keepdims):
+    axes = {"axes": np.array([1], np.int64)}
+    out_shape = [2, 640] if not keepdims else [2, 1, 640]
+    program = _one_node("ReduceSum", [2, 64, 640], out_shape, axes, keepdims=keepdims)
+    (ins,) = _kernels(program)
+    # 2 x 64 rows of 2 lane tiles, one add each; the 2 x 2 result vectors need nothing more.
+    assert ins.work.alu_ops == 2 * 64 * 2
