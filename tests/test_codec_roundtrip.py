@@ -40,7 +40,10 @@ def _model() -> onnx.ModelProto:
             helper.make_node("Det", ["r"], ["d"]),
         ],
         "codec",
-        [helper.make_tensor_value_info("x", f, [1280, 400]), helper.make_tensor_value_info("m", f, [4, 3, 3])],
+        [
+            helper.make_tensor_value_info("x", f, [1280, 400]),
+            helper.make_tensor_value_info("m", f, [4, 3, 3]),
+        ],
         [helper.make_tensor_value_info("y", f, [1280, 48]), helper.make_tensor_value_info("d", f, [4])],
         [numpy_helper.from_array(w, "w")],
     )

@@ -26,7 +26,8 @@ def test_run_pipeline_skips_disabled_passes():
 def test_unknown_pass_is_a_one_line_error_listing_the_passes():
     with pytest.raises(
         LpucError,
-        match=r"unknown pass or strategy 'fuse_gleu' \(passes and lowering strategies: fold_constants, .*fuse_gelu",
+        match=r"unknown pass or strategy 'fuse_gleu' \(passes and lowering strategies: "
+        r"fold_constants, .*fuse_gelu",
     ):
         lpuc.compile(gelu_model(), disable_passes=("fuse_gleu",))
     assert "fuse_layernorm" in pass_names() and len(pass_names()) == len(set(pass_names()))
