@@ -203,6 +203,9 @@ _add("VXM", "Fused", domain=LPUC_DOMAIN)
 _add("VXM", "CastLike", passes=1, via="canonicalize_ops")
 
 _add("MXM", "MatMul")
+# int8 x int8 -> int32 on the MXM's int8 mode: what quantize_int8 and lower_quantized emit (no zero
+# points: they fold those into the requantization). One with zero points left runs on the host.
+_add("MXM", "MatMulInteger")
 _add("MXM", "Gemm", via="lower_gemm")
 # Dense convolutions become Im2Col + MatMul (lower_conv); depthwise-like ones stay on the VXM.
 _add("VXM", "Conv", via="lower_conv", alu_ops=_vxm_conv_alu_ops)
@@ -263,7 +266,7 @@ _HOST_OPS = (
     "If Loop Scan NonZero Unique Compress NonMaxSuppression DFT STFT Det BlackmanWindow HammingWindow "
     "HannWindow MelWeightMatrix Bernoulli RandomUniform RandomNormal RandomUniformLike RandomNormalLike "
     "Multinomial TfIdfVectorizer ImageDecoder DeformConv ConvInteger QLinearConv "
-    "MatMulInteger QLinearMatMul MaxRoiPool TensorScatter BitCast"
+    "QLinearMatMul MaxRoiPool TensorScatter BitCast"
 )
 _add("HOST", _HOST_OPS)
 

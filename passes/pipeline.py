@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from lpuc import progress
+from lpuc.calibration import Calibration
 from lpuc.errors import LpucError
 from lpuc.fileio import atomic_write
 from lpuc.ir.graph import Graph
@@ -37,6 +38,7 @@ from lpuc.passes.legalize_broadcast import legalize_broadcast
 from lpuc.passes.lower_conv import lower_conv
 from lpuc.passes.lower_einsum import lower_einsum
 from lpuc.passes.lower_gemm import lower_gemm
+from lpuc.passes.quantize_int8 import quantize_int8
 from lpuc.passes.sink_transposes import sink_transposes
 from lpuc.target import Target
 
@@ -48,6 +50,8 @@ class PassContext:
     host_fallback: bool = True
     # Passes run_pipeline skips, by name (to measure what each one is worth).
     disabled: frozenset[str] = frozenset()
+    # int8 builds: the calibration inputs quantize_int8 measures activation ranges on.
+    calibration: Calibration | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "disabled", frozenset(self.disabled))  # any iterable of names
@@ -82,6 +86,9 @@ PIPELINE: tuple[Pass, ...] = (
     Pass("fold_constants", fold_constants),
     Pass("fuse_layernorm", fuse_layernorm),
     Pass("fuse_gelu", fuse_gelu),
+    # After the fusions that match float patterns, before fuse_elementwise merges its quantize and
+    # requantize maps with their neighbours.
+    Pass("quantize_int8", quantize_int8),
     Pass("fuse_elementwise", fuse_elementwise),
     Pass("legalize_broadcast", legalize_broadcast),
     Pass("eliminate_dead_code", eliminate_dead_code),

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import numpy as np
+
 from lpuc.errors import UnsupportedError
 from lpuc.ir.graph import LPUC_DOMAIN, Graph, Node
 from lpuc.ir.tiled import TiledProgram
@@ -63,6 +65,12 @@ def host_resident_values(graph: Graph, where_ops: dict[str, str]) -> set[str]:
     return resident
 
 
+def _integer_mxm_operands(node: Node, graph: Graph) -> bool:
+    """MatMulInteger the int8 mode multiplies as it is: int8 operands, no zero points."""
+    operands = [graph.values[i].dtype for i in node.inputs[:2]]
+    return all(d == np.int8 for d in operands) and not any(node.inputs[2:])
+
+
 def unit_of(node: Node, graph: Graph) -> str:
     """The unit class a node lowers to: MAP (VXM map), MXM, VXM, SXM, ALIAS or HOST."""
     if graph.touches_dynamic(node):
@@ -78,8 +86,10 @@ def unit_of(node: Node, graph: Graph) -> str:
         return "SXM"
     if p.unit == "MXM":
         # Ops rewritten by a pass (p.via) should be gone; MatMul must have 2-D+ operands.
-        ok = node.op == "MatMul" and all(len(graph.values[i].shape) >= 2 for i in node.inputs[:2])
-        return "MXM" if ok else "HOST"
+        ok = node.op in ("MatMul", "MatMulInteger") and all(
+            len(graph.values[i].shape) >= 2 for i in node.inputs[:2]
+        )
+        return "MXM" if ok and (node.op == "MatMul" or _integer_mxm_operands(node, graph)) else "HOST"
     if p.unit == "FOLD":
         return "HOST"  # not folded: its inputs are only known at run time
     return p.unit

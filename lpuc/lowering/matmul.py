@@ -19,9 +19,11 @@ from lpuc.lowering.builder import TiledBuilder, split_range
 
 
 def mxm_mode_for(dtype: np.dtype, precision: str) -> str:
+    """The MXM mode an activation dtype multiplies in. In an int8 build, float operands (MatMuls
+    quantize_int8 left alone, e.g. two runtime operands) take the fp16 path."""
     if np.dtype(dtype).kind in "iub":
         return "int8" if np.dtype(dtype).itemsize == 1 else "fp32"
-    return precision
+    return "fp16" if precision == "int8" else precision
 
 
 def lower_matmul(b: TiledBuilder, node: Node) -> None:

@@ -1,0 +1,133 @@
+"""int8 builds: every MatMul with constant float weights becomes an int8 x int8 -> int32 MXM product.
+
+    A (float) --quantize: x / s_a, round, clip to +-127, cast int8 (a VXM map)--> Aq
+    Aq @ Wq   --MatMulInteger: int8 mode of the MXM, int32 accumulation--> acc
+    acc       --Cast, Mul by s_a * s_w[n] (a VXM map; fuses with the bias / ReLU after it)--> Y
+
+Weights are quantized symmetrically per output column n: s_w[n] = max|W[:, n]| / 127. Activations
+get one symmetric per-tensor scale s_a = max|A| / 127 over the calibration samples
+(lpuc.calibration), measured by evaluating the graph this pass receives (lpuc.ir.evaluate): its
+values (Im2Col columns, fused ops) need not exist in the source model, so onnxruntime could not
+measure them. When A is the Im2Col of x, x is quantized before the Im2Col instead (same scale:
+Im2Col only copies x and zero padding), so the SXM moves 1-byte columns and the map runs over x
+rather than its kernel-size-times larger copy. MatMuls with two runtime operands (attention)
+keep the float path (fp16 on the MXM).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import numpy as np
+
+from lpuc import calibration as calib
+from lpuc.ir.evaluate import evaluate_graph_ir
+from lpuc.ir.graph import LPUC_DOMAIN, Graph, Node
+from lpuc.passes.builder import NodeBuilder
+
+INT8_MAX = 127  # symmetric range [-127, 127]: -128 is never produced, so negation is exact
+
+
+def quantize_int8(graph: Graph, ctx) -> Graph:
+    if ctx.precision != "int8":
+        return graph
+    producers, consumers = graph.producers(), graph.consumers()
+    sources = {
+        n.name: _source(n, graph, producers, consumers) for n in graph.nodes if _quantizable(n, graph)
+    }
+    if not sources:
+        return graph
+    ranges = activation_ranges(graph, sources.values(), ctx.calibration or calib.Calibration())
+    out = graph.copy(nodes=[])
+    quantized: dict[str, str] = {}  # float value -> its int8 form (shared by all its MatMuls)
+    for node in graph.nodes:
+        if node.name not in sources:
+            out.nodes.append(node)
+            continue
+        b = NodeBuilder(out, node)
+        a, w = node.inputs[0], node.inputs[1]
+        src = sources[node.name]
+        s_a = activation_scale(ranges[src])
+        if src not in quantized:
+            quantized[src] = _quantize(b, src, s_a)
+        if src != a and a not in quantized:  # A is Im2Col(src): the same Im2Col on int8 data
+            im2col = producers[a]
+            quantized[a] = b.emit(
+                "Im2Col", [quantized[src]], b.shape(a), np.int8, "im2col_int8", domain=LPUC_DOMAIN,
+                **im2col.attrs,
+            )
+        w_q, s_w = quantize_weights(graph.values[w].const)
+        acc = b.emit(
+            "MatMulInteger", [quantized[a], b.const("weights_int8", w_q)], b.shape(node.outputs[0]),
+            np.int32, "matmul_int8",
+        )
+        out_dtype = b.dtype(node.outputs[0])
+        scale = b.const("requant_scale", (np.float64(s_a) * s_w).astype(out_dtype))
+        b.bind_output(b.binary("Mul", b.cast(acc, out_dtype, "dequant"), scale, "requant"), node.outputs[0])
+        out.nodes.extend(b.nodes)
+    return out.prune_values()
+
+
+def quantize_weights(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """W [K, N] -> (int8 W_q, float64 scale[N]) with W ~= W_q * scale, symmetric per column."""
+    w = np.asarray(w, dtype=np.float64)
+    peak = np.max(np.abs(w), axis=0) if w.shape[0] else np.zeros(w.shape[1])
+    scale = np.where(peak > 0, peak / INT8_MAX, 1.0)
+    return np.clip(np.rint(w / scale), -INT8_MAX, INT8_MAX).astype(np.int8), scale
+
+
+def activation_scale(peak: float) -> float:
+    """Symmetric per-tensor scale from the largest magnitude seen (1 for an all-zero tensor)."""
+    return float(np.float32(peak / INT8_MAX)) if peak > 0 else 1.0
+
+
+def activation_ranges(graph: Graph, names: Iterable[str], calibration: calib.Calibration) -> dict[str, float]:
+    """max |value| of each named value over the calibration samples."""
+    peaks = dict.fromkeys(names, 0.0)
+
+    def observe(name: str, value: np.ndarray) -> None:
+        if name in peaks and value.size:
+            peaks[name] = max(peaks[name], float(np.max(np.abs(value))))
+
+    for feeds in calib.samples(calibration, graph):
+        evaluate_graph_ir(graph, feeds, observe)
+    return peaks
+
+
+def _quantizable(node: Node, graph: Graph) -> bool:
+    if node.op != "MatMul" or node.domain or graph.touches_dynamic(node):
+        return False
+    a, w = (graph.values[i] for i in node.inputs[:2])
+    return (
+        w.is_const
+        and len(w.shape) == 2
+        and w.dtype.kind == "f"
+        and a.dtype.kind == "f"
+        and not a.is_const
+        and len(a.shape) >= 2
+    )
+
+
+def _source(node: Node, graph: Graph, producers: dict[str, Node], consumers: dict[str, list[Node]]) -> str:
+    """The float value to quantize for this MatMul: A, or x when A = Im2Col(x) feeds only such
+    MatMuls (then the float Im2Col goes away)."""
+    a = node.inputs[0]
+    p = producers.get(a)
+    if (
+        p is not None
+        and p.op == "Im2Col"
+        and p.domain == LPUC_DOMAIN
+        and all(c.op == "MatMul" and _quantizable(c, graph) and c.inputs[0] == a for c in consumers[a])
+    ):
+        return p.inputs[0]
+    return a
+
+
+def _quantize(b: NodeBuilder, x: str, scale: float) -> str:
+    """x / scale rounded (half to even) and clipped to [-127, 127], as int8: one VXM map."""
+    dtype = b.dtype(x)
+    scaled = b.binary("Mul", x, b.const("inv_scale", np.array(1.0 / scale, dtype)), "quantize")
+    rounded = b.unary("Round", scaled, "round")
+    bounds = [b.const(tag, np.array(v, dtype)) for tag, v in (("qmin", -INT8_MAX), ("qmax", INT8_MAX))]
+    clipped = b.emit("Clip", [rounded, *bounds], b.shape(x), dtype, "clip")
+    return b.cast(clipped, np.int8, "int8")
