@@ -106,7 +106,7 @@ def _calibration(calibrate: str | os.PathLike | Mapping[str, np.ndarray] | None)
     if calibrate is None:
         return Calibration()
     if isinstance(calibrate, Mapping):
-        return Calibration({k: np.asarray(v) for k, v in calibrate.items()}, "calibration inputs")
+        return Calibration({k: np.asarray(v) for k, v in calibrate.items()}, "calibration inputs", "calibration inputs")
     return load_calibration(calibrate)
 
 

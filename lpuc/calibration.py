@@ -27,7 +27,8 @@ class Calibration:
     """Arrays read from a calibration file (None: seeded random-normal samples) and its name."""
 
     arrays: Mapping[str, np.ndarray] | None = field(default=None, compare=False, repr=False)
-    source: str = ""
+    source: str = ""  # what the summary records: the file's name (not its directory: reproducible)
+    path: str = ""  # what errors name
 
 
 def load_calibration(path: str | os.PathLike) -> Calibration:
@@ -39,7 +40,7 @@ def load_calibration(path: str | os.PathLike) -> Calibration:
             arrays = {k: np.asarray(data[k]) for k in sorted(data.files)}
     except (OSError, ValueError, EOFError) as e:
         raise LpucError(f"{path}: cannot read calibration inputs ({e})") from None
-    return Calibration(arrays, Path(path).name)
+    return Calibration(arrays, Path(path).name, str(path))
 
 
 def sample_count(calibration: Calibration, graph: Graph) -> int:
@@ -49,7 +50,7 @@ def sample_count(calibration: Calibration, graph: Graph) -> int:
     counts = {name: _stacked(calibration, graph, name).shape[0] for name in _runtime_inputs(graph)}
     if len(set(counts.values())) > 1:
         listed = ", ".join(f"{k}: {v}" for k, v in counts.items())
-        raise LpucError(f"{calibration.source}: inputs have different sample counts ({listed})")
+        raise LpucError(f"{calibration.path}: inputs have different sample counts ({listed})")
     return next(iter(counts.values()), 1)
 
 
@@ -92,15 +93,15 @@ def _stacked(calibration: Calibration, graph: Graph, name: str) -> np.ndarray:
     v = graph.values[name]
     if name not in arrays:
         have = ", ".join(arrays) or "nothing"
-        raise LpucError(f"{calibration.source}: no calibration samples for input '{name}' (has {have})")
+        raise LpucError(f"{calibration.path}: no calibration samples for input '{name}' (has {have})")
     array = arrays[name]
     if tuple(array.shape) == tuple(v.shape):
         array = array[None]
     if tuple(array.shape[1:]) != tuple(v.shape) or array.shape[0] == 0:
         raise LpucError(
-            f"{calibration.source}: input '{name}' has shape {list(array.shape)}; expected "
+            f"{calibration.path}: input '{name}' has shape {list(array.shape)}; expected "
             f"{list(v.shape)} or [samples, {', '.join(map(str, v.shape))}]"
         )
     if (array.dtype.kind == "f") != (v.dtype.kind == "f"):
-        raise LpucError(f"{calibration.source}: input '{name}' is {array.dtype}, the model's is {v.dtype}")
+        raise LpucError(f"{calibration.path}: input '{name}' is {array.dtype}, the model's is {v.dtype}")
     return array.astype(v.dtype, copy=False)

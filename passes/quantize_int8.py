@@ -32,9 +32,7 @@ def quantize_int8(graph: Graph, ctx) -> Graph:
     if ctx.precision != "int8":
         return graph
     producers, consumers = graph.producers(), graph.consumers()
-    sources = {
-        n.name: _source(n, graph, producers, consumers) for n in graph.nodes if _quantizable(n, graph)
-    }
+    sources = {n.name: _source(n, graph, producers, consumers) for n in graph.nodes if _quantizable(n, graph)}
     if not sources:
         return graph
     ranges = activation_ranges(graph, sources.values(), ctx.calibration or calib.Calibration())
@@ -53,13 +51,21 @@ def quantize_int8(graph: Graph, ctx) -> Graph:
         if src != a and a not in quantized:  # A is Im2Col(src): the same Im2Col on int8 data
             im2col = producers[a]
             quantized[a] = b.emit(
-                "Im2Col", [quantized[src]], b.shape(a), np.int8, "im2col_int8", domain=LPUC_DOMAIN,
+                "Im2Col",
+                [quantized[src]],
+                b.shape(a),
+                np.int8,
+                "im2col_int8",
+                domain=LPUC_DOMAIN,
                 **im2col.attrs,
             )
         w_q, s_w = quantize_weights(graph.values[w].const)
         acc = b.emit(
-            "MatMulInteger", [quantized[a], b.const("weights_int8", w_q)], b.shape(node.outputs[0]),
-            np.int32, "matmul_int8",
+            "MatMulInteger",
+            [quantized[a], b.const("weights_int8", w_q)],
+            b.shape(node.outputs[0]),
+            np.int32,
+            "matmul_int8",
         )
         out_dtype = b.dtype(node.outputs[0])
         scale = b.const("requant_scale", (np.float64(s_a) * s_w).astype(out_dtype))

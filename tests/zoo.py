@@ -205,7 +205,29 @@ class ResNet50(nn.Module):
 class VGG19(nn.Module):
     """VGG-19 (configuration E, no batch norm) as torchvision builds it: 16 3x3 convs, 3 FC layers."""
 
-    CONFIG = (64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M", 512, 512, 512, 512, "M", 512, 512, 512, 512, "M")
+    CONFIG = (
+        64,
+        64,
+        "M",
+        128,
+        128,
+        "M",
+        256,
+        256,
+        256,
+        256,
+        "M",
+        512,
+        512,
+        512,
+        512,
+        "M",
+        512,
+        512,
+        512,
+        512,
+        "M",
+    )
 
     def __init__(self, classes: int = 1000):
         super().__init__()
@@ -219,7 +241,11 @@ class VGG19(nn.Module):
                 cin = c
         self.features = nn.Sequential(*layers)
         self.classifier = nn.Sequential(
-            nn.Linear(512 * 7 * 7, 4096), nn.ReLU(), nn.Linear(4096, 4096), nn.ReLU(), nn.Linear(4096, classes)
+            nn.Linear(512 * 7 * 7, 4096),
+            nn.ReLU(),
+            nn.Linear(4096, 4096),
+            nn.ReLU(),
+            nn.Linear(4096, classes),
         )
 
     def forward(self, x):
@@ -235,3 +261,45 @@ def resnet50(seed: int = 0) -> nn.Module:
 def vgg19(seed: int = 0) -> nn.Module:
     torch.manual_seed(seed)
     return VGG19().eval()
+
+
+class ONet(nn.Module):
+    """MTCNN's output network (face / not face, box, landmarks on 48x48 crops), as facenet-pytorch
+    defines it; `onet_real_weights` loads the trained weights that package ships."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1, self.prelu1 = nn.Conv2d(3, 32, 3), nn.PReLU(32)
+        self.pool1 = nn.MaxPool2d(3, 2, ceil_mode=True)
+        self.conv2, self.prelu2 = nn.Conv2d(32, 64, 3), nn.PReLU(64)
+        self.pool2 = nn.MaxPool2d(3, 2, ceil_mode=True)
+        self.conv3, self.prelu3 = nn.Conv2d(64, 64, 3), nn.PReLU(64)
+        self.pool3 = nn.MaxPool2d(2, 2, ceil_mode=True)
+        self.conv4, self.prelu4 = nn.Conv2d(64, 128, 2), nn.PReLU(128)
+        self.dense5, self.prelu5 = nn.Linear(1152, 256), nn.PReLU(256)
+        self.dense6_1, self.dense6_2, self.dense6_3 = nn.Linear(256, 2), nn.Linear(256, 4), nn.Linear(256, 10)
+
+    def forward(self, x):
+        x = self.pool1(self.prelu1(self.conv1(x)))
+        x = self.pool2(self.prelu2(self.conv2(x)))
+        x = self.pool3(self.prelu3(self.conv3(x)))
+        x = self.prelu4(self.conv4(x)).permute(0, 3, 2, 1).contiguous()
+        x = self.prelu5(self.dense5(x.view(x.shape[0], -1)))
+        return torch.softmax(self.dense6_1(x), dim=1), self.dense6_2(x), self.dense6_3(x)
+
+
+def onet_real_weights() -> nn.Module | None:
+    """ONet with the trained weights facenet-pytorch ships in its wheel (data/onet.pt), or None when
+    the package is not installed. The package itself is not imported (it needs torchvision)."""
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.find_spec("facenet_pytorch")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    weights = Path(next(iter(spec.submodule_search_locations))) / "data" / "onet.pt"
+    if not weights.is_file():
+        return None
+    net = ONet()
+    net.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
+    return net.eval()
