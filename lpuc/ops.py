@@ -206,6 +206,7 @@ _add("MXM", "MatMul")
 # int8 x int8 -> int32 on the MXM's int8 mode: what quantize_int8 and lower_quantized emit (no zero
 # points: they fold those into the requantization). One with zero points left runs on the host.
 _add("MXM", "MatMulInteger")
+_add("MXM", "ConvInteger QLinearConv QLinearMatMul", via="lower_quantized")
 _add("MXM", "Gemm", via="lower_gemm")
 # Dense convolutions become Im2Col + MatMul (lower_conv); depthwise-like ones stay on the VXM.
 _add("VXM", "Conv", via="lower_conv", alu_ops=_vxm_conv_alu_ops)
@@ -265,8 +266,7 @@ _add("SXM", "Im2Col ConvTransposeScatter", domain=LPUC_DOMAIN)
 _HOST_OPS = (
     "If Loop Scan NonZero Unique Compress NonMaxSuppression DFT STFT Det BlackmanWindow HammingWindow "
     "HannWindow MelWeightMatrix Bernoulli RandomUniform RandomNormal RandomUniformLike RandomNormalLike "
-    "Multinomial TfIdfVectorizer ImageDecoder DeformConv ConvInteger QLinearConv "
-    "QLinearMatMul MaxRoiPool TensorScatter BitCast"
+    "Multinomial TfIdfVectorizer ImageDecoder DeformConv MaxRoiPool TensorScatter BitCast"
 )
 _add("HOST", _HOST_OPS)
 

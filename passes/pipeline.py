@@ -38,6 +38,7 @@ from lpuc.passes.legalize_broadcast import legalize_broadcast
 from lpuc.passes.lower_conv import lower_conv
 from lpuc.passes.lower_einsum import lower_einsum
 from lpuc.passes.lower_gemm import lower_gemm
+from lpuc.passes.lower_quantized import lower_quantized
 from lpuc.passes.quantize_int8 import quantize_int8
 from lpuc.passes.sink_transposes import sink_transposes
 from lpuc.target import Target
@@ -72,6 +73,8 @@ class Pass:
 
 
 PIPELINE: tuple[Pass, ...] = (
+    # First: fold_constants would turn quantized weights' DequantizeLinear into float constants.
+    Pass("lower_quantized", lower_quantized),
     Pass("fold_constants", fold_constants),
     Pass("canonicalize_ops", canonicalize_ops),
     Pass("decompose_rnn", decompose_rnn),

@@ -24,6 +24,7 @@ from lpuc import calibration as calib
 from lpuc.ir.evaluate import evaluate_graph_ir
 from lpuc.ir.graph import LPUC_DOMAIN, Graph, Node
 from lpuc.passes.builder import NodeBuilder
+from lpuc.passes.eliminate_dead_code import eliminate_dead_code
 
 INT8_MAX = 127  # symmetric range [-127, 127]: -128 is never produced, so negation is exact
 
@@ -71,7 +72,9 @@ def quantize_int8(graph: Graph, ctx) -> Graph:
         scale = b.const("requant_scale", (np.float64(s_a) * s_w).astype(out_dtype))
         b.bind_output(b.binary("Mul", b.cast(acc, out_dtype, "dequant"), scale, "requant"), node.outputs[0])
         out.nodes.extend(b.nodes)
-    return out.prune_values()
+    # The float Im2Cols replaced by int8 ones go now, so fuse_elementwise sees the quantize map as
+    # the only reader of what they read (and fuses it with, e.g., the ReLU before it).
+    return eliminate_dead_code(out.prune_values())
 
 
 def quantize_weights(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
