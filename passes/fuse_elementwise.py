@@ -1,5 +1,7 @@
 """Fuse trees of elementwise ops into one `lpuc.Fused` node: one VXM pass instead of several.
 
+An elementwise op on a Reshape of an elementwise result (with scalar other operands) moves before
+the Reshape first (`hoist_over_reshapes`), so that it can join that result's group.
 A producer joins its consumer's group when it is elementwise, has no other consumer, is not a graph
 output, and produces the consumer's full shape (fusing a broadcast producer would repeat its work).
 The fused node keeps the group's external inputs and evaluates an expression, a list of steps:
@@ -26,6 +28,7 @@ def _is_fused(node: Node) -> bool:
 
 
 def fuse_elementwise(graph: Graph, ctx=None) -> Graph:
+    graph = hoist_over_reshapes(graph)
     consumers = graph.consumers()
     producers = graph.producers()
     outputs = set(graph.outputs)
@@ -107,3 +110,52 @@ def node_steps(node: Node, graph: Graph) -> list[dict]:
             "opset": node.opset,
         }
     ]
+
+
+def hoist_over_reshapes(graph: Graph) -> Graph:
+    """op(Reshape(y)) -> Reshape(op(y)) for an elementwise op whose other operands are scalars, when
+    y comes from an elementwise op and only that Reshape reads it: the op can then join y's group.
+    (lower_conv's NHWC Reshape would otherwise keep a convolution's bias add apart from the
+    activation and requantization sink_transposes and quantize_int8 put after it, and the tensor
+    between them would be stored.)"""
+    changed = True
+    while changed:
+        changed = False
+        producers, consumers = graph.producers(), graph.consumers()
+        outputs = set(graph.outputs)
+        nodes: list[Node] = []
+        for node in graph.nodes:
+            reshape = producers.get(node.inputs[0]) if node.inputs and node.inputs[0] else None
+            if (
+                changed
+                or reshape is None
+                or not _hoistable(node, reshape, graph, producers, consumers, outputs)
+            ):
+                nodes.append(node)
+                continue
+            y = reshape.inputs[0]
+            out = graph.values[node.outputs[0]]
+            moved = graph.add_value(f"{node.outputs[0]}/before_reshape", graph.values[y].shape, out.dtype)
+            nodes.remove(reshape)
+            nodes.append(node.with_(inputs=(y, *node.inputs[1:]), outputs=(moved,)))
+            nodes.append(reshape.with_(inputs=(moved, *reshape.inputs[1:]), outputs=node.outputs))
+            changed = True
+        graph = graph.copy(nodes=nodes).prune_values()
+    return graph
+
+
+def _hoistable(node: Node, reshape: Node, graph: Graph, producers, consumers, outputs) -> bool:
+    if reshape.op != "Reshape" or reshape.domain or not _fusable(node, graph):
+        return False
+    y, r_out = reshape.inputs[0], reshape.outputs[0]
+    p = producers.get(y)
+    if p is None or not _fusable(p, graph) or y in outputs or r_out in outputs:
+        return False
+    if len(consumers.get(y, [])) != 1 or len(consumers.get(r_out, [])) != 1:
+        return False
+    rank = len(graph.values[y].shape)
+    scalars = all(
+        not name or (graph.values[name].size == 1 and len(graph.values[name].shape) <= rank)
+        for name in node.inputs[1:]
+    )
+    return scalars and graph.values[node.outputs[0]].shape == graph.values[r_out].shape

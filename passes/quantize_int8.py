@@ -8,10 +8,11 @@ Weights are quantized symmetrically per output column n: s_w[n] = max|W[:, n]| /
 get one symmetric per-tensor scale s_a = max|A| / 127 over the calibration samples
 (lpuc.calibration), measured by evaluating the graph this pass receives (lpuc.ir.evaluate): its
 values (Im2Col columns, fused ops) need not exist in the source model, so onnxruntime could not
-measure them. When A is the Im2Col of x, x is quantized before the Im2Col instead (same scale:
-Im2Col only copies x and zero padding), so the SXM moves 1-byte columns and the map runs over x
-rather than its kernel-size-times larger copy. MatMuls with two runtime operands (attention)
-keep the float path (fp16 on the MXM).
+measure them. When A is the Im2Col of x, x is quantized before the Im2Col instead (Im2Col only
+copies x and zero padding), so the SXM moves 1-byte columns and the map runs over x rather than its
+kernel-size-times larger copy; likewise before an unpadded MaxPool (max commutes with a monotonic
+quantization), which then pools int8 values: SRAM holds the 1-byte form of what it pools.
+MatMuls with two runtime operands (attention) keep the float path (fp16 on the MXM).
 """
 
 from __future__ import annotations
@@ -36,7 +37,9 @@ def quantize_int8(graph: Graph, ctx) -> Graph:
     sources = {n.name: _source(n, graph, producers, consumers) for n in graph.nodes if _quantizable(n, graph)}
     if not sources:
         return graph
-    ranges = activation_ranges(graph, sources.values(), ctx.calibration or calib.Calibration())
+    ranges = activation_ranges(
+        graph, [src for src, _ in sources.values()], ctx.calibration or calib.Calibration()
+    )
     out = graph.copy(nodes=[])
     quantized: dict[str, str] = {}  # float value -> its int8 form (shared by all its MatMuls)
     for node in graph.nodes:
@@ -44,26 +47,29 @@ def quantize_int8(graph: Graph, ctx) -> Graph:
             out.nodes.append(node)
             continue
         b = NodeBuilder(out, node)
-        a, w = node.inputs[0], node.inputs[1]
-        src = sources[node.name]
+        src, chain = sources[node.name]
         s_a = activation_scale(ranges[src])
         if src not in quantized:
             quantized[src] = _quantize(b, src, s_a)
-        if src != a and a not in quantized:  # A is Im2Col(src): the same Im2Col on int8 data
-            im2col = producers[a]
-            quantized[a] = b.emit(
-                "Im2Col",
-                [quantized[src]],
-                b.shape(a),
-                np.int8,
-                "im2col_int8",
-                domain=LPUC_DOMAIN,
-                **im2col.attrs,
-            )
+        q = quantized[src]
+        for moved in chain:  # MaxPool / Im2Col, now on int8 data (both commute with quantizing)
+            value = moved.outputs[0]
+            if value not in quantized:
+                quantized[value] = b.emit(
+                    moved.op,
+                    [q],
+                    b.shape(value),
+                    np.int8,
+                    f"{moved.op.lower()}_int8",
+                    domain=moved.domain,
+                    **moved.attrs,
+                )
+            q = quantized[value]
+        w = node.inputs[1]
         w_q, s_w = quantize_weights(graph.values[w].const)
         acc = b.emit(
             "MatMulInteger",
-            [quantized[a], b.const("weights_int8", w_q)],
+            [q, b.const("weights_int8", w_q)],
             b.shape(node.outputs[0]),
             np.int32,
             "matmul_int8",
@@ -117,19 +123,50 @@ def _quantizable(node: Node, graph: Graph) -> bool:
     )
 
 
-def _source(node: Node, graph: Graph, producers: dict[str, Node], consumers: dict[str, list[Node]]) -> str:
-    """The float value to quantize for this MatMul: A, or x when A = Im2Col(x) feeds only such
-    MatMuls (then the float Im2Col goes away)."""
-    a = node.inputs[0]
-    p = producers.get(a)
-    if (
-        p is not None
-        and p.op == "Im2Col"
-        and p.domain == LPUC_DOMAIN
-        and all(c.op == "MatMul" and _quantizable(c, graph) and c.inputs[0] == a for c in consumers[a])
-    ):
-        return p.inputs[0]
-    return a
+def _source(
+    node: Node, graph: Graph, producers: dict[str, Node], consumers: dict[str, list[Node]]
+) -> tuple[str, list[Node]]:
+    """The float value to quantize for this MatMul, and the ops between it and A that then run on
+    int8 data instead: A = Im2Col(x) quantizes x, and x = MaxPool(v) quantizes v (both ops only
+    copy or select values, and quantizing is monotonic), when every reader of what they produce
+    is quantized the same way (then their float forms go away)."""
+    value, chain = node.inputs[0], []
+    while True:
+        p = producers.get(value)
+        if (
+            p is None
+            or not _movable(p)
+            or not all(_reads_int8(c, value, graph, consumers) for c in consumers[value])
+        ):
+            return value, chain
+        value, chain = p.inputs[0], [p, *chain]
+
+
+def _movable(node: Node) -> bool:
+    if node.op == "Im2Col":
+        return node.domain == LPUC_DOMAIN
+    # Unpadded MaxPool without indices: no padding value to choose for int8.
+    return (
+        node.op == "MaxPool"
+        and node.domain in ("", LPUC_DOMAIN)
+        and len([o for o in node.outputs if o]) == 1
+        and not any(node.attr("pads", []))
+        and node.attr("auto_pad", "NOTSET") in ("NOTSET", b"NOTSET", "VALID", b"VALID")
+        and not node.attr("ceil_mode", 0)
+    )
+
+
+def _reads_int8(reader: Node, value: str, graph: Graph, consumers: dict[str, list[Node]]) -> bool:
+    """Whether `reader` of `value` would read its int8 form: a quantized MatMul's A, or a movable op
+    whose own readers all do."""
+    if reader.op == "MatMul" and not reader.domain:
+        return _quantizable(reader, graph) and reader.inputs[0] == value and reader.inputs[1] != value
+    if _movable(reader) and reader.inputs[0] == value:
+        out = reader.outputs[0]
+        return out not in graph.outputs and all(
+            _reads_int8(c, out, graph, consumers) for c in consumers.get(out, [])
+        )
+    return False
 
 
 def _quantize(b: NodeBuilder, x: str, scale: float) -> str:
