@@ -10,6 +10,8 @@ weight tile is loaded once per plane and every activation row of that plane's sh
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from lpuc.cost import Work
@@ -57,10 +59,12 @@ def lower_matmul(b: TiledBuilder, node: Node) -> None:
         )
         n_chunks = split_range(0, n, mode.n_tile, c.lanes, w.lanes)
         for n0, n1 in n_chunks:
-            for ki, (k0, k1) in enumerate(k_chunks):
-                weights = b.window(w, w_row0 + k0, w_row0 + k1, n0, n1)
-                # Tall activations: the rows are shared among the planes, each loading the weights.
-                for part in _parts(m_segments, b.target.num_mxm):
+            # Tall activations: the rows are shared among the planes, each loading the weights. A part
+            # goes through every k-chunk before the next part starts, so its result tiles are final
+            # (and can be read, then freed) while the MXM works on the others.
+            for part in _parts(m_segments, b.target.num_mxm):
+                for ki, (k0, k1) in enumerate(k_chunks):
+                    weights = b.window(w, w_row0 + k0, w_row0 + k1, n0, n1)
                     group = b.new_group()
                     b.emit(
                         "mxm.lw",
@@ -94,9 +98,15 @@ def lower_matmul(b: TiledBuilder, node: Node) -> None:
                         )
 
 
+# At most this many row segments (tiles of A / C) per weight load: tall results are then finished a
+# part at a time instead of all at the end, and a 224x224 image's int32 accumulators are not all live.
+SEGMENTS_PER_PART = 8
+
+
 def _parts(segments: list[tuple[int, int]], planes: int) -> list[list[tuple[int, int]]]:
-    """Row segments cut into at most `planes` contiguous runs of near-equal length."""
-    count = max(1, min(planes, len(segments)))
+    """Row segments cut into contiguous runs of near-equal length: one per plane, or more when
+    that would put over SEGMENTS_PER_PART segments in a run."""
+    count = max(1, min(planes, len(segments)), math.ceil(len(segments) / SEGMENTS_PER_PART))
     bounds = [round(i * len(segments) / count) for i in range(count + 1)]
     return [segments[lo:hi] for lo, hi in zip(bounds, bounds[1:])]
 
