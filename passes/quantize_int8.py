@@ -52,31 +52,42 @@ def quantize_int8(graph: Graph, ctx) -> Graph:
         if src not in quantized:
             quantized[src] = _quantize(b, src, s_a)
         q = quantized[src]
+        w_q, s_w = quantize_weights(graph.values[node.inputs[1]].const)
+        pack = _row_packing(b, node, chain, ctx.target.lanes)
         for moved in chain:  # MaxPool / Im2Col, now on int8 data (both commute with quantizing)
             value = moved.outputs[0]
-            if value not in quantized:
-                quantized[value] = b.emit(
+            packed = pack if moved is chain[-1] else 1
+            key = value if packed == 1 else f"{value}#{packed}"
+            if key not in quantized:
+                rows, cols = (
+                    (b.shape(value)[0] // packed, b.shape(value)[1] * packed) if packed > 1 else (0, 0)
+                )
+                quantized[key] = b.emit(
                     moved.op,
                     [q],
-                    b.shape(value),
+                    (rows, cols) if packed > 1 else b.shape(value),
                     np.int8,
                     f"{moved.op.lower()}_int8",
                     domain=moved.domain,
                     **moved.attrs,
+                    **({"pack_rows": packed} if packed > 1 else {}),
                 )
-            q = quantized[value]
-        w = node.inputs[1]
-        w_q, s_w = quantize_weights(graph.values[w].const)
+            q = quantized[key]
+        out_shape = b.shape(node.outputs[0])
+        if pack > 1:  # p rows side by side: block-diagonal weights, per-channel scales repeated
+            w_q = np.kron(np.eye(pack, dtype=np.int8), w_q)
+            s_w = np.tile(s_w, pack)
         acc = b.emit(
             "MatMulInteger",
             [q, b.const("weights_int8", w_q)],
-            b.shape(node.outputs[0]),
+            (*b.shape(q)[:-1], w_q.shape[1]),
             np.int32,
             "matmul_int8",
         )
         out_dtype = b.dtype(node.outputs[0])
         scale = b.const("requant_scale", (np.float64(s_a) * s_w).astype(out_dtype))
-        b.bind_output(b.binary("Mul", b.cast(acc, out_dtype, "dequant"), scale, "requant"), node.outputs[0])
+        y = b.binary("Mul", b.cast(acc, out_dtype, "dequant"), scale, "requant")
+        b.bind_output(b.reshape(y, out_shape, "unpack"), node.outputs[0])
         out.nodes.extend(b.nodes)
     # The float Im2Cols replaced by int8 ones go now, so fuse_elementwise sees the quantize map as
     # the only reader of what they read (and fuses it with, e.g., the ReLU before it).
@@ -167,6 +178,29 @@ def _reads_int8(reader: Node, value: str, graph: Graph, consumers: dict[str, lis
             _reads_int8(c, out, graph, consumers) for c in consumers.get(out, [])
         )
     return False
+
+
+# Pack rows into lanes only for results at least this tall (a 56x56 feature map and up).
+PACK_MIN_ROWS = 2048
+
+
+def _row_packing(b: NodeBuilder, node: Node, chain: list[Node], lanes: int) -> int:
+    """How many rows of a convolution's Im2Col to put side by side in one row of lanes (1: none).
+
+    A result N < lanes wide fills N of the lanes of every tile; its int32 accumulators take
+    4 * lanes bytes per row whatever N is, and the requantization map reads all of them. With p
+    rows packed ([M, K] -> [M / p, p K], weights block-diagonal [p K, p N]), the MXM streams M / p
+    rows through p times the K (the same row-cycles) and the accumulators take p times less SRAM
+    and VXM time. The packed result is one row-major reshape away from [M, N]."""
+    if not chain or chain[-1].op != "Im2Col":
+        return 1
+    m, n = b.shape(node.inputs[0])[0], b.shape(node.inputs[1])[1]
+    if len(b.shape(node.inputs[0])) != 2 or m < PACK_MIN_ROWS:
+        return 1
+    for p in range(lanes // max(1, n), 1, -1):
+        if m % p == 0:
+            return p
+    return 1
 
 
 def _quantize(b: NodeBuilder, x: str, scale: float) -> str:
