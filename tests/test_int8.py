@@ -241,3 +241,47 @@ def test_vgg19_fits_tsp_v1_in_int8():
     s = program.summary
     assert s["sram_peak_bytes"] <= s["sram_capacity_bytes"]
     assert 130 * 2**20 <= s["sram_const_bytes"] <= 160 * 2**20, s["sram_const_bytes"]
+
+
+def _conv_chain(size: int) -> torch.nn.Module:
+    torch.manual_seed(2)
+    return torch.nn.Sequential(
+        torch.nn.Conv2d(3, 32, 3, padding=1),
+        torch.nn.ReLU(),
+        torch.nn.Conv2d(32, 32, 3, padding=1),
+        torch.nn.ReLU(),
+        torch.nn.MaxPool2d(2),
+        torch.nn.Conv2d(32, 64, 3, padding=1),
+    ).eval()
+
+
+def test_conv_chain_requantizes_in_one_map_per_layer(tmp_path):
+    """Between two convolutions, the int32 result is requantized, biased, ReLU'd and quantized for
+    the next layer in one VXM map (through lower_conv's Reshape), and the MaxPool pools int8 data:
+    no float tensor is stored between the MXM products."""
+    path = _export(_conv_chain(16), (1, 3, 16, 16), tmp_path / "chain.onnx")
+    lpuc.compile(path, precision="int8", dump_ir=tmp_path / "ir")
+    final = (tmp_path / "ir" / "99_final.graph.txt").read_text().splitlines()
+    ops = [
+        line.split(" = ")[1].split("(")[0] for line in final if " = " in line and not line.startswith("const")
+    ]
+    assert ops.count("MatMulInteger") == 3 and "MatMul" not in ops
+    assert "Relu" not in ops  # fused into the maps
+    pooled = [line for line in final if "MaxPool(" in line]
+    assert len(pooled) == 1 and ": i8[" in pooled[0]
+    program = lpuc.compile(path, precision="int8")
+    _check_cosine(program, path, (1, 3, 16, 16), samples=2)
+
+
+def test_packed_rows_keep_the_numerics(tmp_path, monkeypatch):
+    """Rows packed into lanes (block-diagonal weights, the result unpacked by a reshape) compute the
+    same convolution, compared with fp32 onnxruntime. (Whether packing saves SRAM depends on the
+    size: test_vgg19_fits_tsp_v1_in_int8 is where it must.)"""
+    import lpuc.passes.quantize_int8 as quantize_int8
+
+    path = _export(_conv_chain(32), (1, 3, 32, 32), tmp_path / "chain32.onnx")
+    monkeypatch.setattr(quantize_int8, "PACK_MIN_ROWS", 256)
+    packed = lpuc.compile(path, precision="int8", dump_ir=tmp_path / "ir")
+    final = (tmp_path / "ir" / "99_final.graph.txt").read_text()
+    assert "pack_rows=8" in final  # 1024 rows of 32 channels: 8 side by side in 320 lanes
+    _check_cosine(packed, path, (1, 3, 32, 32), samples=2)
