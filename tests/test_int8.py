@@ -285,3 +285,11 @@ def test_packed_rows_keep_the_numerics(tmp_path, monkeypatch):
     final = (tmp_path / "ir" / "99_final.graph.txt").read_text()
     assert "pack_rows=8" in final  # 1024 rows of 32 channels: 8 side by side in 320 lanes
     _check_cosine(packed, path, (1, 3, 32, 32), samples=2)
+
+
+def test_int8_artifact_is_deterministic(small_cnn, tmp_path):
+    """Calibration (seeded samples, graph evaluation) and quantization leave no run-to-run freedom."""
+    paths = [tmp_path / f"{k}.lpu" for k in range(2)]
+    for path in paths:
+        lpuc.compile(small_cnn, precision="int8").save(path)
+    assert paths[0].read_bytes() == paths[1].read_bytes()
