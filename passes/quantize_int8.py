@@ -10,7 +10,7 @@ get one symmetric per-tensor scale s_a = max|A| / 127 over the calibration sampl
 values (Im2Col columns, fused ops) need not exist in the source model, so onnxruntime could not
 measure them. When A is the Im2Col of x, x is quantized before the Im2Col instead (Im2Col only
 copies x and zero padding), so the SXM moves 1-byte columns and the map runs over x rather than its
-kernel-size-times larger copy; likewise before an unpadded MaxPool (max commutes with a monotonic
+kernel-size-times larger copy; likewise before a MaxPool (max commutes with a monotonic
 quantization), which then pools int8 values: SRAM holds the 1-byte form of what it pools.
 MatMuls with two runtime operands (attention) keep the float path (fp16 on the MXM).
 """
@@ -64,7 +64,7 @@ def quantize_int8(graph: Graph, ctx) -> Graph:
                 )
                 quantized[key] = b.emit(
                     moved.op,
-                    [q],
+                    [q, *moved.inputs[1:]],
                     (rows, cols) if packed > 1 else b.shape(value),
                     np.int8,
                     f"{moved.op.lower()}_int8",
@@ -138,9 +138,9 @@ def _source(
     node: Node, graph: Graph, producers: dict[str, Node], consumers: dict[str, list[Node]]
 ) -> tuple[str, list[Node]]:
     """The float value to quantize for this MatMul, and the ops between it and A that then run on
-    int8 data instead: A = Im2Col(x) quantizes x, and x = MaxPool(v) quantizes v (both ops only
-    copy or select values, and quantizing is monotonic), when every reader of what they produce
-    is quantized the same way (then their float forms go away)."""
+    int8 data instead: A = Im2Col(x) or Reshape(x) quantizes x, and x = MaxPool(v) quantizes v
+    (these ops only copy or select values, and quantizing is monotonic), when every reader of what
+    they produce is quantized the same way (then their float forms go away)."""
     value, chain = node.inputs[0], []
     while True:
         p = producers.get(value)
@@ -156,14 +156,12 @@ def _source(
 def _movable(node: Node) -> bool:
     if node.op == "Im2Col":
         return node.domain == LPUC_DOMAIN
-    # Unpadded MaxPool without indices: no padding value to choose for int8.
+    if node.op == "Reshape":  # a 1x1 convolution reads its input through one
+        return not node.domain
+    # MaxPool without indices; its kernel pads an integer input with the type's minimum, which
+    # (like -inf for floats) never wins a window.
     return (
-        node.op == "MaxPool"
-        and node.domain in ("", LPUC_DOMAIN)
-        and len([o for o in node.outputs if o]) == 1
-        and not any(node.attr("pads", []))
-        and node.attr("auto_pad", "NOTSET") in ("NOTSET", b"NOTSET", "VALID", b"VALID")
-        and not node.attr("ceil_mode", 0)
+        node.op == "MaxPool" and node.domain in ("", LPUC_DOMAIN) and len([o for o in node.outputs if o]) == 1
     )
 
 
@@ -180,11 +178,11 @@ def _reads_int8(reader: Node, value: str, graph: Graph, consumers: dict[str, lis
     return False
 
 
-# Pack rows into lanes only for results at least this tall (a 224x224 feature map: 50176 rows).
-# Packing costs an SXM copy to unpack and longer Im2Col rows: on tsp-v1 it made ResNet-50 v1.5
-# (largest map 112x112) 2-6% slower when applied from 2048 rows, but it is what fits VGG-19's
-# 224x224 layers in SRAM.
-PACK_MIN_ROWS = 16384
+# Pack rows into lanes only for results at least this tall (a 112x112 feature map: 12544 rows).
+# Packing costs an SXM copy to unpack and longer Im2Col rows. Measured on tsp-v1, ResNet-50 v1.5
+# int8: 402k cycles packing from 10000 rows (its 112x112 stem only), 411k from 16384 (none),
+# 421k from 3000 (the 56x56 stage too); VGG-19's 224x224 layers need it to fit in SRAM at all.
+PACK_MIN_ROWS = 10000
 
 
 def _row_packing(b: NodeBuilder, node: Node, chain: list[Node], lanes: int) -> int:
