@@ -12,6 +12,8 @@ from typing import Any
 import numpy as np
 import onnx
 
+from lpuc.calibration import Calibration, load_calibration
+from lpuc.calibration import describe as describe_calibration
 from lpuc.errors import LpucError
 from lpuc.frontend.importer import import_model
 from lpuc.frontend.loader import load_model
@@ -38,6 +40,7 @@ def compile(  # noqa: A001 - the natural name for a compiler's entry point
     const_inputs: Mapping[str, np.ndarray] | None = None,
     strict_input_shapes: bool = True,
     disable_passes: Iterable[str] = (),
+    calibrate: str | os.PathLike | Mapping[str, np.ndarray] | None = None,
 ) -> Program:
     """Compile an ONNX model (path or ModelProto) into a scheduled, validated Program.
 
@@ -51,13 +54,19 @@ def compile(  # noqa: A001 - the natural name for a compiler's entry point
     replace declared static dims (both used by the ONNX backend, which specializes on actual inputs).
     `disable_passes` names graph passes to skip and lowering strategies to leave out (e.g.
     ("fuse_gelu", "row_slabs"), to measure what each is worth; lpuc.lowering.STRATEGIES lists them).
+    `precision="int8"` quantizes MatMuls with constant weights (passes/quantize_int8.py);
+    `calibrate` (an .npz path or a dict name -> array, leading axis = samples) gives the inputs
+    activation ranges are measured on, else seeded random-normal ones are used.
     """
     if precision not in PRECISIONS:
         raise LpucError(f"unknown precision {precision!r} (choose {', '.join(PRECISIONS)})")
+    if calibrate is not None and precision != "int8":
+        raise LpucError(f"calibration inputs are for --precision int8, not {precision}")
+    calibration = _calibration(calibrate) if precision == "int8" else None
     tgt = load_target(target)
     # Built before the frontend runs, so an unknown pass name fails at once.
     disabled = [disable_passes] if isinstance(disable_passes, str) else disable_passes
-    pass_ctx = PassContext(tgt, precision, host_fallback, frozenset(disabled))
+    pass_ctx = PassContext(tgt, precision, host_fallback, frozenset(disabled), calibration)
     stages: dict[str, float] = {}
     with timed_stage(stages, "frontend"):
         proto, where = _as_onnx(model, example_inputs, exporter)
@@ -85,6 +94,8 @@ def compile(  # noqa: A001 - the natural name for a compiler's entry point
             "host_fallback": host_fallback,
             "disabled_passes": sorted(pass_ctx.disabled),  # so `lpuc diff` shows a different pass set
         }
+        if calibration is not None:
+            options["calibration"] = describe_calibration(calibration, graph)
         program = build_program(tiled, tgt, where, options, model_nodes)
     with timed_stage(stages, "validate"):
         program.validate()
@@ -95,6 +106,15 @@ def compile(  # noqa: A001 - the natural name for a compiler's entry point
         (dump_dir / "99_final.graph.txt").write_text(print_graph(graph))
     program.compile_stages = {**stages, **{f"pass {k}": v for k, v in timings.seconds.items()}}
     return program
+
+
+def _calibration(calibrate: str | os.PathLike | Mapping[str, np.ndarray] | None) -> Calibration:
+    if calibrate is None:
+        return Calibration()
+    if isinstance(calibrate, Mapping):
+        samples = {k: np.asarray(v) for k, v in calibrate.items()}
+        return Calibration(samples, "calibration inputs", "calibration inputs")
+    return load_calibration(calibrate)
 
 
 # Each stage of this process's latest compile: (seconds, peak resident set size in bytes or None

@@ -26,6 +26,9 @@ if TYPE_CHECKING:
     import onnx
 
 DEFAULT_TOLERANCE = {"fp32": (1e-4, 1e-5), "fp16": (2e-2, 1e-3)}  # (rtol, atol)
+# int8 builds are checked by direction, not elementwise: quantization error is spread over every
+# value, so `run --check` passes an int8 output whose cosine similarity is at least this.
+DEFAULT_MIN_COSINE = {"int8": 0.99}
 
 
 class _Group(click.Group):
@@ -86,7 +89,14 @@ def main(debug: bool) -> None:
     type=click.Choice(PRECISIONS),
     default="fp16",
     show_default=True,
-    help="fp16: MXM inputs rounded to fp16, fp32 accumulation (native). fp32: exact.",
+    help="fp16: MXM inputs rounded to fp16, fp32 accumulation (native). fp32: exact. int8: "
+    "int8 weights (per output channel) and activations (per tensor, calibrated), int32 accumulation.",
+)
+@click.option(
+    "--calibrate",
+    type=click.Path(dir_okay=False),
+    help="With --precision int8: .npz of calibration inputs keyed by input name (leading axis = "
+    "samples); default: seeded random-normal inputs.",
 )
 @click.option(
     "--input-shape",
@@ -137,6 +147,7 @@ def compile(  # noqa: A001 - the command's name
     output,
     target,
     precision,
+    calibrate,
     input_shapes,
     example_inputs,
     exporter,
@@ -163,6 +174,7 @@ def compile(  # noqa: A001 - the command's name
         host_fallback=not no_host_fallback,
         dump_ir=dump_ir,
         disable_passes=disable_passes,
+        calibrate=calibrate,
     )
     from lpuc.api import timed_stage
 
@@ -192,6 +204,8 @@ def compile(  # noqa: A001 - the command's name
         f"host ops {s['host_ops']}; wrote {output} ({human_bytes(size)}){kept} "
         f"in {program.compile_seconds:.2f} s"
     )
+    if "calibration" in s["options"]:
+        click.echo(f"int8 calibration: {s['options']['calibration']}")
 
 
 @main.command()
@@ -205,6 +219,12 @@ def compile(  # noqa: A001 - the command's name
 )
 @click.option("--rtol", type=float, help="Relative tolerance for --check (default by precision).")
 @click.option("--atol", type=float, help="Absolute tolerance for --check (default by precision).")
+@click.option(
+    "--min-cosine",
+    type=float,
+    help="For --check: lowest cosine similarity an output may have (default 0.99 for int8 builds, "
+    "which are then not checked elementwise unless --rtol/--atol are given).",
+)
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed for random inputs.")
 @click.option(
     "--all-tensors",
@@ -217,7 +237,20 @@ def compile(  # noqa: A001 - the command's name
     help="Run the plain instruction-by-instruction interpreter (the execution plan's oracle).",
 )
 @click.option("--debug", is_flag=True, hidden=True)
-def run(artifact, inputs_path, output, trace, check_model, rtol, atol, seed, all_tensors, interpret, debug):
+def run(
+    artifact,
+    inputs_path,
+    output,
+    trace,
+    check_model,
+    rtol,
+    atol,
+    min_cosine,
+    seed,
+    all_tensors,
+    interpret,
+    debug,
+):
     """Execute ARTIFACT in the reference runtime."""
     import lpuc
 
@@ -226,6 +259,8 @@ def run(artifact, inputs_path, output, trace, check_model, rtol, atol, seed, all
     for label, tol in (("--rtol", rtol), ("--atol", atol)):
         if tol is not None and not tol >= 0:
             raise LpucError(f"{label} {tol:g}: a tolerance must be >= 0")
+    if min_cosine is not None and not -1 <= min_cosine <= 1:
+        raise LpucError(f"--min-cosine {min_cosine:g}: a cosine similarity is in [-1, 1]")
     program = lpuc.load(artifact)
     reference = OnnxReference(check_model, program) if check_model else None
     if inputs_path:
@@ -251,12 +286,16 @@ def run(artifact, inputs_path, output, trace, check_model, rtol, atol, seed, all
     if trace:
         click.echo(f"wrote trace {trace} (open in https://ui.perfetto.dev)")
     if reference is not None:
-        default_rtol, default_atol = DEFAULT_TOLERANCE.get(program.precision, (1e-4, 1e-5))
-        rtol = default_rtol if rtol is None else rtol  # 0 is a tolerance too: only None means default
-        atol = default_atol if atol is None else atol
+        min_cosine = DEFAULT_MIN_COSINE.get(program.precision) if min_cosine is None else min_cosine
+        if program.precision not in DEFAULT_MIN_COSINE or rtol is not None or atol is not None:
+            default_rtol, default_atol = DEFAULT_TOLERANCE.get(program.precision, (0.0, 0.0))
+            rtol = default_rtol if rtol is None else rtol  # 0 is a tolerance too: only None means default
+            atol = default_atol if atol is None else atol
         if captured is not None:
-            check_intermediates(reference, feeds, captured, rtol, atol)
-        check_against_onnxruntime(check_model, feeds, outputs, rtol, atol, reference=reference)
+            check_intermediates(reference, feeds, captured, rtol, atol, min_cosine)
+        check_against_onnxruntime(
+            check_model, feeds, outputs, rtol, atol, reference=reference, min_cosine=min_cosine
+        )
 
 
 @main.command()
@@ -487,8 +526,12 @@ def _with_outputs(model, names: list[str]):
     return copy
 
 
-def compare(got: np.ndarray, ref: np.ndarray, rtol: float, atol: float) -> tuple[bool, str]:
-    """(within tolerance, error figures): max abs / rel error, cosine similarity, SQNR in dB."""
+def compare(
+    got: np.ndarray, ref: np.ndarray, rtol: float | None, atol: float | None, min_cosine: float | None = None
+) -> tuple[bool, str]:
+    """(within tolerance, error figures): max abs / rel error, cosine similarity, SQNR in dB.
+
+    rtol and atol None: no elementwise test; min_cosine None: no cosine test."""
     got = np.asarray(got, dtype=np.float64)
     ref = np.asarray(ref, dtype=np.float64)
     if got.shape != ref.shape:
@@ -498,33 +541,50 @@ def compare(got: np.ndarray, ref: np.ndarray, rtol: float, atol: float) -> tuple
     err = np.abs(got - ref)
     max_abs = float(err.max()) if err.size else 0.0
     max_rel = float((err / np.maximum(np.abs(ref), np.finfo(np.float32).tiny)).max()) if err.size else 0.0
-    ok = bool(np.all(err <= atol + rtol * np.abs(ref)))
+    ok = rtol is None or bool(np.all(err <= (atol or 0.0) + rtol * np.abs(ref)))
     norms = float(np.linalg.norm(got)) * float(np.linalg.norm(ref))
     cosine = float(np.dot(got.ravel(), ref.ravel()) / norms) if norms else float(np.array_equal(got, ref))
     noise = float(np.sum(err**2))
     sqnr = 10 * np.log10(float(np.sum(ref**2)) / noise) if noise else float("inf")
+    if min_cosine is not None and not cosine >= min_cosine:
+        ok = False
     return ok, (
         f"max abs err {max_abs:.3g}, max rel err {max_rel:.3g}, cosine {cosine:.6f}, SQNR {sqnr:.1f} dB"
     )
 
 
 def check_against_onnxruntime(
-    model_path, feeds, outputs, rtol: float, atol: float, reference: OnnxReference | None = None
+    model_path,
+    feeds,
+    outputs,
+    rtol: float | None,
+    atol: float | None,
+    reference: OnnxReference | None = None,
+    min_cosine: float | None = None,
 ) -> None:
     reference = reference or OnnxReference(model_path)
     failed = []
     for name, ref in reference.run(feeds).items():
         if name not in outputs:
             raise LpucError(f"{model_path}: not the compiled model: the program has no output '{name}'")
-        ok, figures = compare(outputs[name], ref, rtol, atol)
-        click.echo(f"check {name}: {figures} (rtol {rtol:g}, atol {atol:g}): {'ok' if ok else 'FAILED'}")
+        ok, figures = compare(outputs[name], ref, rtol, atol, min_cosine)
+        click.echo(
+            f"check {name}: {figures} ({_criteria(rtol, atol, min_cosine)}): {'ok' if ok else 'FAILED'}"
+        )
         if not ok:
             failed.append(name)
     if failed:
         raise CheckFailed(f"outputs differ from onnxruntime beyond tolerance: {', '.join(failed)}")
 
 
-def check_intermediates(reference: OnnxReference, feeds, captured: dict[str, np.ndarray], rtol, atol) -> None:
+def _criteria(rtol: float | None, atol: float | None, min_cosine: float | None) -> str:
+    parts = [] if rtol is None else [f"rtol {rtol:g}, atol {atol or 0.0:g}"]
+    return ", ".join(parts + ([] if min_cosine is None else [f"cosine >= {min_cosine:g}"]))
+
+
+def check_intermediates(
+    reference: OnnxReference, feeds, captured: dict[str, np.ndarray], rtol, atol, min_cosine=None
+) -> None:
     """Compare every captured tensor the ONNX model also names; report the first diverging node."""
     producers = [(n, o) for n in reference.model.graph.node for o in n.output if o in captured]
     if not producers:
@@ -533,7 +593,7 @@ def check_intermediates(reference: OnnxReference, feeds, captured: dict[str, np.
     expected = reference.run(feeds, [o for _, o in producers])
     first, diverged = None, 0
     for node, name in producers:  # ONNX nodes are stored in topological order
-        ok, figures = compare(captured[name], expected[name], rtol, atol)
+        ok, figures = compare(captured[name], expected[name], rtol, atol, min_cosine)
         if not ok:
             diverged += 1
             first = first or f"node '{node.name}' ({node.op_type}) output '{name}': {figures}"

@@ -277,6 +277,10 @@ _add("VXM", "CastLike", passes=1, via="canonicalize_ops")
 _add("MXM", "MatMul")
 # A MatMul reading attention heads from lanes, or writing them merged (passes/address_heads).
 _add("MXM", "HeadMatMul", domain=LPUC_DOMAIN)
+# int8 x int8 -> int32 on the MXM's int8 mode: what quantize_int8 and lower_quantized emit (no zero
+# points: they fold those into the requantization). One with zero points left runs on the host.
+_add("MXM", "MatMulInteger")
+_add("MXM", "ConvInteger QLinearConv QLinearMatMul", via="lower_quantized")
 _add("MXM", "Gemm", via="lower_gemm")
 # Dense convolutions become Im2Col + MatMul (lower_conv); depthwise-like ones stay on the VXM.
 _add("VXM", "Conv", via="lower_conv", alu_ops=_vxm_conv_alu_ops)
@@ -372,8 +376,7 @@ _add("SXM", "ConvTransposeScatter", domain=LPUC_DOMAIN)
 _HOST_OPS = (
     "If Loop Scan NonZero Unique Compress NonMaxSuppression DFT STFT Det BlackmanWindow HammingWindow "
     "HannWindow MelWeightMatrix Bernoulli RandomUniform RandomNormal RandomUniformLike RandomNormalLike "
-    "Multinomial TfIdfVectorizer ImageDecoder DeformConv ConvInteger QLinearConv "
-    "MatMulInteger QLinearMatMul MaxRoiPool TensorScatter BitCast"
+    "Multinomial TfIdfVectorizer ImageDecoder DeformConv MaxRoiPool TensorScatter BitCast"
 )
 _add("HOST", _HOST_OPS)
 

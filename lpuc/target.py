@@ -24,7 +24,7 @@ from typing import Any
 from lpuc.errors import LpucError, TargetError
 
 DEFAULT_TARGET = "tsp-v1"
-PRECISIONS = ("fp16", "fp32")
+PRECISIONS = ("fp16", "fp32", "int8")
 UNIT_KINDS = ("MXM", "SXM", "MEM", "VXM")
 MXM_MODES = ("int8", "fp16", "fp32")
 

@@ -1,4 +1,5 @@
-"""Convolutions onto the MXM: Conv -> Im2Col + MatMul, ConvTranspose -> MatMul + scatter.
+"""Convolutions onto the MXM: Conv -> Im2Col + MatMul, ConvTranspose -> MatMul + scatter,
+ConvInteger (int8, as lower_quantized leaves it) -> Im2Col + MatMulInteger (the int8 mode).
 
     Conv:           x[N,C,*S] --Im2Col (SXM)--> [N*P, C*K] --MatMul W^T (MXM)--> [N*P, M] (+bias)
                     --Reshape (free)--> [N,*out,M] --Transpose (SXM)--> [N,M,*out]
@@ -34,7 +35,23 @@ def _lowerable(node: Node, graph: Graph) -> bool:
         return False
     if node.op == "ConvTranspose":
         return node.attr("group", 1) == 1
+    if node.op == "ConvInteger":
+        return _integer_core(node, graph) and _worth_mxm(node, graph)
     return node.op == "Conv" and _worth_mxm(node, graph)
+
+
+def _integer_core(node: Node, graph: Graph) -> bool:
+    """ConvInteger the int8 MXM mode runs as it is (lower_quantized makes others so): int8 x with a
+    constant scalar zero point or none, constant int8 weights without a zero point."""
+    x, w = (graph.values[i] for i in node.inputs[:2])
+    zero_point = graph.values[node.inputs[2]] if len(node.inputs) > 2 and node.inputs[2] else None
+    return (
+        x.dtype == np.int8
+        and w.dtype == np.int8
+        and w.is_const
+        and (zero_point is None or (zero_point.is_const and zero_point.size == 1))
+        and not any(node.inputs[3:])
+    )
 
 
 def _worth_mxm(node: Node, graph: Graph) -> bool:
@@ -46,7 +63,7 @@ def _worth_mxm(node: Node, graph: Graph) -> bool:
 
 
 def _lower(b: NodeBuilder) -> None:
-    if b.node.op == "Conv":
+    if b.node.op in ("Conv", "ConvInteger"):
         _lower_conv(b)
     else:
         _lower_conv_transpose(b)
@@ -61,13 +78,33 @@ def _lower_conv(b: NodeBuilder) -> None:
     rows = n * math.prod(out_spatial)
     window = {"kernel_shape": kernel_shape, "strides": strides, "pads": pads, "dilations": dilations}
     cols_shape = (rows, channels * math.prod(kernel_shape))
-    cols = b.emit("Im2Col", [x], cols_shape, b.dtype(x), "im2col", domain=LPUC_DOMAIN, **window)
-    product = b.matmul(cols, _weights_matrix(b))
-    if len(node.inputs) > 2 and node.inputs[2]:
-        product = b.binary("Add", product, node.inputs[2], "bias")
+    if node.op == "ConvInteger":
+        product = _integer_product(b, x, cols_shape, window)
+    else:
+        cols = b.emit("Im2Col", [x], cols_shape, b.dtype(x), "im2col", domain=LPUC_DOMAIN, **window)
+        product = b.matmul(cols, _weights_matrix(b))
+        if len(node.inputs) > 2 and node.inputs[2]:
+            product = b.binary("Add", product, node.inputs[2], "bias")
     nhwc = b.reshape(product, (n, *out_spatial, m), "nhwc")
     rank = len(out_spatial)
     b.bind_output(b.transpose(nhwc, [0, rank + 1, *range(1, rank + 1)], "nchw"), y)
+
+
+def _integer_product(b: NodeBuilder, x: str, cols_shape: tuple[int, ...], window: dict) -> str:
+    """ConvInteger's int32 result as [rows, M]: sum over taps of (x - z) * W. The Im2Col pads with
+    the zero point z (padding is zero once centered) and the MXM multiplies x itself, so the
+    accumulator gets -z * (column sums of W), a constant, added on the VXM."""
+    node = b.node
+    has_zero_point = len(node.inputs) > 2 and node.inputs[2]
+    zero_point = int(b.graph.values[node.inputs[2]].const.reshape(())) if has_zero_point else 0
+    pad = {"pad_value": zero_point} if zero_point else {}
+    cols = b.emit("Im2Col", [x], cols_shape, np.int8, "im2col", domain=LPUC_DOMAIN, **window, **pad)
+    weights = _weights_matrix(b)
+    product = b.emit("MatMulInteger", [cols, weights], (cols_shape[0], b.shape(weights)[1]), np.int32)
+    if not zero_point:
+        return product
+    column_sums = b.graph.values[weights].const.astype(np.int64).sum(axis=0)
+    return b.binary("Add", product, b.const("zero_point_term", (-zero_point * column_sums).astype(np.int32)))
 
 
 def _weights_matrix(b: NodeBuilder) -> str:

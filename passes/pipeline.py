@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from lpuc import progress
+from lpuc.calibration import Calibration
 from lpuc.errors import LpucError
 from lpuc.fileio import atomic_write
 from lpuc.ir.graph import Graph
@@ -39,6 +40,8 @@ from lpuc.passes.legalize_broadcast import legalize_broadcast
 from lpuc.passes.lower_conv import lower_conv
 from lpuc.passes.lower_einsum import lower_einsum
 from lpuc.passes.lower_gemm import lower_gemm
+from lpuc.passes.lower_quantized import lower_quantized
+from lpuc.passes.quantize_int8 import quantize_int8
 from lpuc.passes.sink_reshapes import sink_reshapes
 from lpuc.passes.sink_transposes import sink_transposes
 from lpuc.target import Target
@@ -52,6 +55,8 @@ class PassContext:
     # Passes run_pipeline skips and lowering strategies lowering leaves out, by name (to measure what
     # each one is worth).
     disabled: frozenset[str] = frozenset()
+    # int8 builds: the calibration inputs quantize_int8 measures activation ranges on.
+    calibration: Calibration | None = None
 
     def __post_init__(self) -> None:
         from lpuc.lowering import STRATEGIES
@@ -76,6 +81,8 @@ class Pass:
 
 
 PIPELINE: tuple[Pass, ...] = (
+    # First: fold_constants would turn quantized weights' DequantizeLinear into float constants.
+    Pass("lower_quantized", lower_quantized),
     Pass("fold_constants", fold_constants),
     Pass("canonicalize_ops", canonicalize_ops),
     Pass("decompose_rnn", decompose_rnn),
@@ -92,6 +99,9 @@ PIPELINE: tuple[Pass, ...] = (
     Pass("fuse_layernorm", fuse_layernorm),
     Pass("fuse_gelu", fuse_gelu),
     Pass("sink_reshapes", sink_reshapes),
+    # After the fusions that match float patterns, before fuse_elementwise merges its quantize and
+    # requantize maps with their neighbours.
+    Pass("quantize_int8", quantize_int8),
     Pass("fuse_elementwise", fuse_elementwise),
     Pass("legalize_broadcast", legalize_broadcast),
     Pass("fuse_softmax", fuse_softmax),

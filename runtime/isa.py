@@ -29,9 +29,12 @@ Handler = Callable[[Machine, Instruction, dict], None]
 
 
 def mxm_input(x: np.ndarray, precision: str) -> np.ndarray:
-    """What the MXM multiplies: fp16-rounded values (fp16 mode), exact fp32, or exact integers."""
+    """What the MXM multiplies: fp16-rounded values (fp16 mode), exact fp32, or exact integers.
+
+    1-byte integers (the int8 mode) become float64: every product and every sum of fewer than 2**38
+    of them is an exact integer there, and float64 products use BLAS (int64 ones do not)."""
     if np.dtype(x.dtype).kind in "iub":
-        return x.astype(np.int64)
+        return x.astype(np.float64 if np.dtype(x.dtype).itemsize == 1 else np.int64)
     if precision == "fp16":
         return x.astype(np.float16).astype(np.float32)
     return x.astype(np.float32)

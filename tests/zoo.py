@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -154,3 +155,167 @@ def randomize_batchnorm(module: nn.Module, seed: int) -> nn.Module:
                 m.weight.copy_(torch.rand(m.num_features, generator=gen) + 0.5)
                 m.bias.copy_(torch.randn(m.num_features, generator=gen) * 0.1)
     return module
+
+
+class Bottleneck(nn.Module):
+    """torchvision's ResNet v1.5 bottleneck: 1x1 reduce, 3x3 (carrying the stride), 1x1 expand x4."""
+
+    expansion = 4
+
+    def __init__(self, cin: int, width: int, stride: int):
+        super().__init__()
+        cout = width * self.expansion
+        self.conv1 = nn.Conv2d(cin, width, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(width)
+        self.conv2 = nn.Conv2d(width, width, 3, stride, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(width)
+        self.conv3 = nn.Conv2d(width, cout, 1, bias=False)
+        self.bn3 = nn.BatchNorm2d(cout)
+        self.downsample = None
+        if stride != 1 or cin != cout:
+            self.downsample = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+
+    def forward(self, x):
+        y = torch.relu(self.bn1(self.conv1(x)))
+        y = torch.relu(self.bn2(self.conv2(y)))
+        y = self.bn3(self.conv3(y))
+        return torch.relu(y + (x if self.downsample is None else self.downsample(x)))
+
+
+class ResNet50(nn.Module):
+    """ResNet-50 v1.5 as torchvision builds it: [3, 4, 6, 3] bottlenecks, 1000 classes."""
+
+    def __init__(self, classes: int = 1000):
+        super().__init__()
+        self.stem = nn.Sequential(
+            nn.Conv2d(3, 64, 7, 2, 3, bias=False), nn.BatchNorm2d(64), nn.ReLU(), nn.MaxPool2d(3, 2, 1)
+        )
+        layers, cin = [], 64
+        for width, blocks, stride in ((64, 3, 1), (128, 4, 2), (256, 6, 2), (512, 3, 2)):
+            for i in range(blocks):
+                layers.append(Bottleneck(cin, width, stride if i == 0 else 1))
+                cin = width * Bottleneck.expansion
+        self.layers = nn.Sequential(*layers)
+        self.fc = nn.Linear(cin, classes)
+
+    def forward(self, x):
+        x = self.layers(self.stem(x))
+        return self.fc(torch.flatten(nn.functional.adaptive_avg_pool2d(x, 1), 1))
+
+
+class VGG19(nn.Module):
+    """VGG-19 (configuration E, no batch norm) as torchvision builds it: 16 3x3 convs, 3 FC layers."""
+
+    CONFIG = (
+        64,
+        64,
+        "M",
+        128,
+        128,
+        "M",
+        256,
+        256,
+        256,
+        256,
+        "M",
+        512,
+        512,
+        512,
+        512,
+        "M",
+        512,
+        512,
+        512,
+        512,
+        "M",
+    )
+
+    def __init__(self, classes: int = 1000):
+        super().__init__()
+        layers: list[nn.Module] = []
+        cin = 3
+        for c in self.CONFIG:
+            if c == "M":
+                layers.append(nn.MaxPool2d(2, 2))
+            else:
+                layers += [nn.Conv2d(cin, c, 3, padding=1), nn.ReLU()]
+                cin = c
+        self.features = nn.Sequential(*layers)
+        self.classifier = nn.Sequential(
+            nn.Linear(512 * 7 * 7, 4096),
+            nn.ReLU(),
+            nn.Linear(4096, 4096),
+            nn.ReLU(),
+            nn.Linear(4096, classes),
+        )
+
+    def forward(self, x):
+        return self.classifier(torch.flatten(self.features(x), 1))
+
+
+def resnet50(seed: int = 0) -> nn.Module:
+    """Seeded ResNet-50 v1.5 in eval mode with randomized BatchNorm statistics."""
+    torch.manual_seed(seed)
+    return randomize_batchnorm(ResNet50(), seed + 1).eval()
+
+
+def vgg19(seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    return VGG19().eval()
+
+
+class ONet(nn.Module):
+    """MTCNN's output network (face / not face, box, landmarks on 48x48 crops), as facenet-pytorch
+    defines it; `onet_real_weights` loads the trained weights that package ships."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1, self.prelu1 = nn.Conv2d(3, 32, 3), nn.PReLU(32)
+        self.pool1 = nn.MaxPool2d(3, 2, ceil_mode=True)
+        self.conv2, self.prelu2 = nn.Conv2d(32, 64, 3), nn.PReLU(64)
+        self.pool2 = nn.MaxPool2d(3, 2, ceil_mode=True)
+        self.conv3, self.prelu3 = nn.Conv2d(64, 64, 3), nn.PReLU(64)
+        self.pool3 = nn.MaxPool2d(2, 2, ceil_mode=True)
+        self.conv4, self.prelu4 = nn.Conv2d(64, 128, 2), nn.PReLU(128)
+        self.dense5, self.prelu5 = nn.Linear(1152, 256), nn.PReLU(256)
+        self.dense6_1, self.dense6_2, self.dense6_3 = nn.Linear(256, 2), nn.Linear(256, 4), nn.Linear(256, 10)
+
+    def forward(self, x):
+        x = self.pool1(self.prelu1(self.conv1(x)))
+        x = self.pool2(self.prelu2(self.conv2(x)))
+        x = self.pool3(self.prelu3(self.conv3(x)))
+        x = self.prelu4(self.conv4(x)).permute(0, 3, 2, 1).contiguous()
+        x = self.prelu5(self.dense5(x.view(x.shape[0], -1)))
+        return torch.softmax(self.dense6_1(x), dim=1), self.dense6_2(x), self.dense6_3(x)
+
+
+def onet_real_weights() -> nn.Module | None:
+    """ONet with the trained weights facenet-pytorch ships in its wheel (data/onet.pt), or None when
+    the package is not installed. The package itself is not imported (it needs torchvision)."""
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.find_spec("facenet_pytorch")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    weights = Path(next(iter(spec.submodule_search_locations))) / "data" / "onet.pt"
+    if not weights.is_file():
+        return None
+    net = ONet()
+    net.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
+    return net.eval()
+
+
+def onet_probe_inputs(net: nn.Module, count: int = 20, seed: int = 0, step: float = 0.004) -> np.ndarray:
+    """`count` synthetic 48x48 crops spanning ONet's face / not-face decision (no images ship
+    offline): seeded noise, crop i pushed towards `face` by i signed-gradient steps, so that the
+    class probabilities range from near 0 to near 1 rather than all saying `not face`."""
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(count, 1, 3, 48, 48, generator=gen) * 0.5
+    budget = torch.arange(count).reshape(-1, 1, 1, 1, 1)
+    for t in range(count - 1):
+        x.requires_grad_(True)
+        loss = -torch.log(net(x.reshape(count, 3, 48, 48))[0][:, 1] + 1e-6).sum()
+        (grad,) = torch.autograd.grad(loss, x)
+        x = (x - step * grad.sign() * (budget > t)).detach()
+    return x.numpy().astype(np.float32)

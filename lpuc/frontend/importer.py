@@ -102,7 +102,7 @@ def import_model(
         _check_input_types(proto, node, values, where)
         check_before_folding(node, values, where)
         try:
-            folded = try_fold(node, values, opsets)
+            folded = None if _quantized_weights(node, values) else try_fold(node, values, opsets)
         except MemoryError:
             raise ShapeError(
                 f"{where}: node '{node.name}' ({node.op}): output too large to evaluate"
@@ -126,6 +126,15 @@ def import_model(
             raise ShapeError(f"{where}: graph output '{o}' is not produced by any node")
     graph = Graph(model.graph.name or "model", nodes, values, inputs, outputs, opsets)
     return graph.prune_values()
+
+
+def _quantized_weights(node: Node, values: dict[str, Value]) -> bool:
+    """A DequantizeLinear of constant 8-bit integers: kept for passes/lower_quantized, which maps it
+    onto the int8 MXM mode (fold_constants folds what it leaves)."""
+    if node.op != "DequantizeLinear" or node.domain:
+        return False
+    q = values.get(node.inputs[0])
+    return q is not None and q.is_const and q.dtype in (np.dtype(np.int8), np.dtype(np.uint8))
 
 
 def _check_input_types(proto: onnx.NodeProto, node: Node, values: Mapping[str, Value], where: str) -> None:

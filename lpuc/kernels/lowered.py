@@ -15,13 +15,23 @@ from lpuc.kernels.softmax import softmax
 @kernel("Im2Col", domain=LPUC_DOMAIN)
 def im2col_kernel(ctx: KernelContext, x: np.ndarray) -> np.ndarray:
     """x [N, C, *spatial] -> [N * prod(out), C * prod(kernel)]; attrs kernel_shape/strides/pads/dilations.
-    With channels_last, x is [N, *spatial, C] (the columns keep the same order)."""
-    if ctx.attr("slab"):  # channels-last rows [r0, r1) from an input row slab
-        values = windows.gather(x, ctx.attrs, 0)
+    With channels_last, x is [N, *spatial, C] (the columns keep the same order). `pad_value` (an
+    integer x's zero point, default 0) fills the padding, so that the padding is zero once centered;
+    `pack_rows` p returns [rows / p, p * cols] (row-major: p consecutive rows side by side). With a
+    slab attribute: channels-last result rows [r0, r1) from an input row slab (no packing)."""
+    if ctx.attr("slab"):
+        values = windows.gather(x, ctx.attrs, int(ctx.attr("pad_value", 0)))
         return values.transpose(0, 2, 1).reshape(len(values), -1)
     if ctx.attr("channels_last", 0):
         x = np.moveaxis(x, -1, 1)
-    return im2col(x, ctx.attr("kernel_shape"), ctx.attr("strides"), ctx.attr("pads"), ctx.attr("dilations"))
+    geometry = (ctx.attr("kernel_shape"), ctx.attr("strides"), ctx.attr("pads"), ctx.attr("dilations"))
+    pad_value = int(ctx.attr("pad_value", 0))
+    if pad_value == 0:
+        cols = im2col(x, *geometry)
+    else:  # shift so that the pad value is 0, pad with zeros, shift back (exact in int64)
+        cols = (im2col(x.astype(np.int64) - pad_value, *geometry) + pad_value).astype(x.dtype)
+    pack = int(ctx.attr("pack_rows", 1))  # `pack_rows` consecutive rows side by side (quantize_int8)
+    return cols if pack == 1 else cols.reshape(cols.shape[0] // pack, cols.shape[1] * pack)
 
 
 @kernel("ConvTransposeScatter", domain=LPUC_DOMAIN)

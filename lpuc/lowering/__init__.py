@@ -117,7 +117,7 @@ def mxm_rounded_values(graph: Graph) -> set[str]:
 
 
 def _rounds(user: Node, name: str, rounded: set[str]) -> bool:
-    if user.op == "MatMul" and not user.domain:
+    if (user.op, user.domain) in (("MatMul", ""), ("HeadMatMul", LPUC_DOMAIN)):
         return name in user.inputs[:2]
     transparent = user.op in _ROUNDING_TRANSPARENT or (
         user.domain == LPUC_DOMAIN and user.op in ("Im2Col", "MaxPool")
@@ -125,6 +125,12 @@ def _rounds(user: Node, name: str, rounded: set[str]) -> bool:
     data = user.inputs[:1] if user.op in ("Reshape", "Slice", "Squeeze", "Unsqueeze") else user.inputs
     outs = [o for o in user.outputs if o]
     return transparent and name in data and len(outs) == 1 and outs[0] in rounded
+
+
+def _integer_mxm_operands(node: Node, graph: Graph) -> bool:
+    """MatMulInteger the int8 mode multiplies as it is: int8 operands, no zero points."""
+    operands = [graph.values[i].dtype for i in node.inputs[:2]]
+    return all(d == np.int8 for d in operands) and not any(node.inputs[2:])
 
 
 def unit_of(node: Node, graph: Graph) -> str:
@@ -142,10 +148,10 @@ def unit_of(node: Node, graph: Graph) -> str:
         return "SXM"
     if p.unit == "MXM":
         # Ops rewritten by a pass (p.via) should be gone; MatMul must have 2-D+ operands.
-        ok = node.op in ("MatMul", "HeadMatMul") and all(
+        ok = node.op in ("MatMul", "HeadMatMul", "MatMulInteger") and all(
             len(graph.values[i].shape) >= 2 for i in node.inputs[:2]
         )
-        return "MXM" if ok else "HOST"
+        return "MXM" if ok and (node.op != "MatMulInteger" or _integer_mxm_operands(node, graph)) else "HOST"
     if p.unit == "FOLD":
         return "HOST"  # not folded: its inputs are only known at run time
     return p.unit

@@ -30,9 +30,11 @@ from lpuc.ops import expression_alu_ops
 
 
 def mxm_mode_for(dtype: np.dtype, precision: str) -> str:
+    """The MXM mode an activation dtype multiplies in. In an int8 build, float operands (MatMuls
+    quantize_int8 left alone, e.g. two runtime operands) take the fp16 path."""
     if np.dtype(dtype).kind in "iub":
         return "int8" if np.dtype(dtype).itemsize == 1 else "fp32"
-    return precision
+    return "fp16" if precision == "int8" else precision
 
 
 def lower_matmul(b: TiledBuilder, node: Node) -> None:
@@ -118,7 +120,7 @@ def _accumulated(b, node, attrs, a, w, c, p: _Problem, segments, k_chunks, n_chu
     and one VXM map per tile adds the partials into C."""
     rows = [m1 - m0 for m0, m1 in segments for _ in n_chunks]
     mode = b.target.mxm_mode(attrs["precision"])
-    parts = _parts(k_chunks, _k_split(b, rows, len(k_chunks), mode.cycles_per_row) if split else 1)
+    parts = _runs(k_chunks, _k_split(b, rows, len(k_chunks), mode.cycles_per_row) if split else 1)
     if len(parts) == 1:
         partials = [c]
     else:
@@ -233,11 +235,22 @@ def _load(b: TiledBuilder, node: Node, attrs: dict, w, weights, chain: int = -1)
     return group
 
 
+# At most this many row segments (tiles of A / C) per weight load: tall results are then finished a
+# part at a time instead of all at the end, and a 224x224 image's int32 accumulators are not all live.
+SEGMENTS_PER_PART = 8
+
+
 def _parts(segments: list[tuple[int, int]], planes: int) -> list[list[tuple[int, int]]]:
-    """Row segments cut into at most `planes` contiguous runs of near-equal length."""
-    count = max(1, min(planes, len(segments)))
-    bounds = [round(i * len(segments) / count) for i in range(count + 1)]
-    return [segments[lo:hi] for lo, hi in zip(bounds, bounds[1:])]
+    """Row segments cut into contiguous runs of near-equal length: one per plane, or more when
+    that would put over SEGMENTS_PER_PART segments in a run."""
+    return _runs(segments, max(min(planes, len(segments)), math.ceil(len(segments) / SEGMENTS_PER_PART)))
+
+
+def _runs(items: list, count: int) -> list[list]:
+    """`items` cut into `count` (at least 1, at most len(items)) contiguous runs of near-equal length."""
+    count = max(1, min(count, len(items)))
+    bounds = [round(i * len(items) / count) for i in range(count + 1)]
+    return [items[lo:hi] for lo, hi in zip(bounds, bounds[1:])]
 
 
 def _problems(a_shape, w_shape, c_shape, heads: _HeadViews) -> list[_Problem]:

@@ -61,7 +61,7 @@ def is_windowed(node: Node, placement: Placement) -> bool:
     """A channels-last sliding window op that lowering can cut into result row slabs."""
     if not placement.windowed or len([o for o in node.outputs if o]) != 1 or not node.attr("kernel_shape"):
         return False
-    if node.op == "Im2Col" and not node.attr("channels_last", 0):
+    if node.op == "Im2Col" and (not node.attr("channels_last", 0) or int(node.attr("pack_rows", 1)) != 1):
         return False
     auto_pad = node.attr("auto_pad", "NOTSET")
     auto_pad = auto_pad.decode() if isinstance(auto_pad, bytes) else auto_pad
