@@ -38,6 +38,7 @@ from lpuc.passes.lower_conv import lower_conv
 from lpuc.passes.lower_einsum import lower_einsum
 from lpuc.passes.lower_gemm import lower_gemm
 from lpuc.passes.sink_transposes import sink_transposes
+from lpuc.passes.store_tables_at_precision import store_tables_at_precision
 from lpuc.target import Target
 
 
@@ -80,6 +81,7 @@ PIPELINE: tuple[Pass, ...] = (
     Pass("sink_transposes", sink_transposes),
     Pass("canonicalize_matmul", canonicalize_matmul),
     Pass("fold_constants", fold_constants),
+    Pass("store_tables_at_precision", store_tables_at_precision),
     Pass("fuse_layernorm", fuse_layernorm),
     Pass("fuse_gelu", fuse_gelu),
     Pass("fuse_elementwise", fuse_elementwise),

@@ -50,6 +50,13 @@ class Machine:
             if t.kind == "const" and (t.slice, t.addr) not in done:
                 done.add((t.slice, t.addr))
                 self.write(self._whole(t), self.program.consts[t.const_key])
+        self.load_host_constants()
+
+    def load_host_constants(self) -> None:
+        """Constant tables kept in host memory (whole tensors), by their host tile's id."""
+        for t in self.tiles:
+            if t.kind == "host" and t.const_key is not None:
+                self.host_memory[t.id] = self.program.consts[t.const_key]
 
     # -- tensors --------------------------------------------------------------------------------
     def store_tensor(self, value: np.ndarray, tiles: list[int], row_offset: int = 0) -> None:

@@ -409,6 +409,7 @@ class _Executor:
             for p in m.planes.values():
                 p.shadow = p.active = None
             m.host_memory.clear()
+            m.load_host_constants()
         self._reset_needed = True
         for t, (_, value) in zip(self._inputs, values):
             t.store(value)

@@ -36,9 +36,18 @@ def split_range(start: int, stop: int, *boundaries: Iterable[int] | int) -> list
 
 
 class TiledBuilder:
-    def __init__(self, graph: Graph, target: Target, precision: str, host_resident: set[str] | None = None):
+    def __init__(
+        self,
+        graph: Graph,
+        target: Target,
+        precision: str,
+        host_resident: set[str] | None = None,
+        host_tables: frozenset[str] = frozenset(),
+    ):
         self.graph = graph
         self.host_resident = host_resident or set()
+        # Constant lookup tables kept in host memory (they do not fit SRAM): one host buffer each.
+        self.host_tables = host_tables
         self.target = target
         self.precision = precision
         self.lanes = target.lanes
@@ -62,7 +71,7 @@ class TiledBuilder:
             v = self.graph.values[name]
             if not v.is_const:
                 raise KeyError(f"value {name!r} used before it was produced")
-            t = self.const_tensor(name, v.dtype)
+            t = self.host_table(name) if name in self.host_tables else self.const_tensor(name, v.dtype)
             self.tensors[name] = t
         return t
 
@@ -75,6 +84,16 @@ class TiledBuilder:
             t = self.new_tensor(name, data.shape, np.dtype(dtype), const=data)
             self._stored_consts[key] = t
         return t
+
+    def host_table(self, name: str) -> TensorTiles:
+        """Constant `name` kept whole in host memory: a host buffer carrying its content key."""
+        data = np.ascontiguousarray(self.graph.values[name].const)
+        key = _content_key(data)
+        self.const_data.setdefault(key, data)
+        buf = Buffer(len(self.buffers), name, data.dtype, 1, 1, 0, 0, const_key=key, host=True)
+        self.buffers.append(buf)
+        rows, cols = view_of(data.shape)
+        return TensorTiles(name, data.shape, data.dtype, rows, cols, self.block_rows, self.lanes, [[buf.id]])
 
     def new_tensor(
         self, name: str, shape: tuple[int, ...], dtype: np.dtype, const: np.ndarray | None = None

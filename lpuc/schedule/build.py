@@ -17,6 +17,7 @@ from lpuc.program import Access, Binding, Instruction, Program, TileSlot
 from lpuc.report import human_bytes
 from lpuc.schedule.allocator import Allocation, allocate
 from lpuc.schedule.bounds import compile_facts
+from lpuc.schedule.fit import check_constants_fit
 from lpuc.schedule.placement import place_tiles
 from lpuc.schedule.scheduler import Schedule, schedule
 from lpuc.schedule.summary import compile_time_facts, summarize
@@ -40,7 +41,7 @@ def build_program(
     model_nodes: Collection[str] = (),
 ) -> Program:
     """Schedule and place `tiled`; `model_nodes` names the model's own nodes (for the SXM bound)."""
-    _check_constants_fit(tiled, target, where)
+    check_constants_fit(tiled, target, where)
     pinned: dict[int, int] = {}
     for _ in range(MAX_PLACEMENT_ROUNDS):
         slice_of = place_tiles(tiled, target, pinned)
@@ -121,25 +122,6 @@ def assemble(
         [binding(n) for n in tiled.inputs],
         [binding(n) for n in tiled.outputs],
     )
-
-
-def _check_constants_fit(tiled: TiledProgram, target: Target, where: str) -> None:
-    seen: dict[str, int] = {}
-    for b in tiled.buffers:
-        if b.is_const:
-            seen[b.const_key] = b.words
-    need = sum(seen.values()) * target.word_bytes
-    if need > target.sram_bytes:
-        # fp16 only helps where it would store MXM weights at half size: an fp32 build's float weights.
-        halves = tiled.precision == "fp32" and any(
-            b.is_const and b.dtype.name == "float32" for b in tiled.buffers
-        )
-        advice = "try --precision fp16 or a larger target" if halves else "try a larger target"
-        raise DoesNotFitError(
-            f"{where}: constants need {human_bytes(need)} of SRAM, "
-            f"target {target.name} has {human_bytes(target.sram_bytes)} "
-            f"(over by {human_bytes(need - target.sram_bytes)}; {advice})"
-        )
 
 
 def _move_failures(

@@ -27,7 +27,7 @@ def place_tiles(
 
     const_slot: dict[str, int] = {}
     for buf in program.buffers:
-        if not buf.is_const:
+        if not buf.is_const or buf.host:
             continue
         if buf.const_key in const_slot:
             slice_of[buf.id] = const_slot[buf.const_key]

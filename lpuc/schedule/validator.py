@@ -203,7 +203,7 @@ def _order(p: Program) -> list[str]:
                     )
             if len(out) >= MAX_PROBLEMS:
                 return out
-        if tile.kind not in ("const", "input", "io"):
+        if tile.kind not in ("const", "input", "io") and tile.const_key is None:  # or a host table
             out += _reads_covered(buf, tile, items)
     return out
 
