@@ -38,4 +38,5 @@ def _narrow(b: NodeBuilder) -> None:
     narrow = b.const("table_fp16", np.asarray(table.const).astype(np.float16))
     out = b.graph.values[node.outputs[0]]
     rows = b.emit("Gather", [narrow, node.inputs[1]], out.shape, np.float16, "gather", **dict(node.attrs))
+    b.nodes[-1] = b.nodes[-1].with_(name=node.name)  # errors (an index out of range) name the model's node
     b.bind_output(b.cast(rows, out.dtype), node.outputs[0])
