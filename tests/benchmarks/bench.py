@@ -5,7 +5,7 @@ issue 6, from cycles_before_issue6.json, measured at commit 5a223a2), latency on
 end; the hardware lower bound, cycles / bound and the resource that sets it; SRAM peak; wall time of
 one run in the reference runtime (execution plan and interpreter) and of onnxruntime, measured in
 this process, and their ratio; max error against onnxruntime. Wall times are medians of several runs
-(machines are shared and noisy).
+(machines are shared and noisy). Then BERT-base and GPT-2-shaped decoders (transformer_bench.py).
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ import onnx
 import onnxruntime as ort
 
 import lpuc
+from tests.benchmarks.transformer_bench import bench_transformers
 
 ROOT = Path(__file__).resolve().parents[2]
 LIGHT = Path(onnx.__file__).parent / "backend" / "test" / "data" / "light"
@@ -114,6 +115,9 @@ def main() -> None:
     parser.add_argument("--target", default="tsp-v1")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--no-zoo", action="store_true", help="skip onnx's light zoo models")
+    parser.add_argument(
+        "--no-transformers", action="store_true", help="skip BERT-base and the GPT-2-shaped decoders"
+    )
     args = parser.parse_args()
     paths = args.models or sorted((ROOT / "models").glob("*.onnx"))
     zoo = [] if args.models or args.no_zoo else sorted(LIGHT.glob("light_*.onnx"))
@@ -166,6 +170,11 @@ def main() -> None:
                 f"{r['bound']:,} cycles) and {r['latency_us'] / us:.0f}x the {us:g} us Groq's compiler gets "
                 "on this chip (int8, ISCA 2020)"
             )
+    if not (args.models or args.no_transformers):
+        print(
+            "\ntransformers (seq 128, batch 1; cosine: one run against onnxruntime fp32; runtime not timed)"
+        )
+        bench_transformers()
 
 
 if __name__ == "__main__":
