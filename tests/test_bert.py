@@ -169,3 +169,41 @@ def test_bert_base_fp16_fits_one_chip():
     feeds = bert_feeds()
     for (name, value), expected in zip(program.run(feeds).items(), ort_run(path, feeds)):
         assert cosine(value, expected) >= 0.999, name
+
+
+def test_tables_leave_sram_when_constants_fit_but_live_data_does_not(tmp_path):
+    # tsp-mini: the 1536 x 64 table and w are 400 KiB of constants (they fit in 512 KiB), but the
+    # 512 gathered rows and the product add 256 KiB of live data.
+    rng = np.random.default_rng(0)
+    graph = helper.make_graph(
+        [
+            helper.make_node("Gather", ["table", "ids"], ["x"], name="embed"),
+            helper.make_node("MatMul", ["x", "w"], ["y"]),
+        ],
+        "g",
+        [helper.make_tensor_value_info("ids", TensorProto.INT64, [512])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [512, 64])],
+        [
+            numpy_helper.from_array(rng.standard_normal((1536, 64)).astype(np.float32), "table"),
+            numpy_helper.from_array(rng.standard_normal((64, 64)).astype(np.float32), "w"),
+        ],
+    )
+    path = tmp_path / "tall.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)]), str(path))
+    program = lpuc.compile(path, target="tsp-mini", precision="fp32")
+    assert program.summary["host_tables"] == {"table": 1536 * 64 * 4}
+    feeds = {"ids": rng.integers(0, 1536, 512).astype(np.int64)}
+    (got,) = program.run(feeds).values()
+    np.testing.assert_allclose(got, ort_run(path, feeds)[0], rtol=1e-4, atol=1e-5)
+    no_host = invoke(
+        "compile",
+        path,
+        "-o",
+        tmp_path / "x.lpu",
+        "--target",
+        "tsp-mini",
+        "--precision",
+        "fp32",
+        "--no-host-fallback",
+    )
+    assert_one_line_error(no_host, "at its peak")

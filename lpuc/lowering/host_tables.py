@@ -1,9 +1,10 @@
-"""Which constant lookup tables stay in host memory: only when the constants overflow SRAM.
+"""Which constant lookup tables stay in host memory: only when the program overflows SRAM.
 
 A table read only by Gathers (an embedding) need not be on the chip: the host gathers the rows and
 only those cross PCIe (one transfer of ids out and of rows back, costed by the host op). On-chip
 SRAM is always faster, so tables move only when the constants do not fit, largest first, until they
-do (BERT-base in fp16: the 30522 x 768 word embeddings).
+do (BERT-base in fp16: the 30522 x 768 word embeddings); and all of them when the constants fit but
+the constants and the live data together do not (`all_tables`, after the allocation fails).
 """
 
 from __future__ import annotations
@@ -26,6 +27,13 @@ def tables_for_host(graph: Graph, tiled: TiledProgram, target: Target) -> frozen
         chosen.append(name)
         over -= nbytes
     return frozenset(chosen)
+
+
+def all_tables(graph: Graph, tiled: TiledProgram, target: Target) -> frozenset[str]:
+    """Every table that could live in host memory, or nothing if they all do already."""
+    on_host = {b.tensor for b in tiled.buffers if b.host and b.is_const}
+    movable = {name for name, nbytes in _table_bytes(graph, tiled, target).items() if nbytes}
+    return frozenset(on_host | movable) if movable else frozenset()
 
 
 def _table_bytes(graph: Graph, tiled: TiledProgram, target: Target) -> dict[str, int]:
