@@ -207,3 +207,15 @@ def test_tables_leave_sram_when_constants_fit_but_live_data_does_not(tmp_path):
         "--no-host-fallback",
     )
     assert_one_line_error(no_host, "at its peak")
+
+
+def test_does_not_fit_error_names_tables_already_on_the_host(tmp_path):
+    # tsp-mini: the table goes to the host, and w alone (768 KiB) still overflows 512 KiB.
+    path = tmp_path / "embed.onnx"
+    _embed_matmul(path, 2048, 448)
+    result = invoke("compile", path, "-o", tmp_path / "x.lpu", "--target", "tsp-mini", "--precision", "fp32")
+    assert_one_line_error(
+        result,
+        "largest: w [448x448 float32] 784.00 KiB; already in host memory: table; ",
+        "try --precision fp16 (they would take 392.00 KiB)",
+    )

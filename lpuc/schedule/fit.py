@@ -22,8 +22,13 @@ def check_constants_fit(tiled: TiledProgram, target: Target, where: str) -> None
     raise DoesNotFitError(
         f"{where}: constants need {human_bytes(need)} of SRAM, target {target.name} has "
         f"{human_bytes(target.sram_bytes)} (over by {human_bytes(need - target.sram_bytes)}); "
-        f"largest: {_largest(slots, target)}; {_advice(tiled, slots, target, need)}"
+        f"largest: {_largest(slots, target)}; {_on_host(tiled)}{_advice(tiled, slots, target, need)}"
     )
+
+
+def _on_host(tiled: TiledProgram) -> str:
+    tables = sorted({b.tensor for b in tiled.buffers if b.is_const and b.host})
+    return f"already in host memory: {', '.join(tables)}; " if tables else ""
 
 
 def _const_slots(tiled: TiledProgram) -> list[Buffer]:
@@ -66,5 +71,3 @@ def _advice(tiled: TiledProgram, slots: list[Buffer], target: Target, need: int)
     return (
         f"they need at least {chips} {target.name} chips ({chips_int8} with int8 weights), or a larger target"
     )
-
-
