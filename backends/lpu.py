@@ -36,7 +36,9 @@ if sys.byteorder != "little":  # constants are stored as raw little-endian bytes
     raise ImportError("lpuc artifacts need a little-endian host")
 
 MAGIC = b"LPU\0"
-FORMAT_VERSION = 2  # 2: instructions carry their work record; summaries are recomputed at load
+# 2: instructions carry their work record; summaries are recomputed at load. 3: tiles carry their
+# first lane (narrow constant tiles share words).
+FORMAT_VERSION = 3
 _PREFIX = struct.Struct("<4sIQ")
 
 
@@ -77,7 +79,20 @@ def encode_program(program: Program) -> bytes:
         for unit, items in program.queues().items()
     }
     tiles = [
-        [t.id, s(t.tensor), t.dtype, t.rows, t.lanes, t.r0, t.c0, t.slice, t.addr, t.kind, t.const_key]
+        [
+            t.id,
+            s(t.tensor),
+            t.dtype,
+            t.rows,
+            t.lanes,
+            t.r0,
+            t.c0,
+            t.slice,
+            t.addr,
+            t.kind,
+            t.const_key,
+            t.lane,
+        ]
         for t in program.tiles
     ]
     blobs, const_index, offset = [], [], 0

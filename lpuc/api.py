@@ -17,7 +17,7 @@ from lpuc.frontend.importer import import_model
 from lpuc.frontend.loader import load_model
 from lpuc.ir.printer import print_graph
 from lpuc.lowering import lower, lower_with
-from lpuc.lowering.host_tables import all_tables
+from lpuc.lowering.host_tables import one_more_table
 from lpuc.passes.pipeline import PassContext, PassTimings, run_pipeline
 from lpuc.program import Program
 from lpuc.schedule.build import build_program
@@ -82,15 +82,16 @@ def compile(  # noqa: A001 - the natural name for a compiler's entry point
             "host_fallback": host_fallback,
             "disabled_passes": sorted(pass_ctx.disabled),  # so `lpuc diff` shows a different pass set
         }
-        try:
-            program = build_program(tiled, tgt, where, options, model_nodes)
-        except DoesNotFitError:
-            # Constants fit but not with the live data: keep every lookup table in host memory.
-            tables = all_tables(graph, tiled, tgt) if host_fallback else frozenset()
-            if not tables:
-                raise
-            tiled = lower_with(graph, tgt, precision, host_fallback, where, tables)
-            program = build_program(tiled, tgt, where, options, model_nodes)
+        while True:
+            try:
+                program = build_program(tiled, tgt, where, options, model_nodes)
+                break
+            except DoesNotFitError:
+                # Constants fit but not with the live data: one more lookup table to host memory.
+                tables = one_more_table(graph, tiled, tgt) if host_fallback else frozenset()
+                if not tables:
+                    raise
+                tiled = lower_with(graph, tgt, precision, host_fallback, where, tables)
     if dump_dir is not None:
         from lpuc.backends.text import program_text
 

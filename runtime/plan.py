@@ -63,7 +63,7 @@ def _bound_kernel(ctx: KernelContext) -> Callable[[list], list[np.ndarray]]:
 
 
 def _whole(t: TileSlot) -> Access:
-    return Access(t.id, t.slice, t.addr, t.rows, 0, t.lanes)
+    return Access(t.id, t.slice, t.addr, t.rows, t.lane, t.lanes)
 
 
 def _span(a: Access, dtype: np.dtype) -> tuple[int, int, int]:
@@ -210,7 +210,7 @@ class _Executor:
             if whole:
                 return mask
             r0 = (a.addr - t.addr) // words_per_row(t.np_dtype)
-            return mask[r0 : r0 + a.nrows, a.lane0 : a.lane0 + a.nlanes]
+            return mask[r0 : r0 + a.nrows, a.lane0 - t.lane : a.lane0 - t.lane + a.nlanes]
 
         for ins in order:
             whole = ins.opcode.endswith(".kernel")

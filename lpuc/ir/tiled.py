@@ -124,7 +124,3 @@ class TiledProgram:
 
     def buffer(self, buf_id: int) -> Buffer:
         return self.buffers[buf_id]
-
-    def const_words(self) -> int:
-        """SRAM words the constants occupy (identical tiles share a slot; host tables take none)."""
-        return sum({b.const_key: b.words for b in self.buffers if b.is_const and not b.host}.values())

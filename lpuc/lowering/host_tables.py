@@ -3,8 +3,9 @@
 A table read only by Gathers (an embedding) need not be on the chip: the host gathers the rows and
 only those cross PCIe (one transfer of ids out and of rows back, costed by the host op). On-chip
 SRAM is always faster, so tables move only when the constants do not fit, largest first, until they
-do (BERT-base in fp16: the 30522 x 768 word embeddings); and all of them when the constants fit but
-the constants and the live data together do not (`all_tables`, after the allocation fails).
+do (BERT-base in fp16: the 30522 x 768 word embeddings); and one more at a time while the
+constants fit but the constants and the live data together do not (`one_more_table`, after the
+allocation fails).
 """
 
 from __future__ import annotations
@@ -13,11 +14,12 @@ from collections import Counter
 
 from lpuc.ir.graph import Graph
 from lpuc.ir.tiled import TiledProgram
+from lpuc.schedule.packing import const_words, pack_constants
 from lpuc.target import Target
 
 
 def tables_for_host(graph: Graph, tiled: TiledProgram, target: Target) -> frozenset[str]:
-    over = tiled.const_words() * target.word_bytes - target.sram_bytes
+    over = const_words(tiled, pack_constants(tiled, target.lanes)) * target.word_bytes - target.sram_bytes
     if over <= 0:
         return frozenset()
     chosen: list[str] = []
@@ -29,11 +31,11 @@ def tables_for_host(graph: Graph, tiled: TiledProgram, target: Target) -> frozen
     return frozenset(chosen)
 
 
-def all_tables(graph: Graph, tiled: TiledProgram, target: Target) -> frozenset[str]:
-    """Every table that could live in host memory, or nothing if they all do already."""
+def one_more_table(graph: Graph, tiled: TiledProgram, target: Target) -> frozenset[str]:
+    """The tables in host memory plus the largest one still in SRAM, or nothing if none is left."""
     on_host = {b.tensor for b in tiled.buffers if b.host and b.is_const}
-    movable = {name for name, nbytes in _table_bytes(graph, tiled, target).items() if nbytes}
-    return frozenset(on_host | movable) if movable else frozenset()
+    movable = [(-nbytes, name) for name, nbytes in _table_bytes(graph, tiled, target).items() if nbytes]
+    return frozenset(on_host | {min(movable)[1]}) if movable else frozenset()
 
 
 def _table_bytes(graph: Graph, tiled: TiledProgram, target: Target) -> dict[str, int]:

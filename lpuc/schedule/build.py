@@ -18,6 +18,7 @@ from lpuc.report import human_bytes
 from lpuc.schedule.allocator import Allocation, allocate
 from lpuc.schedule.bounds import compile_facts
 from lpuc.schedule.fit import check_constants_fit
+from lpuc.schedule.packing import ConstPacking, pack_constants
 from lpuc.schedule.placement import place_tiles
 from lpuc.schedule.scheduler import Schedule, schedule
 from lpuc.schedule.summary import compile_time_facts, summarize
@@ -41,15 +42,16 @@ def build_program(
     model_nodes: Collection[str] = (),
 ) -> Program:
     """Schedule and place `tiled`; `model_nodes` names the model's own nodes (for the SXM bound)."""
-    check_constants_fit(tiled, target, where)
+    packing = pack_constants(tiled, target.lanes)
+    check_constants_fit(tiled, target, where, packing)
     pinned: dict[int, int] = {}
     for _ in range(MAX_PLACEMENT_ROUNDS):
-        slice_of = place_tiles(tiled, target, pinned)
+        slice_of = place_tiles(tiled, target, pinned, packing)
         sched = schedule(tiled, target, slice_of)
-        alloc = allocate(tiled, sched, slice_of, target.addresses_per_slice)
+        alloc = allocate(tiled, sched, slice_of, target.addresses_per_slice, packing)
         if not alloc.failures:
             break
-        pinned = _move_failures(tiled, slice_of, alloc, target)
+        pinned = _move_failures(tiled, slice_of, alloc, target, packing)
     else:
         _raise_does_not_fit(tiled, alloc, target, where)
     program = assemble(tiled, sched, slice_of, alloc, target)
@@ -75,6 +77,7 @@ def assemble(
             alloc.addr[b.id],
             b.kind,
             b.const_key,
+            alloc.lane.get(b.id, 0),
         )
         for b in tiled.buffers
     ]
@@ -82,7 +85,12 @@ def assemble(
     def access(ref) -> Access:
         t = tiles[ref.buf]
         return Access(
-            ref.buf, t.slice, t.addr + ref.row0 * words_per_row(t.np_dtype), ref.nrows, ref.lane0, ref.nlanes
+            ref.buf,
+            t.slice,
+            t.addr + ref.row0 * words_per_row(t.np_dtype),
+            ref.nrows,
+            t.lane + ref.lane0,
+            ref.nlanes,
         )
 
     order = sorted(tiled.ops, key=lambda op: (sched.slots[op.id].start, op.id))
@@ -125,7 +133,7 @@ def assemble(
 
 
 def _move_failures(
-    tiled: TiledProgram, slice_of: dict[int, int], alloc: Allocation, target: Target
+    tiled: TiledProgram, slice_of: dict[int, int], alloc: Allocation, target: Target, packing: ConstPacking
 ) -> dict[int, int]:
     pinned = dict(slice_of)
     headroom = {
@@ -136,10 +144,10 @@ def _move_failures(
         s = max(sorted(headroom), key=lambda k: headroom[k])
         pinned[buf_id] = s
         headroom[s] -= words
-        if tiled.buffers[buf_id].is_const:  # identical constant tiles move together
-            key = tiled.buffers[buf_id].const_key
+        if tiled.buffers[buf_id].is_const:  # the constant tiles of one slot move together
+            slot = packing.slot(tiled.buffers[buf_id].const_key)
             for b in tiled.buffers:
-                if b.const_key == key:
+                if b.is_const and packing.slot(b.const_key) == slot:
                     pinned[b.id] = s
     return pinned
 

@@ -9,20 +9,24 @@ from collections import defaultdict
 from lpuc.errors import DoesNotFitError
 from lpuc.ir.tiled import Buffer, TiledProgram
 from lpuc.report import human_bytes
+from lpuc.schedule.packing import ConstPacking, const_words, pack_constants
 from lpuc.target import Target
 
 LARGEST_LISTED = 3
 
 
-def check_constants_fit(tiled: TiledProgram, target: Target, where: str) -> None:
-    slots = _const_slots(tiled)
-    need = _bytes(slots, target, None)
+def check_constants_fit(
+    tiled: TiledProgram, target: Target, where: str, packing: ConstPacking | None = None
+) -> None:
+    packing = packing or pack_constants(tiled, target.lanes)
+    need = const_words(tiled, packing) * target.word_bytes
     if need <= target.sram_bytes:
         return
+    slots = _const_slots(tiled)
     raise DoesNotFitError(
         f"{where}: constants need {human_bytes(need)} of SRAM, target {target.name} has "
         f"{human_bytes(target.sram_bytes)} (over by {human_bytes(need - target.sram_bytes)}); "
-        f"largest: {_largest(slots, target)}; {_on_host(tiled)}{_advice(tiled, slots, target, need)}"
+        f"largest: {_largest(slots, target)}; {_on_host(tiled)}{_advice(tiled, target, need)}"
     )
 
 
@@ -32,19 +36,14 @@ def _on_host(tiled: TiledProgram) -> str:
 
 
 def _const_slots(tiled: TiledProgram) -> list[Buffer]:
-    """One buffer per SRAM constant slot (identical tiles share one)."""
+    """One buffer per distinct SRAM constant tile (identical tiles share one)."""
     return list({b.const_key: b for b in tiled.buffers if b.is_const and not b.host}.values())
 
 
-def _bytes(slots: list[Buffer], target: Target, float_itemsize: int | None) -> int:
-    """SRAM bytes of the slots, with float constants stored at `float_itemsize` bytes if given."""
-    words = 0
-    for b in slots:
-        itemsize = b.dtype.itemsize
-        if float_itemsize is not None and b.dtype.kind == "f":
-            itemsize = min(itemsize, float_itemsize)
-        words += b.rows * itemsize
-    return words * target.word_bytes
+def _bytes(tiled: TiledProgram, target: Target, float_itemsize: int) -> int:
+    """SRAM bytes of the constants with float ones stored at `float_itemsize` bytes, packed."""
+    packing = pack_constants(tiled, target.lanes, float_itemsize)
+    return const_words(tiled, packing, float_itemsize) * target.word_bytes
 
 
 def _largest(slots: list[Buffer], target: Target) -> str:
@@ -59,11 +58,11 @@ def _largest(slots: list[Buffer], target: Target) -> str:
     return ", ".join(f"{n} [{rows[k]}x{cols[k]} {d}] {human_bytes(size[k])}" for k in ranked for n, d in [k])
 
 
-def _advice(tiled: TiledProgram, slots: list[Buffer], target: Target, need: int) -> str:
-    fp16 = _bytes(slots, target, 2)
+def _advice(tiled: TiledProgram, target: Target, need: int) -> str:
+    fp16 = _bytes(tiled, target, 2)
     if tiled.precision == "fp32" and fp16 < need and fp16 <= target.sram_bytes:
         return f"try --precision fp16 (they would take {human_bytes(fp16)}) or a larger target"
-    int8 = _bytes(slots, target, 1)
+    int8 = _bytes(tiled, target, 1)
     if int8 <= target.sram_bytes:
         return f"int8 weights would take {human_bytes(int8)} and fit; or use a larger target"
     chips = math.ceil(need / target.sram_bytes)

@@ -154,9 +154,10 @@ def _peak_live_words(program: Program) -> int:
 def _const_padding_bytes(program: Program) -> int:
     """Bytes of the constant slots that hold no value: a tile of `lanes` lanes still takes whole
     words of `word_bytes` (one byte per lane); identical constant tiles share one slot."""
-    slots = {(t.slice, t.addr): t for t in program.tiles if t.kind == "const"}.values()
-    word_bytes = program.target.word_bytes
-    return sum(t.words * word_bytes - t.rows * t.lanes * t.np_dtype.itemsize for t in slots)
+    const = [t for t in program.tiles if t.kind == "const"]
+    slot_words = {(t.slice, t.addr): t.words for t in const}  # packed tiles share their slot's words
+    values = {(t.slice, t.addr, t.lane): t.rows * t.lanes * t.np_dtype.itemsize for t in const}
+    return sum(slot_words.values()) * program.target.word_bytes - sum(values.values())
 
 
 def _used_words(program: Program) -> int:
