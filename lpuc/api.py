@@ -15,7 +15,9 @@ import onnx
 from lpuc.errors import DoesNotFitError, LpucError
 from lpuc.frontend.importer import import_model
 from lpuc.frontend.loader import load_model
+from lpuc.ir.graph import Graph
 from lpuc.ir.printer import print_graph
+from lpuc.ir.tiled import TiledProgram
 from lpuc.lowering import lower, lower_with
 from lpuc.lowering.host_tables import one_more_table
 from lpuc.passes.pipeline import PassContext, PassTimings, run_pipeline
@@ -82,16 +84,7 @@ def compile(  # noqa: A001 - the natural name for a compiler's entry point
             "host_fallback": host_fallback,
             "disabled_passes": sorted(pass_ctx.disabled),  # so `lpuc diff` shows a different pass set
         }
-        while True:
-            try:
-                program = build_program(tiled, tgt, where, options, model_nodes)
-                break
-            except DoesNotFitError:
-                # Constants fit but not with the live data: one more lookup table to host memory.
-                tables = one_more_table(graph, tiled, tgt) if host_fallback else frozenset()
-                if not tables:
-                    raise
-                tiled = lower_with(graph, tgt, precision, host_fallback, where, tables)
+        program = _build_fitting(graph, tiled, tgt, where, options, model_nodes)
     if dump_dir is not None:
         from lpuc.backends.text import program_text
 
@@ -105,6 +98,26 @@ def compile(  # noqa: A001 - the natural name for a compiler's entry point
 # where the OS does not say). Kept beside compile_stages (seconds only, summed by Program) and
 # recorded even for a stage that fails, so a benchmark can time a model that does not fit.
 stage_usage: dict[str, tuple[float, int | None]] = {}
+
+
+def _build_fitting(
+    graph: Graph, tiled: TiledProgram, target: Target, where: str, options: dict, model_nodes: set[str]
+) -> Program:
+    """Build `tiled`; if it does not fit SRAM, again with narrow constant tiles packed side by side
+    (which shares MEM ports among more tiles), then with one more lookup table in host memory at a
+    time (which costs PCIe round trips)."""
+    pack = False
+    while True:
+        try:
+            return build_program(tiled, target, where, options, model_nodes, pack=pack)
+        except DoesNotFitError:
+            if not pack:
+                pack = True
+                continue
+            tables = one_more_table(graph, tiled, target) if options["host_fallback"] else frozenset()
+            if not tables:
+                raise
+            tiled = lower_with(graph, target, tiled.precision, options["host_fallback"], where, tables)
 
 
 @contextlib.contextmanager

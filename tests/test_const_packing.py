@@ -4,6 +4,8 @@ numerics unchanged, and the validator still refuses what packing must never prod
 from __future__ import annotations
 
 import dataclasses
+import json
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -15,12 +17,12 @@ from lpuc.program import Program
 from tests.models import ort_run
 from tests.mutate import refusals
 
+TARGETS = Path(lpuc.__file__).resolve().parent / "targets"
+
 
 @pytest.fixture(scope="module")
 def two_matmuls(tmp_path_factory):
-    """x [4, 64] @ w1 [64, 96] @ w2 [96, 96]: on tsp-mini's 64-lane tiles both weights end in a
-    32-lane tile; w1's (64 rows) and w2's first (64 rows) can share one slot, w2's second (32 rows)
-    has no partner of its row count."""
+    """x [4, 64] @ w1 [64, 96] @ w2 [96, 96]: on 64-lane tiles both weights end in 32-lane tiles."""
     rng = np.random.default_rng(2)
     graph = helper.make_graph(
         [helper.make_node("MatMul", ["x", "w1"], ["h"]), helper.make_node("MatMul", ["h", "w2"], ["y"])],
@@ -37,22 +39,43 @@ def two_matmuls(tmp_path_factory):
     return path
 
 
+def tight_mini(directory: Path) -> Path:
+    """tsp-mini with 5 slices of 256 addresses (1280 words): tiles of 32 rows; the 10 weight tiles of
+    two_matmuls fill it exactly unpacked (no room left for activations), packed they take 8."""
+    raw = json.loads((TARGETS / "tsp-mini.json").read_text())
+    raw["name"] = "tsp-tight"
+    raw["floorplan"] = [["SXM", 1], ["MEM", 2], ["VXM", 1], ["MEM", 3], ["SXM", 1], ["MXM", 1]]
+    raw["mem"]["addresses_per_slice"] = 256
+    path = directory / "tsp-tight.json"
+    path.write_text(json.dumps(raw))
+    return path
+
+
 @pytest.fixture(scope="module")
 def packed(two_matmuls) -> Program:
-    return lpuc.compile(two_matmuls, target="tsp-mini", precision="fp32")
+    return lpuc.compile(two_matmuls, target=str(tight_mini(two_matmuls.parent)), precision="fp32")
+
+
+def test_small_models_are_not_packed(two_matmuls):
+    program = lpuc.compile(two_matmuls, target="tsp-mini", precision="fp32")
+    assert all(t.lane == 0 for t in program.tiles)
+    # Tails of 32 empty lanes: w1's (64 rows) and w2's two (64 and 32 rows), 4 bytes a value.
+    assert program.summary["sram_const_padding_bytes"] == (64 + 64 + 32) * 32 * 4
 
 
 def test_narrow_tiles_of_one_row_count_share_a_slot(packed):
-    const = {(t.tensor, t.r0, t.c0): t for t in packed.tiles if t.kind == "const"}
-    w1_tail, w2_tail, w2_short_tail = const[("w1", 0, 64)], const[("w2", 0, 64)], const[("w2", 64, 64)]
-    assert (w1_tail.slice, w1_tail.addr) == (w2_tail.slice, w2_tail.addr)
-    assert {w1_tail.lane, w2_tail.lane} == {0, 32}
-    assert w2_short_tail.lane == 0
+    const = [t for t in packed.tiles if t.kind == "const"]
+    tails = [t for t in const if t.lanes == 32]
+    assert len(tails) == 5 and {t.rows for t in const} == {32}
+    slots: dict[tuple[int, int], list] = {}
+    for t in tails:
+        slots.setdefault((t.slice, t.addr), []).append(t)
+    # Two pairs side by side (lanes 0-31 and 32-63) and one tail alone.
+    assert sorted(sorted(t.lane for t in ts) for ts in slots.values()) == [[0], [0, 32], [0, 32]]
     assert all(t.lane == 0 for t in packed.tiles if t.kind != "const")
-    # Words (fp32: 4 per row): w1 64 rows x 1 full tile + the shared slot (64 rows), w2 64 + 32 rows
-    # of full tiles + its 32-row tail alone; only that tail pads: 32 rows x 32 lanes x 4 bytes.
+    # 8 slots of 32 rows x 4 words (fp32) of 64 bytes; the lone tail pads 32 rows x 32 lanes x 4 bytes.
     s = packed.summary
-    assert s["sram_const_bytes"] == (64 + 64 + 64 + 32 + 32) * 4 * 64
+    assert s["sram_const_bytes"] == 8 * 32 * 4 * 64
     assert s["sram_const_padding_bytes"] == 32 * 32 * 4
 
 
@@ -74,8 +97,7 @@ def _with_tile(p: Program, tile_id: int, **changes) -> Program:
 
 
 def test_validator_refuses_overlapping_lanes_and_shifted_computed_tiles(packed):
-    const = {(t.tensor, t.r0, t.c0): t for t in packed.tiles if t.kind == "const"}
-    upper = max(const[("w1", 0, 64)], const[("w2", 0, 64)], key=lambda t: t.lane)
+    upper = next(t for t in packed.tiles if t.kind == "const" and t.lane == 32)
     # Moved onto its neighbour's lanes: two live tiles share values.
     problems = refusals(_with_tile(packed, upper.id, lane=upper.lane - 16))
     assert any("overlap in slice" in p for p in problems), problems

@@ -40,9 +40,11 @@ def build_program(
     where: str,
     options: dict | None = None,
     model_nodes: Collection[str] = (),
+    pack: bool = False,
 ) -> Program:
-    """Schedule and place `tiled`; `model_nodes` names the model's own nodes (for the SXM bound)."""
-    packing = pack_constants(tiled, target.lanes)
+    """Schedule and place `tiled`; `model_nodes` names the model's own nodes (for the SXM bound).
+    `pack`: narrow constant tiles share words (lpuc.schedule.packing)."""
+    packing = pack_constants(tiled, target.lanes) if pack else ConstPacking()
     check_constants_fit(tiled, target, where, packing)
     pinned: dict[int, int] = {}
     for _ in range(MAX_PLACEMENT_ROUNDS):
