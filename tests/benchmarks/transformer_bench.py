@@ -85,9 +85,8 @@ def bench_transformers(precision: str = "fp16") -> None:
             flush=True,
         )
         if s["host_tables"]:
-            print(
-                f"{'':<22}host-memory tables: {', '.join(s['host_tables'])} ({s['host_nodes']} on the host)"
-            )
+            tables, ops = ", ".join(s["host_tables"]), ", ".join(s["host_nodes"])
+            print(f"{'':<22}host-memory tables: {tables} (host ops: {ops})")
 
 
 if __name__ == "__main__":
