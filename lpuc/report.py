@@ -41,8 +41,8 @@ def summary_text(s: dict[str, Any]) -> str:
     ]
     if s.get("host_tables"):
         lines.append(
-            "host mem   tables kept in host memory (constants overflow SRAM; only gathered rows "
-            "cross PCIe): " + ", ".join(f"{n} {human_bytes(b)}" for n, b in s["host_tables"].items())
+            "host mem   tables kept in host memory (the program does not fit SRAM with them; only "
+            "gathered rows cross PCIe): " + ", ".join(f"{n} {human_bytes(b)}" for n, b in s["host_tables"].items())
         )
     if s.get("host_nodes"):
         us = s["latency_us"] / max(1, s["cycles"])  # microseconds per cycle
