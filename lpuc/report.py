@@ -40,9 +40,10 @@ def summary_text(s: dict[str, Any]) -> str:
         f"west {s['streams_busy_pct']['west']}",
     ]
     if s.get("host_tables"):
+        tables = ", ".join(f"{n} {human_bytes(b)}" for n, b in s["host_tables"].items())
         lines.append(
             "host mem   tables kept in host memory (the program does not fit SRAM with them; only "
-            "gathered rows cross PCIe): " + ", ".join(f"{n} {human_bytes(b)}" for n, b in s["host_tables"].items())
+            f"gathered rows cross PCIe): {tables}"
         )
     if s.get("host_nodes"):
         us = s["latency_us"] / max(1, s["cycles"])  # microseconds per cycle
