@@ -17,8 +17,8 @@ from lpuc.program import Access, Binding, Instruction, Program, TileSlot
 from lpuc.report import human_bytes
 from lpuc.schedule.allocator import Allocation, allocate
 from lpuc.schedule.bounds import compile_facts
-from lpuc.schedule.fit import check_constants_fit
-from lpuc.schedule.packing import ConstPacking, pack_constants
+from lpuc.schedule.fit import check_constants_fit, largest_constants
+from lpuc.schedule.packing import ConstPacking, const_words, pack_constants
 from lpuc.schedule.placement import place_tiles
 from lpuc.schedule.scheduler import Schedule, schedule
 from lpuc.schedule.summary import compile_time_facts, summarize
@@ -55,7 +55,7 @@ def build_program(
             break
         pinned = _move_failures(tiled, slice_of, alloc, target, packing)
     else:
-        _raise_does_not_fit(tiled, alloc, target, where)
+        _raise_does_not_fit(tiled, alloc, target, where, packing)
     program = assemble(tiled, sched, slice_of, alloc, target)
     facts = compile_time_facts(options or {}, compile_facts(tiled, sched.preds, target, set(model_nodes)))
     program.summary = summarize(program, facts)
@@ -154,12 +154,16 @@ def _move_failures(
     return pinned
 
 
-def _raise_does_not_fit(tiled: TiledProgram, alloc: Allocation, target: Target, where: str) -> None:
+def _raise_does_not_fit(
+    tiled: TiledProgram, alloc: Allocation, target: Target, where: str, packing: ConstPacking
+) -> None:
     peak = alloc.peak_words * target.word_bytes
     if peak > target.sram_bytes:
+        consts = const_words(tiled, packing) * target.word_bytes
         raise DoesNotFitError(
             f"{where}: needs {human_bytes(peak)} of SRAM at its peak, target {target.name} has "
-            f"{human_bytes(target.sram_bytes)} (over by {human_bytes(peak - target.sram_bytes)})"
+            f"{human_bytes(target.sram_bytes)} (over by {human_bytes(peak - target.sram_bytes)}; "
+            f"constants {human_bytes(consts)}, largest: {largest_constants(tiled, target)})"
         )
     raise DoesNotFitError(
         f"{where}: peak live data {human_bytes(peak)} fits the {human_bytes(target.sram_bytes)} "

@@ -22,11 +22,10 @@ def check_constants_fit(
     need = const_words(tiled, packing) * target.word_bytes
     if need <= target.sram_bytes:
         return
-    slots = _const_slots(tiled)
     raise DoesNotFitError(
         f"{where}: constants need {human_bytes(need)} of SRAM, target {target.name} has "
         f"{human_bytes(target.sram_bytes)} (over by {human_bytes(need - target.sram_bytes)}); "
-        f"largest: {_largest(slots, target)}; {_on_host(tiled)}{_advice(tiled, target, need)}"
+        f"largest: {largest_constants(tiled, target)}; {_on_host(tiled)}{_advice(tiled, target, need)}"
     )
 
 
@@ -46,7 +45,9 @@ def _bytes(tiled: TiledProgram, target: Target, float_itemsize: int) -> int:
     return const_words(tiled, packing, float_itemsize) * target.word_bytes
 
 
-def _largest(slots: list[Buffer], target: Target) -> str:
+def largest_constants(tiled: TiledProgram, target: Target) -> str:
+    """The largest constant tensors in SRAM: name [rows x cols dtype] size, comma-separated."""
+    slots = _const_slots(tiled)
     size: dict[tuple[str, str], int] = defaultdict(int)
     rows: dict[tuple[str, str], int] = defaultdict(int)
     cols: dict[tuple[str, str], int] = defaultdict(int)
