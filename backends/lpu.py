@@ -36,9 +36,10 @@ if sys.byteorder != "little":  # constants are stored as raw little-endian bytes
     raise ImportError("lpuc artifacts need a little-endian host")
 
 MAGIC = b"LPU\0"
-# 2: instructions carry their work record; summaries are recomputed at load. 3: tiles carry their
+# 2: instructions carry their work record; summaries are recomputed at load. 3: MXM accumulators
+# (mm keep / from_acc), plane occupancy, LWs of several windows, mxm.acc_rows. 4: tiles carry their
 # first lane (narrow constant tiles share words).
-FORMAT_VERSION = 3
+FORMAT_VERSION = 4
 _PREFIX = struct.Struct("<4sIQ")
 
 

@@ -52,7 +52,8 @@ def compile(  # noqa: A001 - the natural name for a compiler's entry point
     native path: inputs rounded to fp16, fp32 accumulation) or "fp32" (exact, three fp16 passes).
     `const_inputs` compiles inputs as constants and `strict_input_shapes=False` lets `input_shapes`
     replace declared static dims (both used by the ONNX backend, which specializes on actual inputs).
-    `disable_passes` names graph passes to skip (e.g. ("fuse_gelu",), to measure a fusion's effect).
+    `disable_passes` names graph passes to skip and lowering strategies to leave out (e.g.
+    ("fuse_gelu", "row_slabs"), to measure what each is worth; lpuc.lowering.STRATEGIES lists them).
     """
     if precision not in PRECISIONS:
         raise LpucError(f"unknown precision {precision!r} (choose {', '.join(PRECISIONS)})")
@@ -77,7 +78,9 @@ def compile(  # noqa: A001 - the natural name for a compiler's entry point
     with _timed(stages, "passes"):
         graph = run_pipeline(graph, pass_ctx, dump_dir=dump_dir, timings=timings)
     with _timed(stages, "lowering"):
-        tiled = lower(graph, tgt, precision, host_fallback=host_fallback, where=where)
+        tiled = lower(
+            graph, tgt, precision, host_fallback=host_fallback, where=where, disabled=pass_ctx.disabled
+        )
     with _timed(stages, "schedule"):
         options = {
             "precision": precision,
@@ -117,7 +120,8 @@ def _build_fitting(
             tables = one_more_table(graph, tiled, target) if options["host_fallback"] else frozenset()
             if not tables:
                 raise
-            tiled = lower_with(graph, target, tiled.precision, options["host_fallback"], where, tables)
+            host_fallback, disabled = options["host_fallback"], frozenset(options["disabled_passes"])
+            tiled = lower_with(graph, target, tiled.precision, host_fallback, where, tables, disabled)
 
 
 @contextlib.contextmanager

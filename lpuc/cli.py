@@ -122,7 +122,8 @@ def main(debug: bool) -> None:
     "disable_passes",
     multiple=True,
     metavar="NAME",
-    help="Skip this graph pass, e.g. fuse_gelu, to measure its effect (repeatable).",
+    help="Skip this graph pass or lowering strategy, e.g. fuse_gelu or row_slabs, to measure its effect "
+    "(repeatable).",
 )
 @click.option(
     "-v",

@@ -19,6 +19,11 @@ Rules, T = N + d_func + d_transport (+ stagger):
 - host.kernel: host FLOPs / host_gflops + bytes touched / host_gbytes_per_s, plus one PCIe transfer
   each way that carries data (latency + bytes / bandwidth).
 
+Occupancy: an MXM plane is a pipeline. It is busy while it takes in an MM's activation rows (iw_cycles
+when it installs weights, then N); the results drain through the result delay and transport while
+the next MM's rows already stream in. Every other unit, and every resource below, is held for the
+whole duration.
+
 Resources an instruction books for its whole duration (so no cycle oversubscribes them): its unit,
 extra VXM ALUs, ports on each MEM slice it touches (one per access, more where the unit's rate needs
 them, at most the banks), and one stream id per byte
@@ -231,6 +236,26 @@ def duration(
     else:
         func = target.delay("SXM")
     return max(1, n) + func + read_lat + write_lat + stagger
+
+
+def occupancy(
+    target: Target,
+    opcode: str,
+    unit: str,
+    work: Work,
+    reads: Sequence[Stream],
+    writes: Sequence[Stream],
+    precision: str = "fp16",
+    install: bool = False,
+) -> int:
+    """Cycles the instruction holds its own unit: an MM holds its plane while its rows stream in (and
+    while it installs weights); everything else holds its unit for its whole duration."""
+    if opcode != "mxm.mm":
+        return duration(target, opcode, unit, work, reads, writes, precision, install)
+    n_unit = unit_cycles(target, opcode, work, precision)
+    ports = port_needs(target, opcode, [*reads, *writes], n_unit)
+    n = max(n_unit, mem_cycles(ports, [*reads, *writes]))
+    return max(1, (target.iw_cycles if install else 0) + n)
 
 
 def minimal_latency(target: Target, opcode: str, work: Work, precision: str = "fp16") -> int:

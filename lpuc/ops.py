@@ -37,6 +37,8 @@ class Placement:
     cost: Callable[[Node, Graph], float] | None = None  # passes that depend on the node's attributes
     # Vector ALU ops when they are not one per streamed vector (pooling, interpolation).
     alu_ops: AluRule | None = None
+    # Channels-last sliding-window op: each result row slab reads the input rows its windows touch.
+    windowed: bool = False
 
     def passes_for(self, node: Node, graph: Graph) -> float:
         return self.cost(node, graph) if self.cost is not None else self.passes
@@ -192,9 +194,10 @@ def _add(
     domain: str = "",
     cost: Callable[[Node, Graph], float] | None = None,
     alu_ops: AluRule | None = None,
+    windowed: bool = False,
 ) -> None:
     for op in ops.split():
-        _TABLE[(domain, op)] = Placement(unit, passes, rowwise, via, cost, alu_ops)
+        _TABLE[(domain, op)] = Placement(unit, passes, rowwise, via, cost, alu_ops, windowed)
 
 
 for _op, _alu in ELEMENTWISE.items():
@@ -235,7 +238,7 @@ _add("VXM", "InstanceNormalization GroupNormalization MeanVarianceNormalization 
 _add("VXM", "MaxPool AveragePool LpPool", alu_ops=_window_alu_ops)
 _add("VXM", "GlobalAveragePool GlobalMaxPool GlobalLpPool", alu_ops=_global_pool_alu_ops)
 # Channels-last pooling (sink_transposes): channels on lanes, so a global pool only adds vectors.
-_add("VXM", "MaxPool AveragePool", domain=LPUC_DOMAIN, alu_ops=_window_alu_ops)
+_add("VXM", "MaxPool AveragePool", domain=LPUC_DOMAIN, alu_ops=_window_alu_ops, windowed=True)
 _add(
     "VXM",
     "GlobalAveragePool GlobalMaxPool",
@@ -257,7 +260,8 @@ _add("VXM", "GridSample", alu_ops=_per_output(_grid_sample_ops))
 _add("VXM", "RoiAlign", alu_ops=_per_output(_roi_align_ops))
 _add("VXM", "AffineGrid", alu_ops=_per_output(lambda node: 4))  # theta (2x3) times [x, y, 1]
 _add("VXM", "Col2Im", alu_ops=lambda node, graph, in_vectors, out_vectors: in_vectors + out_vectors)
-_add("SXM", "Im2Col ConvTransposeScatter", domain=LPUC_DOMAIN)
+_add("SXM", "Im2Col", domain=LPUC_DOMAIN, windowed=True)
+_add("SXM", "ConvTransposeScatter", domain=LPUC_DOMAIN)
 
 _HOST_OPS = (
     "If Loop Scan NonZero Unique Compress NonMaxSuppression DFT STFT Det BlackmanWindow HammingWindow "

@@ -167,6 +167,9 @@ class MxmSpec:
     result_delay: int
     iw_cycles: int  # 0 allowed: installing weights may be free
     lw_words_per_cycle: int
+    # Rows of results a plane's accumulators hold: a matmul whose K spans several weight tiles sums
+    # its partial products there (one row segment at a time) and writes only the total.
+    acc_rows: int
     # Read-only view, left out of the hash (a mappingproxy has none; equality still compares it).
     modes: Mapping[str, MxmMode] = field(hash=False)
 
@@ -182,6 +185,7 @@ class MxmSpec:
             result_delay=f.integer("result_delay", 0),
             iw_cycles=f.integer("iw_cycles", 0),
             lw_words_per_cycle=f.integer("lw_words_per_cycle", 1),
+            acc_rows=f.integer("acc_rows", 1),
             modes=types.MappingProxyType(modes),
         )
 

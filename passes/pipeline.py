@@ -37,6 +37,7 @@ from lpuc.passes.legalize_broadcast import legalize_broadcast
 from lpuc.passes.lower_conv import lower_conv
 from lpuc.passes.lower_einsum import lower_einsum
 from lpuc.passes.lower_gemm import lower_gemm
+from lpuc.passes.sink_reshapes import sink_reshapes
 from lpuc.passes.sink_transposes import sink_transposes
 from lpuc.passes.store_tables_at_precision import store_tables_at_precision
 from lpuc.target import Target
@@ -47,15 +48,20 @@ class PassContext:
     target: Target
     precision: str = "fp16"
     host_fallback: bool = True
-    # Passes run_pipeline skips, by name (to measure what each one is worth).
+    # Passes run_pipeline skips and lowering strategies lowering leaves out, by name (to measure what
+    # each one is worth).
     disabled: frozenset[str] = frozenset()
 
     def __post_init__(self) -> None:
+        from lpuc.lowering import STRATEGIES
+
         object.__setattr__(self, "disabled", frozenset(self.disabled))  # any iterable of names
-        unknown = sorted(set(self.disabled) - set(pass_names()))
+        known = [*pass_names(), *STRATEGIES]
+        unknown = sorted(set(self.disabled) - set(known))
         if unknown:
             raise LpucError(
-                f"unknown pass {', '.join(map(repr, unknown))} (passes: {', '.join(pass_names())})"
+                f"unknown pass or strategy {', '.join(map(repr, unknown))} (passes and lowering "
+                f"strategies: {', '.join(known)})"
             )
 
 
@@ -84,6 +90,7 @@ PIPELINE: tuple[Pass, ...] = (
     Pass("store_tables_at_precision", store_tables_at_precision),
     Pass("fuse_layernorm", fuse_layernorm),
     Pass("fuse_gelu", fuse_gelu),
+    Pass("sink_reshapes", sink_reshapes),
     Pass("fuse_elementwise", fuse_elementwise),
     Pass("legalize_broadcast", legalize_broadcast),
     Pass("eliminate_dead_code", eliminate_dead_code),

@@ -1,9 +1,11 @@
 """What each opcode does to the machine. The kernels registry defines the op semantics; this
 module only moves tiles between SRAM, MXM planes and those kernels.
 
-    mxm.lw      load a weight window into the plane's shadow buffer (rounded to the MXM precision)
-    mxm.mm      [install shadow weights,] stream activation rows through the plane; write (or
-                accumulate into) the result window; fp32 accumulation
+    mxm.lw      load weight windows (rows in order) into the plane's shadow buffer (rounded to the
+                MXM precision)
+    mxm.mm      [install shadow weights,] stream activation rows through the plane; add the plane's
+                accumulators (from_acc) and / or the result window (acc); keep the sum in the
+                accumulators (keep) or write it to the result window; fp32 accumulation
     vxm.map     evaluate an elementwise expression over tile windows (numpy broadcasting)
     vxm.kernel  apply an op's kernel to operands assembled from tiles (whole tensors or row slabs)
     sxm.kernel  the same on a switch unit (data movement)
@@ -36,7 +38,8 @@ def mxm_input(x: np.ndarray, precision: str) -> np.ndarray:
 
 
 def _lw(m: Machine, ins: Instruction, attrs: dict) -> None:
-    m.planes[ins.unit.split(".")[0]].shadow = mxm_input(m.read(ins.reads[0]), attrs["precision"])
+    weights = np.concatenate([m.read(a) for a in ins.reads]) if len(ins.reads) > 1 else m.read(ins.reads[0])
+    m.planes[ins.unit.split(".")[0]].shadow = mxm_input(weights, attrs["precision"])
 
 
 def _mm(m: Machine, ins: Instruction, attrs: dict) -> None:
@@ -45,9 +48,15 @@ def _mm(m: Machine, ins: Instruction, attrs: dict) -> None:
         plane.active, plane.shadow = plane.shadow, None
     a = mxm_input(m.read(ins.reads[0]), attrs["precision"])
     product = a @ plane.active
+    if attrs.get("from_acc"):
+        product = product + plane.acc
     if attrs.get("acc"):
         product = product + m.read(ins.reads[1]).astype(product.dtype)
-    m.write(ins.writes[0], product)
+    if attrs.get("keep"):
+        plane.acc = product
+    else:
+        plane.acc = None
+        m.write(ins.writes[0], product)
 
 
 def _map(m: Machine, ins: Instruction, attrs: dict) -> None:

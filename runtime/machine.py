@@ -16,10 +16,12 @@ from lpuc.runtime.sram import Sram
 
 @dataclass
 class Plane:
-    """One MXM plane: weights being loaded (shadow) and weights in use (active)."""
+    """One MXM plane: weights being loaded (shadow), weights in use (active), and the partial sum an
+    accumulation chain keeps in its accumulators."""
 
     shadow: np.ndarray | None = None
     active: np.ndarray | None = None
+    acc: np.ndarray | None = None
 
 
 class Machine:

@@ -38,6 +38,11 @@ from lpuc.runtime.machine import Machine
 Step = Callable[[], None]
 
 
+def _rows(views: list[np.ndarray]) -> np.ndarray:
+    """Windows stacked row after row (a weight load reading several tiles)."""
+    return np.concatenate(views) if len(views) > 1 else views[0]
+
+
 def _mxm_input(x: np.ndarray, precision: str) -> np.ndarray:
     """isa.mxm_input (same bits), with float32 -> fp16 rounding done in vectorized passes."""
     if precision == "fp16" and x.dtype == np.float32:
@@ -236,28 +241,30 @@ class _Executor:
     # -- instructions ---------------------------------------------------------------------------
     def _lw(self, ins: Instruction, attrs: dict) -> Step:
         plane = self.machine.planes[ins.unit.split(".")[0]]
-        src, precision = self._view(ins.reads[0]), attrs["precision"]
-        size = src.size * (8 if src.dtype.kind in "iub" else 4)  # bytes of the MXM's copy
-        if not self._written(ins.reads[0]) and size <= self._weight_budget:
-            # The window holds the same values in every run: convert them once. Memory-bounded:
+        views, precision = [self._view(a) for a in ins.reads], attrs["precision"]
+        size = sum(v.size for v in views) * (8 if views[0].dtype.kind in "iub" else 4)  # the MXM's copy
+        if not any(self._written(a) for a in ins.reads) and size <= self._weight_budget:
+            # The windows hold the same values in every run: convert them once. Memory-bounded:
             # beyond the budget the remaining loads convert on every run, as the interpreter does.
             self._weight_budget -= size
-            weights = _mxm_input(src, precision)
+            weights = _mxm_input(_rows(views), precision)
 
             def lw() -> None:
                 plane.shadow = weights
         else:
 
             def lw() -> None:
-                plane.shadow = _mxm_input(src, precision)
+                plane.shadow = _mxm_input(_rows(views), precision)
 
         return lw
 
     def _mm(self, ins: Instruction, attrs: dict) -> Step:
         plane = self.machine.planes[ins.unit]
         install, precision = bool(attrs.get("install")), attrs["precision"]
-        src, dst = self._view(ins.reads[0]), self._view(ins.writes[0])
+        src = self._view(ins.reads[0])
+        dst = None if attrs.get("keep") else self._view(ins.writes[0])
         acc = self._view(ins.reads[1]) if attrs.get("acc") else None
+        from_acc = bool(attrs.get("from_acc"))
         slot, first, last = self._shared.get(ins.id, (None, True, True))
         shared = self._mxm_inputs
 
@@ -273,12 +280,18 @@ class _Executor:
                 if last:
                     shared[slot] = None
             product = a @ plane.active
+            if from_acc:
+                np.add(product, plane.acc, out=product)
             if acc is not None:
                 if acc.dtype == product.dtype:
                     np.add(product, acc, out=product)  # the same sum, without isa's copy of acc
                 else:
                     product = product + acc.astype(product.dtype)
-            np.copyto(dst, product, casting="unsafe")
+            if dst is None:
+                plane.acc = product
+            else:
+                plane.acc = None
+                np.copyto(dst, product, casting="unsafe")
 
         return mm
 

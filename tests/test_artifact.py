@@ -74,18 +74,22 @@ def test_changed_operand_address_is_refused(mlp_program):
     k, ins = next((k, i) for k, i in enumerate(mlp_program.instructions) if i.opcode == "mxm.lw")
     moved = dataclasses.replace(ins.reads[0], addr=ins.reads[0].addr + 1)
     with pytest.raises(ArtifactError, match="outside tile"):
-        decode_program(_reencode(mlp_program, k, reads=(moved,)))
+        decode_program(_reencode(mlp_program, k, reads=(moved, *ins.reads[1:])))
 
 
 def test_runtime_really_executes_the_streams(mlp_program, mlp_onnx):
     """Point the first layer's LW at the second layer's weights (a legal program): outputs change."""
     feeds = random_feeds(mlp_onnx)
     before = mlp_program.run(feeds)["y"]
-    lws = [(k, i.reads[0]) for k, i in enumerate(mlp_program.instructions) if i.opcode == "mxm.lw"]
-    k, first = next((k, w) for k, w in lws if (w.nrows, w.nlanes) == (64, 128))  # W1: [64, 128]
-    second = next(w for _, w in lws if (w.nrows, w.nlanes) == (128, 128))  # W2: [128, 128]
-    swapped = dataclasses.replace(second, nrows=first.nrows)  # W2's first 64 rows: same shape as W1
-    changed = legally_changed(mlp_program, k, reads=(swapped,))
+    def rows(i):
+        return sum(a.nrows for a in i.reads), i.reads[0].nlanes
+
+    lws = [(k, i) for k, i in enumerate(mlp_program.instructions) if i.opcode == "mxm.lw"]
+    k, first = next((k, i) for k, i in lws if rows(i) == (64, 128))  # W1: [64, 128]
+    second = next(i for _, i in lws if rows(i) == (128, 128))  # W2: [128, 128]
+    # W2's first 64 rows, in windows shaped like W1's (its tiles are spread over slices alike).
+    swapped = tuple(dataclasses.replace(s, nrows=f.nrows) for f, s in zip(first.reads, second.reads))
+    changed = legally_changed(mlp_program, k, reads=swapped)
     after = decode_program(encode_program(changed)).run(feeds)["y"]
     assert after.shape == before.shape
     assert not np.allclose(before, after)

@@ -74,7 +74,7 @@ def assert_same(a: object, b: object, where: str) -> None:
 
 
 def test_program_accumulates_and_has_host_ops(program):
-    assert any(i.opcode == "mxm.mm" and i.attrs.get("acc") for i in program.instructions)
+    assert any(i.opcode == "mxm.mm" and i.attrs.get("from_acc") for i in program.instructions)
     assert any(i.opcode == "host.kernel" for i in program.instructions)
     assert program.consts
 
@@ -87,10 +87,10 @@ def test_every_field_survives_the_round_trip(program):
 
 
 def test_comparison_sees_a_dropped_attribute(program):
-    """The field-by-field check fails on the fault it exists for: a lost `acc` attribute."""
-    k = next(k for k, i in enumerate(program.instructions) if i.attrs.get("acc"))
+    """The field-by-field check fails on the fault it exists for: a lost `from_acc` attribute."""
+    k = next(k for k, i in enumerate(program.instructions) if i.attrs.get("from_acc"))
     instructions = list(program.instructions)
-    attrs = {key: v for key, v in instructions[k].attrs.items() if key != "acc"}
+    attrs = {key: v for key, v in instructions[k].attrs.items() if key != "from_acc"}
     instructions[k] = dataclasses.replace(instructions[k], attrs=attrs)
     with pytest.raises(AssertionError, match=r"instructions\[\d+\]\.attrs"):
         assert_same(program, dataclasses.replace(program, instructions=instructions), "program")

@@ -152,3 +152,25 @@ def test_mxm_bound_is_macs_over_peak_throughput():
     program = lpuc.compile(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)]))
     assert program.summary["macs"] == 819_200
     assert program.summary["lower_bound_cycles"]["mxm"] == 8
+
+
+def test_weight_load_over_four_slices_reaches_its_rate(v1):
+    # The same 320 words as four 40-row windows in MEM10..13 (columns 13..16): 80 words per slice over
+    # 2 ports = 40 cycles = the LW's own 8 words per cycle. T = 40 + read 1 + 16 slices = 57.
+    reads = [Stream(10 + j, 40, 2, 320) for j in range(4)]
+    assert cost.port_needs(v1, "mxm.lw", reads, 40) == {10: 2, 11: 2, 12: 2, 13: 2}
+    assert cost.duration(v1, "mxm.lw", "MXM0.LW", Work(words=320), reads, []) == 57
+
+
+def test_a_plane_is_held_while_rows_stream_in(v1):
+    # The 100-row fp16 MM of the first test: its plane is busy for IW 1 + N 200 = 201 cycles of its
+    # 249; results drain meanwhile. Without installing: 200. MEM-bound (one slice): 1 + 300.
+    reads, writes = [Stream(0, 100, 2, 160)], [Stream(1, 100, 4, 320)]
+    work = Work(vectors=100)
+    assert cost.occupancy(v1, "mxm.mm", "MXM0", work, reads, writes, "fp16", install=True) == 201
+    assert cost.occupancy(v1, "mxm.mm", "MXM0", work, reads, writes, "fp16", install=False) == 200
+    same = [Stream(0, 100, 4, 320)]
+    assert cost.occupancy(v1, "mxm.mm", "MXM0", work, reads, same, "fp16", install=True) == 301
+    # Every other unit is held for the whole duration.
+    lw = [Stream(10, 160, 2, 320)]
+    assert cost.occupancy(v1, "mxm.lw", "MXM0.LW", Work(words=320), lw, []) == 174

@@ -132,4 +132,9 @@ def test_matches_the_definition_on_a_compiled_model(small_residual_onnx):
     path = critical_path(program)
     assert [i.id for i in path] == _naive(program)
     assert path[-1].end == program.summary["cycles"]
-    assert all(a.end <= b.start for a, b in zip(path, path[1:]))
+    # Each step finished before the next began, except MMs pipelined on one plane (the next takes in
+    # its rows while the previous one's results drain).
+    assert all(
+        a.end <= b.start or (a.opcode == b.opcode == "mxm.mm" and a.unit == b.unit and a.start < b.start)
+        for a, b in zip(path, path[1:])
+    )

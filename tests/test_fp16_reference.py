@@ -87,7 +87,7 @@ def test_reference_distinguishes_rounding_from_none(target):
 def test_fp16_matches_rounded_reference(target, interpret):
     """Both executors: the default execution plan and the instruction-by-instruction interpreter."""
     program = lpuc.compile(_mlp(target), target=target, precision="fp16")
-    accumulating = [i for i in program.instructions if i.opcode == "mxm.mm" and i.attrs.get("acc")]
+    accumulating = [i for i in program.instructions if i.opcode == "mxm.mm" and i.attrs.get("from_acc")]
     assert accumulating, "K was not split into accumulated chunks"
     feeds = _feeds(target)
     got = execute(program, feeds, interpret=interpret)["y"]

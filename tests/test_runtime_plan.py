@@ -170,7 +170,8 @@ def _read_mutations(program: Program):
 @pytest.mark.parametrize("precision", ["fp16", "fp32"])
 def test_mutated_read_address_changes_plan_like_interpreter(precision):
     path = ROOT / "models" / "residual.onnx"
-    program = lpuc.compile(path, precision=precision)
+    # Weights in whole 320-row tiles (not spread over slices), so a load can read another row range.
+    program = lpuc.compile(path, precision=precision, disable_passes=["weight_spread"])
     feeds = random_feeds(path)
     original = check_program(program, feeds)
     checked = []

@@ -7,6 +7,7 @@ import dataclasses
 import random
 
 import numpy as np
+import onnx
 import pytest
 from click.testing import CliRunner
 
@@ -17,6 +18,7 @@ from lpuc.errors import ArtifactError, ScheduleError
 from lpuc.program import Program
 from lpuc.schedule.validator import validate
 from tests.mutate import cost_of, refusals, resummarized, with_instruction, without_instruction
+from tests.onnx_builders import single_op_model
 
 
 @pytest.fixture(scope="module")
@@ -40,37 +42,88 @@ def test_compiled_programs_are_valid(mlp, residual):
     validate(residual)
 
 
+def _chains(p: Program) -> list[list]:
+    """Accumulation chains: per plane, in id order, each MM that does not continue a kept sum starts one."""
+    chains: dict[str, list[list]] = {}
+    for i in p.instructions:
+        if i.opcode == "mxm.mm":
+            runs = chains.setdefault(i.unit, [])
+            if not i.attrs.get("from_acc"):
+                runs.append([])
+            runs[-1].append(i)
+    return [c for runs in chains.values() for c in runs]
+
+
 def test_accumulating_matmul_moved_after_the_consumer_of_its_result(mlp):
-    last_acc = max((i for i in mlp.instructions if i.attrs.get("acc")), key=lambda i: i.id)
+    last = max((c[-1] for c in _chains(mlp) if len(c) > 1), key=lambda i: i.id)
     consumer = next(
-        i
-        for i in mlp.instructions
-        if i.id > last_acc.id and any(r.buf == last_acc.writes[0].buf for r in i.reads)
+        i for i in mlp.instructions if i.id > last.id and any(r.buf == last.writes[0].buf for r in i.reads)
     )
-    moved = with_instruction(mlp, last_acc.id, start=consumer.end + 10_000)
+    moved = with_instruction(mlp, last.id, start=consumer.end + 10_000)
     problems = refusals(moved)
     assert any(f"instruction {consumer.id} " in p and "comes before it" in p for p in problems), problems
 
 
 @pytest.mark.parametrize("step", ["first", "middle", "last"])
 def test_dropped_accumulation_step(mlp, step):
-    chain_of = {}
-    for i in mlp.instructions:
-        if i.opcode == "mxm.mm":
-            chain_of.setdefault(i.writes[0], []).append(i)
-    chain = max(chain_of.values(), key=len)
+    chain = max(_chains(mlp), key=len)
     assert len(chain) >= 3
     dropped = {"first": chain[0], "middle": chain[1], "last": chain[-1]}[step]
     problems = refusals(without_instruction(mlp, dropped.id))
-    assert any("accumulation step is missing" in p or "cover K" in p or "no LW" in p for p in problems)
-    assert any("accumulation step is missing" in p or "cover K" in p for p in problems), problems
+    expected = {
+        "first": "no MM kept a sum there",
+        "middle": "does not match",
+        "last": "discards the partial sum",
+    }[step]
+    assert any(expected in p for p in problems), problems
 
 
-def test_dropped_installing_matmul(residual):
-    k = _index(residual, lambda i: i.opcode == "mxm.mm" and i.attrs["install"])
-    group = residual.instructions[k].attrs["group"]
-    assert any(i.attrs.get("group") == group and not i.attrs.get("install") for i in residual.instructions)
-    problems = refusals(without_instruction(residual, k))
+def test_partial_sum_continued_on_another_plane(tmp_path):
+    """The middle MM of a chain moved to another plane finds no sum to continue there, and the sum
+    on its own plane is discarded."""
+    rng = np.random.default_rng(0)
+    w = rng.normal(size=(400, 16)).astype(np.float32)  # K 400: three fp16 chunks on tsp-v1
+    path = tmp_path / "mm.onnx"
+    onnx.save(single_op_model("MatMul", [("x", [8, 400])], [("y", [8, 16])], initializers={"w": w}), path)
+    program = lpuc.compile(path, precision="fp16")
+    chain = max(_chains(program), key=len)
+    assert len(chain) == 3
+    other = next(u for u in ("MXM0", "MXM1", "MXM2", "MXM3") if u != chain[1].unit)
+    problems = refusals(with_instruction(program, chain[1].id, units=(other, *chain[1].units[1:])))
+    assert any("no MM kept a sum there" in p for p in problems), problems
+
+
+def test_plane_taking_rows_while_another_mm_streams(mlp):
+    """An MM holds its plane while its rows stream in: a second MM starting then is refused."""
+    chain = max(_chains(mlp), key=len)
+    a, b = chain[0], chain[1]
+    moved = with_instruction(mlp, b.id, start=a.start + 1)
+    assert any(f"unit {a.unit} double-booked" in p for p in refusals(moved))
+
+
+@pytest.fixture(scope="module")
+def shared_weights(tmp_path_factory) -> Program:
+    """80 rows past one 32x16 weight tile on tsp-mini (64-row tiles): a group of two MMs, the first
+    installs the weights, the second reuses them."""
+    rng = np.random.default_rng(0)
+    model = single_op_model(
+        "MatMul",
+        [("x", [80, 32])],
+        [("y", [80, 16])],
+        initializers={"w": rng.normal(size=(32, 16)).astype(np.float32)},
+    )
+    path = tmp_path_factory.mktemp("shared") / "mm.onnx"
+    onnx.save(model, path)
+    return lpuc.compile(path, target="tsp-mini", precision="fp32")
+
+
+def test_dropped_installing_matmul(shared_weights):
+    k = _index(shared_weights, lambda i: i.opcode == "mxm.mm" and i.attrs["install"])
+    group = shared_weights.instructions[k].attrs["group"]
+    assert any(
+        i.attrs.get("group") == group and not i.attrs.get("install") for i in shared_weights.instructions
+    )
+    problems = refusals(without_instruction(shared_weights, k))
     assert any("weights of another group" in p or "no installed weights" in p for p in problems), problems
 
 

@@ -109,6 +109,7 @@ class TileOp:
     work: Work
     attrs: dict[str, Any] = field(default_factory=dict)
     group: int = -1  # MXM weight group: an LW and the MMs that use its weights
+    chain: int = -1  # MXM accumulation chain (groups summed in one plane), named by its first group
 
 
 @dataclass

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import numpy as np
+
 from lpuc.errors import UnsupportedError
 from lpuc.ir.graph import LPUC_DOMAIN, Graph, Node
 from lpuc.ir.tiled import TiledProgram
@@ -13,15 +15,30 @@ from lpuc.lowering.stream import lower_stream
 from lpuc.ops import Placement, is_elementwise, placement
 from lpuc.target import Target
 
+# Lowering strategies, each of which can be turned off by name (like a pass) to measure its worth.
+STRATEGIES = {
+    "mxm_accumulators": "K chunks summed in a plane's accumulators, not through SRAM",
+    "weight_spread": "constant weights tiled over slices so a weight load reaches its full rate",
+    "row_slabs": "Im2Col and pooling cut into result row slabs (consumers start on the first)",
+    "fp16_storage": "fp16 builds store values that only feed the MXM (or copies of them) as fp16",
+    "constant_replicas": "broadcast constants copied so parallel maps do not share a slice's ports",
+}
+
 
 def lower(
-    graph: Graph, target: Target, precision: str, host_fallback: bool = True, where: str = ""
+    graph: Graph,
+    target: Target,
+    precision: str,
+    host_fallback: bool = True,
+    where: str = "",
+    disabled: frozenset[str] = frozenset(),
 ) -> TiledProgram:
-    """The tiled program; lookup tables move to host memory only if the constants overflow SRAM."""
-    tiled = lower_with(graph, target, precision, host_fallback, where)
+    """Tile ops for every node. `disabled` names lowering strategies to leave out (STRATEGIES).
+    Lookup tables move to host memory only if the constants overflow SRAM."""
+    tiled = lower_with(graph, target, precision, host_fallback, where, disabled=disabled)
     tables = tables_for_host(graph, tiled, target) if host_fallback else frozenset()
     if tables:
-        tiled = lower_with(graph, target, precision, host_fallback, where, tables)
+        tiled = lower_with(graph, target, precision, host_fallback, where, tables, disabled)
     return tiled
 
 
@@ -32,6 +49,7 @@ def lower_with(
     host_fallback: bool = True,
     where: str = "",
     host_tables: frozenset[str] = frozenset(),
+    disabled: frozenset[str] = frozenset(),
 ) -> TiledProgram:
     """Lower with the constant tables `host_tables` kept in host memory (their Gathers on the host)."""
     where_ops = {n.name: unit_of(n, graph, host_tables) for n in graph.nodes}
@@ -41,6 +59,10 @@ def lower_with(
         precision,
         host_resident=host_resident_values(graph, where_ops),
         host_tables=host_tables,
+        fp16_values=mxm_rounded_values(graph)
+        if precision == "fp16" and "fp16_storage" not in disabled
+        else set(),
+        disabled=disabled,
     )
     for name in graph.inputs:
         b.define(name)
@@ -85,6 +107,42 @@ def host_resident_values(graph: Graph, where_ops: dict[str, str]) -> set[str]:
             ):
                 resident.add(name)
     return resident
+
+
+# Ops whose result, rounded to fp16, equals the op applied to fp16-rounded inputs (they copy or
+# select values; rounding is monotonic).
+_ROUNDING_TRANSPARENT = frozenset(
+    {"Reshape", "Flatten", "Squeeze", "Unsqueeze", "Identity", "Transpose", "Concat", "Slice", "MaxPool"}
+)
+
+
+def mxm_rounded_values(graph: Graph) -> set[str]:
+    """float32 values an fp16 build may store as fp16 without changing any result: every use rounds
+    them to fp16 anyway, because it is a MatMul (the MXM multiplies fp16) or an op that copies or
+    selects values into another such value. Halves their SRAM, bank and stream traffic."""
+    consumers = graph.consumers()
+    keep32 = set(graph.inputs) | set(graph.outputs)
+    rounded: set[str] = set()
+    for node in reversed(graph.nodes):
+        for name in node.outputs:
+            v = graph.values.get(name)
+            if not name or name in keep32 or v is None or v.dtype != np.float32 or v.is_dynamic:
+                continue
+            users = consumers.get(name, [])
+            if users and all(_rounds(u, name, rounded) for u in users):
+                rounded.add(name)
+    return rounded
+
+
+def _rounds(user: Node, name: str, rounded: set[str]) -> bool:
+    if user.op == "MatMul" and not user.domain:
+        return name in user.inputs[:2]
+    transparent = user.op in _ROUNDING_TRANSPARENT or (
+        user.domain == LPUC_DOMAIN and user.op in ("Im2Col", "MaxPool")
+    )
+    data = user.inputs[:1] if user.op in ("Reshape", "Slice", "Squeeze", "Unsqueeze") else user.inputs
+    outs = [o for o in user.outputs if o]
+    return transparent and name in data and len(outs) == 1 and outs[0] in rounded
 
 
 def unit_of(node: Node, graph: Graph, host_tables: frozenset[str] = frozenset()) -> str:

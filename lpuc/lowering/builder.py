@@ -43,11 +43,15 @@ class TiledBuilder:
         precision: str,
         host_resident: set[str] | None = None,
         host_tables: frozenset[str] = frozenset(),
+        fp16_values: set[str] | None = None,
+        disabled: frozenset[str] = frozenset(),
     ):
         self.graph = graph
+        self.disabled = disabled  # lowering strategies turned off (lpuc.lowering.STRATEGIES)
         self.host_resident = host_resident or set()
         # Constant lookup tables kept in host memory (they do not fit SRAM): one host buffer each.
         self.host_tables = host_tables
+        self.fp16_values = fp16_values or set()  # float32 values stored as fp16 (see lowering)
         self.target = target
         self.precision = precision
         self.lanes = target.lanes
@@ -63,6 +67,9 @@ class TiledBuilder:
         # Compile-time maximum size of each data-dependent (host-resident) tensor, for host costs.
         self.max_bytes: dict[str, int] = {}
 
+    def enabled(self, strategy: str) -> bool:
+        return strategy not in self.disabled
+
     # -- tensors --------------------------------------------------------------------------------
     def tensor(self, name: str) -> TensorTiles:
         """Tiles of a value; constants are materialized on first use in their own dtype."""
@@ -75,13 +82,19 @@ class TiledBuilder:
             self.tensors[name] = t
         return t
 
-    def const_tensor(self, name: str, dtype: np.dtype) -> TensorTiles:
-        """Tiles of constant `name` stored as `dtype` (e.g. weights rounded to fp16 for the MXM)."""
-        key = (name, dtype_name(dtype))
+    def const_tensor(
+        self, name: str, dtype: np.dtype, block_rows: int | None = None, replica: int = 0
+    ) -> TensorTiles:
+        """Tiles of constant `name` stored as `dtype` (e.g. weights rounded to fp16 for the MXM), cut
+        into tiles of `block_rows` rows (default: the builder's). Replicas > 0 are further copies in
+        slots of their own, so instructions running side by side need not share a slice's ports."""
+        key = (name, dtype_name(dtype), block_rows, replica)
         t = self._stored_consts.get(key)
         if t is None:
             data = np.asarray(self.graph.values[name].const).astype(dtype, copy=False)
-            t = self.new_tensor(name, data.shape, np.dtype(dtype), const=data)
+            t = self.new_tensor(
+                name, data.shape, np.dtype(dtype), const=data, block_rows=block_rows, replica=replica
+            )
             self._stored_consts[key] = t
         return t
 
@@ -96,27 +109,34 @@ class TiledBuilder:
         return TensorTiles(name, data.shape, data.dtype, rows, cols, self.block_rows, self.lanes, [[buf.id]])
 
     def new_tensor(
-        self, name: str, shape: tuple[int, ...], dtype: np.dtype, const: np.ndarray | None = None
+        self,
+        name: str,
+        shape: tuple[int, ...],
+        dtype: np.dtype,
+        const: np.ndarray | None = None,
+        block_rows: int | None = None,
+        replica: int = 0,
     ) -> TensorTiles:
         rows, cols = view_of(tuple(shape))
+        block_rows = block_rows or self.block_rows
         flat = None if const is None else np.ascontiguousarray(const).reshape(rows, cols)
         grid = []
-        for r0 in range(0, rows, self.block_rows):
-            nr = min(self.block_rows, rows - r0)
+        for r0 in range(0, rows, block_rows):
+            nr = min(block_rows, rows - r0)
             row = []
             for c0 in range(0, cols, self.lanes):
                 nl = min(self.lanes, cols - c0)
                 key = None
                 if flat is not None:
                     tile = np.ascontiguousarray(flat[r0 : r0 + nr, c0 : c0 + nl])
-                    key = _content_key(tile)
+                    key = _content_key(tile) + (f".{replica}" if replica else "")
                     self.const_data.setdefault(key, tile)
                 buf = Buffer(len(self.buffers), name, np.dtype(dtype), nr, nl, r0, c0, const_key=key)
                 self.buffers.append(buf)
                 row.append(buf.id)
             grid.append(row)
         return TensorTiles(
-            name, tuple(int(d) for d in shape), np.dtype(dtype), rows, cols, self.block_rows, self.lanes, grid
+            name, tuple(int(d) for d in shape), np.dtype(dtype), rows, cols, block_rows, self.lanes, grid
         )
 
     def define(self, name: str) -> TensorTiles:
@@ -130,7 +150,7 @@ class TiledBuilder:
                 name, v.shape, np.dtype(v.dtype), rows, cols, self.block_rows, self.lanes, [[buf.id]]
             )
         else:
-            t = self.new_tensor(name, v.shape, v.dtype)
+            t = self.new_tensor(name, v.shape, np.float16 if name in self.fp16_values else v.dtype)
         self.tensors[name] = t
         return t
 
@@ -159,6 +179,11 @@ class TiledBuilder:
         if (r1 - 1) // t.block_rows != rb or (c1 - 1) // t.lanes != cb:
             raise AssertionError(f"window {r0}:{r1}x{c0}:{c1} of {t.name} crosses a tile boundary")
         return Ref(t.grid[rb][cb], r0 - rb * t.block_rows, r1 - r0, c0 - cb * t.lanes, c1 - c0)
+
+    def windows(self, t: TensorTiles, r0: int, r1: int, c0: int, c1: int) -> list[Ref]:
+        """The windows of view rows [r0, r1) x cols [c0, c1) (inside one lane block), one per tile."""
+        cuts = split_range(r0, r1, t.block_rows)
+        return [self.window(t, lo, hi, c0, c1) for lo, hi in cuts]
 
     # -- ops ------------------------------------------------------------------------------------
     def emit(

@@ -37,13 +37,19 @@ def lower_map(b: TiledBuilder, node: Node) -> None:
         positions.append(None if t is None else count)
         count += t is not None
     attrs = {"expr": to_json(steps), "operands": positions}
+    # Maps of different row blocks run side by side on different ALUs; a broadcast constant (a bias
+    # row, a scalar) they all read is copied so that they do not queue for one slice's ports.
+    replicas = min(len(out.grid), -(-b.target.vxm_alus // b.target.mem_banks))
+    replicas = replicas if b.enabled("constant_replicas") else 1
     for rb, row in enumerate(out.grid):
         for cb, buf in enumerate(row):
             tile = b.buffers[buf]
             reads = []
-            for t, mode in zip(operands, modes):
+            for name, t, mode in zip(node.inputs, operands, modes):
                 if t is None:
                     continue
+                if mode != "tile" and b.graph.values[name].is_const and rb % replicas:
+                    t = b.const_tensor(name, t.dtype, replica=rb % replicas)
                 if mode == "tile":
                     reads.append(b.whole(t.grid[rb][cb]))
                 elif mode == "row":

@@ -16,6 +16,7 @@ from lpuc.ir.graph import Node
 from lpuc.ir.tiled import Ref, TensorTiles
 from lpuc.jsonable import to_json
 from lpuc.kernels._common import normalize_axis
+from lpuc.kernels.windows import input_rows
 from lpuc.lowering.builder import TiledBuilder
 from lpuc.ops import Placement
 
@@ -56,23 +57,52 @@ def is_rowwise(node: Node, b: TiledBuilder, placement: Placement) -> bool:
     return rank >= 1 and normalize_axis(int(node.attr("axis", default)), rank) == rank - 1
 
 
+def is_windowed(node: Node, placement: Placement) -> bool:
+    """A channels-last sliding window op that lowering can cut into result row slabs."""
+    if not placement.windowed or len([o for o in node.outputs if o]) != 1 or not node.attr("kernel_shape"):
+        return False
+    if node.op == "Im2Col" and not node.attr("channels_last", 0):
+        return False
+    auto_pad = node.attr("auto_pad", "NOTSET")
+    auto_pad = auto_pad.decode() if isinstance(auto_pad, bytes) else auto_pad
+    return auto_pad == "NOTSET" and not node.attr("ceil_mode", 0) and not node.attr("storage_order", 0)
+
+
 def lower_stream(b: TiledBuilder, node: Node, placement: Placement, unit_class: str, opcode: str) -> None:
     ins = [b.tensor(i) if i else None for i in node.inputs]
     outs = [b.define(o) if o else None for o in node.outputs]
     if all(t is None or not t.tiles() for t in outs):
         return  # nothing to write: empty results
-    if unit_class != "HOST" and is_rowwise(node, b, placement):
+    if (
+        unit_class != "HOST"
+        and b.enabled("row_slabs")
+        and is_windowed(node, placement)
+        and len(outs[0].grid) > 1
+    ):
+        x, y = ins[0], outs[0]
+        for rb in range(len(y.grid)):
+            r0, r1 = rb * y.block_rows, min(y.rows, (rb + 1) * y.block_rows)
+            i0, i1 = input_rows(node.attrs, x.shape, r0, r1)
+            rows = range(i0 // x.block_rows, (i1 - 1) // x.block_rows + 1)
+            slab = {"out_rows": [r0, r1], "in_row0": rows.start * x.block_rows, "in_shape": list(x.shape)}
+            _emit(b, node, placement, unit_class, opcode, ins, outs, range(rb, rb + 1), rows, {"slab": slab})
+    elif unit_class != "HOST" and is_rowwise(node, b, placement):
         for rb in range(len(outs[0].grid)):
             _emit(b, node, placement, unit_class, opcode, ins, outs, range(rb, rb + 1))
     else:
         _emit(b, node, placement, unit_class, opcode, ins, outs, None)
 
 
-def _emit(b, node, placement, unit_class, opcode, ins, outs, slab: range | None) -> None:
+def _emit(
+    b, node, placement, unit_class, opcode, ins, outs, slab: range | None, in_slab=None, windowed=None
+) -> None:
+    """One instruction: whole tensors, or the row slab `slab` of the results from the same slab of
+    the first input (row-wise ops) or from its slab `in_slab` (windowed ops, `windowed` attrs)."""
     reads: list[Ref] = []
     in_desc: list[dict | None] = []
     for k, t in enumerate(ins):
-        desc, refs = (None, []) if t is None else _operand(b, t, len(reads), slab if k == 0 else None)
+        first_slab = in_slab if in_slab is not None else slab
+        desc, refs = (None, []) if t is None else _operand(b, t, len(reads), first_slab if k == 0 else None)
         in_desc.append(desc)
         reads += refs
     writes: list[Ref] = []
@@ -82,7 +112,9 @@ def _emit(b, node, placement, unit_class, opcode, ins, outs, slab: range | None)
         out_desc.append(desc)
         writes += refs
     node_attrs = dict(node.attrs)
-    if slab is not None:
+    if windowed:
+        node_attrs.update(windowed)
+    elif slab is not None:
         node_attrs["axis"] = -1  # the kernel sees a 2-D [rows, cols] slab
     attrs = {
         "kernel": node.op,

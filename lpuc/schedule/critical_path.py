@@ -3,7 +3,8 @@
 Walk back from the instruction that ends last. At each step the predecessor is, among
 - the instructions that write a window this one reads (and finished by its start),
 - for an MXM install, the weight load (LW) on its plane that finished by its start,
-- the previous instruction on each unit it occupies,
+- the previous instruction on each unit it occupies (on an MXM plane the previous MM may still be
+  draining its results: the plane takes in the next MM's rows meanwhile),
 the one that finished latest (ties: the higher id, so the result never depends on list order).
 Whatever an instruction waited for beyond that predecessor is transport or scheduler slack.
 """

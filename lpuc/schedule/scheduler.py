@@ -28,6 +28,9 @@ from lpuc.ir.tiled import TiledProgram, TileOp
 from lpuc.schedule.dependencies import dependencies
 from lpuc.target import Target
 
+# A resource request: candidate units, how many of them, and for how many cycles.
+Pool = tuple[list[str], int, int]
+
 
 @dataclass(frozen=True)
 class Slot:
@@ -62,6 +65,13 @@ class Timeline:
         self.starts.insert(i, t)
         self.ends.insert(i, t + dur)
 
+    def release(self, t: int, dur: int) -> None:
+        """Undo reserve(t, dur)."""
+        i = bisect_right(self.starts, t) - 1
+        while self.starts[i] != t or self.ends[i] != t + dur:
+            i -= 1
+        del self.starts[i], self.ends[i]
+
 
 @dataclass
 class Schedule:
@@ -73,11 +83,13 @@ class Schedule:
 def schedule(program: TiledProgram, target: Target, slice_of: Mapping[int, int]) -> Schedule:
     ops = program.ops
     preds = dependencies(program)
+    # A scheduling item is an accumulation chain, a weight group, or a single op; chains and groups
+    # (ids >= 0, a chain named by its first group) are placed whole on one plane, singles are < 0.
+    item_of = [op.chain if op.chain >= 0 else op.group if op.group >= 0 else -1 - op.id for op in ops]
     groups: dict[int, list[int]] = {}
     for op in ops:
-        if op.group >= 0:
-            groups.setdefault(op.group, []).append(op.id)
-    item_of = [op.group if op.group >= 0 else -1 - op.id for op in ops]  # groups >= 0, singles < 0
+        if item_of[op.id] >= 0:
+            groups.setdefault(item_of[op.id], []).append(op.id)
     members = {**{g: m for g, m in groups.items()}, **{-1 - op.id: [op.id] for op in ops if op.group < 0}}
 
     rank = _upward_ranks(program, preds, target)
@@ -156,34 +168,35 @@ class _UnitState:
     def _streams(self, op: TileOp) -> tuple[list[Stream], list[Stream]]:
         return op_streams(self.program, op, self.slice_of)
 
-    def _request(self, op: TileOp, unit: str) -> tuple[int, list[tuple[list[str], int]]]:
-        """Duration of `op` on `unit` and the resource pools it books: (candidates, how many)."""
+    def _request(self, op: TileOp, unit: str) -> tuple[int, int, list[Pool]]:
+        """Duration and occupancy of `op` on `unit`, and the resource pools it books."""
         reads, writes = self._streams(op)
         work, opcode = op.work, op.opcode
         precision = op.attrs.get("precision", self.program.precision)
-        d = cost.duration(
-            self.target, opcode, unit, work, reads, writes, precision, bool(op.attrs.get("install"))
-        )
-        pools: list[tuple[list[str], int]] = []
+        install = bool(op.attrs.get("install"))
+        d = cost.duration(self.target, opcode, unit, work, reads, writes, precision, install)
+        busy = cost.occupancy(self.target, opcode, unit, work, reads, writes, precision, install)
+        pools: list[Pool] = []
         if opcode.startswith("vxm."):
-            pools.append((self.vxm, cost.vxm_alus(self.target, opcode, work)))
+            pools.append((self.vxm, cost.vxm_alus(self.target, opcode, work), d))
         else:
-            pools.append(([unit], 1))
+            pools.append(([unit], 1, busy))
         n_unit = cost.unit_cycles(self.target, opcode, work, precision)
         for s, k in cost.port_needs(self.target, opcode, [*reads, *writes], n_unit).items():
-            pools.append((port_units(self.target, s), k))
+            pools.append((port_units(self.target, s), k, d))
         east, west = cost.stream_needs(self.target, opcode, unit, reads, writes)
         if east:
-            pools.append((self.east, east))
+            pools.append((self.east, east, d))
         if west:
-            pools.append((self.west, west))
-        return d, pools
+            pools.append((self.west, west, d))
+        return d, busy, pools
 
-    def _fit(self, pools: list[tuple[list[str], int]], t: int, d: int) -> tuple[int, tuple[str, ...]]:
-        """Earliest start >= t at which every pool has its count of units free for d cycles."""
+    def _fit(self, pools: list[Pool], t: int) -> tuple[int, tuple[tuple[str, int], ...]]:
+        """Earliest start >= t at which every pool has its count of units free for its cycles; the
+        units chosen, each with the cycles it is held."""
         while True:
             latest, chosen = t, []
-            for names, k in pools:
+            for names, k, d in pools:
                 free, later = [], []
                 for u in names:  # stops at the first k units free at t: the common case
                     e = self.timelines[u].earliest(t, d)
@@ -196,59 +209,80 @@ class _UnitState:
                 if len(free) < k:
                     later.sort()
                     latest = max(latest, later[k - len(free) - 1])
-                chosen += free
+                chosen += [(u, d) for u in free]
             if latest == t:
                 return t, tuple(chosen)
             t = latest
 
-    def _reserve(self, slot: Slot) -> None:
-        for u in slot.units:
-            self.timelines[u].reserve(slot.start, slot.duration)
+    def _reserve(self, start: int, held: tuple[tuple[str, int], ...]) -> None:
+        for u, d in held:
+            self.timelines[u].reserve(start, d)
+
+    def _release(self, start: int, held: tuple[tuple[str, int], ...]) -> None:
+        for u, d in held:
+            self.timelines[u].release(start, d)
 
     # -- placing ops --------------------------------------------------------------------------------
     def place(self, op: TileOp, ready: int) -> Slot:
         units = {"VXM": self.vxm[:1], "SXM": self.sxm}.get(op.unit_class, ["HOST"])
-        best: Slot | None = None
+        best: tuple[Slot, tuple] | None = None
         for u in units:  # VXM ALUs are interchangeable: the pool picks them
-            d, pools = self._request(op, u)
-            t, chosen = self._fit(pools, ready, d)
-            if best is None or t + d < best.end:
-                best = Slot(chosen, t, d)
-        self._reserve(best)
-        return best
+            d, _, pools = self._request(op, u)
+            t, held = self._fit(pools, ready)
+            if best is None or t + d < best[0].end:
+                best = (Slot(tuple(name for name, _ in held), t, d), held)
+        self._reserve(best[0].start, best[1])
+        return best[0]
 
-    def place_group(self, group: list[TileOp], preds, slots: list[Slot | None]) -> None:
-        lw, mms = group[0], group[1:]
+    def place_group(self, item: list[TileOp], preds, slots: list[Slot | None]) -> None:
+        """A weight group, or an accumulation chain of them, on the plane where it ends first."""
+        groups: list[list[TileOp]] = []
+        for op in item:  # in id order: each group's LW, then its MMs
+            if op.opcode == "mxm.lw":
+                groups.append([])
+            groups[-1].append(op)
         best = None
         for p in range(len(self.plane_free)):
-            plan = self._plan_group(p, lw, mms, preds, slots)
-            if best is None or plan[-1].end < best[1][-1].end:
-                best = (p, plan)
-        p, plan = best
-        for op, slot in zip(group, plan):
+            plan, state = self._plan_groups(p, groups, preds, slots)
+            for slot, held in plan:  # tried, not taken (yet)
+                self._release(slot.start, held)
+            if best is None or plan[-1][0].end < best[1][-1][0].end:
+                best = (p, plan, state)
+        p, plan, state = best
+        for op, (slot, held) in zip(item, plan):
             slots[op.id] = slot
-            self._reserve(slot)
-        self.lw_free[p] = plan[0].end
-        self.plane_free[p] = plan[-1].end
-        self.installed_at[p] = plan[1].start
+            self._reserve(slot.start, held)
+        self.lw_free[p], self.plane_free[p], self.installed_at[p] = state
 
-    def _plan_group(self, p, lw, mms, preds, slots) -> list[Slot]:
-        """The group on plane p: its LW fills the shadow buffer once the previous group installed its
-        weights; its MMs follow in order once the weights are loaded."""
+    def _plan_groups(self, p, groups, preds, slots) -> tuple[list[tuple[Slot, tuple]], tuple[int, int, int]]:
+        """The groups on plane p, in order: each LW fills the shadow buffer once the previous group
+        installed its weights; its MMs follow once the weights are loaded, each as soon as the plane
+        has taken in the previous one's rows. Reserves what it plans (the caller releases it)."""
         lw_unit, mm_unit = f"MXM{p}.LW", f"MXM{p}"
-        d, pools = self._request(lw, lw_unit)
-        ready = max(
-            _ready(lw.id, preds, slots), self.lw_free[p], self.installed_at[p] + self.target.iw_cycles
-        )
-        start, units = self._fit(pools, ready, d)
-        plan = [Slot(units, start, d)]
-        t = max(self.plane_free[p], start + d)
-        for mm in mms:
-            d, pools = self._request(mm, mm_unit)
-            t, units = self._fit(pools, max(t, _ready(mm.id, preds, slots)), d)
-            plan.append(Slot(units, t, d))
-            t += d
-        return plan
+        lw_free, plane_free, installed_at = self.lw_free[p], self.plane_free[p], self.installed_at[p]
+        plan = []
+        for lw, *mms in groups:
+            d, _, pools = self._request(lw, lw_unit)
+            ready = max(_ready(lw.id, preds, slots), lw_free, installed_at + self.target.iw_cycles)
+            start, held = self._fit(pools, ready)
+            plan.append((Slot(_names(held), start, d), held))
+            self._reserve(start, held)  # later ops of the item overlap it in time
+            lw_free = start + d
+            t = max(plane_free, lw_free)
+            for k, mm in enumerate(mms):
+                d, busy, pools = self._request(mm, mm_unit)
+                t, held = self._fit(pools, max(t, _ready(mm.id, preds, slots)))
+                plan.append((Slot(_names(held), t, d), held))
+                self._reserve(t, held)
+                if k == 0:
+                    installed_at = t
+                t += busy
+            plane_free = t
+        return plan, (lw_free, plane_free, installed_at)
+
+
+def _names(held: tuple[tuple[str, int], ...]) -> tuple[str, ...]:
+    return tuple(name for name, _ in held)
 
 
 def op_streams(

@@ -77,22 +77,32 @@ def _work_problem(p: Program, ins: Instruction) -> str | None:
     w = ins.work
     if ins.opcode == "mxm.mm":
         k0, k1, _ = ins.attrs.get("k", (0, 0, 0))
-        if not ins.reads or not ins.writes:
-            return "an MM needs an activation window and a result window"
-        act, res = ins.reads[0], ins.writes[0]
-        if w.vectors != act.nrows or w.macs != act.nrows * (k1 - k0) * res.nlanes or act.nlanes != k1 - k0:
+        keep = bool(ins.attrs.get("keep"))
+        if not ins.reads or bool(ins.writes) == keep:
+            return (
+                "an MM that keeps its sum in the accumulators reads an activation window and writes none"
+                if keep
+                else "an MM needs an activation window and a result window"
+            )
+        act = ins.reads[0]
+        lanes = ins.attrs.get("lanes") if keep else ins.writes[0].nlanes
+        if not isinstance(lanes, int) or isinstance(lanes, bool):
+            return "an MM that keeps its sum in the accumulators must give its result lanes"
+        if w.vectors != act.nrows or w.macs != act.nrows * (k1 - k0) * lanes or act.nlanes != k1 - k0:
             return (
                 f"work {w.vectors} rows / {w.macs} MACs does not match its "
                 f"{act.nrows}x{act.nlanes} activation window"
             )
-        if ins.attrs.get("acc") and (len(ins.reads) < 2 or ins.reads[1] != res):
+        if ins.attrs.get("acc") and (keep or len(ins.reads) < 2 or ins.reads[1] != ins.writes[0]):
             return "an accumulating MM must read the window it accumulates into"
     elif ins.opcode == "mxm.lw":
-        if len(ins.reads) != 1:
-            return "an LW reads one weight window"
-        t = p.tiles[ins.reads[0].buf]
-        if w.words != ins.reads[0].nrows * words_per_row(t.np_dtype):
-            return f"work {w.words} words does not match its {ins.reads[0].nrows}-row weight window"
+        if not ins.reads or ins.writes:
+            return "an LW reads weight windows and writes none"
+        words = sum(a.nrows * words_per_row(p.tiles[a.buf].np_dtype) for a in ins.reads)
+        if w.words != words:
+            return f"work {w.words} words does not match the {words} words of its weight windows"
+        if len({a.nlanes for a in ins.reads}) != 1:
+            return "the weight windows of an LW differ in lanes"
     elif ins.opcode == "vxm.map":
         if len(ins.writes) != 1:
             return "a map writes one window"

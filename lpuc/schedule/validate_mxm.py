@@ -1,5 +1,6 @@
-"""Validator rules for the MXM: accumulation chains are complete and every MM computes with the
-weights its own group's LW loaded, on the chip (time order) and in the runtime (id order)."""
+"""Validator rules for the MXM: accumulation chains are complete, every MM computes with the weights
+its own group's LW loaded, and partial sums kept in a plane's accumulators are continued by the next
+MM on that plane, on the chip (time order) and in the runtime (id order)."""
 
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ def check_accumulation(p: Program) -> list[str]:
         reach = 0
         for ins in chain:
             k0, k1, total = ins.attrs["k"]
+            k0 = ins.attrs.get("k_from", k0) if ins.attrs.get("from_acc") else k0  # the plane summed the rest
             if bool(ins.attrs.get("acc")) != (reach > 0) or k0 != reach:
                 out.append(
                     f"MM {ins.id} ({ins.node}) {'accumulates' if ins.attrs.get('acc') else 'writes'} K range "
@@ -107,4 +109,61 @@ def _weight_states(plane: str, items: list[Instruction], iw: int | None = None) 
                 f"{plane}: MM {ins.id} computes with the weights of another group "
                 "(its installing MM is missing)"
             )
+    return out
+
+
+def check_accumulators(p: Program) -> list[str]:
+    """A partial sum an MM keeps in its plane's accumulators is taken by the next MM on that plane
+    (same rows and lanes, the K range continuing where it stopped), in time order and in id order;
+    no MM discards one and none is left unwritten."""
+    out: list[str] = []
+    planes: dict[str, list[Instruction]] = defaultdict(list)
+    for ins in p.instructions:
+        if ins.opcode == "mxm.mm" and ins.units:
+            planes[ins.unit].append(ins)
+    for plane, mms in sorted(planes.items()):
+        out += _accumulator_states(plane, sorted(mms, key=lambda i: (i.start, i.id)))
+        if not out:
+            out += [
+                f"{problem} (in id order)"
+                for problem in _accumulator_states(plane, sorted(mms, key=lambda i: i.id))
+            ]
+    return out
+
+
+def _accumulator_states(plane: str, mms: list[Instruction]) -> list[str]:
+    out: list[str] = []
+    held: Instruction | None = None  # the MM whose partial sum the accumulators hold
+    k_from = reach = 0
+    for ins in mms:
+        k0, k1, _ = ins.attrs.get("k", (0, 0, 0))
+        rows = ins.reads[0].nrows if ins.reads else -1
+        lanes = (
+            ins.attrs.get("lanes") if ins.attrs.get("keep") else (ins.writes[0].nlanes if ins.writes else -1)
+        )
+        if ins.attrs.get("from_acc"):
+            if held is None:
+                out.append(
+                    f"{plane}: MM {ins.id} ({ins.node}) adds the accumulators, but no MM kept a sum there"
+                )
+            elif (rows, lanes) != (held.reads[0].nrows, held.attrs.get("lanes")) or k0 != reach:
+                out.append(
+                    f"{plane}: MM {ins.id} ({ins.node}) continues the sum MM {held.id} kept, but its "
+                    f"{rows}x{lanes} result over K from {k0} does not match {held.reads[0].nrows}x"
+                    f"{held.attrs.get('lanes')} over K [{k_from}, {reach})"
+                )
+            elif ins.attrs.get("k_from") != k_from:
+                out.append(
+                    f"{plane}: MM {ins.id} ({ins.node}) claims K from {ins.attrs.get('k_from')}, "
+                    f"the sum starts at {k_from}"
+                )
+        elif held is not None:
+            out.append(f"{plane}: MM {ins.id} ({ins.node}) discards the partial sum MM {held.id} kept")
+        if ins.attrs.get("keep"):
+            k_from = k_from if ins.attrs.get("from_acc") and held is not None else k0
+            held, reach = ins, k1
+        else:
+            held = None
+    if held is not None:
+        out.append(f"{plane}: the partial sum MM {held.id} ({held.node}) kept is never written")
     return out

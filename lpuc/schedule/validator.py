@@ -4,7 +4,8 @@ The program's meaning is its instructions executed one after another in id order
 exactly that). The validator proves the timed schedule computes the same thing and that the chip
 could run it. Checked, each as its own rule:
 1. units: every opcode is known and sits in a queue of its unit kind; every unit exists, runs one
-   instruction at a time, and the program uses no more queues than the chip has;
+   instruction at a time (an MXM plane is held for its MM's occupancy, lpuc.cost.occupancy; every
+   other unit for the whole duration), and the program uses no more queues than the chip has;
 2. costs (validate_costs.py): every instruction books the VXM ALUs, MEM ports and streams lpuc.cost
    says it holds, its duration is at least what the cost model gives, and its work matches the
    windows it touches;
@@ -15,8 +16,9 @@ could run it. Checked, each as its own rule:
    by an earlier instruction;
 6. accumulation (validate_mxm.py): the matmuls accumulating into a window cover its K range in
    order, and nothing else reads the window before the last of them;
-7. MXM weights (validate_mxm.py): every MM computes with the weights its own group's LW loaded on
-   its plane;
+7. MXM weights and accumulators (validate_mxm.py): every MM computes with the weights its own
+   group's LW loaded on its plane, and a partial sum kept in a plane's accumulators is continued by
+   the plane's next MM;
 8. outputs: every model output is written in full;
 9. constants are never written.
 """
@@ -27,13 +29,14 @@ from collections import defaultdict
 
 import numpy as np
 
+from lpuc import cost
 from lpuc.cost import QUEUE_KIND, unit_kind
 from lpuc.dtypes import words_per_row
 from lpuc.errors import ScheduleError
 from lpuc.program import Access, Instruction, Program, TileSlot, windows_overlap
 from lpuc.schedule.liveness import live_intervals
-from lpuc.schedule.validate_costs import check_costs
-from lpuc.schedule.validate_mxm import check_accumulation, check_weights
+from lpuc.schedule.validate_costs import check_costs, streams_of
+from lpuc.schedule.validate_mxm import check_accumulation, check_accumulators, check_weights
 
 MAX_PROBLEMS = 20
 
@@ -47,6 +50,7 @@ def validate(program: Program) -> None:
         _sram_overlap,
         _order,
         check_accumulation,
+        check_accumulators,
         check_weights,
         _outputs_written,
         _constants_read_only,
@@ -88,14 +92,37 @@ def _units(p: Program) -> list[str]:
     for u, items in sorted(busy.items()):
         items.sort(key=lambda i: (i.start, i.id))
         for a, b in zip(items, items[1:]):
-            if b.start < a.end:
+            a_end = _held_until(p, a, u)
+            if b.start < a_end:
                 out.append(
-                    f"unit {u} double-booked: instruction {a.id} ({a.opcode}) [{a.start}, {a.end}) "
-                    f"overlaps instruction {b.id} ({b.opcode}) [{b.start}, {b.end})"
+                    f"unit {u} double-booked: instruction {a.id} ({a.opcode}) [{a.start}, {a_end}) "
+                    f"overlaps instruction {b.id} ({b.opcode}) [{b.start}, {_held_until(p, b, u)})"
                 )
                 if len(out) >= MAX_PROBLEMS:
                     return out
     return out
+
+
+def _held_until(p: Program, ins: Instruction, unit: str) -> int:
+    """When `ins` frees `unit`: an MM frees its plane once its rows are in, the rest at its end."""
+    if (
+        ins.opcode != "mxm.mm"
+        or unit != ins.unit
+        or not all(0 <= a.buf < len(p.tiles) for a in ins.reads + ins.writes)
+    ):
+        return ins.end
+    reads, writes = streams_of(p, ins)
+    busy = cost.occupancy(
+        p.target,
+        ins.opcode,
+        ins.unit,
+        ins.work,
+        reads,
+        writes,
+        ins.attrs.get("precision", p.precision),
+        bool(ins.attrs.get("install")),
+    )
+    return ins.start + min(busy, ins.duration)
 
 
 def _bounds(p: Program) -> list[str]:

@@ -24,7 +24,10 @@ def test_run_pipeline_skips_disabled_passes():
 
 
 def test_unknown_pass_is_a_one_line_error_listing_the_passes():
-    with pytest.raises(LpucError, match=r"unknown pass 'fuse_gleu' \(passes: fold_constants, .*fuse_gelu"):
+    with pytest.raises(
+        LpucError,
+        match=r"unknown pass or strategy 'fuse_gleu' \(passes and lowering strategies: fold_constants, .*fuse_gelu",
+    ):
         lpuc.compile(gelu_model(), disable_passes=("fuse_gleu",))
     assert "fuse_layernorm" in pass_names() and len(pass_names()) == len(set(pass_names()))
 
@@ -55,5 +58,8 @@ def test_cli_disable_pass(tmp_path):
         main, ["compile", str(model), "-o", str(tmp_path / "x.lpu"), "--disable-pass", "nope"]
     )
     assert bad.exit_code == 2
-    assert bad.output.startswith("error: unknown pass 'nope' (passes: ") and bad.output.count("\n") == 1
+    assert (
+        bad.output.startswith("error: unknown pass or strategy 'nope' (passes and lowering strategies: ")
+        and bad.output.count("\n") == 1
+    )
     assert not (tmp_path / "x.lpu").exists()

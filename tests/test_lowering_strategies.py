@@ -1,0 +1,161 @@
+"""The lowering strategies that bring schedules near the chip (lpuc.lowering.STRATEGIES), each shown
+on the program it produces and checked against onnxruntime; `disable_passes` turns each one off."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from onnx import TensorProto, helper, numpy_helper
+
+import lpuc
+from lpuc.lowering import STRATEGIES
+from tests.models import export, ort_run
+from tests.onnx_builders import single_op_model
+
+
+def _matmul(tmp_path, m: int, k: int, n: int, name: str = "mm.onnx"):
+    w = np.random.default_rng(0).normal(size=(k, n)).astype(np.float32)
+    path = tmp_path / name
+    onnx.save(single_op_model("MatMul", [("x", [m, k])], [("y", [m, n])], initializers={"w": w}), path)
+    return path
+
+
+def _check(program, path, feeds, rtol=2e-2, atol=1e-3):
+    (want,) = ort_run(path, feeds)
+    got = program.run(feeds)["y"]
+    np.testing.assert_allclose(got, want, rtol=rtol, atol=atol * float(np.abs(want).max()))
+    assert np.std(want) > 0
+
+
+def test_k_chunks_accumulate_in_the_plane(tmp_path):
+    """K = 400: three chunks. Each row segment is one chain on one plane: the first two MMs keep their
+    sums (no write), the last writes; each MM takes in its rows while the previous one's results
+    drain (fp32: 6 cycles per row, so one bank port serves each MM's fp32 activations)."""
+    path = _matmul(tmp_path, 300, 400, 16)
+    program = lpuc.compile(path, precision="fp32")
+    mms = [i for i in program.instructions if i.opcode == "mxm.mm"]
+    assert [bool(i.attrs.get("keep")) for i in mms] == [True, True, False]
+    assert [bool(i.attrs.get("from_acc")) for i in mms] == [False, True, True]
+    assert [len(i.writes) for i in mms] == [0, 0, 1] and len({i.unit for i in mms}) == 1
+    assert all(a.start < b.start < a.end for a, b in zip(mms, mms[1:])), "the plane pipelines its MMs"
+    feeds = {"x": np.random.default_rng(1).normal(size=(300, 400)).astype(np.float32)}
+    _check(program, path, feeds, rtol=1e-4, atol=1e-6)
+    old = lpuc.compile(path, precision="fp32", disable_passes=["mxm_accumulators"])
+    assert sum(bool(i.attrs.get("acc")) for i in old.instructions) == 2  # through SRAM
+    assert program.summary["cycles"] < old.summary["cycles"]
+    np.testing.assert_allclose(old.run(feeds)["y"], program.run(feeds)["y"], rtol=1e-6, atol=1e-5)
+
+
+def test_weights_spread_over_slices(tmp_path):
+    """A 160-row fp16 weight chunk is four 40-row tiles in four slices: one LW reads them all."""
+    path = _matmul(tmp_path, 64, 160, 320)
+    program = lpuc.compile(path, precision="fp16")
+    (lw,) = [i for i in program.instructions if i.opcode == "mxm.lw"]
+    assert [a.nrows for a in lw.reads] == [40, 40, 40, 40]
+    assert len({a.slice for a in lw.reads}) == 4
+    single = lpuc.compile(path, precision="fp16", disable_passes=["weight_spread"])
+    (lw1,) = [i for i in single.instructions if i.opcode == "mxm.lw"]
+    assert len(lw1.reads) == 1 and lw.duration < lw1.duration
+    _check(program, path, {"x": np.random.default_rng(2).normal(size=(64, 160)).astype(np.float32)})
+
+
+def test_broadcast_constant_copied_for_parallel_maps(tmp_path):
+    """A bias row added to 1280 rows: four maps, reading different copies of the bias."""
+    rng = np.random.default_rng(3)
+    model = single_op_model(
+        "Add",
+        [("x", [1280, 64])],
+        [("y", [1280, 64])],
+        initializers={"b": rng.normal(size=64).astype(np.float32)},
+    )
+    path = tmp_path / "add.onnx"
+    onnx.save(model, path)
+    program = lpuc.compile(path)
+    maps = [i for i in program.instructions if i.opcode == "vxm.map"]
+    bias_slots = {(i.reads[1].slice, i.reads[1].addr) for i in maps}
+    assert len(maps) == 4 and len(bias_slots) == 4
+    one = lpuc.compile(path, disable_passes=["constant_replicas"])
+    assert len({(i.reads[1].slice, i.reads[1].addr) for i in one.instructions if i.opcode == "vxm.map"}) == 1
+    _check(program, path, {"x": rng.normal(size=(1280, 64)).astype(np.float32)}, rtol=1e-6, atol=1e-7)
+
+
+class _ConvPool(torch.nn.Module):
+    def __init__(self, pool: str):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(8, 16, 3, padding=1)
+        self.conv2 = torch.nn.Conv2d(16, 16, 3, padding=2, dilation=2)
+        self.pool = (
+            torch.nn.MaxPool2d(3, 2, 1)
+            if pool == "max"
+            else torch.nn.AvgPool2d(3, 2, 1, count_include_pad=pool == "avg_pad")
+        )
+
+    def forward(self, x):
+        return self.conv2(self.pool(torch.relu(self.conv(x))))
+
+
+@pytest.mark.parametrize("pool", ["max", "avg", "avg_pad"])
+def test_windowed_ops_in_row_slabs(tmp_path, pool):
+    """Channels-last Im2Col and pooling of a 32x32 map: one instruction per 320-row result slab,
+    each reading only the input tiles its windows touch; same numbers as onnxruntime (fp32)."""
+    torch.manual_seed(0)
+    path = export(
+        _ConvPool(pool),
+        (torch.zeros(1, 8, 64, 64),),
+        tmp_path / f"cp_{pool}.onnx",
+        input_names=["x"],
+        output_names=["y"],
+    )
+    program = lpuc.compile(path, precision="fp32")
+    slabs = [i for i in program.instructions if i.attrs.get("attrs", {}).get("slab")]
+    assert len(slabs) >= 5  # the pooling and the second conv's Im2Col: 4 slabs each
+    im2col = [i for i in slabs if i.attrs["kernel"] == "Im2Col"]
+    assert len(im2col) == 4 and all(len(i.reads) < 4 for i in im2col), "a slab reads only the tiles it needs"
+    feeds = {"x": np.random.default_rng(4).normal(size=(1, 8, 64, 64)).astype(np.float32)}
+    (want,) = ort_run(path, feeds)
+    scale = float(np.abs(want).max())
+    np.testing.assert_allclose(program.run(feeds)["y"], want, rtol=1e-4, atol=1e-5 * scale)
+    whole = lpuc.compile(path, precision="fp32", disable_passes=["row_slabs"])
+    got, whole_got = program.run(feeds)["y"], whole.run(feeds)["y"]
+    if pool == "max":  # copies and maxima: the same bits
+        np.testing.assert_array_equal(got, whole_got)
+    np.testing.assert_allclose(got, whole_got, rtol=1e-5, atol=1e-6 * scale)
+
+
+def test_fp16_storage_only_where_every_use_rounds(tmp_path):
+    """x -> MatMul -> r = Relu -> MatMul(r) and r + y: r is read by an Add, so it stays fp32; the
+    MatMul-only value h = Reshape(y) feeding the second MatMul is stored fp16. Outputs identical bit for
+    bit to the build without the strategy."""
+    rng = np.random.default_rng(5)
+    w1, w2 = (numpy_helper.from_array(rng.normal(size=(64, 64)).astype(np.float32), n) for n in ("w1", "w2"))
+    nodes = [
+        helper.make_node("MatMul", ["x", "w1"], ["m"]),
+        helper.make_node("Relu", ["m"], ["r"]),
+        helper.make_node("Neg", ["r"], ["h"]),
+        helper.make_node("MatMul", ["h", "w2"], ["z"]),
+        helper.make_node("Add", ["z", "r"], ["y"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [400, 64])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [400, 64])],
+        [w1, w2],
+    )
+    path = tmp_path / "f16.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    program = lpuc.compile(path, precision="fp16", disable_passes=["fuse_elementwise"])
+    dtypes = {t.tensor: t.dtype for t in program.tiles}
+    assert dtypes["h"] == "float16" and dtypes["r"] == "float32" and dtypes["y"] == "float32"
+    plain = lpuc.compile(path, precision="fp16", disable_passes=["fuse_elementwise", "fp16_storage"])
+    assert {t.dtype for t in plain.tiles if t.tensor == "h"} == {"float32"}
+    feeds = {"x": rng.normal(size=(400, 64)).astype(np.float32)}
+    np.testing.assert_array_equal(program.run(feeds)["y"], plain.run(feeds)["y"])
+    _check(program, path, feeds)
+
+
+def test_every_strategy_can_be_disabled(mlp_onnx):
+    for name in STRATEGIES:
+        assert lpuc.compile(mlp_onnx, disable_passes=[name]).summary["options"]["disabled_passes"] == [name]
