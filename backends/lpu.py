@@ -36,8 +36,10 @@ if sys.byteorder != "little":  # constants are stored as raw little-endian bytes
     raise ImportError("lpuc artifacts need a little-endian host")
 
 MAGIC = b"LPU\0"
-FORMAT_VERSION = 3  # 2: instructions carry their work record; summaries are recomputed at load
-# 3: MXM accumulators (mm keep / from_acc), plane occupancy, LWs of several windows, mxm.acc_rows
+# 2: instructions carry their work record; summaries are recomputed at load. 3: MXM accumulators
+# (mm keep / from_acc), plane occupancy, LWs of several windows, mxm.acc_rows. 4: tiles carry their
+# first lane (narrow constant tiles share words).
+FORMAT_VERSION = 4
 _PREFIX = struct.Struct("<4sIQ")
 
 
@@ -84,7 +86,20 @@ def encoded_parts(program: Program) -> list[bytes | np.ndarray]:
         for unit, items in program.queues().items()
     }
     tiles = [
-        [t.id, s(t.tensor), t.dtype, t.rows, t.lanes, t.r0, t.c0, t.slice, t.addr, t.kind, t.const_key]
+        [
+            t.id,
+            s(t.tensor),
+            t.dtype,
+            t.rows,
+            t.lanes,
+            t.r0,
+            t.c0,
+            t.slice,
+            t.addr,
+            t.kind,
+            t.const_key,
+            t.lane,
+        ]
         for t in program.tiles
     ]
     blobs, const_index, offset = [], [], 0

@@ -198,7 +198,7 @@ def _is_index(v: Any, n: int) -> bool:
 
 
 def _tile(t: Any, where: str, n_strings: int) -> None:
-    _expect(isinstance(t, list) and len(t) == 11, where, "a list of 11 fields")
+    _expect(isinstance(t, list) and len(t) == 12, where, "a list of 12 fields")
     _nat(t[0], f"{where} id")
     _index(t[1], n_strings, f"{where} tensor")
     _dtype(t[2], f"{where} dtype")
@@ -206,6 +206,7 @@ def _tile(t: Any, where: str, n_strings: int) -> None:
         _int(t[k], f"{where} {label}")
     _expect(t[9] in TILE_KINDS, f"{where} kind", f"one of {', '.join(TILE_KINDS)}")
     _expect(t[10] is None or isinstance(t[10], str), f"{where} const key", "a string or null")
+    _nat(t[11], f"{where} lane")
 
 
 def _expect(ok: bool, where: str, what: str) -> None:

@@ -32,6 +32,6 @@ def program_text(program: Program) -> str:
     for t in program.tiles:
         lines.append(
             f"  t{t.id} {t.kind:<6} {t.tensor}[{t.r0}:{t.r0 + t.rows}, {t.c0}:{t.c0 + t.lanes}] "
-            f"{t.dtype} s{t.slice}@{t.addr}+{t.words}"
+            f"{t.dtype} s{t.slice}@{t.addr}+{t.words}" + (f" lanes {t.lane}+" if t.lane else "")
         )
     return "\n".join(lines) + "\n"

@@ -14,11 +14,14 @@ import onnx
 
 from lpuc.calibration import Calibration, load_calibration
 from lpuc.calibration import describe as describe_calibration
-from lpuc.errors import LpucError
+from lpuc.errors import DoesNotFitError, LpucError
 from lpuc.frontend.importer import import_model
 from lpuc.frontend.loader import load_model
+from lpuc.ir.graph import Graph
 from lpuc.ir.printer import print_graph
-from lpuc.lowering import lower
+from lpuc.ir.tiled import TiledProgram
+from lpuc.lowering import lower, lower_with
+from lpuc.lowering.host_tables import one_more_table
 from lpuc.passes.pipeline import PassContext, PassTimings, run_pipeline
 from lpuc.program import Program
 from lpuc.schedule.build import build_program
@@ -96,7 +99,7 @@ def compile(  # noqa: A001 - the natural name for a compiler's entry point
         }
         if calibration is not None:
             options["calibration"] = describe_calibration(calibration, graph)
-        program = build_program(tiled, tgt, where, options, model_nodes)
+        program = _build_fitting(graph, tiled, tgt, where, options, model_nodes)
     with timed_stage(stages, "validate"):
         program.validate()
     if dump_dir is not None:
@@ -121,6 +124,27 @@ def _calibration(calibrate: str | os.PathLike | Mapping[str, np.ndarray] | None)
 # where the OS does not say). Kept beside compile_stages (seconds only, summed by Program) and
 # recorded even for a stage that fails, so a benchmark can time a model that does not fit.
 stage_usage: dict[str, tuple[float, int | None]] = {}
+
+
+def _build_fitting(
+    graph: Graph, tiled: TiledProgram, target: Target, where: str, options: dict, model_nodes: set[str]
+) -> Program:
+    """Build `tiled`; if it does not fit SRAM, again with narrow constant tiles packed side by side
+    (which shares MEM ports among more tiles), then with one more lookup table in host memory at a
+    time (which costs PCIe round trips)."""
+    pack = False
+    while True:
+        try:
+            return build_program(tiled, target, where, options, model_nodes, pack=pack)
+        except DoesNotFitError:
+            if not pack:
+                pack = True
+                continue
+            tables = one_more_table(graph, tiled, target) if options["host_fallback"] else frozenset()
+            if not tables:
+                raise
+            host_fallback, disabled = options["host_fallback"], frozenset(options["disabled_passes"])
+            tiled = lower_with(graph, target, tiled.precision, host_fallback, where, tables, disabled)
 
 
 @contextlib.contextmanager

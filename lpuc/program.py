@@ -84,6 +84,7 @@ class TileSlot:
     addr: int
     kind: str  # "const" | "input" | "output" | "io" (both) | "temp" | "host" (host memory, no slot)
     const_key: str | None = None
+    lane: int = 0  # first lane of the tile in its words (narrow constant tiles share words)
 
     @cached_property
     def np_dtype(self) -> np.dtype:

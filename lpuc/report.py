@@ -29,7 +29,9 @@ def summary_text(s: dict[str, Any]) -> str:
         + ", ".join(f"{t['node']} ({t['opcode']}) {t['cycles']}" for t in path["top"]),
         f"SRAM       peak {human_bytes(s['sram_peak_bytes'])} live, "
         f"{human_bytes(s['sram_used_bytes'])} addressed, "
-        f"{human_bytes(s['sram_const_bytes'])} constants, of {human_bytes(s['sram_capacity_bytes'])}",
+        f"{human_bytes(s['sram_const_bytes'])} constants "
+        f"({human_bytes(s['sram_const_padding_bytes'])} of it lane padding), "
+        f"of {human_bytes(s['sram_capacity_bytes'])}",
         f"program    {s['instructions']} instructions, {s['tiles']} tiles, {s['macs']} MACs, "
         f"host ops {s['host_ops']}",
         "           " + ", ".join(f"{k} {v}" for k, v in s["instructions_by_opcode"].items()),
@@ -37,6 +39,12 @@ def summary_text(s: dict[str, Any]) -> str:
         f"           MEM ports {s['mem_ports_busy_pct']}, streams east {s['streams_busy_pct']['east']} "
         f"west {s['streams_busy_pct']['west']}",
     ]
+    if s.get("host_tables"):
+        tables = ", ".join(f"{n} {human_bytes(b)}" for n, b in s["host_tables"].items())
+        lines.append(
+            "host mem   tables kept in host memory (the program does not fit SRAM with them; only "
+            f"gathered rows cross PCIe): {tables}"
+        )
     if s.get("host_nodes"):
         us = s["latency_us"] / max(1, s["cycles"])  # microseconds per cycle
         lines.append(

@@ -154,6 +154,8 @@ def _summary_table(s: dict[str, Any]) -> str:
         ("SRAM peak live", human_bytes(s.get("sram_peak_bytes", 0))),
         ("SRAM addressed", human_bytes(s.get("sram_used_bytes", 0))),
         ("SRAM constants", human_bytes(s.get("sram_const_bytes", 0))),
+        ("SRAM constant lane padding", human_bytes(s.get("sram_const_padding_bytes", 0))),
+        ("host-memory tables", human_bytes(sum(s.get("host_tables", {}).values()))),
         ("SRAM capacity", human_bytes(s.get("sram_capacity_bytes", 0))),
         ("instructions", f"{s.get('instructions', 0):,}"),
         ("by opcode", ", ".join(f"{k} {v:,}" for k, v in s.get("instructions_by_opcode", {}).items())),

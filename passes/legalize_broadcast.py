@@ -25,6 +25,9 @@ def operand_mode(shape: tuple[int, ...], out_shape: tuple[int, ...]) -> str | No
 
 def legalize_broadcast(graph: Graph, ctx=None) -> Graph:
     out = graph.copy(nodes=[])
+    # One Expand per (value, shape): BERT's attention mask feeds all 12 layers, and 12 live copies
+    # of it took 22 MiB of SRAM.
+    expanded_to: dict[tuple[str, tuple[int, ...]], str] = {}
     for node in graph.nodes:
         elementwise = is_elementwise(node.op, node.domain) or (node.domain == "lpuc" and node.op == "Fused")
         if not elementwise or graph.touches_dynamic(node):
@@ -41,9 +44,13 @@ def legalize_broadcast(graph: Graph, ctx=None) -> Graph:
                 expanded = np.broadcast_to(v.const, out_shape)
                 new_inputs.append(out.add_const(f"{name}_bcast", np.ascontiguousarray(expanded)))
                 continue
-            shape_const = out.add_const(f"{name}_bcast_shape", np.array(out_shape, dtype=np.int64))
-            target = out.add_value(f"{name}_bcast", out_shape, v.dtype)
-            out.nodes.append(Node("Expand", f"{node.name}/broadcast_{name}", (name, shape_const), (target,)))
-            new_inputs.append(target)
+            key = (name, tuple(out_shape))
+            if key not in expanded_to:
+                shape_const = out.add_const(f"{name}_bcast_shape", np.array(out_shape, dtype=np.int64))
+                target = out.add_value(f"{name}_bcast", out_shape, v.dtype)
+                expand = Node("Expand", f"{node.name}/broadcast_{name}", (name, shape_const), (target,))
+                out.nodes.append(expand)
+                expanded_to[key] = target
+            new_inputs.append(expanded_to[key])
         out.nodes.append(node.with_(inputs=tuple(new_inputs)))
     return out.prune_values()

@@ -44,6 +44,7 @@ from lpuc.passes.lower_quantized import lower_quantized
 from lpuc.passes.quantize_int8 import quantize_int8
 from lpuc.passes.sink_reshapes import sink_reshapes
 from lpuc.passes.sink_transposes import sink_transposes
+from lpuc.passes.store_tables_at_precision import store_tables_at_precision
 from lpuc.target import Target
 
 
@@ -95,6 +96,7 @@ PIPELINE: tuple[Pass, ...] = (
     Pass("sink_transposes", sink_transposes),
     Pass("canonicalize_matmul", canonicalize_matmul),
     Pass("fold_constants", fold_constants),
+    Pass("store_tables_at_precision", store_tables_at_precision),
     Pass("address_heads", address_heads),
     Pass("fuse_layernorm", fuse_layernorm),
     Pass("fuse_gelu", fuse_gelu),

@@ -45,7 +45,7 @@ def execute_capturing(
             if t.kind == "host":
                 values[buf] = np.asarray(machine.host_memory[buf])
             else:
-                values[buf] = machine.read(Access(t.id, t.slice, t.addr, t.rows, 0, t.lanes))
+                values[buf] = machine.read(Access(t.id, t.slice, t.addr, t.rows, t.lane, t.lanes))
     return machine.outputs(), _assemble(program, values)
 
 

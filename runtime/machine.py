@@ -44,14 +44,21 @@ class Machine:
         self.sram.write(a, self.tiles[a.buf].np_dtype, values)
 
     def _whole(self, t: TileSlot) -> Access:
-        return Access(t.id, t.slice, t.addr, t.rows, 0, t.lanes)
+        return Access(t.id, t.slice, t.addr, t.rows, t.lane, t.lanes)
 
     def _load_constants(self) -> None:
-        done: set[tuple[int, int]] = set()
+        done: set[tuple[int, int, int]] = set()
         for t in self.tiles:
-            if t.kind == "const" and (t.slice, t.addr) not in done:
-                done.add((t.slice, t.addr))
+            if t.kind == "const" and (t.slice, t.addr, t.lane) not in done:
+                done.add((t.slice, t.addr, t.lane))
                 self.write(self._whole(t), self.program.consts[t.const_key])
+        self.load_host_constants()
+
+    def load_host_constants(self) -> None:
+        """Constant tables kept in host memory (whole tensors), by their host tile's id."""
+        for t in self.tiles:
+            if t.kind == "host" and t.const_key is not None:
+                self.host_memory[t.id] = self.program.consts[t.const_key]
 
     # -- tensors --------------------------------------------------------------------------------
     def store_tensor(self, value: np.ndarray, tiles: list[int], row_offset: int = 0) -> None:

@@ -68,7 +68,7 @@ def _bound_kernel(ctx: KernelContext) -> Callable[[list], list[np.ndarray]]:
 
 
 def _whole(t: TileSlot) -> Access:
-    return Access(t.id, t.slice, t.addr, t.rows, 0, t.lanes)
+    return Access(t.id, t.slice, t.addr, t.rows, t.lane, t.lanes)
 
 
 def _span(a: Access, dtype: np.dtype) -> tuple[int, int, int]:
@@ -215,7 +215,7 @@ class _Executor:
             if whole:
                 return mask
             r0 = (a.addr - t.addr) // words_per_row(t.np_dtype)
-            return mask[r0 : r0 + a.nrows, a.lane0 : a.lane0 + a.nlanes]
+            return mask[r0 : r0 + a.nrows, a.lane0 - t.lane : a.lane0 - t.lane + a.nlanes]
 
         for ins in order:
             whole = ins.opcode.endswith(".kernel")
@@ -422,6 +422,7 @@ class _Executor:
             for p in m.planes.values():
                 p.shadow = p.active = None
             m.host_memory.clear()
+            m.load_host_constants()
         self._reset_needed = True
         for t, (_, value) in zip(self._inputs, values):
             t.store(value)

@@ -16,6 +16,7 @@ from onnx import TensorProto, helper, numpy_helper
 import lpuc
 from lpuc.errors import LpucError
 from lpuc.frontend.loader import load_model
+from lpuc.report import human_bytes
 from tests.cli_helpers import assert_one_line_error, invoke
 
 MODELS = Path(__file__).resolve().parent.parent / "models"
@@ -121,15 +122,24 @@ def test_directory_as_model(tmp_path):
 
 
 # -- advice and tolerances ---------------------------------------------------------------------------
-@pytest.mark.parametrize("precision", ["fp16", "fp32"])
-def test_constants_advice_matches_precision(tmp_path, precision):
-    # 4 MiB fp32, 2 MiB fp16: over tsp-mini's 512 KiB either way (random: no identical tiles to share)
-    w = np.random.default_rng(0).standard_normal((1024, 1024)).astype(np.float32)
+@pytest.mark.parametrize(
+    ("width", "precision", "advice"),
+    [
+        # tsp-mini has 512 KiB. 1024^2 fp32 is 4 MiB: 2 MiB in fp16, 1 MiB in int8 - neither fits.
+        (1024, "fp32", "they need at least 8 tsp-mini chips (2 with int8 weights), or a larger target"),
+        (1024, "fp16", "they need at least 4 tsp-mini chips (2 with int8 weights), or a larger target"),
+        (640, "fp32", "int8 weights would take 400.00 KiB and fit; or use a larger target"),  # fp16: 800
+        (448, "fp32", "try --precision fp16 (they would take 392.00 KiB) or a larger target"),
+    ],
+)
+def test_constants_advice_is_true_for_the_model(tmp_path, width, precision, advice):
+    # Random weights: no identical tiles to share; widths are whole 64-lane tiles (no padding).
+    w = np.random.default_rng(0).standard_normal((width, width)).astype(np.float32)
     graph = helper.make_graph(
         [helper.make_node("MatMul", ["x", "w"], ["y"])],
         "g",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1024])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 1024])],
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, width])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, width])],
         [numpy_helper.from_array(w, "w")],
     )
     path = tmp_path / "wide.onnx"
@@ -137,7 +147,10 @@ def test_constants_advice_matches_precision(tmp_path, precision):
     out = tmp_path / "x.lpu"
     result = invoke("compile", path, "-o", out, "--target", "tsp-mini", "--precision", precision)
     assert_one_line_error(result, "constants need", "larger target")
-    assert ("--precision fp16" in result.output) == (precision == "fp32"), result.output
+    stored = "float16" if precision == "fp16" else "float32"
+    size = human_bytes(width * width * (2 if precision == "fp16" else 4))
+    assert f"largest: w [{width}x{width} {stored}] {size};" in result.output, result.output
+    assert result.output.rstrip().endswith(advice), result.output
 
 
 def test_zero_tolerance_is_honoured(tmp_path):

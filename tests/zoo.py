@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import math
+import os
+import tempfile
+import warnings
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -319,3 +323,63 @@ def onet_probe_inputs(net: nn.Module, count: int = 20, seed: int = 0, step: floa
         (grad,) = torch.autograd.grad(loss, x)
         x = (x - step * grad.sign() * (budget > t)).detach()
     return x.numpy().astype(np.float32)
+
+
+# BERT exports are cached here: BERT-base takes about a minute to build and export.
+BERT_CACHE = Path(tempfile.gettempdir()) / "lpuc-bert"
+BERT_OPSET = 17
+BERT_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+
+
+def bert(seed: int = 0, **config_kwargs) -> nn.Module:
+    """transformers' BertModel (BertConfig defaults = BERT-base unless overridden), seeded, eval mode."""
+    import transformers
+
+    config = transformers.BertConfig(**config_kwargs)
+    config._attn_implementation = "eager"  # plain MatMul/Softmax, no fused SDPA in the export
+    torch.manual_seed(seed)
+    return transformers.BertModel(config).eval()
+
+
+class _BertByPosition(nn.Module):
+    """BertModel called with keywords (its forward's positional order changes between versions)."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids, attention_mask, token_type_ids):
+        out = self.model(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids)
+        return out.last_hidden_state, out.pooler_output
+
+
+def bert_onnx(seq_len: int = 128, batch: int = 1, seed: int = 0, **config_kwargs) -> Path:
+    """`bert(...)` exported (TorchScript exporter, opset BERT_OPSET) with input_ids, attention_mask
+    and token_type_ids of [batch, seq_len]; cached under BERT_CACHE by configuration."""
+    tag = "-".join(f"{k}{v}" for k, v in sorted(config_kwargs.items())) or "base"
+    path = BERT_CACHE / f"bert-{tag}-b{batch}-s{seq_len}-seed{seed}-op{BERT_OPSET}.onnx"
+    if path.exists():
+        return path
+    model = bert(seed, **config_kwargs)
+    vocab = model.config.vocab_size
+    gen = torch.Generator().manual_seed(seed)
+    args = (
+        torch.randint(0, vocab, (batch, seq_len), generator=gen),
+        torch.ones(batch, seq_len, dtype=torch.int64),
+        torch.zeros(batch, seq_len, dtype=torch.int64),
+    )
+    BERT_CACHE.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            _BertByPosition(model),
+            args,
+            str(tmp),
+            input_names=list(BERT_INPUTS),
+            output_names=["last_hidden_state", "pooler_output"],
+            opset_version=BERT_OPSET,
+            dynamo=False,
+        )
+    os.replace(tmp, path)  # concurrent test workers never see a half-written file
+    return path

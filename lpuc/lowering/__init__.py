@@ -9,6 +9,7 @@ from lpuc.ir.graph import LPUC_DOMAIN, Graph, Node
 from lpuc.ir.tiled import TiledProgram
 from lpuc.lowering.builder import TiledBuilder, view_of
 from lpuc.lowering.elementwise import lower_map
+from lpuc.lowering.host_tables import tables_for_host
 from lpuc.lowering.matmul import lower_matmul
 from lpuc.lowering.stream import lower_stream
 from lpuc.ops import Placement, is_elementwise, placement
@@ -32,13 +33,32 @@ def lower(
     where: str = "",
     disabled: frozenset[str] = frozenset(),
 ) -> TiledProgram:
-    """Tile ops for every node. `disabled` names lowering strategies to leave out (STRATEGIES)."""
-    where_ops = {n.name: unit_of(n, graph) for n in graph.nodes}
+    """Tile ops for every node. `disabled` names lowering strategies to leave out (STRATEGIES).
+    Lookup tables move to host memory only if the constants overflow SRAM."""
+    tiled = lower_with(graph, target, precision, host_fallback, where, disabled=disabled)
+    tables = tables_for_host(graph, tiled, target) if host_fallback else frozenset()
+    if tables:
+        tiled = lower_with(graph, target, precision, host_fallback, where, tables, disabled)
+    return tiled
+
+
+def lower_with(
+    graph: Graph,
+    target: Target,
+    precision: str,
+    host_fallback: bool = True,
+    where: str = "",
+    host_tables: frozenset[str] = frozenset(),
+    disabled: frozenset[str] = frozenset(),
+) -> TiledProgram:
+    """Lower with the constant tables `host_tables` kept in host memory (their Gathers on the host)."""
+    where_ops = {n.name: unit_of(n, graph, host_tables) for n in graph.nodes}
     b = TiledBuilder(
         graph,
         target,
         precision,
         host_resident=host_resident_values(graph, where_ops),
+        host_tables=host_tables,
         fp16_values=mxm_rounded_values(graph)
         if precision == "fp16" and "fp16_storage" not in disabled
         else set(),
@@ -133,9 +153,9 @@ def _integer_mxm_operands(node: Node, graph: Graph) -> bool:
     return all(d == np.int8 for d in operands) and not any(node.inputs[2:])
 
 
-def unit_of(node: Node, graph: Graph) -> str:
+def unit_of(node: Node, graph: Graph, host_tables: frozenset[str] = frozenset()) -> str:
     """The unit class a node lowers to: MAP (VXM map), MXM, VXM, SXM, ALIAS or HOST."""
-    if graph.touches_dynamic(node):
+    if graph.touches_dynamic(node) or (node.op == "Gather" and node.inputs[0] in host_tables):
         return "HOST"
     if is_elementwise(node.op, node.domain) or (node.domain == LPUC_DOMAIN and node.op == "Fused"):
         return "MAP"

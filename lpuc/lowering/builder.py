@@ -42,12 +42,15 @@ class TiledBuilder:
         target: Target,
         precision: str,
         host_resident: set[str] | None = None,
+        host_tables: frozenset[str] = frozenset(),
         fp16_values: set[str] | None = None,
         disabled: frozenset[str] = frozenset(),
     ):
         self.graph = graph
         self.disabled = disabled  # lowering strategies turned off (lpuc.lowering.STRATEGIES)
         self.host_resident = host_resident or set()
+        # Constant lookup tables kept in host memory (they do not fit SRAM): one host buffer each.
+        self.host_tables = host_tables
         self.fp16_values = fp16_values or set()  # float32 values stored as fp16 (see lowering)
         self.target = target
         self.precision = precision
@@ -75,7 +78,7 @@ class TiledBuilder:
             v = self.graph.values[name]
             if not v.is_const:
                 raise KeyError(f"value {name!r} used before it was produced")
-            t = self.const_tensor(name, v.dtype)
+            t = self.host_table(name) if name in self.host_tables else self.const_tensor(name, v.dtype)
             self.tensors[name] = t
         return t
 
@@ -94,6 +97,16 @@ class TiledBuilder:
             )
             self._stored_consts[key] = t
         return t
+
+    def host_table(self, name: str) -> TensorTiles:
+        """Constant `name` kept whole in host memory: a host buffer carrying its content key."""
+        data = np.ascontiguousarray(self.graph.values[name].const)
+        key = _content_key(data)
+        self.const_data.setdefault(key, data)
+        buf = Buffer(len(self.buffers), name, data.dtype, 1, 1, 0, 0, const_key=key, host=True)
+        self.buffers.append(buf)
+        rows, cols = view_of(data.shape)
+        return TensorTiles(name, data.shape, data.dtype, rows, cols, self.block_rows, self.lanes, [[buf.id]])
 
     def new_tensor(
         self,

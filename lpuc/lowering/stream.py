@@ -158,6 +158,8 @@ def _host_work(b: TiledBuilder, node: Node, ins: list, outs: list) -> Work:
     depend on data are taken at their compile-time maximum."""
     in_bytes = [_max_bytes(b, t) for t in ins if t is not None]
     out_bytes = [_max_bytes(b, t) for t in outs if t is not None]
+    if node.op == "Gather" and ins[0] is not None and ins[0].name in b.host_tables:
+        in_bytes[0] = sum(out_bytes)  # the host reads only the gathered rows of its table
     data_dependent = any(t is not None and t.shape is None for t in ins + outs)
     for t, nbytes in zip([t for t in outs if t is not None], out_bytes):
         if t.shape is None:

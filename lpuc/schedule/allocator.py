@@ -1,6 +1,7 @@
 """SRAM addresses for every tile, in three layers: liveness -> per-slice requests -> placement.
 
-1. Liveness (liveness.py); identical constant tiles share one slot.
+1. Liveness (liveness.py); identical constant tiles share one slot, and so do narrow constant tiles
+   packed side by side (packing.py: each at its own first lane).
 2. Each slice gets the requests (words x live interval) of the tiles placed on it.
 3. Greedy by size: the largest request first, at the lowest address that overlaps no placed request
    whose interval intersects its own. The no-fragmentation bound (peak of live words) is reported
@@ -23,6 +24,7 @@ import numpy as np
 
 from lpuc.ir.tiled import TiledProgram
 from lpuc.schedule.liveness import live_intervals
+from lpuc.schedule.packing import ConstPacking
 from lpuc.schedule.scheduler import Schedule
 
 
@@ -52,24 +54,32 @@ def lifetimes(program: TiledProgram, sched: Schedule) -> dict[int, Lifetime]:
 @dataclass
 class Allocation:
     addr: dict[int, int]  # buffer id -> first address in its slice
+    lane: dict[int, int]  # buffer id -> first lane in its words (packed constant tiles; else 0)
     failures: list[int]  # buffer ids that did not fit their slice
     peak_words: int  # chip-wide peak of live words (no-fragmentation lower bound)
     slice_peak_words: dict[int, int]  # per slice: highest address used
 
 
 def allocate(
-    program: TiledProgram, sched: Schedule, slice_of: Mapping[int, int], capacity: int
+    program: TiledProgram,
+    sched: Schedule,
+    slice_of: Mapping[int, int],
+    capacity: int,
+    packing: ConstPacking | None = None,
 ) -> Allocation:
+    packing = packing or ConstPacking()
     life = lifetimes(program, sched)
-    # One request per constant slot (shared by identical tiles) and per other tile.
+    # One request per constant slot (shared by identical and by packed tiles) and per other tile.
     requests: dict[int, list[tuple[int, int, Lifetime]]] = {}  # slice -> [(request id, words, life)]
     slot_of_const: dict[str, int] = {}
     alias: dict[int, int] = {}
+    lane: dict[int, int] = {}
     for buf in program.buffers:
         if buf.host:
             continue
         if buf.is_const:
-            owner = slot_of_const.setdefault(buf.const_key, buf.id)
+            lane[buf.id] = packing.lane.get(buf.const_key, 0)
+            owner = slot_of_const.setdefault(packing.slot(buf.const_key), buf.id)
             if owner != buf.id:
                 alias[buf.id] = owner
                 continue
@@ -87,7 +97,7 @@ def allocate(
         if owner in addr:
             addr[buf_id] = addr[owner]
     addr.update({b.id: -1 for b in program.buffers if b.host})
-    return Allocation(addr, sorted(failures), _peak_live_words(requests), slice_peak)
+    return Allocation(addr, lane, sorted(failures), _peak_live_words(requests), slice_peak)
 
 
 def _place_slice(reqs: list[tuple[int, int, Lifetime]], capacity: int) -> tuple[dict[int, int], list[int]]:

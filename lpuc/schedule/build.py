@@ -18,6 +18,8 @@ from lpuc.report import human_bytes
 from lpuc.schedule.allocator import Allocation, allocate
 from lpuc.schedule.bounds import compile_facts
 from lpuc.schedule.dependencies import dependencies
+from lpuc.schedule.fit import check_constants_fit, largest_constants
+from lpuc.schedule.packing import ConstPacking, const_words, pack_constants
 from lpuc.schedule.placement import place_tiles
 from lpuc.schedule.scheduler import Schedule, schedule, upward_ranks
 from lpuc.schedule.summary import compile_time_facts, summarize
@@ -39,22 +41,25 @@ def build_program(
     where: str,
     options: dict | None = None,
     model_nodes: Collection[str] = (),
+    pack: bool = False,
 ) -> Program:
-    """Schedule and place `tiled`; `model_nodes` names the model's own nodes (for the SXM bound). The
-    program is not validated yet: lpuc.compile does that as a stage of its own."""
-    _check_constants_fit(tiled, target, where)
+    """Schedule and place `tiled`; `model_nodes` names the model's own nodes (for the SXM bound).
+    `pack`: narrow constant tiles share words (lpuc.schedule.packing). The program is not validated
+    yet: lpuc.compile does that as a stage of its own."""
+    packing = pack_constants(tiled, target.lanes) if pack else ConstPacking()
+    check_constants_fit(tiled, target, where, packing)
     pinned: dict[int, int] = {}
     preds = dependencies(tiled)
     rank = upward_ranks(tiled, preds, target)  # the same for every placement round
     for _ in range(MAX_PLACEMENT_ROUNDS):
-        slice_of = place_tiles(tiled, target, pinned)
+        slice_of = place_tiles(tiled, target, pinned, packing)
         sched = schedule(tiled, target, slice_of, preds, rank)
-        alloc = allocate(tiled, sched, slice_of, target.addresses_per_slice)
+        alloc = allocate(tiled, sched, slice_of, target.addresses_per_slice, packing)
         if not alloc.failures:
             break
-        pinned = _move_failures(tiled, slice_of, alloc, target)
+        pinned = _move_failures(tiled, slice_of, alloc, target, packing)
     else:
-        _raise_does_not_fit(tiled, alloc, target, where)
+        _raise_does_not_fit(tiled, alloc, target, where, packing)
     program = assemble(tiled, sched, slice_of, alloc, target)
     facts = compile_time_facts(options or {}, compile_facts(tiled, sched.preds, target, set(model_nodes)))
     program.summary = summarize(program, facts)
@@ -77,6 +82,7 @@ def assemble(
             alloc.addr[b.id],
             b.kind,
             b.const_key,
+            alloc.lane.get(b.id, 0),
         )
         for b in tiled.buffers
     ]
@@ -84,7 +90,12 @@ def assemble(
     def access(ref) -> Access:
         t = tiles[ref.buf]
         return Access(
-            ref.buf, t.slice, t.addr + ref.row0 * words_per_row(t.np_dtype), ref.nrows, ref.lane0, ref.nlanes
+            ref.buf,
+            t.slice,
+            t.addr + ref.row0 * words_per_row(t.np_dtype),
+            ref.nrows,
+            t.lane + ref.lane0,
+            ref.nlanes,
         )
 
     order = sorted(tiled.ops, key=lambda op: (sched.slots[op.id].start, op.id))
@@ -125,27 +136,8 @@ def assemble(
     )
 
 
-def _check_constants_fit(tiled: TiledProgram, target: Target, where: str) -> None:
-    seen: dict[str, int] = {}
-    for b in tiled.buffers:
-        if b.is_const:
-            seen[b.const_key] = b.words
-    need = sum(seen.values()) * target.word_bytes
-    if need > target.sram_bytes:
-        # fp16 only helps where it would store MXM weights at half size: an fp32 build's float weights.
-        halves = tiled.precision == "fp32" and any(
-            b.is_const and b.dtype.name == "float32" for b in tiled.buffers
-        )
-        advice = "try --precision fp16 or a larger target" if halves else "try a larger target"
-        raise DoesNotFitError(
-            f"{where}: constants need {human_bytes(need)} of SRAM, "
-            f"target {target.name} has {human_bytes(target.sram_bytes)} "
-            f"(over by {human_bytes(need - target.sram_bytes)}; {advice})"
-        )
-
-
 def _move_failures(
-    tiled: TiledProgram, slice_of: dict[int, int], alloc: Allocation, target: Target
+    tiled: TiledProgram, slice_of: dict[int, int], alloc: Allocation, target: Target, packing: ConstPacking
 ) -> dict[int, int]:
     pinned = dict(slice_of)
     headroom = {
@@ -156,20 +148,24 @@ def _move_failures(
         s = max(sorted(headroom), key=lambda k: headroom[k])
         pinned[buf_id] = s
         headroom[s] -= words
-        if tiled.buffers[buf_id].is_const:  # identical constant tiles move together
-            key = tiled.buffers[buf_id].const_key
+        if tiled.buffers[buf_id].is_const:  # the constant tiles of one slot move together
+            slot = packing.slot(tiled.buffers[buf_id].const_key)
             for b in tiled.buffers:
-                if b.const_key == key:
+                if b.is_const and packing.slot(b.const_key) == slot:
                     pinned[b.id] = s
     return pinned
 
 
-def _raise_does_not_fit(tiled: TiledProgram, alloc: Allocation, target: Target, where: str) -> None:
+def _raise_does_not_fit(
+    tiled: TiledProgram, alloc: Allocation, target: Target, where: str, packing: ConstPacking
+) -> None:
     peak = alloc.peak_words * target.word_bytes
     if peak > target.sram_bytes:
+        consts = const_words(tiled, packing) * target.word_bytes
         raise DoesNotFitError(
             f"{where}: needs {human_bytes(peak)} of SRAM at its peak, target {target.name} has "
-            f"{human_bytes(target.sram_bytes)} (over by {human_bytes(peak - target.sram_bytes)})"
+            f"{human_bytes(target.sram_bytes)} (over by {human_bytes(peak - target.sram_bytes)}; "
+            f"constants {human_bytes(consts)}, largest: {largest_constants(tiled, target)})"
         )
     raise DoesNotFitError(
         f"{where}: peak live data {human_bytes(peak)} fits the {human_bytes(target.sram_bytes)} "

@@ -1,9 +1,10 @@
 """Which MEM slice holds each tile, decided before scheduling (transport delays depend on it).
 
-Constant tiles are permanent: identical tiles share one slot, and slots go to the slice with the
-least constant data. Other tiles are placed in program order on the slice with the least data
-estimated to be live at that point (lifetimes estimated from program order), so that live data, and
-with it MEM bandwidth, is spread evenly.
+Constant tiles are permanent: identical tiles share one slot (and so do narrow tiles packed side by
+side, lpuc.schedule.packing), and slots go to the slice with the least constant data. Other tiles
+are placed in program order on the slice with the least data estimated to be live at that point
+(lifetimes estimated from program order), so that live data, and with it MEM bandwidth, is spread
+evenly.
 """
 
 from __future__ import annotations
@@ -13,13 +14,19 @@ import heapq
 import numpy as np
 
 from lpuc.ir.tiled import TiledProgram
+from lpuc.schedule.packing import ConstPacking
 from lpuc.target import Target
 
 
 def place_tiles(
-    program: TiledProgram, target: Target, pinned: dict[int, int] | None = None
+    program: TiledProgram,
+    target: Target,
+    pinned: dict[int, int] | None = None,
+    packing: ConstPacking | None = None,
 ) -> dict[int, int]:
-    """Buffer id -> slice index. `pinned` entries (from a previous attempt) are kept."""
+    """Buffer id -> slice index. `pinned` entries (from a previous attempt) are kept; constant
+    tiles `packing` puts in one slot share a slice."""
+    packing = packing or ConstPacking()
     pinned = dict(pinned or {})
     n = target.num_slices
     load = np.zeros(n, dtype=np.int64)  # words
@@ -27,15 +34,16 @@ def place_tiles(
 
     const_slot: dict[str, int] = {}
     for buf in program.buffers:
-        if not buf.is_const:
+        if not buf.is_const or buf.host:
             continue
-        if buf.const_key in const_slot:
-            slice_of[buf.id] = const_slot[buf.const_key]
+        slot = packing.slot(buf.const_key)
+        if slot in const_slot:
+            slice_of[buf.id] = const_slot[slot]
             continue
         s = pinned.get(buf.id)
         if s is None:
             s = int(np.argmin(load))
-        const_slot[buf.const_key] = s
+        const_slot[slot] = s
         slice_of[buf.id] = s
         load[s] += buf.words
 

@@ -80,7 +80,13 @@ def summarize(program: Program, facts: dict[str, Any]) -> dict[str, Any]:
             {(t.slice, t.addr): t.words for t in program.tiles if t.kind == "const"}.values()
         )
         * target.word_bytes,
+        "sram_const_padding_bytes": _const_padding_bytes(program),
         "sram_capacity_bytes": target.sram_bytes,
+        "host_tables": {
+            t.tensor: int(program.consts[t.const_key].nbytes)
+            for t in sorted(program.tiles, key=lambda t: t.tensor)
+            if t.kind == "host" and t.const_key is not None
+        },
         "units": {u: _pct(busy[u], cycles) for u in compute},
         "mem_ports_busy_pct": _pct(sum(busy[u] for u in ports), cycles * len(ports)),
         "streams_busy_pct": {
@@ -143,6 +149,15 @@ def _peak_live_words(program: Program) -> int:
         slots[key] = (start, end, t.words)
     events = sorted([(s, w) for s, _, w in slots.values()] + [(e, -w) for _, e, w in slots.values()])
     return int(np.max(np.cumsum([w for _, w in events]))) if events else 0
+
+
+def _const_padding_bytes(program: Program) -> int:
+    """Bytes of the constant slots that hold no value: a tile of `lanes` lanes still takes whole
+    words of `word_bytes` (one byte per lane); identical constant tiles share one slot."""
+    const = [t for t in program.tiles if t.kind == "const"]
+    slot_words = {(t.slice, t.addr): t.words for t in const}  # packed tiles share their slot's words
+    values = {(t.slice, t.addr, t.lane): t.rows * t.lanes * t.np_dtype.itemsize for t in const}
+    return sum(slot_words.values()) * program.target.word_bytes - sum(values.values())
 
 
 def _used_words(program: Program) -> int:

@@ -137,6 +137,11 @@ def _bounds(p: Program) -> list[str]:
             continue
         if not 0 <= t.slice < slices:
             out.append(f"tile {t.id} ({t.tensor}) in slice {t.slice}, target has {slices}")
+        if t.lane < 0 or t.lane + t.lanes > p.target.lanes or (t.lane and t.kind != "const"):
+            out.append(
+                f"tile {t.id} ({t.tensor}) at lanes [{t.lane}, {t.lane + t.lanes}): only constant tiles "
+                f"may start past lane 0, and none may end past lane {p.target.lanes}"
+            )
         if t.addr < 0 or t.addr + t.words > capacity:
             out.append(
                 f"tile {t.id} ({t.tensor}) at addresses [{t.addr}, {t.addr + t.words}) of slice {t.slice} "
@@ -168,8 +173,11 @@ def _access_problem(a: Access, t: TileSlot | None) -> str | None:
             f"window slice {a.slice} addresses [{a.addr}, {a.addr + a.nrows * wpr}) is outside tile {t.id} "
             f"({t.tensor}) at slice {t.slice} [{t.addr}, {t.addr + t.words})"
         )
-    if a.lane0 < 0 or a.nlanes <= 0 or a.lane0 + a.nlanes > t.lanes:
-        return f"lanes [{a.lane0}, {a.lane0 + a.nlanes}) outside tile {t.id} ({t.tensor}) of {t.lanes} lanes"
+    if a.lane0 < t.lane or a.nlanes <= 0 or a.lane0 + a.nlanes > t.lane + t.lanes:
+        return (
+            f"lanes [{a.lane0}, {a.lane0 + a.nlanes}) outside tile {t.id} ({t.tensor}) at lanes "
+            f"[{t.lane}, {t.lane + t.lanes})"
+        )
     return None
 
 
@@ -196,6 +204,8 @@ def _sram_overlap(p: Program) -> list[str]:
                     break
                 if a.const_key is not None and a.const_key == b.const_key and a.addr == b.addr:
                     continue  # identical constant tiles share one slot
+                if a.lane + a.lanes <= b.lane or b.lane + b.lanes <= a.lane:
+                    continue  # side by side in the same words (packed constant tiles)
                 (sa, ea), (sb, eb) = life[a.id], life[b.id]
                 if sa < eb and sb < ea:
                     out.append(
@@ -265,7 +275,7 @@ def _order(p: Program) -> list[str]:
                     )
             if len(out) >= MAX_PROBLEMS:
                 return out
-        if tile.kind not in ("const", "input", "io"):
+        if tile.kind not in ("const", "input", "io") and tile.const_key is None:  # or a host table
             out += _reads_covered(buf, tile, items)
     return out
 
@@ -300,7 +310,7 @@ def _reads_covered(buf: int, tile: TileSlot, items: list[tuple[Instruction, Acce
     # In id order; an instruction that reads and writes a window reads it first.
     for ins, a, is_write in sorted(items, key=lambda x: (x[0].id, x[2])):
         r0 = 0 if tile.kind == "host" else (a.addr - tile.addr) // wpr
-        window = written[max(0, r0) : r0 + a.nrows, a.lane0 : a.lane0 + a.nlanes]
+        window = written[max(0, r0) : r0 + a.nrows, a.lane0 - tile.lane : a.lane0 - tile.lane + a.nlanes]
         if is_write:
             window[...] = True
         elif not window.all():
@@ -333,7 +343,7 @@ def _outputs_written(p: Program) -> list[str]:
             wpr = words_per_row(t.np_dtype)
             for a in written.get(tile_id, ()):
                 r0 = (a.addr - t.addr) // wpr
-                mask[max(0, r0) : r0 + a.nrows, a.lane0 : a.lane0 + a.nlanes] = True
+                mask[max(0, r0) : r0 + a.nrows, a.lane0 - t.lane : a.lane0 - t.lane + a.nlanes] = True
             if not mask.all():
                 out.append(
                     f"output {b.name}: tile {tile_id} has {int((~mask).sum())} values no instruction writes"

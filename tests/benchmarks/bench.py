@@ -6,7 +6,8 @@ end; the hardware lower bound, cycles / bound and the resource that sets it; SRA
 one run in the reference runtime (execution plan and interpreter) and of onnxruntime, measured in
 this process, and their ratio; max error against onnxruntime. Wall times are medians of several runs
 (machines are shared and noisy). Then ablations: light ResNet-50 without each schedule-shaping pass,
-and a GPT-2-shaped decoder (--gpt-layers) with each transformer pass disabled in turn.
+and a GPT-2-shaped decoder (--gpt-layers) with each transformer pass disabled in turn; then BERT-base
+and GPT-2-shaped decoders (transformer_bench.py).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import onnx
 import onnxruntime as ort
 
 import lpuc
+from tests.benchmarks.transformer_bench import bench_transformers
 
 ROOT = Path(__file__).resolve().parents[2]
 LIGHT = Path(onnx.__file__).parent / "backend" / "test" / "data" / "light"
@@ -188,6 +190,9 @@ def main() -> None:
     parser.add_argument(
         "--gpt-layers", type=int, default=12, help="layers of the GPT-2-shaped ablation (0: skip it)"
     )
+    parser.add_argument(
+        "--no-transformers", action="store_true", help="skip BERT-base and the GPT-2-shaped decoders"
+    )
     args = parser.parse_args()
     paths = args.models or sorted((ROOT / "models").glob("*.onnx"))
     zoo = [] if args.models or args.no_zoo else sorted(LIGHT.glob("light_*.onnx"))
@@ -242,6 +247,11 @@ def main() -> None:
                 f"{r['bound']:,} cycles) and {r['latency_us'] / us:.0f}x the {us:g} us Groq's compiler gets "
                 "on this chip (int8, ISCA 2020)"
             )
+    if not (args.models or args.no_transformers):
+        print(
+            "\ntransformers (seq 128, batch 1; cosine: one run against onnxruntime fp32; runtime not timed)"
+        )
+        bench_transformers()
 
 
 if __name__ == "__main__":

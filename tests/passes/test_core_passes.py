@@ -106,6 +106,19 @@ def test_legalize_broadcast_modes():
     assert_matches_onnxruntime(m, {"x": rand(3, 8), "z": rand(3, 1, seed=1)})
 
 
+def test_legalize_broadcast_expands_a_shared_operand_once():
+    # Like BERT's attention mask, read by every layer: one Expand, not one live copy per reader.
+    m = model(
+        [N("Add", ["x", "z"], ["a"]), N("Mul", ["a", "z"], ["y"])],
+        {"x": [3, 8], "z": [3, 1]},
+        {"y": [3, 8]},
+    )
+    g = run_pass(legalize_broadcast, imported(m))
+    assert ops(g) == ["Expand", "Add", "Mul"]
+    assert g.nodes[1].inputs[1] == g.nodes[2].inputs[1] == g.nodes[0].outputs[0]
+    assert_matches_onnxruntime(m, {"x": rand(3, 8), "z": rand(3, 1, seed=1)})
+
+
 def test_eliminate_dead_code():
     m = model([N("Relu", ["x"], ["unused"]), N("Neg", ["x"], ["y"])], {"x": [4]}, {"y": [4]})
     assert ops(run_pass(eliminate_dead_code, imported(m))) == ["Neg"]

@@ -1,0 +1,93 @@
+"""Transformer section of `make bench`: BERT-base and a GPT-2-shaped decoder in fp16 on one chip.
+
+Per model: compile time, cycles, latency on the chip, the hardware bound, cycles / bound and what
+sets it, SRAM (peak live, constants and their lane padding), tables kept in host memory, and the
+cosine similarity of one run against onnxruntime (fp32) on seeded inputs. The runtime is not timed
+(one BERT-base run takes seconds). The GPT-2 shape with its real 50257-token vocabulary does not fit
+one chip; its one-line error (largest tensors, chips needed) is printed instead.
+
+python -m tests.benchmarks.transformer_bench
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+import lpuc
+from lpuc.errors import DoesNotFitError
+from tests.benchmarks.compile_bench import Case, model_file
+from tests.models import ort_run
+
+MiB = 2**20
+
+
+def _bert() -> tuple[Path, dict[str, np.ndarray]]:
+    from tests import zoo
+    from tests.test_bert import bert_feeds
+
+    return zoo.bert_onnx(), bert_feeds()
+
+
+def _gpt2(vocab: int) -> Callable[[], tuple[Path, dict[str, np.ndarray]]]:
+    def build() -> tuple[Path, dict[str, np.ndarray]]:
+        ids = np.random.default_rng(3).integers(0, vocab, (1, 128)).astype(np.int64)
+        return model_file(Case(12, vocab, full=True)), {"ids": ids}
+
+    return build
+
+
+CASES: list[tuple[str, Callable[[], tuple[Path, dict[str, np.ndarray]]]]] = [
+    ("bert-base s128", _bert),
+    ("gpt2-12L v2048 s128", _gpt2(2048)),
+    ("gpt2-12L v50257 s128", _gpt2(50257)),
+]
+
+
+def _cosine(a: np.ndarray, b: np.ndarray) -> float:
+    a, b = a.astype(np.float64).ravel(), b.astype(np.float64).ravel()
+    return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))
+
+
+def bench_transformers(precision: str = "fp16") -> None:
+    header = (
+        f"{'model':<22}{'prec':<6}{'compile s':>10}{'cycles':>10}{'us':>9}{'bound':>9}{'(by)':>6}{'ratio':>7}"
+        f"{'peak MiB':>10}{'const MiB':>10}{'pad MiB':>9}{'host MiB':>9}{'cosine':>10}"
+    )
+    print(header)
+    print("-" * len(header))
+    for name, build in CASES:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            path, feeds = build()
+            start = time.perf_counter()
+            try:
+                program = lpuc.compile(path, precision=precision)
+            except DoesNotFitError as e:
+                print(f"{name:<22}{precision:<6}{time.perf_counter() - start:>10.2f}  does not fit: {e}")
+                continue
+            compile_s = time.perf_counter() - start
+            got = program.run(feeds)
+        cosine = min(_cosine(v, e) for v, e in zip(got.values(), ort_run(path, feeds)))
+        s = program.summary
+        bounds = s["lower_bound_cycles"]
+        binding = max((k for k in bounds if k != "overall"), key=lambda k: bounds[k])
+        print(
+            f"{name:<22}{precision:<6}{compile_s:>10.2f}{s['cycles']:>10}{s['latency_us']:>9.1f}"
+            f"{bounds['overall']:>9}{binding[:5]:>6}{s['bound_ratio']:>7.1f}"
+            f"{s['sram_peak_bytes'] / MiB:>10.2f}{s['sram_const_bytes'] / MiB:>10.2f}"
+            f"{s['sram_const_padding_bytes'] / MiB:>9.2f}{sum(s['host_tables'].values()) / MiB:>9.2f}"
+            f"{cosine:>10.6f}",
+            flush=True,
+        )
+        if s["host_tables"]:
+            tables, ops = ", ".join(s["host_tables"]), ", ".join(s["host_nodes"])
+            print(f"{'':<22}host-memory tables: {tables} (host ops: {ops})")
+
+
+if __name__ == "__main__":
+    bench_transformers()
