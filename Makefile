@@ -34,6 +34,7 @@ test-fast: setup
 
 bench: setup
 	$(BIN)/python -m tests.benchmarks.bench
+	$(BIN)/python -m tests.benchmarks.int8_bench
 	$(MAKE) bench-compile
 
 # Compile time and peak RSS per stage for 4/12/24/48-layer GPT-2-shaped models (exported once, cached).
