@@ -102,11 +102,16 @@ def allocate(
 
 def _place_slice(reqs: list[tuple[int, int, Lifetime]], capacity: int) -> tuple[dict[int, int], list[int]]:
     order = sorted(reqs, key=lambda r: (-r[1], r[2].start, r[0]))
-    placed: list[tuple[int, int, Lifetime]] = []  # (addr, words, life)
+    # What is placed so far, as arrays: finding the placed requests live at the same time as a new
+    # one is one vectorized test instead of a Python walk over all of them (a slice holds thousands).
+    lo_of, hi_of = np.empty(len(order), dtype=np.int64), np.empty(len(order), dtype=np.int64)
+    start_of, end_of = np.empty(len(order), dtype=np.int64), np.empty(len(order), dtype=np.int64)
+    n = 0
     out: dict[int, int] = {}
     failed: list[int] = []
     for rid, words, life in order:
-        busy = sorted((a, a + w) for a, w, lf in placed if lf.intersects(life))
+        live = np.flatnonzero((start_of[:n] < life.end) & (life.start < end_of[:n]))
+        busy = sorted(zip(lo_of[live].tolist(), hi_of[live].tolist()))
         at = 0
         for lo, hi in busy:
             if at + words <= lo:
@@ -116,7 +121,8 @@ def _place_slice(reqs: list[tuple[int, int, Lifetime]], capacity: int) -> tuple[
             failed.append(rid)
             continue
         out[rid] = at
-        placed.append((at, words, life))
+        lo_of[n], hi_of[n], start_of[n], end_of[n] = at, at + words, life.start, life.end
+        n += 1
     return out, failed
 
 

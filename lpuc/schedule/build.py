@@ -143,16 +143,18 @@ def _move_failures(
     headroom = {
         s: target.addresses_per_slice - alloc.slice_peak_words.get(s, 0) for s in range(target.num_slices)
     }
+    sharing: dict[str, list[int]] = {}  # constant slot -> its tiles (identical or packed together)
+    for b in tiled.buffers:
+        if b.const_key is not None:
+            sharing.setdefault(packing.slot(b.const_key), []).append(b.id)
     for buf_id in alloc.failures:
         words = tiled.buffers[buf_id].words
         s = max(sorted(headroom), key=lambda k: headroom[k])
         pinned[buf_id] = s
         headroom[s] -= words
         if tiled.buffers[buf_id].is_const:  # the constant tiles of one slot move together
-            slot = packing.slot(tiled.buffers[buf_id].const_key)
-            for b in tiled.buffers:
-                if b.is_const and packing.slot(b.const_key) == slot:
-                    pinned[b.id] = s
+            for b in sharing[packing.slot(tiled.buffers[buf_id].const_key)]:
+                pinned[b] = s
     return pinned
 
 

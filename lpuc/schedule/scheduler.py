@@ -73,7 +73,8 @@ class Timeline:
 
     def reserve(self, t: int, dur: int) -> None:
         end = t + dur
-        self.horizon = max(self.horizon, end)
+        if end > self.horizon:
+            self.horizon = end
         starts, ends = self.starts, self.ends
         i = bisect_right(starts, t)
         if i > 0 and ends[i - 1] == t:  # continues the interval before it
@@ -89,14 +90,22 @@ class Timeline:
 
     def release(self, t: int, dur: int) -> None:
         """Undo reserve(t, dur): [t, t + dur) leaves the busy interval holding it (merged with its
-        neighbours or not), which splits into what lies before and after."""
+        neighbours or not), which keeps what lies before and after."""
         end = t + dur
-        i = bisect_right(self.starts, t) - 1
-        s, e = self.starts[i], self.ends[i]
-        pieces = [(a, b) for a, b in ((s, t), (end, e)) if a < b]
-        self.starts[i : i + 1] = [a for a, _ in pieces]
-        self.ends[i : i + 1] = [b for _, b in pieces]
-        self.horizon = self.ends[-1] if self.ends else 0
+        starts, ends = self.starts, self.ends
+        i = bisect_right(starts, t) - 1
+        if starts[i] == t:
+            if ends[i] == end:
+                del starts[i], ends[i]
+            else:
+                starts[i] = end
+        elif ends[i] == end:
+            ends[i] = t
+        else:  # from the middle: split in two
+            starts.insert(i + 1, end)
+            ends.insert(i + 1, ends[i])
+            ends[i] = t
+        self.horizon = ends[-1] if ends else 0
 
 
 @dataclass
