@@ -110,13 +110,7 @@ def _place_slice(reqs: list[tuple[int, int, Lifetime]], capacity: int) -> tuple[
     out: dict[int, int] = {}
     failed: list[int] = []
     for rid, words, life in order:
-        live = np.flatnonzero((start_of[:n] < life.end) & (life.start < end_of[:n]))
-        busy = sorted(zip(lo_of[live].tolist(), hi_of[live].tolist()))
-        at = 0
-        for lo, hi in busy:
-            if at + words <= lo:
-                break
-            at = max(at, hi)
+        at = _lowest_gap(lo_of[:n], hi_of[:n], (start_of[:n] < life.end) & (life.start < end_of[:n]), words)
         if at + words > capacity:
             failed.append(rid)
             continue
@@ -124,6 +118,20 @@ def _place_slice(reqs: list[tuple[int, int, Lifetime]], capacity: int) -> tuple[
         lo_of[n], hi_of[n], start_of[n], end_of[n] = at, at + words, life.start, life.end
         n += 1
     return out, failed
+
+
+def _lowest_gap(lo: np.ndarray, hi: np.ndarray, live: np.ndarray, words: int) -> int:
+    """First fit: the lowest address from which `words` words clear every live [lo, hi) range.
+
+    Walking the live ranges in (lo, hi) order, the candidate address before range i is the highest
+    end among ranges 0..i-1 (or 0); the answer is the candidate before the first range it fits below,
+    or after the last range."""
+    lo, hi = lo[live], hi[live]
+    order = np.lexsort((hi, lo))
+    lo, hi = lo[order], hi[order]
+    candidate = np.maximum.accumulate(np.concatenate(([0], hi)))
+    fits = np.flatnonzero(candidate[:-1] + words <= lo)
+    return int(candidate[fits[0]] if len(fits) else candidate[-1])
 
 
 def _peak_live_words(requests: Mapping[int, list[tuple[int, int, Lifetime]]]) -> int:
