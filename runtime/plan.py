@@ -20,6 +20,7 @@ Concurrent runs of one program each take their own SRAM (a small pool).
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
@@ -38,12 +39,15 @@ from lpuc.runtime.machine import Machine
 Step = Callable[[], None]
 
 
-def _mxm_input(x: np.ndarray, precision: str) -> np.ndarray:
-    """isa.mxm_input (same bits), with float32 -> fp16 rounding done in vectorized passes."""
+def _mxm_input(x: np.ndarray, precision: str, copy: bool = True) -> np.ndarray:
+    """isa.mxm_input (same bits), with float32 -> fp16 rounding done in vectorized passes.
+    copy=False: float32 operands of an fp32 MXM come back as they are (for immediate use only)."""
     if precision == "fp16" and x.dtype == np.float32:
         return round_fp16(x)
     if x.dtype == np.float16:
         return x.astype(np.float32)  # already fp16: isa's first cast would only copy
+    if x.dtype == np.float32 and not copy:
+        return x  # isa's cast only copies; BLAS gives the same bits on the strided window
     return mxm_input(x, precision)
 
 
@@ -146,6 +150,8 @@ class _Executor:
             or sum(t.words for t in m.tiles) * program.target.word_bytes
         )
         self._weight_budget = int(image)
+        self._mm_scratch: dict[tuple[int, ...], np.ndarray] = {}  # products before accumulation
+        self._converted: dict[tuple, tuple[np.ndarray, np.ndarray]] = {}  # weight bytes -> MXM copy
         self._mxm_inputs: list[np.ndarray | None] = [None] * len(self._shared)
         self.steps: list[Step] = [
             builders[ins.opcode](ins, decoded_attrs(ins, self._load_cache)) for ins in order
@@ -237,12 +243,8 @@ class _Executor:
     def _lw(self, ins: Instruction, attrs: dict) -> Step:
         plane = self.machine.planes[ins.unit.split(".")[0]]
         src, precision = self._view(ins.reads[0]), attrs["precision"]
-        size = src.size * (8 if src.dtype.kind in "iub" else 4)  # bytes of the MXM's copy
-        if not self._written(ins.reads[0]) and size <= self._weight_budget:
-            # The window holds the same values in every run: convert them once. Memory-bounded:
-            # beyond the budget the remaining loads convert on every run, as the interpreter does.
-            self._weight_budget -= size
-            weights = _mxm_input(src, precision)
+        weights = None if self._written(ins.reads[0]) else self._constant_weights(src, precision)
+        if weights is not None:
 
             def lw() -> None:
                 plane.shadow = weights
@@ -253,31 +255,62 @@ class _Executor:
 
         return lw
 
+    def _constant_weights(self, src: np.ndarray, precision: str) -> np.ndarray | None:
+        """What an mxm.lw of a window nothing writes loads in every run, converted once (None: over
+        the memory budget, so converted per run as the interpreter does). Windows holding the same
+        bytes share one converted array; fp32 weights need no conversion: the window itself."""
+        if src.dtype == np.float32 and precision != "fp16":
+            return _readonly(src)
+        digest = hashlib.blake2b(np.ascontiguousarray(src).data, digest_size=16).digest()
+        key = (src.shape, src.dtype.str, precision, digest)
+        held = self._converted.get(key)
+        if held is not None and np.array_equal(held[0].view(np.uint8), src.view(np.uint8)):
+            return held[1]  # same bytes (checked, not trusted to the hash)
+        size = src.size * (8 if src.dtype.kind in "iub" else 4)  # bytes of the MXM's copy
+        if size > self._weight_budget:
+            return None
+        self._weight_budget -= size
+        weights = _mxm_input(src, precision)
+        weights.flags.writeable = False
+        self._converted.setdefault(key, (src, weights))
+        return weights
+
     def _mm(self, ins: Instruction, attrs: dict) -> Step:
         plane = self.machine.planes[ins.unit]
         install, precision = bool(attrs.get("install")), attrs["precision"]
         src, dst = self._view(ins.reads[0]), self._view(ins.writes[0])
         acc = self._view(ins.reads[1]) if attrs.get("acc") else None
         slot, first, last = self._shared.get(ins.id, (None, True, True))
-        shared = self._mxm_inputs
+        shared, scratch = self._mxm_inputs, self._mm_scratch
+        into_dst = dst.dtype == np.float32 and (acc is None or acc.dtype == np.float32)
 
         def mm() -> None:
             if install:
                 plane.active, plane.shadow = plane.shadow, None
             if first:
-                a = _mxm_input(src, precision)
+                a = _mxm_input(src, precision, copy=False)
                 if not last:
                     shared[slot] = a
             else:
                 a = shared[slot]
                 if last:
                     shared[slot] = None
-            product = a @ plane.active
-            if acc is not None:
-                if acc.dtype == product.dtype:
-                    np.add(product, acc, out=product)  # the same sum, without isa's copy of acc
+            w = plane.active
+            if into_dst and a.dtype == w.dtype == np.float32:
+                # isa's product, sum and write without the temporaries (BLAS writes strided windows
+                # with the same bits)
+                if acc is None:
+                    np.matmul(a, w, out=dst)
                 else:
-                    product = product + acc.astype(product.dtype)
+                    product = scratch.get(dst.shape)
+                    if product is None:
+                        product = scratch[dst.shape] = np.empty(dst.shape, np.float32)
+                    np.matmul(a, w, out=product)
+                    np.add(product, acc, out=dst)
+                return
+            product = a @ w
+            if acc is not None:
+                product = product + acc.astype(product.dtype)
             np.copyto(dst, product, casting="unsafe")
 
         return mm
