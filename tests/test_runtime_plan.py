@@ -1,9 +1,10 @@
 """The execution plan against its oracle, the instruction-by-instruction interpreter.
 
 Both execute the same instructions; the plan only does the bookkeeping once. Outputs must be
-bit-identical (same dtype, same values, NaNs in the same places) on every program we can build:
-the bundled models, the test suite's torch models, a broad sample of ONNX node tests, in both
-precisions, over repeated runs (the plan reuses its SRAM). A mutated instruction must change the
+bit-identical (same dtype, same bytes) on every program we can build: the bundled models, the test
+suite's torch models, a broad sample of ONNX node tests, in both precisions, over repeated runs (the
+plan reuses its SRAM). Beyond these, tests/conftest.py checks the first plan run of every program
+any test runs against the interpreter. A mutated instruction must change the
 plan's output exactly as it changes the interpreter's.
 """
 
@@ -23,17 +24,10 @@ from lpuc.errors import LpucError
 from lpuc.program import Program
 from lpuc.runtime.fp16 import round_fp16
 from tests.models import MLP, ResidualBlock, export, random_feeds
+from tests.plan_oracle import assert_identical
 
 ROOT = Path(__file__).resolve().parents[1]
 BUNDLED = sorted((ROOT / "models").glob("*.onnx"))
-
-
-def assert_identical(expected: dict[str, np.ndarray], actual: dict[str, np.ndarray]) -> None:
-    assert list(actual) == list(expected)
-    for name, e in expected.items():
-        a = actual[name]
-        assert a.dtype == e.dtype and a.shape == e.shape, (name, a.dtype, e.dtype, a.shape, e.shape)
-        assert np.array_equal(a, e, equal_nan=True), f"output {name!r} differs from the interpreter"
 
 
 def check_program(program: Program, feeds: dict[str, np.ndarray], runs: int = 2) -> dict[str, np.ndarray]:
@@ -203,6 +197,27 @@ def test_reads_of_unwritten_values_see_zeros_on_every_run():
         for seed in (1, 2):
             feeds = random_feeds(path, seed=seed)
             assert_identical(_interpret(broken, feeds), plan.run(feeds))
+
+
+def test_the_suite_checks_every_programs_first_plan_run():
+    """tests/conftest.py compares the first plan run of each Program with the interpreter: a plan
+    that gets one bit wrong fails whichever test runs it."""
+    from lpuc.runtime.plan import Plan
+
+    path = ROOT / "models" / "mlp.onnx"
+    program = lpuc.compile(path)
+    honest = Plan(program)
+
+    class OneBitOff:
+        def run(self, inputs):
+            outputs = honest.run(inputs)
+            first = next(iter(outputs.values()))
+            first.view(np.uint8).flat[0] ^= 1
+            return outputs
+
+    program.plan = OneBitOff()
+    with pytest.raises(AssertionError, match="differs from the interpreter"):
+        program.run(random_feeds(path))
 
 
 # -- behaviour ----------------------------------------------------------------------------------
