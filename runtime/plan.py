@@ -66,6 +66,55 @@ def _bound_kernel(ctx: KernelContext) -> Callable[[list], list[np.ndarray]]:
     return call
 
 
+# ai.onnx ops whose kernels (lpuc/kernels/elementwise_*.py), given float32 operands and no
+# attributes, compute exactly this ufunc: a map of only these runs without the kernel plumbing,
+# its last step straight into SRAM. (Relu is np.maximum(x, 0); Sum, Max, Min of two inputs.)
+_FLOAT32_UFUNCS = {
+    ("Add", 2): np.add,
+    ("Sub", 2): np.subtract,
+    ("Mul", 2): np.multiply,
+    ("Div", 2): np.true_divide,
+    ("Sum", 2): np.add,
+    ("Max", 2): np.maximum,
+    ("Min", 2): np.minimum,
+    ("Relu", 1): np.maximum,
+}
+
+UfuncStep = tuple[np.ufunc, list[tuple[int, int]]]
+
+
+def _float32_ufuncs(expr: list[dict], operands: list, dst: np.ndarray) -> list[UfuncStep] | None:
+    """The map's steps as (ufunc, args) when every step is in _FLOAT32_UFUNCS and every value
+    float32; None otherwise. args as in _Executor._map: (1, k) operand k, (2, k) step k's result;
+    Relu's second argument is (3, 0), the constant 0."""
+    if dst.dtype != np.float32 or any(o is None or o.dtype != np.float32 for o in operands):
+        return None
+    steps: list[UfuncStep] = []
+    for step in expr:
+        fn = _FLOAT32_UFUNCS.get((step["op"], len(step["args"])))
+        if fn is None or step["attrs"] or step["domain"] not in ("", "ai.onnx") or "-" in step["args"]:
+            return None
+        args = [(1, int(a[1:])) if a[0] == "i" else (2, int(a[1:])) for a in step["args"]]
+        steps.append((fn, args + [(3, 0)] if step["op"] == "Relu" else args))
+    return steps
+
+
+def _ufunc_map(steps: list[UfuncStep], operands: list, dst: np.ndarray) -> Step:
+    """A vxm.map of _float32_ufuncs steps: the kernels' ufuncs, the last one writing dst."""
+    *inner, (last_fn, last_args) = steps
+
+    def value(results: list, k: int, j: int):
+        return operands[j] if k == 1 else results[j] if k == 2 else 0
+
+    def vmap() -> None:
+        results: list[np.ndarray] = []
+        for fn, args in inner:
+            results.append(fn(*[value(results, k, j) for k, j in args]))
+        last_fn(*[value(results, k, j) for k, j in last_args], out=dst)
+
+    return vmap
+
+
 def _whole(t: TileSlot) -> Access:
     return Access(t.id, t.slice, t.addr, t.rows, 0, t.lanes)
 
@@ -361,6 +410,9 @@ class _Executor:
             ]
             program.append((_bound_kernel(ctx), args))
         dst = self._view(ins.writes[0])
+        fast = _float32_ufuncs(attrs["expr"], operands, dst)
+        if fast is not None:
+            return _ufunc_map(fast, operands, dst)
 
         def vmap() -> None:
             results: list[np.ndarray] = []
