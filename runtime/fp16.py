@@ -25,7 +25,8 @@ def round_fp16(x: np.ndarray) -> np.ndarray:
         with np.errstate(over="ignore"):
             return x.astype(np.float16).astype(np.float32)
     ax = np.abs(x, dtype=np.float32)
-    overflow = not ax.max() < _OVERFLOW  # "not <": a NaN fails it too
+    top = ax.max()  # NaN if there is one
+    overflow = not top < _OVERFLOW  # "not <": a NaN fails it too
     if overflow:
         np.fmin(ax, _TWO_16, out=ax)  # NaNs too (fixed up below); 2^16 stays 2^16 below
     step = (ax.view(np.uint32) & np.uint32(0x7F800000)).view(np.float32)  # 2^e
@@ -34,10 +35,9 @@ def round_fp16(x: np.ndarray) -> np.ndarray:
     ax += step
     ax -= step
     if overflow:
-        np.copyto(ax, np.float32(np.inf), where=~(ax < _TWO_16))
+        np.copyto(ax, np.float32(np.inf), where=ax >= _TWO_16)
     out = np.copysign(ax, x, out=ax)  # signed zeros as numpy gives them
-    if overflow:
+    if top != top:  # numpy keeps a NaN's sign and truncates its payload
         nan = np.isnan(x)
-        if nan.any():  # numpy keeps a NaN's sign and truncates its payload
-            out[nan] = x[nan].astype(np.float16).astype(np.float32)
+        out[nan] = x[nan].astype(np.float16).astype(np.float32)
     return out

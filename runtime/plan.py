@@ -150,6 +150,7 @@ class _Tensor:
 
     def __post_init__(self) -> None:
         self.rows_cols = view_of(self.shape)
+        self.covered: bool | None = None  # whether the pieces cover the tensor (known on first load)
 
     def direct(self) -> np.ndarray | None:
         """The tensor as one contiguous SRAM view, when a single tile holds all of it unconverted."""
@@ -164,7 +165,14 @@ class _Tensor:
 
     def load(self) -> np.ndarray:
         """A fresh array (what Machine.load_tensor builds)."""
-        out = np.zeros(self.rows_cols, dtype=self.dtype)
+        if self.covered is None:
+            mask = np.zeros(self.rows_cols, dtype=bool)
+            for v, r, c in self.pieces:
+                mask[r : r + v.shape[0], c : c + v.shape[1]] = True
+            self.covered = bool(mask.all())
+        # load_tensor starts from zeros; they matter only where no tile lands
+        fresh = np.empty if self.covered else np.zeros
+        out = fresh(self.rows_cols, dtype=self.dtype)
         for v, r, c in self.pieces:
             out[r : r + v.shape[0], c : c + v.shape[1]] = v
         return out.reshape(self.shape)
