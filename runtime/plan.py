@@ -15,7 +15,8 @@ Done once instead of per run:
   MXM-rounded weights are computed at build time (up to the size of the SRAM image, for memory);
 - MMs that read the same activation window with no write in between share one rounded copy.
 
-Concurrent runs of one program each take their own SRAM (a small pool).
+Concurrent runs of one program each take their own SRAM (a small pool). Programs with enough MXM
+work run their MXM instructions on a second thread, overlapped with the others (runtime/overlap.py).
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from lpuc.program import Access, Instruction, Program, TileSlot
 from lpuc.runtime.fp16 import round_fp16
 from lpuc.runtime.isa import decoded_attrs, kernel_context, mxm_input
 from lpuc.runtime.machine import Machine
+from lpuc.runtime.overlap import mxm_waits, run_overlapped
 
 Step = Callable[[], None]
 
@@ -213,6 +215,7 @@ class _Executor:
         self.steps: list[Step] = [
             builders[ins.opcode](ins, decoded_attrs(ins, self._load_cache)) for ins in order
         ]
+        self._mxm_waits = mxm_waits(program, order)  # None: all steps on the calling thread
         # What a run must undo of the previous one: constants overwritten by tiles that reuse their
         # slots, and, only if some read takes values that no earlier write of its tile produced
         # (the validator refuses those), everything written, so that such reads see zeros again.
@@ -505,8 +508,11 @@ class _Executor:
         self._reset_needed = True
         for t, (_, value) in zip(self._inputs, values):
             t.store(value)
-        for step in self.steps:
-            step()
+        if self._mxm_waits is None:
+            for step in self.steps:
+                step()
+        else:
+            run_overlapped(self.steps, self._mxm_waits)
         # Fresh arrays (load copies): the next run reuses this SRAM.
         return {
             name: m.host_memory[host] if host is not None else t.load() for name, host, t in self._outputs

@@ -127,6 +127,52 @@ def test_node_tests(offset, precision):
     assert checked > 250  # a broad sample really ran
 
 
+# -- the MXM thread (runtime/overlap.py) -------------------------------------------------------------
+@pytest.mark.parametrize("precision", ["fp16", "fp32"])
+def test_mxm_thread_matches_interpreter(monkeypatch, tmp_path, precision):
+    """Small programs run sequentially; with the threshold lifted, the bundled and torch models run
+    their MXM instructions on the MXM thread, bit-identical to the interpreter over repeated runs."""
+    import torch
+
+    from lpuc.runtime import overlap
+
+    monkeypatch.setattr(overlap, "MIN_MXM_MACS", 0)
+    block = export(ResidualBlock(64), (torch.zeros(2, 3, 64),), tmp_path / "res.onnx", input_names=["x"])
+    for path in [*BUNDLED, block]:
+        program = lpuc.compile(path, precision=precision)
+        check_program(program, random_feeds(path), runs=3)
+        assert program.plan._free[0]._mxm_waits is not None  # the thread really ran
+
+
+def test_mxm_waits_cover_every_conflict(monkeypatch):
+    """Each non-MXM instruction waits for every earlier MXM instruction that writes what it reads or
+    writes, or reads what it writes (checked pair by pair, independently of overlap's search)."""
+    from lpuc.runtime import overlap
+
+    monkeypatch.setattr(overlap, "MIN_MXM_MACS", 0)
+    path = ROOT / "models" / "residual.onnx"
+    program = lpuc.compile(path, precision="fp16")
+    order = sorted(program.instructions, key=lambda i: i.id)
+    needs = overlap.mxm_waits(program, order)
+
+    def overlapping(xs, ys):
+        return any(s == t and lo < hi2 and lo2 < hi for s, lo, hi in xs for t, lo2, hi2 in ys)
+
+    mxm: list[tuple[int, list, list]] = []
+    checked = 0
+    for ins, need in zip(order, needs):
+        reads, writes = overlap._spans(program, ins, ins.reads), overlap._spans(program, ins, ins.writes)
+        if ins.opcode.startswith("mxm."):
+            assert need == -1
+            mxm.append((len(mxm) + 1, reads, writes))
+            continue
+        for k, m_reads, m_writes in mxm:
+            if overlapping(m_writes, reads + writes) or overlapping(m_reads, writes):
+                assert need >= k, (ins.id, k, need)
+                checked += 1
+    assert checked > 0
+
+
 # -- mutation -----------------------------------------------------------------------------------
 def _read_mutations(program: Program):
     """(instruction id, mutated program) for each legal program that differs from `program` only in
