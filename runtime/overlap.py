@@ -13,8 +13,8 @@ computes the same thing from the same values): tests/test_runtime_plan.py checks
 
 from __future__ import annotations
 
+import queue
 import threading
-from collections import deque
 from collections.abc import Callable
 
 import numpy as np
@@ -79,65 +79,78 @@ def mxm_waits(program: Program, order: list[Instruction]) -> list[int] | None:
 
 
 class MxmThread:
-    """The thread that runs handed-over steps in order; `wait(n)`: until the first n have run."""
+    """A thread that runs handed-over steps in order, one run at a time (`start` before each)."""
 
     def __init__(self) -> None:
-        self._steps: deque[Callable[[], None] | None] = deque()
-        self._ready = threading.Semaphore(0)
+        self._batches: queue.SimpleQueue[list[Callable[[], None]] | None] = queue.SimpleQueue()
         self._finished = threading.Condition()
+        self._waiting = False
         self.handed = 0
-        self.done = 0
+        self.done = 0  # written by the MXM thread only (while the run's steps are in flight)
         self._error: BaseException | None = None
+        # Kept across runs: a fresh thread per run would start from a cold malloc arena.
         self._thread = threading.Thread(target=self._work, name="lpuc-mxm", daemon=True)
         self._thread.start()
 
-    def hand(self, step: Callable[[], None]) -> None:
-        self.handed += 1
-        self._steps.append(step)
-        self._ready.release()
+    def start(self) -> None:
+        """A new run (the thread is idle)."""
+        self.handed = self.done = 0
+        self._error = None
 
-    def wait(self, n: int) -> None:
-        if self.done >= n and self._error is None:
-            return
-        with self._finished:
-            while self.done < n and self._error is None:
-                self._finished.wait()
-        if self._error is not None:
+    def hand(self, batch: list[Callable[[], None]]) -> None:
+        self.handed += len(batch)
+        self._batches.put(batch)
+
+    def wait(self, n: int, errors: bool = True) -> None:
+        """Until the first n handed steps ran; raises the first error of the run (errors=True)."""
+        if self.done < n and not (errors and self._error is not None):
+            with self._finished:
+                # Set before reading `done`, which the MXM thread sets before reading this: one of
+                # the two sees the other's write (the GIL orders them), so no wake-up is lost.
+                self._waiting = True
+                while self.done < n and not (errors and self._error is not None):
+                    self._finished.wait()
+                self._waiting = False
+        if errors and self._error is not None:
             raise self._error
 
     def close(self) -> None:
-        self._steps.append(None)
-        self._ready.release()
-        self._thread.join()
+        """Let the thread end (it holds no reference to the plan, so a finalizer may call this)."""
+        self._batches.put(None)
 
     def _work(self) -> None:
         with np.errstate(all="ignore"):  # numpy's error state is per thread; the run ignores them all
-            while True:
-                self._ready.acquire()
-                step = self._steps.popleft()
-                if step is None:
-                    return
-                if self._error is None:
-                    try:
-                        step()
-                    except BaseException as e:  # noqa: BLE001 - re-raised on the main thread
-                        self._error = e
-                with self._finished:
+            while (batch := self._batches.get()) is not None:
+                for step in batch:
+                    if self._error is None:  # after an error the run is over: skip the rest
+                        try:
+                            step()
+                        except BaseException as e:  # noqa: BLE001 - re-raised on the main thread
+                            self._error = e
                     self.done += 1
-                    self._finished.notify()
+                    if self._waiting:
+                        with self._finished:
+                            self._finished.notify()
 
 
-def run_overlapped(steps: list[Callable[[], None]], needs: list[int]) -> None:
-    """Run `steps` (program order) with the MXM ones (need -1) on an MXM thread."""
-    mxm = MxmThread()
+def run_overlapped(mxm: MxmThread, steps: list[Callable[[], None]], needs: list[int]) -> None:
+    """Run `steps` (program order) with the MXM ones (need -1) on `mxm`, handed over in batches
+    of consecutive ones."""
+    mxm.start()
+    batch: list[Callable[[], None]] = []
     try:
         for step, need in zip(steps, needs):
             if need < 0:
-                mxm.hand(step)
-            else:
-                if need > mxm.done:
-                    mxm.wait(need)
-                step()
-        mxm.wait(mxm.handed)
+                batch.append(step)
+                continue
+            if batch:
+                mxm.hand(batch)
+                batch = []
+            if need > mxm.done:
+                mxm.wait(need)
+            step()
+        if batch:
+            mxm.hand(batch)
     finally:
-        mxm.close()
+        mxm.wait(mxm.handed, errors=False)  # idle again before the next run, even after a failure
+    mxm.wait(mxm.handed)  # an MXM step's error

@@ -22,6 +22,7 @@ work run their MXM instructions on a second thread, overlapped with the others (
 from __future__ import annotations
 
 import hashlib
+import weakref
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
@@ -36,7 +37,7 @@ from lpuc.program import Access, Instruction, Program, TileSlot
 from lpuc.runtime.fp16 import round_fp16
 from lpuc.runtime.isa import decoded_attrs, kernel_context, mxm_input
 from lpuc.runtime.machine import Machine
-from lpuc.runtime.overlap import mxm_waits, run_overlapped
+from lpuc.runtime.overlap import MxmThread, mxm_waits, run_overlapped
 
 Step = Callable[[], None]
 
@@ -216,6 +217,7 @@ class _Executor:
             builders[ins.opcode](ins, decoded_attrs(ins, self._load_cache)) for ins in order
         ]
         self._mxm_waits = mxm_waits(program, order)  # None: all steps on the calling thread
+        self._mxm_thread: MxmThread | None = None
         # What a run must undo of the previous one: constants overwritten by tiles that reuse their
         # slots, and, only if some read takes values that no earlier write of its tile produced
         # (the validator refuses those), everything written, so that such reads see zeros again.
@@ -512,7 +514,10 @@ class _Executor:
             for step in self.steps:
                 step()
         else:
-            run_overlapped(self.steps, self._mxm_waits)
+            if self._mxm_thread is None:
+                self._mxm_thread = MxmThread()
+                weakref.finalize(self, self._mxm_thread.close)
+            run_overlapped(self._mxm_thread, self.steps, self._mxm_waits)
         # Fresh arrays (load copies): the next run reuses this SRAM.
         return {
             name: m.host_memory[host] if host is not None else t.load() for name, host, t in self._outputs
