@@ -413,6 +413,10 @@ class _Executor:
     def _map(self, ins: Instruction, attrs: dict) -> Step:
         reads = [_readonly(self._view(a)) for a in ins.reads]
         operands = [None if k is None else reads[k] for k in attrs["operands"]]
+        dst = self._view(ins.writes[0])
+        fast = _float32_ufuncs(attrs["expr"], operands, dst)
+        if fast is not None:
+            return _ufunc_map(fast, operands, dst)
         program: list[tuple[Callable, list[tuple[int, int]]]] = []
         for step in attrs["expr"]:
             ctx = KernelContext(step["op"], step["attrs"], step.get("opset", 0), 1, step["domain"])
@@ -422,10 +426,6 @@ class _Executor:
                 for a in step["args"]
             ]
             program.append((_bound_kernel(ctx), args))
-        dst = self._view(ins.writes[0])
-        fast = _float32_ufuncs(attrs["expr"], operands, dst)
-        if fast is not None:
-            return _ufunc_map(fast, operands, dst)
 
         def vmap() -> None:
             results: list[np.ndarray] = []
