@@ -13,6 +13,7 @@ computes the same thing from the same values): tests/test_runtime_plan.py checks
 
 from __future__ import annotations
 
+import os
 import queue
 import threading
 from collections.abc import Callable
@@ -22,6 +23,10 @@ import numpy as np
 from lpuc.dtypes import words_per_row
 from lpuc.program import Access, Instruction, Program
 
+# Opt-in (LPUC_MXM_THREAD=1): on a machine whose cores are all busy the two threads only add
+# handover costs (measured 5-30% slower on the shared 2-core bench machine); it pays only with an
+# idle core.
+ENABLED = os.environ.get("LPUC_MXM_THREAD") == "1"
 # Below this many multiply-accumulates per run, handing instructions to a thread costs more than
 # the overlap saves (a few microseconds per instruction).
 MIN_MXM_MACS = 50_000_000
@@ -44,7 +49,9 @@ def _spans(program: Program, ins: Instruction, accesses: tuple[Access, ...]) -> 
 def mxm_waits(program: Program, order: list[Instruction]) -> list[int] | None:
     """Per instruction in `order`: -1 for MXM instructions (handed to the MXM thread); for others,
     how many MXM instructions (counted in order) must have finished before it runs. None when the
-    program's MXM work is too small to be worth a thread."""
+    program's MXM work is too small to be worth a thread, or the thread is not enabled."""
+    if not ENABLED:
+        return None
     macs = sum(
         i.reads[0].nrows * i.reads[0].nlanes * i.writes[0].nlanes for i in order if i.opcode == "mxm.mm"
     )

@@ -15,8 +15,9 @@ Done once instead of per run:
   MXM-rounded weights are computed at build time (up to the size of the SRAM image, for memory);
 - MMs that read the same activation window with no write in between share one rounded copy.
 
-Concurrent runs of one program each take their own SRAM (a small pool). Programs with enough MXM
-work run their MXM instructions on a second thread, overlapped with the others (runtime/overlap.py).
+Concurrent runs of one program each take their own SRAM (a small pool). With LPUC_MXM_THREAD=1,
+programs with enough MXM work run their MXM instructions on a second thread, overlapped with the
+others (runtime/overlap.py).
 """
 
 from __future__ import annotations

@@ -130,13 +130,15 @@ def test_node_tests(offset, precision):
 # -- the MXM thread (runtime/overlap.py) -------------------------------------------------------------
 @pytest.mark.parametrize("precision", ["fp16", "fp32"])
 def test_mxm_thread_matches_interpreter(monkeypatch, tmp_path, precision):
-    """Small programs run sequentially; with the threshold lifted, the bundled and torch models run
-    their MXM instructions on the MXM thread, bit-identical to the interpreter over repeated runs."""
+    """The MXM thread is opt-in and skips small programs; enabled, with the threshold lifted, the
+    bundled and torch models run their MXM instructions on it, bit-identical to the interpreter
+    over repeated runs."""
     import torch
 
     from lpuc.runtime import overlap
 
     monkeypatch.setattr(overlap, "MIN_MXM_MACS", 0)
+    monkeypatch.setattr(overlap, "ENABLED", True)
     block = export(ResidualBlock(64), (torch.zeros(2, 3, 64),), tmp_path / "res.onnx", input_names=["x"])
     for path in [*BUNDLED, block]:
         program = lpuc.compile(path, precision=precision)
@@ -150,6 +152,7 @@ def test_mxm_waits_cover_every_conflict(monkeypatch):
     from lpuc.runtime import overlap
 
     monkeypatch.setattr(overlap, "MIN_MXM_MACS", 0)
+    monkeypatch.setattr(overlap, "ENABLED", True)
     path = ROOT / "models" / "residual.onnx"
     program = lpuc.compile(path, precision="fp16")
     order = sorted(program.instructions, key=lambda i: i.id)
