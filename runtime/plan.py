@@ -15,11 +15,15 @@ Done once instead of per run:
   MXM-rounded weights are computed at build time (up to the size of the SRAM image, for memory);
 - MMs that read the same activation window with no write in between share one rounded copy.
 
-Concurrent runs of one program each take their own SRAM (a small pool).
+Concurrent runs of one program each take their own SRAM (a small pool). With LPUC_MXM_THREAD=1,
+programs with enough MXM work run their MXM instructions on a second thread, overlapped with the
+others (runtime/overlap.py).
 """
 
 from __future__ import annotations
 
+import hashlib
+import weakref
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
@@ -34,6 +38,7 @@ from lpuc.program import Access, Instruction, Program, TileSlot
 from lpuc.runtime.fp16 import round_fp16
 from lpuc.runtime.isa import decoded_attrs, kernel_context, mxm_input
 from lpuc.runtime.machine import Machine
+from lpuc.runtime.overlap import MxmThread, mxm_waits, run_overlapped
 
 Step = Callable[[], None]
 
@@ -43,12 +48,15 @@ def _rows(views: list[np.ndarray]) -> np.ndarray:
     return np.concatenate(views) if len(views) > 1 else views[0]
 
 
-def _mxm_input(x: np.ndarray, precision: str) -> np.ndarray:
-    """isa.mxm_input (same bits), with float32 -> fp16 rounding done in vectorized passes."""
+def _mxm_input(x: np.ndarray, precision: str, copy: bool = True) -> np.ndarray:
+    """isa.mxm_input (same bits), with float32 -> fp16 rounding done in vectorized passes.
+    copy=False: float32 operands of an fp32 MXM come back as they are (for immediate use only)."""
     if precision == "fp16" and x.dtype == np.float32:
         return round_fp16(x)
     if x.dtype == np.float16:
         return x.astype(np.float32)  # already fp16: isa's first cast would only copy
+    if x.dtype == np.float32 and not copy:
+        return x  # isa's cast only copies; BLAS gives the same bits on the strided window
     return mxm_input(x, precision)
 
 
@@ -65,6 +73,55 @@ def _bound_kernel(ctx: KernelContext) -> Callable[[list], list[np.ndarray]]:
         return [o if isinstance(o, np.ndarray) else np.asarray(o) for o in outs[:n]]
 
     return call
+
+
+# ai.onnx ops whose kernels (lpuc/kernels/elementwise_*.py), given float32 operands and no
+# attributes, compute exactly this ufunc: a map of only these runs without the kernel plumbing,
+# its last step straight into SRAM. (Relu is np.maximum(x, 0); Sum, Max, Min of two inputs.)
+_FLOAT32_UFUNCS = {
+    ("Add", 2): np.add,
+    ("Sub", 2): np.subtract,
+    ("Mul", 2): np.multiply,
+    ("Div", 2): np.true_divide,
+    ("Sum", 2): np.add,
+    ("Max", 2): np.maximum,
+    ("Min", 2): np.minimum,
+    ("Relu", 1): np.maximum,
+}
+
+UfuncStep = tuple[np.ufunc, list[tuple[int, int]]]
+
+
+def _float32_ufuncs(expr: list[dict], operands: list, dst: np.ndarray) -> list[UfuncStep] | None:
+    """The map's steps as (ufunc, args) when every step is in _FLOAT32_UFUNCS and every value
+    float32; None otherwise. args as in _Executor._map: (1, k) operand k, (2, k) step k's result;
+    Relu's second argument is (3, 0), the constant 0."""
+    if dst.dtype != np.float32 or any(o is None or o.dtype != np.float32 for o in operands):
+        return None
+    steps: list[UfuncStep] = []
+    for step in expr:
+        fn = _FLOAT32_UFUNCS.get((step["op"], len(step["args"])))
+        if fn is None or step["attrs"] or step["domain"] not in ("", "ai.onnx") or "-" in step["args"]:
+            return None
+        args = [(1, int(a[1:])) if a[0] == "i" else (2, int(a[1:])) for a in step["args"]]
+        steps.append((fn, args + [(3, 0)] if step["op"] == "Relu" else args))
+    return steps
+
+
+def _ufunc_map(steps: list[UfuncStep], operands: list, dst: np.ndarray) -> Step:
+    """A vxm.map of _float32_ufuncs steps: the kernels' ufuncs, the last one writing dst."""
+    *inner, (last_fn, last_args) = steps
+
+    def value(results: list, k: int, j: int):
+        return operands[j] if k == 1 else results[j] if k == 2 else 0
+
+    def vmap() -> None:
+        results: list[np.ndarray] = []
+        for fn, args in inner:
+            results.append(fn(*[value(results, k, j) for k, j in args]))
+        last_fn(*[value(results, k, j) for k, j in last_args], out=dst)
+
+    return vmap
 
 
 def _whole(t: TileSlot) -> Access:
@@ -102,6 +159,7 @@ class _Tensor:
 
     def __post_init__(self) -> None:
         self.rows_cols = view_of(self.shape)
+        self.covered: bool | None = None  # whether the pieces cover the tensor (known on first load)
 
     def direct(self) -> np.ndarray | None:
         """The tensor as one contiguous SRAM view, when a single tile holds all of it unconverted."""
@@ -116,7 +174,14 @@ class _Tensor:
 
     def load(self) -> np.ndarray:
         """A fresh array (what Machine.load_tensor builds)."""
-        out = np.zeros(self.rows_cols, dtype=self.dtype)
+        if self.covered is None:
+            mask = np.zeros(self.rows_cols, dtype=bool)
+            for v, r, c in self.pieces:
+                mask[r : r + v.shape[0], c : c + v.shape[1]] = True
+            self.covered = bool(mask.all())
+        # load_tensor starts from zeros; they matter only where no tile lands
+        fresh = np.empty if self.covered else np.zeros
+        out = fresh(self.rows_cols, dtype=self.dtype)
         for v, r, c in self.pieces:
             out[r : r + v.shape[0], c : c + v.shape[1]] = v
         return out.reshape(self.shape)
@@ -151,10 +216,14 @@ class _Executor:
             or sum(t.words for t in m.tiles) * program.target.word_bytes
         )
         self._weight_budget = int(image)
+        self._mm_scratch: dict[tuple[int, ...], np.ndarray] = {}  # products before accumulation
+        self._converted: dict[tuple, tuple[np.ndarray, np.ndarray]] = {}  # weight bytes -> MXM copy
         self._mxm_inputs: list[np.ndarray | None] = [None] * len(self._shared)
         self.steps: list[Step] = [
             builders[ins.opcode](ins, decoded_attrs(ins, self._load_cache)) for ins in order
         ]
+        self._mxm_waits = mxm_waits(program, order)  # None: all steps on the calling thread
+        self._mxm_thread: MxmThread | None = None
         # What a run must undo of the previous one: constants overwritten by tiles that reuse their
         # slots, and, only if some read takes values that no earlier write of its tile produced
         # (the validator refuses those), everything written, so that such reads see zeros again.
@@ -242,12 +311,9 @@ class _Executor:
     def _lw(self, ins: Instruction, attrs: dict) -> Step:
         plane = self.machine.planes[ins.unit.split(".")[0]]
         views, precision = [self._view(a) for a in ins.reads], attrs["precision"]
-        size = sum(v.size for v in views) * (8 if views[0].dtype.kind in "iub" else 4)  # the MXM's copy
-        if not any(self._written(a) for a in ins.reads) and size <= self._weight_budget:
-            # The windows hold the same values in every run: convert them once. Memory-bounded:
-            # beyond the budget the remaining loads convert on every run, as the interpreter does.
-            self._weight_budget -= size
-            weights = _mxm_input(_rows(views), precision)
+        constant = not any(self._written(a) for a in ins.reads)
+        weights = self._constant_weights(_rows(views), precision) if constant else None
+        if weights is not None:
 
             def lw() -> None:
                 plane.shadow = weights
@@ -258,6 +324,26 @@ class _Executor:
 
         return lw
 
+    def _constant_weights(self, src: np.ndarray, precision: str) -> np.ndarray | None:
+        """What an mxm.lw of a window nothing writes loads in every run, converted once (None: over
+        the memory budget, so converted per run as the interpreter does). Windows holding the same
+        bytes share one converted array; fp32 weights need no conversion: the window itself."""
+        if src.dtype == np.float32 and precision != "fp16":
+            return _readonly(src)
+        digest = hashlib.blake2b(np.ascontiguousarray(src).data, digest_size=16).digest()
+        key = (src.shape, src.dtype.str, precision, digest)
+        held = self._converted.get(key)
+        if held is not None and np.array_equal(held[0].view(np.uint8), src.view(np.uint8)):
+            return held[1]  # same bytes (checked, not trusted to the hash)
+        size = src.size * (8 if src.dtype.kind in "iub" else 4)  # bytes of the MXM's copy
+        if size > self._weight_budget:
+            return None
+        self._weight_budget -= size
+        weights = _mxm_input(src, precision)
+        weights.flags.writeable = False
+        self._converted.setdefault(key, (src, weights))
+        return weights
+
     def _mm(self, ins: Instruction, attrs: dict) -> Step:
         plane = self.machine.planes[ins.unit]
         install, precision = bool(attrs.get("install")), attrs["precision"]
@@ -266,29 +352,46 @@ class _Executor:
         acc = self._view(ins.reads[1]) if attrs.get("acc") else None
         from_acc = bool(attrs.get("from_acc"))
         slot, first, last = self._shared.get(ins.id, (None, True, True))
-        shared = self._mxm_inputs
+        shared, scratch = self._mxm_inputs, self._mm_scratch
+        into_dst = (
+            dst is not None
+            and not from_acc
+            and dst.dtype == np.float32
+            and (acc is None or acc.dtype == np.float32)
+        )
 
         def mm() -> None:
             if install:
                 plane.active, plane.shadow = plane.shadow, None
             if first:
-                a = _mxm_input(src, precision)
+                a = _mxm_input(src, precision, copy=False)
                 if not last:
                     shared[slot] = a
             else:
                 a = shared[slot]
                 if last:
                     shared[slot] = None
-            product = a @ plane.active
+            w = plane.active
+            if into_dst and a.dtype == w.dtype == np.float32:
+                # isa's product, sum and write without the temporaries (BLAS writes strided windows
+                # with the same bits)
+                if acc is None:
+                    np.matmul(a, w, out=dst)
+                else:
+                    product = scratch.get(dst.shape)
+                    if product is None:
+                        product = scratch[dst.shape] = np.empty(dst.shape, np.float32)
+                    np.matmul(a, w, out=product)
+                    np.add(product, acc, out=dst)
+                plane.acc = None
+                return
+            product = a @ w
             if from_acc:
                 np.add(product, plane.acc, out=product)
             if acc is not None:
-                if acc.dtype == product.dtype:
-                    np.add(product, acc, out=product)  # the same sum, without isa's copy of acc
-                else:
-                    product = product + acc.astype(product.dtype)
+                product = product + acc.astype(product.dtype)
             if dst is None:
-                plane.acc = product
+                plane.acc = product  # kept in the plane's accumulators for its next MM
             else:
                 plane.acc = None
                 np.copyto(dst, product, casting="unsafe")
@@ -331,6 +434,10 @@ class _Executor:
     def _map(self, ins: Instruction, attrs: dict) -> Step:
         reads = [_readonly(self._view(a)) for a in ins.reads]
         operands = [None if k is None else reads[k] for k in attrs["operands"]]
+        dst = self._view(ins.writes[0])
+        fast = _float32_ufuncs(attrs["expr"], operands, dst)
+        if fast is not None:
+            return _ufunc_map(fast, operands, dst)
         program: list[tuple[Callable, list[tuple[int, int]]]] = []
         for step in attrs["expr"]:
             ctx = KernelContext(step["op"], step["attrs"], step.get("opset", 0), 1, step["domain"])
@@ -340,7 +447,6 @@ class _Executor:
                 for a in step["args"]
             ]
             program.append((_bound_kernel(ctx), args))
-        dst = self._view(ins.writes[0])
 
         def vmap() -> None:
             results: list[np.ndarray] = []
@@ -426,8 +532,14 @@ class _Executor:
         self._reset_needed = True
         for t, (_, value) in zip(self._inputs, values):
             t.store(value)
-        for step in self.steps:
-            step()
+        if self._mxm_waits is None:
+            for step in self.steps:
+                step()
+        else:
+            if self._mxm_thread is None:
+                self._mxm_thread = MxmThread()
+                weakref.finalize(self, self._mxm_thread.close)
+            run_overlapped(self._mxm_thread, self.steps, self._mxm_waits)
         # Fresh arrays (load copies): the next run reuses this SRAM.
         return {
             name: m.host_memory[host] if host is not None else t.load() for name, host, t in self._outputs

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import mmap
+
 import numpy as np
 
 from lpuc.dtypes import words_per_row
@@ -11,10 +13,14 @@ from lpuc.target import Target
 
 class Sram:
     def __init__(self, target: Target):
-        # np.zeros is lazily backed by the OS: untouched slices cost no memory.
-        self.words = np.zeros(
-            (target.num_slices, target.addresses_per_slice, target.word_bytes), dtype=np.uint8
-        )
+        # Anonymous memory, zero-filled lazily by the OS: untouched SRAM costs no memory. Not
+        # np.zeros: numpy asks for transparent huge pages on large arrays, and then the first write
+        # to each slice makes 2 MiB resident, so a program using a tenth of the SRAM held all of it.
+        shape = (target.num_slices, target.addresses_per_slice, target.word_bytes)
+        buffer = mmap.mmap(-1, int(np.prod(shape)))
+        if hasattr(mmap, "MADV_NOHUGEPAGE"):
+            buffer.madvise(mmap.MADV_NOHUGEPAGE)
+        self.words = np.frombuffer(buffer, dtype=np.uint8).reshape(shape)
 
     def _rows(self, a: Access, dtype: np.dtype) -> np.ndarray:
         wpr = words_per_row(dtype)

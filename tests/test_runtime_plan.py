@@ -1,9 +1,10 @@
 """The execution plan against its oracle, the instruction-by-instruction interpreter.
 
 Both execute the same instructions; the plan only does the bookkeeping once. Outputs must be
-bit-identical (same dtype, same values, NaNs in the same places) on every program we can build:
-the bundled models, the test suite's torch models, a broad sample of ONNX node tests, in both
-precisions, over repeated runs (the plan reuses its SRAM). A mutated instruction must change the
+bit-identical (same dtype, same bytes) on every program we can build: the bundled models, the test
+suite's torch models, a broad sample of ONNX node tests, in both precisions, over repeated runs (the
+plan reuses its SRAM). Beyond these, tests/conftest.py checks the first plan run of every program
+any test runs against the interpreter. A mutated instruction must change the
 plan's output exactly as it changes the interpreter's.
 """
 
@@ -23,17 +24,10 @@ from lpuc.errors import LpucError
 from lpuc.program import Program
 from lpuc.runtime.fp16 import round_fp16
 from tests.models import MLP, ResidualBlock, export, random_feeds
+from tests.plan_oracle import assert_identical
 
 ROOT = Path(__file__).resolve().parents[1]
 BUNDLED = sorted((ROOT / "models").glob("*.onnx"))
-
-
-def assert_identical(expected: dict[str, np.ndarray], actual: dict[str, np.ndarray]) -> None:
-    assert list(actual) == list(expected)
-    for name, e in expected.items():
-        a = actual[name]
-        assert a.dtype == e.dtype and a.shape == e.shape, (name, a.dtype, e.dtype, a.shape, e.shape)
-        assert np.array_equal(a, e, equal_nan=True), f"output {name!r} differs from the interpreter"
 
 
 def check_program(program: Program, feeds: dict[str, np.ndarray], runs: int = 2) -> dict[str, np.ndarray]:
@@ -133,6 +127,55 @@ def test_node_tests(offset, precision):
     assert checked > 250  # a broad sample really ran
 
 
+# -- the MXM thread (runtime/overlap.py) -------------------------------------------------------------
+@pytest.mark.parametrize("precision", ["fp16", "fp32"])
+def test_mxm_thread_matches_interpreter(monkeypatch, tmp_path, precision):
+    """The MXM thread is opt-in and skips small programs; enabled, with the threshold lifted, the
+    bundled and torch models run their MXM instructions on it, bit-identical to the interpreter
+    over repeated runs."""
+    import torch
+
+    from lpuc.runtime import overlap
+
+    monkeypatch.setattr(overlap, "MIN_MXM_MACS", 0)
+    monkeypatch.setattr(overlap, "ENABLED", True)
+    block = export(ResidualBlock(64), (torch.zeros(2, 3, 64),), tmp_path / "res.onnx", input_names=["x"])
+    for path in [*BUNDLED, block]:
+        program = lpuc.compile(path, precision=precision)
+        check_program(program, random_feeds(path), runs=3)
+        assert program.plan._free[0]._mxm_waits is not None  # the thread really ran
+
+
+def test_mxm_waits_cover_every_conflict(monkeypatch):
+    """Each non-MXM instruction waits for every earlier MXM instruction that writes what it reads or
+    writes, or reads what it writes (checked pair by pair, independently of overlap's search)."""
+    from lpuc.runtime import overlap
+
+    monkeypatch.setattr(overlap, "MIN_MXM_MACS", 0)
+    monkeypatch.setattr(overlap, "ENABLED", True)
+    path = ROOT / "models" / "residual.onnx"
+    program = lpuc.compile(path, precision="fp16")
+    order = sorted(program.instructions, key=lambda i: i.id)
+    needs = overlap.mxm_waits(program, order)
+
+    def overlapping(xs, ys):
+        return any(s == t and lo < hi2 and lo2 < hi for s, lo, hi in xs for t, lo2, hi2 in ys)
+
+    mxm: list[tuple[int, list, list]] = []
+    checked = 0
+    for ins, need in zip(order, needs):
+        reads, writes = overlap._spans(program, ins, ins.reads), overlap._spans(program, ins, ins.writes)
+        if ins.opcode.startswith("mxm."):
+            assert need == -1
+            mxm.append((len(mxm) + 1, reads, writes))
+            continue
+        for k, m_reads, m_writes in mxm:
+            if overlapping(m_writes, reads + writes) or overlapping(m_reads, writes):
+                assert need >= k, (ins.id, k, need)
+                checked += 1
+    assert checked > 0
+
+
 # -- mutation -----------------------------------------------------------------------------------
 def _read_mutations(program: Program):
     """(instruction id, mutated program) for each legal program that differs from `program` only in
@@ -204,6 +247,27 @@ def test_reads_of_unwritten_values_see_zeros_on_every_run():
         for seed in (1, 2):
             feeds = random_feeds(path, seed=seed)
             assert_identical(_interpret(broken, feeds), plan.run(feeds))
+
+
+def test_the_suite_checks_every_programs_first_plan_run():
+    """tests/conftest.py compares the first plan run of each Program with the interpreter: a plan
+    that gets one bit wrong fails whichever test runs it."""
+    from lpuc.runtime.plan import Plan
+
+    path = ROOT / "models" / "mlp.onnx"
+    program = lpuc.compile(path)
+    honest = Plan(program)
+
+    class OneBitOff:
+        def run(self, inputs):
+            outputs = honest.run(inputs)
+            first = next(iter(outputs.values()))
+            first.view(np.uint8).flat[0] ^= 1
+            return outputs
+
+    program.plan = OneBitOff()
+    with pytest.raises(AssertionError, match="differs from the interpreter"):
+        program.run(random_feeds(path))
 
 
 # -- behaviour ----------------------------------------------------------------------------------

@@ -7,14 +7,22 @@ one run in the reference runtime (execution plan and interpreter) and of onnxrun
 this process, and their ratio; max error against onnxruntime. Wall times are medians of several runs
 (machines are shared and noisy). Then ablations: light ResNet-50 without each schedule-shaping pass,
 and a GPT-2-shaped decoder (--gpt-layers) with each transformer pass disabled in turn; then BERT-base
-and GPT-2-shaped decoders (transformer_bench.py).
+and GPT-2-shaped decoders (transformer_bench.py). Memory: the peak RSS a first run (which builds the
+plan) adds to a child process that loaded the program, against the program's SRAM image plus its
+inputs and outputs.
+
+    python -m tests.benchmarks.bench --models mlp,squeezenet --precisions fp16
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
+import subprocess
+import sys
+import tempfile
 import time
 import warnings
 from pathlib import Path
@@ -33,12 +41,16 @@ GROQ_US = {"light_resnet50": 49.0}
 BEFORE = json.loads((Path(__file__).parent / "cycles_before_issue6.json").read_text())
 
 
-def _median_seconds(fn, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
+def _median_seconds(fn, repeats: int, min_seconds: float = 0.3) -> float:
+    """Median of at least `repeats` calls, and of more (up to 2000) until `min_seconds` passed:
+    a tiny model's median over five calls on a shared machine is mostly noise."""
+    times: list[float] = []
+    spent = 0.0
+    while len(times) < repeats or (spent < min_seconds and len(times) < 2000):
         start = time.perf_counter()
         fn()
         times.append(time.perf_counter() - start)
+        spent += times[-1]
     return statistics.median(times)
 
 
@@ -51,6 +63,47 @@ def _feeds(session: ort.InferenceSession) -> dict[str, np.ndarray]:
         n = int(np.prod(shape))
         feeds[i.name] = (np.arange(n).reshape(shape) / max(n, 1)).astype(np.float32)
     return feeds
+
+
+def _rss(field: str) -> int:
+    """VmRSS / VmHWM of this process, bytes (Linux)."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024
+    raise OSError(f"no {field} in /proc/self/status")
+
+
+def _rss_child(artifact: str) -> None:
+    """Load `artifact`, run it twice and print one JSON line: resident bytes before the runs and the
+    peak each run adds (the first builds the execution plan; the second reuses it)."""
+    import lpuc.api
+
+    program = lpuc.load(artifact)
+    feeds = {}
+    for b in program.inputs:  # the same arange(n) / n inputs as _feeds
+        n = int(np.prod(b.shape))
+        feeds[b.name] = (np.arange(n).reshape(b.shape) / max(n, 1)).astype(b.dtype)
+    before = _rss("VmRSS")
+    peaks = []
+    for _ in range(2):
+        lpuc.api._reset_peak_rss()
+        outputs = program.run(feeds)
+        peaks.append(_rss("VmHWM") - before)
+    io = sum(v.nbytes for v in feeds.values()) + sum(v.nbytes for v in outputs.values())
+    print(json.dumps({"before": before, "first": peaks[0], "second": peaks[1], "io": io}))
+
+
+def run_memory(program: lpuc.Program) -> dict:
+    """_rss_child's measurement of `program`, in a child process of its own."""
+    with tempfile.TemporaryDirectory() as tmp:
+        artifact = os.path.join(tmp, "m.lpu")
+        program.save(artifact)
+        cmd = [sys.executable, "-m", "tests.benchmarks.bench", "--rss-child", artifact]
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=ROOT)
+    if proc.returncode != 0:
+        raise RuntimeError(f"memory child failed: {proc.stderr.strip().splitlines()[-1:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 def bench_model(path: Path, precision: str, target: str, repeats: int) -> dict:
@@ -66,6 +119,7 @@ def bench_model(path: Path, precision: str, target: str, repeats: int) -> dict:
     lpuc_s = _median_seconds(lambda: program.run(feeds), repeats)  # the execution plan (built above)
     interp_s = _median_seconds(lambda: program.run(feeds, interpret=True), repeats)
     ort_s = _median_seconds(lambda: session.run(None, feeds), max(repeats, 20))
+    memory = run_memory(program)
     s = program.summary
     return {
         "model": path.stem,
@@ -88,6 +142,8 @@ def bench_model(path: Path, precision: str, target: str, repeats: int) -> dict:
         "interp_ms": interp_s * 1e3,
         "ort_ms": ort_s * 1e3,
         "max_abs_err": err,
+        "run_rss": memory["first"],
+        "image_io": s["sram_peak_bytes"] + memory["io"],
     }
 
 
@@ -193,13 +249,27 @@ def main() -> None:
     parser.add_argument(
         "--no-transformers", action="store_true", help="skip BERT-base and the GPT-2-shaped decoders"
     )
+    parser.add_argument(
+        "--models",
+        dest="only",
+        help="comma-separated parts of model names to keep, e.g. mlp,squeezenet (default: all)",
+    )
+    parser.add_argument("--precisions", default="fp16,fp32", help="comma-separated (default: fp16,fp32)")
+    parser.add_argument("--rss-child", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.rss_child:
+        _rss_child(args.rss_child)
+        return
     paths = args.models or sorted((ROOT / "models").glob("*.onnx"))
     zoo = [] if args.models or args.no_zoo else sorted(LIGHT.glob("light_*.onnx"))
+    if args.only:
+        keep = args.only.split(",")
+        paths = [p for p in paths if any(k in p.stem for k in keep)]
+        zoo = [p for p in zoo if any(k in p.stem for k in keep)]
     header = (
         f"{'model':<19}{'prec':<6}{'compile s':>10}{'before':>10}{'cycles':>10}{'change':>8}{'us':>9}"
         f"{'e2e us':>9}{'bound':>8}{'(by)':>6}{'ratio':>7}{'SRAM KiB':>10}{'instrs':>7}{'run ms':>9}"
-        f"{'interp ms':>10}{'ort ms':>8}{'plan/ort':>9}{'max err':>10}"
+        f"{'interp ms':>10}{'ort ms':>8}{'plan/ort':>9}{'max err':>10}{'RSS MiB':>8}{'/image+io':>10}"
     )
     print(
         f"target {args.target}; wall times are medians of {args.repeats} runs "
@@ -211,7 +281,7 @@ def main() -> None:
     )
     print(header)
     print("-" * len(header))
-    runs = [(p, prec) for p in paths + zoo for prec in ("fp16", "fp32")]
+    runs = [(p, prec) for p in paths + zoo for prec in args.precisions.split(",")]
     results = []
     for path, precision in runs:
         with warnings.catch_warnings():
@@ -224,18 +294,28 @@ def main() -> None:
             f"{r['model']:<19}{r['precision']:<6}{r['compile_s']:>10.2f}{before}{r['cycles']:>10}{change}"
             f"{r['latency_us']:>9.1f}{r['end_to_end_us']:>9.1f}{r['bound']:>8}{r['binding'][:5]:>6}"
             f"{r['ratio']:>7.1f}{r['sram'] / 1024:>10.1f}{r['instructions']:>7}{r['run_ms']:>9.2f}"
-            f"{r['interp_ms']:>10.2f}{r['ort_ms']:>8.3f}{r['run_ms'] / r['ort_ms']:>9.2f}{err}",
+            f"{r['interp_ms']:>10.2f}{r['ort_ms']:>8.3f}{r['run_ms'] / r['ort_ms']:>9.2f}{err}"
+            f"{r['run_rss'] / 2**20:>8.1f}{r['run_rss'] / r['image_io']:>10.2f}",
             flush=True,
         )
         results.append(r)
     ratios = [r["run_ms"] / r["ort_ms"] for r in results]
     print("run ms: the execution plan; interp ms: the instruction-by-instruction interpreter (its oracle)")
-    print(f"plan/ort: geomean {statistics.geometric_mean(ratios):.2f}, max {max(ratios):.2f}")
+    print(
+        "RSS MiB: peak resident memory a first run (building the plan) adds to a process that loaded the "
+        "program; /image+io: that over the SRAM image (peak SRAM bytes) plus input and output bytes"
+    )
+    worst = max(results, key=lambda r: r["run_ms"] / r["ort_ms"])
+    print(
+        f"plan/ort: geomean {statistics.geometric_mean(ratios):.2f}, max {max(ratios):.2f} "
+        f"({worst['model']} {worst['precision']})"
+    )
     for r in results:
         if r["model"] == "mlp":  # tiny: its run time is the runtime's fixed per-run cost
             overhead = r["run_ms"] - r["ort_ms"]
             print(f"fixed per-run overhead ({r['precision']} MLP, plan - onnxruntime): {overhead:.3f} ms")
-    ablate(LIGHT / "light_resnet50.onnx", args.target)
+    if zoo:
+        ablate(LIGHT / "light_resnet50.onnx", args.target)
     if args.gpt_layers:
         ablate_transformer(args.target, args.gpt_layers)
     for r in results:
