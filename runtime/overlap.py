@@ -52,9 +52,7 @@ def mxm_waits(program: Program, order: list[Instruction]) -> list[int] | None:
     program's MXM work is too small to be worth a thread, or the thread is not enabled."""
     if not ENABLED:
         return None
-    macs = sum(
-        i.reads[0].nrows * i.reads[0].nlanes * i.writes[0].nlanes for i in order if i.opcode == "mxm.mm"
-    )
+    macs = sum(i.work.macs for i in order if i.opcode == "mxm.mm")
     if macs < MIN_MXM_MACS:
         return None
     by_slice: dict[int, list[tuple[int, int, int, bool]]] = {}  # slice -> (lo, hi, mxm count, writes)
