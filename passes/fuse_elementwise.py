@@ -134,7 +134,9 @@ def hoist_over_reshapes(graph: Graph) -> Graph:
                 nodes.append(node)
                 continue
             if node.op == "Reshape" and not node.domain and len(consumers[first.outputs[0]]) == 1:
-                if first.outputs[0] not in outputs:  # Reshape(Reshape(x)) -> Reshape(x)
+                # Reshape(Reshape(x)) -> Reshape(x), unless a 0 in the shape copies a dim of the
+                # middle tensor (which x need not have)
+                if first.outputs[0] not in outputs and not _copies_a_dim(node, graph):
                     nodes.remove(first)
                     nodes.append(node.with_(inputs=(first.inputs[0], *node.inputs[1:])))
                     changed = True
@@ -152,6 +154,15 @@ def hoist_over_reshapes(graph: Graph) -> Graph:
             changed = True
         graph = graph.copy(nodes=nodes).prune_values()
     return graph
+
+
+def _copies_a_dim(reshape: Node, graph: Graph) -> bool:
+    """Whether a Reshape's shape may hold a 0 meaning "this dim of the input" (not a constant shape,
+    or a constant with a 0 and allowzero unset)."""
+    shape = graph.values[reshape.inputs[1]] if len(reshape.inputs) > 1 else None
+    if shape is None or not shape.is_const:
+        return True
+    return not reshape.attr("allowzero", 0) and bool((np.asarray(shape.const) == 0).any())
 
 
 def _hoisted_operands(

@@ -82,8 +82,10 @@ def lower_matmul(b: TiledBuilder, node: Node) -> None:
         else:
             # Partial sums stay in the plane's accumulators, which hold acc_rows rows.
             segments = split_range(0, p.m, b.target.mxm.acc_rows, [e for _, e in m_segments])
-            # K splits over planes only for one product: a batch of them keeps the planes busy.
-            split = len(problems) == 1
+            # K splits over planes only for one product (a batch of them keeps the planes busy), and
+            # not in fp32 builds, the exact reference: adding the parts' sums reassociates the sum
+            # over K, which can overflow where the sequential sum does not.
+            split = len(problems) == 1 and mode_name != "fp32"
             _accumulated(b, node, attrs, a, w, c, p, segments, k_chunks, n_chunks, k, split)
 
 
