@@ -100,10 +100,10 @@ PIPELINE: tuple[Pass, ...] = (
     Pass("address_heads", address_heads),
     Pass("fuse_layernorm", fuse_layernorm),
     Pass("fuse_gelu", fuse_gelu),
-    Pass("sink_reshapes", sink_reshapes),
     # After the fusions that match float patterns, before fuse_elementwise merges its quantize and
     # requantize maps with their neighbours.
     Pass("quantize_int8", quantize_int8),
+    Pass("sink_reshapes", sink_reshapes),
     Pass("fuse_elementwise", fuse_elementwise),
     Pass("legalize_broadcast", legalize_broadcast),
     Pass("fuse_softmax", fuse_softmax),

@@ -1,4 +1,5 @@
-"""sink_reshapes: elementwise ops move above view-preserving reshapes, so bias and activation fuse."""
+"""sink_reshapes: elementwise ops move above the reshapes that feed them, so bias, activation (and
+int8 requantization) fuse into one map."""
 
 from __future__ import annotations
 
@@ -32,8 +33,7 @@ def test_relu_moves_above_the_reshape():
 
 def test_residual_sum_fused_into_one_map_and_matches_onnxruntime():
     """Two bias adds, each reshaped to NHWC, summed and activated (a residual block's end): the sum
-    moves above both reshapes, and the bias adds, sum and ReLU become one map.
-    (fuse_elementwise.hoist_over_reshapes moves an op over one reshaped operand only.)"""
+    moves above both reshapes, and the bias adds, sum and ReLU become one map."""
     shape = np.array([1, 8, 8, 32], np.int64)
     nodes = [
         _N("Add", ["x", "b"], ["a"]),
@@ -70,3 +70,35 @@ def test_a_reshape_that_changes_the_rows_view_stays():
     m = _conv_like(shape_after=(1, 8, 256))
     assert ops(run_pass(sink_reshapes, imported(m))) == ["Add", "Reshape", "Relu"]
     assert_matches_onnxruntime(m, {"x": rand(64, 32, seed=2)})
+
+
+def test_a_row_constant_is_repeated_over_a_reshape_that_unpacks_rows():
+    """[8, 256] (8 rows of 32 packed side by side) -> Reshape [64, 32] -> + bias[32]: the add runs on
+    [8, 256] with the bias repeated 8 times, and the Reshape follows it."""
+    nodes = [_N("Relu", ["x"], ["a"]), _N("Reshape", ["a", "s"], ["r"]), _N("Add", ["r", "b"], ["y"])]
+    inits = {"s": np.array([64, 32], np.int64), "b": rand(32, seed=1)}
+    m = model(nodes, {"x": [8, 256]}, {"y": [64, 32]}, inits)
+    graph = run_pass(sink_reshapes, imported(m))
+    assert ops(graph) == ["Relu", "Add", "Reshape"]
+    add = next(n for n in graph.nodes if n.op == "Add")
+    assert graph.values[add.inputs[1]].shape == (256,)
+    assert_matches_onnxruntime(m, {"x": rand(8, 256, seed=2)})
+
+
+def test_reshape_of_reshape_merges_unless_a_zero_copies_a_middle_dim():
+    merged = model(
+        [_N("Reshape", ["x", "s1"], ["a"]), _N("Reshape", ["a", "s2"], ["y"])],
+        {"x": [4, 6]},
+        {"y": [3, 8]},
+        {"s1": np.array([2, 12], np.int64), "s2": np.array([3, 8], np.int64)},
+    )
+    assert ops(run_pass(sink_reshapes, imported(merged))) == ["Reshape"]
+    assert_matches_onnxruntime(merged, {"x": rand(4, 6, seed=2)})
+    copying = model(
+        [_N("Reshape", ["x", "s1"], ["a"]), _N("Reshape", ["a", "s2"], ["y"])],
+        {"x": [4, 6]},
+        {"y": [2, 3, 4]},
+        {"s1": np.array([2, 12], np.int64), "s2": np.array([0, 3, 4], np.int64)},  # 0: a's first dim
+    )
+    assert ops(run_pass(sink_reshapes, imported(copying))) == ["Reshape", "Reshape"]
+    assert_matches_onnxruntime(copying, {"x": rand(4, 6, seed=2)})
