@@ -266,12 +266,9 @@ def duration(
 ) -> int:
     """Cycles from issue to the last result written, for `opcode` on `unit`, with the ports it books
     on each slice (default: port_needs; fewer ports stream its words more slowly)."""
-    n_unit = unit_cycles(target, opcode, work, precision)
     if opcode == "host.kernel":
-        return n_unit
-    if ports is None:
-        ports = _port_needs(target, opcode, [*reads, *writes], n_unit)
-    n = max(n_unit, mem_cycles(ports, [*reads, *writes]))
+        return unit_cycles(target, opcode, work, precision)
+    n = _streaming_cycles(target, opcode, work, reads, writes, precision, ports)
     pos = target.position(unit)
     columns = target.slice_positions
     t_in = max((abs(pos - columns[s.slice]) for s in reads if s.slice >= 0), default=0)
@@ -308,11 +305,24 @@ def occupancy(
     while it installs weights); everything else holds its unit for its whole duration."""
     if opcode != "mxm.mm":
         return duration(target, opcode, unit, work, reads, writes, precision, install, ports)
+    n = _streaming_cycles(target, opcode, work, reads, writes, precision, ports)
+    return max(1, (target.iw_cycles if install else 0) + n)
+
+
+def _streaming_cycles(
+    target: Target,
+    opcode: str,
+    work: Work,
+    reads: Sequence[Stream],
+    writes: Sequence[Stream],
+    precision: str,
+    ports: Mapping[int, int] | None,
+) -> int:
+    """N: the unit's own rate or the MEM bandwidth of the ports booked, whichever is slower."""
     n_unit = unit_cycles(target, opcode, work, precision)
     if ports is None:
         ports = _port_needs(target, opcode, [*reads, *writes], n_unit)
-    n = max(n_unit, mem_cycles(ports, [*reads, *writes]))
-    return max(1, (target.iw_cycles if install else 0) + n)
+    return max(n_unit, mem_cycles(ports, [*reads, *writes]))
 
 
 def minimal_latency(target: Target, opcode: str, work: Work, precision: str = "fp16") -> int:

@@ -22,6 +22,7 @@ from lpuc.dtypes import dtype_from_name
 from lpuc.errors import LpucError
 from lpuc.jsonable import from_json
 from lpuc.kernels import KernelContext, run_kernel
+from lpuc.kernels.lowered import evaluate_expression
 from lpuc.program import Instruction
 from lpuc.runtime.machine import Machine
 
@@ -40,8 +41,13 @@ def mxm_input(x: np.ndarray, precision: str) -> np.ndarray:
     return x.astype(np.float32)
 
 
+def stacked(windows: list[np.ndarray]) -> np.ndarray:
+    """Windows stacked row after row (a weight load reading several tiles); one window: itself."""
+    return np.concatenate(windows) if len(windows) > 1 else windows[0]
+
+
 def _lw(m: Machine, ins: Instruction, attrs: dict) -> None:
-    weights = np.concatenate([m.read(a) for a in ins.reads]) if len(ins.reads) > 1 else m.read(ins.reads[0])
+    weights = stacked([m.read(a) for a in ins.reads])
     m.planes[ins.unit.split(".")[0]].shadow = mxm_input(weights, attrs["precision"])
 
 
@@ -65,16 +71,7 @@ def _mm(m: Machine, ins: Instruction, attrs: dict) -> None:
 def _map(m: Machine, ins: Instruction, attrs: dict) -> None:
     reads = [m.read(a) for a in ins.reads]
     operands = [None if k is None else reads[k] for k in attrs["operands"]]
-    results: list[np.ndarray] = []
-    for step in attrs["expr"]:
-        args = [
-            None if a == "-" else operands[int(a[1:])] if a[0] == "i" else results[int(a[1:])]
-            for a in step["args"]
-        ]
-        ctx = KernelContext(step["op"], step["attrs"], step.get("opset", 0), 1, step["domain"])
-        with np.errstate(all="ignore"):
-            results.append(run_kernel(ctx, args)[0])
-    m.write(ins.writes[0], results[-1])
+    m.write(ins.writes[0], evaluate_expression(attrs["expr"], operands))
 
 
 def kernel_context(attrs: dict) -> KernelContext:

@@ -36,16 +36,11 @@ from lpuc.kernels.registry import CAPTURES_ATTR, get_kernel
 from lpuc.lowering.builder import view_of
 from lpuc.program import Access, Instruction, Program, TileSlot
 from lpuc.runtime.fp16 import round_fp16
-from lpuc.runtime.isa import decoded_attrs, kernel_context, mxm_input
+from lpuc.runtime.isa import decoded_attrs, kernel_context, mxm_input, stacked
 from lpuc.runtime.machine import Machine
 from lpuc.runtime.overlap import MxmThread, mxm_waits, run_overlapped
 
 Step = Callable[[], None]
-
-
-def _rows(views: list[np.ndarray]) -> np.ndarray:
-    """Windows stacked row after row (a weight load reading several tiles)."""
-    return np.concatenate(views) if len(views) > 1 else views[0]
 
 
 def _mxm_input(x: np.ndarray, precision: str, copy: bool = True) -> np.ndarray:
@@ -312,7 +307,7 @@ class _Executor:
         plane = self.machine.planes[ins.unit.split(".")[0]]
         views, precision = [self._view(a) for a in ins.reads], attrs["precision"]
         constant = not any(self._written(a) for a in ins.reads)
-        weights = self._constant_weights(_rows(views), precision) if constant else None
+        weights = self._constant_weights(stacked(views), precision) if constant else None
         if weights is not None:
 
             def lw() -> None:
@@ -320,7 +315,7 @@ class _Executor:
         else:
 
             def lw() -> None:
-                plane.shadow = _mxm_input(_rows(views), precision)
+                plane.shadow = _mxm_input(stacked(views), precision)
 
         return lw
 

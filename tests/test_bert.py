@@ -119,20 +119,18 @@ def test_table_goes_to_host_memory_only_when_constants_overflow(tmp_path):
     assert on_chip["host_tables"] == {} and on_chip["host_ops"] == 0
 
 
+def _compile_on_tsp_mini_without_host(path, tmp_path):
+    """`lpuc compile` for tsp-mini in fp32 with --no-host-fallback (no table may leave SRAM)."""
+    out = tmp_path / "x.lpu"
+    return invoke(
+        "compile", path, "-o", out, "--target", "tsp-mini", "--precision", "fp32", "--no-host-fallback"
+    )
+
+
 def test_no_host_fallback_keeps_tables_on_chip_and_names_them(tmp_path):
     path = tmp_path / "embed.onnx"
     _embed_matmul(path, 2048, 64)
-    result = invoke(
-        "compile",
-        path,
-        "-o",
-        tmp_path / "x.lpu",
-        "--target",
-        "tsp-mini",
-        "--precision",
-        "fp32",
-        "--no-host-fallback",
-    )
+    result = _compile_on_tsp_mini_without_host(path, tmp_path)
     assert_one_line_error(
         result,
         "constants need 528.00 KiB",
@@ -195,17 +193,7 @@ def test_tables_leave_sram_when_constants_fit_but_live_data_does_not(tmp_path):
     feeds = {"ids": rng.integers(0, 1536, 512).astype(np.int64)}
     (got,) = program.run(feeds).values()
     np.testing.assert_allclose(got, ort_run(path, feeds)[0], rtol=1e-4, atol=1e-5)
-    no_host = invoke(
-        "compile",
-        path,
-        "-o",
-        tmp_path / "x.lpu",
-        "--target",
-        "tsp-mini",
-        "--precision",
-        "fp32",
-        "--no-host-fallback",
-    )
+    no_host = _compile_on_tsp_mini_without_host(path, tmp_path)
     largest = "constants 400.00 KiB, largest: table [1536x64 float32] 384.00 KiB"
     assert_one_line_error(no_host, "at its peak", largest)
 
