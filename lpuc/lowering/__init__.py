@@ -22,6 +22,8 @@ STRATEGIES = {
     "row_slabs": "Im2Col and pooling cut into result row slabs (consumers start on the first)",
     "fp16_storage": "fp16 builds store values that only feed the MXM (or copies of them) as fp16",
     "constant_replicas": "broadcast constants copied so parallel maps do not share a slice's ports",
+    # Applied when tiles are placed on slices (lpuc.schedule.placement), listed here to switch it off.
+    "spread_accesses": "tiles used by ops close in program order placed on different slices",
 }
 
 
