@@ -27,6 +27,7 @@ from lpuc.passes.address_heads import address_heads
 from lpuc.passes.canonicalize_matmul import canonicalize_matmul
 from lpuc.passes.canonicalize_ops import canonicalize_ops
 from lpuc.passes.decompose_attention import decompose_attention
+from lpuc.passes.decompose_lrn import decompose_lrn
 from lpuc.passes.decompose_rnn import decompose_rnn
 from lpuc.passes.eliminate_dead_code import eliminate_dead_code
 from lpuc.passes.eliminate_identity import eliminate_identity
@@ -91,6 +92,7 @@ PIPELINE: tuple[Pass, ...] = (
     Pass("lower_gemm", lower_gemm),
     Pass("lower_einsum", lower_einsum),
     Pass("decompose_attention", decompose_attention),
+    Pass("decompose_lrn", decompose_lrn),
     Pass("fold_batchnorm", fold_batchnorm),
     Pass("lower_conv", lower_conv),
     Pass("sink_transposes", sink_transposes),

@@ -7,6 +7,8 @@ Never from this schedule's own critical path (that is reported apart, by the sum
   (layout changes the compiler inserts are its choice, not the model's work; a model Transpose the
   passes cancel is not counted either, so this one is a bound on this compilation of the model)
 - mem: every constant, input and output word crosses a MEM port at least once / (slices x banks)
+- lw: every weight byte an MXM installs (each distinct window weight loads read, at the bytes its
+  lanes hold, not padded words) reaches a plane once / (planes x words per cycle a weight load moves)
 - host: host-fallback time, one host, serial (PCIe included)
 - dependence_chain: the longest chain of the graph's nodes, each at its minimal latency (one vector
   through its unit, no transport)
@@ -58,6 +60,9 @@ def hardware_bounds(program: Program, facts: dict) -> dict[str, int]:
             once[(t.slice, t.addr) if t.kind == "const" else (-1 - t.id, 0)] = t.words
     bounds = {
         "mxm": math.ceil(mxm / target.num_mxm),
+        "lw": math.ceil(
+            _weight_bytes(program) / (target.word_bytes * target.lw_words_per_cycle * target.num_mxm)
+        ),
         "vxm": math.ceil(elem_ops / (target.lanes * target.vxm_alus)),
         "sxm": int(facts["sxm"]),
         "mem": math.ceil(sum(once.values()) / (target.num_slices * target.mem_banks)),
@@ -66,6 +71,20 @@ def hardware_bounds(program: Program, facts: dict) -> dict[str, int]:
     }
     bounds["overall"] = max(bounds.values())
     return bounds
+
+
+def _weight_bytes(program: Program) -> int:
+    """Bytes of the distinct weight windows the program's weight loads read (a constant slot shared
+    by identical tiles counts once)."""
+    loaded: dict[tuple[int, ...], int] = {}
+    for ins in program.instructions:
+        if ins.opcode != "mxm.lw":
+            continue
+        for a in ins.reads:
+            t = program.tiles[a.buf]
+            where = (t.slice,) if t.kind == "const" else (-1 - t.id,)
+            loaded[(*where, a.addr, a.nrows, a.lane0, a.nlanes)] = a.nrows * a.nlanes * t.np_dtype.itemsize
+    return sum(loaded.values())
 
 
 def _dependence_chain(tiled: TiledProgram, preds: list[set[int]], target: Target) -> int:
