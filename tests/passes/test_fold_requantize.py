@@ -7,6 +7,7 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import onnxruntime as ort
+import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 import lpuc
@@ -99,24 +100,28 @@ def test_folded_requantize_matches_onnxruntime_within_the_last_float_bit():
         assert (want == 0).any() and (want == 127).any()  # the Relu and the clip both act
 
 
-def test_input_quantize_folds_bit_exactly():
-    """x * (1 / s) -> Round -> Clip(-127, 127) -> Cast: one multiply, as before, so the same bits:
-    ties round half to even, values past the range saturate at -127 / 127 (not the type's -128)."""
+@pytest.mark.parametrize(
+    "low, folded", [(-128, ["Mul", "SaturatingCast"]), (-127, ["Mul", "Max", "SaturatingCast"])]
+)
+def test_input_quantize_folds_bit_exactly(low, folded):
+    """x * (1 / s) -> Round -> Clip(low, 127) -> Cast: one multiply, as before, so the same bits:
+    ties round half to even, values past the range saturate. quantize_int8's bounds are int8's own
+    (-128): the saturating cast alone gives them; a bound inside the type's range takes a Max."""
     nodes = [
         _N("Mul", ["x", "inv"], ["m"]),
         _N("Round", ["m"], ["o"]),
         _N("Clip", ["o", "lo", "hi"], ["c"]),
         _N("Cast", ["c"], ["q"], to=TensorProto.INT8),
     ]
-    m = _chain_model(nodes, {"inv": np.array(40.0, np.float32), **_bounds(-127, 127)})
-    assert ops(run_pass(fold_requantize, imported(m))) == ["Mul", "Max", "SaturatingCast"]
+    m = _chain_model(nodes, {"inv": np.array(40.0, np.float32), **_bounds(low, 127)})
+    assert ops(run_pass(fold_requantize, imported(m))) == folded
     program = lpuc.compile(m, precision="fp32")
     x = rand(ROWS, COLS, seed=5)
     x[0, :8] = np.array([0.5, 1.5, 2.5, -0.5, -1.5, -2.5, 1000, -1000], np.float32) / 40  # ties, range
     got, want = program.run({"x": x})["q"], _onnxruntime(m, x)
     np.testing.assert_array_equal(got, want)
-    assert want.min() == -127 and want.max() == 127
-    assert _maps_alu_ops(program) == [3]
+    assert want.min() == low and want.max() == 127
+    assert _maps_alu_ops(program) == [len(folded)]
 
 
 def test_a_relu_an_add_follows_stays_and_what_follows_it_folds():
