@@ -182,3 +182,37 @@ def test_saturating_cast_is_onnx_quantize_linear_with_unit_scale():
         np.testing.assert_array_equal(got, want)
         assert got.dtype == want.dtype
     assert expression_alu_ops([{"op": "SaturatingCast", "domain": LPUC_DOMAIN, "args": ["i0"]}]) == 1
+
+
+def test_qlinear_requantization_with_a_zero_point_folds():
+    """lower_quantized's QLinearMatMul requantization, Cast(acc + zero-point term) * m -> Round -> + z_y
+    -> Clip(0, 255) -> Cast uint8 (8 ALU ops), becomes Cast(acc), one multiply-add (the int32 term
+    and z_y in its offset) and a SaturatingCast (4), within one quantization step of onnxruntime."""
+    rng = np.random.default_rng(2)
+    a = rng.integers(0, 256, (6, 400)).astype(np.uint8)
+    inits = {
+        "as": np.float32(0.02),
+        "az": np.array(120, np.uint8),
+        # |w| <= 63: onnxruntime's uint8 x int8 kernel saturates pairs of products in int16 beyond.
+        "w": rng.integers(-63, 64, (400, 12)).astype(np.int8),
+        "ws": np.float32(0.01),
+        "wz": np.array(0, np.int8),
+        "ys": np.float32(2.0),
+        "yz": np.array(100, np.uint8),
+    }
+    graph = helper.make_graph(
+        [_N("QLinearMatMul", ["a", "as", "az", "w", "ws", "wz", "ys", "yz"], ["y"])],
+        "qlinear",
+        [helper.make_tensor_value_info("a", TensorProto.UINT8, [6, 400])],
+        [helper.make_tensor_value_info("y", TensorProto.UINT8, [6, 12])],
+        [numpy_helper.from_array(np.asarray(v), k) for k, v in inits.items()],
+    )
+    m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    program = lpuc.compile(m)
+    unfolded = lpuc.compile(m, disable_passes=["fold_requantize"])
+    assert _maps_alu_ops(program)[-1] == 4 and _maps_alu_ops(unfolded)[-1] == 8
+    session = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
+    want = session.run(None, {"a": a})[0].astype(np.int64)
+    got = program.run({"a": a})["y"]
+    assert got.dtype == np.uint8 and np.abs(got.astype(np.int64) - want).max() <= 1
+    assert len(np.unique(want)) > 20  # the values spread over the range, not all clipped
