@@ -23,6 +23,7 @@ Numerics: one multiply and no add (an input quantize) gives the same bits. Compo
 multiplies (or a multiply and an add) rounds once instead of twice, so z may differ in its last bit
 and a value within a float32 ulp of a .5 tie may round to the other integer; likewise z + z_y when
 that sum itself rounds (tests/passes/test_fold_requantize.py measures this against onnxruntime).
+fp32 builds, which promise onnxruntime's bits, get only the rewrites that keep them.
 """
 
 from __future__ import annotations
@@ -35,6 +36,10 @@ from lpuc.ir.graph import LPUC_DOMAIN, Graph, Node
 from lpuc.kernels._common import integer_range, onnx_dtype
 from lpuc.passes.builder import NodeBuilder
 from lpuc.passes.eliminate_dead_code import eliminate_dead_code
+
+# Constant steps whose composition is the same float ops in the same order (a Relu anywhere among
+# them moves exactly: relu(z) c = relu(z c) for c > 0).
+_SAME_BITS = ([], ["Mul"], ["Add"], ["Mul", "Add"])
 
 
 @dataclass(frozen=True)
@@ -54,8 +59,10 @@ def fold_requantize(graph: Graph, ctx: object = None) -> Graph:
     outputs = set(graph.outputs)
     out = graph.copy(nodes=[])
     changed = False
+    # fp32 builds promise onnxruntime's results: there only rewrites that give the same bits.
+    exact = getattr(ctx, "precision", "") == "fp32"
     for node in graph.nodes:
-        chain = _match(node, graph, producers, consumers, outputs)
+        chain = _match(node, graph, producers, consumers, outputs, exact)
         if chain is None:
             out.nodes.append(node)
             continue
@@ -89,6 +96,7 @@ def _match(
     producers: dict[str, Node],
     consumers: dict[str, list[Node]],
     outputs: set[str],
+    exact: bool = False,
 ) -> _Chain | None:
     """The chain `cast` ends, when it is Cast(int) <- Clip(const bounds) [<- Add integer constant]
     <- Round <- [Mul | Add by constants]* [<- Relu <- [Mul | Add]*] with every value in between read
@@ -144,11 +152,15 @@ def _match(
         # A Relu that an add (or a non-positive scale) follows stays: fold only what comes after it.
         value = steps[relu + 1][2] if relu + 1 < len(steps) else rnd.inputs[0]
         steps, relu = steps[relu + 1 :], None
+    if exact and (zero_point is not None or [op for op, _, _ in steps if op != "Relu"] not in _SAME_BITS):
+        if zero_point is not None:
+            return None
+        value, steps, relu = rnd.inputs[0], [], None  # only Round, Clip and Cast become one op
     # An integer constant added before the int -> float Cast at the top (lower_quantized's zero-point
     # term -z_x * column sums of W) joins the offset too: x is then the integer tensor before it.
     scale, offset, widen = np.float64(1), np.float64(0), None
     top = producers.get(value)
-    if top is not None and inner(value, "Cast") is not None:
+    if top is not None and not exact and inner(value, "Cast") is not None:
         added = inner(top.inputs[0], "Add")
         operand = _affine_operand(added, graph, out_shape, "iu") if added is not None else None
         if operand is not None and graph.values[value].dtype.kind == "f":

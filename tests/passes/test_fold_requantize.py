@@ -12,13 +12,23 @@ from onnx import TensorProto, helper, numpy_helper
 
 import lpuc
 from lpuc.ir.graph import LPUC_DOMAIN
+from lpuc.ir.verify import verify_graph
 from lpuc.kernels.registry import KernelContext, run_kernel
 from lpuc.ops import expression_alu_ops
 from lpuc.passes.fold_requantize import fold_requantize
-from tests.passes.helpers import imported, ops, rand, run_pass
+from lpuc.passes.pipeline import PassContext
+from lpuc.target import load_target
+from tests.passes.helpers import imported, ops, rand
 
 _N = helper.make_node
 ROWS, COLS = 64, 32
+
+
+def _folded(m: onnx.ModelProto, precision: str = "fp16"):
+    """The imported model after fold_requantize in a build of `precision`."""
+    graph = fold_requantize(imported(m), PassContext(load_target("tsp-v1"), precision))
+    verify_graph(graph)
+    return graph
 
 
 def _chain_model(nodes, inits: dict, out_type: int = TensorProto.INT8) -> onnx.ModelProto:
@@ -70,7 +80,7 @@ def _maps_alu_ops(program) -> list[int]:
 
 def test_requantize_chain_folds_into_one_multiply_add_a_max_and_a_saturating_cast():
     m = _requantize_model()
-    graph = run_pass(fold_requantize, imported(m))
+    graph = _folded(m)
     assert ops(graph) == ["Mul", "Add", "Max", "SaturatingCast"]
     mul, add, low, cast = graph.nodes
     assert cast.domain == LPUC_DOMAIN and cast.attrs["to"] == TensorProto.INT8
@@ -81,8 +91,8 @@ def test_requantize_chain_folds_into_one_multiply_add_a_max_and_a_saturating_cas
     np.testing.assert_allclose(const[add.inputs[1]], inits["bias"] * 37.0, rtol=1e-7)
     assert float(const[low.inputs[1]]) == 0.0
     # 8 ALU ops per element before (Clip is a Max and a Min), 4 after.
-    program = lpuc.compile(m, precision="fp32")
-    unfolded = lpuc.compile(m, precision="fp32", disable_passes=["fold_requantize"])
+    program = lpuc.compile(m, precision="fp16")
+    unfolded = lpuc.compile(m, precision="fp16", disable_passes=["fold_requantize"])
     assert _maps_alu_ops(program) == [4] and _maps_alu_ops(unfolded) == [8]
 
 
@@ -90,7 +100,7 @@ def test_folded_requantize_matches_onnxruntime_within_the_last_float_bit():
     """The folded multiply-add rounds once where the chain rounds three times: a value within a
     float32 ulp of a .5 tie may land on the neighbouring integer, nothing more."""
     m = _requantize_model()
-    program = lpuc.compile(m, precision="fp32")
+    program = lpuc.compile(m, precision="fp16")
     for seed in range(3):
         x = rand(ROWS, COLS, seed=seed) * 3
         got, want = program.run({"x": x})["q"], _onnxruntime(m, x)
@@ -98,6 +108,17 @@ def test_folded_requantize_matches_onnxruntime_within_the_last_float_bit():
         diff = np.abs(got.astype(np.int32) - want.astype(np.int32))
         assert diff.max() <= 1 and np.mean(diff == 0) >= 0.999, (diff.max(), np.mean(diff == 0))
         assert (want == 0).any() and (want == 127).any()  # the Relu and the clip both act
+
+
+def test_fp32_builds_fold_only_what_keeps_the_bits():
+    """fp32 promises onnxruntime's results: the scales are not composed there, only Round, Clip and
+    Cast become one SaturatingCast (the Relu stays), and the int8 result is onnxruntime's exactly."""
+    m = _requantize_model()
+    assert ops(_folded(m, "fp32")) == ["Mul", "Add", "Relu", "Mul", "Max", "SaturatingCast"]
+    program = lpuc.compile(m, precision="fp32")
+    for seed in range(3):
+        x = rand(ROWS, COLS, seed=seed) * 3
+        np.testing.assert_array_equal(program.run({"x": x})["q"], _onnxruntime(m, x))
 
 
 @pytest.mark.parametrize(
@@ -114,7 +135,7 @@ def test_input_quantize_folds_bit_exactly(low, folded):
         _N("Cast", ["c"], ["q"], to=TensorProto.INT8),
     ]
     m = _chain_model(nodes, {"inv": np.array(40.0, np.float32), **_bounds(low, 127)})
-    assert ops(run_pass(fold_requantize, imported(m))) == folded
+    assert ops(_folded(m, "fp32")) == folded  # the same bits: fp32 builds fold it too
     program = lpuc.compile(m, precision="fp32")
     x = rand(ROWS, COLS, seed=5)
     x[0, :8] = np.array([0.5, 1.5, 2.5, -0.5, -1.5, -2.5, 1000, -1000], np.float32) / 40  # ties, range
@@ -137,9 +158,9 @@ def test_a_relu_an_add_follows_stays_and_what_follows_it_folds():
     ]
     inits = {"c": np.array(-0.75, np.float32), "s": np.array(16.0, np.float32), **_bounds(-127, 127)}
     m = _chain_model(nodes, inits)
-    assert ops(run_pass(fold_requantize, imported(m))) == ["Relu", "Mul", "Add", "Max", "SaturatingCast"]
+    assert ops(_folded(m)) == ["Relu", "Mul", "Add", "Max", "SaturatingCast"]
     x = rand(ROWS, COLS, seed=6) * 4
-    np.testing.assert_array_equal(lpuc.compile(m, precision="fp32").run({"x": x})["q"], _onnxruntime(m, x))
+    np.testing.assert_array_equal(lpuc.compile(m, precision="fp16").run({"x": x})["q"], _onnxruntime(m, x))
 
 
 def test_chains_it_cannot_fold_stay():
@@ -152,10 +173,10 @@ def test_chains_it_cannot_fold_stay():
     ]
     inits = {"inv": np.array(40.0, np.float32)}
     fractional = _chain_model(nodes, {**inits, **_bounds(-126.5, 127)})
-    assert ops(run_pass(fold_requantize, imported(fractional))) == ["Mul", "Round", "Clip", "Cast"]
+    assert ops(_folded(fractional)) == ["Mul", "Round", "Clip", "Cast"]
     shared = _chain_model([*nodes, _N("Add", ["o", "o"], ["o2"])], {**inits, **_bounds(-127, 127)})
     shared.graph.output.append(helper.make_tensor_value_info("o2", TensorProto.FLOAT, [ROWS, COLS]))
-    assert ops(run_pass(fold_requantize, imported(shared)))[:4] == ["Mul", "Round", "Clip", "Cast"]
+    assert ops(_folded(shared))[:4] == ["Mul", "Round", "Clip", "Cast"]
 
 
 def test_saturating_cast_is_onnx_quantize_linear_with_unit_scale():
