@@ -234,6 +234,9 @@ ELEMENTWISE: dict[str, int] = {
     "Acosh": 6,
     "Atanh": 6,
 }
+# Elementwise ops the passes introduce. SaturatingCast (float -> integer, rounding half to even and
+# saturating to the type's range) is the VXM's one-op type conversion: what Round + Clip + Cast do.
+LPUC_ELEMENTWISE: dict[str, int] = {"SaturatingCast": 1}
 # Variadic elementwise ops (Sum, Max, ...) cost one ALU op per extra operand.
 VARIADIC = frozenset({"Sum", "Mean", "Max", "Min"})
 
@@ -243,7 +246,8 @@ def expression_alu_ops(steps: list[dict]) -> int:
     records them)."""
     total = 0
     for s in steps:
-        ops = ELEMENTWISE.get(s["op"], 1)
+        table = LPUC_ELEMENTWISE if s.get("domain") == LPUC_DOMAIN else ELEMENTWISE
+        ops = table.get(s["op"], 1)
         if s["op"] in VARIADIC:
             ops *= max(1, len(s["args"]) - 1)
         total += ops
@@ -271,6 +275,8 @@ def _add(
 
 for _op, _alu in ELEMENTWISE.items():
     _add("VXM", _op, passes=_alu, domain="ai.onnx.ml" if _op == "Binarizer" else "")
+for _op, _alu in LPUC_ELEMENTWISE.items():
+    _add("VXM", _op, passes=_alu, domain=LPUC_DOMAIN)
 _add("VXM", "Fused", domain=LPUC_DOMAIN)
 _add("VXM", "CastLike", passes=1, via="canonicalize_ops")
 
@@ -387,7 +393,11 @@ def placement(op: str, domain: str = "") -> Placement:
 
 
 def is_elementwise(op: str, domain: str = "") -> bool:
-    return (domain == "" and op in ELEMENTWISE) or (domain == "ai.onnx.ml" and op == "Binarizer")
+    return (
+        (domain == "" and op in ELEMENTWISE)
+        or (domain == LPUC_DOMAIN and op in LPUC_ELEMENTWISE)
+        or (domain == "ai.onnx.ml" and op == "Binarizer")
+    )
 
 
 def table() -> dict[tuple[str, str], Placement]:

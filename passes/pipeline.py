@@ -33,6 +33,7 @@ from lpuc.passes.eliminate_dead_code import eliminate_dead_code
 from lpuc.passes.eliminate_identity import eliminate_identity
 from lpuc.passes.fold_batchnorm import fold_batchnorm
 from lpuc.passes.fold_constants import fold_constants
+from lpuc.passes.fold_requantize import fold_requantize
 from lpuc.passes.fuse_elementwise import fuse_elementwise
 from lpuc.passes.fuse_gelu import fuse_gelu
 from lpuc.passes.fuse_layernorm import fuse_layernorm
@@ -106,6 +107,8 @@ PIPELINE: tuple[Pass, ...] = (
     # requantize maps with their neighbours.
     Pass("quantize_int8", quantize_int8),
     Pass("sink_reshapes", sink_reshapes),
+    # Once sink_reshapes has put each requantization chain together, before it is fused into a map.
+    Pass("fold_requantize", fold_requantize),
     Pass("fuse_elementwise", fuse_elementwise),
     Pass("legalize_broadcast", legalize_broadcast),
     Pass("fuse_softmax", fuse_softmax),

@@ -6,8 +6,10 @@ import numpy as np
 
 from lpuc.ir.graph import LPUC_DOMAIN
 from lpuc.kernels import windows
+from lpuc.kernels._common import onnx_dtype
 from lpuc.kernels.conv import im2col, scatter_transposed
 from lpuc.kernels.matmul import accumulated_matmul
+from lpuc.kernels.quantize import quantize_values
 from lpuc.kernels.registry import KernelContext, kernel, run_kernel
 from lpuc.kernels.softmax import softmax
 
@@ -32,6 +34,17 @@ def im2col_kernel(ctx: KernelContext, x: np.ndarray) -> np.ndarray:
         cols = (im2col(x.astype(np.int64) - pad_value, *geometry) + pad_value).astype(x.dtype)
     pack = int(ctx.attr("pack_rows", 1))  # `pack_rows` consecutive rows side by side (quantize_int8)
     return cols if pack == 1 else cols.reshape(cols.shape[0] // pack, cols.shape[1] * pack)
+
+
+@kernel("SaturatingCast", domain=LPUC_DOMAIN)
+def saturating_cast(ctx: KernelContext, x: np.ndarray) -> np.ndarray:
+    """Float to the integer type `to` (an ONNX TensorProto code) in one VXM op: round half to even,
+    saturate to the type's range, convert (what Round, Clip to the type's range and Cast compute;
+    passes/fold_requantize emits it)."""
+    to = np.dtype(onnx_dtype(int(ctx.attr("to")), "SaturatingCast"))
+    if to.kind not in "iu" or x.dtype.kind != "f":
+        raise ValueError(f"SaturatingCast: float to integer only, not {x.dtype} to {to}")
+    return quantize_values(x, None, to)
 
 
 @kernel("ConvTransposeScatter", domain=LPUC_DOMAIN)
