@@ -88,7 +88,7 @@ def lower_with(
         else:
             lower_stream(b, node, Placement("HOST"), "HOST", "host.kernel")
     tiled = b.finish()
-    return fuse_epilogues(tiled) if b.enabled("mxm_epilogues") else tiled
+    return fuse_epilogues(tiled, target) if b.enabled("mxm_epilogues") else tiled
 
 
 def host_resident_values(graph: Graph, where_ops: dict[str, str]) -> set[str]:

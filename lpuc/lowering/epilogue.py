@@ -20,7 +20,12 @@ A map fuses into the MM that writes one of its operand windows when:
 - the map streams one 32-bit word per value (no 64-bit passes), row for row with the MM;
 - the map's other operands are ready before the MM's weight group starts (their writers come
   earlier in program order), and nothing between the MM and the map touches the map's result:
-  the fused op takes the MM's place in program order, and its group is scheduled as a whole.
+  the fused op takes the MM's place in program order, and its group is scheduled as a whole;
+- fusing pays: the MM alone would write its result more slowly than its rows stream in (an int8
+  MM's int32 rows: 4 words per row through a slice's 2 banks), or the map is light enough that
+  every plane can stream an epilogue at once (ALU ops x planes <= the VXM's ALUs). A heavier map
+  on an MM that is not write-bound stays apart: fused, it would hold its ALUs for the MM's whole
+  duration and the planes would take turns for them (GPT-2's GELU: 11 ALUs of 16).
 Of several candidate MMs (a residual add of two convolutions) the latest legal one is taken.
 """
 
@@ -32,9 +37,10 @@ from dataclasses import replace
 
 from lpuc.dtypes import dtype_name, words_per_row
 from lpuc.ir.tiled import Ref, TiledProgram, TileOp
+from lpuc.target import Target
 
 
-def fuse_epilogues(tiled: TiledProgram) -> TiledProgram:
+def fuse_epilogues(tiled: TiledProgram, target: Target) -> TiledProgram:
     """The program with every map that can be fused into its producing MM fused (see module doc)."""
     ops = tiled.ops
     index = _AccessIndex(ops)
@@ -47,6 +53,8 @@ def fuse_epilogues(tiled: TiledProgram) -> TiledProgram:
         best = None
         for j, r in enumerate(m.reads):
             mm = fusable_producer(tiled, index, group_start, m, j, r)
+            if mm is not None and not _pays(tiled, target, mm, m):
+                mm = None
             if mm is not None and mm.id not in fused and (best is None or mm.id > best[0].id):
                 best = (mm, j)
         if best is not None:
@@ -94,6 +102,13 @@ def fusable_producer(
     if index.touched(m.writes[0], mm.id, m.id, writes_only=False):
         return None
     return mm
+
+
+def _pays(tiled: TiledProgram, target: Target, mm: TileOp, m: TileOp) -> bool:
+    """Whether fusing map m into mm is worth its ALUs (see module doc)."""
+    result_words = words_per_row(tiled.buffers[mm.writes[0].buf].dtype)
+    write_bound = result_words > target.mem_banks * target.mxm_mode(mm.attrs["precision"]).cycles_per_row
+    return write_bound or m.work.alu_ops * target.num_mxm <= target.vxm_alus
 
 
 def _fused_op(tiled: TiledProgram, mm: TileOp, m: TileOp, j: int) -> TileOp:
