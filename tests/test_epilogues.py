@@ -103,7 +103,7 @@ TOLERANCE = {"fp32": 1e-5, "fp16": 2e-2, "int8": 8e-2}
 def always_pays(monkeypatch):
     """Every legal fusion taken, whether or not it pays on this target (so that GELU epilogues run in
     fp32 and fp16 builds too, where mxm_epilogues leaves an 11-ALU map apart)."""
-    monkeypatch.setattr(epilogue, "_pays", lambda *args: True)
+    monkeypatch.setattr(epilogue, "pays", lambda *args: True)
 
 
 @pytest.mark.parametrize("precision", ["fp32", "fp16", "int8"])
@@ -304,3 +304,39 @@ def test_an_edited_epilogue_changes_the_output(models, fused_program):
     edited = dataclasses.replace(with_instruction(p, k, attrs=other))
     edited.validated = True  # the expression's ALU count still fits the work: run without checks
     assert not np.array_equal(edited.run(feeds, interpret=True)["y"], p.run(feeds)["y"])
+
+
+# -- map chains -------------------------------------------------------------------------------------
+def test_a_k_split_sum_and_the_map_after_it_are_one_pass(tmp_path):
+    """map_chains: the K-split sum of partial results (which no MM can take) and the bias+ReLU map
+    reading it become one map: Sum's steps, then bias+ReLU's; the sum's tile is never stored. The
+    output is bit-identical to the two maps apart, and the strategy is switchable."""
+
+    class _Tall(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = torch.nn.Linear(400, 16)
+
+        def forward(self, x):
+            return torch.relu(self.fc(x))
+
+    path = export(_Tall(), (torch.randn(300, 400),), tmp_path / "tall.onnx", output_names=["y"])
+    joined = lpuc.compile(path, precision="fp16")
+    apart = lpuc.compile(path, precision="fp16", disable_passes=["map_chains"])
+    (one,) = [i for i in joined.instructions if i.opcode == "vxm.map"]
+    assert [s["op"] for s in one.attrs["expr"]][0] == "Sum" and len(one.attrs["expr"]) > 1
+    maps = [i for i in apart.instructions if i.opcode == "vxm.map"]
+    assert len(maps) == 2 and one.work.alu_ops == sum(m.work.alu_ops for m in maps)
+    assert len(joined.tiles) < len(apart.tiles)
+    assert joined.summary["cycles"] < apart.summary["cycles"]
+    feeds = _feeds(path, (300, 400))
+    (want,) = ort_run(path, feeds)
+    got = joined.run(feeds)["y"]
+    np.testing.assert_array_equal(got, apart.run(feeds)["y"])
+    np.testing.assert_allclose(got, want, rtol=2e-2, atol=2e-2 * np.abs(want).max())
+
+
+def test_a_map_result_read_twice_is_not_joined(models):
+    """relu(h) and sigmoid(h) both read the MM's result: neither joins anything (nor fuses)."""
+    p = lpuc.compile(models["shared"], precision="fp16")
+    assert all(len(i.attrs["expr"]) == 1 for i in p.instructions if i.opcode == "vxm.map")

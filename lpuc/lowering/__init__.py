@@ -11,6 +11,7 @@ from lpuc.lowering.builder import TiledBuilder, view_of
 from lpuc.lowering.elementwise import lower_map
 from lpuc.lowering.epilogue import fuse_epilogues
 from lpuc.lowering.host_tables import tables_for_host
+from lpuc.lowering.map_chains import join_maps
 from lpuc.lowering.matmul import lower_matmul
 from lpuc.lowering.stream import lower_stream
 from lpuc.ops import Placement, is_elementwise, placement
@@ -24,6 +25,7 @@ STRATEGIES = {
     "fp16_storage": "fp16 builds store values that only feed the MXM (or copies of them) as fp16",
     "constant_replicas": "broadcast constants copied so parallel maps do not share a slice's ports",
     "mxm_epilogues": "a map of an MM's result fused into the MM: its rows stream through the VXM",
+    "map_chains": "a map of another map's (or a fused epilogue's) result joined to it: one VXM pass",
 }
 
 
@@ -88,7 +90,8 @@ def lower_with(
         else:
             lower_stream(b, node, Placement("HOST"), "HOST", "host.kernel")
     tiled = b.finish()
-    return fuse_epilogues(tiled, target) if b.enabled("mxm_epilogues") else tiled
+    tiled = fuse_epilogues(tiled, target) if b.enabled("mxm_epilogues") else tiled
+    return join_maps(tiled, target) if b.enabled("map_chains") else tiled
 
 
 def host_resident_values(graph: Graph, where_ops: dict[str, str]) -> set[str]:

@@ -43,8 +43,8 @@ from lpuc.target import Target
 def fuse_epilogues(tiled: TiledProgram, target: Target) -> TiledProgram:
     """The program with every map that can be fused into its producing MM fused (see module doc)."""
     ops = tiled.ops
-    index = _AccessIndex(ops)
-    group_start = _group_starts(ops)
+    index = AccessIndex(ops)
+    group_start = group_starts(ops)
     fused: dict[int, tuple[TileOp, int]] = {}  # mm id -> (map, read index of the MM's result)
     maps_done: set[int] = set()
     for m in ops:
@@ -53,7 +53,7 @@ def fuse_epilogues(tiled: TiledProgram, target: Target) -> TiledProgram:
         best = None
         for j, r in enumerate(m.reads):
             mm = fusable_producer(tiled, index, group_start, m, j, r)
-            if mm is not None and not _pays(tiled, target, mm, m):
+            if mm is not None and not pays(tiled, target, mm, m.work.alu_ops):
                 mm = None
             if mm is not None and mm.id not in fused and (best is None or mm.id > best[0].id):
                 best = (mm, j)
@@ -70,11 +70,11 @@ def fuse_epilogues(tiled: TiledProgram, target: Target) -> TiledProgram:
             m, j = fused[op.id]
             op = _fused_op(tiled, op, m, j)
         new_ops.append(replace(op, id=len(new_ops)))
-    return _without_unused_tiles(replace(tiled, ops=new_ops), {ops[i].writes[0].buf for i in fused})
+    return without_unused_tiles(replace(tiled, ops=new_ops), {ops[i].writes[0].buf for i in fused})
 
 
 def fusable_producer(
-    tiled: TiledProgram, index: _AccessIndex, group_start: dict[int, int], m: TileOp, j: int, r: Ref
+    tiled: TiledProgram, index: AccessIndex, group_start: dict[int, int], m: TileOp, j: int, r: Ref
 ) -> TileOp | None:
     """The MM whose result window `r` (read j of map m) m can be fused into, or None (see module doc)."""
     buf = tiled.buffers[r.buf]
@@ -104,11 +104,11 @@ def fusable_producer(
     return mm
 
 
-def _pays(tiled: TiledProgram, target: Target, mm: TileOp, m: TileOp) -> bool:
-    """Whether fusing map m into mm is worth its ALUs (see module doc)."""
-    result_words = words_per_row(tiled.buffers[mm.writes[0].buf].dtype)
+def pays(tiled: TiledProgram, target: Target, mm: TileOp, alu_ops: int) -> bool:
+    """Whether an epilogue of `alu_ops` ALU ops on `mm` is worth its ALUs (see module doc)."""
+    result_words = mm.work.relay_words or words_per_row(tiled.buffers[mm.writes[0].buf].dtype)
     write_bound = result_words > target.mem_banks * target.mxm_mode(mm.attrs["precision"]).cycles_per_row
-    return write_bound or m.work.alu_ops * target.num_mxm <= target.vxm_alus
+    return write_bound or alu_ops * target.num_mxm <= target.vxm_alus
 
 
 def _fused_op(tiled: TiledProgram, mm: TileOp, m: TileOp, j: int) -> TileOp:
@@ -126,7 +126,7 @@ def _fused_op(tiled: TiledProgram, mm: TileOp, m: TileOp, j: int) -> TileOp:
     )
 
 
-def _group_starts(ops: list[TileOp]) -> dict[int, int]:
+def group_starts(ops: list[TileOp]) -> dict[int, int]:
     """MM id -> id of the first op of its chain or weight group (scheduled as a whole with it)."""
     first: dict[tuple[str, int], int] = {}
     out = {}
@@ -138,7 +138,7 @@ def _group_starts(ops: list[TileOp]) -> dict[int, int]:
     return out
 
 
-class _AccessIndex:
+class AccessIndex:
     """Per tile, the ops that read and write it (in id order, with the window)."""
 
     def __init__(self, ops: list[TileOp]) -> None:
@@ -164,7 +164,7 @@ class _AccessIndex:
         return False
 
 
-def _without_unused_tiles(tiled: TiledProgram, candidates: set[int]) -> TiledProgram:
+def without_unused_tiles(tiled: TiledProgram, candidates: set[int]) -> TiledProgram:
     """Drop the result tiles of fused MMs (no op touches them any more), renumbering the others."""
     used = {r.buf for op in tiled.ops for r in (*op.reads, *op.writes)}
     dropped = {b for b in candidates if b not in used}
