@@ -340,3 +340,35 @@ def test_a_map_result_read_twice_is_not_joined(models):
     """relu(h) and sigmoid(h) both read the MM's result: neither joins anything (nor fuses)."""
     p = lpuc.compile(models["shared"], precision="fp16")
     assert all(len(i.attrs["expr"]) == 1 for i in p.instructions if i.opcode == "vxm.map")
+
+
+class _ExplicitGelu(torch.nn.Module):
+    """A bias add, then GELU spelled out in elementwise ops (fuse_gelu off: two maps in a row)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = torch.nn.Linear(64, 96)
+
+    def forward(self, x):
+        h = self.fc(x)
+        return 0.5 * h * (1.0 + torch.erf(h / 1.4142135623730951))
+
+
+def test_a_map_joins_an_mm_epilogue(tmp_path, always_pays):
+    """With fuse_gelu off the bias add fuses into the MM and the GELU pieces' map, which reads the
+    fused MM's result alone, joins its epilogue: one instruction per MM, bit-identical to the
+    program with both strategies off and within fp32 error of onnxruntime."""
+    path = export(_ExplicitGelu(), (torch.randn(200, 64),), tmp_path / "gelu.onnx", output_names=["y"])
+    joined = lpuc.compile(path, precision="fp32", disable_passes=["fuse_gelu"])
+    apart = lpuc.compile(path, precision="fp32", disable_passes=["fuse_gelu", *OFF, "map_chains"])
+    assert not any(i.opcode == "vxm.map" for i in joined.instructions)
+    (mm,) = _fused(joined)
+    assert [s["op"] for s in mm.attrs["epilogue"]["expr"]][:1] == ["Add"] and "Erf" in str(mm.attrs)
+    maps = [i for i in apart.instructions if i.opcode == "vxm.map"]
+    assert len(maps) == 2 and mm.work.alu_ops == sum(i.work.alu_ops for i in maps)
+    feeds = _feeds(path, (200, 64))
+    (want,) = ort_run(path, feeds)
+    got = joined.run(feeds)["y"]
+    np.testing.assert_array_equal(got, apart.run(feeds)["y"])
+    np.testing.assert_array_equal(got, joined.run(feeds, interpret=True)["y"])
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5 * np.abs(want).max())
