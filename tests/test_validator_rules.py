@@ -189,15 +189,15 @@ def test_missing_mem_port_and_stream_bookings(mlp_maps):
     ins = mlp_maps.instructions[k]
     no_ports = with_instruction(mlp_maps, k, units=tuple(u for u in ins.units if not u.startswith("MEM")))
     assert any("none of the ports of MEM slice" in p for p in refusals(no_ports))
-    no_streams = with_instruction(mlp_maps, k, units=tuple(u for u in ins.units if not u.startswith(("SE", "SW"))))
+    streamless = tuple(u for u in ins.units if not u.startswith(("SE", "SW")))
+    no_streams = with_instruction(mlp_maps, k, units=streamless)
     assert any("streams, books 0" in p for p in refusals(no_streams))
 
 
 def test_oversubscribed_mem_port(mlp_maps):
     """Two instructions holding the same bank port of a slice at the same time."""
-    a, b = [
-        i for i in mlp_maps.instructions if i.opcode == "vxm.map" and any(u.startswith("MEM") for u in i.units)
-    ][:2]
+    maps = [i for i in mlp_maps.instructions if i.opcode == "vxm.map"]
+    a, b = [i for i in maps if any(u.startswith("MEM") for u in i.units)][:2]
     port = next(u for u in a.units if u.startswith("MEM"))
     clash = with_instruction(mlp_maps, b.id, units=(*b.units, port), start=a.start)
     assert any(f"unit {port} double-booked" in p for p in refusals(clash))
