@@ -2,7 +2,7 @@
 
 Never from this schedule's own critical path (that is reported apart, by the summary):
 - mxm: multiply-accumulates / (planes x MACs per cycle at the op's precision)
-- vxm: element operations / (lanes x ALUs per lane)
+- vxm: element operations (of maps fused into MMs too) / (lanes x ALUs per lane)
 - sxm: vectors the model's own data-movement ops stream / SXM units, for those the graph passes keep
   (layout changes the compiler inserts are its choice, not the model's work; a model Transpose the
   passes cancel is not counted either, so this one is a bound on this compilation of the model)
@@ -53,7 +53,8 @@ def hardware_bounds(program: Program, facts: dict) -> dict[str, int]:
             mxm += ins.work.macs / target.mxm_mode(ins.attrs["precision"]).macs_per_cycle
         elif ins.opcode == "host.kernel":
             host += cost.host_cycles(target, ins.work)
-        elem_ops += ins.work.elem_ops if ins.opcode.startswith("vxm.") else 0
+        vxm_work = ins.opcode.startswith("vxm.") or cost.has_epilogue(ins.opcode, ins.work)
+        elem_ops += ins.work.elem_ops if vxm_work else 0
     once: dict[tuple[int, int], int] = {}  # identical constant tiles share a slot: count it once
     for t in program.tiles:
         if t.kind in ("const", "input", "output", "io"):
