@@ -8,13 +8,20 @@ of them: cheaper than a round trip through SRAM and a separate instruction on th
 
 The rule is anchored at a Softmax over the last axis whose input is an elementwise or Fused node of
 the same shape read by nothing else; the prologue's first operand must have that shape too (the row
-slabs are cut from it), the others must be one row of the last axis (a [B, 1, 1, S] padding mask) or
-a scalar. A second full-size operand (a causal [S, S] mask expanded over the heads) is refused: it
-would stream again in each of the softmax's passes, which costs more than the separate map reading it
-once. `match_softmaxes` returns the fusions and the candidates refused, with reasons.
+slabs are cut from it), the others must be one row of the last axis (a [B, 1, 1, S] padding mask), a
+scalar, or a constant causal mask: every [S, S] matrix of it holds one value on and above a diagonal
+and another below it (GPT-2's masked_fill with triu(ones, 1), an additive [S, S] or [1, 1, S, S]
+bias of 0 and -inf). The kernel generates such a mask from each row's and lane's position (two ALU
+ops per element and pass, lpuc.ops) instead of streaming it: the fusion keeps its two values (a
+2-element constant) and its diagonal (attr `triangles`: operand -> diagonal). Any other full-size
+operand (a [B, 1, S, S] mask computed at run time) is refused: it would stream again in each of the
+softmax's passes, which costs more than the separate map reading it once. `match_softmaxes` returns
+the fusions and the candidates refused, with reasons.
 """
 
 from __future__ import annotations
+
+import numpy as np
 
 from lpuc.ir.graph import LPUC_DOMAIN, Graph, Node
 from lpuc.kernels._common import normalize_axis
@@ -53,15 +60,49 @@ def _match(view: View, softmax: Node) -> Fusion | None:
     operands = [view.graph.values[i].shape if i else None for i in prologue.inputs]
     if not prologue.inputs or operands[0] != shape:
         raise Refused(f"the first operand of '{prologue.name}' is not shaped like the scores {shape}")
-    for name, operand in zip(prologue.inputs[1:], operands[1:]):
-        mode = None if operand is None else operand_mode(operand, shape)
-        if operand is not None and mode not in ("row", "scalar"):
+    inputs: list[str | np.ndarray] = list(prologue.inputs)
+    triangles: dict[str, int] = {}
+    for k, (name, operand) in enumerate(zip(prologue.inputs, operands)):
+        mode = None if operand is None or k == 0 else operand_mode(operand, shape)
+        if operand is None or k == 0 or mode in ("row", "scalar"):
+            continue
+        found = causal_mask(view.graph.values[name].const, shape) if view.graph.is_const(name) else None
+        if found is None:
             # A second full-size operand (a [.., S, S] mask) would stream again in every pass of the
             # softmax: more than the separate map costs (it reads it once).
-            raise Refused(f"operand '{name}' of '{prologue.name}' is not one row or a scalar")
+            raise Refused(f"operand '{name}' of '{prologue.name}' is not one row, a scalar or a causal mask")
+        triangles[str(k)], inputs[k] = found
     attrs = {"expr": node_steps(prologue, view.graph), "axis": -1}
+    if triangles:
+        attrs.update(triangles=triangles, matrix_rows=int(shape[-2]))
     names = (prologue.name, softmax.name)
-    return Fusion(RULE, names, softmax, "FusedSoftmax", prologue.inputs, attrs, 1, LPUC_DOMAIN)
+    return Fusion(RULE, names, softmax, "FusedSoftmax", tuple(inputs), attrs, 1, LPUC_DOMAIN)
+
+
+def causal_mask(value: np.ndarray, shape: tuple[int, ...]) -> tuple[int, np.ndarray] | None:
+    """(d, [on, off]) if `value`, broadcast to `shape`, is in every [S, S] matrix `on` where
+    column - row >= d and `off` elsewhere (with both present), else None."""
+    if len(shape) < 2 or value.dtype.kind not in "biuf":
+        return None
+    rows, cols = int(shape[-2]), int(shape[-1])
+    try:
+        matrices = np.broadcast_to(value, shape).reshape(-1, rows, cols)
+    except ValueError:
+        return None
+    m = matrices[0]
+    if rows < 2 or cols < 2 or (m.dtype.kind == "f" and np.isnan(m).any()):
+        return None
+    on, off = m[0, -1], m[-1, 0]  # above and below the diagonal
+    if on == off:
+        return None
+    offsets = np.arange(cols)[None, :] - np.arange(rows)[:, None]
+    is_on = m == on
+    if not (is_on | (m == off)).all() or not is_on.any() or is_on.all():
+        return None
+    diagonal = int(offsets[is_on].min())
+    if not np.array_equal(is_on, offsets >= diagonal) or not (matrices == m).all():
+        return None
+    return diagonal, np.array([on, off], dtype=value.dtype)
 
 
 def _is_map(node: Node) -> bool:

@@ -144,6 +144,8 @@ def _emit(
         node_attrs.update(windowed)
     elif slab is not None:
         node_attrs["axis"] = -1  # the kernel sees a 2-D [rows, cols] slab
+        if "triangles" in node_attrs:
+            node_attrs["row0"] = slab[0]  # where its generated causal mask starts
     attrs = {
         "kernel": node.op,
         "domain": node.domain,
