@@ -227,18 +227,17 @@ def ablate_bert(target: str) -> None:
 
 
 def _ablate(path: Path, target: str, title: str) -> None:
-    rows = []
+    print(title, flush=True)
+    full = 0
     for disabled in ((), *((name,) for name in TRANSFORMER_ABLATIONS)):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             program = lpuc.compile(path, target=target, precision="fp16", disable_passes=disabled)
-        rows.append((disabled, program.summary, _critical_share(program)))
+        s, share = program.summary, _critical_share(program)
         del program  # BERT-base programs are large: one at a time
-    full = rows[0][1]["cycles"]
-    print(title)
-    for disabled, s, share in rows:
+        full = full or s["cycles"]
         label = f"without {disabled[0]}" if disabled else "all passes"
-        print(
+        print(  # as each compile ends: BERT-base's take minutes
             f"  {label:<26}{s['cycles']:>10,} cycles ({s['cycles'] / full:.2f}x)"
             f"  ratio {s['bound_ratio']:>6.2f}"
             f"  critical path: SXM {share['SXM']:.1%}, VXM {share['VXM']:.1%}, MXM {share['MXM']:.1%}",
