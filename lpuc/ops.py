@@ -320,10 +320,18 @@ _LOG_SOFTMAX_ALU = _grouped_alu_ops(_normalized_axes, lambda node: 6, trees=2, p
 _LAYER_NORM_ALU = _grouped_alu_ops(_normalized_axes, lambda n: 6 + _has_input(2)(n), trees=2, per_group=6)
 _RMS_NORM_ALU = _grouped_alu_ops(_normalized_axes, lambda node: 4, trees=1, per_group=3)
 _add("VXM", "Softmax", rowwise=True, alu_ops=_SOFTMAX_ALU, input_reads=3)
-# Softmax of an elementwise prologue (fuse_softmax): the prologue's ops are recomputed in each read.
-_FUSED_SOFTMAX_ALU = _grouped_alu_ops(
-    _normalized_axes, lambda node: 7 + 3 * expression_alu_ops(node.attr("expr")), trees=2, per_group=2
-)
+# Softmax of an elementwise prologue (fuse_softmax): the prologue's ops are recomputed in each read,
+# and so is each causal mask it generates instead of reading (attr triangles): a row counter step and
+# a compare of the lanes' column index against it, two ops.
+_CAUSAL_MASK_OPS = 2
+
+
+def _fused_softmax_per_vector(node: Node) -> int:
+    prologue = expression_alu_ops(node.attr("expr")) + _CAUSAL_MASK_OPS * len(node.attr("triangles") or {})
+    return 7 + 3 * prologue
+
+
+_FUSED_SOFTMAX_ALU = _grouped_alu_ops(_normalized_axes, _fused_softmax_per_vector, trees=2, per_group=2)
 _add("VXM", "FusedSoftmax", rowwise=True, domain=LPUC_DOMAIN, alu_ops=_FUSED_SOFTMAX_ALU, input_reads=3)
 _add("VXM", "LogSoftmax", rowwise=True, alu_ops=_LOG_SOFTMAX_ALU, input_reads=3)
 _add("VXM", "Hardmax", passes=3, rowwise=True)

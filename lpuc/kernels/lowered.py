@@ -111,12 +111,26 @@ def evaluate_expression(steps: list[dict], operands: list[np.ndarray | None]) ->
 def fused_softmax(ctx: KernelContext, *operands: np.ndarray | None) -> np.ndarray:
     """Softmax over the last axis of an elementwise expression (attr expr; e.g. x * scale + mask).
 
-    Operand 0 has the result's shape; the others are that shape too, one row of the last axis, or a
-    scalar. The runtime may hand over a 2-D row slab of the shaped operands: rows keep their last
-    axis, so a row operand is applied as a vector along it."""
+    Operand 0 has the result's shape; the others are that shape too, one row of the last axis, a
+    scalar, or (attr triangles: operand -> diagonal d) a causal mask given as its two values [on, off]:
+    `on` where column - row >= d in each [S, S] matrix (S: attr `matrix_rows`), `off` below. The
+    runtime may hand over a 2-D row slab of the shaped operands starting at view row `row0`: rows keep
+    their last axis, so a row operand is applied as a vector along it."""
     rows = [o if o is None or o.ndim < 2 or o.size != o.shape[-1] else o.reshape(-1) for o in operands]
+    for k, diagonal in (ctx.attr("triangles") or {}).items():
+        rows[int(k)] = _causal_mask(operands[0].shape, ctx, int(diagonal), operands[int(k)])
     x = evaluate_expression(ctx.attr("expr"), rows)
     return softmax(np.asarray(x).reshape(operands[0].shape), -1)
+
+
+def _causal_mask(shape: tuple[int, ...], ctx: KernelContext, diagonal: int, values: np.ndarray) -> np.ndarray:
+    """The mask of FusedSoftmax's `triangles` for view rows row0.. of a [rows, cols] slab (or whole)."""
+    cols = int(shape[-1])
+    rows = int(np.prod(shape[:-1], dtype=np.int64))
+    matrix_rows = int(ctx.attr("matrix_rows", shape[-2] if len(shape) > 1 else 1))
+    row = (int(ctx.attr("row0", 0)) + np.arange(rows)) % matrix_rows
+    on = np.arange(cols)[None, :] - row[:, None] >= diagonal
+    return np.where(on, values[0], values[1]).reshape(shape)
 
 
 @kernel("HeadMatMul", domain=LPUC_DOMAIN)

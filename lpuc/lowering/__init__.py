@@ -13,6 +13,7 @@ from lpuc.lowering.epilogue import fuse_epilogues
 from lpuc.lowering.host_tables import tables_for_host
 from lpuc.lowering.map_chains import join_maps
 from lpuc.lowering.matmul import lower_matmul
+from lpuc.lowering.row_segments import segment_rows
 from lpuc.lowering.stream import lower_stream
 from lpuc.ops import Placement, is_elementwise, placement
 from lpuc.target import Target
@@ -24,6 +25,7 @@ STRATEGIES = {
     "row_slabs": "Im2Col and pooling cut into result row slabs (consumers start on the first)",
     "fp16_storage": "fp16 builds store values that only feed the MXM (or copies of them) as fp16",
     "constant_replicas": "broadcast constants copied so parallel maps do not share a slice's ports",
+    "row_segments": "row-wise kernels cut into short row segments (consumers start on the first)",
     "mxm_epilogues": "a map of an MM's result fused into the MM: its rows stream through the VXM",
     "map_chains": "a map of another map's (or a fused epilogue's) result joined to it: one VXM pass",
     # Applied when tiles are placed on slices (lpuc.schedule.placement), listed here to switch it off.
@@ -69,6 +71,7 @@ def lower_with(
         if precision == "fp16" and "fp16_storage" not in disabled
         else set(),
         disabled=disabled,
+        segment_rows=segment_rows(graph, where_ops, target) if "row_segments" not in disabled else None,
     )
     for name in graph.inputs:
         b.define(name)

@@ -35,6 +35,12 @@ def split_range(start: int, stop: int, *boundaries: Iterable[int] | int) -> list
     return list(zip(points[:-1], points[1:]))
 
 
+def default_block_rows(target: Target) -> int:
+    """Rows per tile. Square tiles keep MXM operands aligned with other tensors; a tile of the widest
+    dtype (8 bytes per lane) must also fit in one slice."""
+    return min(target.lanes, target.addresses_per_slice // words_per_row(np.dtype(np.int64)))
+
+
 class TiledBuilder:
     def __init__(
         self,
@@ -45,8 +51,11 @@ class TiledBuilder:
         host_tables: frozenset[str] = frozenset(),
         fp16_values: set[str] | None = None,
         disabled: frozenset[str] = frozenset(),
+        segment_rows: dict[str, int] | None = None,
     ):
         self.graph = graph
+        # Rows per tile of values cut shorter than block_rows (lpuc.lowering.row_segments).
+        self.segment_rows = segment_rows or {}
         self.disabled = disabled  # lowering strategies turned off (lpuc.lowering.STRATEGIES)
         self.host_resident = host_resident or set()
         # Constant lookup tables kept in host memory (they do not fit SRAM): one host buffer each.
@@ -55,9 +64,7 @@ class TiledBuilder:
         self.target = target
         self.precision = precision
         self.lanes = target.lanes
-        # Square tiles keep MXM operands aligned with other tensors; a tile of the widest dtype (8 bytes
-        # per lane) must also fit in one slice.
-        self.block_rows = min(target.lanes, target.addresses_per_slice // words_per_row(np.dtype(np.int64)))
+        self.block_rows = default_block_rows(target)
         self.buffers: list[Buffer] = []
         self.tensors: dict[str, TensorTiles] = {}
         self.ops: list[TileOp] = []
@@ -150,7 +157,8 @@ class TiledBuilder:
                 name, v.shape, np.dtype(v.dtype), rows, cols, self.block_rows, self.lanes, [[buf.id]]
             )
         else:
-            t = self.new_tensor(name, v.shape, np.float16 if name in self.fp16_values else v.dtype)
+            dtype = np.float16 if name in self.fp16_values else v.dtype
+            t = self.new_tensor(name, v.shape, dtype, block_rows=self.segment_rows.get(name))
         self.tensors[name] = t
         return t
 

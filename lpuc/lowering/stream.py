@@ -12,7 +12,7 @@ import numpy as np
 
 from lpuc.cost import Work
 from lpuc.dtypes import dtype_name
-from lpuc.ir.graph import Node
+from lpuc.ir.graph import Graph, Node
 from lpuc.ir.tiled import Ref, TensorTiles
 from lpuc.jsonable import to_json
 from lpuc.kernels._common import normalize_axis
@@ -26,13 +26,18 @@ _GATHERS = frozenset({"Gather", "GatherElements", "GatherND"})
 _SOFTMAX_FAMILY = frozenset({"Softmax", "LogSoftmax", "Hardmax"})
 
 
-def _operand(b: TiledBuilder, t: TensorTiles, first: int, rows: range | None) -> tuple[dict, list[Ref]]:
-    """Refs to the tiles of `t` (or of its row slab) and how they assemble into the kernel operand.
+def _operand(
+    b: TiledBuilder, t: TensorTiles, first: int, span: tuple[int, int] | None
+) -> tuple[dict, list[Ref]]:
+    """Refs to the tiles of `t` (or to the tile rows holding view rows [lo, hi) of it) and how they
+    assemble into the kernel operand.
 
     The runtime places each tile at its buffer's (r0 - row_offset, c0) in a [rows, cols] array and
     reshapes that to `shape` (a slab is handed over as a 2-D [slab_rows, cols] array).
     """
-    grid = t.grid if rows is None else t.grid[rows.start : rows.stop]
+    br = t.block_rows
+    tile_rows = range(len(t.grid)) if span is None else range(span[0] // br, -(-span[1] // br))
+    grid = t.grid[tile_rows.start : tile_rows.stop]
     refs = [b.whole(buf) for row in grid for buf in row]
     desc = {"dtype": dtype_name(t.dtype), "first": first, "count": len(refs)}
     if _is_host(b, t):
@@ -42,17 +47,18 @@ def _operand(b: TiledBuilder, t: TensorTiles, first: int, rows: range | None) ->
             "shape": None if t.shape is None else list(t.shape),
             "row_offset": 0,
         }, refs
-    if rows is None:
+    if span is None:
         return {**desc, "shape": list(t.shape), "row_offset": 0}, refs
-    row_offset = rows.start * t.block_rows
-    slab_rows = min(t.rows, rows.stop * t.block_rows) - row_offset
+    row_offset = tile_rows.start * t.block_rows
+    slab_rows = min(t.rows, tile_rows.stop * t.block_rows) - row_offset
     return {**desc, "shape": [slab_rows, t.cols], "row_offset": row_offset}, refs
 
 
-def is_rowwise(node: Node, b: TiledBuilder, placement: Placement) -> bool:
+def rowwise_last_axis(node: Node, graph: Graph, placement: Placement) -> bool:
+    """A row-wise op over the last axis: each result row depends on the same input row alone."""
     if not placement.rowwise or len([o for o in node.outputs if o]) != 1:
         return False
-    rank = len(b.graph.values[node.inputs[0]].shape)
+    rank = len(graph.values[node.inputs[0]].shape)
     default = 1 if node.op in _SOFTMAX_FAMILY and 0 < node.opset < 13 else -1
     return rank >= 1 and normalize_axis(int(node.attr("axis", default)), rank) == rank - 1
 
@@ -83,21 +89,43 @@ def lower_stream(b: TiledBuilder, node: Node, placement: Placement, unit_class: 
         for rb in range(len(y.grid)):
             r0, r1 = rb * y.block_rows, min(y.rows, (rb + 1) * y.block_rows)
             i0, i1 = input_rows(node.attrs, x.shape, r0, r1)
-            rows = range(i0 // x.block_rows, (i1 - 1) // x.block_rows + 1)
-            slab = {"out_rows": [r0, r1], "in_row0": rows.start * x.block_rows, "in_shape": list(x.shape)}
-            _emit(b, node, placement, unit_class, opcode, ins, outs, range(rb, rb + 1), rows, {"slab": slab})
-    elif unit_class != "HOST" and is_rowwise(node, b, placement):
-        for rb in range(len(outs[0].grid)):
-            _emit(b, node, placement, unit_class, opcode, ins, outs, range(rb, rb + 1))
+            in_span = (i0 // x.block_rows * x.block_rows, min(x.rows, -(-i1 // x.block_rows) * x.block_rows))
+            slab = {"out_rows": [r0, r1], "in_row0": in_span[0], "in_shape": list(x.shape)}
+            _emit(b, node, placement, unit_class, opcode, ins, outs, (r0, r1), in_span, {"slab": slab})
+    elif unit_class != "HOST" and rowwise_last_axis(node, b.graph, placement):
+        for slab in _common_slabs(ins[0], outs[0]):
+            _emit(b, node, placement, unit_class, opcode, ins, outs, slab)
     else:
         _emit(b, node, placement, unit_class, opcode, ins, outs, None)
 
 
+def _common_slabs(x: TensorTiles, y: TensorTiles) -> list[tuple[int, int]]:
+    """Row spans that start and end at tile edges of both `x` and `y` (one per tile row when row
+    segments gave them the same tiles): a kernel reads and writes whole tiles."""
+    x_edges = {min(x.rows, r * x.block_rows) for r in range(len(x.grid) + 1)}
+    slabs, start = [], 0
+    for rb in range(len(y.grid)):
+        end = min(y.rows, (rb + 1) * y.block_rows)
+        if end in x_edges:
+            slabs.append((start, end))
+            start = end
+    return slabs
+
+
 def _emit(
-    b, node, placement, unit_class, opcode, ins, outs, slab: range | None, in_slab=None, windowed=None
+    b,
+    node,
+    placement,
+    unit_class,
+    opcode,
+    ins,
+    outs,
+    slab: tuple[int, int] | None,
+    in_slab: tuple[int, int] | None = None,
+    windowed=None,
 ) -> None:
-    """One instruction: whole tensors, or the row slab `slab` of the results from the same slab of
-    the first input (row-wise ops) or from its slab `in_slab` (windowed ops, `windowed` attrs)."""
+    """One instruction: whole tensors, or the rows [lo, hi) `slab` of the results from the same rows
+    of the first input (row-wise ops) or from its rows `in_slab` (windowed ops, `windowed` attrs)."""
     reads: list[Ref] = []
     in_desc: list[dict | None] = []
     for k, t in enumerate(ins):
@@ -116,6 +144,8 @@ def _emit(
         node_attrs.update(windowed)
     elif slab is not None:
         node_attrs["axis"] = -1  # the kernel sees a 2-D [rows, cols] slab
+        if "triangles" in node_attrs:
+            node_attrs["row0"] = slab[0]  # where its generated causal mask starts
     attrs = {
         "kernel": node.op,
         "domain": node.domain,
