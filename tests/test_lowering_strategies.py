@@ -119,7 +119,7 @@ class _ConvPool(torch.nn.Module):
 @pytest.mark.parametrize("pool", ["max", "avg", "avg_pad"])
 def test_windowed_ops_in_row_slabs(tmp_path, pool):
     """Channels-last Im2Col and pooling of a 32x32 map: one instruction per 320-row result slab,
-    each reading only the input tiles its windows touch; same numbers as onnxruntime (fp32)."""
+    each reading only the input rows its windows touch; same numbers as onnxruntime (fp32)."""
     torch.manual_seed(0)
     path = export(
         _ConvPool(pool),
@@ -133,6 +133,18 @@ def test_windowed_ops_in_row_slabs(tmp_path, pool):
     assert len(slabs) >= 5  # the pooling and the second conv's Im2Col: 4 slabs each
     im2col = [i for i in slabs if i.attrs["kernel"] == "Im2Col"]
     assert len(im2col) == 4 and all(len(i.reads) < 4 for i in im2col), "a slab reads only the tiles it needs"
+    for ins in slabs:  # ... and of those tiles only the rows its windows touch (one lane tile: C <= 16)
+        r0, r1 = ins.attrs["attrs"]["slab"]["out_rows"]
+        pool = ins.attrs["kernel"] != "Im2Col"  # 3x3 stride 2 pad 1 on 64x64; conv2: dilation 2 pad 2
+        size, stride, pad, dilation = (64, 2, 1, 1) if pool else (32, 1, 2, 2)
+        rows = [
+            h * size + w
+            for oh, ow in (divmod(r, 32) for r in range(r0, r1))
+            for h in (oh * stride - pad + k * dilation for k in range(3))
+            for w in (ow * stride - pad + k * dilation for k in range(3))
+            if 0 <= h < size and 0 <= w < size
+        ]
+        assert sum(a.nrows for a in ins.reads) == max(rows) + 1 - min(rows) < size * size
     feeds = {"x": np.random.default_rng(4).normal(size=(1, 8, 64, 64)).astype(np.float32)}
     (want,) = ort_run(path, feeds)
     scale = float(np.abs(want).max())

@@ -16,8 +16,9 @@ from lpuc.ir.graph import Node
 from lpuc.ir.tiled import Ref, TensorTiles
 from lpuc.jsonable import to_json
 from lpuc.kernels._common import normalize_axis
-from lpuc.kernels.windows import input_rows
-from lpuc.lowering.builder import TiledBuilder
+from lpuc.lowering.builder import TiledBuilder, split_range
+from lpuc.lowering.windowed import Window as _Window
+from lpuc.lowering.windowed import window_slabs
 from lpuc.ops import Placement
 
 # Ops whose first input is addressed (gathered from), not streamed in full.
@@ -26,14 +27,28 @@ _GATHERS = frozenset({"Gather", "GatherElements", "GatherND"})
 _SOFTMAX_FAMILY = frozenset({"Softmax", "LogSoftmax", "Hardmax"})
 
 
-def _operand(b: TiledBuilder, t: TensorTiles, first: int, rows: range | None) -> tuple[dict, list[Ref]]:
-    """Refs to the tiles of `t` (or of its row slab) and how they assemble into the kernel operand.
+def _operand(
+    b: TiledBuilder, t: TensorTiles, first: int, rows: range | None, window: _Window | None = None
+) -> tuple[dict, list[Ref]]:
+    """Refs to the tiles of `t` (or of its row slab `rows`, or to the windows of `window`: view rows
+    [r0, r1) x cols [c0, c1)) and how they assemble into the kernel operand.
 
     The runtime places each tile at its buffer's (r0 - row_offset, c0) in a [rows, cols] array and
-    reshapes that to `shape` (a slab is handed over as a 2-D [slab_rows, cols] array).
+    reshapes that to `shape` (a slab is handed over as a 2-D [slab_rows, cols] array). A window's
+    refs declare only the rows and lanes the op uses: the cost model charges those, and the scheduler
+    orders the op after the writers of those rows only; the kernel ignores the rest of its tiles.
     """
-    grid = t.grid if rows is None else t.grid[rows.start : rows.stop]
-    refs = [b.whole(buf) for row in grid for buf in row]
+    if window is not None:
+        r0, r1, c0, c1 = window
+        rows = range(r0 // t.block_rows, (r1 - 1) // t.block_rows + 1)
+        refs = [
+            b.window(t, lo, hi, clo, chi)
+            for lo, hi in split_range(r0, r1, t.block_rows)
+            for clo, chi in split_range(c0, c1, t.lanes)
+        ]
+    else:
+        grid = t.grid if rows is None else t.grid[rows.start : rows.stop]
+        refs = [b.whole(buf) for row in grid for buf in row]
     desc = {"dtype": dtype_name(t.dtype), "first": first, "count": len(refs)}
     if _is_host(b, t):
         return {
@@ -73,19 +88,13 @@ def lower_stream(b: TiledBuilder, node: Node, placement: Placement, unit_class: 
     outs = [b.define(o) if o else None for o in node.outputs]
     if all(t is None or not t.tiles() for t in outs):
         return  # nothing to write: empty results
-    if (
-        unit_class != "HOST"
-        and b.enabled("row_slabs")
-        and is_windowed(node, placement)
-        and len(outs[0].grid) > 1
-    ):
-        x, y = ins[0], outs[0]
-        for rb in range(len(y.grid)):
-            r0, r1 = rb * y.block_rows, min(y.rows, (rb + 1) * y.block_rows)
-            i0, i1 = input_rows(node.attrs, x.shape, r0, r1)
-            rows = range(i0 // x.block_rows, (i1 - 1) // x.block_rows + 1)
-            slab = {"out_rows": [r0, r1], "in_row0": rows.start * x.block_rows, "in_shape": list(x.shape)}
-            _emit(b, node, placement, unit_class, opcode, ins, outs, range(rb, rb + 1), rows, {"slab": slab})
+    slabs = []
+    if unit_class != "HOST" and b.enabled("row_slabs") and is_windowed(node, placement):
+        slabs = list(window_slabs(node, ins[0], outs[0]))
+    if len(slabs) > 1:
+        for out_window, in_window, slab in slabs:
+            windows = (in_window, out_window)
+            _emit(b, node, placement, unit_class, opcode, ins, outs, None, windows, {"slab": slab})
     elif unit_class != "HOST" and is_rowwise(node, b, placement):
         for rb in range(len(outs[0].grid)):
             _emit(b, node, placement, unit_class, opcode, ins, outs, range(rb, rb + 1))
@@ -94,21 +103,26 @@ def lower_stream(b: TiledBuilder, node: Node, placement: Placement, unit_class: 
 
 
 def _emit(
-    b, node, placement, unit_class, opcode, ins, outs, slab: range | None, in_slab=None, windowed=None
+    b, node, placement, unit_class, opcode, ins, outs, slab: range | None, windows=None, windowed=None
 ) -> None:
-    """One instruction: whole tensors, or the row slab `slab` of the results from the same slab of
-    the first input (row-wise ops) or from its slab `in_slab` (windowed ops, `windowed` attrs)."""
+    """One instruction: whole tensors, the row slab `slab` of the results from the same slab of the
+    first input (row-wise ops), or (windowed ops, `windowed` attrs) the result window windows[1] from
+    the window windows[0] of the first input."""
+    in_window, out_window = windows or (None, None)
     reads: list[Ref] = []
     in_desc: list[dict | None] = []
     for k, t in enumerate(ins):
-        first_slab = in_slab if in_slab is not None else slab
-        desc, refs = (None, []) if t is None else _operand(b, t, len(reads), first_slab if k == 0 else None)
+        desc, refs = (
+            (None, [])
+            if t is None
+            else _operand(b, t, len(reads), slab if k == 0 else None, in_window if k == 0 else None)
+        )
         in_desc.append(desc)
         reads += refs
     writes: list[Ref] = []
     out_desc: list[dict | None] = []
     for t in outs:
-        desc, refs = (None, []) if t is None else _operand(b, t, len(writes), slab)
+        desc, refs = (None, []) if t is None else _operand(b, t, len(writes), slab, out_window)
         out_desc.append(desc)
         writes += refs
     node_attrs = dict(node.attrs)
