@@ -118,7 +118,7 @@ class _ConvPool(torch.nn.Module):
 
 @pytest.mark.parametrize("pool", ["max", "avg", "avg_pad"])
 def test_windowed_ops_in_row_slabs(tmp_path, pool):
-    """Channels-last Im2Col and pooling of a 32x32 map: one instruction per 320-row result slab,
+    """Channels-last Im2Col and pooling of a 32x32 map: one instruction per result tile row,
     each reading only the input rows its windows touch; same numbers as onnxruntime (fp32)."""
     torch.manual_seed(0)
     path = export(
@@ -130,9 +130,9 @@ def test_windowed_ops_in_row_slabs(tmp_path, pool):
     )
     program = lpuc.compile(path, precision="fp32")
     slabs = [i for i in program.instructions if i.attrs.get("attrs", {}).get("slab")]
-    assert len(slabs) >= 5  # the pooling and the second conv's Im2Col: 4 slabs each
-    im2col = [i for i in slabs if i.attrs["kernel"] == "Im2Col"]
-    assert len(im2col) == 4 and all(len(i.reads) < 4 for i in im2col), "a slab reads only the tiles it needs"
+    assert len(slabs) >= 5  # the pooling and the second conv's Im2Col: 5 slabs each
+    im2col = [i for i in slabs if i.attrs["kernel"] == "Im2Col"]  # 1024 rows: 5 tiles (short_tiles)
+    assert len(im2col) == 5 and all(len(i.reads) < 4 for i in im2col), "a slab reads only the tiles it needs"
     for ins in slabs:  # ... and of those tiles only the rows its windows touch (one lane tile: C <= 16)
         r0, r1 = ins.attrs["attrs"]["slab"]["out_rows"]
         pool = ins.attrs["kernel"] != "Im2Col"  # 3x3 stride 2 pad 1 on 64x64; conv2: dilation 2 pad 2
@@ -191,3 +191,33 @@ def test_fp16_storage_only_where_every_use_rounds(tmp_path):
 def test_every_strategy_can_be_disabled(mlp_onnx):
     for name in STRATEGIES:
         assert lpuc.compile(mlp_onnx, disable_passes=[name]).summary["options"]["disabled_passes"] == [name]
+
+
+class _Residual(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv1 = torch.nn.Conv2d(16, 16, 3, padding=1)
+        self.conv2 = torch.nn.Conv2d(16, 16, 3, padding=1)
+
+    def forward(self, x):
+        return torch.relu(self.conv2(torch.relu(self.conv1(x))) + x)
+
+
+def test_short_tiles_in_conv_nets(tmp_path):
+    """A 14x14 map (196 rows) is shorter than two tiles: in a conv net its tensors are cut into two
+    tiles of 98 rows, so the second conv's first Im2Col slab starts on the first half of the first
+    conv's result. Same numbers as onnxruntime and as the build without the strategy (fp32)."""
+    torch.manual_seed(0)
+    example = (torch.zeros(1, 16, 14, 14),)
+    path = export(_Residual(), example, tmp_path / "res.onnx", input_names=["x"], output_names=["y"])
+    program = lpuc.compile(path, precision="fp32")
+    assert {t.rows for t in program.tiles if "im2col" in t.tensor.lower()} == {98}
+    slabs = [i for i in program.instructions if i.attrs.get("attrs", {}).get("slab")]
+    assert len(slabs) == 2  # the second Im2Col (channels-last), two row slabs
+    feeds = {"x": np.random.default_rng(6).normal(size=(1, 16, 14, 14)).astype(np.float32)}
+    (want,) = ort_run(path, feeds)
+    got = program.run(feeds)["y"]
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5 * float(np.abs(want).max()))
+    whole = lpuc.compile(path, precision="fp32", disable_passes=["short_tiles"])
+    assert {t.rows for t in whole.tiles if "im2col" in t.tensor.lower()} == {196}
+    np.testing.assert_allclose(got, whole.run(feeds)["y"], rtol=1e-5, atol=1e-6 * float(np.abs(want).max()))
