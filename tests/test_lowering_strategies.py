@@ -130,10 +130,16 @@ def test_windowed_ops_in_row_slabs(tmp_path, pool):
     )
     program = lpuc.compile(path, precision="fp32")
     slabs = [i for i in program.instructions if i.attrs.get("attrs", {}).get("slab")]
-    assert len(slabs) >= 5  # the pooling and the second conv's Im2Col: 5 slabs each
-    im2col = [i for i in slabs if i.attrs["kernel"] == "Im2Col"]  # 1024 rows: 5 tiles (short_tiles)
+    assert len(slabs) >= 5  # the pooling and each conv's Im2Col
+    first = [i for i in slabs if i.attrs["attrs"]["slab"].get("channels_first")]
+    for ins in first:  # conv on the NCHW input (3x3, pad 1): per channel plane, the image rows it needs
+        r0, r1 = ins.attrs["attrs"]["slab"]["out_rows"]
+        image_rows = min(63, (r1 - 1) // 64 + 1) + 1 - max(0, r0 // 64 - 1)
+        assert sum(a.nrows for a in ins.reads) == 8 * image_rows
+    channels_last = [i for i in slabs if i not in first]
+    im2col = [i for i in channels_last if i.attrs["kernel"] == "Im2Col"]  # 1024 rows: 5 tiles (short_tiles)
     assert len(im2col) == 5 and all(len(i.reads) < 4 for i in im2col), "a slab reads only the tiles it needs"
-    for ins in slabs:  # ... and of those tiles only the rows its windows touch (one lane tile: C <= 16)
+    for ins in channels_last:  # ... and of those tiles only the rows its windows touch (C <= 16 lanes)
         r0, r1 = ins.attrs["attrs"]["slab"]["out_rows"]
         pool = ins.attrs["kernel"] != "Im2Col"  # 3x3 stride 2 pad 1 on 64x64; conv2: dilation 2 pad 2
         size, stride, pad, dilation = (64, 2, 1, 1) if pool else (32, 1, 2, 2)
@@ -213,7 +219,7 @@ def test_short_tiles_in_conv_nets(tmp_path):
     program = lpuc.compile(path, precision="fp32")
     assert {t.rows for t in program.tiles if "im2col" in t.tensor.lower()} == {98}
     slabs = [i for i in program.instructions if i.attrs.get("attrs", {}).get("slab")]
-    assert len(slabs) == 2  # the second Im2Col (channels-last), two row slabs
+    assert len(slabs) == 4  # two Im2Cols (the first reads the NCHW input), two row slabs each
     feeds = {"x": np.random.default_rng(6).normal(size=(1, 16, 14, 14)).astype(np.float32)}
     (want,) = ort_run(path, feeds)
     got = program.run(feeds)["y"]

@@ -28,21 +28,21 @@ _SOFTMAX_FAMILY = frozenset({"Softmax", "LogSoftmax", "Hardmax"})
 
 
 def _operand(
-    b: TiledBuilder, t: TensorTiles, first: int, rows: range | None, window: _Window | None = None
+    b: TiledBuilder, t: TensorTiles, first: int, rows: range | None, windows: list[_Window] | None = None
 ) -> tuple[dict, list[Ref]]:
-    """Refs to the tiles of `t` (or of its row slab `rows`, or to the windows of `window`: view rows
-    [r0, r1) x cols [c0, c1)) and how they assemble into the kernel operand.
+    """Refs to the tiles of `t` (or of its row slab `rows`, or to `windows`: view rows [r0, r1) x
+    cols [c0, c1) each) and how they assemble into the kernel operand.
 
     The runtime places each tile at its buffer's (r0 - row_offset, c0) in a [rows, cols] array and
-    reshapes that to `shape` (a slab is handed over as a 2-D [slab_rows, cols] array). A window's
-    refs declare only the rows and lanes the op uses: the cost model charges those, and the scheduler
+    reshapes that to `shape` (a slab is handed over as a 2-D [slab_rows, cols] array). Windows
+    declare only the rows and lanes the op uses: the cost model charges those, and the scheduler
     orders the op after the writers of those rows only; the kernel ignores the rest of its tiles.
     """
-    if window is not None:
-        r0, r1, c0, c1 = window
-        rows = range(r0 // t.block_rows, (r1 - 1) // t.block_rows + 1)
+    if windows:
+        rows = range(windows[0][0] // t.block_rows, (windows[-1][1] - 1) // t.block_rows + 1)
         refs = [
             b.window(t, lo, hi, clo, chi)
+            for r0, r1, c0, c1 in windows
             for lo, hi in split_range(r0, r1, t.block_rows)
             for clo, chi in split_range(c0, c1, t.lanes)
         ]
@@ -73,10 +73,9 @@ def is_rowwise(node: Node, b: TiledBuilder, placement: Placement) -> bool:
 
 
 def is_windowed(node: Node, placement: Placement) -> bool:
-    """A channels-last sliding window op that lowering can cut into result row slabs."""
+    """A sliding window op (an Im2Col, a channels-last pooling) that lowering can cut into result row
+    slabs."""
     if not placement.windowed or len([o for o in node.outputs if o]) != 1 or not node.attr("kernel_shape"):
-        return False
-    if node.op == "Im2Col" and (not node.attr("channels_last", 0) or int(node.attr("pack_rows", 1)) != 1):
         return False
     auto_pad = node.attr("auto_pad", "NOTSET")
     auto_pad = auto_pad.decode() if isinstance(auto_pad, bytes) else auto_pad
@@ -92,8 +91,8 @@ def lower_stream(b: TiledBuilder, node: Node, placement: Placement, unit_class: 
     if unit_class != "HOST" and b.enabled("row_slabs") and is_windowed(node, placement):
         slabs = list(window_slabs(node, ins[0], outs[0]))
     if len(slabs) > 1:
-        for out_window, in_window, slab in slabs:
-            windows = (in_window, out_window)
+        for out_window, in_windows, slab in slabs:
+            windows = (in_windows, [out_window])
             _emit(b, node, placement, unit_class, opcode, ins, outs, None, windows, {"slab": slab})
     elif unit_class != "HOST" and is_rowwise(node, b, placement):
         for rb in range(len(outs[0].grid)):
@@ -106,23 +105,23 @@ def _emit(
     b, node, placement, unit_class, opcode, ins, outs, slab: range | None, windows=None, windowed=None
 ) -> None:
     """One instruction: whole tensors, the row slab `slab` of the results from the same slab of the
-    first input (row-wise ops), or (windowed ops, `windowed` attrs) the result window windows[1] from
-    the window windows[0] of the first input."""
-    in_window, out_window = windows or (None, None)
+    first input (row-wise ops), or (windowed ops, `windowed` attrs) the result windows windows[1]
+    from the windows windows[0] of the first input."""
+    in_windows, out_windows = windows or (None, None)
     reads: list[Ref] = []
     in_desc: list[dict | None] = []
     for k, t in enumerate(ins):
         desc, refs = (
             (None, [])
             if t is None
-            else _operand(b, t, len(reads), slab if k == 0 else None, in_window if k == 0 else None)
+            else _operand(b, t, len(reads), slab if k == 0 else None, in_windows if k == 0 else None)
         )
         in_desc.append(desc)
         reads += refs
     writes: list[Ref] = []
     out_desc: list[dict | None] = []
     for t in outs:
-        desc, refs = (None, []) if t is None else _operand(b, t, len(writes), slab, out_window)
+        desc, refs = (None, []) if t is None else _operand(b, t, len(writes), slab, out_windows)
         out_desc.append(desc)
         writes += refs
     node_attrs = dict(node.attrs)
