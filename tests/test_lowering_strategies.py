@@ -227,3 +227,35 @@ def test_short_tiles_in_conv_nets(tmp_path):
     whole = lpuc.compile(path, precision="fp32", disable_passes=["short_tiles"])
     assert {t.rows for t in whole.tiles if "im2col" in t.tensor.lower()} == {196}
     np.testing.assert_allclose(got, whole.run(feeds)["y"], rtol=1e-5, atol=1e-6 * float(np.abs(want).max()))
+
+
+def test_reshape_that_regroups_rows_in_slabs(tmp_path):
+    """A Reshape that changes the [rows, cols] view ([700, 96] -> [1400, 48], as int8 packing and
+    unpacking do) is a row-major copy: one instruction per result tile row, each reading only the
+    input rows holding its values. Bit-identical to onnxruntime and to the build without row_slabs."""
+    nodes = [
+        helper.make_node("Reshape", ["x", "shape"], ["r"]),
+        helper.make_node("Neg", ["r"], ["y"]),
+    ]
+    shape = numpy_helper.from_array(np.array([1400, 48], dtype=np.int64), "shape")
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [700, 96])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1400, 48])],
+        [shape],
+    )
+    path = tmp_path / "regroup.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    program = lpuc.compile(path, precision="fp32", disable_passes=["sink_reshapes"])
+    slabs = [i for i in program.instructions if i.attrs.get("kernel") == "ReshapeRows"]
+    assert len(slabs) == 5  # 1400 rows: five tiles (no convolution: 320 rows each, the last 120)
+    for ins in slabs:
+        r0, r1 = ins.attrs["attrs"]["slab"]["out_rows"]
+        assert sum(a.nrows for a in ins.reads) == -(-r1 // 2) - r0 // 2  # two result rows per input row
+    feeds = {"x": np.random.default_rng(7).normal(size=(700, 96)).astype(np.float32)}
+    (want,) = ort_run(path, feeds)
+    np.testing.assert_array_equal(program.run(feeds)["y"], want)
+    whole = lpuc.compile(path, precision="fp32", disable_passes=["sink_reshapes", "row_slabs"])
+    assert not any(i.attrs.get("kernel") == "ReshapeRows" for i in whole.instructions)
+    np.testing.assert_array_equal(whole.run(feeds)["y"], want)

@@ -36,6 +36,16 @@ def im2col_kernel(ctx: KernelContext, x: np.ndarray) -> np.ndarray:
     return cols if pack == 1 else cols.reshape(cols.shape[0] // pack, cols.shape[1] * pack)
 
 
+@kernel("ReshapeRows", domain=LPUC_DOMAIN)
+def reshape_rows(ctx: KernelContext, x: np.ndarray) -> np.ndarray:
+    """Rows [r0, r1) of a row-major reshape to out_cols columns (attr slab), from the input's
+    [rows, cols] view x starting at its row in_row0 (lowering's slabs of a Reshape that regroups rows)."""
+    slab = ctx.attr("slab")
+    (r0, r1), cols = slab["out_rows"], int(slab["out_cols"])
+    start = r0 * cols - int(slab["in_row0"]) * x.shape[-1]
+    return x.reshape(-1)[start : start + (r1 - r0) * cols].reshape(r1 - r0, cols)
+
+
 @kernel("ConvTransposeScatter", domain=LPUC_DOMAIN)
 def conv_transpose_scatter(
     ctx: KernelContext, cols: np.ndarray, bias: np.ndarray | None = None

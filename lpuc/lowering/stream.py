@@ -12,13 +12,13 @@ import numpy as np
 
 from lpuc.cost import Work
 from lpuc.dtypes import dtype_name
-from lpuc.ir.graph import Node
+from lpuc.ir.graph import LPUC_DOMAIN, Node
 from lpuc.ir.tiled import Ref, TensorTiles
 from lpuc.jsonable import to_json
 from lpuc.kernels._common import normalize_axis
 from lpuc.lowering.builder import TiledBuilder, split_range
 from lpuc.lowering.windowed import Window as _Window
-from lpuc.lowering.windowed import window_slabs
+from lpuc.lowering.windowed import reshape_slabs, window_slabs
 from lpuc.ops import Placement
 
 # Ops whose first input is addressed (gathered from), not streamed in full.
@@ -87,13 +87,16 @@ def lower_stream(b: TiledBuilder, node: Node, placement: Placement, unit_class: 
     outs = [b.define(o) if o else None for o in node.outputs]
     if all(t is None or not t.tiles() for t in outs):
         return  # nothing to write: empty results
-    slabs = []
+    slabs, kernel = [], None
     if unit_class != "HOST" and b.enabled("row_slabs") and is_windowed(node, placement):
         slabs = list(window_slabs(node, ins[0], outs[0]))
+    elif unit_class != "HOST" and b.enabled("row_slabs") and placement.unit == "ALIAS" and outs[0].shape:
+        # A reshape that is not a view (it regroups rows): a row-major copy, slab by slab.
+        slabs, kernel = list(reshape_slabs(ins[0], outs[0])), ("ReshapeRows", LPUC_DOMAIN)
     if len(slabs) > 1:
-        for out_window, in_windows, slab in slabs:
-            windows = (in_windows, [out_window])
-            _emit(b, node, placement, unit_class, opcode, ins, outs, None, windows, {"slab": slab})
+        for out_window, in_windows, slab in slabs:  # slabs read only the data (not a target shape)
+            windows, attrs = (in_windows, [out_window]), {"slab": slab}
+            _emit(b, node, placement, unit_class, opcode, ins[:1], outs, None, windows, attrs, kernel)
     elif unit_class != "HOST" and is_rowwise(node, b, placement):
         for rb in range(len(outs[0].grid)):
             _emit(b, node, placement, unit_class, opcode, ins, outs, range(rb, rb + 1))
@@ -102,11 +105,22 @@ def lower_stream(b: TiledBuilder, node: Node, placement: Placement, unit_class: 
 
 
 def _emit(
-    b, node, placement, unit_class, opcode, ins, outs, slab: range | None, windows=None, windowed=None
+    b,
+    node,
+    placement,
+    unit_class,
+    opcode,
+    ins,
+    outs,
+    slab: range | None,
+    windows=None,
+    windowed=None,
+    kernel: tuple[str, str] | None = None,
 ) -> None:
     """One instruction: whole tensors, the row slab `slab` of the results from the same slab of the
     first input (row-wise ops), or (windowed ops, `windowed` attrs) the result windows windows[1]
-    from the windows windows[0] of the first input."""
+    from the windows windows[0] of the first input. `kernel`: (op, domain) of the kernel the runtime
+    applies when it is not the node's own."""
     in_windows, out_windows = windows or (None, None)
     reads: list[Ref] = []
     in_desc: list[dict | None] = []
@@ -129,9 +143,10 @@ def _emit(
         node_attrs.update(windowed)
     elif slab is not None:
         node_attrs["axis"] = -1  # the kernel sees a 2-D [rows, cols] slab
+    op, domain = kernel or (node.op, node.domain)
     attrs = {
-        "kernel": node.op,
-        "domain": node.domain,
+        "kernel": op,
+        "domain": domain,
         "opset": node.opset,
         "attrs": to_json(node_attrs),
         "inputs": in_desc,

@@ -38,3 +38,14 @@ def window_slabs(node: Node, x: TensorTiles, y: TensorTiles) -> Iterator[tuple[W
         if channels_first:
             slab["channels_first"] = True
         yield (r0, r1, 0, y.cols), [(i0, i1, 0, x.cols) for i0, i1 in ranges], slab
+
+
+def reshape_slabs(x: TensorTiles, y: TensorTiles) -> Iterator[tuple[Window, list[Window], dict]]:
+    """The same for a reshape that changes the [rows, cols] view (int8 packing: [R, p*C] <-> [R*p, C]):
+    a row-major copy, so result rows [r0, r1) are the input's flat values [r0 * y.cols, r1 * y.cols),
+    which lie in input rows [r0 * y.cols // x.cols, ceil(r1 * y.cols / x.cols))."""
+    for r0 in range(0, y.rows, y.block_rows):
+        r1 = min(y.rows, r0 + y.block_rows)
+        i0, i1 = r0 * y.cols // x.cols, -(-r1 * y.cols // x.cols)
+        slab = {"out_rows": [r0, r1], "in_row0": i0 // x.block_rows * x.block_rows, "out_cols": y.cols}
+        yield (r0, r1, 0, y.cols), [(i0, i1, 0, x.cols)], slab
