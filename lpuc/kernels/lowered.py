@@ -20,10 +20,13 @@ def im2col_kernel(ctx: KernelContext, x: np.ndarray) -> np.ndarray:
     With channels_last, x is [N, *spatial, C] (the columns keep the same order). `pad_value` (an
     integer x's zero point, default 0) fills the padding, so that the padding is zero once centered;
     `pack_rows` p returns [rows / p, p * cols] (row-major: p consecutive rows side by side). With a
-    slab attribute: channels-last result rows [r0, r1) from an input row slab (no packing)."""
+    slab attribute: result rows [r0, r1) (before packing) from an input row slab (the [rows, cols]
+    view of x from row in_row0; lpuc.kernels.windows)."""
+    pack = int(ctx.attr("pack_rows", 1))  # `pack_rows` consecutive rows side by side (quantize_int8)
     if ctx.attr("slab"):
         values = windows.gather(x, ctx.attrs, int(ctx.attr("pad_value", 0)))
-        return values.transpose(0, 2, 1).reshape(len(values), -1)
+        cols = values.transpose(0, 2, 1).reshape(len(values), -1)
+        return cols if pack == 1 else cols.reshape(cols.shape[0] // pack, cols.shape[1] * pack)
     if ctx.attr("channels_last", 0):
         x = np.moveaxis(x, -1, 1)
     geometry = (ctx.attr("kernel_shape"), ctx.attr("strides"), ctx.attr("pads"), ctx.attr("dilations"))
@@ -32,7 +35,6 @@ def im2col_kernel(ctx: KernelContext, x: np.ndarray) -> np.ndarray:
         cols = im2col(x, *geometry)
     else:  # shift so that the pad value is 0, pad with zeros, shift back (exact in int64)
         cols = (im2col(x.astype(np.int64) - pad_value, *geometry) + pad_value).astype(x.dtype)
-    pack = int(ctx.attr("pack_rows", 1))  # `pack_rows` consecutive rows side by side (quantize_int8)
     return cols if pack == 1 else cols.reshape(cols.shape[0] // pack, cols.shape[1] * pack)
 
 
@@ -45,6 +47,16 @@ def saturating_cast(ctx: KernelContext, x: np.ndarray) -> np.ndarray:
     if to.kind not in "iu" or x.dtype.kind != "f":
         raise ValueError(f"SaturatingCast: float to integer only, not {x.dtype} to {to}")
     return quantize_values(x, None, to)
+
+
+@kernel("ReshapeRows", domain=LPUC_DOMAIN)
+def reshape_rows(ctx: KernelContext, x: np.ndarray) -> np.ndarray:
+    """Rows [r0, r1) of a row-major reshape to out_cols columns (attr slab), from the input's
+    [rows, cols] view x starting at its row in_row0 (lowering's slabs of a Reshape that regroups rows)."""
+    slab = ctx.attr("slab")
+    (r0, r1), cols = slab["out_rows"], int(slab["out_cols"])
+    start = r0 * cols - int(slab["in_row0"]) * x.shape[-1]
+    return x.reshape(-1)[start : start + (r1 - r0) * cols].reshape(r1 - r0, cols)
 
 
 @kernel("ConvTransposeScatter", domain=LPUC_DOMAIN)
