@@ -1,8 +1,9 @@
 """Row segments (lpuc/lowering/row_segments.py): the values a row-wise VXM kernel reads and writes
 are cut into short tiles, so each segment is its own instruction and the consumers start on the first
 one. Checked: which values and sizes the rule picks, that a 128-token GPT still matches onnxruntime
-with its LayerNorms and softmaxes in segments (and maps reading other tilings window by window),
-and that the segments shorten the schedule of the same model."""
+with its LayerNorms and softmaxes in segments (and maps reading other tilings window by window).
+What the segments are worth in cycles is measured by the bench's ablation (BERT-base and GPT-2-shaped),
+not asserted here: it depends on how the weight loads they add balance against the earlier starts."""
 
 from __future__ import annotations
 
@@ -61,7 +62,3 @@ def test_gpt_in_segments_matches_onnxruntime(gpt128):
     assert _kernel_rows(program, "LayerNormalization") == [64] * 10
     assert _kernel_rows(program, "Softmax") == [320, 192] * 2
     assert _kernel_rows(whole, "LayerNormalization") == [128] * 5
-    # The segments start their consumers earlier (fp16: the schedule the MXM rate sets).
-    fast = lpuc.compile(gpt128, precision="fp16").summary["cycles"]
-    slow = lpuc.compile(gpt128, precision="fp16", disable_passes=["row_segments"]).summary["cycles"]
-    assert fast < slow
