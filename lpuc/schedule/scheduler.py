@@ -300,21 +300,28 @@ class _UnitState:
         the earliest start of each busy one."""
         timelines = self.timelines
         free: list[str] = []
+        end = t + d
         for u in names:  # stops at the first k units free at t: the common case
             line = timelines[u]
-            if t >= line.horizon or line.is_free(t, d):  # the first test saves a call
-                free.append(u)
-                if len(free) == k:
-                    return free, []
+            if t < line.horizon:  # Timeline.is_free, inline: the hottest test of a compile
+                starts = line.starts
+                i = bisect_right(starts, t)
+                if (i and line.ends[i - 1] > t) or (i < len(starts) and starts[i] < end):
+                    continue
+            free.append(u)
+            if len(free) == k:
+                return free, []
         return free, [e for u in names if (e := timelines[u].earliest(t, d)) != t]
 
     def _reserve(self, start: int, held: tuple[tuple[str, int], ...]) -> None:
+        timelines = self.timelines
         for u, d in held:
-            self.timelines[u].reserve(start, d)
+            timelines[u].reserve(start, d)
 
     def _release(self, start: int, held: tuple[tuple[str, int], ...]) -> None:
+        timelines = self.timelines
         for u, d in held:
-            self.timelines[u].release(start, d)
+            timelines[u].release(start, d)
 
     # -- placing ops --------------------------------------------------------------------------------
     def place(self, op: TileOp, ready: int) -> Slot:
