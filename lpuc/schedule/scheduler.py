@@ -293,7 +293,7 @@ class _UnitState:
                 passed = 0
                 continue  # the same pool again at the new t
             i = (i + 1) % len(pools)
-        return t, tuple((u, d) for (_, _, d), units in zip(pools, chosen) for u in units)
+        return t, tuple([(u, d) for (_, _, d), units in zip(pools, chosen) for u in units])
 
     def _free_units(self, names: Sequence[str], k: int, t: int, d: int) -> tuple[list[str], list[int]]:
         """The first k of `names` free for [t, t + d), or all the free ones and, when fewer than k are,
