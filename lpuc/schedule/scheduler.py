@@ -350,18 +350,24 @@ class _UnitState:
         first = {p: self._first_mm_bound(p, groups[0][0], preds, slots) for p in self._planes}
         bound = {p: first[p] + tails[p][0] if tails[p] else 0 for p in self._planes}
         best = None
+        booked: list[tuple[Slot, tuple]] = []  # the latest plan, still reserved
         for p in sorted(self._planes, key=lambda p: (bound[p], p)):
             if best is not None and (bound[p], p) > best[0]:
                 break  # neither can any plane after it
-            plan, state = self._plan_groups(p, groups, preds, slots, tails[p], best and best[0])
-            for slot, held in plan:  # tried, not taken (yet)
+            for slot, held in booked:  # tried, not taken (yet)
                 self._release(slot.start, held)
+            plan, state = self._plan_groups(p, groups, preds, slots, tails[p], best and best[0])
+            booked = plan
             if state is not None and (best is None or (plan[-1][0].end, p) < best[0]):
                 best = ((plan[-1][0].end, p), plan, state)
         (_, p), plan, state = best
-        for op, (slot, held) in zip(item, plan):
+        if booked is not plan:  # else the winner, planned last, is reserved already
+            for slot, held in booked:
+                self._release(slot.start, held)
+            for slot, held in plan:
+                self._reserve(slot.start, held)
+        for op, (slot, _) in zip(item, plan):
             slots[op.id] = slot
-            self._reserve(slot.start, held)
         self.lw_free[p], self.plane_free[p], self.installed_at[p] = state
 
     def _tails(self, p: int, mms: list[TileOp]) -> list[int]:
@@ -398,9 +404,11 @@ class _UnitState:
             options = []
             for one_port in (False, True):
                 d, _, pools = self._request(lw, lw_unit, one_port)
+                if options and (ready + d > options[0][0] or pools == options[0][4]):
+                    break  # the slower load cannot finish first, or books the same: not worth a fit
                 start, held = self._fit(pools, ready)
-                options.append((start + d, start, d, held))
-            _, start, d, held = min(options, key=lambda o: o[:2])
+                options.append((start + d, start, d, held, pools))
+            _, start, d, held, _ = min(options, key=lambda o: o[:2])
             plan.append((Slot(_names(held), start, d), held))
             self._reserve(start, held)  # later ops of the item overlap it in time
             lw_free = start + d
