@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import gc
 import os
 import time
 from collections.abc import Iterable, Iterator, Mapping
@@ -91,7 +92,7 @@ def compile(  # noqa: A001 - the natural name for a compiler's entry point
         tiled = lower(
             graph, tgt, precision, host_fallback=host_fallback, where=where, disabled=pass_ctx.disabled
         )
-    with timed_stage(stages, "schedule"):
+    with timed_stage(stages, "schedule"), _no_cycle_collection():
         options = {
             "precision": precision,
             "host_fallback": host_fallback,
@@ -100,7 +101,7 @@ def compile(  # noqa: A001 - the natural name for a compiler's entry point
         if calibration is not None:
             options["calibration"] = describe_calibration(calibration, graph)
         program = _build_fitting(graph, tiled, tgt, where, options, model_nodes)
-    with timed_stage(stages, "validate"):
+    with timed_stage(stages, "validate"), _no_cycle_collection():
         program.validate()
     if dump_dir is not None:
         from lpuc.backends.text import program_text
@@ -145,6 +146,21 @@ def _build_fitting(
                 raise
             host_fallback, disabled = options["host_fallback"], frozenset(options["disabled_passes"])
             tiled = lower_with(graph, target, tiled.precision, host_fallback, where, tables, disabled)
+
+
+@contextlib.contextmanager
+def _no_cycle_collection() -> Iterator[None]:
+    """Scheduling and validation allocate millions of small tuples that die young, and each of
+    Python's full cycle collections walks every object of the compile (the graph, the tiles): without
+    them these stages take about a quarter less time. Reference counting still frees what they drop;
+    cycles left over are collected once the block ends."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
 
 
 @contextlib.contextmanager

@@ -132,11 +132,19 @@ _MISSING = object()
 T = TypeVar("T")
 
 
+# Argument types that are keys as they are; checked by class first, as an isinstance test against the
+# Mapping ABC is slow and the scheduler asks millions of questions.
+_KEYS_AS_IS = frozenset({str, int, bool, tuple, type(None), Work})
+
+
 def _hashable(arg: Any) -> Any:
     """An argument as part of a memo key: lists as tuples, mappings (ports per slice) as item tuples."""
-    if arg.__class__ is list:
+    cls = arg.__class__
+    if cls in _KEYS_AS_IS:
+        return arg
+    if cls is list:
         return tuple(arg)
-    if isinstance(arg, Mapping):
+    if cls is dict or isinstance(arg, Mapping):
         return tuple(sorted(arg.items()))
     return arg
 

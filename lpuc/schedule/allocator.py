@@ -123,11 +123,12 @@ def _place_slice(reqs: list[tuple[int, int, Lifetime]], capacity: int) -> tuple[
 def _lowest_gap(lo: np.ndarray, hi: np.ndarray, live: np.ndarray, words: int) -> int:
     """First fit: the lowest address from which `words` words clear every live [lo, hi) range.
 
-    Walking the live ranges in (lo, hi) order, the candidate address before range i is the highest
-    end among ranges 0..i-1 (or 0); the answer is the candidate before the first range it fits below,
-    or after the last range."""
+    Walking the live ranges in lo order, the candidate address before range i is the highest end
+    among ranges 0..i-1 (or 0); the answer is the candidate before the first range it fits below, or
+    after the last range. (The order among ranges with one lo does not change the answer: a range of
+    the group fits below only the candidate the group starts with.)"""
     lo, hi = lo[live], hi[live]
-    order = np.lexsort((hi, lo))
+    order = np.argsort(lo, kind="stable")
     lo, hi = lo[order], hi[order]
     candidate = np.maximum.accumulate(np.concatenate(([0], hi)))
     fits = np.flatnonzero(candidate[:-1] + words <= lo)

@@ -52,9 +52,10 @@ def build_program(
     spread = "spread_accesses" not in (options or {}).get("disabled_passes", ())
     preds = dependencies(tiled)
     rank = upward_ranks(tiled, preds, target)  # the same for every placement round
+    requests: dict = {}  # and so are most ops' needs (the scheduler's cache)
     for _ in range(MAX_PLACEMENT_ROUNDS):
         slice_of = place_tiles(tiled, target, pinned, packing, spread_accesses=spread)
-        sched = schedule(tiled, target, slice_of, preds, rank)
+        sched = schedule(tiled, target, slice_of, preds, rank, requests)
         alloc = allocate(tiled, sched, slice_of, target.addresses_per_slice, packing)
         if not alloc.failures:
             break

@@ -121,9 +121,11 @@ def schedule(
     slice_of: Mapping[int, int],
     preds: list[set[int]] | None = None,
     rank: list[int] | None = None,
+    requests: dict | None = None,
 ) -> Schedule:
     """`preds` (lpuc.schedule.dependencies) and `rank` (upward_ranks) depend on the program only: a
-    caller that schedules one program several times may compute them once and pass them."""
+    caller that schedules one program several times may compute them once and pass them, and the
+    same dict as `requests` (what ops need, by what the answer depends on) to each schedule."""
     ops = program.ops
     preds = dependencies(program) if preds is None else preds
     # A scheduling item is an accumulation chain, a weight group, or a single op; chains and groups
@@ -149,7 +151,7 @@ def schedule(
     ]
     heapq.heapify(heap)
 
-    state = _UnitState(target, program, slice_of)
+    state = _UnitState(target, program, slice_of, requests)
     slots: list[Slot | None] = [None] * len(ops)
     while heap:
         _, _, item = heapq.heappop(heap)
@@ -193,7 +195,9 @@ def upward_ranks(program: TiledProgram, preds: list[set[int]], target: Target) -
 
 
 class _UnitState:
-    def __init__(self, target: Target, program: TiledProgram, slice_of: Mapping[int, int]):
+    def __init__(
+        self, target: Target, program: TiledProgram, slice_of: Mapping[int, int], requests: dict | None = None
+    ):
         self.target = target
         self.program = program
         self.slice_of = slice_of
@@ -206,23 +210,46 @@ class _UnitState:
         self.plane_free = [0] * n
         self.lw_free = [0] * n
         self.installed_at = [-target.iw_cycles] * n
-        self._stream_cache: dict[int, tuple[list[Stream], list[Stream]]] = {}
+        self._planes = range(n)
+        self._stream_cache: dict[int, tuple[tuple[Stream, ...], tuple[Stream, ...]]] = {}
+        # _request's answers by what they depend on: ops of repeated layers ask the same questions,
+        # and so does each placement round of one program.
+        self._request_cache: dict[tuple, tuple[int, int, list[Pool]]] = {} if requests is None else requests
 
     # -- what an op needs -------------------------------------------------------------------------
-    def _streams(self, op: TileOp) -> tuple[list[Stream], list[Stream]]:
+    def _streams(self, op: TileOp) -> tuple[tuple[Stream, ...], tuple[Stream, ...]]:
         # Asked once per plane an MXM op is tried on; the slices do not change while scheduling.
         found = self._stream_cache.get(op.id)
         if found is None:
-            found = self._stream_cache[op.id] = op_streams(self.program, op, self.slice_of)
+            reads, writes = op_streams(self.program, op, self.slice_of)
+            found = self._stream_cache[op.id] = (tuple(reads), tuple(writes))
         return found
 
     def _request(self, op: TileOp, unit: str, one_port: bool = False) -> tuple[int, int, list[Pool]]:
         """Duration and occupancy of `op` on `unit`, and the resource pools it books (one_port: a
-        single port on each slice, streaming more slowly, rather than what its rate could use)."""
+        single port on each slice, streaming more slowly, rather than what its rate could use).
+        The pools are shared between the ops that ask the same question: do not modify them."""
         reads, writes = self._streams(op)
-        work, opcode = op.work, op.opcode
         precision = op.attrs.get("precision", self.program.precision)
         install = bool(op.attrs.get("install"))
+        # Everything the answer depends on (keep in step with _answer).
+        key = (op.opcode, unit, op.work, reads, writes, precision, install, one_port)
+        found = self._request_cache.get(key)
+        if found is None:
+            found = self._request_cache[key] = self._answer(*key)
+        return found
+
+    def _answer(
+        self,
+        opcode: str,
+        unit: str,
+        work: cost.Work,
+        reads: tuple[Stream, ...],
+        writes: tuple[Stream, ...],
+        precision: str,
+        install: bool,
+        one_port: bool,
+    ) -> tuple[int, int, list[Pool]]:
         n_unit = cost.unit_cycles(self.target, opcode, work, precision)
         ports = cost.port_needs(self.target, opcode, [*reads, *writes], n_unit)
         if one_port:
@@ -268,27 +295,35 @@ class _UnitState:
                 passed = 0
                 continue  # the same pool again at the new t
             i = (i + 1) % len(pools)
-        return t, tuple((u, d) for (_, _, d), units in zip(pools, chosen) for u in units)
+        return t, tuple([(u, d) for (_, _, d), units in zip(pools, chosen) for u in units])
 
     def _free_units(self, names: Sequence[str], k: int, t: int, d: int) -> tuple[list[str], list[int]]:
         """The first k of `names` free for [t, t + d), or all the free ones and, when fewer than k are,
         the earliest start of each busy one."""
         timelines = self.timelines
         free: list[str] = []
+        end = t + d
         for u in names:  # stops at the first k units free at t: the common case
-            if timelines[u].is_free(t, d):
-                free.append(u)
-                if len(free) == k:
-                    return free, []
+            line = timelines[u]
+            if t < line.horizon:  # Timeline.is_free, inline: the hottest test of a compile
+                starts = line.starts
+                i = bisect_right(starts, t)
+                if (i and line.ends[i - 1] > t) or (i < len(starts) and starts[i] < end):
+                    continue
+            free.append(u)
+            if len(free) == k:
+                return free, []
         return free, [e for u in names if (e := timelines[u].earliest(t, d)) != t]
 
     def _reserve(self, start: int, held: tuple[tuple[str, int], ...]) -> None:
+        timelines = self.timelines
         for u, d in held:
-            self.timelines[u].reserve(start, d)
+            timelines[u].reserve(start, d)
 
     def _release(self, start: int, held: tuple[tuple[str, int], ...]) -> None:
+        timelines = self.timelines
         for u, d in held:
-            self.timelines[u].release(start, d)
+            timelines[u].release(start, d)
 
     # -- placing ops --------------------------------------------------------------------------------
     def place(self, op: TileOp, ready: int) -> Slot:
@@ -309,35 +344,73 @@ class _UnitState:
             if op.opcode == "mxm.lw":
                 groups.append([])
             groups[-1].append(op)
+        # The plan that ends first wins, the lowest plane on a tie. Planes are tried from the one that
+        # could end soonest, and a plane is given up once it can no longer win (lower bounds below):
+        # the same plan wins as if every plane were planned in full, with fewer plans made.
+        mms = [op for op in item if op.opcode == "mxm.mm"]
+        tails = {p: self._tails(p, mms) if mms and item[-1] is mms[-1] else None for p in self._planes}
+        first = {p: self._first_mm_bound(p, groups[0][0], preds, slots) for p in self._planes}
+        bound = {p: first[p] + tails[p][0] if tails[p] else 0 for p in self._planes}
         best = None
-        for p in range(len(self.plane_free)):
-            plan, state = self._plan_groups(p, groups, preds, slots)
-            for slot, held in plan:  # tried, not taken (yet)
+        booked: list[tuple[Slot, tuple]] = []  # the latest plan, still reserved
+        for p in sorted(self._planes, key=lambda p: (bound[p], p)):
+            if best is not None and (bound[p], p) > best[0]:
+                break  # neither can any plane after it
+            for slot, held in booked:  # tried, not taken (yet)
                 self._release(slot.start, held)
-            if best is None or plan[-1][0].end < best[1][-1][0].end:
-                best = (p, plan, state)
-        p, plan, state = best
-        for op, (slot, held) in zip(item, plan):
+            plan, state = self._plan_groups(p, groups, preds, slots, tails[p], best and best[0])
+            booked = plan
+            if state is not None and (best is None or (plan[-1][0].end, p) < best[0]):
+                best = ((plan[-1][0].end, p), plan, state)
+        (_, p), plan, state = best
+        if booked is not plan:  # else the winner, planned last, is reserved already
+            for slot, held in booked:
+                self._release(slot.start, held)
+            for slot, held in plan:
+                self._reserve(slot.start, held)
+        for op, (slot, _) in zip(item, plan):
             slots[op.id] = slot
-            self._reserve(slot.start, held)
         self.lw_free[p], self.plane_free[p], self.installed_at[p] = state
 
-    def _plan_groups(self, p, groups, preds, slots) -> tuple[list[tuple[Slot, tuple]], tuple[int, int, int]]:
+    def _tails(self, p: int, mms: list[TileOp]) -> list[int]:
+        """Per MM of an item on plane p: cycles from its start to the end of the item's last MM at
+        the least (each MM starts once the plane has taken in the previous one's rows)."""
+        busy = [self._request(mm, f"MXM{p}")[1] for mm in mms]
+        tail = [self._request(mms[-1], f"MXM{p}")[0]]
+        for b in reversed(busy[:-1]):
+            tail.append(tail[-1] + b)
+        return tail[::-1]
+
+    def _first_mm_bound(self, p: int, lw: TileOp, preds, slots: list[Slot | None]) -> int:
+        """The earliest an item's first MM could start on plane p: after its plane is free and its
+        weights are loaded at the faster of the two rates _plan_groups tries."""
+        installed = self.installed_at[p] + self.target.iw_cycles
+        ready = max(_ready(lw.id, preds, slots), self.lw_free[p], installed)
+        load = min(self._request(lw, f"MXM{p}.LW", one_port)[0] for one_port in (False, True))
+        return max(self.plane_free[p], ready + load)
+
+    def _plan_groups(
+        self, p, groups, preds, slots, tail: list[int] | None = None, beat: tuple[int, int] | None = None
+    ) -> tuple[list[tuple[Slot, tuple]], tuple[int, int, int] | None]:
         """The groups on plane p, in order: each LW fills the shadow buffer once the previous group
         installed its weights; its MMs follow once the weights are loaded, each as soon as the plane
-        has taken in the previous one's rows. Reserves what it plans (the caller releases it)."""
+        has taken in the previous one's rows. Reserves what it plans (the caller releases it).
+        Gives up (state None) once the plan cannot end before `beat` (end, plane), by `tail` (_tails)."""
         lw_unit, mm_unit = f"MXM{p}.LW", f"MXM{p}"
         lw_free, plane_free, installed_at = self.lw_free[p], self.plane_free[p], self.installed_at[p]
         plan = []
+        j = 0  # the item's MMs planned so far
         for lw, *mms in groups:
             ready = max(_ready(lw.id, preds, slots), lw_free, installed_at + self.target.iw_cycles)
             # A load at full rate, or at one port per slice if that finishes first (ports are taken).
             options = []
             for one_port in (False, True):
                 d, _, pools = self._request(lw, lw_unit, one_port)
+                if options and (ready + d > options[0][0] or pools == options[0][4]):
+                    break  # the slower load cannot finish first, or books the same: not worth a fit
                 start, held = self._fit(pools, ready)
-                options.append((start + d, start, d, held))
-            _, start, d, held = min(options, key=lambda o: o[:2])
+                options.append((start + d, start, d, held, pools))
+            _, start, d, held, _ = min(options, key=lambda o: o[:2])
             plan.append((Slot(_names(held), start, d), held))
             self._reserve(start, held)  # later ops of the item overlap it in time
             lw_free = start + d
@@ -347,6 +420,9 @@ class _UnitState:
                 t, held = self._fit(pools, max(t, _ready(mm.id, preds, slots)))
                 plan.append((Slot(_names(held), t, d), held))
                 self._reserve(t, held)
+                if beat is not None and tail is not None and (t + tail[j], p) > beat:
+                    return plan, None
+                j += 1
                 if k == 0:
                     installed_at = t
                 t += busy

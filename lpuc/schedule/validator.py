@@ -92,8 +92,9 @@ def _units(p: Program) -> list[str]:
         )
     for u, items in sorted(busy.items()):
         items.sort(key=lambda i: (i.start, i.id))
+        plane = unit_kind(u) == "MXM"  # only an MM frees its unit (its plane) before its end
         for a, b in zip(items, items[1:]):
-            a_end = _held_until(p, a, u)
+            a_end = _held_until(p, a, u) if plane else a.end
             if b.start < a_end:
                 out.append(
                     f"unit {u} double-booked: instruction {a.id} ({a.opcode}) [{a.start}, {a_end}) "
