@@ -18,9 +18,10 @@ from lpuc.ir.tiled import TiledProgram
 from lpuc.schedule.packing import ConstPacking
 from lpuc.target import Target
 
-# Ops this close in program order count as running at the same time (ResNet-50 v1.5 and GPT-2-shaped
-# cycles are lowest near 32: closer misses overlapping layers, farther crowds out the balance).
-NEAR_OPS = 32
+# Ops this close in program order count as running at the same time. Measured (cycles): 16 suits the
+# GPT-2-shaped decoder and ResNet-50 fp16 best; 32 helps ResNet-50 int8 but costs a serial LSTM 4%
+# (its neighbours in program order run one after another), 8 misses overlapping conv layers.
+NEAR_OPS = 16
 # Slices whose estimated live data is within this many words of the least loaded one compete on
 # accesses; a wider margin fragments SRAM on models that nearly fill it (GPT-2-shaped 12 layers).
 SLACK_WORDS = 64
