@@ -101,8 +101,9 @@ def test_table_goes_to_host_memory_only_when_constants_overflow(tmp_path):
     assert s["host_tables"] == {"table": 2048 * 64 * 4}
     assert s["host_nodes"] == ["embed"] and s["sram_const_bytes"] == 64 * 64 * 4
     (host,) = [i for i in program.instructions if i.opcode == "host.kernel"]
-    # Only the ids go out and only the 8 gathered rows come back; the host touches those rows only.
-    assert (host.work.pcie_to_host, host.work.pcie_to_chip) == (8 * 8, 8 * 64 * 4)
+    # The ids are a model input (already on the host): nothing goes out, only the 8 gathered rows
+    # come back; the host touches those rows only.
+    assert (host.work.pcie_to_host, host.work.pcie_to_chip) == (0, 8 * 64 * 4)
     assert host.work.host_bytes == 8 * 8 + 2 * 8 * 64 * 4
     assert "host mem   tables kept in host memory" in summary_text(s)
     feeds = {"ids": np.array([[0, 2047, 5, 5, 1000, 7, 3, 2]], np.int64)}

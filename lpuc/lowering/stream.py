@@ -203,7 +203,8 @@ def _emit(
 
 def _host_work(b: TiledBuilder, node: Node, ins: list, outs: list) -> Work:
     """A host op's work: it touches every operand byte (and does about one FLOP per element, a
-    transform N log N), once per trip of a Loop; PCIe carries only what lives in SRAM. Sizes that
+    transform N log N), once per trip of a Loop; PCIe carries only what lives in SRAM and not on the
+    host already (the model's inputs). Sizes that
     depend on data are taken at their compile-time maximum."""
     in_bytes = [_max_bytes(b, t) for t in ins if t is not None]
     out_bytes = [_max_bytes(b, t) for t in outs if t is not None]
@@ -222,7 +223,9 @@ def _host_work(b: TiledBuilder, node: Node, ins: list, outs: list) -> Work:
         if t is not None
     )
     flops = elems * (max(1, int(np.log2(max(2, elems)))) if node.op in _TRANSFORMS else 1)
-    to_host = sum(_nbytes(t) for t in ins if t is not None and not _is_host(b, t))
+    # The model's own inputs start on the host: a host op reads its copy, nothing crosses PCIe for them.
+    on_chip = [t for t in ins if t is not None and not _is_host(b, t) and t.name not in b.graph.inputs]
+    to_host = sum(_nbytes(t) for t in on_chip)
     to_chip = sum(_nbytes(t) for t in outs if t is not None and not _is_host(b, t))
     return Work(
         host_flops=flops,
