@@ -35,7 +35,7 @@ from lpuc.kernels import KernelContext, run_kernel
 from lpuc.kernels.registry import CAPTURES_ATTR, get_kernel
 from lpuc.lowering.builder import view_of
 from lpuc.program import Access, Instruction, Program, TileSlot
-from lpuc.runtime.fp16 import round_fp16
+from lpuc.runtime.fp16 import from_fp16, round_fp16, to_fp16
 from lpuc.runtime.isa import decoded_attrs, kernel_context, mxm_input, stacked
 from lpuc.runtime.machine import Machine
 from lpuc.runtime.overlap import MxmThread, mxm_waits, run_overlapped
@@ -49,7 +49,7 @@ def _mxm_input(x: np.ndarray, precision: str, copy: bool = True) -> np.ndarray:
     if precision == "fp16" and x.dtype == np.float32:
         return round_fp16(x)
     if x.dtype == np.float16:
-        return x.astype(np.float32)  # already fp16: isa's first cast would only copy
+        return from_fp16(x)  # already fp16: isa's first cast would only copy
     if x.dtype == np.float32 and not copy:
         return x  # isa's cast only copies; BLAS gives the same bits on the strided window
     return mxm_input(x, precision)
@@ -86,13 +86,18 @@ _FLOAT32_UFUNCS = {
 
 UfuncStep = tuple[np.ufunc, list[tuple[int, int]]]
 
+# Kernels whose float results are values picked from their inputs (the max over a window): run on
+# float32 copies of fp16 tensors they give the same values, which stores write back to fp16
+# exactly, and numpy's float16 comparisons are an order of magnitude slower than float32 ones.
+_SELECTING_KERNELS = frozenset({"MaxPool", "GlobalMaxPool"})
+
 
 def _float32_ufuncs(expr: list[dict], operands: list, dst: np.ndarray) -> list[UfuncStep] | None:
-    """The map's steps as (ufunc, args) when every step is in _FLOAT32_UFUNCS and every value
-    float32; None otherwise. args as in _Executor._map: (1, k) operand k, (2, k) step k's result;
-    Relu's second argument is (3, 0), the constant 0."""
-    if dst.dtype != np.float32 or any(o is None or o.dtype != np.float32 for o in operands):
-        return None
+    """The map's steps as (ufunc, args) when every step is in _FLOAT32_UFUNCS and every operand
+    float32 (the result window float32 or float16); None otherwise. args as in _Executor._map:
+    (1, k) operand k, (2, k) step k's result; Relu's second argument is (3, 0), the constant 0."""
+    if dst.dtype not in (np.float32, np.float16) or any(o is None or o.dtype != np.float32 for o in operands):
+        return None  # (an fp16 result is rounded once, when written: as the kernels' copy does)
     steps: list[UfuncStep] = []
     for step in expr:
         fn = _FLOAT32_UFUNCS.get((step["op"], len(step["args"])))
@@ -103,9 +108,11 @@ def _float32_ufuncs(expr: list[dict], operands: list, dst: np.ndarray) -> list[U
     return steps
 
 
-def _ufunc_map(steps: list[UfuncStep], operands: list, dst: np.ndarray) -> Step:
-    """A vxm.map of _float32_ufuncs steps: the kernels' ufuncs, the last one writing dst."""
+def _ufunc_map(steps: list[UfuncStep], operands: list, dst: np.ndarray, scratch: np.ndarray | None) -> Step:
+    """A vxm.map of _float32_ufuncs steps: the kernels' ufuncs, the last one writing dst (a float32
+    window), or `scratch` (float32, dst's shape) then converted into dst (a float16 window)."""
     *inner, (last_fn, last_args) = steps
+    out = dst if scratch is None else scratch
 
     def value(results: list, k: int, j: int):
         return operands[j] if k == 1 else results[j] if k == 2 else 0
@@ -114,9 +121,23 @@ def _ufunc_map(steps: list[UfuncStep], operands: list, dst: np.ndarray) -> Step:
         results: list[np.ndarray] = []
         for fn, args in inner:
             results.append(fn(*[value(results, k, j) for k, j in args]))
-        last_fn(*[value(results, k, j) for k, j in last_args], out=dst)
+        last_fn(*[value(results, k, j) for k, j in last_args], out=out)
+        if scratch is not None:
+            to_fp16(scratch, out=dst)
 
     return vmap
+
+
+def _copy_into(dst: np.ndarray, value: np.ndarray) -> None:
+    """np.copyto(dst, value, casting="unsafe"), with float32 <-> float16 conversions done fast."""
+    if value.shape == dst.shape:
+        if dst.dtype == np.float16 and value.dtype == np.float32:
+            to_fp16(value, out=dst)
+            return
+        if dst.dtype == np.float32 and value.dtype == np.float16:
+            np.copyto(dst, from_fp16(value))
+            return
+    np.copyto(dst, value, casting="unsafe")
 
 
 def _whole(t: TileSlot) -> Access:
@@ -184,7 +205,7 @@ class _Tensor:
     def store(self, value: np.ndarray) -> None:
         view = value.reshape(self.rows_cols if value.shape == self.shape else view_of(value.shape))
         for v, r, c in self.pieces:
-            np.copyto(v, view[r : r + v.shape[0], c : c + v.shape[1]], casting="unsafe")
+            _copy_into(v, view[r : r + v.shape[0], c : c + v.shape[1]])
 
 
 class _Executor:
@@ -212,6 +233,7 @@ class _Executor:
         )
         self._weight_budget = int(image)
         self._mm_scratch: dict[tuple[int, ...], np.ndarray] = {}  # products before accumulation
+        self._map_scratch: dict[tuple[int, ...], np.ndarray] = {}  # float32 results of fp16 maps
         self._converted: dict[tuple, tuple[np.ndarray, np.ndarray]] = {}  # weight bytes -> MXM copy
         self._mxm_inputs: list[np.ndarray | None] = [None] * len(self._shared)
         self.steps: list[Step] = [
@@ -432,7 +454,10 @@ class _Executor:
         dst = self._view(ins.writes[0])
         fast = _float32_ufuncs(attrs["expr"], operands, dst)
         if fast is not None:
-            return _ufunc_map(fast, operands, dst)
+            scratch = None
+            if dst.dtype != np.float32:  # one float32 buffer per shape (maps run one at a time)
+                scratch = self._map_scratch.setdefault(dst.shape, np.empty(dst.shape, np.float32))
+            return _ufunc_map(fast, operands, dst, scratch)
         program: list[tuple[Callable, list[tuple[int, int]]]] = []
         for step in attrs["expr"]:
             ctx = KernelContext(step["op"], step["attrs"], step.get("opset", 0), 1, step["domain"])
@@ -449,7 +474,7 @@ class _Executor:
                 results.append(
                     call([None if k == 0 else operands[j] if k == 1 else results[j] for k, j in args])[0]
                 )
-            np.copyto(dst, results[-1], casting="unsafe")
+            _copy_into(dst, results[-1])
 
         return vmap
 
@@ -466,7 +491,10 @@ class _Executor:
                 continue
             t = self._tensor(desc["shape"], desc["dtype"], [r.buf for r in refs], desc["row_offset"])
             direct = t.direct()
-            loaders.append((lambda v=direct: v) if direct is not None else t.load)
+            load = (lambda v=direct: v) if direct is not None else t.load
+            if attrs["kernel"] in _SELECTING_KERNELS and t.dtype == np.float16:
+                load = lambda load=load: from_fp16(load())  # noqa: E731
+            loaders.append(load)
         call = _bound_kernel(kernel_context(attrs))
         stores: list[tuple[dict, Callable[[np.ndarray], None]] | None] = []
         for desc in attrs["outputs"]:
