@@ -16,12 +16,15 @@ numpy on every exponent and the edge cases.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 _OVERFLOW = np.float32(65520.0)  # the smallest magnitude that rounds to fp16 infinity
 _MIN_NORMAL = np.float32(2.0**-14)
 _TWO_16 = np.float32(65536.0)
-_SMALL = 2048  # below this many elements, numpy's own loop beats a handful of numpy calls
+_SMALL_TO = 12288  # below this many elements numpy's own loop beats a dozen numpy calls
+_SMALL_FROM = 8192
 
 
 def _rounded_magnitude(x: np.ndarray) -> tuple[np.ndarray, bool, bool]:
@@ -47,7 +50,7 @@ def _min_normal_bits(shape: tuple[int, ...]) -> np.ndarray:
     """An array of 2^-14's bits, of `shape`: numpy's maximum against a scalar takes a loop several
     times slower than against an array."""
     global _floor
-    n = int(np.prod(shape))
+    n = math.prod(shape)
     if _floor.size < n:
         _floor = np.full(max(n, 1 << 17), _MIN_NORMAL.view(np.uint32), np.uint32)
     return _floor[:n].reshape(shape)
@@ -55,7 +58,7 @@ def _min_normal_bits(shape: tuple[int, ...]) -> np.ndarray:
 
 def round_fp16(x: np.ndarray) -> np.ndarray:
     """x (float32) as x.astype(float16).astype(float32), bit for bit (a new array)."""
-    if x.size < _SMALL:
+    if x.size < _SMALL_TO:
         with np.errstate(over="ignore"):
             return x.astype(np.float16).astype(np.float32)
     ax, overflow, nan = _rounded_magnitude(x)
@@ -71,7 +74,7 @@ def round_fp16(x: np.ndarray) -> np.ndarray:
 def to_fp16(x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
     """x (float32) as x.astype(float16), bit for bit; written into `out` (a float16 array of x's
     shape, any strides) when given."""
-    if x.size < _SMALL:
+    if x.size < _SMALL_TO:
         with np.errstate(over="ignore", invalid="ignore"):
             if out is None:
                 return x.astype(np.float16)
@@ -92,7 +95,7 @@ def to_fp16(x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
 
 def from_fp16(h: np.ndarray) -> np.ndarray:
     """h (float16) as h.astype(float32), bit for bit (a new array)."""
-    if h.size < _SMALL:
+    if h.size < _SMALL_FROM:
         return h.astype(np.float32)
     bits = h.view(np.uint16).astype(np.uint32)
     magnitude = bits & np.uint32(0x7FFF)

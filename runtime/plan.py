@@ -23,6 +23,7 @@ others (runtime/overlap.py).
 from __future__ import annotations
 
 import hashlib
+import math
 import weakref
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -72,17 +73,16 @@ def _bound_kernel(ctx: KernelContext) -> Callable[[list], list[np.ndarray]]:
 
 # ai.onnx ops whose kernels (lpuc/kernels/elementwise_*.py), given float32 operands and no
 # attributes, compute exactly this ufunc: a map of only these runs without the kernel plumbing,
-# its last step straight into SRAM. (Relu is np.maximum(x, 0); Sum, Max, Min of two inputs.)
+# its last step straight into SRAM. (Relu is np.maximum(x, 0); Sum, Max, Min of n inputs fold
+# them left to right: ((a + b) + c) + d.)
 _FLOAT32_UFUNCS = {
-    ("Add", 2): np.add,
-    ("Sub", 2): np.subtract,
-    ("Mul", 2): np.multiply,
-    ("Div", 2): np.true_divide,
-    ("Sum", 2): np.add,
-    ("Max", 2): np.maximum,
-    ("Min", 2): np.minimum,
-    ("Relu", 1): np.maximum,
+    "Add": np.add,
+    "Sub": np.subtract,
+    "Mul": np.multiply,
+    "Div": np.true_divide,
+    "Relu": np.maximum,
 }
+_FLOAT32_FOLDS = {"Sum": np.add, "Max": np.maximum, "Min": np.minimum}
 
 UfuncStep = tuple[np.ufunc, list[tuple[int, int]]]
 
@@ -99,12 +99,23 @@ def _float32_ufuncs(expr: list[dict], operands: list, dst: np.ndarray) -> list[U
     if dst.dtype not in (np.float32, np.float16) or any(o is None or o.dtype != np.float32 for o in operands):
         return None  # (an fp16 result is rounded once, when written: as the kernels' copy does)
     steps: list[UfuncStep] = []
+    result_of: list[int] = []  # expression step -> the ufunc step computing its result
     for step in expr:
-        fn = _FLOAT32_UFUNCS.get((step["op"], len(step["args"])))
-        if fn is None or step["attrs"] or step["domain"] not in ("", "ai.onnx") or "-" in step["args"]:
+        op, n = step["op"], len(step["args"])
+        if step["attrs"] or step["domain"] not in ("", "ai.onnx") or "-" in step["args"]:
             return None
-        args = [(1, int(a[1:])) if a[0] == "i" else (2, int(a[1:])) for a in step["args"]]
-        steps.append((fn, args + [(3, 0)] if step["op"] == "Relu" else args))
+        args = [(1, int(a[1:])) if a[0] == "i" else (2, result_of[int(a[1:])]) for a in step["args"]]
+        if op == "Relu" and n == 1:
+            steps.append((np.maximum, args + [(3, 0)]))
+        elif op in _FLOAT32_UFUNCS and op != "Relu" and n == 2:
+            steps.append((_FLOAT32_UFUNCS[op], args))
+        elif op in _FLOAT32_FOLDS and n >= 2:
+            steps.append((_FLOAT32_FOLDS[op], args[:2]))
+            for arg in args[2:]:
+                steps.append((_FLOAT32_FOLDS[op], [(2, len(steps) - 1), arg]))
+        else:
+            return None
+        result_of.append(len(steps) - 1)
     return steps
 
 
@@ -114,18 +125,36 @@ def _ufunc_map(steps: list[UfuncStep], operands: list, dst: np.ndarray, scratch:
     *inner, (last_fn, last_args) = steps
     out = dst if scratch is None else scratch
 
-    def value(results: list, k: int, j: int):
-        return operands[j] if k == 1 else results[j] if k == 2 else 0
+    def values(results: list, args: list[tuple[int, int]]) -> list:
+        x = [operands[j] if k == 1 else results[j] for k, j in args if k != 3]
+        if len(x) < len(args):  # Relu: np.maximum(x, 0), against an array of zeros (same bits)
+            x.append(_zeros(np.shape(x[0])))
+        return x
 
     def vmap() -> None:
         results: list[np.ndarray] = []
         for fn, args in inner:
-            results.append(fn(*[value(results, k, j) for k, j in args]))
-        last_fn(*[value(results, k, j) for k, j in last_args], out=out)
+            results.append(fn(*values(results, args)))
+        last_fn(*values(results, last_args), out=out)
         if scratch is not None:
             to_fp16(scratch, out=dst)
 
     return vmap
+
+
+_zero_block = np.zeros(0, np.float32)
+
+
+def _zeros(shape: tuple[int, ...]) -> np.ndarray:
+    """Read-only float32 zeros of `shape`: numpy's maximum against the scalar 0 takes a loop
+    several times slower than against an array, with the same results (NaNs and signed zeros)."""
+    global _zero_block
+    n = math.prod(shape)
+    if _zero_block.size < n:
+        block = np.zeros(max(n, 1 << 17), np.float32)
+        block.flags.writeable = False
+        _zero_block = block
+    return _zero_block[:n].reshape(shape)
 
 
 def _copy_into(dst: np.ndarray, value: np.ndarray) -> None:

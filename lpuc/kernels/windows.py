@@ -12,6 +12,8 @@ Only explicit pads and ceil_mode 0 (what lower_conv and sink_transposes produce)
 from __future__ import annotations
 
 import math
+import threading
+from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -52,10 +54,61 @@ def input_rows(attrs: Mapping[str, Any], in_shape: Sequence[int], r0: int, r1: i
 def gather(x: np.ndarray, attrs: Mapping[str, Any], fill) -> np.ndarray:
     """Window values of a slab: x holds input rows from attrs["slab"]["in_row0"] on ([rows, C]);
     returns [out rows, taps, C] with `fill` in the padding."""
+    rows, padding = _slab_index(attrs, len(x))
+    values = x[rows]
+    if padding is not None:
+        values[padding] = fill
+    return values
+
+
+# A slab's gather index depends only on the attributes: a runtime applies the same instruction
+# run after run, and computing the index took as long as the gather itself. Kept up to a budget,
+# least recently used first out.
+_INDEX_BUDGET = 32 << 20
+_index_cache: OrderedDict[tuple, tuple[np.ndarray, np.ndarray | None]] = OrderedDict()
+_index_bytes = 0
+_index_lock = threading.Lock()
+
+
+def _slab_index(attrs: Mapping[str, Any], rows: int) -> tuple[np.ndarray, np.ndarray | None]:
+    """(the row of x each window tap reads, clipped into x; the taps in the padding, or None)."""
+    global _index_bytes
     slab = attrs["slab"]
+    key = tuple(
+        tuple(v) if isinstance(v, (list, tuple)) else v
+        for v in (
+            attrs["kernel_shape"],
+            attrs.get("strides"),
+            attrs.get("dilations"),
+            attrs.get("pads"),
+            slab["in_shape"],
+            slab["out_rows"],
+            slab["in_row0"],
+            rows,
+        )
+    )
+    with _index_lock:
+        hit = _index_cache.get(key)
+        if hit is not None:
+            _index_cache.move_to_end(key)
+            return hit
     r0, r1 = slab["out_rows"]
     idx = tap_rows(attrs, slab["in_shape"], r0, r1)
-    local = idx - int(slab["in_row0"])
-    values = x[np.clip(local, 0, max(0, len(x) - 1))]
-    values[idx < 0] = fill
-    return values
+    local = np.clip(idx - int(slab["in_row0"]), 0, max(0, rows - 1))
+    padding = idx < 0
+    entry = (local, padding if padding.any() else None)
+    for a in entry:
+        if a is not None:
+            a.flags.writeable = False
+    size = _nbytes(entry)
+    with _index_lock:
+        if key not in _index_cache and size <= _INDEX_BUDGET:
+            _index_cache[key] = entry
+            _index_bytes += size
+            while _index_bytes > _INDEX_BUDGET:
+                _index_bytes -= _nbytes(_index_cache.popitem(last=False)[1])
+    return entry
+
+
+def _nbytes(entry: tuple[np.ndarray, np.ndarray | None]) -> int:
+    return sum(a.nbytes for a in entry if a is not None)
