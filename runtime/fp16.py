@@ -27,33 +27,44 @@ _SMALL_TO = 12288  # below this many elements numpy's own loop beats a dozen num
 _SMALL_FROM = 8192
 
 
-def _rounded_magnitude(x: np.ndarray) -> tuple[np.ndarray, bool, bool]:
+def _rounded_magnitude(x: np.ndarray) -> tuple[np.ndarray, bool, np.ndarray | None]:
     """|x| rounded to fp16 precision (a new float32 array), with magnitudes that round to
-    infinity as 2^16; whether any did, and whether x holds a NaN (those entries are garbage)."""
+    infinity, and NaNs, as 2^16; whether any did, and where x holds NaNs (None: nowhere)."""
     ax = np.abs(x, dtype=np.float32)
     top = ax.max()  # NaN if there is one
     overflow = not top < _OVERFLOW  # "not <": a NaN fails it too
     if overflow:
-        np.fmin(ax, _TWO_16, out=ax)  # NaNs too (fixed up by the callers); 2^16 stays 2^16 below
+        np.fmin(ax, _full(_TWO_16, ax.shape), out=ax)  # NaNs too; 2^16 stays 2^16 below
     step = ax.view(np.uint32) & np.uint32(0x7F800000)  # 2^e, as bits
-    np.maximum(step, _min_normal_bits(step.shape), out=step)
+    np.maximum(step, _full(_MIN_NORMAL, step.shape).view(np.uint32), out=step)
     step += np.uint32(13 << 23)  # 2^(e+13)
     ax += step.view(np.float32)
     ax -= step.view(np.float32)
-    return ax, overflow, bool(top != top)
+    return ax, overflow, (x != x) if top != top else None
 
 
-_floor = np.empty(0, np.uint32)
+_blocks: dict[float, np.ndarray] = {}
 
 
-def _min_normal_bits(shape: tuple[int, ...]) -> np.ndarray:
-    """An array of 2^-14's bits, of `shape`: numpy's maximum against a scalar takes a loop several
-    times slower than against an array."""
-    global _floor
+def _full(value: np.float32, shape: tuple[int, ...]) -> np.ndarray:
+    """A read-only float32 array of `value`, of `shape`: numpy's maximum and minimum against a
+    scalar take a loop several times slower than against an array."""
     n = math.prod(shape)
-    if _floor.size < n:
-        _floor = np.full(max(n, 1 << 17), _MIN_NORMAL.view(np.uint32), np.uint32)
-    return _floor[:n].reshape(shape)
+    block = _blocks.get(float(value))
+    if block is None or block.size < n:
+        block = np.full(max(n, 1 << 17), value, np.float32)
+        block.flags.writeable = False
+        _blocks[float(value)] = block
+    return block[:n].reshape(shape)
+
+
+def _nan_payloads(x: np.ndarray, nan: np.ndarray) -> np.ndarray:
+    """The low 10 bits numpy gives float32 NaNs as fp16 (the top of the payload, 1 if that is 0),
+    0 where x is no NaN. (Arithmetic, not a masked copy: those take a slow loop.)"""
+    payload = (x.view(np.uint32) >> np.uint32(13)).astype(np.uint16) & np.uint16(0x3FF)
+    payload += payload == 0  # a payload truncated to 0 would read as infinity
+    payload *= nan
+    return payload
 
 
 def round_fp16(x: np.ndarray) -> np.ndarray:
@@ -61,14 +72,8 @@ def round_fp16(x: np.ndarray) -> np.ndarray:
     if x.size < _SMALL_TO:
         with np.errstate(over="ignore"):
             return x.astype(np.float16).astype(np.float32)
-    ax, overflow, nan = _rounded_magnitude(x)
-    if overflow:
-        np.copyto(ax, np.float32(np.inf), where=ax >= _TWO_16)
-    out = np.copysign(ax, x, out=ax)  # signed zeros as numpy gives them
-    if nan:  # numpy keeps a NaN's sign and truncates its payload
-        where = np.isnan(x)
-        out[where] = x[where].astype(np.float16).astype(np.float32)
-    return out
+    half = to_fp16(x)
+    return from_fp16(half) if half.size >= _SMALL_FROM else half.astype(np.float32)
 
 
 def to_fp16(x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
@@ -84,9 +89,8 @@ def to_fp16(x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
     ax *= np.float32(2.0**-112)
     half = (ax.view(np.uint32) >> np.uint32(13)).astype(np.uint16)
     half |= (x.view(np.uint32) >> np.uint32(16)).astype(np.uint16) & np.uint16(0x8000)
-    if nan:
-        where = np.isnan(x)
-        half[where] = x[where].astype(np.float16).view(np.uint16)
+    if nan is not None:  # NaNs were clamped to infinity: add their payloads
+        half |= _nan_payloads(x, nan)
     if out is None:
         return half.view(np.float16)
     out.view(np.uint16)[...] = half
@@ -102,9 +106,12 @@ def from_fp16(h: np.ndarray) -> np.ndarray:
     magnitude <<= np.uint32(13)
     value = magnitude.view(np.float32)
     value *= np.float32(2.0**112)  # exact: fp16 subnormals were float32 subnormals
-    if not value.max() < _TWO_16:  # fp16 infinities and NaNs (exponent 31) landed on >= 2^16
-        special = (bits & np.uint32(0x7C00)) == np.uint32(0x7C00)
-        magnitude[special] = np.uint32(0x7F800000) | ((bits[special] & np.uint32(0x3FF)) << np.uint32(13))
+    if not value.max() < _TWO_16:
+        # fp16 infinities and NaNs (exponent 31) landed on 2^16 * (1 + payload): exponent 143
+        # where float32's infinities and NaNs have 255, payload kept
+        special = (value >= _TWO_16).astype(np.uint32)  # (arithmetic: a masked add is slow)
+        special *= np.uint32((255 - 143) << 23)
+        magnitude += special
     bits &= np.uint32(0x8000)
     bits <<= np.uint32(16)
     magnitude |= bits
