@@ -23,24 +23,29 @@ import numpy as np
 _OVERFLOW = np.float32(65520.0)  # the smallest magnitude that rounds to fp16 infinity
 _MIN_NORMAL = np.float32(2.0**-14)
 _TWO_16 = np.float32(65536.0)
+_OVERFLOW_BITS = int(_OVERFLOW.view(np.uint32))
 _SMALL_TO = 12288  # below this many elements numpy's own loop beats a dozen numpy calls
-_SMALL_FROM = 8192
+_SMALL_FROM = 16384
 
 
 def _rounded_magnitude(x: np.ndarray) -> tuple[np.ndarray, bool, np.ndarray | None]:
     """|x| rounded to fp16 precision (a new float32 array), with magnitudes that round to
-    infinity, and NaNs, as 2^16; whether any did, and where x holds NaNs (None: nowhere)."""
-    ax = np.abs(x, dtype=np.float32)
-    top = ax.max()  # NaN if there is one
-    overflow = not top < _OVERFLOW  # "not <": a NaN fails it too
+    infinity, and NaNs, as 2^16; whether any did, and where x holds NaNs (None: nowhere).
+    Compared and clamped as integers: float min/max treat signaling NaNs differently in numpy's
+    vectorized and scalar loops."""
+    bits = x.view(np.uint32) & np.uint32(0x7FFFFFFF)  # |x|, as bits: ordered like the magnitudes
+    top = int(bits.max())
+    nan = bits > np.uint32(0x7F800000) if top > 0x7F800000 else None
+    overflow = top >= _OVERFLOW_BITS
     if overflow:
-        np.fmin(ax, _full(_TWO_16, ax.shape), out=ax)  # NaNs too; 2^16 stays 2^16 below
-    step = ax.view(np.uint32) & np.uint32(0x7F800000)  # 2^e, as bits
+        np.minimum(bits, _full(_TWO_16, bits.shape).view(np.uint32), out=bits)  # 2^16 stays below
+    ax = bits.view(np.float32)
+    step = bits & np.uint32(0x7F800000)  # 2^e, as bits
     np.maximum(step, _full(_MIN_NORMAL, step.shape).view(np.uint32), out=step)
     step += np.uint32(13 << 23)  # 2^(e+13)
     ax += step.view(np.float32)
     ax -= step.view(np.float32)
-    return ax, overflow, (x != x) if top != top else None
+    return ax, overflow, nan
 
 
 _blocks: dict[float, np.ndarray] = {}
@@ -69,17 +74,14 @@ def _nan_payloads(x: np.ndarray, nan: np.ndarray) -> np.ndarray:
 
 def round_fp16(x: np.ndarray) -> np.ndarray:
     """x (float32) as x.astype(float16).astype(float32), bit for bit (a new array)."""
-    if x.size < _SMALL_TO:
-        with np.errstate(over="ignore"):
-            return x.astype(np.float16).astype(np.float32)
-    half = to_fp16(x)
-    return from_fp16(half) if half.size >= _SMALL_FROM else half.astype(np.float32)
+    return from_fp16(to_fp16(x))
 
 
 def to_fp16(x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
     """x (float32) as x.astype(float16), bit for bit; written into `out` (a float16 array of x's
     shape, any strides) when given."""
-    if x.size < _SMALL_TO:
+    if x.size == 0 or x.size < _SMALL_TO and -_OVERFLOW < x.min() and x.max() < _OVERFLOW:
+        # numpy's loop, fast on few values unless they overflow fp16 (NaNs fail the test too)
         with np.errstate(over="ignore", invalid="ignore"):
             if out is None:
                 return x.astype(np.float16)

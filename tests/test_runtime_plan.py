@@ -58,7 +58,7 @@ def test_round_fp16_matches_numpy_on_every_exponent():
     finite = x[np.abs(x) < 65520]  # one array per path: the fast one and numpy's (inf, NaN, overflow)
     strided = finite[: finite.size // 64 * 64].reshape(-1, 64)[:, 3:50]  # a window of SRAM rows
     with np.errstate(over="ignore"):
-        for values in (x, finite, strided):
+        for values in (x, finite, strided, x[::700], finite[::700]):  # large and small arrays
             expected = values.astype(np.float16).astype(np.float32)
             assert np.array_equal(round_fp16(values).view(np.uint32), expected.view(np.uint32))
 
@@ -69,7 +69,7 @@ def test_to_fp16_matches_numpy_on_every_exponent():
     finite = x[np.abs(x) < 65520]
     strided = finite[: finite.size // 64 * 64].reshape(-1, 64)[:, 3:50]
     with np.errstate(over="ignore", invalid="ignore"):
-        for values in (x, finite, strided):
+        for values in (x, finite, strided, x[::700], finite[::700]):  # large and small arrays
             expected = values.astype(np.float16).view(np.uint16)
             assert np.array_equal(to_fp16(values).view(np.uint16), expected)
             tile = np.zeros(values.shape[:-1] + (values.shape[-1] + 7,), np.float16)
