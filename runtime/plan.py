@@ -72,16 +72,10 @@ def _bound_kernel(ctx: KernelContext) -> Callable[[list], list[np.ndarray]]:
 
 
 # ai.onnx ops whose kernels (lpuc/kernels/elementwise_*.py), given float32 operands and no
-# attributes, compute exactly this ufunc: a map of only these runs without the kernel plumbing,
-# its last step straight into SRAM. (Relu is np.maximum(x, 0); Sum, Max, Min of n inputs fold
-# them left to right: ((a + b) + c) + d.)
-_FLOAT32_UFUNCS = {
-    "Add": np.add,
-    "Sub": np.subtract,
-    "Mul": np.multiply,
-    "Div": np.true_divide,
-    "Relu": np.maximum,
-}
+# attributes, compute exactly these ufuncs: a map of only these runs without the kernel plumbing,
+# its last step straight into SRAM. Binary ops; Sum, Max, Min of n inputs, which the kernels fold
+# left to right (((a + b) + c) + d); Relu, np.maximum(x, 0).
+_FLOAT32_UFUNCS = {"Add": np.add, "Sub": np.subtract, "Mul": np.multiply, "Div": np.true_divide}
 _FLOAT32_FOLDS = {"Sum": np.add, "Max": np.maximum, "Min": np.minimum}
 
 UfuncStep = tuple[np.ufunc, list[tuple[int, int]]]
@@ -93,7 +87,7 @@ _SELECTING_KERNELS = frozenset({"MaxPool", "GlobalMaxPool"})
 
 
 def _float32_ufuncs(expr: list[dict], operands: list, dst: np.ndarray) -> list[UfuncStep] | None:
-    """The map's steps as (ufunc, args) when every step is in _FLOAT32_UFUNCS and every operand
+    """The map's steps as (ufunc, args) when every step is one of those above and every operand
     float32 (the result window float32 or float16); None otherwise. args as in _Executor._map:
     (1, k) operand k, (2, k) step k's result; Relu's second argument is (3, 0), the constant 0."""
     if dst.dtype not in (np.float32, np.float16) or any(o is None or o.dtype != np.float32 for o in operands):
@@ -107,7 +101,7 @@ def _float32_ufuncs(expr: list[dict], operands: list, dst: np.ndarray) -> list[U
         args = [(1, int(a[1:])) if a[0] == "i" else (2, result_of[int(a[1:])]) for a in step["args"]]
         if op == "Relu" and n == 1:
             steps.append((np.maximum, args + [(3, 0)]))
-        elif op in _FLOAT32_UFUNCS and op != "Relu" and n == 2:
+        elif op in _FLOAT32_UFUNCS and n == 2:
             steps.append((_FLOAT32_UFUNCS[op], args))
         elif op in _FLOAT32_FOLDS and n >= 2:
             steps.append((_FLOAT32_FOLDS[op], args[:2]))
