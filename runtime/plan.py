@@ -367,19 +367,21 @@ class _Executor:
     def _constant_weights(self, src: np.ndarray, precision: str) -> np.ndarray | None:
         """What an mxm.lw of a window nothing writes loads in every run, converted once (None: over
         the memory budget, so converted per run as the interpreter does). Windows holding the same
-        bytes share one converted array; fp32 weights need no conversion: the window itself."""
-        if src.dtype == np.float32 and precision != "fp16":
+        bytes share one converted array; fp32 weights of one window need no conversion: the window
+        itself (several windows are stacked into a copy, which counts against the budget)."""
+        in_sram = np.may_share_memory(src, self.machine.sram.words)
+        if src.dtype == np.float32 and precision != "fp16" and in_sram:
             return _readonly(src)
         digest = hashlib.blake2b(np.ascontiguousarray(src).data, digest_size=16).digest()
         key = (src.shape, src.dtype.str, precision, digest)
         held = self._converted.get(key)
         if held is not None and np.array_equal(held[0].view(np.uint8), src.view(np.uint8)):
             return held[1]  # same bytes (checked, not trusted to the hash)
-        size = src.size * (8 if src.dtype.kind in "iub" else 4)  # bytes of the MXM's copy
+        weights = _mxm_input(src, precision, copy=in_sram)  # a stacked copy is used as it is
+        size = weights.nbytes + (0 if in_sram or weights is src else src.nbytes)  # what is kept
         if size > self._weight_budget:
             return None
         self._weight_budget -= size
-        weights = _mxm_input(src, precision)
         weights.flags.writeable = False
         self._converted.setdefault(key, (src, weights))
         return weights
