@@ -80,7 +80,7 @@ def round_fp16(x: np.ndarray) -> np.ndarray:
 def to_fp16(x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
     """x (float32) as x.astype(float16), bit for bit; written into `out` (a float16 array of x's
     shape, any strides) when given."""
-    if x.size == 0 or x.size < _SMALL_TO and -_OVERFLOW < x.min() and x.max() < _OVERFLOW:
+    if x.size == 0 or x.size < _SMALL_TO and np.abs(x).max() < _OVERFLOW:
         # numpy's loop, fast on few values unless they overflow fp16 (NaNs fail the test too)
         with np.errstate(over="ignore", invalid="ignore"):
             if out is None:
