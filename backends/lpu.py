@@ -38,8 +38,9 @@ if sys.byteorder != "little":  # constants are stored as raw little-endian bytes
 MAGIC = b"LPU\0"
 # 2: instructions carry their work record; summaries are recomputed at load. 3: MXM accumulators
 # (mm keep / from_acc), plane occupancy, LWs of several windows, mxm.acc_rows. 4: tiles carry their
-# first lane (narrow constant tiles share words).
-FORMAT_VERSION = 4
+# first lane (narrow constant tiles share words). 5: MMs with a fused map (attrs epilogue, work
+# relay_words).
+FORMAT_VERSION = 5
 _PREFIX = struct.Struct("<4sIQ")
 
 

@@ -18,6 +18,17 @@ Rules, T = N + d_func + d_transport (+ stagger):
 - stagger: cycles for the instruction to reach the last superlane it uses.
 - host.kernel: host FLOPs / host_gflops + bytes touched / host_gbytes_per_s, plus one PCIe transfer
   each way that carries data (latency + bytes / bandwidth).
+- mxm.mm with a fused epilogue (a VXM map applied to its result rows in flight, work.relay_words > 0;
+  lpuc/lowering/epilogue.py): reads[0] is the activation, reads[1:] the map's other operands, the
+  writes the map's results.
+    N           max(rows x cycles_per_row, rows x wraps of the map's ALU ops, MEM for every read and
+                write); the plane is busy iw_cycles + N, as for any MM
+    T           iw + N + max(MEM read delay + activation transport + MXM result delay + MXM -> VXM
+                transport, MEM read delay + operand transport to the VXM) + VXM delay per chained
+                ALU + MEM write delay + VXM -> result slice transport + stagger
+    holds       its plane, the map's chained ALUs (its whole duration), ports for every window,
+                streams: activation -> plane, relay_words per row plane -> VXM, operands -> VXM,
+                results VXM -> slice. Never less than the MM and the map charged apart would hold.
 
 Occupancy: an MXM plane is a pipeline. It is busy while it takes in an MM's activation rows (iw_cycles
 when it installs weights, then N); the results drain through the result delay and transport while
@@ -69,6 +80,7 @@ class Work:
     host_bytes: int = 0  # host.kernel: bytes the host touches
     pcie_to_host: int = 0  # host.kernel: bytes sent from SRAM to the host
     pcie_to_chip: int = 0  # host.kernel: bytes sent back
+    relay_words: int = 0  # mxm.mm with a fused epilogue: words per result row streamed MXM -> VXM
     at_max: bool = False  # a data-dependent size, costed at its compile-time maximum
 
     def to_list(self) -> list[int]:
@@ -150,10 +162,15 @@ def _memo(fn: Callable[..., T]) -> Callable[..., T]:
 
 
 # -- the unit's own rate ----------------------------------------------------------------------------
+def has_epilogue(opcode: str, work: Work) -> bool:
+    """An MM whose result rows stream through the VXM (a fused map) instead of into SRAM."""
+    return opcode == "mxm.mm" and work.relay_words > 0
+
+
 def vxm_alus(target: Target, opcode: str, work: Work) -> int:
-    """ALUs (per lane) a VXM instruction holds: a map chains one ALU per op; a kernel as many as keep
-    up with its stream."""
-    if opcode == "vxm.map":
+    """ALUs (per lane) a VXM instruction holds: a map (also one fused into an MM) chains one ALU per
+    op; a kernel as many as keep up with its stream."""
+    if opcode == "vxm.map" or has_epilogue(opcode, work):
         return max(1, min(work.alu_ops, target.vxm_alus))
     if opcode == "vxm.kernel":
         per_vector = math.ceil(work.alu_ops / max(1, work.vectors))
@@ -164,7 +181,10 @@ def vxm_alus(target: Target, opcode: str, work: Work) -> int:
 def unit_cycles(target: Target, opcode: str, work: Work, precision: str = "fp16") -> int:
     """N: cycles the unit streams at its own rate (before MEM bandwidth)."""
     if opcode == "mxm.mm":
-        return work.vectors * target.mxm_mode(precision).cycles_per_row
+        rows = work.vectors * target.mxm_mode(precision).cycles_per_row
+        if has_epilogue(opcode, work):  # the map keeps up with the rows or slows them down
+            return max(rows, work.vectors * math.ceil(max(1, work.alu_ops) / target.vxm_alus))
+        return rows
     if opcode == "mxm.lw":
         return math.ceil(work.words / target.lw_words_per_cycle)
     if opcode == "vxm.map":
@@ -223,7 +243,12 @@ def mem_cycles(ports: dict[int, int], streams: Iterable[Stream]) -> int:
 
 @_memo
 def stream_needs(
-    target: Target, opcode: str, unit: str, reads: Sequence[Stream], writes: Sequence[Stream]
+    target: Target,
+    opcode: str,
+    unit: str,
+    reads: Sequence[Stream],
+    writes: Sequence[Stream],
+    work: Work = Work(),
 ) -> tuple[int, int]:
     """(east, west) stream ids an instruction holds: one per byte of each vector in flight.
 
@@ -233,9 +258,17 @@ def stream_needs(
     pos = target.position(unit)
     east: list[int] = []
     west: list[int] = []
-    for group, towards_unit in ((reads, True), (writes, False)):
-        e = [s.words_per_row for s in group if s.slice >= 0 and _flows_east(target, pos, s, towards_unit)]
-        w = [s.words_per_row for s in group if s.slice >= 0 and not _flows_east(target, pos, s, towards_unit)]
+    if has_epilogue(opcode, work):
+        # Activation rows to the plane, result rows plane -> VXM, the map's operands to the VXM, and
+        # its results VXM -> their slices.
+        vxm = target.position("VXM0")
+        legs = [(pos, reads[:1], True), (vxm, reads[1:], True), (vxm, writes, False)]
+        (east if pos < vxm else west).append(work.relay_words)
+    else:
+        legs = [(pos, reads, True), (pos, writes, False)]
+    for at, group, towards_unit in legs:
+        e = [s.words_per_row for s in group if s.slice >= 0 and _flows_east(target, at, s, towards_unit)]
+        w = [s.words_per_row for s in group if s.slice >= 0 and not _flows_east(target, at, s, towards_unit)]
         if opcode in _SEQUENTIAL:  # one tile of each group at a time
             east.append(max(e, default=0))
             west.append(max(w, default=0))
@@ -279,6 +312,9 @@ def duration(
         return max(1, n + read_lat)
     lanes = max((s.lanes for s in [*reads, *writes]), default=1)
     stagger = target.stagger(lanes)
+    if has_epilogue(opcode, work):
+        latency = _epilogue_latency(target, pos, work, reads, writes)
+        return (target.iw_cycles if install else 0) + n + latency + stagger
     if opcode == "mxm.mm":
         iw = target.iw_cycles if install else 0
         return iw + n + target.delay("MXM") + read_lat + write_lat + stagger
@@ -287,6 +323,22 @@ def duration(
     else:
         func = target.delay("SXM")
     return max(1, n) + func + read_lat + write_lat + stagger
+
+
+def _epilogue_latency(
+    target: Target, mxm: int, work: Work, reads: Sequence[Stream], writes: Sequence[Stream]
+) -> int:
+    """An MM with a fused map, from its first row read to its first result written: the row reaches
+    the plane and its result the VXM, where the map's operands (read at issue, in parallel) must have
+    arrived too; then a VXM delay per chained ALU and the way to the result's slice."""
+    vxm, columns, mem = target.position("VXM0"), target.slice_positions, target.mem
+    t_act = max((abs(mxm - columns[s.slice]) for s in reads[:1] if s.slice >= 0), default=0)
+    t_ops = max((abs(vxm - columns[s.slice]) for s in reads[1:] if s.slice >= 0), default=0)
+    t_out = max((abs(vxm - columns[s.slice]) for s in writes if s.slice >= 0), default=0)
+    results_at_vxm = mem.read_delay + t_act + target.delay("MXM") + abs(mxm - vxm)
+    operands_at_vxm = mem.read_delay + t_ops if reads[1:] else 0
+    func = target.delay("VXM") * vxm_alus(target, "mxm.mm", work)
+    return max(results_at_vxm, operands_at_vxm) + func + mem.write_delay + t_out
 
 
 @_memo
@@ -332,7 +384,8 @@ def minimal_latency(target: Target, opcode: str, work: Work, precision: str = "f
     if opcode == "host.kernel":
         return host_cycles(target, work)
     if opcode == "mxm.mm":
-        return target.mxm_mode(precision).cycles_per_row + target.delay("MXM") + mem
+        epilogue = target.delay("VXM") if has_epilogue(opcode, work) else 0
+        return target.mxm_mode(precision).cycles_per_row + target.delay("MXM") + epilogue + mem
     if opcode == "mxm.lw":
         return 1 + target.mem.read_delay
     if opcode.startswith("vxm."):

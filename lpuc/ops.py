@@ -234,6 +234,9 @@ ELEMENTWISE: dict[str, int] = {
     "Acosh": 6,
     "Atanh": 6,
 }
+# Elementwise ops the passes introduce. SaturatingCast (float -> integer, rounding half to even and
+# saturating to the type's range) is the VXM's one-op type conversion: what Round + Clip + Cast do.
+LPUC_ELEMENTWISE: dict[str, int] = {"SaturatingCast": 1}
 # Variadic elementwise ops (Sum, Max, ...) cost one ALU op per extra operand.
 VARIADIC = frozenset({"Sum", "Mean", "Max", "Min"})
 
@@ -243,7 +246,8 @@ def expression_alu_ops(steps: list[dict]) -> int:
     records them)."""
     total = 0
     for s in steps:
-        ops = ELEMENTWISE.get(s["op"], 1)
+        table = LPUC_ELEMENTWISE if s.get("domain") == LPUC_DOMAIN else ELEMENTWISE
+        ops = table.get(s["op"], 1)
         if s["op"] in VARIADIC:
             ops *= max(1, len(s["args"]) - 1)
         total += ops
@@ -271,6 +275,8 @@ def _add(
 
 for _op, _alu in ELEMENTWISE.items():
     _add("VXM", _op, passes=_alu, domain="ai.onnx.ml" if _op == "Binarizer" else "")
+for _op, _alu in LPUC_ELEMENTWISE.items():
+    _add("VXM", _op, passes=_alu, domain=LPUC_DOMAIN)
 _add("VXM", "Fused", domain=LPUC_DOMAIN)
 _add("VXM", "CastLike", passes=1, via="canonicalize_ops")
 
@@ -314,10 +320,18 @@ _LOG_SOFTMAX_ALU = _grouped_alu_ops(_normalized_axes, lambda node: 6, trees=2, p
 _LAYER_NORM_ALU = _grouped_alu_ops(_normalized_axes, lambda n: 6 + _has_input(2)(n), trees=2, per_group=6)
 _RMS_NORM_ALU = _grouped_alu_ops(_normalized_axes, lambda node: 4, trees=1, per_group=3)
 _add("VXM", "Softmax", rowwise=True, alu_ops=_SOFTMAX_ALU, input_reads=3)
-# Softmax of an elementwise prologue (fuse_softmax): the prologue's ops are recomputed in each read.
-_FUSED_SOFTMAX_ALU = _grouped_alu_ops(
-    _normalized_axes, lambda node: 7 + 3 * expression_alu_ops(node.attr("expr")), trees=2, per_group=2
-)
+# Softmax of an elementwise prologue (fuse_softmax): the prologue's ops are recomputed in each read,
+# and so is each causal mask it generates instead of reading (attr triangles): a row counter step and
+# a compare of the lanes' column index against it, two ops.
+_CAUSAL_MASK_OPS = 2
+
+
+def _fused_softmax_per_vector(node: Node) -> int:
+    prologue = expression_alu_ops(node.attr("expr")) + _CAUSAL_MASK_OPS * len(node.attr("triangles") or {})
+    return 7 + 3 * prologue
+
+
+_FUSED_SOFTMAX_ALU = _grouped_alu_ops(_normalized_axes, _fused_softmax_per_vector, trees=2, per_group=2)
 _add("VXM", "FusedSoftmax", rowwise=True, domain=LPUC_DOMAIN, alu_ops=_FUSED_SOFTMAX_ALU, input_reads=3)
 _add("VXM", "LogSoftmax", rowwise=True, alu_ops=_LOG_SOFTMAX_ALU, input_reads=3)
 _add("VXM", "Hardmax", passes=3, rowwise=True)
@@ -387,7 +401,11 @@ def placement(op: str, domain: str = "") -> Placement:
 
 
 def is_elementwise(op: str, domain: str = "") -> bool:
-    return (domain == "" and op in ELEMENTWISE) or (domain == "ai.onnx.ml" and op == "Binarizer")
+    return (
+        (domain == "" and op in ELEMENTWISE)
+        or (domain == LPUC_DOMAIN and op in LPUC_ELEMENTWISE)
+        or (domain == "ai.onnx.ml" and op == "Binarizer")
+    )
 
 
 def table() -> dict[tuple[str, str], Placement]:

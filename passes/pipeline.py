@@ -27,11 +27,13 @@ from lpuc.passes.address_heads import address_heads
 from lpuc.passes.canonicalize_matmul import canonicalize_matmul
 from lpuc.passes.canonicalize_ops import canonicalize_ops
 from lpuc.passes.decompose_attention import decompose_attention
+from lpuc.passes.decompose_lrn import decompose_lrn
 from lpuc.passes.decompose_rnn import decompose_rnn
 from lpuc.passes.eliminate_dead_code import eliminate_dead_code
 from lpuc.passes.eliminate_identity import eliminate_identity
 from lpuc.passes.fold_batchnorm import fold_batchnorm
 from lpuc.passes.fold_constants import fold_constants
+from lpuc.passes.fold_requantize import fold_requantize
 from lpuc.passes.fuse_elementwise import fuse_elementwise
 from lpuc.passes.fuse_gelu import fuse_gelu
 from lpuc.passes.fuse_layernorm import fuse_layernorm
@@ -91,6 +93,7 @@ PIPELINE: tuple[Pass, ...] = (
     Pass("lower_gemm", lower_gemm),
     Pass("lower_einsum", lower_einsum),
     Pass("decompose_attention", decompose_attention),
+    Pass("decompose_lrn", decompose_lrn),
     Pass("fold_batchnorm", fold_batchnorm),
     Pass("lower_conv", lower_conv),
     Pass("sink_transposes", sink_transposes),
@@ -104,6 +107,8 @@ PIPELINE: tuple[Pass, ...] = (
     # requantize maps with their neighbours.
     Pass("quantize_int8", quantize_int8),
     Pass("sink_reshapes", sink_reshapes),
+    # Once sink_reshapes has put each requantization chain together, before it is fused into a map.
+    Pass("fold_requantize", fold_requantize),
     Pass("fuse_elementwise", fuse_elementwise),
     Pass("legalize_broadcast", legalize_broadcast),
     Pass("fuse_softmax", fuse_softmax),

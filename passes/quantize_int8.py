@@ -1,6 +1,6 @@
 """int8 builds: every MatMul with constant float weights becomes an int8 x int8 -> int32 MXM product.
 
-    A (float) --quantize: x / s_a, round, clip to +-127, cast int8 (a VXM map)--> Aq
+    A (float) --quantize: x / s_a, round, clip to [-128, 127], cast int8 (a VXM map)--> Aq
     Aq @ Wq   --MatMulInteger: int8 mode of the MXM, int32 accumulation--> acc
     acc       --Cast, Mul by s_a * s_w[n] (a VXM map; fuses with the bias / ReLU after it)--> Y
 
@@ -27,7 +27,7 @@ from lpuc.ir.graph import LPUC_DOMAIN, Graph, Node
 from lpuc.passes.builder import NodeBuilder
 from lpuc.passes.eliminate_dead_code import eliminate_dead_code
 
-INT8_MAX = 127  # symmetric range [-127, 127]: -128 is never produced, so negation is exact
+INT8_MAX = 127  # weights: symmetric range [-127, 127]: -128 is never produced, so negation is exact
 
 
 def quantize_int8(graph: Graph, ctx) -> Graph:
@@ -204,11 +204,18 @@ def _row_packing(b: NodeBuilder, node: Node, chain: list[Node], lanes: int) -> i
     return 1
 
 
+# Activations saturate to int8's whole range. Their scale is symmetric (max|A| / 127), so -128 is
+# reached only past the calibrated range; a lower bound of -127 would cost a Max per element, where
+# the saturating cast (fold_requantize) gives [-128, 127] for free. (Nothing negates activations;
+# the weights keep [-127, 127].)
+ACTIVATION_MIN = -INT8_MAX - 1
+
+
 def _quantize(b: NodeBuilder, x: str, scale: float) -> str:
-    """x / scale rounded (half to even) and clipped to [-127, 127], as int8: one VXM map."""
+    """x / scale rounded (half to even) and clipped to [-128, 127], as int8: one VXM map."""
     dtype = b.dtype(x)
     scaled = b.binary("Mul", x, b.const("inv_scale", np.array(1.0 / scale, dtype)), "quantize")
     rounded = b.unary("Round", scaled, "round")
-    bounds = [b.const(tag, np.array(v, dtype)) for tag, v in (("qmin", -INT8_MAX), ("qmax", INT8_MAX))]
+    bounds = [b.const(tag, np.array(v, dtype)) for tag, v in (("qmin", ACTIVATION_MIN), ("qmax", INT8_MAX))]
     clipped = b.emit("Clip", [rounded, *bounds], b.shape(x), dtype, "clip")
     return b.cast(clipped, np.int8, "int8")

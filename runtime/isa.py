@@ -5,7 +5,8 @@ module only moves tiles between SRAM, MXM planes and those kernels.
                 MXM precision)
     mxm.mm      [install shadow weights,] stream activation rows through the plane; add the plane's
                 accumulators (from_acc) and / or the result window (acc); keep the sum in the
-                accumulators (keep) or write it to the result window; fp32 accumulation
+                accumulators (keep) or write it to the result window; fp32 accumulation; with an
+                epilogue, a fused map transforms the result on its way to the window
     vxm.map     evaluate an elementwise expression over tile windows (numpy broadcasting)
     vxm.kernel  apply an op's kernel to operands assembled from tiles (whole tensors or row slabs)
     sxm.kernel  the same on a switch unit (data movement)
@@ -63,9 +64,21 @@ def _mm(m: Machine, ins: Instruction, attrs: dict) -> None:
         product = product + m.read(ins.reads[1]).astype(product.dtype)
     if attrs.get("keep"):
         plane.acc = product
+    elif "epilogue" in attrs:
+        plane.acc = None
+        m.write(ins.writes[0], epilogue(attrs["epilogue"], product, [None, *map(m.read, ins.reads[1:])]))
     else:
         plane.acc = None
         m.write(ins.writes[0], product)
+
+
+def epilogue(desc: dict, product: np.ndarray, reads: list[np.ndarray | None]) -> np.ndarray:
+    """A fused map (lpuc/lowering/epilogue.py) applied to an MM's result: the product cast to the
+    dtype of the tile it used to be written to (the values the map read back before), operand k >= 1
+    the MM's read k."""
+    result = product.astype(dtype_from_name(desc["result"]), copy=False)
+    operands = [None if k is None else result if k == 0 else reads[k] for k in desc["operands"]]
+    return evaluate_expression(desc["expr"], operands)
 
 
 def _map(m: Machine, ins: Instruction, attrs: dict) -> None:

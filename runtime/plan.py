@@ -37,7 +37,7 @@ from lpuc.kernels.registry import CAPTURES_ATTR, get_kernel
 from lpuc.lowering.builder import view_of
 from lpuc.program import Access, Instruction, Program, TileSlot
 from lpuc.runtime.fp16 import from_fp16, round_fp16, to_fp16
-from lpuc.runtime.isa import decoded_attrs, kernel_context, mxm_input, stacked
+from lpuc.runtime.isa import decoded_attrs, epilogue, kernel_context, mxm_input, stacked
 from lpuc.runtime.machine import Machine
 from lpuc.runtime.overlap import MxmThread, mxm_waits, run_overlapped
 
@@ -393,10 +393,13 @@ class _Executor:
         dst = None if attrs.get("keep") else self._view(ins.writes[0])
         acc = self._view(ins.reads[1]) if attrs.get("acc") else None
         from_acc = bool(attrs.get("from_acc"))
+        fused = attrs.get("epilogue")  # a map applied on the way to dst, as isa.epilogue does
+        operands = [None, *(_readonly(self._view(a)) for a in ins.reads[1:])] if fused else []
         slot, first, last = self._shared.get(ins.id, (None, True, True))
         shared, scratch = self._mxm_inputs, self._mm_scratch
         into_dst = (
             dst is not None
+            and fused is None
             and not from_acc
             and dst.dtype == np.float32
             and (acc is None or acc.dtype == np.float32)
@@ -434,6 +437,9 @@ class _Executor:
                 product = product + acc.astype(product.dtype)
             if dst is None:
                 plane.acc = product  # kept in the plane's accumulators for its next MM
+            elif fused is not None:
+                plane.acc = None
+                np.copyto(dst, epilogue(fused, product, operands), casting="unsafe")
             else:
                 plane.acc = None
                 np.copyto(dst, product, casting="unsafe")

@@ -154,6 +154,24 @@ def test_mxm_bound_is_macs_over_peak_throughput():
     assert program.summary["lower_bound_cycles"]["mxm"] == 8
 
 
+def test_weight_load_bound_counts_each_weight_byte_once():
+    # One row through [640, 640] fp16 weights: 819,200 bytes must reach the planes, at 8 words of 320
+    # bytes per cycle per plane over four planes = 80 cycles, far above the 4-cycle MAC bound.
+    rng = np.random.default_rng(0)
+    w = helper.make_tensor("w", TensorProto.FLOAT, [640, 640], rng.standard_normal(640 * 640).tolist())
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["y"])],
+        "fc",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 640])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 640])],
+        [w],
+    )
+    program = lpuc.compile(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)]))
+    bounds = program.summary["lower_bound_cycles"]
+    assert bounds["lw"] == 80 and bounds["mxm"] == 4
+    assert program.summary["cycles"] >= bounds["overall"] >= 80
+
+
 def test_weight_load_over_four_slices_reaches_its_rate(v1):
     # The same 320 words as four 40-row windows in MEM10..13 (columns 13..16): 80 words per slice over
     # 2 ports = 40 cycles = the LW's own 8 words per cycle. T = 40 + read 1 + 16 slices = 57.

@@ -118,8 +118,8 @@ class _ConvPool(torch.nn.Module):
 
 @pytest.mark.parametrize("pool", ["max", "avg", "avg_pad"])
 def test_windowed_ops_in_row_slabs(tmp_path, pool):
-    """Channels-last Im2Col and pooling of a 32x32 map: one instruction per 320-row result slab,
-    each reading only the input tiles its windows touch; same numbers as onnxruntime (fp32)."""
+    """Channels-last Im2Col and pooling of a 32x32 map: one instruction per result tile row,
+    each reading only the input rows its windows touch; same numbers as onnxruntime (fp32)."""
     torch.manual_seed(0)
     path = export(
         _ConvPool(pool),
@@ -130,9 +130,27 @@ def test_windowed_ops_in_row_slabs(tmp_path, pool):
     )
     program = lpuc.compile(path, precision="fp32")
     slabs = [i for i in program.instructions if i.attrs.get("attrs", {}).get("slab")]
-    assert len(slabs) >= 5  # the pooling and the second conv's Im2Col: 4 slabs each
-    im2col = [i for i in slabs if i.attrs["kernel"] == "Im2Col"]
-    assert len(im2col) == 4 and all(len(i.reads) < 4 for i in im2col), "a slab reads only the tiles it needs"
+    assert len(slabs) >= 5  # the pooling and each conv's Im2Col
+    first = [i for i in slabs if i.attrs["attrs"]["slab"].get("channels_first")]
+    for ins in first:  # conv on the NCHW input (3x3, pad 1): per channel plane, the image rows it needs
+        r0, r1 = ins.attrs["attrs"]["slab"]["out_rows"]
+        image_rows = min(63, (r1 - 1) // 64 + 1) + 1 - max(0, r0 // 64 - 1)
+        assert sum(a.nrows for a in ins.reads) == 8 * image_rows
+    channels_last = [i for i in slabs if i not in first]
+    im2col = [i for i in channels_last if i.attrs["kernel"] == "Im2Col"]  # 1024 rows: 5 tiles (short_tiles)
+    assert len(im2col) == 5 and all(len(i.reads) < 4 for i in im2col), "a slab reads only the tiles it needs"
+    for ins in channels_last:  # ... and of those tiles only the rows its windows touch (C <= 16 lanes)
+        r0, r1 = ins.attrs["attrs"]["slab"]["out_rows"]
+        pool = ins.attrs["kernel"] != "Im2Col"  # 3x3 stride 2 pad 1 on 64x64; conv2: dilation 2 pad 2
+        size, stride, pad, dilation = (64, 2, 1, 1) if pool else (32, 1, 2, 2)
+        rows = [
+            h * size + w
+            for oh, ow in (divmod(r, 32) for r in range(r0, r1))
+            for h in (oh * stride - pad + k * dilation for k in range(3))
+            for w in (ow * stride - pad + k * dilation for k in range(3))
+            if 0 <= h < size and 0 <= w < size
+        ]
+        assert sum(a.nrows for a in ins.reads) == max(rows) + 1 - min(rows) < size * size
     feeds = {"x": np.random.default_rng(4).normal(size=(1, 8, 64, 64)).astype(np.float32)}
     (want,) = ort_run(path, feeds)
     scale = float(np.abs(want).max())
@@ -179,3 +197,65 @@ def test_fp16_storage_only_where_every_use_rounds(tmp_path):
 def test_every_strategy_can_be_disabled(mlp_onnx):
     for name in STRATEGIES:
         assert lpuc.compile(mlp_onnx, disable_passes=[name]).summary["options"]["disabled_passes"] == [name]
+
+
+class _Residual(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv1 = torch.nn.Conv2d(16, 16, 3, padding=1)
+        self.conv2 = torch.nn.Conv2d(16, 16, 3, padding=1)
+
+    def forward(self, x):
+        return torch.relu(self.conv2(torch.relu(self.conv1(x))) + x)
+
+
+def test_short_tiles_in_conv_nets(tmp_path):
+    """A 14x14 map (196 rows) is shorter than two tiles: in a conv net its tensors are cut into two
+    tiles of 98 rows, so the second conv's first Im2Col slab starts on the first half of the first
+    conv's result. Same numbers as onnxruntime and as the build without the strategy (fp32)."""
+    torch.manual_seed(0)
+    example = (torch.zeros(1, 16, 14, 14),)
+    path = export(_Residual(), example, tmp_path / "res.onnx", input_names=["x"], output_names=["y"])
+    program = lpuc.compile(path, precision="fp32")
+    assert {t.rows for t in program.tiles if "im2col" in t.tensor.lower()} == {98}
+    slabs = [i for i in program.instructions if i.attrs.get("attrs", {}).get("slab")]
+    assert len(slabs) == 4  # two Im2Cols (the first reads the NCHW input), two row slabs each
+    feeds = {"x": np.random.default_rng(6).normal(size=(1, 16, 14, 14)).astype(np.float32)}
+    (want,) = ort_run(path, feeds)
+    got = program.run(feeds)["y"]
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5 * float(np.abs(want).max()))
+    whole = lpuc.compile(path, precision="fp32", disable_passes=["short_tiles"])
+    assert {t.rows for t in whole.tiles if "im2col" in t.tensor.lower()} == {196}
+    np.testing.assert_allclose(got, whole.run(feeds)["y"], rtol=1e-5, atol=1e-6 * float(np.abs(want).max()))
+
+
+def test_reshape_that_regroups_rows_in_slabs(tmp_path):
+    """A Reshape that changes the [rows, cols] view ([700, 96] -> [1400, 48], as int8 packing and
+    unpacking do) is a row-major copy: one instruction per result tile row, each reading only the
+    input rows holding its values. Bit-identical to onnxruntime and to the build without row_slabs."""
+    nodes = [
+        helper.make_node("Reshape", ["x", "shape"], ["r"]),
+        helper.make_node("Neg", ["r"], ["y"]),
+    ]
+    shape = numpy_helper.from_array(np.array([1400, 48], dtype=np.int64), "shape")
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [700, 96])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1400, 48])],
+        [shape],
+    )
+    path = tmp_path / "regroup.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    program = lpuc.compile(path, precision="fp32", disable_passes=["sink_reshapes"])
+    slabs = [i for i in program.instructions if i.attrs.get("kernel") == "ReshapeRows"]
+    assert len(slabs) == 5  # 1400 rows: five tiles (no convolution: 320 rows each, the last 120)
+    for ins in slabs:
+        r0, r1 = ins.attrs["attrs"]["slab"]["out_rows"]
+        assert sum(a.nrows for a in ins.reads) == -(-r1 // 2) - r0 // 2  # two result rows per input row
+    feeds = {"x": np.random.default_rng(7).normal(size=(700, 96)).astype(np.float32)}
+    (want,) = ort_run(path, feeds)
+    np.testing.assert_array_equal(program.run(feeds)["y"], want)
+    whole = lpuc.compile(path, precision="fp32", disable_passes=["sink_reshapes", "row_slabs"])
+    assert not any(i.attrs.get("kernel") == "ReshapeRows" for i in whole.instructions)
+    np.testing.assert_array_equal(whole.run(feeds)["y"], want)

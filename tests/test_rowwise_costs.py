@@ -18,7 +18,9 @@ from tests.kernels.oracle import IR_VERSION
 LANES = 320  # tsp-v1
 
 
-def _one_node(op: str, shape: list[int], out_shape: list[int], consts: dict | None = None, **attrs):
+def _one_node(
+    op: str, shape: list[int], out_shape: list[int], consts: dict | None = None, disable=(), **attrs
+):
     consts = consts or {}
     graph = helper.make_graph(
         [helper.make_node(op, ["x", *consts], ["y"], **attrs)],
@@ -28,7 +30,7 @@ def _one_node(op: str, shape: list[int], out_shape: list[int], consts: dict | No
         [numpy_helper.from_array(v, k) for k, v in consts.items()],
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=IR_VERSION)
-    return lpuc.compile(model, precision="fp32")
+    return lpuc.compile(model, precision="fp32", disable_passes=disable)
 
 
 def _kernels(program):
@@ -43,19 +45,26 @@ def test_layernorm_reads_twice_and_holds_alus_for_its_arithmetic():
     width = 768
     consts = {"scale": np.ones(width, np.float32), "bias": np.zeros(width, np.float32)}
     program = _one_node("LayerNormalization", [1, 128, width], [1, 128, width], consts, axis=-1)
-    (ins,) = _kernels(program)  # 128 rows: one slab
     tiles = math.ceil(width / LANES)
-    assert _rows(ins.writes) == 128 * tiles
-    assert ins.work.vectors == 2 * _rows(ins.reads) + _rows(ins.writes)
-    # Per vector: add, mul, add; sub, mul, mul, add. Per row: two 9-step lane trees (log2 320) and 6.
-    tree = math.ceil(math.log2(LANES))
-    assert ins.work.alu_ops == 7 * 128 * tiles + 128 * (2 * tree + 6)
-    alus = cost.vxm_alus(program.target, "vxm.kernel", ins.work)
-    assert alus == math.ceil(ins.work.alu_ops / ins.work.vectors) > 1
-    # The old rule charged 5 passes of every vector through one ALU.
-    assert cost.unit_cycles(program.target, "vxm.kernel", ins.work) < 5 * (
-        _rows(ins.reads) + _rows(ins.writes)
+    segments = _kernels(program)  # 128 rows: two 64-row segments (lpuc.lowering.row_segments)
+    assert [_rows(i.writes) for i in segments] == [64 * tiles] * 2
+    for ins in segments:
+        rows = _rows(ins.writes) // tiles
+        # The data and the scale and bias rows, twice; the result once.
+        assert ins.work.vectors == 2 * _rows(ins.reads) + _rows(ins.writes)
+        # Per vector: add, mul, add; sub, mul, mul, add. Per row: two 9-step lane trees (log2 320) and 6.
+        tree = math.ceil(math.log2(LANES))
+        assert ins.work.alu_ops == 7 * rows * tiles + rows * (2 * tree + 6)
+        alus = cost.vxm_alus(program.target, "vxm.kernel", ins.work)
+        assert alus == math.ceil(ins.work.alu_ops / ins.work.vectors) > 1
+        # The old rule charged 5 passes of every vector through one ALU.
+        assert cost.unit_cycles(program.target, "vxm.kernel", ins.work) < 5 * (
+            _rows(ins.reads) + _rows(ins.writes)
+        )
+    (whole,) = _kernels(
+        _one_node("LayerNormalization", [1, 128, width], [1, 128, width], consts, ("row_segments",), axis=-1)
     )
+    assert _rows(whole.writes) == 128 * tiles  # without segments: one slab
 
 
 @pytest.mark.parametrize("op, per_vector, per_row", [("Softmax", 7, 2), ("LogSoftmax", 6, 4)])

@@ -28,6 +28,12 @@ def mlp(mlp_onnx) -> Program:
 
 
 @pytest.fixture(scope="module")
+def mlp_maps(mlp_onnx) -> Program:
+    """The mlp with its maps apart from the MMs (mxm_epilogues would fuse every one of them)."""
+    return lpuc.compile(mlp_onnx, target="tsp-mini", precision="fp32", disable_passes=["mxm_epilogues"])
+
+
+@pytest.fixture(scope="module")
 def residual(small_residual_onnx) -> Program:
     """80 activation rows on 64-lane tiles: weight groups with two MMs (one installs, one reuses)."""
     return lpuc.compile(small_residual_onnx, target="tsp-mini", precision="fp16")
@@ -146,7 +152,7 @@ def test_dropped_only_writer_of_a_model_output(mlp):
 
 def test_dropped_writer_of_part_of_a_tile(residual):
     """A reader whose window is only partly written (one of two lane blocks dropped) is refused."""
-    readers = [i for i in residual.instructions if i.opcode == "vxm.map"]
+    readers = [i for i in residual.instructions if i.opcode in ("vxm.map", "mxm.mm")]  # (maps may be fused)
     writers = {w.buf: [] for i in readers for w in i.reads}
     for i in residual.instructions:
         for w in i.writes:
@@ -171,29 +177,29 @@ def test_work_record_that_does_not_match_the_windows(mlp):
     assert any("does not match" in p for p in refusals(with_instruction(mlp, k, work=cheaper)))
 
 
-def test_map_issued_on_an_mxm_unit(mlp):
-    k = _index(mlp, lambda i: i.opcode == "vxm.map")
-    ins = mlp.instructions[k]
-    moved = with_instruction(mlp, k, units=("MXM0", *ins.units[1:]))
+def test_map_issued_on_an_mxm_unit(mlp_maps):
+    k = _index(mlp_maps, lambda i: i.opcode == "vxm.map")
+    ins = mlp_maps.instructions[k]
+    moved = with_instruction(mlp_maps, k, units=("MXM0", *ins.units[1:]))
     assert any("not a VXM unit" in p for p in refusals(moved))
 
 
-def test_missing_mem_port_and_stream_bookings(mlp):
-    k = _index(mlp, lambda i: i.opcode == "vxm.map")
-    ins = mlp.instructions[k]
-    no_ports = with_instruction(mlp, k, units=tuple(u for u in ins.units if not u.startswith("MEM")))
+def test_missing_mem_port_and_stream_bookings(mlp_maps):
+    k = _index(mlp_maps, lambda i: i.opcode == "vxm.map")
+    ins = mlp_maps.instructions[k]
+    no_ports = with_instruction(mlp_maps, k, units=tuple(u for u in ins.units if not u.startswith("MEM")))
     assert any("none of the ports of MEM slice" in p for p in refusals(no_ports))
-    no_streams = with_instruction(mlp, k, units=tuple(u for u in ins.units if not u.startswith(("SE", "SW"))))
+    streamless = tuple(u for u in ins.units if not u.startswith(("SE", "SW")))
+    no_streams = with_instruction(mlp_maps, k, units=streamless)
     assert any("streams, books 0" in p for p in refusals(no_streams))
 
 
-def test_oversubscribed_mem_port(mlp):
+def test_oversubscribed_mem_port(mlp_maps):
     """Two instructions holding the same bank port of a slice at the same time."""
-    a, b = [
-        i for i in mlp.instructions if i.opcode == "vxm.map" and any(u.startswith("MEM") for u in i.units)
-    ][:2]
+    maps = [i for i in mlp_maps.instructions if i.opcode == "vxm.map"]
+    a, b = [i for i in maps if any(u.startswith("MEM") for u in i.units)][:2]
     port = next(u for u in a.units if u.startswith("MEM"))
-    clash = with_instruction(mlp, b.id, units=(*b.units, port), start=a.start)
+    clash = with_instruction(mlp_maps, b.id, units=(*b.units, port), start=a.start)
     assert any(f"unit {port} double-booked" in p for p in refusals(clash))
 
 
@@ -209,9 +215,9 @@ def test_edited_summary_is_refused_at_load(mlp, tmp_path):
     assert result.output.strip().startswith("error: ") and result.output.strip().count("\n") == 0
 
 
-def test_edited_duration_is_refused_at_load(mlp):
-    k = _index(mlp, lambda i: i.opcode == "vxm.map")
-    shorter = resummarized(with_instruction(mlp, k, duration=mlp.instructions[k].duration - 1))
+def test_edited_duration_is_refused_at_load(mlp_maps):
+    k = _index(mlp_maps, lambda i: i.opcode == "vxm.map")
+    shorter = resummarized(with_instruction(mlp_maps, k, duration=mlp_maps.instructions[k].duration - 1))
     with pytest.raises(ArtifactError, match="shorter than the"):
         decode_program(encode_program(shorter))
 

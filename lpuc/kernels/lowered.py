@@ -6,8 +6,10 @@ import numpy as np
 
 from lpuc.ir.graph import LPUC_DOMAIN
 from lpuc.kernels import windows
+from lpuc.kernels._common import onnx_dtype
 from lpuc.kernels.conv import im2col, scatter_transposed
 from lpuc.kernels.matmul import accumulated_matmul
+from lpuc.kernels.quantize import quantize_values
 from lpuc.kernels.registry import KernelContext, kernel, run_kernel
 from lpuc.kernels.softmax import softmax
 
@@ -18,10 +20,13 @@ def im2col_kernel(ctx: KernelContext, x: np.ndarray) -> np.ndarray:
     With channels_last, x is [N, *spatial, C] (the columns keep the same order). `pad_value` (an
     integer x's zero point, default 0) fills the padding, so that the padding is zero once centered;
     `pack_rows` p returns [rows / p, p * cols] (row-major: p consecutive rows side by side). With a
-    slab attribute: channels-last result rows [r0, r1) from an input row slab (no packing)."""
+    slab attribute: result rows [r0, r1) (before packing) from an input row slab (the [rows, cols]
+    view of x from row in_row0; lpuc.kernels.windows)."""
+    pack = int(ctx.attr("pack_rows", 1))  # `pack_rows` consecutive rows side by side (quantize_int8)
     if ctx.attr("slab"):
         values = windows.gather(x, ctx.attrs, int(ctx.attr("pad_value", 0)))
-        return values.transpose(0, 2, 1).reshape(len(values), -1)
+        cols = values.transpose(0, 2, 1).reshape(len(values), -1)
+        return cols if pack == 1 else cols.reshape(cols.shape[0] // pack, cols.shape[1] * pack)
     if ctx.attr("channels_last", 0):
         x = np.moveaxis(x, -1, 1)
     geometry = (ctx.attr("kernel_shape"), ctx.attr("strides"), ctx.attr("pads"), ctx.attr("dilations"))
@@ -30,8 +35,28 @@ def im2col_kernel(ctx: KernelContext, x: np.ndarray) -> np.ndarray:
         cols = im2col(x, *geometry)
     else:  # shift so that the pad value is 0, pad with zeros, shift back (exact in int64)
         cols = (im2col(x.astype(np.int64) - pad_value, *geometry) + pad_value).astype(x.dtype)
-    pack = int(ctx.attr("pack_rows", 1))  # `pack_rows` consecutive rows side by side (quantize_int8)
     return cols if pack == 1 else cols.reshape(cols.shape[0] // pack, cols.shape[1] * pack)
+
+
+@kernel("SaturatingCast", domain=LPUC_DOMAIN)
+def saturating_cast(ctx: KernelContext, x: np.ndarray) -> np.ndarray:
+    """Float to the integer type `to` (an ONNX TensorProto code) in one VXM op: round half to even,
+    saturate to the type's range, convert (what Round, Clip to the type's range and Cast compute;
+    passes/fold_requantize emits it)."""
+    to = np.dtype(onnx_dtype(int(ctx.attr("to")), "SaturatingCast"))
+    if to.kind not in "iu" or x.dtype.kind != "f":
+        raise ValueError(f"SaturatingCast: float to integer only, not {x.dtype} to {to}")
+    return quantize_values(x, None, to)
+
+
+@kernel("ReshapeRows", domain=LPUC_DOMAIN)
+def reshape_rows(ctx: KernelContext, x: np.ndarray) -> np.ndarray:
+    """Rows [r0, r1) of a row-major reshape to out_cols columns (attr slab), from the input's
+    [rows, cols] view x starting at its row in_row0 (lowering's slabs of a Reshape that regroups rows)."""
+    slab = ctx.attr("slab")
+    (r0, r1), cols = slab["out_rows"], int(slab["out_cols"])
+    start = r0 * cols - int(slab["in_row0"]) * x.shape[-1]
+    return x.reshape(-1)[start : start + (r1 - r0) * cols].reshape(r1 - r0, cols)
 
 
 @kernel("ConvTransposeScatter", domain=LPUC_DOMAIN)
@@ -98,12 +123,26 @@ def evaluate_expression(steps: list[dict], operands: list[np.ndarray | None]) ->
 def fused_softmax(ctx: KernelContext, *operands: np.ndarray | None) -> np.ndarray:
     """Softmax over the last axis of an elementwise expression (attr expr; e.g. x * scale + mask).
 
-    Operand 0 has the result's shape; the others are that shape too, one row of the last axis, or a
-    scalar. The runtime may hand over a 2-D row slab of the shaped operands: rows keep their last
-    axis, so a row operand is applied as a vector along it."""
+    Operand 0 has the result's shape; the others are that shape too, one row of the last axis, a
+    scalar, or (attr triangles: operand -> diagonal d) a causal mask given as its two values [on, off]:
+    `on` where column - row >= d in each [S, S] matrix (S: attr `matrix_rows`), `off` below. The
+    runtime may hand over a 2-D row slab of the shaped operands starting at view row `row0`: rows keep
+    their last axis, so a row operand is applied as a vector along it."""
     rows = [o if o is None or o.ndim < 2 or o.size != o.shape[-1] else o.reshape(-1) for o in operands]
+    for k, diagonal in (ctx.attr("triangles") or {}).items():
+        rows[int(k)] = _causal_mask(operands[0].shape, ctx, int(diagonal), operands[int(k)])
     x = evaluate_expression(ctx.attr("expr"), rows)
     return softmax(np.asarray(x).reshape(operands[0].shape), -1)
+
+
+def _causal_mask(shape: tuple[int, ...], ctx: KernelContext, diagonal: int, values: np.ndarray) -> np.ndarray:
+    """The mask of FusedSoftmax's `triangles` for view rows row0.. of a [rows, cols] slab (or whole)."""
+    cols = int(shape[-1])
+    rows = int(np.prod(shape[:-1], dtype=np.int64))
+    matrix_rows = int(ctx.attr("matrix_rows", shape[-2] if len(shape) > 1 else 1))
+    row = (int(ctx.attr("row0", 0)) + np.arange(rows)) % matrix_rows
+    on = np.arange(cols)[None, :] - row[:, None] >= diagonal
+    return np.where(on, values[0], values[1]).reshape(shape)
 
 
 @kernel("HeadMatMul", domain=LPUC_DOMAIN)

@@ -1,10 +1,12 @@
-"""Sliding windows over channels-last tensors, one row slab of the result at a time.
+"""Sliding windows over a tensor's [rows, cols] view, one row slab of the result at a time.
 
 A channels-last tensor [N, *spatial, C] is a [N * prod(spatial), C] matrix: one row per position.
-An op that combines a window of positions (Im2Col, pooling) computes the result rows [r0, r1) from
-the input rows its windows touch, which lowering reads as a slab: so a convolution's columns (or a
-pooling's result) are produced tile row by tile row, and the matmuls that read them start on the
-first rows instead of waiting for the whole tensor.
+A channels-first one [N, C, *spatial] is a [N * C * prod(spatial[:-1]), spatial[-1]] matrix: a
+position's channels lie in rows prod(spatial) / spatial[-1] apart. An op that combines a window of
+positions (Im2Col, pooling) computes the result rows [r0, r1) from the input rows its windows
+touch, which lowering reads as a slab: so a convolution's columns (or a pooling's result) are
+produced tile row by tile row, and the matmuls that read them start on the first rows instead of
+waiting for the whole tensor.
 
 Only explicit pads and ceil_mode 0 (what lower_conv and sink_transposes produce).
 """
@@ -21,11 +23,23 @@ import numpy as np
 
 from lpuc.kernels.conv import conv_output_shape
 
+# A channels-first slab reads one row window per (image, channel) plane up to this many planes,
+# beyond that one window spanning them all (an access per plane would hold too many ports).
+MAX_PLANE_WINDOWS = 8
 
-def tap_rows(attrs: Mapping[str, Any], in_shape: Sequence[int], r0: int, r1: int) -> np.ndarray:
-    """For result rows [r0, r1) and each window tap: the input row it reads, -1 in the padding.
-    Shape [r1 - r0, taps]."""
-    spatial = [int(d) for d in in_shape[1:-1]]
+
+def _layout(in_shape: Sequence[int], channels_first: bool) -> tuple[int, list[int], int]:
+    """(batch, spatial dims, channels) of the input."""
+    dims = [int(d) for d in in_shape]
+    return (dims[0], dims[2:], dims[1]) if channels_first else (dims[0], dims[1:-1], dims[-1])
+
+
+def tap_rows(
+    attrs: Mapping[str, Any], in_shape: Sequence[int], r0: int, r1: int, channels_first: bool = False
+) -> np.ndarray:
+    """For result rows [r0, r1) and each window tap: the input position it reads (n * prod(spatial)
+    + the spatial offset, row-major), -1 in the padding. Shape [r1 - r0, taps]."""
+    batch, spatial, _ = _layout(in_shape, channels_first)
     rank = len(spatial)
     kernel = [int(k) for k in attrs["kernel_shape"]]
     strides = [int(s) for s in attrs.get("strides") or [1] * rank]
@@ -33,7 +47,7 @@ def tap_rows(attrs: Mapping[str, Any], in_shape: Sequence[int], r0: int, r1: int
     pads = [int(p) for p in attrs.get("pads") or [0] * 2 * rank]
     out = conv_output_shape(spatial, kernel, strides, pads, dilations)
     rows = np.arange(r0, r1)
-    n, *pos = np.unravel_index(rows, [int(in_shape[0]), *out])
+    n, *pos = np.unravel_index(rows, [batch, *out])
     taps = np.unravel_index(np.arange(math.prod(kernel)), kernel)
     flat = n[:, None].astype(np.int64)
     valid = np.ones((len(rows), math.prod(kernel)), dtype=bool)
@@ -44,18 +58,54 @@ def tap_rows(attrs: Mapping[str, Any], in_shape: Sequence[int], r0: int, r1: int
     return np.where(valid, flat, -1)
 
 
+def _view_cells(
+    attrs: Mapping[str, Any], in_shape: Sequence[int], r0: int, r1: int, channels_first: bool
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(positions [rows, taps] as tap_rows, view rows and view cols [rows, taps, C or 1]) of the
+    input values the windows of result rows [r0, r1) read. Channels-last: a position is one view
+    row (all its channels, col -1 meaning every lane)."""
+    idx = tap_rows(attrs, in_shape, r0, r1, channels_first)
+    if not channels_first:
+        return idx, idx[..., None], np.full(idx.shape + (1,), -1)
+    _, spatial, channels = _layout(in_shape, True)
+    size, width = math.prod(spatial), spatial[-1]
+    n, s = np.divmod(np.maximum(idx, 0), size)
+    flat = (n[..., None] * channels + np.arange(channels)) * size + s[..., None]
+    return idx, flat // width, flat % width
+
+
+def input_windows(
+    attrs: Mapping[str, Any], in_shape: Sequence[int], r0: int, r1: int, channels_first: bool = False
+) -> list[tuple[int, int]]:
+    """The input view rows the windows of result rows [r0, r1) touch, as row ranges [i0, i1): one
+    range, or (channels-first) one per (image, channel) plane, up to MAX_PLANE_WINDOWS of them."""
+    idx, rows, _ = _view_cells(attrs, in_shape, r0, r1, channels_first)
+    used = rows[idx >= 0]  # [cells, C or 1]
+    if not used.size:
+        return [(0, 1)]
+    whole = [(int(used.min()), int(used.max()) + 1)]
+    if not channels_first:
+        return whole
+    _, spatial, _ = _layout(in_shape, True)
+    plane = used // math.prod(spatial[:-1])  # a plane's view rows are contiguous, planes in order
+    planes = np.unique(plane)
+    if len(planes) > MAX_PLANE_WINDOWS:
+        return whole
+    return [(int(used[plane == p].min()), int(used[plane == p].max()) + 1) for p in planes]
+
+
 def input_rows(attrs: Mapping[str, Any], in_shape: Sequence[int], r0: int, r1: int) -> tuple[int, int]:
-    """The input rows [i0, i1) the windows of result rows [r0, r1) touch."""
-    idx = tap_rows(attrs, in_shape, r0, r1)
-    used = idx[idx >= 0]
-    return (int(used.min()), int(used.max()) + 1) if used.size else (0, 1)
+    """The input rows [i0, i1) the windows of result rows [r0, r1) of a channels-last op touch."""
+    ((i0, i1),) = input_windows(attrs, in_shape, r0, r1)
+    return i0, i1
 
 
 def gather(x: np.ndarray, attrs: Mapping[str, Any], fill) -> np.ndarray:
-    """Window values of a slab: x holds input rows from attrs["slab"]["in_row0"] on ([rows, C]);
-    returns [out rows, taps, C] with `fill` in the padding."""
-    rows, padding = _slab_index(attrs, len(x))
-    values = x[rows]
+    """Window values of a slab: x holds input view rows from attrs["slab"]["in_row0"] on ([rows,
+    cols]); returns [out rows, taps, C] with `fill` in the padding. attrs["slab"]["channels_first"]
+    says how the input's values lie in its view (module docstring)."""
+    index, padding = _slab_index(attrs, len(x))
+    values = x[index]
     if padding is not None:
         values[padding] = fill
     return values
@@ -65,15 +115,17 @@ def gather(x: np.ndarray, attrs: Mapping[str, Any], fill) -> np.ndarray:
 # run after run, and computing the index took as long as the gather itself. Kept up to a budget,
 # least recently used first out.
 _INDEX_BUDGET = 32 << 20
-_index_cache: OrderedDict[tuple, tuple[np.ndarray, np.ndarray | None]] = OrderedDict()
+_index_cache: OrderedDict[tuple, tuple[Any, np.ndarray | None]] = OrderedDict()
 _index_bytes = 0
 _index_lock = threading.Lock()
 
 
-def _slab_index(attrs: Mapping[str, Any], rows: int) -> tuple[np.ndarray, np.ndarray | None]:
-    """(the row of x each window tap reads, clipped into x; the taps in the padding, or None)."""
+def _slab_index(attrs: Mapping[str, Any], rows: int) -> tuple[Any, np.ndarray | None]:
+    """(the index of x the window taps read, clipped into x's rows: view rows, or (view rows, view
+    cols) channels-first; the taps in the padding, or None)."""
     global _index_bytes
     slab = attrs["slab"]
+    channels_first = bool(slab.get("channels_first", False))
     key = tuple(
         tuple(v) if isinstance(v, (list, tuple)) else v
         for v in (
@@ -84,6 +136,7 @@ def _slab_index(attrs: Mapping[str, Any], rows: int) -> tuple[np.ndarray, np.nda
             slab["in_shape"],
             slab["out_rows"],
             slab["in_row0"],
+            channels_first,
             rows,
         )
     )
@@ -93,14 +146,16 @@ def _slab_index(attrs: Mapping[str, Any], rows: int) -> tuple[np.ndarray, np.nda
             _index_cache.move_to_end(key)
             return hit
     r0, r1 = slab["out_rows"]
-    idx = tap_rows(attrs, slab["in_shape"], r0, r1)
-    local = np.clip(idx - int(slab["in_row0"]), 0, max(0, rows - 1))
+    idx, view_rows, cols = _view_cells(attrs, slab["in_shape"], r0, r1, channels_first)
+    local = np.clip(view_rows - int(slab["in_row0"]), 0, max(0, rows - 1))
+    index = (local, cols) if channels_first else local[..., 0]
     padding = idx < 0
-    entry = (local, padding if padding.any() else None)
-    for a in entry:
-        if a is not None:
-            a.flags.writeable = False
-    size = _nbytes(entry)
+    padding = padding if padding.any() else None
+    arrays = [a for a in (*(index if channels_first else (index,)), padding) if a is not None]
+    for a in arrays:
+        a.flags.writeable = False
+    size = sum(a.nbytes for a in arrays)
+    entry = (index, padding)
     with _index_lock:
         if key not in _index_cache and size <= _INDEX_BUDGET:
             _index_cache[key] = entry
@@ -110,5 +165,7 @@ def _slab_index(attrs: Mapping[str, Any], rows: int) -> tuple[np.ndarray, np.nda
     return entry
 
 
-def _nbytes(entry: tuple[np.ndarray, np.ndarray | None]) -> int:
-    return sum(a.nbytes for a in entry if a is not None)
+def _nbytes(entry: tuple[Any, np.ndarray | None]) -> int:
+    index, padding = entry
+    arrays = [*(index if isinstance(index, tuple) else (index,)), padding]
+    return sum(a.nbytes for a in arrays if a is not None)

@@ -9,8 +9,11 @@ from lpuc.ir.graph import LPUC_DOMAIN, Graph, Node
 from lpuc.ir.tiled import TiledProgram
 from lpuc.lowering.builder import TiledBuilder, view_of
 from lpuc.lowering.elementwise import lower_map
+from lpuc.lowering.epilogue import fuse_epilogues
 from lpuc.lowering.host_tables import tables_for_host
+from lpuc.lowering.map_chains import join_maps
 from lpuc.lowering.matmul import lower_matmul
+from lpuc.lowering.row_segments import segment_rows
 from lpuc.lowering.stream import lower_stream
 from lpuc.ops import Placement, is_elementwise, placement
 from lpuc.target import Target
@@ -19,9 +22,15 @@ from lpuc.target import Target
 STRATEGIES = {
     "mxm_accumulators": "K chunks summed in a plane's accumulators, not through SRAM",
     "weight_spread": "constant weights tiled over slices so a weight load reaches its full rate",
-    "row_slabs": "Im2Col and pooling cut into result row slabs (consumers start on the first)",
+    "row_slabs": "Im2Col, pooling, row-regrouping reshapes cut into result row slabs (consumers start early)",
+    "short_tiles": "conv nets: tensors shorter than four tiles get one tile more (later stages pipeline)",
     "fp16_storage": "fp16 builds store values that only feed the MXM (or copies of them) as fp16",
     "constant_replicas": "broadcast constants copied so parallel maps do not share a slice's ports",
+    "row_segments": "row-wise kernels cut into short row segments (consumers start on the first)",
+    "mxm_epilogues": "a map of an MM's result fused into the MM: its rows stream through the VXM",
+    "map_chains": "a map of another map's (or a fused epilogue's) result joined to it: one VXM pass",
+    # Applied when tiles are placed on slices (lpuc.schedule.placement), listed here to switch it off.
+    "spread_accesses": "tiles used by ops close in program order placed on different slices",
 }
 
 
@@ -63,6 +72,7 @@ def lower_with(
         if precision == "fp16" and "fp16_storage" not in disabled
         else set(),
         disabled=disabled,
+        segment_rows=segment_rows(graph, where_ops, target) if "row_segments" not in disabled else None,
     )
     for name in graph.inputs:
         b.define(name)
@@ -85,7 +95,9 @@ def lower_with(
             lower_stream(b, node, p, unit, f"{unit.lower()}.kernel")
         else:
             lower_stream(b, node, Placement("HOST"), "HOST", "host.kernel")
-    return b.finish()
+    tiled = b.finish()
+    tiled = fuse_epilogues(tiled, target) if b.enabled("mxm_epilogues") else tiled
+    return join_maps(tiled, target) if b.enabled("map_chains") else tiled
 
 
 def host_resident_values(graph: Graph, where_ops: dict[str, str]) -> set[str]:

@@ -15,7 +15,7 @@ from lpuc.cost import Work
 from lpuc.ir.graph import Node
 from lpuc.ir.tiled import Ref
 from lpuc.jsonable import to_json
-from lpuc.lowering.builder import TiledBuilder
+from lpuc.lowering.builder import TiledBuilder, split_range
 from lpuc.ops import expression_alu_ops
 from lpuc.passes.fuse_elementwise import node_steps
 from lpuc.passes.legalize_broadcast import operand_mode
@@ -41,28 +41,34 @@ def lower_map(b: TiledBuilder, node: Node) -> None:
     # row, a scalar) they all read is copied so that they do not queue for one slice's ports.
     replicas = min(len(out.grid), -(-b.target.vxm_alus // b.target.mem_banks))
     replicas = replicas if b.enabled("constant_replicas") else 1
+    tiled = [t for t, mode in zip(operands, modes) if mode == "tile"]
     for rb, row in enumerate(out.grid):
         for cb, buf in enumerate(row):
             tile = b.buffers[buf]
-            reads = []
-            for name, t, mode in zip(node.inputs, operands, modes):
-                if t is None:
-                    continue
-                if mode != "tile" and b.graph.values[name].is_const and rb % replicas:
-                    t = b.const_tensor(name, t.dtype, replica=rb % replicas)
-                if mode == "tile":
-                    reads.append(b.whole(t.grid[rb][cb]))
-                elif mode == "row":
-                    src = b.buffers[t.grid[0][cb]]
-                    reads.append(Ref(src.id, 0, 1, 0, src.lanes))
-                else:
-                    reads.append(Ref(t.grid[0][0], 0, 1, 0, 1))
-            b.emit(
-                "vxm.map",
-                "VXM",
-                reads,
-                [b.whole(buf)],
-                node.name,
-                Work(vectors=tile.rows * words, alu_ops=alu_ops, elem_ops=tile.rows * tile.lanes * alu_ops),
-                attrs=attrs,
-            )
+            # Operands cut into other tiles (row segments) are read window by window.
+            edges = [t.block_rows for t in tiled if t.block_rows != out.block_rows]
+            for r0, r1 in split_range(tile.r0, tile.r0 + tile.rows, *edges):
+                c0, c1 = tile.c0, tile.c0 + tile.lanes
+                reads = []
+                for name, t, mode in zip(node.inputs, operands, modes):
+                    if t is None:
+                        continue
+                    if mode != "tile" and b.graph.values[name].is_const and rb % replicas:
+                        t = b.const_tensor(name, t.dtype, replica=rb % replicas)
+                    if mode == "tile":
+                        reads.append(b.window(t, r0, r1, c0, c1))
+                    elif mode == "row":
+                        src = b.buffers[t.grid[0][cb]]
+                        reads.append(Ref(src.id, 0, 1, 0, src.lanes))
+                    else:
+                        reads.append(Ref(t.grid[0][0], 0, 1, 0, 1))
+                rows = r1 - r0
+                b.emit(
+                    "vxm.map",
+                    "VXM",
+                    reads,
+                    [b.window(out, r0, r1, c0, c1)],
+                    node.name,
+                    Work(vectors=rows * words, alu_ops=alu_ops, elem_ops=rows * tile.lanes * alu_ops),
+                    attrs=attrs,
+                )

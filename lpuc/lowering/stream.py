@@ -12,12 +12,13 @@ import numpy as np
 
 from lpuc.cost import Work
 from lpuc.dtypes import dtype_name
-from lpuc.ir.graph import Node
+from lpuc.ir.graph import LPUC_DOMAIN, Graph, Node
 from lpuc.ir.tiled import Ref, TensorTiles
 from lpuc.jsonable import to_json
 from lpuc.kernels._common import normalize_axis
-from lpuc.kernels.windows import input_rows
-from lpuc.lowering.builder import TiledBuilder
+from lpuc.lowering.builder import TiledBuilder, split_range
+from lpuc.lowering.windowed import Window as _Window
+from lpuc.lowering.windowed import reshape_slabs, window_slabs
 from lpuc.ops import Placement
 
 # Ops whose first input is addressed (gathered from), not streamed in full.
@@ -26,14 +27,33 @@ _GATHERS = frozenset({"Gather", "GatherElements", "GatherND"})
 _SOFTMAX_FAMILY = frozenset({"Softmax", "LogSoftmax", "Hardmax"})
 
 
-def _operand(b: TiledBuilder, t: TensorTiles, first: int, rows: range | None) -> tuple[dict, list[Ref]]:
-    """Refs to the tiles of `t` (or of its row slab) and how they assemble into the kernel operand.
+def _operand(
+    b: TiledBuilder,
+    t: TensorTiles,
+    first: int,
+    span: tuple[int, int] | None,
+    windows: list[_Window] | None = None,
+) -> tuple[dict, list[Ref]]:
+    """Refs to the tiles of `t` (or to the tile rows holding view rows [lo, hi) `span` of it, or to
+    `windows`: view rows [r0, r1) x cols [c0, c1) each) and how they assemble into the kernel operand.
 
     The runtime places each tile at its buffer's (r0 - row_offset, c0) in a [rows, cols] array and
-    reshapes that to `shape` (a slab is handed over as a 2-D [slab_rows, cols] array).
+    reshapes that to `shape` (a slab is handed over as a 2-D [slab_rows, cols] array). Windows
+    declare only the rows and lanes the op uses: the cost model charges those, and the scheduler
+    orders the op after the writers of those rows only; the kernel ignores the rest of its tiles.
     """
-    grid = t.grid if rows is None else t.grid[rows.start : rows.stop]
-    refs = [b.whole(buf) for row in grid for buf in row]
+    br = t.block_rows
+    if windows:
+        tile_rows = range(windows[0][0] // br, (windows[-1][1] - 1) // br + 1)
+        refs = [
+            b.window(t, lo, hi, clo, chi)
+            for r0, r1, c0, c1 in windows
+            for lo, hi in split_range(r0, r1, br)
+            for clo, chi in split_range(c0, c1, t.lanes)
+        ]
+    else:
+        tile_rows = range(len(t.grid)) if span is None else range(span[0] // br, -(-span[1] // br))
+        refs = [b.whole(buf) for row in t.grid[tile_rows.start : tile_rows.stop] for buf in row]
     desc = {"dtype": dtype_name(t.dtype), "first": first, "count": len(refs)}
     if _is_host(b, t):
         return {
@@ -42,26 +62,26 @@ def _operand(b: TiledBuilder, t: TensorTiles, first: int, rows: range | None) ->
             "shape": None if t.shape is None else list(t.shape),
             "row_offset": 0,
         }, refs
-    if rows is None:
+    if span is None and not windows:
         return {**desc, "shape": list(t.shape), "row_offset": 0}, refs
-    row_offset = rows.start * t.block_rows
-    slab_rows = min(t.rows, rows.stop * t.block_rows) - row_offset
+    row_offset = tile_rows.start * br
+    slab_rows = min(t.rows, tile_rows.stop * br) - row_offset
     return {**desc, "shape": [slab_rows, t.cols], "row_offset": row_offset}, refs
 
 
-def is_rowwise(node: Node, b: TiledBuilder, placement: Placement) -> bool:
+def rowwise_last_axis(node: Node, graph: Graph, placement: Placement) -> bool:
+    """A row-wise op over the last axis: each result row depends on the same input row alone."""
     if not placement.rowwise or len([o for o in node.outputs if o]) != 1:
         return False
-    rank = len(b.graph.values[node.inputs[0]].shape)
+    rank = len(graph.values[node.inputs[0]].shape)
     default = 1 if node.op in _SOFTMAX_FAMILY and 0 < node.opset < 13 else -1
     return rank >= 1 and normalize_axis(int(node.attr("axis", default)), rank) == rank - 1
 
 
 def is_windowed(node: Node, placement: Placement) -> bool:
-    """A channels-last sliding window op that lowering can cut into result row slabs."""
+    """A sliding window op (an Im2Col, a channels-last pooling) that lowering can cut into result row
+    slabs."""
     if not placement.windowed or len([o for o in node.outputs if o]) != 1 or not node.attr("kernel_shape"):
-        return False
-    if node.op == "Im2Col" and (not node.attr("channels_last", 0) or int(node.attr("pack_rows", 1)) != 1):
         return False
     auto_pad = node.attr("auto_pad", "NOTSET")
     auto_pad = auto_pad.decode() if isinstance(auto_pad, bytes) else auto_pad
@@ -73,42 +93,68 @@ def lower_stream(b: TiledBuilder, node: Node, placement: Placement, unit_class: 
     outs = [b.define(o) if o else None for o in node.outputs]
     if all(t is None or not t.tiles() for t in outs):
         return  # nothing to write: empty results
-    if (
-        unit_class != "HOST"
-        and b.enabled("row_slabs")
-        and is_windowed(node, placement)
-        and len(outs[0].grid) > 1
-    ):
-        x, y = ins[0], outs[0]
-        for rb in range(len(y.grid)):
-            r0, r1 = rb * y.block_rows, min(y.rows, (rb + 1) * y.block_rows)
-            i0, i1 = input_rows(node.attrs, x.shape, r0, r1)
-            rows = range(i0 // x.block_rows, (i1 - 1) // x.block_rows + 1)
-            slab = {"out_rows": [r0, r1], "in_row0": rows.start * x.block_rows, "in_shape": list(x.shape)}
-            _emit(b, node, placement, unit_class, opcode, ins, outs, range(rb, rb + 1), rows, {"slab": slab})
-    elif unit_class != "HOST" and is_rowwise(node, b, placement):
-        for rb in range(len(outs[0].grid)):
-            _emit(b, node, placement, unit_class, opcode, ins, outs, range(rb, rb + 1))
+    slabs, kernel = [], None
+    if unit_class != "HOST" and b.enabled("row_slabs") and is_windowed(node, placement):
+        slabs = list(window_slabs(node, ins[0], outs[0]))
+    elif unit_class != "HOST" and b.enabled("row_slabs") and placement.unit == "ALIAS" and outs[0].shape:
+        # A reshape that is not a view (it regroups rows): a row-major copy, slab by slab.
+        slabs, kernel = list(reshape_slabs(ins[0], outs[0])), ("ReshapeRows", LPUC_DOMAIN)
+    if len(slabs) > 1:
+        for out_window, in_windows, slab in slabs:  # slabs read only the data (not a target shape)
+            windows, attrs = (in_windows, [out_window]), {"slab": slab}
+            _emit(b, node, placement, unit_class, opcode, ins[:1], outs, None, windows, attrs, kernel)
+    elif unit_class != "HOST" and rowwise_last_axis(node, b.graph, placement):
+        for span in _common_slabs(ins[0], outs[0]):
+            _emit(b, node, placement, unit_class, opcode, ins, outs, span)
     else:
         _emit(b, node, placement, unit_class, opcode, ins, outs, None)
 
 
+def _common_slabs(x: TensorTiles, y: TensorTiles) -> list[tuple[int, int]]:
+    """Row spans that start and end at tile edges of both `x` and `y` (one per tile row when row
+    segments gave them the same tiles): a kernel reads and writes whole tiles."""
+    x_edges = {min(x.rows, r * x.block_rows) for r in range(len(x.grid) + 1)}
+    slabs, start = [], 0
+    for rb in range(len(y.grid)):
+        end = min(y.rows, (rb + 1) * y.block_rows)
+        if end in x_edges:
+            slabs.append((start, end))
+            start = end
+    return slabs
+
+
 def _emit(
-    b, node, placement, unit_class, opcode, ins, outs, slab: range | None, in_slab=None, windowed=None
+    b,
+    node,
+    placement,
+    unit_class,
+    opcode,
+    ins,
+    outs,
+    slab: tuple[int, int] | None,
+    windows=None,
+    windowed=None,
+    kernel: tuple[str, str] | None = None,
 ) -> None:
-    """One instruction: whole tensors, or the row slab `slab` of the results from the same slab of
-    the first input (row-wise ops) or from its slab `in_slab` (windowed ops, `windowed` attrs)."""
+    """One instruction: whole tensors, the rows [lo, hi) `slab` of the results from the same rows of
+    the first input (row-wise ops), or (windowed ops, `windowed` attrs) the result windows windows[1]
+    from the windows windows[0] of the first input. `kernel`: (op, domain) of the kernel the runtime
+    applies when it is not the node's own."""
+    in_windows, out_windows = windows or (None, None)
     reads: list[Ref] = []
     in_desc: list[dict | None] = []
     for k, t in enumerate(ins):
-        first_slab = in_slab if in_slab is not None else slab
-        desc, refs = (None, []) if t is None else _operand(b, t, len(reads), first_slab if k == 0 else None)
+        desc, refs = (
+            (None, [])
+            if t is None
+            else _operand(b, t, len(reads), slab if k == 0 else None, in_windows if k == 0 else None)
+        )
         in_desc.append(desc)
         reads += refs
     writes: list[Ref] = []
     out_desc: list[dict | None] = []
     for t in outs:
-        desc, refs = (None, []) if t is None else _operand(b, t, len(writes), slab)
+        desc, refs = (None, []) if t is None else _operand(b, t, len(writes), slab, out_windows)
         out_desc.append(desc)
         writes += refs
     node_attrs = dict(node.attrs)
@@ -116,9 +162,12 @@ def _emit(
         node_attrs.update(windowed)
     elif slab is not None:
         node_attrs["axis"] = -1  # the kernel sees a 2-D [rows, cols] slab
+        if "triangles" in node_attrs:
+            node_attrs["row0"] = slab[0]  # where its generated causal mask starts
+    op, domain = kernel or (node.op, node.domain)
     attrs = {
-        "kernel": node.op,
-        "domain": node.domain,
+        "kernel": op,
+        "domain": domain,
         "opset": node.opset,
         "attrs": to_json(node_attrs),
         "inputs": in_desc,

@@ -2,11 +2,13 @@
 
 Never from this schedule's own critical path (that is reported apart, by the summary):
 - mxm: multiply-accumulates / (planes x MACs per cycle at the op's precision)
-- vxm: element operations / (lanes x ALUs per lane)
+- vxm: element operations (of maps fused into MMs too) / (lanes x ALUs per lane)
 - sxm: vectors the model's own data-movement ops stream / SXM units, for those the graph passes keep
   (layout changes the compiler inserts are its choice, not the model's work; a model Transpose the
   passes cancel is not counted either, so this one is a bound on this compilation of the model)
 - mem: every constant, input and output word crosses a MEM port at least once / (slices x banks)
+- lw: every weight byte an MXM installs (each distinct window weight loads read, at the bytes its
+  lanes hold, not padded words) reaches a plane once / (planes x words per cycle a weight load moves)
 - host: host-fallback time, one host, serial (PCIe included)
 - dependence_chain: the longest chain of the graph's nodes, each at its minimal latency (one vector
   through its unit, no transport)
@@ -51,13 +53,17 @@ def hardware_bounds(program: Program, facts: dict) -> dict[str, int]:
             mxm += ins.work.macs / target.mxm_mode(ins.attrs["precision"]).macs_per_cycle
         elif ins.opcode == "host.kernel":
             host += cost.host_cycles(target, ins.work)
-        elem_ops += ins.work.elem_ops if ins.opcode.startswith("vxm.") else 0
+        vxm_work = ins.opcode.startswith("vxm.") or cost.has_epilogue(ins.opcode, ins.work)
+        elem_ops += ins.work.elem_ops if vxm_work else 0
     once: dict[tuple[int, int], int] = {}  # identical constant tiles share a slot: count it once
     for t in program.tiles:
         if t.kind in ("const", "input", "output", "io"):
             once[(t.slice, t.addr) if t.kind == "const" else (-1 - t.id, 0)] = t.words
     bounds = {
         "mxm": math.ceil(mxm / target.num_mxm),
+        "lw": math.ceil(
+            _weight_bytes(program) / (target.word_bytes * target.lw_words_per_cycle * target.num_mxm)
+        ),
         "vxm": math.ceil(elem_ops / (target.lanes * target.vxm_alus)),
         "sxm": int(facts["sxm"]),
         "mem": math.ceil(sum(once.values()) / (target.num_slices * target.mem_banks)),
@@ -66,6 +72,20 @@ def hardware_bounds(program: Program, facts: dict) -> dict[str, int]:
     }
     bounds["overall"] = max(bounds.values())
     return bounds
+
+
+def _weight_bytes(program: Program) -> int:
+    """Bytes of the distinct weight windows the program's weight loads read (a constant slot shared
+    by identical tiles counts once)."""
+    loaded: dict[tuple[int, ...], int] = {}
+    for ins in program.instructions:
+        if ins.opcode != "mxm.lw":
+            continue
+        for a in ins.reads:
+            t = program.tiles[a.buf]
+            where = (t.slice,) if t.kind == "const" else (-1 - t.id,)
+            loaded[(*where, a.addr, a.nrows, a.lane0, a.nlanes)] = a.nrows * a.nlanes * t.np_dtype.itemsize
+    return sum(loaded.values())
 
 
 def _dependence_chain(tiled: TiledProgram, preds: list[set[int]], target: Target) -> int:

@@ -49,10 +49,11 @@ def build_program(
     packing = pack_constants(tiled, target.lanes) if pack else ConstPacking()
     check_constants_fit(tiled, target, where, packing)
     pinned: dict[int, int] = {}
+    spread = "spread_accesses" not in (options or {}).get("disabled_passes", ())
     preds = dependencies(tiled)
     rank = upward_ranks(tiled, preds, target)  # the same for every placement round
     for _ in range(MAX_PLACEMENT_ROUNDS):
-        slice_of = place_tiles(tiled, target, pinned, packing)
+        slice_of = place_tiles(tiled, target, pinned, packing, spread_accesses=spread)
         sched = schedule(tiled, target, slice_of, preds, rank)
         alloc = allocate(tiled, sched, slice_of, target.addresses_per_slice, packing)
         if not alloc.failures:

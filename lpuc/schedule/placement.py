@@ -2,9 +2,10 @@
 
 Constant tiles are permanent: identical tiles share one slot (and so do narrow tiles packed side by
 side, lpuc.schedule.packing), and slots go to the slice with the least constant data. Other tiles
-are placed in program order on the slice with the least data estimated to be live at that point
+are placed in program order on a slice with the least data estimated to be live at that point
 (lifetimes estimated from program order), so that live data, and with it MEM bandwidth, is spread
-evenly.
+evenly; among those, on the one whose tiles are accessed least by ops near this tile's own in program
+order: tiles used at the same time on one slice queue on its two ports.
 """
 
 from __future__ import annotations
@@ -17,15 +18,24 @@ from lpuc.ir.tiled import TiledProgram
 from lpuc.schedule.packing import ConstPacking
 from lpuc.target import Target
 
+# Ops this close in program order count as running at the same time (ResNet-50 v1.5 and GPT-2-shaped
+# cycles are lowest near 32: closer misses overlapping layers, farther crowds out the balance).
+NEAR_OPS = 32
+# Slices whose estimated live data is within this many words of the least loaded one compete on
+# accesses; a wider margin fragments SRAM on models that nearly fill it (GPT-2-shaped 12 layers).
+SLACK_WORDS = 64
+
 
 def place_tiles(
     program: TiledProgram,
     target: Target,
     pinned: dict[int, int] | None = None,
     packing: ConstPacking | None = None,
+    spread_accesses: bool = True,
 ) -> dict[int, int]:
     """Buffer id -> slice index. `pinned` entries (from a previous attempt) are kept; constant
-    tiles `packing` puts in one slot share a slice."""
+    tiles `packing` puts in one slot share a slice. `spread_accesses`: among the slices with the
+    least live data, prefer those accessed least near the tile's own ops."""
     packing = packing or ConstPacking()
     pinned = dict(pinned or {})
     n = target.num_slices
@@ -47,6 +57,13 @@ def place_tiles(
         slice_of[buf.id] = s
         load[s] += buf.words
 
+    # Ops (program order) touching each slice: tiles used by ops close in program order likely run
+    # at the same time, and two of them on one slice queue on its two ports.
+    touches = np.zeros((n, len(program.ops) + 1), dtype=np.int32)
+    users = _users(program)
+    for buf_id, s in slice_of.items():
+        touches[s, users.get(buf_id, [])] += 1
+
     first, last = _program_order_lifetimes(program)
     releases: list[tuple[int, int, int, int]] = []  # (release index, buffer id, slice, words)
     live = load.copy()
@@ -62,16 +79,41 @@ def place_tiles(
             live[s] -= words
         s = pinned.get(buf.id)
         if s is None:
-            # Least live data; ties rotate so equal tiles of one tensor land on different slices.
-            candidates = np.flatnonzero(live == live.min())
+            # The fewest accesses near this tile's in program order, then the least live data; ties
+            # rotate so equal tiles of one tensor land on different slices.
+            roomy = live <= live.min() + (SLACK_WORDS if spread_accesses else 0)
+            near = _near(touches, users.get(buf.id, [])) if spread_accesses else np.zeros(n, np.int64)
+            near[~roomy] = np.iinfo(np.int64).max
+            fewest = near == near.min()
+            candidates = np.flatnonzero(fewest & (live == live[fewest].min()))
             s = int(candidates[np.searchsorted(candidates, cursor % n) % len(candidates)])
             cursor = s + 1
         slice_of[buf.id] = s
+        touches[s, users.get(buf.id, [])] += 1
         live[s] += buf.words
         end = last.get(buf.id, len(program.ops)) if not buf.is_output else len(program.ops)
         heapq.heappush(releases, (end, buf.id, s, buf.words))
     slice_of.update({b.id: -1 for b in program.buffers if b.host})  # host memory: no slice
     return slice_of
+
+
+def _users(program: TiledProgram) -> dict[int, list[int]]:
+    """Buffer id -> the ops that read or write it, in program order."""
+    users: dict[int, list[int]] = {}
+    for op in program.ops:
+        for r in op.reads + op.writes:
+            ids = users.setdefault(r.buf, [])
+            if not ids or ids[-1] != op.id:
+                ids.append(op.id)
+    return users
+
+
+def _near(touches: np.ndarray, ops: list[int]) -> np.ndarray:
+    """Per slice: accesses by ops within NEAR_OPS of any of `ops`."""
+    total = np.zeros(touches.shape[0], dtype=np.int64)
+    for i in ops:
+        total += touches[:, max(0, i - NEAR_OPS) : i + NEAR_OPS + 1].sum(axis=1)
+    return total
 
 
 def _program_order_lifetimes(program: TiledProgram) -> tuple[dict[int, int], dict[int, int]]:

@@ -234,9 +234,11 @@ class _UnitState:
             pools.append((self.vxm, cost.vxm_alus(self.target, opcode, work), d))
         else:
             pools.append(([unit], 1, busy))
+            if cost.has_epilogue(opcode, work):  # the fused map's ALUs, for the whole duration
+                pools.append((self.vxm, cost.vxm_alus(self.target, opcode, work), d))
         for s, k in ports.items():
             pools.append((port_units(self.target, s), k, d))
-        east, west = cost.stream_needs(self.target, opcode, unit, reads, writes)
+        east, west = cost.stream_needs(self.target, opcode, unit, reads, writes, work)
         if east:
             pools.append((self.east, east, d))
         if west:

@@ -10,7 +10,7 @@ from collections import Counter
 
 from lpuc import cost
 from lpuc.cost import QUEUE_KIND, Stream, unit_kind
-from lpuc.dtypes import words_per_row
+from lpuc.dtypes import dtype_from_name, words_per_row
 from lpuc.ops import expression_alu_ops
 from lpuc.program import Access, Instruction, Program
 
@@ -59,7 +59,7 @@ def check_costs(p: Program) -> list[str]:
             out.append(
                 f"{where}: duration {ins.duration} is shorter than the {need} cycles the cost model gives"
             )
-        east, west = cost.stream_needs(target, ins.opcode, ins.unit, reads, writes)
+        east, west = cost.stream_needs(target, ins.opcode, ins.unit, reads, writes, ins.work)
         for direction, k in (("E", east), ("W", west)):
             if booked[f"STREAM{direction}"] < k:
                 out.append(f"{where}: needs {k} {direction} streams, books {booked[f'STREAM{direction}']}")
@@ -115,6 +115,7 @@ def _work_problem(p: Program, ins: Instruction) -> str | None:
             )
         if ins.attrs.get("acc") and (keep or len(ins.reads) < 2 or ins.reads[1] != ins.writes[0]):
             return "an accumulating MM must read the window it accumulates into"
+        return _epilogue_problem(p, ins)
     elif ins.opcode == "mxm.lw":
         if not ins.reads or ins.writes:
             return "an LW reads weight windows and writes none"
@@ -134,4 +135,39 @@ def _work_problem(p: Program, ins: Instruction) -> str | None:
     elif ins.opcode in ("vxm.kernel", "sxm.kernel"):
         if w.vectors < sum(a.nrows for a in ins.writes):
             return f"work {w.vectors} vectors is less than the {sum(a.nrows for a in ins.writes)} it writes"
+    return None
+
+
+def _epilogue_problem(p: Program, ins: Instruction) -> str | None:
+    """An MM with a fused map (lpuc/lowering/epilogue.py) carries the map's work and relays its
+    result dtype's words per row to the VXM; an MM without one relays nothing."""
+    w, epilogue = ins.work, ins.attrs.get("epilogue")
+    if epilogue is None:
+        return "an MM without an epilogue relays no words to the VXM" if w.relay_words else None
+    if not isinstance(epilogue, dict) or not {"expr", "operands", "result"} <= set(epilogue):
+        return "an epilogue needs expr, operands and result"
+    if ins.attrs.get("keep") or ins.attrs.get("acc") or len(ins.writes) != 1:
+        return "an MM with an epilogue writes its final sum, through the map, to one window"
+    try:
+        result = dtype_from_name(str(epilogue["result"]))
+        steps = list(epilogue["expr"])
+        alu_ops = expression_alu_ops(steps)
+    except (TypeError, ValueError, KeyError, AttributeError):
+        return "an epilogue's result dtype or expression is malformed"
+    operands = epilogue["operands"]
+    if not isinstance(operands, list) or any(
+        k is not None and (not isinstance(k, int) or isinstance(k, bool) or not 0 <= k < len(ins.reads))
+        for k in operands
+    ):
+        return f"epilogue operands {operands!r} name neither the MM's result (0) nor one of its reads"
+    if w.relay_words != words_per_row(result):
+        words = words_per_row(result)
+        return f"work relays {w.relay_words} words per row, its {result.name} result has {words}"
+    if w.alu_ops < alu_ops:
+        return f"work {w.alu_ops} ALU ops per element is less than its epilogue needs"
+    if ins.writes[0].nrows != w.vectors:
+        return f"its epilogue writes {ins.writes[0].nrows} rows, not the {w.vectors} it multiplies"
+    widest = max(p.tiles[a.buf].np_dtype.itemsize for a in ins.reads[1:] + ins.writes)
+    if max(widest, result.itemsize) > 4:
+        return "an epilogue streams 32-bit words: 64-bit values need a map of their own"
     return None

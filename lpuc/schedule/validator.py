@@ -30,7 +30,7 @@ from collections import defaultdict
 import numpy as np
 
 from lpuc import cost
-from lpuc.cost import QUEUE_KIND, unit_kind
+from lpuc.cost import QUEUE_KIND, has_epilogue, unit_kind
 from lpuc.dtypes import words_per_row
 from lpuc.errors import ScheduleError
 from lpuc.program import Access, Instruction, Program, TileSlot, windows_overlap
@@ -76,7 +76,8 @@ def _units(p: Program) -> list[str]:
                 f"instruction {ins.id} ({ins.opcode}) is queued on {ins.unit or 'no unit'}, "
                 f"not a {QUEUE_KIND[ins.opcode]} unit"
             )
-        extra_ok = {"PORT", "STREAM"} | ({"VXM"} if ins.opcode.startswith("vxm.") else set())
+        vxm_ok = ins.opcode.startswith("vxm.") or has_epilogue(ins.opcode, ins.work)  # a fused map's ALUs
+        extra_ok = {"PORT", "STREAM"} | ({"VXM"} if vxm_ok else set())
         for u in ins.units:
             if u not in known:
                 out.append(f"instruction {ins.id} ({ins.opcode}) runs on unknown unit {u}")

@@ -6,10 +6,10 @@ end; the hardware lower bound, cycles / bound and the resource that sets it; SRA
 one run in the reference runtime (execution plan and interpreter) and of onnxruntime, measured in
 this process, and their ratio; max error against onnxruntime. Wall times are medians of several runs
 (machines are shared and noisy). Then ablations: light ResNet-50 without each schedule-shaping pass,
-and a GPT-2-shaped decoder (--gpt-layers) with each transformer pass disabled in turn; then BERT-base
-and GPT-2-shaped decoders (transformer_bench.py). Memory: the peak RSS a first run (which builds the
-plan) adds to a child process that loaded the program, against the program's SRAM image plus its
-inputs and outputs.
+and a GPT-2-shaped decoder (--gpt-layers; BERT-base too with --bert-ablation) with each transformer
+pass disabled in turn; then BERT-base and GPT-2-shaped decoders (transformer_bench.py). Memory: the
+peak RSS a first run (which builds the plan) adds to a child process that loaded the program, against
+the program's SRAM image plus its inputs and outputs.
 
     python -m tests.benchmarks.bench --models mlp,squeezenet --precisions fp16
 """
@@ -167,8 +167,16 @@ def ablate(path: Path, target: str) -> None:
     print(f"{path.stem} fp16: {full:,} cycles; " + "; ".join(parts))
 
 
-# The transformer passes, measured on a GPT-2-shaped decoder (width 768, 12 heads, seq 128).
-TRANSFORMER_ABLATIONS = ("address_heads", "fuse_layernorm", "fuse_gelu", "fuse_softmax", "fuse_elementwise")
+# The transformer passes (and the lowering strategy cutting row-wise kernels into row segments),
+# measured on a GPT-2-shaped decoder (width 768, 12 heads, seq 128) and, opt-in, BERT-base.
+TRANSFORMER_ABLATIONS = (
+    "address_heads",
+    "fuse_layernorm",
+    "fuse_gelu",
+    "fuse_softmax",
+    "fuse_elementwise",
+    "row_segments",
+)
 
 
 def gpt2_file(layers: int, opset: int = 14) -> Path:
@@ -202,24 +210,38 @@ def gpt2_file(layers: int, opset: int = 14) -> Path:
 def ablate_transformer(target: str, layers: int) -> None:
     """Cycles, bound ratio and the SXM / VXM share of the critical path of a GPT-2-shaped decoder,
     with each transformer pass disabled in turn."""
-    path = gpt2_file(layers)
-    rows = []
+    title = (
+        f"GPT-2-shaped decoder (opset 14 export), {layers} layers, 768 wide, seq 128, fp16: "
+        "transformer passes disabled in turn"
+    )
+    _ablate(gpt2_file(layers), target, title)
+
+
+def ablate_bert(target: str) -> None:
+    """The same for BERT-base (transformers export, opset 17, seq 128; tests/zoo.py bert_onnx, cached):
+    seven compiles of 25-90 s each, so only with --bert-ablation."""
+    from tests import zoo
+
+    title = "BERT-base (seq 128, batch 1), fp16: transformer passes disabled in turn"
+    _ablate(zoo.bert_onnx(), target, title)
+
+
+def _ablate(path: Path, target: str, title: str) -> None:
+    print(title, flush=True)
+    full = 0
     for disabled in ((), *((name,) for name in TRANSFORMER_ABLATIONS)):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             program = lpuc.compile(path, target=target, precision="fp16", disable_passes=disabled)
-        rows.append((disabled, program.summary, _critical_share(program)))
-    full = rows[0][1]["cycles"]
-    print(
-        f"GPT-2-shaped decoder (opset 14 export), {layers} layers, 768 wide, seq 128, fp16: "
-        "transformer passes disabled in turn"
-    )
-    for disabled, s, share in rows:
+        s, share = program.summary, _critical_share(program)
+        del program  # BERT-base programs are large: one at a time
+        full = full or s["cycles"]
         label = f"without {disabled[0]}" if disabled else "all passes"
-        print(
+        print(  # as each compile ends: BERT-base's take minutes
             f"  {label:<26}{s['cycles']:>10,} cycles ({s['cycles'] / full:.2f}x)"
             f"  ratio {s['bound_ratio']:>6.2f}"
-            f"  critical path: SXM {share['SXM']:.1%}, VXM {share['VXM']:.1%}, MXM {share['MXM']:.1%}"
+            f"  critical path: SXM {share['SXM']:.1%}, VXM {share['VXM']:.1%}, MXM {share['MXM']:.1%}",
+            flush=True,
         )
 
 
@@ -248,6 +270,11 @@ def main() -> None:
     )
     parser.add_argument(
         "--no-transformers", action="store_true", help="skip BERT-base and the GPT-2-shaped decoders"
+    )
+    parser.add_argument(
+        "--bert-ablation",
+        action="store_true",
+        help="also compile BERT-base with each transformer pass disabled in turn (7 compiles, minutes)",
     )
     parser.add_argument(
         "--models",
@@ -318,6 +345,8 @@ def main() -> None:
         ablate(LIGHT / "light_resnet50.onnx", args.target)
     if args.gpt_layers:
         ablate_transformer(args.target, args.gpt_layers)
+    if args.bert_ablation:
+        ablate_bert(args.target)
     for r in results:
         us = GROQ_US.get(r["model"])
         if us is not None:

@@ -4,7 +4,8 @@ For seeded ResNet-50 v1.5 and VGG-19 (tests/zoo.py; ONNX exports cached under /t
 548 MiB): compile time, cycles, latency against Groq's published 49 us (ResNet-50, int8), hardware
 bound and bound_ratio, SRAM peak / addressed / constants, and the cosine similarity and SQNR of the
 int8 output against fp32 onnxruntime on seeded inputs. Then ResNet-50's fp16 cycles with each
-schedule-shaping pass and lowering strategy disabled in turn (--no-ablation skips it), and the MXM
+schedule-shaping pass and lowering strategy disabled in turn, and its int8 cycles without
+fold_requantize (--no-ablation skips both), and the MXM
 utilization of a [2304x4096]x[4096x320] matmul in fp16 and int8.
 """
 
@@ -31,6 +32,8 @@ SHAPE = (1, 3, 224, 224)
 GROQ_US = {"resnet50": 49.0}  # Groq's compiler on the same chip, int8, batch 1 (ISCA 2020)
 # What shapes a CNN's schedule: the layout passes and every lowering strategy.
 ABLATIONS = ("sink_transposes", "sink_reshapes", *STRATEGIES)
+# What shapes only int8 schedules: the requantization maps' ALU ops.
+INT8_ABLATIONS = ("fold_requantize",)
 
 
 def exported(name: str) -> Path:
@@ -89,12 +92,12 @@ def _binding(summary: dict) -> str:
     return max((k for k in bounds if k != "overall"), key=lambda k: bounds[k])
 
 
-def ablate(name: str, precision: str = "fp16") -> None:
-    """Cycles with each schedule-shaping pass or lowering strategy disabled in turn."""
+def ablate(name: str, precision: str = "fp16", names: tuple[str, ...] = ABLATIONS) -> None:
+    """Cycles with each schedule-shaping pass or lowering strategy in `names` disabled in turn."""
     path = exported(name)
     full = lpuc.compile(path, precision=precision).summary["cycles"]
     print(f"{name} {precision}: {full:,} cycles with everything; disabled in turn:")
-    for strategy in ABLATIONS:
+    for strategy in names:
         cycles = lpuc.compile(path, precision=precision, disable_passes=(strategy,)).summary["cycles"]
         print(f"    without {strategy:<18} {cycles:>9,} cycles ({cycles / full:.2f}x)")
 
@@ -129,6 +132,7 @@ def main() -> None:
             bench(name, precision, args.samples if precision == "int8" else 0)
     if "resnet50" in args.models and not args.no_ablation:
         ablate("resnet50")
+        ablate("resnet50", "int8", INT8_ABLATIONS)
     gemm_utilization()
 
 

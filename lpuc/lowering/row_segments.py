@@ -1,0 +1,76 @@
+"""Row segments: shorter tiles for the values row-wise VXM kernels read and write.
+
+A row-wise kernel (LayerNorm, Softmax, ...) is one instruction per tile row of its result
+(lpuc.lowering.stream). With the default tiles (up to `lanes` rows) a 128-token sequence is one
+tile row: the kernel runs over the whole tensor and the matmul after it waits for all of it. Cutting
+the kernel's input and result into tiles of fewer rows makes each segment its own instruction:
+segments run side by side on the VXM ALUs, and the consumer (whose MMs split at tile edges) starts
+on the first segment. Costs are unchanged rules of lpuc.cost; only the instruction boundaries move.
+
+Only results of one tile row are cut (a sequence's LayerNorm), into halves while they stay at least
+`min_rows` long: shorter MMs would no longer hide the weight loads of the matmul that reads them.
+Measured on a GPT-2-shaped 12-layer decoder (fp16): 64-row segments of its LayerNorms take 385.0k
+cycles to 369.3k; 32-row ones to 477k (weight loads); cutting its softmaxes too, 391k.
+"""
+
+from __future__ import annotations
+
+import math
+
+from lpuc.ir.graph import Graph
+from lpuc.lowering.builder import default_block_rows, view_of
+from lpuc.lowering.stream import rowwise_last_axis
+from lpuc.ops import placement
+from lpuc.target import Target
+
+# Shortest segment: a 64-row MM streams 128 cycles in fp16, about one weight load of the next K chunk
+# (a heuristic: shorter ones leave the planes waiting for weights).
+MIN_ROWS = 64
+
+
+def segment_rows(
+    graph: Graph, unit_of_node: dict[str, str], target: Target, min_rows: int = MIN_ROWS
+) -> dict[str, int]:
+    """Value name -> rows per tile for the first input and the result of every row-wise VXM kernel
+    (`unit_of_node`: lpuc.lowering.unit_of). A value proposed two sizes takes the smaller."""
+    block_rows = default_block_rows(target)
+    producers = {o: n for n in graph.nodes for o in n.outputs if o}
+    rows: dict[str, int] = {}
+    for node in graph.nodes:
+        p = placement(node.op, node.domain)
+        if unit_of_node.get(node.name) != "VXM" or not rowwise_last_axis(node, graph, p):
+            continue
+        out = node.outputs[0]
+        seg = _segment(graph.values[out].shape, block_rows, min_rows)
+        if seg is None:
+            continue
+        for name in (_alias_root(node.inputs[0], producers, unit_of_node), out):
+            v = graph.values[name]
+            if name and not v.is_const and v.shape is not None and view_of(v.shape)[0] > seg:
+                rows[name] = min(seg, rows.get(name, seg))
+    return dict(sorted(rows.items()))
+
+
+def _segment(shape: tuple[int, ...] | None, block_rows: int, min_rows: int) -> int | None:
+    """Rows per segment of a value shaped `shape`, or None when the default tiles are as good: a
+    result of several tiles is already several instructions running side by side (cutting a GPT-2's
+    [12, 128, 128] attention scores further made its schedule longer: more weight loads for the
+    products reading them, no earlier start)."""
+    if not shape or len(shape) < 2:
+        return None
+    total = math.prod(int(d) for d in shape[:-1])
+    if total > block_rows:
+        return None
+    seg = total
+    while seg % 2 == 0 and seg // 2 >= min_rows:
+        seg //= 2
+    return seg if seg < total else None
+
+
+def _alias_root(name: str, producers: dict, unit_of_node: dict[str, str]) -> str:
+    """The value whose tiles `name` shares (reshapes lowered as aliases share their source's)."""
+    node = producers.get(name)
+    while node is not None and unit_of_node.get(node.name) == "ALIAS":
+        name = node.inputs[0]
+        node = producers.get(name)
+    return name

@@ -1,0 +1,51 @@
+"""Where the slabs of a sliding-window op (Im2Col, channels-last pooling) read and write.
+
+A slab computes one result tile row and reads only the input rows its windows touch
+(lpuc.kernels.windows), as row windows of the input tiles: a slab is charged for the rows it streams
+and waits only for the producers of those rows. A channels-first input (a model's NCHW image, read
+by the first convolution's Im2Col) holds a position's channels in separate planes of rows: its
+slab reads one window per plane. A packed Im2Col (pack_rows p: p result rows side by side) computes
+p result rows per row of its tiles.
+
+(Cutting an Im2Col slab further at the result's tile columns, so that a matmul's first K chunks
+start on the first column tile, was measured slower on ResNet-50: a K-split conv needs all of its
+column tiles at once, and each column slab streams the input rows again.)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from lpuc.ir.graph import Node
+from lpuc.ir.tiled import TensorTiles
+from lpuc.kernels.windows import input_windows
+
+# View rows [r0, r1) x cols [c0, c1) of a tensor.
+Window = tuple[int, int, int, int]
+
+
+def window_slabs(node: Node, x: TensorTiles, y: TensorTiles) -> Iterator[tuple[Window, list[Window], dict]]:
+    """(result window, input windows, the kernel's slab attribute) of each slab of `node`, which
+    reads x and writes y, one result tile row at a time."""
+    channels_first = node.op == "Im2Col" and not node.attr("channels_last", 0)
+    pack = int(node.attr("pack_rows", 1)) if node.op == "Im2Col" else 1
+    for r0 in range(0, y.rows, y.block_rows):
+        r1 = min(y.rows, r0 + y.block_rows)
+        out_rows = [r0 * pack, r1 * pack]  # unpacked result rows
+        ranges = input_windows(node.attrs, x.shape, *out_rows, channels_first)
+        slab = {"out_rows": out_rows, "in_row0": ranges[0][0] // x.block_rows * x.block_rows}
+        slab["in_shape"] = list(x.shape)
+        if channels_first:
+            slab["channels_first"] = True
+        yield (r0, r1, 0, y.cols), [(i0, i1, 0, x.cols) for i0, i1 in ranges], slab
+
+
+def reshape_slabs(x: TensorTiles, y: TensorTiles) -> Iterator[tuple[Window, list[Window], dict]]:
+    """The same for a reshape that changes the [rows, cols] view (int8 packing: [R, p*C] <-> [R*p, C]):
+    a row-major copy, so result rows [r0, r1) are the input's flat values [r0 * y.cols, r1 * y.cols),
+    which lie in input rows [r0 * y.cols // x.cols, ceil(r1 * y.cols / x.cols))."""
+    for r0 in range(0, y.rows, y.block_rows):
+        r1 = min(y.rows, r0 + y.block_rows)
+        i0, i1 = r0 * y.cols // x.cols, -(-r1 * y.cols // x.cols)
+        slab = {"out_rows": [r0, r1], "in_row0": i0 // x.block_rows * x.block_rows, "out_cols": y.cols}
+        yield (r0, r1, 0, y.cols), [(i0, i1, 0, x.cols)], slab

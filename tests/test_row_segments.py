@@ -1,0 +1,64 @@
+"""Row segments (lpuc/lowering/row_segments.py): the values a row-wise VXM kernel reads and writes
+are cut into short tiles, so each segment is its own instruction and the consumers start on the first
+one. Checked: which values and sizes the rule picks, that a 128-token GPT still matches onnxruntime
+with its LayerNorms and softmaxes in segments (and maps reading other tilings window by window).
+What the segments are worth in cycles is measured by the bench's ablation (BERT-base and GPT-2-shaped),
+not asserted here: it depends on how the weight loads they add balance against the earlier starts."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import lpuc
+from lpuc.lowering.row_segments import _segment
+from tests import zoo
+from tests.models import export, ort_run
+
+CONTEXT = 128
+
+
+@pytest.mark.parametrize(
+    "shape, expected",
+    [
+        ((1, 128, 768), 64),  # a sequence of 128 tokens: halves
+        ((1, 256, 768), 64),  # quarters
+        ((1, 12, 128, 128), None),  # already 5 tiles, 5 instructions side by side
+        ((1, 32, 768), None),  # shorter than the least segment
+        ((1, 96, 768), None),  # odd halves would be shorter than the least segment
+        ((768,), None),  # one row
+    ],
+)
+def test_segment_sizes(shape, expected):
+    assert _segment(shape, 320, 64) == expected
+
+
+@pytest.fixture(scope="module")
+def gpt128(tmp_path_factory):
+    path = tmp_path_factory.mktemp("gpt128") / "gpt128.onnx"
+    ids = torch.zeros(1, CONTEXT, dtype=torch.int64)
+    return export(zoo.GPT(context=CONTEXT), (ids,), path, input_names=["ids"], opset_version=14)
+
+
+def _kernel_rows(program, kernel: str) -> list[int]:
+    """Rows each instruction of `kernel` writes (per lane tile)."""
+    rows = []
+    for ins in program.instructions:
+        if ins.opcode == "vxm.kernel" and ins.attrs["kernel"] == kernel:
+            rows.append(sum(a.nrows for a in ins.writes) // max(1, len({a.lane0 for a in ins.writes})))
+    return rows
+
+
+def test_gpt_in_segments_matches_onnxruntime(gpt128):
+    ids = np.random.default_rng(0).integers(0, 96, (1, CONTEXT)).astype(np.int64)
+    (want,) = ort_run(gpt128, {"ids": ids})
+    program = lpuc.compile(gpt128, precision="fp32", host_fallback=False)
+    whole = lpuc.compile(gpt128, precision="fp32", host_fallback=False, disable_passes=["row_segments"])
+    for p in (program, whole):
+        (got,) = p.run({"ids": ids}).values()
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+    # 5 LayerNorms over 128 tokens: two segments each; the softmaxes' 512 rows keep their 2 tiles.
+    assert _kernel_rows(program, "LayerNormalization") == [64] * 10
+    assert _kernel_rows(program, "Softmax") == [320, 192] * 2
+    assert _kernel_rows(whole, "LayerNormalization") == [128] * 5
