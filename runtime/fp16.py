@@ -1,43 +1,120 @@
-"""float32 values rounded to fp16 precision (what the MXM multiplies in fp16 mode), fast.
+"""float32 <-> float16 conversions that numpy's casts would give, bit for bit, but fast.
 
-numpy converts float32 -> float16 -> float32 one element at a time (no F16C loops), and far slower
-still on values that overflow fp16 (each raises a floating-point flag); this computes the same bits
-with a few vectorized float passes. Rounding to fp16 is rounding to a fixed step per binade:
-2^(e-10) for |x| in [2^e, 2^(e+1)), 2^-24 below the normal range. Adding and subtracting
-c = 2^(e+13) (>= 2^-1) makes float32 arithmetic round to exactly that step, ties to even; the
-subtraction is exact. Magnitudes that round to fp16 infinity (>= 65520, infinities included) are
-clamped to 2^16 (where they round to) and become signed infinities; only NaNs take numpy's own path.
-tests/test_runtime_plan.py checks it against numpy on every exponent and the edge cases.
+numpy converts float32 -> float16 -> float32 one element at a time (no F16C loops): 3-6 ns an
+element, 20-60 times a float32 add, and far slower still on values that overflow fp16 (each raises a
+floating-point flag). These compute the same bits with a few vectorized integer and float passes.
+
+Rounding to fp16 is rounding to a fixed step per binade: 2^(e-10) for |x| in [2^e, 2^(e+1)), 2^-24
+below the normal range. Adding and subtracting c = 2^(e+13) (>= 2^-1) makes float32 arithmetic round
+to exactly that step, ties to even; the subtraction is exact. Magnitudes that round to fp16 infinity
+(>= 65520, infinities included) are clamped to 2^16 (where they round to) and become infinities.
+A rounded magnitude times 2^-112 is a float32 whose bits shifted right by 13 are the float16's bits
+(normal values keep their mantissa, fp16 subnormals land on float32 subnormals, 2^16 on the fp16
+infinity). Only NaNs take numpy's own path. tests/test_runtime_plan.py checks all three against
+numpy on every exponent and the edge cases.
 """
 
 from __future__ import annotations
+
+import math
 
 import numpy as np
 
 _OVERFLOW = np.float32(65520.0)  # the smallest magnitude that rounds to fp16 infinity
 _MIN_NORMAL = np.float32(2.0**-14)
 _TWO_16 = np.float32(65536.0)
+_OVERFLOW_BITS = int(_OVERFLOW.view(np.uint32))
+_SMALL_TO = 12288  # below this many elements numpy's own loop beats a dozen numpy calls
+_SMALL_FROM = 16384
+
+
+def _rounded_magnitude(x: np.ndarray) -> tuple[np.ndarray, bool, np.ndarray | None]:
+    """|x| rounded to fp16 precision (a new float32 array), with magnitudes that round to
+    infinity, and NaNs, as 2^16; whether any did, and where x holds NaNs (None: nowhere).
+    Compared and clamped as integers: float min/max treat signaling NaNs differently in numpy's
+    vectorized and scalar loops."""
+    bits = x.view(np.uint32) & np.uint32(0x7FFFFFFF)  # |x|, as bits: ordered like the magnitudes
+    top = int(bits.max())
+    nan = bits > np.uint32(0x7F800000) if top > 0x7F800000 else None
+    overflow = top >= _OVERFLOW_BITS
+    if overflow:
+        np.minimum(bits, _full(_TWO_16, bits.shape).view(np.uint32), out=bits)  # 2^16 stays below
+    ax = bits.view(np.float32)
+    step = bits & np.uint32(0x7F800000)  # 2^e, as bits
+    np.maximum(step, _full(_MIN_NORMAL, step.shape).view(np.uint32), out=step)
+    step += np.uint32(13 << 23)  # 2^(e+13)
+    ax += step.view(np.float32)
+    ax -= step.view(np.float32)
+    return ax, overflow, nan
+
+
+_blocks: dict[float, np.ndarray] = {}
+
+
+def _full(value: np.float32, shape: tuple[int, ...]) -> np.ndarray:
+    """A read-only float32 array of `value`, of `shape`: numpy's maximum and minimum against a
+    scalar take a loop several times slower than against an array."""
+    n = math.prod(shape)
+    block = _blocks.get(float(value))
+    if block is None or block.size < n:
+        block = np.full(max(n, 1 << 17), value, np.float32)
+        block.flags.writeable = False
+        _blocks[float(value)] = block
+    return block[:n].reshape(shape)
+
+
+def _nan_payloads(x: np.ndarray, nan: np.ndarray) -> np.ndarray:
+    """The low 10 bits numpy gives float32 NaNs as fp16 (the top of the payload, 1 if that is 0),
+    0 where x is no NaN. (Arithmetic, not a masked copy: those take a slow loop.)"""
+    payload = (x.view(np.uint32) >> np.uint32(13)).astype(np.uint16) & np.uint16(0x3FF)
+    payload += payload == 0  # a payload truncated to 0 would read as infinity
+    payload *= nan
+    return payload
 
 
 def round_fp16(x: np.ndarray) -> np.ndarray:
     """x (float32) as x.astype(float16).astype(float32), bit for bit (a new array)."""
-    if x.size < 2048:  # a handful of numpy calls costs more than numpy's conversion loop here
-        with np.errstate(over="ignore"):
-            return x.astype(np.float16).astype(np.float32)
-    ax = np.abs(x, dtype=np.float32)
-    top = ax.max()  # NaN if there is one
-    overflow = not top < _OVERFLOW  # "not <": a NaN fails it too
-    if overflow:
-        np.fmin(ax, _TWO_16, out=ax)  # NaNs too (fixed up below); 2^16 stays 2^16 below
-    step = (ax.view(np.uint32) & np.uint32(0x7F800000)).view(np.float32)  # 2^e
-    np.maximum(step, _MIN_NORMAL, out=step)
-    step *= np.float32(8192.0)  # 2^(e+13)
-    ax += step
-    ax -= step
-    if overflow:
-        np.copyto(ax, np.float32(np.inf), where=ax >= _TWO_16)
-    out = np.copysign(ax, x, out=ax)  # signed zeros as numpy gives them
-    if top != top:  # numpy keeps a NaN's sign and truncates its payload
-        nan = np.isnan(x)
-        out[nan] = x[nan].astype(np.float16).astype(np.float32)
+    return from_fp16(to_fp16(x))
+
+
+def to_fp16(x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """x (float32) as x.astype(float16), bit for bit; written into `out` (a float16 array of x's
+    shape, any strides) when given."""
+    if x.size == 0 or x.size < _SMALL_TO and np.abs(x).max() < _OVERFLOW:
+        # numpy's loop, fast on few values unless they overflow fp16 (NaNs fail the test too)
+        with np.errstate(over="ignore", invalid="ignore"):
+            if out is None:
+                return x.astype(np.float16)
+            np.copyto(out, x, casting="unsafe")
+            return out
+    ax, _, nan = _rounded_magnitude(x)
+    ax *= np.float32(2.0**-112)
+    half = (ax.view(np.uint32) >> np.uint32(13)).astype(np.uint16)
+    half |= (x.view(np.uint32) >> np.uint32(16)).astype(np.uint16) & np.uint16(0x8000)
+    if nan is not None:  # NaNs were clamped to infinity: add their payloads
+        half |= _nan_payloads(x, nan)
+    if out is None:
+        return half.view(np.float16)
+    out.view(np.uint16)[...] = half
     return out
+
+
+def from_fp16(h: np.ndarray) -> np.ndarray:
+    """h (float16) as h.astype(float32), bit for bit (a new array)."""
+    if h.size < _SMALL_FROM:
+        return h.astype(np.float32)
+    bits = h.view(np.uint16).astype(np.uint32)
+    magnitude = bits & np.uint32(0x7FFF)
+    magnitude <<= np.uint32(13)
+    value = magnitude.view(np.float32)
+    value *= np.float32(2.0**112)  # exact: fp16 subnormals were float32 subnormals
+    if not value.max() < _TWO_16:
+        # fp16 infinities and NaNs (exponent 31) landed on 2^16 * (1 + payload): exponent 143
+        # where float32's infinities and NaNs have 255, payload kept
+        special = (value >= _TWO_16).astype(np.uint32)  # (arithmetic: a masked add is slow)
+        special *= np.uint32((255 - 143) << 23)
+        magnitude += special
+    bits &= np.uint32(0x8000)
+    bits <<= np.uint32(16)
+    magnitude |= bits
+    return value

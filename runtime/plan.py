@@ -23,6 +23,7 @@ others (runtime/overlap.py).
 from __future__ import annotations
 
 import hashlib
+import math
 import weakref
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -35,7 +36,7 @@ from lpuc.kernels import KernelContext, run_kernel
 from lpuc.kernels.registry import CAPTURES_ATTR, get_kernel
 from lpuc.lowering.builder import view_of
 from lpuc.program import Access, Instruction, Program, TileSlot
-from lpuc.runtime.fp16 import round_fp16
+from lpuc.runtime.fp16 import from_fp16, round_fp16, to_fp16
 from lpuc.runtime.isa import decoded_attrs, epilogue, kernel_context, mxm_input, stacked
 from lpuc.runtime.machine import Machine
 from lpuc.runtime.overlap import MxmThread, mxm_waits, run_overlapped
@@ -49,7 +50,7 @@ def _mxm_input(x: np.ndarray, precision: str, copy: bool = True) -> np.ndarray:
     if precision == "fp16" and x.dtype == np.float32:
         return round_fp16(x)
     if x.dtype == np.float16:
-        return x.astype(np.float32)  # already fp16: isa's first cast would only copy
+        return from_fp16(x)  # already fp16: isa's first cast would only copy
     if x.dtype == np.float32 and not copy:
         return x  # isa's cast only copies; BLAS gives the same bits on the strided window
     return mxm_input(x, precision)
@@ -71,52 +72,95 @@ def _bound_kernel(ctx: KernelContext) -> Callable[[list], list[np.ndarray]]:
 
 
 # ai.onnx ops whose kernels (lpuc/kernels/elementwise_*.py), given float32 operands and no
-# attributes, compute exactly this ufunc: a map of only these runs without the kernel plumbing,
-# its last step straight into SRAM. (Relu is np.maximum(x, 0); Sum, Max, Min of two inputs.)
-_FLOAT32_UFUNCS = {
-    ("Add", 2): np.add,
-    ("Sub", 2): np.subtract,
-    ("Mul", 2): np.multiply,
-    ("Div", 2): np.true_divide,
-    ("Sum", 2): np.add,
-    ("Max", 2): np.maximum,
-    ("Min", 2): np.minimum,
-    ("Relu", 1): np.maximum,
-}
+# attributes, compute exactly these ufuncs: a map of only these runs without the kernel plumbing,
+# its last step straight into SRAM. Binary ops; Sum, Max, Min of n inputs, which the kernels fold
+# left to right (((a + b) + c) + d); Relu, np.maximum(x, 0).
+_FLOAT32_UFUNCS = {"Add": np.add, "Sub": np.subtract, "Mul": np.multiply, "Div": np.true_divide}
+_FLOAT32_FOLDS = {"Sum": np.add, "Max": np.maximum, "Min": np.minimum}
 
 UfuncStep = tuple[np.ufunc, list[tuple[int, int]]]
 
+# Kernels whose float results are values picked from their inputs (the max over a window): run on
+# float32 copies of fp16 tensors they give the same values, which stores write back to fp16
+# exactly, and numpy's float16 comparisons are an order of magnitude slower than float32 ones.
+_SELECTING_KERNELS = frozenset({"MaxPool", "GlobalMaxPool"})
+
 
 def _float32_ufuncs(expr: list[dict], operands: list, dst: np.ndarray) -> list[UfuncStep] | None:
-    """The map's steps as (ufunc, args) when every step is in _FLOAT32_UFUNCS and every value
-    float32; None otherwise. args as in _Executor._map: (1, k) operand k, (2, k) step k's result;
-    Relu's second argument is (3, 0), the constant 0."""
-    if dst.dtype != np.float32 or any(o is None or o.dtype != np.float32 for o in operands):
-        return None
+    """The map's steps as (ufunc, args) when every step is one of those above and every operand
+    float32 (the result window float32 or float16); None otherwise. args as in _Executor._map:
+    (1, k) operand k, (2, k) step k's result; Relu's second argument is (3, 0), the constant 0."""
+    if dst.dtype not in (np.float32, np.float16) or any(o is None or o.dtype != np.float32 for o in operands):
+        return None  # (an fp16 result is rounded once, when written: as the kernels' copy does)
     steps: list[UfuncStep] = []
+    result_of: list[int] = []  # expression step -> the ufunc step computing its result
     for step in expr:
-        fn = _FLOAT32_UFUNCS.get((step["op"], len(step["args"])))
-        if fn is None or step["attrs"] or step["domain"] not in ("", "ai.onnx") or "-" in step["args"]:
+        op, n = step["op"], len(step["args"])
+        if step["attrs"] or step["domain"] not in ("", "ai.onnx") or "-" in step["args"]:
             return None
-        args = [(1, int(a[1:])) if a[0] == "i" else (2, int(a[1:])) for a in step["args"]]
-        steps.append((fn, args + [(3, 0)] if step["op"] == "Relu" else args))
+        args = [(1, int(a[1:])) if a[0] == "i" else (2, result_of[int(a[1:])]) for a in step["args"]]
+        if op == "Relu" and n == 1:
+            steps.append((np.maximum, args + [(3, 0)]))
+        elif op in _FLOAT32_UFUNCS and n == 2:
+            steps.append((_FLOAT32_UFUNCS[op], args))
+        elif op in _FLOAT32_FOLDS and n >= 2:
+            steps.append((_FLOAT32_FOLDS[op], args[:2]))
+            for arg in args[2:]:
+                steps.append((_FLOAT32_FOLDS[op], [(2, len(steps) - 1), arg]))
+        else:
+            return None
+        result_of.append(len(steps) - 1)
     return steps
 
 
-def _ufunc_map(steps: list[UfuncStep], operands: list, dst: np.ndarray) -> Step:
-    """A vxm.map of _float32_ufuncs steps: the kernels' ufuncs, the last one writing dst."""
+def _ufunc_map(steps: list[UfuncStep], operands: list, dst: np.ndarray, scratch: np.ndarray | None) -> Step:
+    """A vxm.map of _float32_ufuncs steps: the kernels' ufuncs, the last one writing dst (a float32
+    window), or `scratch` (float32, dst's shape) then converted into dst (a float16 window)."""
     *inner, (last_fn, last_args) = steps
+    out = dst if scratch is None else scratch
 
-    def value(results: list, k: int, j: int):
-        return operands[j] if k == 1 else results[j] if k == 2 else 0
+    def values(results: list, args: list[tuple[int, int]]) -> list:
+        x = [operands[j] if k == 1 else results[j] for k, j in args if k != 3]
+        if len(x) < len(args):  # Relu: np.maximum(x, 0), against an array of zeros (same bits)
+            x.append(_zeros(np.shape(x[0])))
+        return x
 
     def vmap() -> None:
         results: list[np.ndarray] = []
         for fn, args in inner:
-            results.append(fn(*[value(results, k, j) for k, j in args]))
-        last_fn(*[value(results, k, j) for k, j in last_args], out=dst)
+            results.append(fn(*values(results, args)))
+        last_fn(*values(results, last_args), out=out)
+        if scratch is not None:
+            to_fp16(scratch, out=dst)
 
     return vmap
+
+
+_zero_block = np.zeros(0, np.float32)
+
+
+def _zeros(shape: tuple[int, ...]) -> np.ndarray:
+    """Read-only float32 zeros of `shape`: numpy's maximum against the scalar 0 takes a loop
+    several times slower than against an array, with the same results (NaNs and signed zeros)."""
+    global _zero_block
+    n = math.prod(shape)
+    if _zero_block.size < n:
+        block = np.zeros(max(n, 1 << 17), np.float32)
+        block.flags.writeable = False
+        _zero_block = block
+    return _zero_block[:n].reshape(shape)
+
+
+def _copy_into(dst: np.ndarray, value: np.ndarray) -> None:
+    """np.copyto(dst, value, casting="unsafe"), with float32 <-> float16 conversions done fast."""
+    if value.shape == dst.shape:
+        if dst.dtype == np.float16 and value.dtype == np.float32:
+            to_fp16(value, out=dst)
+            return
+        if dst.dtype == np.float32 and value.dtype == np.float16:
+            np.copyto(dst, from_fp16(value))
+            return
+    np.copyto(dst, value, casting="unsafe")
 
 
 def _whole(t: TileSlot) -> Access:
@@ -184,7 +228,7 @@ class _Tensor:
     def store(self, value: np.ndarray) -> None:
         view = value.reshape(self.rows_cols if value.shape == self.shape else view_of(value.shape))
         for v, r, c in self.pieces:
-            np.copyto(v, view[r : r + v.shape[0], c : c + v.shape[1]], casting="unsafe")
+            _copy_into(v, view[r : r + v.shape[0], c : c + v.shape[1]])
 
 
 class _Executor:
@@ -212,6 +256,7 @@ class _Executor:
         )
         self._weight_budget = int(image)
         self._mm_scratch: dict[tuple[int, ...], np.ndarray] = {}  # products before accumulation
+        self._map_scratch: dict[tuple[int, ...], np.ndarray] = {}  # float32 results of fp16 maps
         self._converted: dict[tuple, tuple[np.ndarray, np.ndarray]] = {}  # weight bytes -> MXM copy
         self._mxm_inputs: list[np.ndarray | None] = [None] * len(self._shared)
         self.steps: list[Step] = [
@@ -322,19 +367,21 @@ class _Executor:
     def _constant_weights(self, src: np.ndarray, precision: str) -> np.ndarray | None:
         """What an mxm.lw of a window nothing writes loads in every run, converted once (None: over
         the memory budget, so converted per run as the interpreter does). Windows holding the same
-        bytes share one converted array; fp32 weights need no conversion: the window itself."""
-        if src.dtype == np.float32 and precision != "fp16":
+        bytes share one converted array; fp32 weights of one window need no conversion: the window
+        itself (several windows are stacked into a copy, which counts against the budget)."""
+        in_sram = np.may_share_memory(src, self.machine.sram.words)
+        if src.dtype == np.float32 and precision != "fp16" and in_sram:
             return _readonly(src)
         digest = hashlib.blake2b(np.ascontiguousarray(src).data, digest_size=16).digest()
         key = (src.shape, src.dtype.str, precision, digest)
         held = self._converted.get(key)
         if held is not None and np.array_equal(held[0].view(np.uint8), src.view(np.uint8)):
             return held[1]  # same bytes (checked, not trusted to the hash)
-        size = src.size * (8 if src.dtype.kind in "iub" else 4)  # bytes of the MXM's copy
+        weights = _mxm_input(src, precision, copy=in_sram)  # a stacked copy is used as it is
+        size = weights.nbytes + (0 if in_sram or weights is src else src.nbytes)  # what is kept
         if size > self._weight_budget:
             return None
         self._weight_budget -= size
-        weights = _mxm_input(src, precision)
         weights.flags.writeable = False
         self._converted.setdefault(key, (src, weights))
         return weights
@@ -438,7 +485,10 @@ class _Executor:
         dst = self._view(ins.writes[0])
         fast = _float32_ufuncs(attrs["expr"], operands, dst)
         if fast is not None:
-            return _ufunc_map(fast, operands, dst)
+            scratch = None
+            if dst.dtype != np.float32:  # one float32 buffer per shape (maps run one at a time)
+                scratch = self._map_scratch.setdefault(dst.shape, np.empty(dst.shape, np.float32))
+            return _ufunc_map(fast, operands, dst, scratch)
         program: list[tuple[Callable, list[tuple[int, int]]]] = []
         for step in attrs["expr"]:
             ctx = KernelContext(step["op"], step["attrs"], step.get("opset", 0), 1, step["domain"])
@@ -455,7 +505,7 @@ class _Executor:
                 results.append(
                     call([None if k == 0 else operands[j] if k == 1 else results[j] for k, j in args])[0]
                 )
-            np.copyto(dst, results[-1], casting="unsafe")
+            _copy_into(dst, results[-1])
 
         return vmap
 
@@ -472,7 +522,10 @@ class _Executor:
                 continue
             t = self._tensor(desc["shape"], desc["dtype"], [r.buf for r in refs], desc["row_offset"])
             direct = t.direct()
-            loaders.append((lambda v=direct: v) if direct is not None else t.load)
+            load = (lambda v=direct: v) if direct is not None else t.load
+            if attrs["kernel"] in _SELECTING_KERNELS and t.dtype == np.float16:
+                load = lambda load=load: from_fp16(load())  # noqa: E731
+            loaders.append(load)
         call = _bound_kernel(kernel_context(attrs))
         stores: list[tuple[dict, Callable[[np.ndarray], None]] | None] = []
         for desc in attrs["outputs"]:

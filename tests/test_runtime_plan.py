@@ -22,7 +22,7 @@ import pytest
 import lpuc
 from lpuc.errors import LpucError
 from lpuc.program import Program
-from lpuc.runtime.fp16 import round_fp16
+from lpuc.runtime.fp16 import from_fp16, round_fp16, to_fp16
 from tests.models import MLP, ResidualBlock, export, random_feeds
 from tests.plan_oracle import assert_identical
 
@@ -39,8 +39,8 @@ def check_program(program: Program, feeds: dict[str, np.ndarray], runs: int = 2)
 
 
 # -- fp16 rounding ------------------------------------------------------------------------------
-def test_round_fp16_matches_numpy_on_every_exponent():
-    """(Checked once exhaustively over every float32 below 65520: no difference.)"""
+def _float32_on_every_exponent() -> np.ndarray:
+    """Both signs, every exponent, the rounding edges of the mantissa and random mantissas."""
     rng = np.random.default_rng(0)
     exponents = np.arange(256, dtype=np.uint32) << 23
     edges = np.array(
@@ -49,13 +49,39 @@ def test_round_fp16_matches_numpy_on_every_exponent():
     mantissas = np.concatenate([edges, rng.integers(0, 1 << 23, 4000, dtype=np.uint32)])
     bits = (exponents[:, None] | mantissas[None, :]).ravel()
     bits = np.concatenate([bits, bits | np.uint32(0x80000000)])
-    x = bits.view(np.float32)
+    return bits.view(np.float32)
+
+
+def test_round_fp16_matches_numpy_on_every_exponent():
+    """(Checked once exhaustively over every float32 below 65520: no difference.)"""
+    x = _float32_on_every_exponent()
     finite = x[np.abs(x) < 65520]  # one array per path: the fast one and numpy's (inf, NaN, overflow)
     strided = finite[: finite.size // 64 * 64].reshape(-1, 64)[:, 3:50]  # a window of SRAM rows
     with np.errstate(over="ignore"):
-        for values in (x, finite, strided):
+        for values in (x, finite, strided, x[::700], finite[::700]):  # large and small arrays
             expected = values.astype(np.float16).astype(np.float32)
             assert np.array_equal(round_fp16(values).view(np.uint32), expected.view(np.uint32))
+
+
+def test_to_fp16_matches_numpy_on_every_exponent():
+    """Also written into a window of a wider array (an SRAM tile), and with inf / NaN present."""
+    x = _float32_on_every_exponent()
+    finite = x[np.abs(x) < 65520]
+    strided = finite[: finite.size // 64 * 64].reshape(-1, 64)[:, 3:50]
+    with np.errstate(over="ignore", invalid="ignore"):
+        for values in (x, finite, strided, x[::700], finite[::700]):  # large and small arrays
+            expected = values.astype(np.float16).view(np.uint16)
+            assert np.array_equal(to_fp16(values).view(np.uint16), expected)
+            tile = np.zeros(values.shape[:-1] + (values.shape[-1] + 7,), np.float16)
+            to_fp16(values, out=tile[..., 5 : 5 + values.shape[-1]])
+            assert np.array_equal(tile[..., 5 : 5 + values.shape[-1]].view(np.uint16), expected)
+            assert not tile[..., :5].any() and not tile[..., 5 + values.shape[-1] :].any()
+
+
+def test_from_fp16_matches_numpy_on_every_float16():
+    every = np.arange(1 << 16, dtype=np.uint32).astype(np.uint16).view(np.float16)  # inf, NaN payloads
+    for values in (every, every.reshape(256, 256)[:, 7:200], every[np.isfinite(every)]):
+        assert np.array_equal(from_fp16(values).view(np.uint32), values.astype(np.float32).view(np.uint32))
 
 
 # -- equivalence --------------------------------------------------------------------------------

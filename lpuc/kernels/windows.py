@@ -14,6 +14,8 @@ Only explicit pads and ceil_mode 0 (what lower_conv and sink_transposes produce)
 from __future__ import annotations
 
 import math
+import threading
+from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -102,11 +104,68 @@ def gather(x: np.ndarray, attrs: Mapping[str, Any], fill) -> np.ndarray:
     """Window values of a slab: x holds input view rows from attrs["slab"]["in_row0"] on ([rows,
     cols]); returns [out rows, taps, C] with `fill` in the padding. attrs["slab"]["channels_first"]
     says how the input's values lie in its view (module docstring)."""
-    slab = attrs["slab"]
-    r0, r1 = slab["out_rows"]
-    channels_first = bool(slab.get("channels_first", False))
-    idx, rows, cols = _view_cells(attrs, slab["in_shape"], r0, r1, channels_first)
-    local = np.clip(rows - int(slab["in_row0"]), 0, max(0, len(x) - 1))
-    values = x[local[..., 0]] if not channels_first else x[local, cols]
-    values[idx < 0] = fill
+    index, padding = _slab_index(attrs, len(x))
+    values = x[index]
+    if padding is not None:
+        values[padding] = fill
     return values
+
+
+# A slab's gather index depends only on the attributes: a runtime applies the same instruction
+# run after run, and computing the index took as long as the gather itself. Kept up to a budget,
+# least recently used first out.
+_INDEX_BUDGET = 32 << 20
+_index_cache: OrderedDict[tuple, tuple[Any, np.ndarray | None]] = OrderedDict()
+_index_bytes = 0
+_index_lock = threading.Lock()
+
+
+def _slab_index(attrs: Mapping[str, Any], rows: int) -> tuple[Any, np.ndarray | None]:
+    """(the index of x the window taps read, clipped into x's rows: view rows, or (view rows, view
+    cols) channels-first; the taps in the padding, or None)."""
+    global _index_bytes
+    slab = attrs["slab"]
+    channels_first = bool(slab.get("channels_first", False))
+    key = tuple(
+        tuple(v) if isinstance(v, (list, tuple)) else v
+        for v in (
+            attrs["kernel_shape"],
+            attrs.get("strides"),
+            attrs.get("dilations"),
+            attrs.get("pads"),
+            slab["in_shape"],
+            slab["out_rows"],
+            slab["in_row0"],
+            channels_first,
+            rows,
+        )
+    )
+    with _index_lock:
+        hit = _index_cache.get(key)
+        if hit is not None:
+            _index_cache.move_to_end(key)
+            return hit
+    r0, r1 = slab["out_rows"]
+    idx, view_rows, cols = _view_cells(attrs, slab["in_shape"], r0, r1, channels_first)
+    local = np.clip(view_rows - int(slab["in_row0"]), 0, max(0, rows - 1))
+    index = (local, cols) if channels_first else local[..., 0]
+    padding = idx < 0
+    padding = padding if padding.any() else None
+    arrays = [a for a in (*(index if channels_first else (index,)), padding) if a is not None]
+    for a in arrays:
+        a.flags.writeable = False
+    size = sum(a.nbytes for a in arrays)
+    entry = (index, padding)
+    with _index_lock:
+        if key not in _index_cache and size <= _INDEX_BUDGET:
+            _index_cache[key] = entry
+            _index_bytes += size
+            while _index_bytes > _INDEX_BUDGET:
+                _index_bytes -= _nbytes(_index_cache.popitem(last=False)[1])
+    return entry
+
+
+def _nbytes(entry: tuple[Any, np.ndarray | None]) -> int:
+    index, padding = entry
+    arrays = [*(index if isinstance(index, tuple) else (index,)), padding]
+    return sum(a.nbytes for a in arrays if a is not None)
