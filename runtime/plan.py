@@ -257,6 +257,7 @@ class _Executor:
         self._weight_budget = int(image)
         self._mm_scratch: dict[tuple[int, ...], np.ndarray] = {}  # products before accumulation
         self._map_scratch: dict[tuple[int, ...], np.ndarray] = {}  # float32 results of fp16 maps
+        self._epilogue_scratch: dict[tuple[int, ...], np.ndarray] = {}  # the same for MM epilogues
         self._converted: dict[tuple, tuple[np.ndarray, np.ndarray]] = {}  # weight bytes -> MXM copy
         self._mxm_inputs: list[np.ndarray | None] = [None] * len(self._shared)
         self.steps: list[Step] = [
@@ -395,6 +396,7 @@ class _Executor:
         from_acc = bool(attrs.get("from_acc"))
         fused = attrs.get("epilogue")  # a map applied on the way to dst, as isa.epilogue does
         operands = [None, *(_readonly(self._view(a)) for a in ins.reads[1:])] if fused else []
+        fast_epilogue = self._fast_epilogue(fused, operands, dst) if fused is not None else None
         slot, first, last = self._shared.get(ins.id, (None, True, True))
         shared, scratch = self._mxm_inputs, self._mm_scratch
         into_dst = (
@@ -439,12 +441,40 @@ class _Executor:
                 plane.acc = product  # kept in the plane's accumulators for its next MM
             elif fused is not None:
                 plane.acc = None
-                np.copyto(dst, epilogue(fused, product, operands), casting="unsafe")
+                if fast_epilogue is not None and product.dtype == np.float32:
+                    fast_epilogue(product)
+                else:
+                    np.copyto(dst, epilogue(fused, product, operands), casting="unsafe")
             else:
                 plane.acc = None
                 np.copyto(dst, product, casting="unsafe")
 
         return mm
+
+    def _fast_epilogue(
+        self, fused: dict, reads: list, dst: np.ndarray
+    ) -> Callable[[np.ndarray], None] | None:
+        """isa.epilogue on the ufunc path of maps, for a float32 product (operand 0) and float32
+        operands: the same ufuncs on the same values; None where that path does not apply."""
+        if fused["result"] != "float32":
+            return None
+        placeholder = np.empty(0, np.float32)
+        operands = [None if k is None else placeholder if k == 0 else reads[k] for k in fused["operands"]]
+        steps = _float32_ufuncs(fused["expr"], operands, dst)
+        if steps is None:
+            return None
+        scratch = None
+        if dst.dtype != np.float32:
+            scratch = self._epilogue_scratch.setdefault(dst.shape, np.empty(dst.shape, np.float32))
+        run = _ufunc_map(steps, operands, dst, scratch)
+        product_at = [i for i, k in enumerate(fused["operands"]) if k == 0]
+
+        def apply(product: np.ndarray) -> None:
+            for i in product_at:
+                operands[i] = product
+            run()
+
+        return apply
 
     def _share_mxm_inputs(self, order: list[Instruction]) -> dict[int, tuple[int, bool, bool]]:
         """MMs that read the same window with nothing written to it in between multiply the same
