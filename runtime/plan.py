@@ -369,9 +369,12 @@ class _Executor:
         """What an mxm.lw of a window nothing writes loads in every run, converted once (None: over
         the memory budget, so converted per run as the interpreter does). Windows holding the same
         bytes share one converted array; fp32 weights of one window need no conversion: the window
-        itself (several windows are stacked into a copy, which counts against the budget)."""
+        itself when contiguous (several windows are stacked into a copy, which counts against the
+        budget)."""
         in_sram = np.may_share_memory(src, self.machine.sram.words)
-        if src.dtype == np.float32 and precision != "fp16" and in_sram:
+        if src.dtype == np.float32 and precision != "fp16" and in_sram and src.flags.c_contiguous:
+            # Only a contiguous window: BLAS sums a strided single column (N = 1, a dot product
+            # with a stride) in another order than the interpreter's contiguous copy.
             return _readonly(src)
         digest = hashlib.blake2b(np.ascontiguousarray(src).data, digest_size=16).digest()
         key = (src.shape, src.dtype.str, precision, digest)
