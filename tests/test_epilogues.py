@@ -181,19 +181,27 @@ def test_a_result_read_twice_or_returned_does_not_fuse(models, tmp_path):
         np.testing.assert_allclose(got, want, rtol=2e-2, atol=2e-2 * np.abs(want).max())
 
 
+class _Tall(torch.nn.Module):
+    """Linear(400 -> 16) + ReLU on 300 rows: K spans several weight tiles, and few chains for the
+    planes, so K is split and the parts summed by a map."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = torch.nn.Linear(400, 16)
+
+    def forward(self, x):
+        return torch.relu(self.fc(x))
+
+
+def _tall_linear_relu(tmp_path):
+    return export(_Tall(), (torch.randn(300, 400),), tmp_path / "tall.onnx", output_names=["y"])
+
+
 def test_partial_sums_and_sram_accumulation_do_not_fuse(tmp_path):
     """K-split partial results (the map adding them is the MM's own node) and MMs adding into their
     result through SRAM (several writers of the tile) keep their maps."""
 
-    class _Tall(torch.nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.fc = torch.nn.Linear(400, 16)
-
-        def forward(self, x):
-            return torch.relu(self.fc(x))
-
-    path = export(_Tall(), (torch.randn(300, 400),), tmp_path / "tall.onnx", output_names=["y"])
+    path = _tall_linear_relu(tmp_path)
     split = lpuc.compile(path, precision="fp16")
     partial_sums = [i for i in split.instructions if i.opcode == "vxm.map" and i.node.endswith("matmul")]
     assert partial_sums and not _fused(split)
@@ -312,15 +320,7 @@ def test_a_k_split_sum_and_the_map_after_it_are_one_pass(tmp_path):
     reading it become one map: Sum's steps, then bias+ReLU's; the sum's tile is never stored. The
     output is bit-identical to the two maps apart, and the strategy is switchable."""
 
-    class _Tall(torch.nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.fc = torch.nn.Linear(400, 16)
-
-        def forward(self, x):
-            return torch.relu(self.fc(x))
-
-    path = export(_Tall(), (torch.randn(300, 400),), tmp_path / "tall.onnx", output_names=["y"])
+    path = _tall_linear_relu(tmp_path)
     joined = lpuc.compile(path, precision="fp16")
     apart = lpuc.compile(path, precision="fp16", disable_passes=["map_chains"])
     (one,) = [i for i in joined.instructions if i.opcode == "vxm.map"]
