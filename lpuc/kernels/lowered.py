@@ -108,13 +108,13 @@ def _pool_rows(ctx: KernelContext, x: np.ndarray) -> np.ndarray:
 def evaluate_expression(steps: list[dict], operands: list[np.ndarray | None]) -> np.ndarray:
     """A fused elementwise expression (lpuc.passes.fuse_elementwise's steps) over its operands."""
     results: list[np.ndarray] = []
-    for step in steps:
-        args = [
-            None if a == "-" else operands[int(a[1:])] if a[0] == "i" else results[int(a[1:])]
-            for a in step["args"]
-        ]
-        ctx = KernelContext(step["op"], step["attrs"], step.get("opset", 0), 1, step["domain"])
-        with np.errstate(all="ignore"):
+    with np.errstate(all="ignore"):  # once: entering it costs microseconds
+        for step in steps:
+            args = [
+                None if a == "-" else operands[int(a[1:])] if a[0] == "i" else results[int(a[1:])]
+                for a in step["args"]
+            ]
+            ctx = KernelContext(step["op"], step["attrs"], step.get("opset", 0), 1, step["domain"])
             results.append(run_kernel(ctx, args)[0])
     return results[-1]
 
