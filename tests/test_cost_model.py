@@ -17,6 +17,7 @@ import lpuc
 from lpuc import cost
 from lpuc.cost import Stream, Work
 from lpuc.target import load_target
+from tests.onnx_builders import single_op_model
 
 
 @pytest.fixture(scope="module")
@@ -157,16 +158,10 @@ def test_mxm_bound_is_macs_over_peak_throughput():
 def test_weight_load_bound_counts_each_weight_byte_once():
     # One row through [640, 640] fp16 weights: 819,200 bytes must reach the planes, at 8 words of 320
     # bytes per cycle per plane over four planes = 80 cycles, far above the 4-cycle MAC bound.
-    rng = np.random.default_rng(0)
-    w = helper.make_tensor("w", TensorProto.FLOAT, [640, 640], rng.standard_normal(640 * 640).tolist())
-    graph = helper.make_graph(
-        [helper.make_node("MatMul", ["x", "w"], ["y"])],
-        "fc",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 640])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 640])],
-        [w],
+    w = np.random.default_rng(0).standard_normal((640, 640)).astype(np.float32)
+    program = lpuc.compile(
+        single_op_model("MatMul", [("x", [1, 640])], [("y", [1, 640])], initializers={"w": w})
     )
-    program = lpuc.compile(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)]))
     bounds = program.summary["lower_bound_cycles"]
     assert bounds["lw"] == 80 and bounds["mxm"] == 4
     assert program.summary["cycles"] >= bounds["overall"] >= 80

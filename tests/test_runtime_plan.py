@@ -343,17 +343,10 @@ def test_single_column_weights_sum_as_the_interpreter_does():
     """[1, 4] x [4, 1] fp32 (a case hypothesis found): the weight window is one strided column in
     SRAM, and BLAS sums a strided dot product in another order than a contiguous one. The plan
     copies such a window, as the interpreter's cast does: the same bits."""
-    from onnx import TensorProto, helper, numpy_helper
+    from tests.onnx_builders import single_op_model
 
     w = (np.random.default_rng(2).standard_normal((4, 1)) / 2).astype(np.float32)
-    graph = helper.make_graph(
-        [helper.make_node("MatMul", ["x", "w"], ["y"])],
-        "column",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 1])],
-        [numpy_helper.from_array(w, "w")],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)])
+    model = single_op_model("MatMul", [("x", [1, 4])], [("y", [1, 1])], initializers={"w": w})
     program = lpuc.compile(model, target="tsp-mini", precision="fp32", host_fallback=False)
     x = {"x": np.random.default_rng(0).standard_normal((1, 4)).astype(np.float32)}
     assert_identical(program.run(x, interpret=True), program.run(x))
