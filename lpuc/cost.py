@@ -311,9 +311,7 @@ def duration(
         return unit_cycles(target, opcode, work, precision)
     n = _streaming_cycles(target, opcode, work, reads, writes, precision, ports)
     pos = target.position(unit)
-    columns = target.slice_positions
-    t_in = max((abs(pos - columns[s.slice]) for s in reads if s.slice >= 0), default=0)
-    t_out = max((abs(pos - columns[s.slice]) for s in writes if s.slice >= 0), default=0)
+    t_in, t_out = _farthest(target, pos, reads), _farthest(target, pos, writes)
     read_lat = target.mem.read_delay + t_in if reads else 0
     write_lat = target.mem.write_delay + t_out if writes else 0
     if opcode == "mxm.lw":
@@ -333,16 +331,21 @@ def duration(
     return max(1, n) + func + read_lat + write_lat + stagger
 
 
+def _farthest(target: Target, pos: int, streams: Sequence[Stream]) -> int:
+    """Transport: columns between position `pos` and the farthest slice of `streams` (0: none)."""
+    columns = target.slice_positions
+    return max((abs(pos - columns[s.slice]) for s in streams if s.slice >= 0), default=0)
+
+
 def _epilogue_latency(
     target: Target, mxm: int, work: Work, reads: Sequence[Stream], writes: Sequence[Stream]
 ) -> int:
     """An MM with a fused map, from its first row read to its first result written: the row reaches
     the plane and its result the VXM, where the map's operands (read at issue, in parallel) must have
     arrived too; then a VXM delay per chained ALU and the way to the result's slice."""
-    vxm, columns, mem = target.position("VXM0"), target.slice_positions, target.mem
-    t_act = max((abs(mxm - columns[s.slice]) for s in reads[:1] if s.slice >= 0), default=0)
-    t_ops = max((abs(vxm - columns[s.slice]) for s in reads[1:] if s.slice >= 0), default=0)
-    t_out = max((abs(vxm - columns[s.slice]) for s in writes if s.slice >= 0), default=0)
+    vxm, mem = target.position("VXM0"), target.mem
+    t_act, t_ops = _farthest(target, mxm, reads[:1]), _farthest(target, vxm, reads[1:])
+    t_out = _farthest(target, vxm, writes)
     results_at_vxm = mem.read_delay + t_act + target.delay("MXM") + abs(mxm - vxm)
     operands_at_vxm = mem.read_delay + t_ops if reads[1:] else 0
     func = target.delay("VXM") * vxm_alus(target, "mxm.mm", work)

@@ -13,9 +13,15 @@ def human_bytes(nbytes: float) -> str:
     return f"{nbytes:.2f} GiB"
 
 
+def bound_by(summary: dict[str, Any]) -> str:
+    """The resource whose lower bound is the hardware bound (the largest; a tie: the later name)."""
+    bounds = summary["lower_bound_cycles"]
+    return max((k for k in bounds if k != "overall"), key=lambda k: (bounds[k], k))
+
+
 def summary_text(s: dict[str, Any]) -> str:
     bounds = s["lower_bound_cycles"]
-    binding = max((k for k in bounds if k != "overall"), key=lambda k: (bounds[k], k))
+    binding = bound_by(s)
     path = s["critical_path"]
     lines = [
         f"model      {s['model']}  ({s['compiler']})",

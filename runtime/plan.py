@@ -136,6 +136,14 @@ def _ufunc_map(steps: list[UfuncStep], operands: list, dst: np.ndarray, scratch:
     return vmap
 
 
+def _float32_scratch(cache: dict[tuple[int, ...], np.ndarray], shape: tuple[int, ...]) -> np.ndarray:
+    """The float32 buffer of `shape` in `cache`, made on first use."""
+    buf = cache.get(shape)
+    if buf is None:
+        buf = cache[shape] = np.empty(shape, np.float32)
+    return buf
+
+
 _zero_block = np.zeros(0, np.float32)
 
 
@@ -468,7 +476,7 @@ class _Executor:
             return None
         scratch = None
         if dst.dtype != np.float32:
-            scratch = self._epilogue_scratch.setdefault(dst.shape, np.empty(dst.shape, np.float32))
+            scratch = _float32_scratch(self._epilogue_scratch, dst.shape)
         run = _ufunc_map(steps, operands, dst, scratch)
         product_at = [i for i, k in enumerate(fused["operands"]) if k == 0]
 
@@ -520,7 +528,7 @@ class _Executor:
         if fast is not None:
             scratch = None
             if dst.dtype != np.float32:  # one float32 buffer per shape (maps run one at a time)
-                scratch = self._map_scratch.setdefault(dst.shape, np.empty(dst.shape, np.float32))
+                scratch = _float32_scratch(self._map_scratch, dst.shape)
             return _ufunc_map(fast, operands, dst, scratch)
         program: list[tuple[Callable, list[tuple[int, int]]]] = []
         for step in attrs["expr"]:

@@ -65,7 +65,7 @@ def place_tiles(
     for buf_id, s in slice_of.items():
         touches[s, users.get(buf_id, [])] += 1
 
-    first, last = _program_order_lifetimes(program)
+    first, last = _program_order_lifetimes(program, users)
     releases: list[tuple[int, int, int, int]] = []  # (release index, buffer id, slice, words)
     live = load.copy()
     order = sorted(
@@ -117,13 +117,12 @@ def _near(touches: np.ndarray, ops: list[int]) -> np.ndarray:
     return total
 
 
-def _program_order_lifetimes(program: TiledProgram) -> tuple[dict[int, int], dict[int, int]]:
-    first: dict[int, int] = {}
-    last: dict[int, int] = {}
-    for op in program.ops:
-        for r in op.reads + op.writes:
-            first.setdefault(r.buf, op.id)
-            last[r.buf] = op.id
+def _program_order_lifetimes(
+    program: TiledProgram, users: dict[int, list[int]]
+) -> tuple[dict[int, int], dict[int, int]]:
+    """Per buffer, the first and last op using it (model inputs: live from before the first op)."""
+    first = {b: ids[0] for b, ids in users.items()}
+    last = {b: ids[-1] for b, ids in users.items()}
     for buf in program.buffers:
         if buf.is_input:
             first[buf.id] = -1

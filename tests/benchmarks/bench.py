@@ -32,6 +32,7 @@ import onnx
 import onnxruntime as ort
 
 import lpuc
+from lpuc.report import bound_by
 from tests.benchmarks.transformer_bench import bench_transformers
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -130,9 +131,7 @@ def bench_model(path: Path, precision: str, target: str, repeats: int) -> dict:
         "before": BEFORE.get(f"{path.stem}/{precision}"),
         "end_to_end_us": s["end_to_end_us"],
         "bound": s["lower_bound_cycles"]["overall"],
-        "binding": max(
-            (k for k in s["lower_bound_cycles"] if k != "overall"), key=lambda k: s["lower_bound_cycles"][k]
-        ),
+        "binding": bound_by(s),
         "ratio": s["bound_ratio"],
         "mxm_bound": s["lower_bound_cycles"]["mxm"],
         "finite": finite,

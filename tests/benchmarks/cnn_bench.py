@@ -24,6 +24,7 @@ from onnx import numpy_helper
 
 import lpuc
 from lpuc.errors import LpucError
+from lpuc.report import bound_by
 from tests import zoo
 from tests.benchmarks import int8_bench
 from tests.benchmarks.bench import LIGHT
@@ -124,7 +125,7 @@ def main() -> None:
                 print(f"{name:<22}{precision:<6} does not compile: {e}")
                 continue
             bounds = s["lower_bound_cycles"]
-            by = max((k for k in bounds if k != "overall"), key=lambda k: bounds[k])
+            by = bound_by(s)
             ratios[precision].append(s["bound_ratio"])
             print(
                 f"{name:<22}{precision:<6}{time.perf_counter() - start:>10.1f}{s['cycles']:>11,}"

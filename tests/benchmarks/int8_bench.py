@@ -23,6 +23,7 @@ import torch
 import lpuc
 from lpuc.errors import LpucError
 from lpuc.lowering import STRATEGIES
+from lpuc.report import bound_by
 from tests.onnx_builders import single_op_model
 from tests.zoo import resnet50, vgg19
 
@@ -70,7 +71,7 @@ def bench(name: str, precision: str, samples: int) -> None:
     print(
         f"{name:<9} {precision:<5} compile {seconds:6.1f} s  {s['cycles']:>9,} cycles = "
         f"{s['latency_us']:9.1f} us{groq}"
-        f"  bound {s['lower_bound_cycles']['overall']:,} by {_binding(s)} (bound_ratio {s['bound_ratio']}x; "
+        f"  bound {s['lower_bound_cycles']['overall']:,} by {bound_by(s)} (bound_ratio {s['bound_ratio']}x; "
         f"MXM bound {s['lower_bound_cycles']['mxm']:,})  SRAM peak "
         f"{s['sram_peak_bytes'] / mib:.1f} / addressed {s['sram_used_bytes'] / mib:.1f} / constants "
         f"{s['sram_const_bytes'] / mib:.1f} of {s['sram_capacity_bytes'] / mib:.0f} MiB"
@@ -85,11 +86,6 @@ def bench(name: str, precision: str, samples: int) -> None:
         sqnr = 10 * np.log10(np.sum(ref**2) / np.sum((got - ref) ** 2))
         same = "same" if got.argmax() == ref.argmax() else "DIFFERENT"
         print(f"    input {i}: cosine {cosine:.6f}, SQNR {sqnr:.1f} dB, top-1 {same}")
-
-
-def _binding(summary: dict) -> str:
-    bounds = summary["lower_bound_cycles"]
-    return max((k for k in bounds if k != "overall"), key=lambda k: bounds[k])
 
 
 def ablate(name: str, precision: str = "fp16", names: tuple[str, ...] = ABLATIONS) -> None:

@@ -20,6 +20,7 @@ import numpy as np
 
 import lpuc
 from lpuc.errors import DoesNotFitError
+from lpuc.report import bound_by
 from tests.benchmarks.compile_bench import Case, model_file
 from tests.models import ort_run
 
@@ -75,7 +76,7 @@ def bench_transformers(precision: str = "fp16") -> None:
         cosine = min(_cosine(v, e) for v, e in zip(got.values(), ort_run(path, feeds)))
         s = program.summary
         bounds = s["lower_bound_cycles"]
-        binding = max((k for k in bounds if k != "overall"), key=lambda k: bounds[k])
+        binding = bound_by(s)
         print(
             f"{name:<22}{precision:<6}{compile_s:>10.2f}{s['cycles']:>10}{s['latency_us']:>9.1f}"
             f"{bounds['overall']:>9}{binding[:5]:>6}{s['bound_ratio']:>7.1f}"
