@@ -544,8 +544,8 @@ def compare(
     ok = rtol is None or bool(np.all(err <= (atol or 0.0) + rtol * np.abs(ref)))
     norms = float(np.linalg.norm(got)) * float(np.linalg.norm(ref))
     cosine = float(np.dot(got.ravel(), ref.ravel()) / norms) if norms else float(np.array_equal(got, ref))
-    noise = float(np.sum(err**2))
-    sqnr = 10 * np.log10(float(np.sum(ref**2)) / noise) if noise else float("inf")
+    noise, signal = float(np.sum(err**2)), float(np.sum(ref**2))
+    sqnr = float("inf") if not noise else 10 * np.log10(signal / noise) if signal else float("-inf")
     if min_cosine is not None and not cosine >= min_cosine:
         ok = False
     return ok, (
@@ -585,8 +585,12 @@ def _criteria(rtol: float | None, atol: float | None, min_cosine: float | None) 
 def check_intermediates(
     reference: OnnxReference, feeds, captured: dict[str, np.ndarray], rtol, atol, min_cosine=None
 ) -> None:
-    """Compare every captured tensor the ONNX model also names; report the first diverging node."""
-    producers = [(n, o) for n in reference.model.graph.node for o in n.output if o in captured]
+    """Compare every captured tensor the ONNX model also names and uses; report the first diverging
+    node. Unused outputs (Dropout's mask) are skipped: onnxruntime fills some with values the spec
+    does not define, and they cannot affect a result."""
+    graph = reference.model.graph
+    used = {i for n in graph.node for i in n.input} | {o.name for o in graph.output}
+    producers = [(n, o) for n in graph.node for o in n.output if o in captured and o in used]
     if not producers:
         click.echo("check --all-tensors: no intermediate tensor of the model survives compilation")
         return

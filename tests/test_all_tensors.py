@@ -5,7 +5,10 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
+import numpy as np
+import onnx
 import pytest
+from onnx import TensorProto, helper, numpy_helper
 
 from lpuc.kernels import registry
 from tests.cli_helpers import invoke
@@ -46,3 +49,28 @@ def test_names_the_first_diverging_node(mlp_lpu, monkeypatch):
 def test_all_tensors_needs_check(mlp_lpu):
     result = invoke("run", mlp_lpu, "--all-tensors")
     assert result.exit_code == 2 and "give --check" in result.output
+
+
+def test_unused_outputs_are_not_compared(tmp_path):
+    """An opset-9 Dropout's mask feeds nothing; onnxruntime returns zeros for it where the spec's
+    reference returns ones. Without skipping unused tensors this reported a false divergence."""
+    rng = np.random.default_rng(0)
+    w = numpy_helper.from_array(rng.standard_normal((8, 8)).astype(np.float32), "w")
+    graph = helper.make_graph(
+        [
+            helper.make_node("MatMul", ["x", "w"], ["a"], name="mm"),
+            helper.make_node("Dropout", ["a"], ["d", "mask"], name="drop"),
+            helper.make_node("Relu", ["d"], ["y"], name="relu"),
+        ],
+        "dropout",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4, 8])],
+        [w],
+    )
+    model, art = tmp_path / "dropout.onnx", tmp_path / "dropout.lpu"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 9)]), model)
+    assert invoke("compile", model, "-o", art, "--precision", "fp32").exit_code == 0
+    result = invoke("run", art, "--check", model, "--all-tensors")
+    assert result.exit_code == 0, result.output
+    line = next(x for x in result.output.splitlines() if x.startswith("check --all-tensors"))
+    assert "0 beyond tolerance" in line and "3 intermediate tensors compared" in line, line
