@@ -138,9 +138,9 @@ def test_windowed_ops_in_row_slabs(tmp_path, pool):
         image_rows = min(63, (r1 - 1) // 64 + 1) + 1 - max(0, r0 // 64 - 1)
         assert sum(a.nrows for a in ins.reads) == 3 * image_rows
     channels_last = [i for i in slabs if i not in first]
-    # 1024 rows: 4 tiles (short_tiles cuts only into equal tiles, and 1024 / 5 is not whole)
+    # 1024 rows, shorter than four 320-row tiles: short_tiles cuts five (205 rows, the last 204)
     im2col = [i for i in channels_last if i.attrs["kernel"] == "Im2Col"]
-    assert len(im2col) == 4 and all(len(i.reads) < 4 for i in im2col), "a slab reads only the tiles it needs"
+    assert len(im2col) == 5 and all(len(i.reads) < 4 for i in im2col), "a slab reads only the tiles it needs"
     for ins in channels_last:  # ... and of those tiles only the rows its windows touch (C <= 16 lanes)
         r0, r1 = ins.attrs["attrs"]["slab"]["out_rows"]
         pool = ins.attrs["kernel"] != "Im2Col"  # 3x3 stride 2 pad 1 on 64x64; conv2: dilation 2 pad 2
@@ -211,25 +211,28 @@ class _Residual(torch.nn.Module):
         return torch.relu(self.conv2(torch.relu(self.conv1(x))) + x)
 
 
-def test_short_tiles_in_conv_nets(tmp_path):
+@pytest.mark.parametrize(("size", "cut"), [(14, [98, 98]), (13, [85, 84])])
+def test_short_tiles_in_conv_nets(tmp_path, size, cut):
     """A 14x14 map (196 rows) is shorter than two tiles: in a conv net its tensors are cut into two
     tiles of 98 rows, so the second conv's first Im2Col slab starts on the first half of the first
-    conv's result. Same numbers as onnxruntime and as the build without the strategy (fp32)."""
+    conv's result; a 13x13 map into 85 + 84. Same numbers as onnxruntime and as the build without the
+    strategy (fp32)."""
     torch.manual_seed(0)
-    example = (torch.zeros(1, 16, 14, 14),)
+    example = (torch.zeros(1, 16, size, size),)
     path = export(_Residual(), example, tmp_path / "res.onnx", input_names=["x"], output_names=["y"])
     program = lpuc.compile(path, precision="fp32")
-    assert {t.rows for t in program.tiles if "im2col" in t.tensor.lower()} == {98}
+    im2col_tiles = sorted({(t.r0, t.rows) for t in program.tiles if "im2col" in t.tensor.lower()})
+    assert [rows for _, rows in im2col_tiles] == cut
     slabs = [i for i in program.instructions if i.attrs.get("attrs", {}).get("slab")]
     # The second Im2Col in two row slabs; the first reads the 16-channel NCHW input in one op (a slab
     # would gather a window from every channel plane: lpuc/lowering/windowed.py).
     assert len(slabs) == 2
-    feeds = {"x": np.random.default_rng(6).normal(size=(1, 16, 14, 14)).astype(np.float32)}
+    feeds = {"x": np.random.default_rng(6).normal(size=(1, 16, size, size)).astype(np.float32)}
     (want,) = ort_run(path, feeds)
     got = program.run(feeds)["y"]
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5 * float(np.abs(want).max()))
     whole = lpuc.compile(path, precision="fp32", disable_passes=["short_tiles"])
-    assert {t.rows for t in whole.tiles if "im2col" in t.tensor.lower()} == {196}
+    assert {t.rows for t in whole.tiles if "im2col" in t.tensor.lower()} == {size * size}
     np.testing.assert_allclose(got, whole.run(feeds)["y"], rtol=1e-5, atol=1e-6 * float(np.abs(want).max()))
 
 

@@ -166,11 +166,8 @@ class TiledBuilder:
         if not self.short_tiles or rows >= SHORT_TILES * self.block_rows:
             return self.block_rows
         parts = -(-rows // self.block_rows) + 1
-        if rows % parts or rows // parts < SHORT_TILE_MIN_ROWS:
-            # Equal tiles only: light SqueezeNet's 13x13 maps cut 85 + 84 computed wrong results
-            # (cause not found yet), so an uneven cut keeps the usual tiles.
-            return self.block_rows
-        return rows // parts
+        per_tile = -(-rows // parts)  # the last tile may be a few rows shorter (169 rows: 85 + 84)
+        return per_tile if per_tile >= SHORT_TILE_MIN_ROWS else self.block_rows
 
     def define(self, name: str) -> TensorTiles:
         """Create the tiles of a node output (one host buffer if it stays in host memory)."""
