@@ -1,4 +1,5 @@
-"""Transformer section of `make bench`: BERT-base and a GPT-2-shaped decoder in fp16 on one chip.
+"""Transformer section of `make bench`: BERT-base and a GPT-2-shaped decoder on one chip, in fp16
+and int8 (int8 calibrated on seeded random inputs, as `lpuc compile --precision int8` does).
 
 Per model: compile time, cycles, latency on the chip, the hardware bound, cycles / bound and what
 sets it, SRAM (peak live, constants and their lane padding), tables kept in host memory, and the
@@ -6,11 +7,12 @@ cosine similarity of one run against onnxruntime (fp32) on seeded inputs. The ru
 (one BERT-base run takes seconds). The GPT-2 shape with its real 50257-token vocabulary does not fit
 one chip; its one-line error (largest tensors, chips needed) is printed instead.
 
-python -m tests.benchmarks.transformer_bench
+python -m tests.benchmarks.transformer_bench [--precisions fp16,int8] [--models bert,gpt2]
 """
 
 from __future__ import annotations
 
+import argparse
 import time
 import warnings
 from collections.abc import Callable
@@ -54,14 +56,15 @@ def _cosine(a: np.ndarray, b: np.ndarray) -> float:
     return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))
 
 
-def bench_transformers(precision: str = "fp16") -> None:
+def bench_transformers(precisions: tuple[str, ...] = ("fp16", "int8"), only: tuple[str, ...] = ()) -> None:
     header = (
         f"{'model':<22}{'prec':<6}{'compile s':>10}{'cycles':>10}{'us':>9}{'bound':>9}{'(by)':>6}{'ratio':>7}"
         f"{'peak MiB':>10}{'const MiB':>10}{'pad MiB':>9}{'host MiB':>9}{'cosine':>10}"
     )
     print(header)
     print("-" * len(header))
-    for name, build in CASES:
+    cases = [(n, b) for n, b in CASES if not only or any(o in n for o in only)]
+    for (name, build), precision in ((c, p) for p in precisions for c in cases):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             path, feeds = build()
@@ -90,5 +93,13 @@ def bench_transformers(precision: str = "fp16") -> None:
             print(f"{'':<22}host-memory tables: {tables} (host ops: {ops})")
 
 
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--precisions", default="fp16,int8", help="comma-separated (default: fp16,int8)")
+    parser.add_argument("--models", default="", help="comma-separated parts of model names (default: all)")
+    args = parser.parse_args()
+    bench_transformers(tuple(args.precisions.split(",")), tuple(filter(None, args.models.split(","))))
+
+
 if __name__ == "__main__":
-    bench_transformers()
+    main()
