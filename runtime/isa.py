@@ -81,9 +81,16 @@ def epilogue(desc: dict, product: np.ndarray, reads: list[np.ndarray | None]) ->
     return evaluate_expression(desc["expr"], operands)
 
 
+def map_operand(reads: list, k: int | list[int] | None):
+    """Operand of a map: read k, or the reads listed in k stacked row after row (stacked rows)."""
+    if k is None:
+        return None
+    return stacked([reads[j] for j in k]) if isinstance(k, list) else reads[k]
+
+
 def _map(m: Machine, ins: Instruction, attrs: dict) -> None:
     reads = [m.read(a) for a in ins.reads]
-    operands = [None if k is None else reads[k] for k in attrs["operands"]]
+    operands = [map_operand(reads, k) for k in attrs["operands"]]
     m.write(ins.writes[0], evaluate_expression(attrs["expr"], operands))
 
 
