@@ -42,9 +42,10 @@ def lower_map(b: TiledBuilder, node: Node) -> None:
         and t.block_rows < out.block_rows
         and out.block_rows % t.block_rows == 0
     }
-    # Maps of different row blocks run side by side on different ALUs; a broadcast constant (a bias
-    # row, a scalar) they all read is copied so that they do not queue for one slice's ports.
-    replicas = min(len(out.grid), -(-b.target.vxm_alus // b.target.mem_banks))
+    # Maps of different tiles run side by side on different ALUs; a broadcast constant (a bias row,
+    # a scalar) they all read is copied so that they do not queue for one slice's ports.
+    tiles = len(out.grid) * len(out.grid[0]) if out.grid else 0
+    replicas = min(tiles, -(-b.target.vxm_alus // b.target.mem_banks))
     replicas = replicas if b.enabled("constant_replicas") else 1
     edges = [
         t.block_rows
@@ -65,8 +66,9 @@ def lower_map(b: TiledBuilder, node: Node) -> None:
                     if t is None:
                         positions.append(None)
                         continue
-                    if mode != "tile" and b.graph.values[name].is_const and rb % replicas:
-                        t = b.const_tensor(name, t.dtype, replica=rb % replicas)
+                    replica = (rb * len(row) + cb) % replicas if replicas else 0
+                    if mode != "tile" and b.graph.values[name].is_const and replica:
+                        t = b.const_tensor(name, t.dtype, replica=replica)
                     if mode == "tile":
                         windows = b.windows(t, r0, r1, c0, c1) if name in stacked else [b.window(t, r0, r1, c0, c1)]
                     elif mode == "row":
