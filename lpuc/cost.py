@@ -129,9 +129,10 @@ def stack_sizes(opcode: str, attrs: Mapping[str, Any], n_reads: int) -> list[int
     sizes = [1] * n_reads
     if opcode == "vxm.map":
         for k in attrs.get("operands", ()):
-            if isinstance(k, list):
+            if isinstance(k, list):  # (malformed indices are the validator's to report)
                 for j in k:
-                    sizes[j] = len(k)
+                    if isinstance(j, int) and 0 <= j < n_reads:
+                        sizes[j] = len(k)
     return sizes
 
 

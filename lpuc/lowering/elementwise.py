@@ -70,7 +70,9 @@ def lower_map(b: TiledBuilder, node: Node) -> None:
                     if mode != "tile" and b.graph.values[name].is_const and replica:
                         t = b.const_tensor(name, t.dtype, replica=replica)
                     if mode == "tile":
-                        windows = b.windows(t, r0, r1, c0, c1) if name in stacked else [b.window(t, r0, r1, c0, c1)]
+                        windows = (
+                            b.windows(t, r0, r1, c0, c1) if name in stacked else [b.window(t, r0, r1, c0, c1)]
+                        )
                     elif mode == "row":
                         src = b.buffers[t.grid[0][cb]]
                         windows = [Ref(src.id, 0, 1, 0, src.lanes)]

@@ -20,7 +20,9 @@ def streams_of(p: Program, ins: Instruction) -> tuple[list[Stream], list[Stream]
 
     def stream(a: Access, stacked: int = 1) -> Stream:
         t = p.tiles[a.buf]
-        return Stream(-1 if t.kind == "host" else a.slice, a.nrows, words_per_row(t.np_dtype), a.nlanes, stacked)
+        return Stream(
+            -1 if t.kind == "host" else a.slice, a.nrows, words_per_row(t.np_dtype), a.nlanes, stacked
+        )
 
     stacks = cost.stack_sizes(ins.opcode, ins.attrs, len(ins.reads))
     return [stream(a, k) for a, k in zip(ins.reads, stacks)], [stream(a) for a in ins.writes]
@@ -182,7 +184,8 @@ def _stack_problem(ins: Instruction) -> str | None:
     for k in ins.attrs.get("operands", ()):
         if not isinstance(k, list):
             continue
-        if len(k) < 2 or any(not isinstance(j, int) or j in seen or not 0 <= j < len(ins.reads) for j in k):
+        indices = len(k) > 1 and all(isinstance(j, int) and 0 <= j < len(ins.reads) for j in k)
+        if not indices or len(set(k)) != len(k) or seen & set(k):
             return f"stacked operand {k!r} does not name distinct reads"
         seen.update(k)
         parts = [ins.reads[j] for j in k]
