@@ -38,6 +38,7 @@ whole duration.
 A map operand stacked from several windows (lpuc.lowering.stacked_rows: a 4-byte value's rows in
 tiles on two slices) streams one vector per row like any operand: its windows interleave their rows,
 so each holds its share of the operand's stream ids (Stream.stream_ids); MEM words stay per slice.
+So does an int8 MM's int32 result written over several windows (K-split partial sums, stacked).
 
 Resources an instruction books for its whole duration (so no cycle oversubscribes them): its unit,
 extra VXM ALUs, ports on each MEM slice it touches (one per access, more where the unit's rate needs
@@ -121,6 +122,13 @@ class Stream(NamedTuple):
         """Stream ids it holds: one per byte of its vectors, shared with the other windows of its
         stacked operand (each carries 1/stacked of the operand's one vector per cycle)."""
         return -(-self.words_per_row // self.stacked)
+
+
+def write_stack_sizes(opcode: str, attrs: Mapping[str, Any], n_writes: int) -> list[int]:
+    """Per write of an op, the number of windows its one result is stacked over: an MM (without a
+    fused map) writing several windows writes its result rows into them in order."""
+    stacked = opcode == "mxm.mm" and "epilogue" not in attrs and n_writes > 1
+    return [n_writes if stacked else 1] * n_writes
 
 
 def stack_sizes(opcode: str, attrs: Mapping[str, Any], n_reads: int) -> list[int]:

@@ -69,7 +69,15 @@ def _mm(m: Machine, ins: Instruction, attrs: dict) -> None:
         m.write(ins.writes[0], epilogue(attrs["epilogue"], product, [None, *map(m.read, ins.reads[1:])]))
     else:
         plane.acc = None
-        m.write(ins.writes[0], product)
+        write_rows(m, ins.writes, product)
+
+
+def write_rows(m: Machine, writes, value: np.ndarray) -> None:
+    """`value` written row after row into the windows `writes` (one window: all of it)."""
+    row = 0
+    for a in writes:
+        m.write(a, value[row : row + a.nrows])
+        row += a.nrows
 
 
 def epilogue(desc: dict, product: np.ndarray, reads: list[np.ndarray | None]) -> np.ndarray:

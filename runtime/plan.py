@@ -404,6 +404,9 @@ class _Executor:
         install, precision = bool(attrs.get("install")), attrs["precision"]
         src = self._view(ins.reads[0])
         dst = None if attrs.get("keep") else self._view(ins.writes[0])
+        # A result stacked over several windows (isa.write_rows): rows [r0, r1) of it into each.
+        stack = [] if dst is None or len(ins.writes) < 2 else [self._view(a) for a in ins.writes]
+        spans = [(sum(len(v) for v in stack[:k]), len(d)) for k, d in enumerate(stack)]
         acc = self._view(ins.reads[1]) if attrs.get("acc") else None
         from_acc = bool(attrs.get("from_acc"))
         fused = attrs.get("epilogue")  # a map applied on the way to dst, as isa.epilogue does
@@ -413,6 +416,7 @@ class _Executor:
         shared, scratch = self._mxm_inputs, self._mm_scratch
         into_dst = (
             dst is not None
+            and not stack
             and fused is None
             and not from_acc
             and dst.dtype == np.float32
@@ -457,6 +461,10 @@ class _Executor:
                     fast_epilogue(product)
                 else:
                     np.copyto(dst, epilogue(fused, product, operands), casting="unsafe")
+            elif stack:
+                plane.acc = None
+                for part, (row, rows) in zip(stack, spans):
+                    np.copyto(part, product[row : row + rows], casting="unsafe")
             else:
                 plane.acc = None
                 np.copyto(dst, product, casting="unsafe")

@@ -81,3 +81,39 @@ def test_validator_refuses_a_stack_that_is_not_the_result_rows(gemm):
     operands[at] = operands[at][:1] * 2  # one half twice: its rows stream as if it were two
     problems = refusals(with_instruction(program, index, attrs={**ins.attrs, "operands": operands}))
     assert any("stacked operand" in p for p in problems), problems
+
+
+@pytest.fixture(scope="module")
+def k_split():
+    """One 320-row tile, K = 1280: too few chains for four planes, so K is split into parts whose
+    int32 partial sums an MM writes over two slices (stacked) and one map adds."""
+    w = (np.random.default_rng(5).standard_normal((1280, N)) / np.sqrt(1280)).astype(np.float32)
+    return single_op_model("MatMul", [("x", [320, 1280])], [("y", [320, N])], initializers={"w": w})
+
+
+def test_int8_partial_sums_written_over_two_slices_at_the_mms_row_rate(k_split):
+    program = lpuc.compile(k_split, precision="int8")
+    stacked = [i for i in program.instructions if i.opcode == "mxm.mm" and len(i.writes) > 1]
+    assert stacked, "the K parts' partial sums should be written stacked"
+    for ins in stacked:
+        assert len({a.slice for a in ins.writes}) == len(ins.writes)
+        assert sum(a.nrows for a in ins.writes) == ins.reads[0].nrows
+        # the plane takes a row per cycle (int8): not held twice as long for its int32 writes
+        assert ins.duration < 2 * ins.reads[0].nrows
+    x = np.random.default_rng(1).standard_normal((320, 1280)).astype(np.float32)
+    (expected,) = run_onnxruntime(k_split, {"x": x})
+    got = program.run({"x": x})["y"]
+    cosine = float(np.dot(got.ravel(), expected.ravel()) / (np.linalg.norm(got) * np.linalg.norm(expected)))
+    assert cosine > 0.999, cosine
+    plain = lpuc.compile(k_split, precision="int8", disable_passes=("stacked_rows",))
+    assert not any(len(i.writes) > 1 for i in plain.instructions if i.opcode == "mxm.mm")
+    assert np.array_equal(plain.run({"x": x})["y"], got)
+
+
+def test_validator_refuses_stacked_mm_writes_that_are_not_its_rows(k_split):
+    program = lpuc.compile(k_split, precision="int8")
+    index, ins = next((k, i) for k, i in enumerate(program.instructions) if len(i.writes) > 1)
+    problems = refusals(with_instruction(program, index, writes=ins.writes[:1] * 2))
+    assert any("several windows" in p for p in problems), problems
+    assert cost.write_stack_sizes("mxm.mm", {}, 2) == [2, 2]
+    assert cost.write_stack_sizes("mxm.mm", {"epilogue": {}}, 1) == [1]

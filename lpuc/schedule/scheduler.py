@@ -443,8 +443,9 @@ def op_streams(
         b = program.buffers[r.buf]
         return Stream(slice_of[r.buf], r.nrows, words_per_row(b.dtype), r.nlanes, stacked)
 
-    stacks = cost.stack_sizes(op.opcode, op.attrs, len(op.reads))
-    return [stream(r, k) for r, k in zip(op.reads, stacks)], [stream(w) for w in op.writes]
+    reads = [stream(r, k) for r, k in zip(op.reads, cost.stack_sizes(op.opcode, op.attrs, len(op.reads)))]
+    stacked = cost.write_stack_sizes(op.opcode, op.attrs, len(op.writes))
+    return reads, [stream(w, k) for w, k in zip(op.writes, stacked)]
 
 
 def port_units(target: Target, slice_index: int) -> list[str]:

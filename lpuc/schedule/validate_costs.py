@@ -24,8 +24,9 @@ def streams_of(p: Program, ins: Instruction) -> tuple[list[Stream], list[Stream]
             -1 if t.kind == "host" else a.slice, a.nrows, words_per_row(t.np_dtype), a.nlanes, stacked
         )
 
-    stacks = cost.stack_sizes(ins.opcode, ins.attrs, len(ins.reads))
-    return [stream(a, k) for a, k in zip(ins.reads, stacks)], [stream(a) for a in ins.writes]
+    reads = [stream(a, k) for a, k in zip(ins.reads, cost.stack_sizes(ins.opcode, ins.attrs, len(ins.reads)))]
+    stacked = cost.write_stack_sizes(ins.opcode, ins.attrs, len(ins.writes))
+    return reads, [stream(a, k) for a, k in zip(ins.writes, stacked)]
 
 
 def check_costs(p: Program) -> list[str]:
@@ -108,6 +109,14 @@ def _work_problem(p: Program, ins: Instruction) -> str | None:
                 else "an MM needs an activation window and a result window"
             )
         act = ins.reads[0]
+        if len(ins.writes) > 1 and (
+            "epilogue" in ins.attrs
+            or ins.attrs.get("acc")
+            or sum(a.nrows for a in ins.writes) != act.nrows
+            or len({a.nlanes for a in ins.writes}) != 1
+            or len(set(ins.writes)) != len(ins.writes)
+        ):
+            return "an MM writing several windows must write its result rows into them, in order"
         lanes = ins.attrs.get("lanes") if keep else ins.writes[0].nlanes
         if not isinstance(lanes, int) or isinstance(lanes, bool):
             return "an MM that keeps its sum in the accumulators must give its result lanes"
