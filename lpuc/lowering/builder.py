@@ -157,7 +157,9 @@ class TiledBuilder:
                     tile = np.ascontiguousarray(flat[r0 : r0 + nr, c0 : c0 + nl])
                     key = _content_key(tile) + (f".{replica}" if replica else "")
                     self.const_data.setdefault(key, tile)
-                buf = Buffer(len(self.buffers), name, np.dtype(dtype), nr, nl, r0, c0, const_key=key)
+                buf = Buffer(
+                    len(self.buffers), name, np.dtype(dtype), nr, nl, r0, c0, const_key=key, replica=replica
+                )
                 self.buffers.append(buf)
                 row.append(buf.id)
             grid.append(row)
