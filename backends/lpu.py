@@ -39,8 +39,9 @@ MAGIC = b"LPU\0"
 # 2: instructions carry their work record; summaries are recomputed at load. 3: MXM accumulators
 # (mm keep / from_acc), plane occupancy, LWs of several windows, mxm.acc_rows. 4: tiles carry their
 # first lane (narrow constant tiles share words). 5: MMs with a fused map (attrs epilogue, work
-# relay_words).
-FORMAT_VERSION = 5
+# relay_words). 6: map operands stacked from several reads (attrs operands entries listing reads)
+# and MMs writing their result rows over several windows.
+FORMAT_VERSION = 6
 _PREFIX = struct.Struct("<4sIQ")
 
 

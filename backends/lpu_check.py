@@ -117,7 +117,12 @@ def _attrs(opcode: str, attrs: dict, n_reads: int, n_writes: int, where: str) ->
         operands, expr = attrs.get("operands"), attrs.get("expr")
         _expect(isinstance(operands, list), f"{where}.operands", "a list")
         for v in operands:
-            _expect(v is None or _is_index(v, n_reads), f"{where}.operands", f"read indices below {n_reads}")
+            stack = isinstance(v, list) and len(v) > 1 and all(_is_index(j, n_reads) for j in v)
+            _expect(
+                v is None or _is_index(v, n_reads) or stack,
+                f"{where}.operands",
+                f"read indices below {n_reads} (or lists of them)",
+            )
         _expect(isinstance(expr, list) and expr, f"{where}.expr", "a non-empty list")
         for k, step in enumerate(expr):
             at = f"{where}.expr[{k}]"

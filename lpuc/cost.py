@@ -35,6 +35,11 @@ when it installs weights, then N); the results drain through the result delay an
 the next MM's rows already stream in. Every other unit, and every resource below, is held for the
 whole duration.
 
+A map operand stacked from several windows (lpuc.lowering.stacked_rows: a 4-byte value's rows in
+tiles on two slices) streams one vector per row like any operand: its windows interleave their rows,
+so each holds its share of the operand's stream ids (Stream.stream_ids); MEM words stay per slice.
+So does an int8 MM's int32 result written over several windows (K-split partial sums, stacked).
+
 Resources an instruction books for its whole duration (so no cycle oversubscribes them): its unit,
 extra VXM ALUs, ports on each MEM slice it touches (one per access, more where the unit's rate needs
 them, at most the banks; a schedule may book fewer, at least one per slice, and the instruction then
@@ -106,10 +111,37 @@ class Stream(NamedTuple):
     rows: int
     words_per_row: int  # MEM words (= bytes per lane) per vector
     lanes: int
+    stacked: int = 1  # windows of one operand streamed side by side, rows interleaved (this one of them)
 
     @property
     def words(self) -> int:
         return self.rows * self.words_per_row
+
+    @property
+    def stream_ids(self) -> int:
+        """Stream ids it holds: one per byte of its vectors, shared with the other windows of its
+        stacked operand (each carries 1/stacked of the operand's one vector per cycle)."""
+        return -(-self.words_per_row // self.stacked)
+
+
+def write_stack_sizes(opcode: str, attrs: Mapping[str, Any], n_writes: int) -> list[int]:
+    """Per write of an op, the number of windows its one result is stacked over: an MM (without a
+    fused map) writing several windows writes its result rows into them in order."""
+    stacked = opcode == "mxm.mm" and "epilogue" not in attrs and n_writes > 1
+    return [n_writes if stacked else 1] * n_writes
+
+
+def stack_sizes(opcode: str, attrs: Mapping[str, Any], n_reads: int) -> list[int]:
+    """Per read of an op, the number of windows of the stacked operand it is part of (a vxm.map
+    operand listing several reads: lpuc.lowering.stacked_rows), else 1."""
+    sizes = [1] * n_reads
+    if opcode == "vxm.map":
+        for k in attrs.get("operands", ()):
+            if isinstance(k, list):  # (malformed indices are the validator's to report)
+                for j in k:
+                    if isinstance(j, int) and 0 <= j < n_reads:
+                        sizes[j] = len(k)
+    return sizes
 
 
 @functools.cache  # a target has a few hundred unit names; validation asks per booked unit
@@ -275,8 +307,8 @@ def stream_needs(
     else:
         legs = [(pos, reads, True), (pos, writes, False)]
     for at, group, towards_unit in legs:
-        e = [s.words_per_row for s in group if s.slice >= 0 and _flows_east(target, at, s, towards_unit)]
-        w = [s.words_per_row for s in group if s.slice >= 0 and not _flows_east(target, at, s, towards_unit)]
+        e = [s.stream_ids for s in group if s.slice >= 0 and _flows_east(target, at, s, towards_unit)]
+        w = [s.stream_ids for s in group if s.slice >= 0 and not _flows_east(target, at, s, towards_unit)]
         if opcode in _SEQUENTIAL:  # one tile of each group at a time
             east.append(max(e, default=0))
             west.append(max(w, default=0))

@@ -69,7 +69,15 @@ def _mm(m: Machine, ins: Instruction, attrs: dict) -> None:
         m.write(ins.writes[0], epilogue(attrs["epilogue"], product, [None, *map(m.read, ins.reads[1:])]))
     else:
         plane.acc = None
-        m.write(ins.writes[0], product)
+        write_rows(m, ins.writes, product)
+
+
+def write_rows(m: Machine, writes, value: np.ndarray) -> None:
+    """`value` written row after row into the windows `writes` (one window: all of it)."""
+    row = 0
+    for a in writes:
+        m.write(a, value[row : row + a.nrows])
+        row += a.nrows
 
 
 def epilogue(desc: dict, product: np.ndarray, reads: list[np.ndarray | None]) -> np.ndarray:
@@ -81,9 +89,16 @@ def epilogue(desc: dict, product: np.ndarray, reads: list[np.ndarray | None]) ->
     return evaluate_expression(desc["expr"], operands)
 
 
+def map_operand(reads: list, k: int | list[int] | None):
+    """Operand of a map: read k, or the reads listed in k stacked row after row (stacked rows)."""
+    if k is None:
+        return None
+    return stacked([reads[j] for j in k]) if isinstance(k, list) else reads[k]
+
+
 def _map(m: Machine, ins: Instruction, attrs: dict) -> None:
     reads = [m.read(a) for a in ins.reads]
-    operands = [None if k is None else reads[k] for k in attrs["operands"]]
+    operands = [map_operand(reads, k) for k in attrs["operands"]]
     m.write(ins.writes[0], evaluate_expression(attrs["expr"], operands))
 
 

@@ -265,6 +265,7 @@ class _Executor:
         self._weight_budget = int(image)
         self._mm_scratch: dict[tuple[int, ...], np.ndarray] = {}  # products before accumulation
         self._map_scratch: dict[tuple[int, ...], np.ndarray] = {}  # float32 results of fp16 maps
+        self._stack_scratch: dict[tuple, np.ndarray] = {}  # stacked map operands (stacked rows)
         self._epilogue_scratch: dict[tuple[int, ...], np.ndarray] = {}  # the same for MM epilogues
         self._converted: dict[tuple, tuple[np.ndarray, np.ndarray]] = {}  # weight bytes -> MXM copy
         self._mxm_inputs: list[np.ndarray | None] = [None] * len(self._shared)
@@ -403,6 +404,9 @@ class _Executor:
         install, precision = bool(attrs.get("install")), attrs["precision"]
         src = self._view(ins.reads[0])
         dst = None if attrs.get("keep") else self._view(ins.writes[0])
+        # A result stacked over several windows (isa.write_rows): rows [r0, r1) of it into each.
+        stack = [] if dst is None or len(ins.writes) < 2 else [self._view(a) for a in ins.writes]
+        spans = [(sum(len(v) for v in stack[:k]), len(d)) for k, d in enumerate(stack)]
         acc = self._view(ins.reads[1]) if attrs.get("acc") else None
         from_acc = bool(attrs.get("from_acc"))
         fused = attrs.get("epilogue")  # a map applied on the way to dst, as isa.epilogue does
@@ -412,6 +416,7 @@ class _Executor:
         shared, scratch = self._mxm_inputs, self._mm_scratch
         into_dst = (
             dst is not None
+            and not stack
             and fused is None
             and not from_acc
             and dst.dtype == np.float32
@@ -456,6 +461,10 @@ class _Executor:
                     fast_epilogue(product)
                 else:
                     np.copyto(dst, epilogue(fused, product, operands), casting="unsafe")
+            elif stack:
+                plane.acc = None
+                for part, (row, rows) in zip(stack, spans):
+                    np.copyto(part, product[row : row + rows], casting="unsafe")
             else:
                 plane.acc = None
                 np.copyto(dst, product, casting="unsafe")
@@ -522,8 +531,33 @@ class _Executor:
 
     def _map(self, ins: Instruction, attrs: dict) -> Step:
         reads = [_readonly(self._view(a)) for a in ins.reads]
-        operands = [None if k is None else reads[k] for k in attrs["operands"]]
-        dst = self._view(ins.writes[0])
+        operands: list = []
+        gathers: list[tuple[list[np.ndarray], np.ndarray]] = []  # stacked operands, filled per run
+        for i, k in enumerate(attrs["operands"]):
+            if isinstance(k, list):
+                parts = [reads[j] for j in k]
+                shape = (sum(len(r) for r in parts), *parts[0].shape[1:])
+                # One buffer per shape, dtype and operand (maps run one at a time, filling it first).
+                key = (shape, parts[0].dtype.str, i)
+                buf = self._stack_scratch.get(key)
+                if buf is None:
+                    buf = self._stack_scratch[key] = np.empty(shape, parts[0].dtype)
+                gathers.append((parts, buf))
+                operands.append(buf)
+            else:
+                operands.append(None if k is None else reads[k])
+        step = self._map_step(attrs, operands, self._view(ins.writes[0]))
+        if not gathers:
+            return step
+
+        def gathered() -> None:
+            for parts, buf in gathers:  # isa.stacked, into the shared buffer
+                np.concatenate(parts, out=buf)
+            step()
+
+        return gathered
+
+    def _map_step(self, attrs: dict, operands: list, dst: np.ndarray) -> Step:
         fast = _float32_ufuncs(attrs["expr"], operands, dst)
         if fast is not None:
             scratch = None

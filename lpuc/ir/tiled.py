@@ -38,6 +38,7 @@ class Buffer:
     is_input: bool = False
     is_output: bool = False
     host: bool = False  # a whole tensor kept in host memory (host partitions); no SRAM slot
+    replica: int = 0  # a further copy of a constant (lowering strategy constant_replicas), numbered
 
     @property
     def is_const(self) -> bool:

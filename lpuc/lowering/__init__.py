@@ -14,6 +14,7 @@ from lpuc.lowering.host_tables import tables_for_host
 from lpuc.lowering.map_chains import join_maps
 from lpuc.lowering.matmul import lower_matmul
 from lpuc.lowering.row_segments import segment_rows
+from lpuc.lowering.stacked_rows import stacked_values
 from lpuc.lowering.stream import lower_stream
 from lpuc.ops import Placement, is_elementwise, placement
 from lpuc.target import Target
@@ -27,6 +28,7 @@ STRATEGIES = {
     "fp16_storage": "fp16 builds store values that only feed the MXM (or copies of them) as fp16",
     "constant_replicas": "broadcast constants copied so parallel maps do not share a slice's ports",
     "row_segments": "row-wise kernels cut into short row segments (consumers start on the first)",
+    "stacked_rows": "wide values only maps read cut into shorter tiles a map reads side by side",
     "mxm_epilogues": "a map of an MM's result fused into the MM: its rows stream through the VXM",
     "map_chains": "a map of another map's (or a fused epilogue's) result joined to it: one VXM pass",
     # Applied when tiles are placed on slices (lpuc.schedule.placement), listed here to switch it off.
@@ -62,17 +64,24 @@ def lower_with(
 ) -> TiledProgram:
     """Lower with the constant tables `host_tables` kept in host memory (their Gathers on the host)."""
     where_ops = {n.name: unit_of(n, graph, host_tables) for n in graph.nodes}
+    fp16 = mxm_rounded_values(graph) if precision == "fp16" and "fp16_storage" not in disabled else set()
+    segments = segment_rows(graph, where_ops, target) if "row_segments" not in disabled else {}
+    resident = host_resident_values(graph, where_ops)
+    stacked = (
+        stacked_values(graph, where_ops, target, set(segments) | fp16 | resident)
+        if "stacked_rows" not in disabled
+        else set()
+    )
     b = TiledBuilder(
         graph,
         target,
         precision,
-        host_resident=host_resident_values(graph, where_ops),
+        host_resident=resident,
         host_tables=host_tables,
-        fp16_values=mxm_rounded_values(graph)
-        if precision == "fp16" and "fp16_storage" not in disabled
-        else set(),
+        fp16_values=fp16,
         disabled=disabled,
-        segment_rows=segment_rows(graph, where_ops, target) if "row_segments" not in disabled else None,
+        segment_rows=segments,
+        stacked_values=stacked,
     )
     for name in graph.inputs:
         b.define(name)

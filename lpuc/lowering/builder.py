@@ -44,6 +44,12 @@ def split_range(start: int, stop: int, *boundaries: Iterable[int] | int) -> list
     return list(zip(points[:-1], points[1:]))
 
 
+def stacked_split(dtype: np.dtype, target: Target) -> int:
+    """Into how many tiles a stacked value's tile is cut (lpuc.lowering.stacked_rows): enough slices
+    that each streams its share of a row per cycle through its banks."""
+    return -(-words_per_row(dtype) // target.mem_banks)
+
+
 def default_block_rows(target: Target) -> int:
     """Rows per tile. Square tiles keep MXM operands aligned with other tensors; a tile of the widest
     dtype (8 bytes per lane) must also fit in one slice."""
@@ -61,8 +67,11 @@ class TiledBuilder:
         fp16_values: set[str] | None = None,
         disabled: frozenset[str] = frozenset(),
         segment_rows: dict[str, int] | None = None,
+        stacked_values: set[str] | None = None,
     ):
         self.graph = graph
+        # Values whose maps read several shorter tiles side by side (lpuc.lowering.stacked_rows).
+        self.stacked_values = stacked_values or set()
         # Rows per tile of values cut shorter than block_rows (lpuc.lowering.row_segments).
         self.segment_rows = segment_rows or {}
         self.disabled = disabled  # lowering strategies turned off (lpuc.lowering.STRATEGIES)
@@ -148,7 +157,9 @@ class TiledBuilder:
                     tile = np.ascontiguousarray(flat[r0 : r0 + nr, c0 : c0 + nl])
                     key = _content_key(tile) + (f".{replica}" if replica else "")
                     self.const_data.setdefault(key, tile)
-                buf = Buffer(len(self.buffers), name, np.dtype(dtype), nr, nl, r0, c0, const_key=key)
+                buf = Buffer(
+                    len(self.buffers), name, np.dtype(dtype), nr, nl, r0, c0, const_key=key, replica=replica
+                )
                 self.buffers.append(buf)
                 row.append(buf.id)
             grid.append(row)
@@ -181,9 +192,18 @@ class TiledBuilder:
             )
         else:
             dtype = np.float16 if name in self.fp16_values else v.dtype
-            t = self.new_tensor(name, v.shape, dtype, block_rows=self.segment_rows.get(name))
+            block_rows = self.segment_rows.get(name) or self._stacked_block_rows(name, v.shape, dtype)
+            t = self.new_tensor(name, v.shape, dtype, block_rows=block_rows)
         self.tensors[name] = t
         return t
+
+    def _stacked_block_rows(self, name: str, shape: tuple[int, ...], dtype: np.dtype) -> int | None:
+        """Rows per tile of a stacked value: its consumers' tile rows cut in `split` (None: default)."""
+        if name not in self.stacked_values:
+            return None
+        rows = self.rows_per_tile(view_of(tuple(shape))[0])
+        split = stacked_split(dtype, self.target)
+        return rows // split if rows % split == 0 and rows // split > 0 else None
 
     def alias(self, name: str, source: TensorTiles) -> None:
         """`name` is a reshape of `source` with the same [rows, cols] view: share its tiles."""

@@ -31,37 +31,58 @@ def lower_map(b: TiledBuilder, node: Node) -> None:
     alu_ops = expression_alu_ops(steps)
     widest = max([np.dtype(t.dtype).itemsize for t in operands if t is not None] + [out.dtype.itemsize])
     words = math.ceil(widest / 4)  # the ALUs are 32-bit: 64-bit values take two passes
-    # Operand k of the expression is read number positions[k] (missing optional inputs are None).
-    positions, count = [], 0
-    for t in operands:
-        positions.append(None if t is None else count)
-        count += t is not None
-    attrs = {"expr": to_json(steps), "operands": positions}
-    # Maps of different row blocks run side by side on different ALUs; a broadcast constant (a bias
-    # row, a scalar) they all read is copied so that they do not queue for one slice's ports.
-    replicas = min(len(out.grid), -(-b.target.vxm_alus // b.target.mem_banks))
+    expr = to_json(steps)
+    # Tiles of a stacked value (lpuc.lowering.stacked_rows) that divide the result's are read side by
+    # side by one map; operands cut into other tiles (row segments) are read window by window.
+    stacked = {
+        name
+        for name, t, mode in zip(node.inputs, operands, modes)
+        if mode == "tile"
+        and name in b.stacked_values
+        and t.block_rows < out.block_rows
+        and out.block_rows % t.block_rows == 0
+    }
+    # Maps of different tiles run side by side on different ALUs; a broadcast constant (a bias row,
+    # a scalar) they all read is copied so that they do not queue for one slice's ports.
+    tiles = len(out.grid) * len(out.grid[0]) if out.grid else 0
+    replicas = min(tiles, -(-b.target.vxm_alus // b.target.mem_banks))
     replicas = replicas if b.enabled("constant_replicas") else 1
-    tiled = [t for t, mode in zip(operands, modes) if mode == "tile"]
+    edges = [
+        t.block_rows
+        for name, t, mode in zip(node.inputs, operands, modes)
+        if mode == "tile" and t.block_rows != out.block_rows and name not in stacked
+    ]
+    layouts: dict[str, dict] = {}
     for rb, row in enumerate(out.grid):
         for cb, buf in enumerate(row):
             tile = b.buffers[buf]
-            # Operands cut into other tiles (row segments) are read window by window.
-            edges = [t.block_rows for t in tiled if t.block_rows != out.block_rows]
             for r0, r1 in split_range(tile.r0, tile.r0 + tile.rows, *edges):
                 c0, c1 = tile.c0, tile.c0 + tile.lanes
-                reads = []
+                reads: list[Ref] = []
+                # Operand k of the expression is read number positions[k], or the reads listed there
+                # stacked row after row (missing optional inputs are None).
+                positions: list[int | list[int] | None] = []
                 for name, t, mode in zip(node.inputs, operands, modes):
                     if t is None:
+                        positions.append(None)
                         continue
-                    if mode != "tile" and b.graph.values[name].is_const and rb % replicas:
-                        t = b.const_tensor(name, t.dtype, replica=rb % replicas)
+                    replica = (rb * len(row) + cb) % replicas if replicas else 0
+                    if mode != "tile" and b.graph.values[name].is_const and replica:
+                        t = b.const_tensor(name, t.dtype, replica=replica)
                     if mode == "tile":
-                        reads.append(b.window(t, r0, r1, c0, c1))
+                        windows = (
+                            b.windows(t, r0, r1, c0, c1) if name in stacked else [b.window(t, r0, r1, c0, c1)]
+                        )
                     elif mode == "row":
                         src = b.buffers[t.grid[0][cb]]
-                        reads.append(Ref(src.id, 0, 1, 0, src.lanes))
+                        windows = [Ref(src.id, 0, 1, 0, src.lanes)]
                     else:
-                        reads.append(Ref(t.grid[0][0], 0, 1, 0, 1))
+                        windows = [Ref(t.grid[0][0], 0, 1, 0, 1)]
+                    at = list(range(len(reads), len(reads) + len(windows)))
+                    positions.append(at if len(at) > 1 else at[0])
+                    reads.extend(windows)
+                # One attrs object per distinct operand layout (most maps share it).
+                attrs = layouts.setdefault(repr(positions), {"expr": expr, "operands": positions})
                 rows = r1 - r0
                 b.emit(
                     "vxm.map",

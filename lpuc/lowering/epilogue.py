@@ -48,7 +48,7 @@ def fuse_epilogues(tiled: TiledProgram, target: Target) -> TiledProgram:
     fused: dict[int, tuple[TileOp, int]] = {}  # mm id -> (map, read index of the MM's result)
     maps_done: set[int] = set()
     for m in ops:
-        if m.opcode != "vxm.map":
+        if m.opcode != "vxm.map" or has_stacked_operand(m):
             continue
         best = None
         for j, r in enumerate(m.reads):
@@ -102,6 +102,12 @@ def fusable_producer(
     if index.touched(m.writes[0], mm.id, m.id, writes_only=False):
         return None
     return mm
+
+
+def has_stacked_operand(m: TileOp) -> bool:
+    """A map reading an operand stacked from several windows (lpuc.lowering.stacked_rows): its
+    operand indices do not map one to one onto its reads, so it is fused into nothing."""
+    return any(isinstance(k, list) for k in m.attrs.get("operands", ()))
 
 
 def pays(tiled: TiledProgram, target: Target, mm: TileOp, alu_ops: int) -> bool:

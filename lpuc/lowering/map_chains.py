@@ -32,7 +32,7 @@ def join_maps(tiled: TiledProgram, target: Target) -> TiledProgram:
     merged_into: dict[int, int] = {}
     freed: set[int] = set()
     for m in ops:
-        if m.opcode != "vxm.map":
+        if m.opcode != "vxm.map" or epilogue.has_stacked_operand(m):
             continue
         for j, r in enumerate(m.reads):
             p = _producer(tiled, target, index, group_start, current, merged_into, m, j, r)

@@ -126,7 +126,11 @@ def _accumulated(b, node, attrs, a, w, c, p: _Problem, segments, k_chunks, n_chu
     if len(parts) == 1:
         partials = [c]
     else:
-        partials = [b.new_tensor(f"{node.name}/partial{j}", c.shape, c.dtype) for j in range(len(parts))]
+        rows = _partial_block_rows(b, c, mode.cycles_per_row)
+        partials = [
+            b.new_tensor(f"{node.name}/partial{j}", c.shape, c.dtype, block_rows=rows)
+            for j in range(len(parts))
+        ]
     for n0, n1 in n_chunks:
         for m0, m1 in segments:
             for part, into in zip(parts, partials):
@@ -151,7 +155,8 @@ def _chain(b, node, attrs, tensors, p: _Problem, rows, part, cols, k: int | None
         group = _load(b, node, attrs, w, weights, chain)
         chain = group if chain < 0 else chain
         act = b.window(a, p.a_row + m0, p.a_row + m1, p.a_col + k0, p.a_col + k1)
-        out = b.window(c, p.c_row + m0, p.c_row + m1, p.c_col + n0, p.c_col + n1)
+        # (a partial result in stacked tiles: its rows written over their windows in order)
+        outs = b.windows(c, p.c_row + m0, p.c_row + m1, p.c_col + n0, p.c_col + n1)
         mm_attrs = {**attrs, "group": group, "install": True, "k": [k0 - base, k1 - base, k]}
         if ki > 0:
             mm_attrs.update(from_acc=True, k_from=part[0][0] - base)
@@ -161,7 +166,7 @@ def _chain(b, node, attrs, tensors, p: _Problem, rows, part, cols, k: int | None
             "mxm.mm",
             "MXM",
             [act],
-            [out] if last else [],
+            outs if last else [],
             node.name,
             Work(vectors=m1 - m0, macs=(m1 - m0) * (k1 - k0) * (n1 - n0)),
             group=group,
@@ -200,14 +205,20 @@ def _add_partials(b: TiledBuilder, node: Node, partials, c, p: _Problem, m: int,
         "dtype": np.dtype(c.dtype).name,
         "opset": 13,
     }
-    attrs = {"expr": [step], "operands": list(range(len(partials)))}
     for r0, r1 in split_range(p.c_row, p.c_row + m, c.block_rows):
         for c0, c1 in split_range(p.c_col, p.c_col + n, c.lanes):
             out = b.window(c, r0, r1, c0, c1)
+            reads, operands = [], []
+            for t in partials:  # each partial's windows of these rows, stacked (stacked tiles)
+                windows = b.windows(t, r0, r1, c0, c1)
+                at = list(range(len(reads), len(reads) + len(windows)))
+                operands.append(at if len(at) > 1 else at[0])
+                reads.extend(windows)
+            attrs = {"expr": [step], "operands": operands}
             b.emit(
                 "vxm.map",
                 "VXM",
-                [b.window(t, r0, r1, c0, c1) for t in partials],
+                reads,
                 [out],
                 node.name,
                 Work(
@@ -217,6 +228,16 @@ def _add_partials(b: TiledBuilder, node: Node, partials, c, p: _Problem, m: int,
                 ),
                 attrs=attrs,
             )
+
+
+def _partial_block_rows(b: TiledBuilder, c, cycles_per_row: int) -> int | None:
+    """Rows per tile of the K parts' partial results: C's tiles cut (lpuc.lowering.stacked_rows) into
+    as many as the slices an MM needs to write its result rows at its row rate (an int8 MM's int32
+    rows, 4 words a cycle: two slices); None: C's own tiles."""
+    split = -(-words_per_row(c.dtype) // (b.target.mem_banks * cycles_per_row))
+    if split < 2 or not b.enabled("stacked_rows") or c.block_rows % split:
+        return None
+    return c.block_rows // split
 
 
 def _load(b: TiledBuilder, node: Node, attrs: dict, w, weights, chain: int = -1) -> int:

@@ -44,6 +44,9 @@ def place_tiles(
     slice_of: dict[int, int] = {}
 
     const_slot: dict[str, int] = {}
+    vxm = target.position("VXM0")
+    everywhere = np.arange(n)
+    east = np.array([s for s in range(n) if target.slice_positions[s] > vxm])
     for buf in program.buffers:
         if not buf.is_const or buf.host:
             continue
@@ -53,7 +56,10 @@ def place_tiles(
             continue
         s = pinned.get(buf.id)
         if s is None:
-            s = int(np.argmin(load))
+            # Odd copies of a replicated constant go to the VXM's east side, the rest anywhere: maps
+            # running side by side then read them over east and west streams alike.
+            sides = east if buf.replica % 2 else everywhere
+            s = int(sides[np.argmin(load[sides])])
         const_slot[slot] = s
         slice_of[buf.id] = s
         load[s] += buf.words

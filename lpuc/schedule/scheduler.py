@@ -439,11 +439,13 @@ def op_streams(
 ) -> tuple[list[Stream], list[Stream]]:
     """The cost model's view of an op's windows once its tiles have slices."""
 
-    def stream(r) -> Stream:
+    def stream(r, stacked: int = 1) -> Stream:
         b = program.buffers[r.buf]
-        return Stream(slice_of[r.buf], r.nrows, words_per_row(b.dtype), r.nlanes)
+        return Stream(slice_of[r.buf], r.nrows, words_per_row(b.dtype), r.nlanes, stacked)
 
-    return [stream(r) for r in op.reads], [stream(w) for w in op.writes]
+    reads = [stream(r, k) for r, k in zip(op.reads, cost.stack_sizes(op.opcode, op.attrs, len(op.reads)))]
+    stacked = cost.write_stack_sizes(op.opcode, op.attrs, len(op.writes))
+    return reads, [stream(w, k) for w, k in zip(op.writes, stacked)]
 
 
 def port_units(target: Target, slice_index: int) -> list[str]:

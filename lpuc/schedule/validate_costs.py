@@ -18,11 +18,15 @@ from lpuc.program import Access, Instruction, Program
 def streams_of(p: Program, ins: Instruction) -> tuple[list[Stream], list[Stream]]:
     """The cost model's view of an instruction's windows."""
 
-    def stream(a: Access) -> Stream:
+    def stream(a: Access, stacked: int = 1) -> Stream:
         t = p.tiles[a.buf]
-        return Stream(-1 if t.kind == "host" else a.slice, a.nrows, words_per_row(t.np_dtype), a.nlanes)
+        return Stream(
+            -1 if t.kind == "host" else a.slice, a.nrows, words_per_row(t.np_dtype), a.nlanes, stacked
+        )
 
-    return [stream(a) for a in ins.reads], [stream(a) for a in ins.writes]
+    reads = [stream(a, k) for a, k in zip(ins.reads, cost.stack_sizes(ins.opcode, ins.attrs, len(ins.reads)))]
+    stacked = cost.write_stack_sizes(ins.opcode, ins.attrs, len(ins.writes))
+    return reads, [stream(a, k) for a, k in zip(ins.writes, stacked)]
 
 
 def check_costs(p: Program) -> list[str]:
@@ -105,6 +109,14 @@ def _work_problem(p: Program, ins: Instruction) -> str | None:
                 else "an MM needs an activation window and a result window"
             )
         act = ins.reads[0]
+        if len(ins.writes) > 1 and (
+            "epilogue" in ins.attrs
+            or ins.attrs.get("acc")
+            or sum(a.nrows for a in ins.writes) != act.nrows
+            or len({a.nlanes for a in ins.writes}) != 1
+            or len(set(ins.writes)) != len(ins.writes)
+        ):
+            return "an MM writing several windows must write its result rows into them, in order"
         lanes = ins.attrs.get("lanes") if keep else ins.writes[0].nlanes
         if not isinstance(lanes, int) or isinstance(lanes, bool):
             return "an MM that keeps its sum in the accumulators must give its result lanes"
@@ -132,6 +144,7 @@ def _work_problem(p: Program, ins: Instruction) -> str | None:
             return f"work {w.vectors} vectors does not match its {ins.writes[0].nrows}-row result"
         if w.alu_ops < expression_alu_ops(list(ins.attrs.get("expr", []))):
             return f"work {w.alu_ops} ALU ops per element is less than its expression needs"
+        return _stack_problem(ins)
     elif ins.opcode in ("vxm.kernel", "sxm.kernel"):
         if w.vectors < sum(a.nrows for a in ins.writes):
             return f"work {w.vectors} vectors is less than the {sum(a.nrows for a in ins.writes)} it writes"
@@ -170,4 +183,23 @@ def _epilogue_problem(p: Program, ins: Instruction) -> str | None:
     widest = max(p.tiles[a.buf].np_dtype.itemsize for a in ins.reads[1:] + ins.writes)
     if max(widest, result.itemsize) > 4:
         return "an epilogue streams 32-bit words: 64-bit values need a map of their own"
+    return None
+
+
+def _stack_problem(ins: Instruction) -> str | None:
+    """A map operand stacked from several reads (they share stream ids, lpuc.cost) must be those
+    reads' rows making up the result's, each read in one operand only."""
+    seen: set[int] = set()
+    for k in ins.attrs.get("operands", ()):
+        if not isinstance(k, list):
+            continue
+        indices = len(k) > 1 and all(isinstance(j, int) and 0 <= j < len(ins.reads) for j in k)
+        if not indices or len(set(k)) != len(k) or seen & set(k):
+            return f"stacked operand {k!r} does not name distinct reads"
+        seen.update(k)
+        parts = [ins.reads[j] for j in k]
+        if sum(a.nrows for a in parts) != ins.writes[0].nrows or {a.nlanes for a in parts} != {
+            ins.writes[0].nlanes
+        }:
+            return f"stacked operand {k!r} is not the rows of its {ins.writes[0].nrows}-row result"
     return None

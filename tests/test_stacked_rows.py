@@ -1,0 +1,119 @@
+"""Stacked rows (lpuc/lowering/stacked_rows.py): a 4-byte value only maps read (an int8 GEMM's fp32
+input) in half-height tiles on two slices, which one map reads side by side at a row per cycle.
+Numerics against onnxruntime; costs from lpuc.cost's rules; the validator refuses a stack that is
+not the rows of the result."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import lpuc
+from lpuc import cost
+from lpuc.cost import Stream
+from lpuc.target import load_target
+from tests.kernels.oracle import run_onnxruntime
+from tests.mutate import refusals, with_instruction
+from tests.onnx_builders import single_op_model
+
+M, K, N = 640, 640, 320
+
+
+@pytest.fixture(scope="module")
+def gemm():
+    w = (np.random.default_rng(3).standard_normal((K, N)) / np.sqrt(K)).astype(np.float32)
+    return single_op_model("MatMul", [("x", [M, K])], [("y", [M, N])], initializers={"w": w})
+
+
+def _stacked_maps(program) -> list:
+    return [
+        i
+        for i in program.instructions
+        if i.opcode == "vxm.map" and any(isinstance(k, list) for k in i.attrs["operands"])
+    ]
+
+
+def test_int8_input_quantize_reads_two_slices_at_a_row_per_cycle(gemm):
+    program = lpuc.compile(gemm, precision="int8")
+    maps = _stacked_maps(program)
+    assert maps, "the fp32 input's quantize maps should read stacked tiles"
+    for ins in maps:
+        (stack,) = [k for k in ins.attrs["operands"] if isinstance(k, list)]
+        parts = [ins.reads[j] for j in stack]
+        assert len({a.slice for a in parts}) == len(parts)  # placement put the halves apart
+        assert sum(a.nrows for a in parts) == ins.writes[0].nrows
+        # a row per cycle: the slowest slice streams its half in about the result's rows
+        n_rows = ins.writes[0].nrows
+        assert ins.duration < 2 * n_rows
+    x = np.random.default_rng(0).standard_normal((M, K)).astype(np.float32)
+    (expected,) = run_onnxruntime(gemm, {"x": x})
+    got = program.run({"x": x})["y"]
+    cosine = float(np.dot(got.ravel(), expected.ravel()) / (np.linalg.norm(got) * np.linalg.norm(expected)))
+    assert cosine > 0.999, cosine
+    # the same rows as the old layout would give, to the bit: only where the words live moved
+    plain = lpuc.compile(gemm, precision="int8", disable_passes=("stacked_rows",))
+    assert not _stacked_maps(plain)
+    assert np.array_equal(plain.run({"x": x})["y"], got)
+    assert program.summary["cycles"] < plain.summary["cycles"]
+
+
+def test_stacked_windows_share_one_operands_stream_ids():
+    v1 = load_target("tsp-v1")
+    halves = [Stream(10, 160, 4, 320, stacked=2), Stream(20, 160, 4, 320, stacked=2)]
+    out = [Stream(30, 320, 1, 320)]
+    # slices 10 and 20 lie west of the VXM: the operand's one fp32 vector per row takes 4 ids east
+    assert cost.stream_needs(v1, "vxm.map", "VXM0", halves, out, cost.Work(vectors=320, alu_ops=2)) == (4, 1)
+    apart = [s._replace(stacked=1) for s in halves]
+    assert cost.stream_needs(v1, "vxm.map", "VXM0", apart, out, cost.Work(vectors=320, alu_ops=2)) == (8, 1)
+    # MEM words stay per slice: 640 words over 2 ports each, as fast as the 320 rows
+    work = cost.Work(vectors=320, alu_ops=2)
+    assert cost._streaming_cycles(v1, "vxm.map", work, halves, out, "int8", None) == 320
+    assert cost.stack_sizes("vxm.map", {"operands": [[0, 1], 2]}, 3) == [2, 2, 1]
+    assert cost.stack_sizes("mxm.lw", {}, 2) == [1, 1]
+
+
+def test_validator_refuses_a_stack_that_is_not_the_result_rows(gemm):
+    program = lpuc.compile(gemm, precision="int8")
+    ins = _stacked_maps(program)[0]
+    index = program.instructions.index(ins)
+    (at,) = [n for n, k in enumerate(ins.attrs["operands"]) if isinstance(k, list)]
+    operands = list(ins.attrs["operands"])
+    operands[at] = operands[at][:1] * 2  # one half twice: its rows stream as if it were two
+    problems = refusals(with_instruction(program, index, attrs={**ins.attrs, "operands": operands}))
+    assert any("stacked operand" in p for p in problems), problems
+
+
+@pytest.fixture(scope="module")
+def k_split():
+    """One 320-row tile, K = 1280: too few chains for four planes, so K is split into parts whose
+    int32 partial sums an MM writes over two slices (stacked) and one map adds."""
+    w = (np.random.default_rng(5).standard_normal((1280, N)) / np.sqrt(1280)).astype(np.float32)
+    return single_op_model("MatMul", [("x", [320, 1280])], [("y", [320, N])], initializers={"w": w})
+
+
+def test_int8_partial_sums_written_over_two_slices_at_the_mms_row_rate(k_split):
+    program = lpuc.compile(k_split, precision="int8")
+    stacked = [i for i in program.instructions if i.opcode == "mxm.mm" and len(i.writes) > 1]
+    assert stacked, "the K parts' partial sums should be written stacked"
+    for ins in stacked:
+        assert len({a.slice for a in ins.writes}) == len(ins.writes)
+        assert sum(a.nrows for a in ins.writes) == ins.reads[0].nrows
+        # the plane takes a row per cycle (int8): not held twice as long for its int32 writes
+        assert ins.duration < 2 * ins.reads[0].nrows
+    x = np.random.default_rng(1).standard_normal((320, 1280)).astype(np.float32)
+    (expected,) = run_onnxruntime(k_split, {"x": x})
+    got = program.run({"x": x})["y"]
+    cosine = float(np.dot(got.ravel(), expected.ravel()) / (np.linalg.norm(got) * np.linalg.norm(expected)))
+    assert cosine > 0.999, cosine
+    plain = lpuc.compile(k_split, precision="int8", disable_passes=("stacked_rows",))
+    assert not any(len(i.writes) > 1 for i in plain.instructions if i.opcode == "mxm.mm")
+    assert np.array_equal(plain.run({"x": x})["y"], got)
+
+
+def test_validator_refuses_stacked_mm_writes_that_are_not_its_rows(k_split):
+    program = lpuc.compile(k_split, precision="int8")
+    index, ins = next((k, i) for k, i in enumerate(program.instructions) if len(i.writes) > 1)
+    problems = refusals(with_instruction(program, index, writes=ins.writes[:1] * 2))
+    assert any("several windows" in p for p in problems), problems
+    assert cost.write_stack_sizes("mxm.mm", {}, 2) == [2, 2]
+    assert cost.write_stack_sizes("mxm.mm", {"epilogue": {}}, 1) == [1]
