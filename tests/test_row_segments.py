@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import lpuc
-from lpuc.lowering.row_segments import _segment
+from lpuc.lowering.row_segments import _matrix_rows, _segment
 from tests import zoo
 from tests.models import export, ort_run
 
@@ -32,6 +32,19 @@ CONTEXT = 128
 )
 def test_segment_sizes(shape, expected):
     assert _segment(shape, 320, 64) == expected
+
+
+@pytest.mark.parametrize(
+    "shape, expected",
+    [
+        ((1, 12, 128, 128), 128),  # 320-row tiles would cut heads 2, 4, 7, 9: one head per tile
+        ((1, 12, 64, 64), None),  # 320 rows are 5 whole heads already
+        ((1, 128, 128), None),  # one matrix
+        ((1, 2, 320, 320), None),  # a matrix per tile already
+    ],
+)
+def test_matrix_rows(shape, expected):
+    assert _matrix_rows(shape, 320) == expected
 
 
 @pytest.fixture(scope="module")
@@ -58,7 +71,23 @@ def test_gpt_in_segments_matches_onnxruntime(gpt128):
     for p in (program, whole):
         (got,) = p.run({"ids": ids}).values()
         np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
-    # 5 LayerNorms over 128 tokens: two segments each; the softmaxes' 512 rows keep their 2 tiles.
+    # 5 LayerNorms over 128 tokens: two segments each; the softmaxes' 4 heads of 128 rows one each
+    # (320-row tiles would cut the third head in two).
     assert _kernel_rows(program, "LayerNormalization") == [64] * 10
-    assert _kernel_rows(program, "Softmax") == [320, 192] * 2
+    assert _kernel_rows(program, "Softmax") == [128] * 8
     assert _kernel_rows(whole, "LayerNormalization") == [128] * 5
+    assert _kernel_rows(whole, "Softmax") == [320, 192] * 2
+    # Scores, mask map and softmax in the same per-head tiles: the scale-and-mask map (and its
+    # constant mask, stored in those tiles) fuses into each head's Q @ K^T as its epilogue.
+    assert _mask_maps(program) == (8, 0)
+    assert _mask_maps(whole)[1] > 0
+
+
+def _mask_maps(program) -> tuple[int, int]:
+    """(MMs with the attention mask map as epilogue, mask maps left as VXM maps)."""
+    fused = sum(
+        ins.opcode == "mxm.mm" and ins.attrs.get("epilogue", {}).get("node", "").endswith("/Where")
+        for ins in program.instructions
+    )
+    apart = sum(ins.opcode == "vxm.map" and ins.node.endswith("/Where") for ins in program.instructions)
+    return fused, apart

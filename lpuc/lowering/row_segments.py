@@ -42,9 +42,15 @@ def segment_rows(
             continue
         out = node.outputs[0]
         seg = _segment(graph.values[out].shape, block_rows, min_rows)
+        names = [_alias_root(node.inputs[0], producers, unit_of_node), out]
         if seg is None:
-            continue
-        for name in (_alias_root(node.inputs[0], producers, unit_of_node), out):
+            seg = _matrix_rows(graph.values[out].shape, block_rows)
+            if seg is None:
+                continue
+            # The map between the product and the kernel (a scale, a mask) cut alike, so each
+            # matrix's product, map and kernel windows match (the map can fuse into the MM).
+            names += _map_operands(graph, producers, unit_of_node, names[0])
+        for name in names:
             v = graph.values[name]
             if name and not v.is_const and v.shape is not None and view_of(v.shape)[0] > seg:
                 rows[name] = min(seg, rows.get(name, seg))
@@ -65,6 +71,27 @@ def _segment(shape: tuple[int, ...] | None, block_rows: int, min_rows: int) -> i
     while seg % 2 == 0 and seg // 2 >= min_rows:
         seg //= 2
     return seg if seg < total else None
+
+
+def _matrix_rows(shape: tuple[int, ...] | None, block_rows: int) -> int | None:
+    """Rows per tile of a batch of matrices (attention scores [B, H, S, S]) whose matrices do not
+    line up with the default tiles (320-row tiles cut a 128-row head in two, so the product writing
+    it and the kernel reading it split there): one matrix per tile, or None."""
+    if not shape or len(shape) < 3:
+        return None
+    rows, batch = int(shape[-2]), math.prod(int(d) for d in shape[:-2])
+    if batch < 2 or rows >= block_rows or block_rows % rows == 0:
+        return None
+    return rows
+
+
+def _map_operands(graph: Graph, producers: dict, unit_of_node: dict[str, str], name: str) -> list[str]:
+    """The non-constant operands of the same shape of the elementwise map that produces `name`."""
+    node = producers.get(name)
+    if node is None or unit_of_node.get(node.name) != "MAP":
+        return []
+    shape = graph.values[name].shape
+    return [i for i in node.inputs if i and not graph.values[i].is_const and graph.values[i].shape == shape]
 
 
 def _alias_root(name: str, producers: dict, unit_of_node: dict[str, str]) -> str:
