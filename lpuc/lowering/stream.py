@@ -18,7 +18,7 @@ from lpuc.jsonable import to_json
 from lpuc.kernels._common import normalize_axis
 from lpuc.lowering.builder import TiledBuilder, split_range
 from lpuc.lowering.windowed import Window as _Window
-from lpuc.lowering.windowed import reshape_slabs, window_slabs
+from lpuc.lowering.windowed import reshape_slabs, transpose_slabs, window_slabs
 from lpuc.ops import Placement
 
 # Ops whose first input is addressed (gathered from), not streamed in full.
@@ -99,6 +99,8 @@ def lower_stream(b: TiledBuilder, node: Node, placement: Placement, unit_class: 
     elif unit_class != "HOST" and b.enabled("row_slabs") and placement.unit == "ALIAS" and outs[0].shape:
         # A reshape that is not a view (it regroups rows): a row-major copy, slab by slab.
         slabs, kernel = list(reshape_slabs(ins[0], outs[0])), ("ReshapeRows", LPUC_DOMAIN)
+    elif unit_class == "SXM" and b.enabled("row_slabs"):
+        slabs, kernel = list(transpose_slabs(node, ins[0], outs[0])), ("TransposeRows", LPUC_DOMAIN)
     if len(slabs) > 1:
         for out_window, in_windows, slab in slabs:  # slabs read only the data (not a target shape)
             windows, attrs = (in_windows, [out_window]), {"slab": slab}
