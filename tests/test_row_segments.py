@@ -91,3 +91,32 @@ def _mask_maps(program) -> tuple[int, int]:
     )
     apart = sum(ins.opcode == "vxm.map" and ins.node.endswith("/Where") for ins in program.instructions)
     return fused, apart
+
+
+def test_residual_add_shares_the_layernorm_segments(tmp_path):
+    """The residual add before a LayerNorm has 64-row segments (the LayerNorm's input), so the
+    product it adds gets them too: where K is split (fp16), the map summing each segment's partial
+    results is joined with the bias and residual add (one VXM pass per segment, no separate add
+    map). Matches onnxruntime in fp16."""
+    path = tmp_path / "gpt384.onnx"
+    ids = torch.zeros(1, CONTEXT, dtype=torch.int64)
+    export(zoo.GPT(width=384, heads=6, context=CONTEXT), (ids,), path, input_names=["ids"], opset_version=14)
+    ids = np.random.default_rng(0).integers(0, 96, (1, CONTEXT)).astype(np.int64)
+    (want,) = ort_run(path, {"ids": ids})
+    program = lpuc.compile(path, precision="fp16", host_fallback=False)
+    (got,) = program.run({"ids": ids}).values()
+    assert _cosine(got, want) >= 0.999
+    sums = [i for i in program.instructions if i.opcode == "vxm.map" and i.node.endswith("/MatMul")]
+    assert len(sums) >= 8 and {i.work.vectors for i in sums[:-1]} == {64}  # the last: the LM head's
+    assert not any(i.opcode == "vxm.map" and i.node.endswith("/Add_1") for i in program.instructions)
+    # The split MMs write partial results in tiles of their own: their rows stay whole (128, as the
+    # GELU output they read), the result's segments do not halve them (and double the weight loads).
+    mms = [i for i in program.instructions if i.opcode == "mxm.mm" and i.node.endswith("mlp.2/MatMul")]
+    assert {i.work.vectors for i in mms} == {128}
+    apart = lpuc.compile(path, precision="fp16", host_fallback=False, disable_passes=["map_chains"])
+    assert any(i.opcode == "vxm.map" and i.node.endswith("/Add_1") for i in apart.instructions)
+
+
+def _cosine(a: np.ndarray, b: np.ndarray) -> float:
+    a, b = a.astype(np.float64).ravel(), b.astype(np.float64).ravel()
+    return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))
