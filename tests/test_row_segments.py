@@ -120,3 +120,24 @@ def test_residual_add_shares_the_layernorm_segments(tmp_path):
 def _cosine(a: np.ndarray, b: np.ndarray) -> float:
     a, b = a.astype(np.float64).ravel(), b.astype(np.float64).ravel()
     return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))
+
+
+def test_layernorm_segments_read_their_own_constant_copies(gpt128):
+    """The two segments of a LayerNorm run side by side: the second reads its scale and bias rows
+    from a copy of its own (constant_replicas), not from the slots the first holds ports on."""
+    program = lpuc.compile(gpt128, precision="fp16", host_fallback=False)
+    shared = lpuc.compile(gpt128, precision="fp16", host_fallback=False, disable_passes=["constant_replicas"])
+    for p, apart in ((program, True), (shared, False)):
+        segments = _layernorm_constants(p)
+        assert len(segments) == 5 and all(len(keys) == 2 and all(keys) for keys in segments.values())
+        assert all(not (first & second) == apart for first, second in segments.values())
+
+
+def _layernorm_constants(program) -> dict[str, list[set[str]]]:
+    """LayerNorm node -> the constant tiles (content keys) each of its instructions reads."""
+    out: dict[str, list[set[str]]] = {}
+    for ins in program.instructions:
+        if ins.opcode == "vxm.kernel" and ins.attrs["kernel"] == "LayerNormalization":
+            tiles = [program.tiles[r.buf] for r in ins.reads]
+            out.setdefault(ins.node, []).append({t.const_key for t in tiles if t.kind == "const"})
+    return out

@@ -25,7 +25,7 @@ STRATEGIES = {
     "row_slabs": "Im2Col, pooling, row-regrouping reshapes, transposes in row slabs (consumers start early)",
     "short_tiles": "conv nets: tensors shorter than four tiles get one tile more (later stages pipeline)",
     "fp16_storage": "fp16 builds store values that only feed the MXM (or copies of them) as fp16",
-    "constant_replicas": "broadcast constants copied so parallel maps do not share a slice's ports",
+    "constant_replicas": "broadcast constants copied so parallel maps (kernel segments) share no ports",
     "row_segments": "row-wise kernels cut into short row segments (consumers start on the first)",
     "mxm_epilogues": "a map of an MM's result fused into the MM: its rows stream through the VXM",
     "map_chains": "a map of another map's (or a fused epilogue's) result joined to it: one VXM pass",
