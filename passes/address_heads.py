@@ -310,14 +310,3 @@ def _split_projection(
     for k, value in enumerate(apart, start=1):
         project(columns(value), f"apart{k}", value)
     return tuple(nodes)
-    rest = project(
-        np.concatenate([columns(o) for o in others]), "rest", others[0] if len(others) == 1 else None
-    )
-    if len(others) > 1:  # the rest is split as before
-        sizes = graph.add_const(f"{split.name}/rest_sizes", np.array([widths[o] for o in others], np.int64))
-        nodes.append(
-            Node(
-                "Split", f"{split.name}/rest", (rest, sizes), tuple(others), {"axis": -1}, opset=EMITTED_OPSET
-            )
-        )
-    return tuple(nodes)

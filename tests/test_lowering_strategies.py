@@ -266,3 +266,29 @@ def test_reshape_that_regroups_rows_in_slabs(tmp_path):
     whole = lpuc.compile(path, precision="fp32", disable_passes=["sink_reshapes", "row_slabs"])
     assert not any(i.attrs.get("kernel") == "ReshapeRows" for i in whole.instructions)
     np.testing.assert_array_equal(whole.run(feeds)["y"], want)
+
+
+@pytest.mark.parametrize("batch, slabs", [(1, 3), (2, 0)])
+def test_matrix_transpose_in_slabs(tmp_path, batch, slabs):
+    """A Transpose of one matrix ([1, 128, 700] -> [1, 700, 128], an attention K^T) is one SXM
+    instruction per result tile row, each reading only the input's lane tile that becomes its rows
+    (so it starts when that tile is written, and the slabs run on both SXMs). A batch of matrices
+    stays one instruction. Bit-identical to onnxruntime and to the build without row_slabs."""
+    path = tmp_path / "transpose.onnx"
+    model = single_op_model(
+        "Transpose", [("x", [batch, 128, 700])], [("y", [batch, 700, 128])], perm=[0, 2, 1]
+    )
+    onnx.save(model, path)
+    program = lpuc.compile(path, precision="fp32")
+    cut = [i for i in program.instructions if i.attrs.get("kernel") == "TransposeRows"]
+    assert len(cut) == slabs
+    for ins in cut:
+        r0, r1 = ins.attrs["attrs"]["slab"]["out_rows"]
+        assert [(a.nrows, a.nlanes) for a in ins.reads] == [(128, r1 - r0)]
+        assert sum(a.nrows for a in ins.writes) == r1 - r0
+    feeds = {"x": np.random.default_rng(8).normal(size=(batch, 128, 700)).astype(np.float32)}
+    (want,) = ort_run(path, feeds)
+    np.testing.assert_array_equal(program.run(feeds)["y"], want)
+    whole = lpuc.compile(path, precision="fp32", disable_passes=["row_slabs"])
+    assert not any(i.attrs.get("kernel") == "TransposeRows" for i in whole.instructions)
+    np.testing.assert_array_equal(whole.run(feeds)["y"], want)

@@ -59,6 +59,14 @@ def reshape_rows(ctx: KernelContext, x: np.ndarray) -> np.ndarray:
     return x.reshape(-1)[start : start + (r1 - r0) * cols].reshape(r1 - r0, cols)
 
 
+@kernel("TransposeRows", domain=LPUC_DOMAIN)
+def transpose_rows(ctx: KernelContext, x: np.ndarray) -> np.ndarray:
+    """Rows [r0, r1) (attr slab out_rows) of the transpose of the matrix x [rows, cols]: its columns
+    [r0, r1) as rows (lowering's slabs of a one-matrix Transpose; x holds only those columns)."""
+    r0, r1 = ctx.attr("slab")["out_rows"]
+    return np.ascontiguousarray(x.reshape(x.shape[-2], x.shape[-1])[:, r0:r1].T)
+
+
 @kernel("ConvTransposeScatter", domain=LPUC_DOMAIN)
 def conv_transpose_scatter(
     ctx: KernelContext, cols: np.ndarray, bias: np.ndarray | None = None

@@ -23,10 +23,10 @@ from lpuc.target import Target
 STRATEGIES = {
     "mxm_accumulators": "K chunks summed in a plane's accumulators, not through SRAM",
     "weight_spread": "constant weights tiled over slices so a weight load reaches its full rate",
-    "row_slabs": "Im2Col, pooling, row-regrouping reshapes cut into result row slabs (consumers start early)",
+    "row_slabs": "Im2Col, pooling, row-regrouping reshapes, transposes in row slabs (consumers start early)",
     "short_tiles": "conv nets: tensors shorter than four tiles get one tile more (later stages pipeline)",
     "fp16_storage": "fp16 builds store values that only feed the MXM (or copies of them) as fp16",
-    "constant_replicas": "broadcast constants copied so parallel maps do not share a slice's ports",
+    "constant_replicas": "broadcast constants copied so parallel maps (kernel segments) share no ports",
     "row_segments": "row-wise kernels cut into short row segments (consumers start on the first)",
     "stacked_rows": "wide values only maps read cut into shorter tiles a map reads side by side",
     "mxm_epilogues": "a map of an MM's result fused into the MM: its rows stream through the VXM",

@@ -13,7 +13,7 @@ import numpy as np
 
 from lpuc.cost import Work
 from lpuc.ir.graph import Node
-from lpuc.ir.tiled import Ref
+from lpuc.ir.tiled import Ref, TensorTiles
 from lpuc.jsonable import to_json
 from lpuc.lowering.builder import TiledBuilder, split_range
 from lpuc.ops import expression_alu_ops
@@ -24,7 +24,7 @@ from lpuc.passes.legalize_broadcast import operand_mode
 def lower_map(b: TiledBuilder, node: Node) -> None:
     steps = node_steps(node, b.graph)
     out = b.define(node.outputs[0])
-    operands = [b.tensor(i) if i else None for i in node.inputs]
+    operands = [_operand(b, i, out) if i else None for i in node.inputs]
     modes = [operand_mode(t.shape, out.shape) if t is not None else None for t in operands]
     if None in [m for m, t in zip(modes, operands) if t is not None]:
         raise AssertionError(f"{node.name}: operand broadcast not legalized")
@@ -93,3 +93,18 @@ def lower_map(b: TiledBuilder, node: Node) -> None:
                     Work(vectors=rows * words, alu_ops=alu_ops, elem_ops=rows * tile.lanes * alu_ops),
                     attrs=attrs,
                 )
+
+
+def _operand(b: TiledBuilder, name: str, out: TensorTiles) -> TensorTiles:
+    """The tiles a map reads operand `name` from. A whole-tensor constant (an attention mask) is
+    stored in the result's tiles: cut at tile edges of its own, it would split the result's windows
+    (and the map would no longer fuse into the MM that writes its other operand)."""
+    v = b.graph.values[name]
+    if (
+        v.is_const
+        and name not in b.host_tables
+        and out.block_rows != b.block_rows
+        and operand_mode(tuple(v.shape), out.shape) == "tile"
+    ):
+        return b.const_tensor(name, v.dtype, block_rows=out.block_rows)
+    return b.tensor(name)

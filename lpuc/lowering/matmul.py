@@ -84,8 +84,14 @@ def lower_matmul(b: TiledBuilder, node: Node) -> None:
             segments = split_range(0, p.m, b.target.mxm.acc_rows, [e for _, e in m_segments])
             # K splits over planes only for one product (a batch of them keeps the planes busy), and
             # not in fp32 builds, the exact reference: adding the parts' sums reassociates the sum
-            # over K, which can overflow where the sequential sum does not.
+            # over K, which can overflow where the sequential sum does not. Split MMs write partial
+            # results of their own tiles, so only A's tiles cut their rows (C's, cut shorter by row
+            # segments, would double the weight loads).
             split = len(problems) == 1 and mode_name != "fp32"
+            a_segments = split_range(0, p.m, b.target.mxm.acc_rows, _tile_edges(p.a_row, p.m, a.block_rows))
+            chains = [m1 - m0 for m0, m1 in a_segments for _ in n_chunks]
+            if split and _k_split(b, chains, len(k_chunks), mode.cycles_per_row) > 1:
+                segments = a_segments
             _accumulated(b, node, attrs, a, w, c, p, segments, k_chunks, n_chunks, k, split)
 
 

@@ -18,7 +18,7 @@ from lpuc.jsonable import to_json
 from lpuc.kernels._common import normalize_axis
 from lpuc.lowering.builder import TiledBuilder, split_range
 from lpuc.lowering.windowed import Window as _Window
-from lpuc.lowering.windowed import reshape_slabs, window_slabs
+from lpuc.lowering.windowed import reshape_slabs, transpose_slabs, window_slabs
 from lpuc.ops import Placement
 
 # Ops whose first input is addressed (gathered from), not streamed in full.
@@ -99,15 +99,33 @@ def lower_stream(b: TiledBuilder, node: Node, placement: Placement, unit_class: 
     elif unit_class != "HOST" and b.enabled("row_slabs") and placement.unit == "ALIAS" and outs[0].shape:
         # A reshape that is not a view (it regroups rows): a row-major copy, slab by slab.
         slabs, kernel = list(reshape_slabs(ins[0], outs[0])), ("ReshapeRows", LPUC_DOMAIN)
+    elif unit_class == "SXM" and b.enabled("row_slabs"):
+        slabs, kernel = list(transpose_slabs(node, ins[0], outs[0])), ("TransposeRows", LPUC_DOMAIN)
     if len(slabs) > 1:
         for out_window, in_windows, slab in slabs:  # slabs read only the data (not a target shape)
             windows, attrs = (in_windows, [out_window]), {"slab": slab}
             _emit(b, node, placement, unit_class, opcode, ins[:1], outs, None, windows, attrs, kernel)
     elif unit_class != "HOST" and rowwise_last_axis(node, b.graph, placement):
-        for span in _common_slabs(ins[0], outs[0]):
-            _emit(b, node, placement, unit_class, opcode, ins, outs, span)
+        spans = _common_slabs(ins[0], outs[0])
+        for i, span in enumerate(spans):
+            _emit(b, node, placement, unit_class, opcode, _replicas(b, node, ins, i, len(spans)), outs, span)
     else:
         _emit(b, node, placement, unit_class, opcode, ins, outs, None)
+
+
+def _replicas(b: TiledBuilder, node: Node, ins: list, index: int, count: int) -> list:
+    """The operands slab `index` of `count` reads: a constant other than the first input (a
+    LayerNorm's scale and bias rows) from copy index % copies, as maps do (constant_replicas), so
+    the slabs running side by side do not queue for one slice's ports."""
+    copies = min(count, -(-b.target.vxm_alus // b.target.mem_banks))
+    if not b.enabled("constant_replicas") or index % max(1, copies) == 0:
+        return ins
+    return [
+        b.const_tensor(name, t.dtype, replica=index % copies)
+        if k > 0 and t is not None and b.graph.values[name].is_const and name not in b.host_tables
+        else t
+        for k, (name, t) in enumerate(zip(node.inputs, ins))
+    ]
 
 
 def _common_slabs(x: TensorTiles, y: TensorTiles) -> list[tuple[int, int]]:

@@ -57,3 +57,21 @@ def reshape_slabs(x: TensorTiles, y: TensorTiles) -> Iterator[tuple[Window, list
         i0, i1 = r0 * y.cols // x.cols, -(-r1 * y.cols // x.cols)
         slab = {"out_rows": [r0, r1], "in_row0": i0 // x.block_rows * x.block_rows, "out_cols": y.cols}
         yield (r0, r1, 0, y.cols), [(i0, i1, 0, x.cols)], slab
+
+
+def transpose_slabs(
+    node: Node, x: TensorTiles, y: TensorTiles
+) -> Iterator[tuple[Window, list[Window], dict]]:
+    """The same for a Transpose of one matrix (a [1, S, D] K -> [1, D, S] K^T): result tile row
+    [r0, r1) is input lanes [r0, r1) of every input row, so each slab reads one lane tile of the
+    input and starts once that tile is written (the projection writes K a column tile at a time),
+    and the slabs run on the SXMs side by side. None for anything else (batches of matrices)."""
+    if node.op != "Transpose" or node.domain or x.shape is None or len(x.shape) < 2:
+        return
+    rank = len(x.shape)
+    perm = tuple(int(p) for p in node.attr("perm") or reversed(range(rank)))
+    if perm != (*range(rank - 2), rank - 1, rank - 2) or any(int(d) != 1 for d in x.shape[:-2]):
+        return
+    for r0 in range(0, y.rows, y.block_rows):
+        r1 = min(y.rows, r0 + y.block_rows)
+        yield (r0, r1, 0, y.cols), [(0, x.rows, r0, r1)], {"out_rows": [r0, r1]}

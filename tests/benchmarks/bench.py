@@ -166,8 +166,10 @@ def ablate(path: Path, target: str) -> None:
     print(f"{path.stem} fp16: {full:,} cycles; " + "; ".join(parts))
 
 
-# The transformer passes (and the lowering strategy cutting row-wise kernels into row segments),
-# measured on a GPT-2-shaped decoder (width 768, 12 heads, seq 128) and, opt-in, BERT-base.
+# The transformer passes and the lowering strategies that shape attention (row segments, per-head
+# score tiles; K^T transposed in slabs; the mask map fused into Q @ K^T; K-split sums joined with the
+# residual add), measured on a GPT-2-shaped decoder (width 768, 12 heads, seq 128) and, opt-in,
+# BERT-base.
 TRANSFORMER_ABLATIONS = (
     "address_heads",
     "fuse_layernorm",
@@ -175,6 +177,9 @@ TRANSFORMER_ABLATIONS = (
     "fuse_softmax",
     "fuse_elementwise",
     "row_segments",
+    "row_slabs",
+    "mxm_epilogues",
+    "map_chains",
 )
 
 
