@@ -16,6 +16,7 @@ from onnx import TensorProto, helper
 import lpuc
 from lpuc import cost
 from lpuc.cost import Stream, Work
+from lpuc.schedule.validator import held_until
 from lpuc.target import load_target
 from tests.onnx_builders import single_op_model
 
@@ -187,3 +188,21 @@ def test_a_plane_is_held_while_rows_stream_in(v1):
     # Every other unit is held for the whole duration.
     lw = [Stream(10, 160, 2, 320)]
     assert cost.occupancy(v1, "mxm.lw", "MXM0.LW", Work(words=320), lw, []) == 174
+
+
+def test_plane_busy_percent_counts_occupancy_not_duration():
+    # The report's busy % of an MXM plane counts the cycles its MMs hold it (rows streaming in), not
+    # their whole duration: results draining through the result delay leave the plane free.
+    w = np.random.default_rng(0).standard_normal((320, 320)).astype(np.float32)
+    program = lpuc.compile(
+        single_op_model("MatMul", [("x", [256, 320])], [("y", [256, 320])], initializers={"w": w})
+    )
+    planes = [u for u in program.summary["units"] if u.startswith("MXM") and "." not in u]
+    held = dict.fromkeys(planes, 0)
+    for ins in program.instructions:
+        if ins.opcode == "mxm.mm":
+            assert held_until(program, ins, ins.unit) - ins.start < ins.duration
+            held[ins.unit] += held_until(program, ins, ins.unit) - ins.start
+    cycles = program.summary["cycles"]
+    for u in planes:
+        assert program.summary["units"][u] == pytest.approx(100 * held[u] / cycles, abs=0.01)

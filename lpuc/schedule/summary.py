@@ -18,6 +18,7 @@ from lpuc.program import Instruction, Program
 from lpuc.schedule.bounds import hardware_bounds
 from lpuc.schedule.critical_path import critical_path
 from lpuc.schedule.liveness import live_intervals
+from lpuc.schedule.validator import held_until
 
 SCHEMA_VERSION = 1
 TOP_CRITICAL = 5  # nodes listed with the most cycles on the critical path
@@ -44,8 +45,8 @@ def summarize(program: Program, facts: dict[str, Any]) -> dict[str, Any]:
     bounds = hardware_bounds(program, facts)
     busy: Counter[str] = Counter()
     for ins in program.instructions:
-        for u in ins.units:
-            busy[u] += ins.duration
+        for u in ins.units:  # an MM holds its plane only while its rows stream in (lpuc.cost.occupancy)
+            busy[u] += held_until(program, ins, u) - ins.start
     compute = [u for u in target.units() if _is_compute(u) and (u != "HOST" or busy[u])]
     ports = [u for u in target.units() if u.startswith("MEM")]
     io_in = _io_bytes(program, program.inputs)

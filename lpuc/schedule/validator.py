@@ -94,18 +94,18 @@ def _units(p: Program) -> list[str]:
         items.sort(key=lambda i: (i.start, i.id))
         plane = unit_kind(u) == "MXM"  # only an MM frees its unit (its plane) before its end
         for a, b in zip(items, items[1:]):
-            a_end = _held_until(p, a, u) if plane else a.end
+            a_end = held_until(p, a, u) if plane else a.end
             if b.start < a_end:
                 out.append(
                     f"unit {u} double-booked: instruction {a.id} ({a.opcode}) [{a.start}, {a_end}) "
-                    f"overlaps instruction {b.id} ({b.opcode}) [{b.start}, {_held_until(p, b, u)})"
+                    f"overlaps instruction {b.id} ({b.opcode}) [{b.start}, {held_until(p, b, u)})"
                 )
                 if len(out) >= MAX_PROBLEMS:
                     return out
     return out
 
 
-def _held_until(p: Program, ins: Instruction, unit: str) -> int:
+def held_until(p: Program, ins: Instruction, unit: str) -> int:
     """When `ins` frees `unit`: an MM frees its plane once its rows are in, the rest at its end."""
     if (
         ins.opcode != "mxm.mm"
