@@ -223,9 +223,6 @@ class _UnitState:
         # _request's answers by what they depend on: ops of repeated layers ask the same questions,
         # and so does each placement round of one program.
         self._request_cache: dict[tuple, tuple[int, int, list[Pool]]] = {} if requests is None else requests
-        # The same answers by (op id, unit, one_port) for this schedule, where an op's slices are
-        # fixed: an MXM op is asked several times per plane, and this key hashes without its Work.
-        self._op_requests: dict[tuple[int, str, bool], tuple[int, int, list[Pool]]] = {}
 
     # -- what an op needs -------------------------------------------------------------------------
     def _streams(self, op: TileOp) -> tuple[tuple[Stream, ...], tuple[Stream, ...]]:
@@ -240,9 +237,6 @@ class _UnitState:
         """Duration and occupancy of `op` on `unit`, and the resource pools it books (one_port: a
         single port on each slice, streaming more slowly, rather than what its rate could use).
         The pools are shared between the ops that ask the same question: do not modify them."""
-        found = self._op_requests.get((op.id, unit, one_port))
-        if found is not None:
-            return found
         reads, writes = self._streams(op)
         precision = op.attrs.get("precision", self.program.precision)
         install = bool(op.attrs.get("install"))
@@ -251,7 +245,6 @@ class _UnitState:
         found = self._request_cache.get(key)
         if found is None:
             found = self._request_cache[key] = self._answer(*key)
-        self._op_requests[op.id, unit, one_port] = found
         return found
 
     def _answer(
