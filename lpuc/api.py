@@ -17,7 +17,7 @@ from lpuc.calibration import Calibration, load_calibration
 from lpuc.calibration import describe as describe_calibration
 from lpuc.errors import DoesNotFitError, LpucError
 from lpuc.frontend.importer import import_model
-from lpuc.frontend.loader import load_model
+from lpuc.frontend.loader import load_model, load_model_and_weights
 from lpuc.ir.graph import Graph
 from lpuc.ir.printer import print_graph
 from lpuc.ir.tiled import TiledProgram
@@ -73,7 +73,7 @@ def compile(  # noqa: A001 - the natural name for a compiler's entry point
     pass_ctx = PassContext(tgt, precision, host_fallback, frozenset(disabled), calibration)
     stages: dict[str, float] = {}
     with timed_stage(stages, "frontend"):
-        proto, where = _as_onnx(model, example_inputs, exporter)
+        proto, where, weights = _as_onnx(model, example_inputs, exporter)
         graph = import_model(
             proto,
             where,
@@ -81,8 +81,9 @@ def compile(  # noqa: A001 - the natural name for a compiler's entry point
             const_inputs=const_inputs,
             strict_input_shapes=strict_input_shapes,
             target=tgt,
+            weights=weights,
         )
-        del proto  # the graph holds what it needs: the parsed file is not kept through the later stages
+        del proto, weights  # the graph holds what it needs: the parsed file is not kept after this
     model_nodes = {n.name for n in graph.nodes}  # the model's own ops, before passes rewrite them
     dump_dir = Path(dump_ir) if dump_ir is not None else None
     timings = PassTimings()
@@ -204,18 +205,22 @@ def load(path: str | os.PathLike) -> Program:
     return read_program(path)
 
 
-def _as_onnx(model: Any, example_inputs: Any, exporter: str) -> tuple[onnx.ModelProto, str]:
+def _as_onnx(
+    model: Any, example_inputs: Any, exporter: str
+) -> tuple[onnx.ModelProto, str, dict[str, np.ndarray]]:
+    """The model as ONNX, where it came from, and the weights read apart from it (a file's large
+    ones: lpuc.frontend.loader.load_model_and_weights)."""
     if isinstance(model, onnx.ModelProto):
-        return load_model(model), model.graph.name or "<model>"
+        return load_model(model), model.graph.name or "<model>", {}
     if isinstance(model, (str, os.PathLike)) and Path(model).is_dir():
         from lpuc.frontend.hf import export_hf_dir
 
-        return load_model(export_hf_dir(model, exporter, example_inputs=example_inputs)), str(model)
+        return load_model(export_hf_dir(model, exporter, example_inputs=example_inputs)), str(model), {}
     if isinstance(model, (str, os.PathLike)):
-        proto = load_model(model)
+        proto, weights = load_model_and_weights(model)
         proto.graph.name = Path(model).stem  # exporters name every graph "main_graph"
-        return proto, str(model)
+        return proto, str(model), weights
     from lpuc.frontend.torch_export import export_module
 
     proto = export_module(model, example_inputs, exporter=exporter)
-    return load_model(proto), type(model).__name__
+    return load_model(proto), type(model).__name__, {}

@@ -21,7 +21,15 @@ _EXTRA = {
 
 
 def dtype_name(dtype: np.dtype) -> str:
-    return np.dtype(dtype).name
+    # numpy computes a dtype's name in Python on every access; a compile asks once per tile.
+    dt = np.dtype(dtype)
+    name = _NAMES.get(dt)
+    if name is None:
+        name = _NAMES[dt] = dt.name
+    return name
+
+
+_NAMES: dict[np.dtype, str] = {}
 
 
 def dtype_from_name(name: str) -> np.dtype:

@@ -121,3 +121,23 @@ def test_verbose_compile_prints_each_stages_time_and_peak_rss(tmp_path):
     for stage in ("frontend", "passes", "lowering", "schedule", "validate", "encode"):
         mib = float(lines[stage].split("peak RSS")[1].split()[0])
         assert 10 < mib < 4096  # this process's resident set, in MiB
+
+
+def test_a_files_weights_are_never_parsed(tmp_path, monkeypatch):
+    """Large raw-data weights are read apart from the protobuf (lpuc.frontend.wire): every model
+    parsed during a compile is weightless, and the compile still matches onnxruntime."""
+    parsed: list[int] = []
+    original = onnx.ModelProto.ParseFromString
+
+    def counting(self, data, *args, **kwargs):
+        parsed.append(len(data))
+        return original(self, data, *args, **kwargs)
+
+    monkeypatch.setattr(onnx.ModelProto, "ParseFromString", counting)
+    path = tmp_path / "mlp.onnx"
+    onnx.save(_mlp(3), str(path))
+    x = np.random.default_rng(1).standard_normal((4, WIDTH)).astype(np.float32)
+    program = lpuc.compile(path, precision="fp32")
+    assert parsed and max(parsed) < WIDTH * WIDTH * 4 / 4, f"a parsed model holds weights: {parsed}"
+    monkeypatch.undo()
+    np.testing.assert_allclose(program.run({"x": x})["y"], ort_run(path, {"x": x})[0], rtol=1e-4, atol=1e-5)

@@ -115,3 +115,47 @@ def _two_on_one_unit(p: Program) -> tuple[int, int]:
     for k, ins in enumerate(p.instructions):
         by_unit.setdefault(ins.unit, []).append(k)
     return tuple(next(v for v in by_unit.values() if len(v) >= 2)[:2])
+
+
+def test_sram_overlap_sweep_agrees_with_every_pair():
+    """The validator's n log n sweep for tiles live at once in overlapping addresses gives the answer
+    of the all-pairs check on random slices (shared constant slots included), or defers to it."""
+    from lpuc.program import TileSlot
+    from lpuc.schedule.validator import _live_overlap_by_pairs, _live_overlap_by_sweep
+
+    rng = np.random.default_rng(0)
+    answers = {True: 0, False: 0, None: 0}
+    for case in range(400):
+        n = int(rng.integers(1, 12))
+        tiles, life = [], []
+        for i in range(n):
+            shared = case % 3 == 0 and i and rng.random() < 0.3  # a copy of an earlier constant
+            if shared:
+                src = tiles[int(rng.integers(0, i))]
+                tiles.append(dataclasses.replace(src, id=i))
+                life.append(life[src.id])
+                continue
+            const = rng.random() < 0.3
+            rows = int(rng.integers(1, 8))
+            tiles.append(
+                TileSlot(
+                    i,
+                    f"t{i}",
+                    "float16",
+                    rows,
+                    32,
+                    0,
+                    0,
+                    0,
+                    int(rng.integers(0, 40)),
+                    "const" if const else "temp",
+                    f"k{i}" if const else None,
+                )
+            )
+            start = 0 if const else int(rng.integers(0, 30))
+            life.append((start, 60 if const else start + int(rng.integers(1, 20))))
+        swept = _live_overlap_by_sweep(tiles, life)
+        answers[swept] += 1
+        if swept is not None:
+            assert swept == _live_overlap_by_pairs(tiles, life), (tiles, life)
+    assert answers[True] > 50 and answers[False] > 50  # both answers were exercised

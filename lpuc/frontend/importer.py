@@ -38,8 +38,12 @@ def import_model(
     const_inputs: Mapping[str, np.ndarray] | None = None,
     strict_input_shapes: bool = True,
     target: Target | None = None,
+    weights: Mapping[str, np.ndarray] | None = None,
 ) -> Graph:
     """Build the Graph IR of `model` with every dynamic dim bound and constants folded.
+
+    `weights`: initializers read apart from the protobuf (lpuc.frontend.loader.load_model_and_weights),
+    by name; the model's own tensors of those names are placeholders.
 
     `const_inputs` binds runtime inputs to compile-time values (used by the ONNX backend for
     inputs that feed shape operands, which a statically scheduled chip must know).
@@ -59,10 +63,13 @@ def import_model(
     opsets = {canonical_domain(o.domain): int(o.version) for o in model.opset_import}
 
     values: dict[str, Value] = {}
+    weights = weights or {}
     for init in model.graph.initializer:
-        stubbed = init.name in light.stubbed
-        tensor = tensors[init.name] if stubbed else init
-        values[init.name] = constant_value(init.name, _initializer_array(tensor, stubbed, where))
+        array = weights.get(init.name)
+        if array is None:
+            stubbed = init.name in light.stubbed
+            array = _initializer_array(tensors[init.name] if stubbed else init, stubbed, where)
+        values[init.name] = constant_value(init.name, array)
     for sp in model.graph.sparse_initializer:
         from lpuc.frontend.attributes import _sparse_to_dense
 

@@ -14,6 +14,7 @@ from google.protobuf.message import DecodeError
 from onnx import TensorProto
 
 from lpuc.errors import ModelError, UnsupportedError
+from lpuc.frontend.wire import split_weights
 
 # The opset every model is converted to when onnx's version converter can do it. Models that
 # already import a newer opset keep theirs: the kernels implement every version's semantics.
@@ -22,6 +23,22 @@ CANONICAL_OPSET = 21
 
 def load_model(source: str | os.PathLike | onnx.ModelProto) -> onnx.ModelProto:
     """Load and check a model; every failure is a one-line ModelError naming the file."""
+    return _load(source, split=False)[0]
+
+
+def load_model_and_weights(
+    source: str | os.PathLike | onnx.ModelProto,
+) -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
+    """load_model, with a file's large raw-data weights apart: read-only arrays by name (views of the
+    file's bytes, lpuc.frontend.wire), their tensors in the model only a placeholder. For
+    import_model(model, ..., weights=...): the weights are never parsed or copied."""
+    return _load(source, split=True)
+
+
+def _load(
+    source: str | os.PathLike | onnx.ModelProto, split: bool
+) -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
+    weights: dict[str, np.ndarray] = {}
     if isinstance(source, onnx.ModelProto):
         model, where = source, source.graph.name or "<model>"
     else:
@@ -31,10 +48,14 @@ def load_model(source: str | os.PathLike | onnx.ModelProto) -> onnx.ModelProto:
             raise ModelError(f"{where}: is a directory, not an ONNX model file")
         if not path.is_file():
             raise ModelError(f"{where}: no such file")
-        try:
-            model = onnx.load(str(path), load_external_data=False)
-        except (DecodeError, ValueError, RuntimeError, OSError) as e:
-            raise ModelError(f"{where}: not an ONNX model ({_first_line(e)})") from None
+        found = _split(path) if split else None
+        if found is not None:
+            model, weights = found
+        else:
+            try:
+                model = onnx.load(str(path), load_external_data=False)
+            except (DecodeError, ValueError, RuntimeError, OSError) as e:
+                raise ModelError(f"{where}: not an ONNX model ({_first_line(e)})") from None
         if not model.HasField("graph") or not model.opset_import:
             raise ModelError(f"{where}: not an ONNX model (no graph or opset imports)")
         try:
@@ -51,7 +72,19 @@ def load_model(source: str | os.PathLike | onnx.ModelProto) -> onnx.ModelProto:
         model = attach_weights(
             Weightless(onnx.inliner.inline_local_functions(light.model), light.stubbed), model
         )
-    return model
+    return model, weights
+
+
+def _split(path: Path) -> tuple[onnx.ModelProto, dict[str, np.ndarray]] | None:
+    """The model and its large weights apart (lpuc.frontend.wire), or None: a file onnx reads as
+    text, one it cannot read, or one the wire walk does not handle take onnx.load's path."""
+    if onnx.serialization.registry.get_format_from_file_extension(path.suffix) not in (None, "protobuf"):
+        return None
+    try:
+        data = path.read_bytes()
+    except OSError:
+        return None
+    return split_weights(data, STUB_MIN_ELEMENTS)
 
 
 def _check_opsets(model: onnx.ModelProto, where: str) -> None:

@@ -117,7 +117,7 @@ class TiledBuilder:
         key = (name, dtype_name(dtype), block_rows, replica)
         t = self._stored_consts.get(key)
         if t is None:
-            data = np.asarray(self.graph.values[name].const).astype(dtype, copy=False)
+            data = np.asarray(self.graph.values[name].const)  # new_tensor converts it tile by tile
             t = self.new_tensor(
                 name, data.shape, np.dtype(dtype), const=data, block_rows=block_rows, replica=replica
             )
@@ -145,7 +145,9 @@ class TiledBuilder:
     ) -> TensorTiles:
         rows, cols = view_of(tuple(shape))
         block_rows = block_rows or self.rows_per_tile(rows)
-        flat = None if const is None else np.ascontiguousarray(const).reshape(rows, cols)
+        # A constant is cut (and converted to `dtype`) a tile at a time: each tile is copied once,
+        # never the whole tensor first.
+        flat = None if const is None else np.asarray(const).reshape(rows, cols)
         grid = []
         for r0 in range(0, rows, block_rows):
             nr = min(block_rows, rows - r0)
@@ -154,7 +156,7 @@ class TiledBuilder:
                 nl = min(self.lanes, cols - c0)
                 key = None
                 if flat is not None:
-                    tile = np.ascontiguousarray(flat[r0 : r0 + nr, c0 : c0 + nl])
+                    tile = np.ascontiguousarray(flat[r0 : r0 + nr, c0 : c0 + nl], dtype=dtype)
                     key = _content_key(tile) + (f".{replica}" if replica else "")
                     self.const_data.setdefault(key, tile)
                 buf = Buffer(

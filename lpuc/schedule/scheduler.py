@@ -73,9 +73,17 @@ class Timeline:
 
     def reserve(self, t: int, dur: int) -> None:
         end = t + dur
+        starts, ends = self.starts, self.ends
+        if t >= self.horizon:  # after everything booked (nine in ten bookings): no search
+            if ends and ends[-1] == t:
+                ends[-1] = end
+            else:
+                starts.append(t)
+                ends.append(end)
+            self.horizon = end
+            return
         if end > self.horizon:
             self.horizon = end
-        starts, ends = self.starts, self.ends
         i = bisect_right(starts, t)
         if i > 0 and ends[i - 1] == t:  # continues the interval before it
             ends[i - 1] = end

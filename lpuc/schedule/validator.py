@@ -25,6 +25,8 @@ could run it. Checked, each as its own rule:
 
 from __future__ import annotations
 
+import bisect
+import heapq
 from collections import defaultdict
 
 import numpy as np
@@ -222,8 +224,46 @@ def _sram_overlap(p: Program) -> list[str]:
 
 def _may_share_live_addresses(tiles: list[TileSlot], life: list[tuple[int, int]]) -> bool:
     """Whether two of one slice's tiles might overlap in address and lifetime (other than identical
-    constants sharing a slot): every pair at once with numpy, so that only a slice that may break the
-    rule gets the pair-by-pair walk that words its problems. Errs only towards True."""
+    constants sharing a slot), so that only a slice that may break the rule gets the pair-by-pair walk
+    that words its problems. Errs only towards True."""
+    found = _live_overlap_by_sweep(tiles, life)
+    return _live_overlap_by_pairs(tiles, life) if found is None else found
+
+
+def _live_overlap_by_sweep(tiles: list[TileSlot], life: list[tuple[int, int]]) -> bool | None:
+    """_may_share_live_addresses in time order: the tiles live at a cycle must lie apart in address,
+    so each tile is checked against its neighbours in address among those live when it starts
+    (n log n; every pair at once grows with the square of a slice's tiles, which grows with depth).
+    None where this walk does not apply (empty tiles or lifetimes; one constant slot with two
+    lifetimes): the caller checks every pair."""
+    entries: dict[tuple, tuple[int, int, int, int]] = {}  # one per shared constant slot
+    for t in tiles:
+        start, end = life[t.id]
+        if t.words <= 0 or end <= start:
+            return None
+        key = (t.const_key, t.addr) if t.const_key else (None, t.id)
+        entry = (start, end, t.addr, t.addr + t.words)
+        if entries.setdefault(key, entry) != entry:
+            return None
+    live_lo: list[int] = []  # the live tiles' address ranges, sorted and disjoint
+    live_hi: list[int] = []
+    ends: list[tuple[int, int, int]] = []  # (end, lo, hi) of the live tiles: a heap
+    for start, end, lo, hi in sorted(entries.values()):
+        while ends and ends[0][0] <= start:  # no longer live: it ended by this tile's start
+            _, old_lo, _ = heapq.heappop(ends)
+            i = bisect.bisect_left(live_lo, old_lo)
+            del live_lo[i], live_hi[i]
+        i = bisect.bisect_left(live_lo, lo)
+        if (i and live_hi[i - 1] > lo) or (i < len(live_lo) and live_lo[i] < hi):
+            return True
+        live_lo.insert(i, lo)
+        live_hi.insert(i, hi)
+        heapq.heappush(ends, (end, lo, hi))
+    return False
+
+
+def _live_overlap_by_pairs(tiles: list[TileSlot], life: list[tuple[int, int]]) -> bool:
+    """_may_share_live_addresses with every pair at once (numpy, in blocks)."""
     n = len(tiles)
     addr = np.array([t.addr for t in tiles], dtype=np.int64)
     top = addr + np.array([t.words for t in tiles], dtype=np.int64)
