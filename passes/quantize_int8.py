@@ -178,11 +178,13 @@ def _reads_int8(reader: Node, value: str, graph: Graph, consumers: dict[str, lis
     return False
 
 
-# Pack rows into lanes only for results at least this tall (a 112x112 feature map: 12544 rows).
-# Packing costs an SXM copy to unpack and longer Im2Col rows. Measured on tsp-v1, ResNet-50 v1.5
-# int8: 402k cycles packing from 10000 rows (its 112x112 stem only), 411k from 16384 (none),
-# 421k from 3000 (the 56x56 stage too); VGG-19's 224x224 layers need it to fit in SRAM at all.
-PACK_MIN_ROWS = 10000
+# Pack rows into lanes only for results at least this tall (a 224x224 feature map: 50176 rows).
+# Packing costs an SXM copy to unpack (a vector per unpacked row) and longer Im2Col rows. Measured on
+# tsp-v1, int8: ResNet-50 v1.5 153,666 cycles packing its 112x112 stem (from 10000 rows), 150,558
+# unpacked (the unpack copy wrote 12,544 64-lane vectors on the two SXMs, 10k cycles on the critical
+# path); VGG-19 457,718 -> 442,096 with its 112x112 layers unpacked. VGG-19's 224x224 layers need
+# packing to fit in SRAM at all.
+PACK_MIN_ROWS = 20000
 
 
 def _row_packing(b: NodeBuilder, node: Node, chain: list[Node], lanes: int) -> int:
