@@ -362,6 +362,8 @@ def test_residual_sums_between_int8_layers_are_stored_as_fp16(tmp_path):
     assert alu_ops(narrow) > alu_ops(wide)  # a conversion on each side of every fp16 value
     cosines = [_check_cosine(p, path, (1, 3, 16, 16), samples=2) for p in (narrow, wide)]
     assert abs(cosines[0] - cosines[1]) < 1e-3, cosines
+    x = {"x": np.random.default_rng(5).standard_normal((1, 3, 16, 16)).astype(np.float32)}
+    np.testing.assert_array_equal(narrow.run(x)["y"], narrow.run(x, interpret=True)["y"])  # plan = oracle
 
 
 def test_packed_rows_keep_the_numerics(tmp_path, monkeypatch):
