@@ -15,6 +15,13 @@ store_int8_floats_fp16` turns off.
 
 Only float32 results of an lpuc.Fused map that are not graph outputs and that every reader reads
 as an lpuc.Fused map operand are narrowed (a kernel such as a pooling would then compute in fp16).
+
+First, a map that reads two int32 products (a residual block with a projection shortcut: its
+conv's and its shortcut's results) is split in two: the first product's dequantization becomes a
+map of its own, whose float result is then narrowed like any other. Otherwise one product is
+written to SRAM as int32 and read back by the map fused into the other product's MM: both at half
+rate, and that fused map holds nine ALUs. Measured on ResNet-50 v1.5 int8 (tsp-v1): 150,558 cycles
+with float32 storage, 138,489 narrowed, 134,593 with the split too.
 """
 
 from __future__ import annotations
@@ -28,6 +35,7 @@ from lpuc.ir.graph import LPUC_DOMAIN, Graph, Node, Value
 def store_int8_floats_fp16(graph: Graph, ctx=None) -> Graph:
     if ctx is None or ctx.precision != "int8":
         return graph
+    graph = _split_products(graph)
     consumers = graph.consumers()
     outputs = set(graph.outputs)
     narrowed = {
@@ -87,3 +95,93 @@ def _cast(arg: str, to: int, dtype: str) -> dict:
 
 def _with_expr(node: Node, steps: list[dict]) -> Node:
     return node.with_(attrs={**node.attrs, "expr": steps})
+
+
+def _split_products(graph: Graph) -> Graph:
+    """A map of two int32 products (a residual block's conv and downsample results) reads one of
+    them back from SRAM: 4-byte rows at half rate, and a fused map that holds the VXM's ALUs for
+    twice the ops. The first product's own part (its dequantization) becomes a map of its own, whose
+    float result the narrowing then stores as fp16: each part fuses into its own MM."""
+    producers = graph.producers()
+    out = graph.copy(nodes=[])
+    changed = False
+    for node in graph.nodes:
+        split = _product_part(node, graph, producers) if _is_map(node) else None
+        if split is None:
+            out.nodes.append(node)
+            continue
+        part, rest = split
+        name = out.add_value(f"{node.outputs[0]}/part", graph.values[node.outputs[0]].shape, np.float32)
+        inputs, steps = _subexpression(node, part)
+        out.nodes.append(Node("Fused", f"{node.name}/part", inputs, (name,), {"expr": steps}, LPUC_DOMAIN, 1))
+        out.nodes.append(_rest(node, part, rest, name))
+        changed = True
+    return out if changed else graph
+
+
+def _product_part(node: Node, graph: Graph, producers: dict[str, Node]) -> tuple[list[int], list[int]] | None:
+    """(steps computed from the first int32 product and constants alone, the other steps) of a map
+    that reads two or more int32 products of the full shape; None if the first part is read by
+    more than one later step or the map is not such."""
+    shape = graph.values[node.outputs[0]].shape
+    products = [
+        k
+        for k, name in enumerate(node.inputs)
+        if name
+        and name in producers
+        and producers[name].op == "MatMulInteger"
+        and graph.values[name].shape == shape
+    ]
+    if len(products) < 2:
+        return None
+    allowed = {products[0]} | {k for k, name in enumerate(node.inputs) if name and graph.is_const(name)}
+    steps = node.attrs["expr"]
+    inputs_of: list[set[int]] = []
+    for step in steps:
+        used: set[int] = set()
+        for a in step["args"]:
+            if a.startswith("i"):
+                used.add(int(a[1:]))
+            elif a.startswith("s"):
+                used |= inputs_of[int(a[1:])]
+        inputs_of.append(used)
+    part = [j for j, used in enumerate(inputs_of) if products[0] in used and used <= allowed]
+    rest = [j for j in range(len(steps)) if j not in part]
+    if not part or not rest or part[-1] == len(steps) - 1:
+        return None
+    readers = {j: [r for r in rest if f"s{j}" in steps[r]["args"]] for j in part}
+    if any(readers[j] for j in part[:-1]) or len(readers[part[-1]]) != 1:
+        return None
+    return part, rest
+
+
+def _subexpression(node: Node, part: list[int]) -> tuple[tuple[str, ...], list[dict]]:
+    """The inputs and steps of `part` as a map of its own."""
+    steps = node.attrs["expr"]
+    inputs: list[str] = []
+    step_ref = {f"s{j}": f"s{n}" for n, j in enumerate(part)}
+
+    def ref(a: str) -> str:
+        if a.startswith("i"):
+            name = node.inputs[int(a[1:])]
+            if name not in inputs:
+                inputs.append(name)
+            return f"i{inputs.index(name)}"
+        return step_ref.get(a, a)
+
+    new_steps = [{**steps[j], "args": [ref(a) for a in steps[j]["args"]]} for j in part]
+    return tuple(inputs), new_steps
+
+
+def _rest(node: Node, part: list[int], rest: list[int], part_value: str) -> Node:
+    """The map without `part`: the part's result is one more input."""
+    steps = node.attrs["expr"]
+    extra = f"i{len(node.inputs)}"
+    step_ref = {f"s{j}": f"s{n}" for n, j in enumerate(rest)} | {f"s{part[-1]}": extra}
+    new_steps = [{**steps[j], "args": [step_ref.get(a, a) for a in steps[j]["args"]]} for j in rest]
+    # Only the inputs the remaining steps read (the first product is read by the part alone).
+    names = (*node.inputs, part_value)
+    kept = sorted({int(a[1:]) for st in new_steps for a in st["args"] if a.startswith("i")})
+    index = {f"i{k}": f"i{n}" for n, k in enumerate(kept)}
+    new_steps = [{**st, "args": [index.get(a, a) for a in st["args"]]} for st in new_steps]
+    return node.with_(inputs=tuple(names[k] for k in kept), attrs={**node.attrs, "expr": new_steps})

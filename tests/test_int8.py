@@ -320,9 +320,10 @@ def test_fold_requantize_cuts_the_maps_alu_ops_and_keeps_the_accuracy(small_cnn)
 
 
 class _ResidualConvs(torch.nn.Module):
-    """Two identity-shortcut residual blocks. The stem's and the first block's outputs are read only
-    by VXM maps (the next block's quantize map and residual add); the second block's sum is fused
-    with the head's quantize map and never stored."""
+    """Two residual blocks, the second with a 1x1 conv shortcut. The stem's output is read only by
+    VXM maps (the first block's quantize map and residual add); each block's sum is fused with the
+    next quantize map and never stored; the second block adds two int32 products (its conv's and
+    its shortcut's)."""
 
     def __init__(self, width: int = 16):
         super().__init__()
@@ -332,12 +333,13 @@ class _ResidualConvs(torch.nn.Module):
         self.blocks = torch.nn.ModuleList(
             torch.nn.Sequential(conv(width, width), torch.nn.ReLU(), conv(width, width)) for _ in range(2)
         )
+        self.shortcut = torch.nn.Conv2d(width, width, 1)
         self.head = torch.nn.Conv2d(width, 8, 1)
 
     def forward(self, x):
         x = torch.relu(self.stem(x))
-        for block in self.blocks:
-            x = torch.relu(block(x) + x)
+        x = torch.relu(self.blocks[0](x) + x)
+        x = torch.relu(self.blocks[1](x) + self.shortcut(x))
         return self.head(x)
 
 
@@ -352,6 +354,11 @@ def test_residual_sums_between_int8_layers_are_stored_as_fp16(tmp_path):
     final = (tmp_path / "ir" / "99_final.graph.txt").read_text().splitlines()
     stored = [line for line in final if ": f16[" in line.split(" = ")[0]]
     assert len(stored) == 2 and all("= lpuc.Fused(" in line for line in stored), stored
+    # The second block's map of two int32 products is split: each map reads one of them (each fuses
+    # into its own MM), the conv's part passed on in fp16.
+    assert stored[1].split(":")[0].endswith("/part"), stored
+    maps = [line.split(" = lpuc.Fused(")[1].split(")")[0] for line in final if " = lpuc.Fused(" in line]
+    assert max(m.count("matmul_int8,") + m.endswith("matmul_int8") for m in maps) == 1, maps
     assert "float16" in {t.dtype for t in narrow.tiles} and "float16" not in {t.dtype for t in wide.tiles}
 
     def alu_ops(program) -> int:
