@@ -13,8 +13,10 @@ conversions. fp16 keeps 11 significant bits, an int8 layer 8; values beyond fp16
 would overflow to infinity: the pass is a lowering choice that `--disable-pass
 store_int8_floats_fp16` turns off.
 
-Only float32 results of an lpuc.Fused map that are not graph outputs and that every reader reads
-as an lpuc.Fused map operand are narrowed (a kernel such as a pooling would then compute in fp16).
+Only float32 results of an lpuc.Fused map that are not graph outputs, that every reader reads as an
+lpuc.Fused map operand (a kernel such as a pooling would compute in fp16) and that some map
+quantizes for an int8 layer (values between int8 layers, not, e.g., a decomposed LRN's
+intermediates) are narrowed.
 
 First, a map that reads two int32 products (a residual block with a projection shortcut: its
 conv's and its shortcut's results) is split in two: the first product's dequantization becomes a
@@ -35,7 +37,7 @@ from lpuc.ir.graph import LPUC_DOMAIN, Graph, Node, Value
 def store_int8_floats_fp16(graph: Graph, ctx=None) -> Graph:
     if ctx is None or ctx.precision != "int8":
         return graph
-    graph = _split_products(graph)
+    graph, parts = _split_products(graph)
     consumers = graph.consumers()
     outputs = set(graph.outputs)
     narrowed = {
@@ -48,6 +50,7 @@ def store_int8_floats_fp16(graph: Graph, ctx=None) -> Graph:
         and not graph.values[out].is_dynamic
         and consumers.get(out)
         and all(_is_map(c) for c in consumers[out])
+        and (out in parts or any(_quantizes(c, graph) for c in consumers[out]))
     }
     if not narrowed:
         return graph
@@ -68,6 +71,12 @@ def store_int8_floats_fp16(graph: Graph, ctx=None) -> Graph:
 
 def _is_map(node: Node) -> bool:
     return node.domain == LPUC_DOMAIN and node.op == "Fused" and len(node.outputs) == 1
+
+
+def _quantizes(node: Node, graph: Graph) -> bool:
+    """A map with an int8 result: the next layer's input quantization (whose scale was calibrated
+    on the values it reads)."""
+    return _is_map(node) and graph.values[node.outputs[0]].dtype == np.int8
 
 
 def _widened_inputs(node: Node, narrowed: set[str]) -> list[dict]:
@@ -97,14 +106,14 @@ def _with_expr(node: Node, steps: list[dict]) -> Node:
     return node.with_(attrs={**node.attrs, "expr": steps})
 
 
-def _split_products(graph: Graph) -> Graph:
+def _split_products(graph: Graph) -> tuple[Graph, set[str]]:
     """A map of two int32 products (a residual block's conv and downsample results) reads one of
     them back from SRAM: 4-byte rows at half rate, and a fused map that holds the VXM's ALUs for
     twice the ops. The first product's own part (its dequantization) becomes a map of its own, whose
     float result the narrowing then stores as fp16: each part fuses into its own MM."""
     producers = graph.producers()
     out = graph.copy(nodes=[])
-    changed = False
+    parts: set[str] = set()
     for node in graph.nodes:
         split = _product_part(node, graph, producers) if _is_map(node) else None
         if split is None:
@@ -115,8 +124,8 @@ def _split_products(graph: Graph) -> Graph:
         inputs, steps = _subexpression(node, part)
         out.nodes.append(Node("Fused", f"{node.name}/part", inputs, (name,), {"expr": steps}, LPUC_DOMAIN, 1))
         out.nodes.append(_rest(node, part, rest, name))
-        changed = True
-    return out if changed else graph
+        parts.add(name)
+    return (out, parts) if parts else (graph, parts)
 
 
 def _product_part(node: Node, graph: Graph, producers: dict[str, Node]) -> tuple[list[int], list[int]] | None:
