@@ -178,13 +178,13 @@ def _reads_int8(reader: Node, value: str, graph: Graph, consumers: dict[str, lis
     return False
 
 
-# Pack rows into lanes only for results at least this tall (a 224x224 feature map: 50176 rows).
-# Packing costs an SXM copy to unpack (a vector per unpacked row) and longer Im2Col rows. Measured on
-# tsp-v1, int8: ResNet-50 v1.5 153,666 cycles packing its 112x112 stem (from 10000 rows), 150,558
-# unpacked (the unpack copy wrote 12,544 64-lane vectors on the two SXMs, 10k cycles on the critical
-# path); VGG-19 457,718 -> 442,096 with its 112x112 layers unpacked. VGG-19's 224x224 layers need
-# packing to fit in SRAM at all.
-PACK_MIN_ROWS = 20000
+# Pack rows into lanes only for results at least this tall (a 112x112 feature map: 12544 rows).
+# Packing costs an SXM copy to unpack and longer Im2Col rows. Measured on tsp-v1 int8 (with
+# store_int8_floats_fp16): from 20000 rows instead (112x112 maps unpacked), ResNet-50 v1.5 takes
+# 134,593 cycles instead of 142,188 and VGG-19 444,445 instead of 458,588, but Inception v1/v2,
+# DenseNet-121, SqueezeNet and the MobileNet-style net 3-15% more: the CNN bench's geomean
+# bound_ratio is 14.90 instead of 14.45. VGG-19's 224x224 layers need packing to fit in SRAM.
+PACK_MIN_ROWS = 10000
 
 
 def _row_packing(b: NodeBuilder, node: Node, chain: list[Node], lanes: int) -> int:
