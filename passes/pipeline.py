@@ -46,6 +46,7 @@ from lpuc.passes.lower_quantized import lower_quantized
 from lpuc.passes.quantize_int8 import quantize_int8
 from lpuc.passes.sink_reshapes import sink_reshapes
 from lpuc.passes.sink_transposes import sink_transposes
+from lpuc.passes.store_int8_floats_fp16 import store_int8_floats_fp16
 from lpuc.passes.store_tables_at_precision import store_tables_at_precision
 from lpuc.target import Target
 
@@ -110,6 +111,8 @@ PIPELINE: tuple[Pass, ...] = (
     # Once sink_reshapes has put each requantization chain together, before it is fused into a map.
     Pass("fold_requantize", fold_requantize),
     Pass("fuse_elementwise", fuse_elementwise),
+    # Once maps are fused: which float values pass only from one map to others.
+    Pass("store_int8_floats_fp16", store_int8_floats_fp16),
     Pass("legalize_broadcast", legalize_broadcast),
     Pass("fuse_softmax", fuse_softmax),
     Pass("eliminate_dead_code", eliminate_dead_code),

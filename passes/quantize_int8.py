@@ -179,9 +179,11 @@ def _reads_int8(reader: Node, value: str, graph: Graph, consumers: dict[str, lis
 
 
 # Pack rows into lanes only for results at least this tall (a 112x112 feature map: 12544 rows).
-# Packing costs an SXM copy to unpack and longer Im2Col rows. Measured on tsp-v1, ResNet-50 v1.5
-# int8: 402k cycles packing from 10000 rows (its 112x112 stem only), 411k from 16384 (none),
-# 421k from 3000 (the 56x56 stage too); VGG-19's 224x224 layers need it to fit in SRAM at all.
+# Packing costs an SXM copy to unpack and longer Im2Col rows. Measured on tsp-v1 int8 (with
+# store_int8_floats_fp16): from 20000 rows instead (112x112 maps unpacked), ResNet-50 v1.5 takes
+# 134,593 cycles instead of 142,188 and VGG-19 444,445 instead of 458,588, but Inception v1/v2,
+# DenseNet-121, SqueezeNet and the MobileNet-style net 3-15% more: the CNN bench's geomean
+# bound_ratio is 14.90 instead of 14.45. VGG-19's 224x224 layers need packing to fit in SRAM.
 PACK_MIN_ROWS = 10000
 
 

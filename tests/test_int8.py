@@ -319,6 +319,60 @@ def test_fold_requantize_cuts_the_maps_alu_ops_and_keeps_the_accuracy(small_cnn)
     assert max(cosines) - min(cosines) < 1e-3, cosines
 
 
+class _ResidualConvs(torch.nn.Module):
+    """Two residual blocks, the second with a 1x1 conv shortcut. The stem's output is read only by
+    VXM maps (the first block's quantize map and residual add); each block's sum is fused with the
+    next quantize map and never stored; the second block adds two int32 products (its conv's and
+    its shortcut's)."""
+
+    def __init__(self, width: int = 16):
+        super().__init__()
+        torch.manual_seed(4)
+        conv = lambda c_in, c_out: torch.nn.Conv2d(c_in, c_out, 3, padding=1)  # noqa: E731
+        self.stem = conv(3, width)
+        self.blocks = torch.nn.ModuleList(
+            torch.nn.Sequential(conv(width, width), torch.nn.ReLU(), conv(width, width)) for _ in range(2)
+        )
+        self.shortcut = torch.nn.Conv2d(width, width, 1)
+        self.head = torch.nn.Conv2d(width, 8, 1)
+
+    def forward(self, x):
+        x = torch.relu(self.stem(x))
+        x = torch.relu(self.blocks[0](x) + x)
+        x = torch.relu(self.blocks[1](x) + self.shortcut(x))
+        return self.head(x)
+
+
+def test_residual_sums_between_int8_layers_are_stored_as_fp16(tmp_path):
+    """The float values that pass only between VXM maps (a residual block's sum, read by the next
+    quantize map and the next residual add) are stored as fp16 (passes/store_int8_floats_fp16.py),
+    with the conversions charged as ALU ops of the maps; the output stays as close to fp32
+    onnxruntime as with float32 storage."""
+    path = _export(_ResidualConvs().eval(), (1, 3, 16, 16), tmp_path / "residual.onnx")
+    narrow = lpuc.compile(path, precision="int8", dump_ir=tmp_path / "ir")
+    wide = lpuc.compile(path, precision="int8", disable_passes=["store_int8_floats_fp16"])
+    final = (tmp_path / "ir" / "99_final.graph.txt").read_text().splitlines()
+    stored = [line for line in final if ": f16[" in line.split(" = ")[0]]
+    assert len(stored) == 2 and all("= lpuc.Fused(" in line for line in stored), stored
+    # The second block's map of two int32 products is split: each map reads one of them (each fuses
+    # into its own MM), the conv's part passed on in fp16.
+    assert stored[1].split(":")[0].endswith("/part"), stored
+    maps = [line.split(" = lpuc.Fused(")[1].split(")")[0] for line in final if " = lpuc.Fused(" in line]
+    assert max(m.count("matmul_int8,") + m.endswith("matmul_int8") for m in maps) == 1, maps
+    assert "float16" in {t.dtype for t in narrow.tiles} and "float16" not in {t.dtype for t in wide.tiles}
+
+    def alu_ops(program) -> int:
+        return sum(
+            i.work.alu_ops for i in program.instructions if i.opcode == "vxm.map" or i.work.relay_words
+        )
+
+    assert alu_ops(narrow) > alu_ops(wide)  # a conversion on each side of every fp16 value
+    cosines = [_check_cosine(p, path, (1, 3, 16, 16), samples=2) for p in (narrow, wide)]
+    assert abs(cosines[0] - cosines[1]) < 1e-3, cosines
+    x = {"x": np.random.default_rng(5).standard_normal((1, 3, 16, 16)).astype(np.float32)}
+    np.testing.assert_array_equal(narrow.run(x)["y"], narrow.run(x, interpret=True)["y"])  # plan = oracle
+
+
 def test_packed_rows_keep_the_numerics(tmp_path, monkeypatch):
     """Rows packed into lanes (block-diagonal weights, the result unpacked by a reshape) compute the
     same convolution, compared with fp32 onnxruntime. (Whether packing saves SRAM depends on the
