@@ -100,7 +100,8 @@ def _float32_ufuncs(expr: list[dict], dtypes: list, dst_dtype: np.dtype) -> list
     cast their result to their first argument's dtype: `rounds` marks the steps whose result is
     float16, rounded to fp16 precision (and kept as float32) for the steps after it."""
     floats = (np.float32, np.float16)
-    if dst_dtype not in floats or any(d is None or d not in floats for d in dtypes):
+    used = {int(a[1:]) for step in expr for a in step["args"] if a[0] == "i"}
+    if dst_dtype not in floats or any(dtypes[k] is None or dtypes[k] not in floats for k in used):
         return None  # (an fp16 result is rounded once, when written: as the kernels' copy does)
     steps: list[UfuncStep] = []
     result_of: list[int] = []  # expression step -> the ufunc step computing its result
