@@ -144,7 +144,7 @@ def _column_index(attrs: Mapping[str, Any], shape: tuple[int, int]) -> tuple[np.
         if hit is not None:
             _index_cache.move_to_end(key)
             return hit
-    (view_rows, view_cols), padding = _slab_index(attrs, shape[0])
+    (view_rows, view_cols), padding = _slab_cells(attrs, shape[0])  # (not cached: used once)
     rows, taps, channels = view_rows.shape
     flat = (view_rows * shape[1] + view_cols).transpose(0, 2, 1).reshape(rows, channels * taps)
     flat = np.ascontiguousarray(flat, dtype=np.intp)
@@ -193,22 +193,27 @@ def _keep(key: tuple, entry: tuple[Any, np.ndarray | None]) -> None:
 def _slab_index(attrs: Mapping[str, Any], rows: int) -> tuple[Any, np.ndarray | None]:
     """(the index of x the window taps read, clipped into x's rows: view rows, or (view rows, view
     cols) channels-first; the taps in the padding, or None)."""
-    slab = attrs["slab"]
-    channels_first = bool(slab.get("channels_first", False))
     key = _slab_key(attrs, rows)
     with _index_lock:
         hit = _index_cache.get(key)
         if hit is not None:
             _index_cache.move_to_end(key)
             return hit
+    entry = _slab_cells(attrs, rows)
+    _keep(key, entry)
+    return entry
+
+
+def _slab_cells(attrs: Mapping[str, Any], rows: int) -> tuple[Any, np.ndarray | None]:
+    """_slab_index, computed."""
+    slab = attrs["slab"]
+    channels_first = bool(slab.get("channels_first", False))
     r0, r1 = slab["out_rows"]
     idx, view_rows, cols = _view_cells(attrs, slab["in_shape"], r0, r1, channels_first)
     local = np.clip(view_rows - int(slab["in_row0"]), 0, max(0, rows - 1))
     index = (local, cols) if channels_first else local[..., 0]
     padding = idx < 0
-    entry = (index, padding if padding.any() else None)
-    _keep(key, entry)
-    return entry
+    return index, padding if padding.any() else None
 
 
 def _nbytes(entry: tuple[Any, np.ndarray | None]) -> int:
