@@ -78,62 +78,105 @@ def _bound_kernel(ctx: KernelContext) -> Callable[[list], list[np.ndarray]]:
 _FLOAT32_UFUNCS = {"Add": np.add, "Sub": np.subtract, "Mul": np.multiply, "Div": np.true_divide}
 _FLOAT32_FOLDS = {"Sum": np.add, "Max": np.maximum, "Min": np.minimum}
 
-UfuncStep = tuple[np.ufunc, list[tuple[int, int]]]
+UfuncStep = tuple[np.ufunc, list[tuple[int, int]], bool]
 
 # Kernels whose float results are values picked from their inputs (the max over a window): run on
 # float32 copies of fp16 tensors they give the same values, which stores write back to fp16
 # exactly, and numpy's float16 comparisons are an order of magnitude slower than float32 ones.
 _SELECTING_KERNELS = frozenset({"MaxPool", "GlobalMaxPool"})
+# Kernels that widen every float16 input to float32 (exact) first, compute in float32 and cast the
+# result to the input dtype last: given float32 copies (converted fast) they compute the same
+# float32 values, which the store rounds to fp16 as that last cast would. Not with a `slab`
+# attribute: the slab pools (kernels/lowered.py) compute in float64, where a float32 result in
+# between would round twice.
+_WIDENING_KERNELS = frozenset({"Conv", "AveragePool", "GlobalAveragePool"})
 
 
-def _float32_ufuncs(expr: list[dict], operands: list, dst: np.ndarray) -> list[UfuncStep] | None:
-    """The map's steps as (ufunc, args) when every step is one of those above and every operand
-    float32 (the result window float32 or float16); None otherwise. args as in _Executor._map:
-    (1, k) operand k, (2, k) step k's result; Relu's second argument is (3, 0), the constant 0."""
-    if dst.dtype not in (np.float32, np.float16) or any(o is None or o.dtype != np.float32 for o in operands):
+def _float32_ufuncs(expr: list[dict], dtypes: list, dst_dtype: np.dtype) -> list[UfuncStep] | None:
+    """The map's steps as (ufunc, args, rounds) when every step is one of those above and every
+    operand float32 or float16 (dtypes: the operands'; the result window float32 or float16); None
+    otherwise. args as in _Executor._map: (1, k) operand k, (2, k) step k's result; Relu's second
+    argument is (3, 0), the constant 0. The kernels widen float16 arguments to float32 (exact) and
+    cast their result to their first argument's dtype: `rounds` marks the steps whose result is
+    float16, rounded to fp16 precision (and kept as float32) for the steps after it."""
+    floats = (np.float32, np.float16)
+    used = {int(a[1:]) for step in expr for a in step["args"] if a[0] == "i"}
+    if dst_dtype not in floats or any(dtypes[k] is None or dtypes[k] not in floats for k in used):
         return None  # (an fp16 result is rounded once, when written: as the kernels' copy does)
     steps: list[UfuncStep] = []
     result_of: list[int] = []  # expression step -> the ufunc step computing its result
+    half: list[bool] = []  # expression step -> whether its result is float16
     for step in expr:
         op, n = step["op"], len(step["args"])
         if step["attrs"] or step["domain"] not in ("", "ai.onnx") or "-" in step["args"]:
             return None
         args = [(1, int(a[1:])) if a[0] == "i" else (2, result_of[int(a[1:])]) for a in step["args"]]
+        first = step["args"][0]
+        rounds = bool(dtypes[int(first[1:])] == np.float16 if first[0] == "i" else half[int(first[1:])])
         if op == "Relu" and n == 1:
-            steps.append((np.maximum, args + [(3, 0)]))
+            steps.append((np.maximum, args + [(3, 0)], rounds))
         elif op in _FLOAT32_UFUNCS and n == 2:
-            steps.append((_FLOAT32_UFUNCS[op], args))
-        elif op in _FLOAT32_FOLDS and n >= 2:
-            steps.append((_FLOAT32_FOLDS[op], args[:2]))
-            for arg in args[2:]:
-                steps.append((_FLOAT32_FOLDS[op], [(2, len(steps) - 1), arg]))
+            steps.append((_FLOAT32_UFUNCS[op], args, rounds))
+        elif op in _FLOAT32_FOLDS and n >= 2:  # folded in float32, the result cast once
+            steps.append((_FLOAT32_FOLDS[op], args[:2], rounds and n == 2))
+            for k, arg in enumerate(args[2:]):
+                steps.append((_FLOAT32_FOLDS[op], [(2, len(steps) - 1), arg], rounds and k == n - 3))
         else:
             return None
         result_of.append(len(steps) - 1)
+        half.append(rounds)
     return steps
 
 
 def _ufunc_map(steps: list[UfuncStep], operands: list, dst: np.ndarray, scratch: np.ndarray | None) -> Step:
-    """A vxm.map of _float32_ufuncs steps: the kernels' ufuncs, the last one writing dst (a float32
-    window), or `scratch` (float32, dst's shape) then converted into dst (a float16 window)."""
-    *inner, (last_fn, last_args) = steps
+    """A vxm.map of _float32_ufuncs steps: float16 operands widened (from_fp16), the kernels' ufuncs,
+    the last one writing dst (a float32 window), or `scratch` (float32, dst's shape) then converted
+    into dst (a float16 window; a float16 result rounds only there, to the same bits)."""
+    *inner, (last_fn, last_args, last_rounds) = steps
+    rounded_last = last_rounds and dst.dtype == np.float32  # float16 values into a float32 window
+    if rounded_last:
+        scratch = np.empty(dst.shape, np.float32)
     out = dst if scratch is None else scratch
+    narrow = [k for k, o in enumerate(operands) if o is not None and o.dtype == np.float16]
+    widened = list(operands)
 
     def values(results: list, args: list[tuple[int, int]]) -> list:
-        x = [operands[j] if k == 1 else results[j] for k, j in args if k != 3]
+        x = [widened[j] if k == 1 else results[j] for k, j in args if k != 3]
         if len(x) < len(args):  # Relu: np.maximum(x, 0), against an array of zeros (same bits)
             x.append(_zeros(np.shape(x[0])))
         return x
 
     def vmap() -> None:
+        for k, o in enumerate(operands):  # (an epilogue sets its product here before each call)
+            widened[k] = o
+        for k in narrow:
+            widened[k] = from_fp16(operands[k])
         results: list[np.ndarray] = []
-        for fn, args in inner:
-            results.append(fn(*values(results, args)))
+        for fn, args, rounds in inner:
+            r = fn(*values(results, args))
+            results.append(round_fp16(r) if rounds else r)
         last_fn(*values(results, last_args), out=out)
-        if scratch is not None:
+        if rounded_last:
+            np.copyto(dst, round_fp16(out))
+        elif scratch is not None:
             to_fp16(scratch, out=dst)
 
     return vmap
+
+
+def _widens_fp16(attrs: dict) -> bool:
+    """Whether a kernel instruction may take its float16 inputs as float32 (_WIDENING_KERNELS): its
+    result is cast to its first input's dtype, so only if that and every output are float16."""
+    if attrs["kernel"] not in _WIDENING_KERNELS or attrs["attrs"].get("slab"):
+        return False
+    first = attrs["inputs"][0] if attrs["inputs"] else None
+    outputs = [d for d in attrs["outputs"] if d is not None]
+    return (
+        first is not None
+        and not first.get("host")
+        and first["dtype"] == "float16"
+        and all(not d.get("host") and d["dtype"] == "float16" for d in outputs)
+    )
 
 
 def _float32_scratch(cache: dict[tuple[int, ...], np.ndarray], shape: tuple[int, ...]) -> np.ndarray:
@@ -235,6 +278,11 @@ class _Tensor:
 
     def store(self, value: np.ndarray) -> None:
         view = value.reshape(self.rows_cols if value.shape == self.shape else view_of(value.shape))
+        pieces = self.pieces
+        if view.dtype == np.float32 and len(pieces) > 1 and all(v.dtype == np.float16 for v, _, _ in pieces):
+            # One conversion of the whole value: numpy's float16 cast of each tile-sized piece is
+            # several times slower per element than to_fp16 on many (elementwise: same bits)
+            view = to_fp16(view)
         for v, r, c in self.pieces:
             _copy_into(v, view[r : r + v.shape[0], c : c + v.shape[1]])
 
@@ -474,13 +522,19 @@ class _Executor:
     def _fast_epilogue(
         self, fused: dict, reads: list, dst: np.ndarray
     ) -> Callable[[np.ndarray], None] | None:
-        """isa.epilogue on the ufunc path of maps, for a float32 product (operand 0) and float32
-        operands: the same ufuncs on the same values; None where that path does not apply."""
-        if fused["result"] != "float32":
+        """isa.epilogue on the ufunc path of maps, for a float32 product (operand 0, cast to the
+        float32 or float16 `result`) and float32 or float16 operands: the same ufuncs on the same
+        values; None where that path does not apply."""
+        if fused["result"] not in ("float32", "float16"):
             return None
+        half = fused["result"] == "float16"  # the product as float16 values: rounded to fp16
         placeholder = np.empty(0, np.float32)
         operands = [None if k is None else placeholder if k == 0 else reads[k] for k in fused["operands"]]
-        steps = _float32_ufuncs(fused["expr"], operands, dst)
+        dtypes = [
+            None if k is None else np.dtype(np.float16 if half else np.float32) if k == 0 else reads[k].dtype
+            for k in fused["operands"]
+        ]
+        steps = _float32_ufuncs(fused["expr"], dtypes, dst.dtype)
         if steps is None:
             return None
         scratch = None
@@ -490,6 +544,8 @@ class _Executor:
         product_at = [i for i, k in enumerate(fused["operands"]) if k == 0]
 
         def apply(product: np.ndarray) -> None:
+            if half:
+                product = round_fp16(product)
             for i in product_at:
                 operands[i] = product
             run()
@@ -558,7 +614,7 @@ class _Executor:
         return gathered
 
     def _map_step(self, attrs: dict, operands: list, dst: np.ndarray) -> Step:
-        fast = _float32_ufuncs(attrs["expr"], operands, dst)
+        fast = _float32_ufuncs(attrs["expr"], [None if o is None else o.dtype for o in operands], dst.dtype)
         if fast is not None:
             scratch = None
             if dst.dtype != np.float32:  # one float32 buffer per shape (maps run one at a time)
@@ -587,6 +643,7 @@ class _Executor:
     def _kernel(self, ins: Instruction, attrs: dict) -> Step:
         m = self.machine
         loaders: list[Callable[[], np.ndarray | None]] = []
+        widen = _widens_fp16(attrs)
         for desc in attrs["inputs"]:
             if desc is None:
                 loaders.append(lambda: None)
@@ -598,7 +655,7 @@ class _Executor:
             t = self._tensor(desc["shape"], desc["dtype"], [r.buf for r in refs], desc["row_offset"])
             direct = t.direct()
             load = (lambda v=direct: v) if direct is not None else t.load
-            if attrs["kernel"] in _SELECTING_KERNELS and t.dtype == np.float16:
+            if (widen or attrs["kernel"] in _SELECTING_KERNELS) and t.dtype == np.float16:
                 load = lambda load=load: from_fp16(load())  # noqa: E731
             loaders.append(load)
         call = _bound_kernel(kernel_context(attrs))

@@ -84,6 +84,43 @@ def test_from_fp16_matches_numpy_on_every_float16():
         assert np.array_equal(from_fp16(values).view(np.uint32), values.astype(np.float32).view(np.uint32))
 
 
+def _step(op: str, *args: str) -> dict:
+    return {"op": op, "args": list(args), "attrs": {}, "domain": "", "opset": 17}
+
+
+@pytest.mark.parametrize(
+    "expr",
+    [
+        [_step("Mul", "i0", "i1"), _step("Add", "r0", "i2"), _step("Relu", "r1")],
+        [_step("Sum", "i0", "i1", "i2"), _step("Sub", "i2", "r0")],
+        [_step("Max", "i1", "i0", "i2"), _step("Div", "r0", "i0"), _step("Min", "i2", "r1")],
+    ],
+    ids=["mul-add-relu", "sum-sub", "max-div-min"],
+)
+def test_maps_with_float16_operands_compute_what_the_kernels_do(expr):
+    """The plan's ufunc path for maps (float16 operands widened, results of float16 first arguments
+    rounded) against isa's kernels, every mix of operand dtypes, into both result dtypes; values
+    that overflow fp16, NaNs, infinities and fp16 subnormals included."""
+    from lpuc.kernels.lowered import evaluate_expression
+    from lpuc.runtime.plan import _float32_ufuncs, _ufunc_map
+
+    rng = np.random.default_rng(1)
+    base = (rng.standard_normal((3, 64, 96)) * np.array([1.0, 3e4, 1e-5])[:, None, None]).astype(np.float32)
+    base[0, 0, :4] = [np.nan, np.inf, -np.inf, 7e4]
+    with np.errstate(all="ignore"):
+        for mix in np.ndindex(2, 2, 2):
+            operands = [v.astype(np.float16) if half else v for v, half in zip(base, mix)]
+            operands[2] = operands[2][:1]  # a row broadcast over the others
+            for dst_dtype in (np.float16, np.float32):
+                expected = np.empty((64, 96), dst_dtype)
+                expected[...] = evaluate_expression(expr, operands).astype(dst_dtype)
+                steps = _float32_ufuncs(expr, [o.dtype for o in operands], np.dtype(dst_dtype))
+                dst = np.zeros((64, 96), dst_dtype)
+                scratch = np.empty(dst.shape, np.float32) if dst_dtype == np.float16 else None
+                _ufunc_map(steps, operands, dst, scratch)()
+                assert np.array_equal(dst.view(np.uint8), expected.view(np.uint8)), (mix, dst_dtype)
+
+
 # -- equivalence --------------------------------------------------------------------------------
 @pytest.mark.parametrize("precision", ["fp16", "fp32"])
 @pytest.mark.parametrize("path", BUNDLED, ids=[p.stem for p in BUNDLED])

@@ -24,8 +24,7 @@ def im2col_kernel(ctx: KernelContext, x: np.ndarray) -> np.ndarray:
     view of x from row in_row0; lpuc.kernels.windows)."""
     pack = int(ctx.attr("pack_rows", 1))  # `pack_rows` consecutive rows side by side (quantize_int8)
     if ctx.attr("slab"):
-        values = windows.gather(x, ctx.attrs, int(ctx.attr("pad_value", 0)))
-        cols = values.transpose(0, 2, 1).reshape(len(values), -1)
+        cols = windows.gather_columns(x, ctx.attrs, int(ctx.attr("pad_value", 0)))
         return cols if pack == 1 else cols.reshape(cols.shape[0] // pack, cols.shape[1] * pack)
     if ctx.attr("channels_last", 0):
         x = np.moveaxis(x, -1, 1)

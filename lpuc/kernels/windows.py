@@ -120,13 +120,45 @@ _index_bytes = 0
 _index_lock = threading.Lock()
 
 
-def _slab_index(attrs: Mapping[str, Any], rows: int) -> tuple[Any, np.ndarray | None]:
-    """(the index of x the window taps read, clipped into x's rows: view rows, or (view rows, view
-    cols) channels-first; the taps in the padding, or None)."""
-    global _index_bytes
+def gather_columns(x: np.ndarray, attrs: Mapping[str, Any], fill) -> np.ndarray:
+    """gather(x, attrs, fill) as Im2Col's columns: [out rows, C * taps], channel-major (the window
+    values transposed to [rows, C, taps]). Channels-first from x's flat values by one index already
+    in that order: numpy's take of one index is several times faster than gather's fancy index of
+    (view row, view col) pairs followed by a transposed copy, and picks the same values."""
+    if not attrs["slab"].get("channels_first", False) or x.ndim != 2 or not x.flags.c_contiguous:
+        values = gather(x, attrs, fill)
+        return values.transpose(0, 2, 1).reshape(len(values), -1)
+    flat, padded = _column_index(attrs, x.shape)
+    cols = np.take(x.reshape(-1), flat)
+    if padded is not None:
+        cols.reshape(-1)[padded] = fill
+    return cols
+
+
+def _column_index(attrs: Mapping[str, Any], shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray | None]:
+    """(flat index into a C-contiguous x of `shape`, [out rows, C * taps]; the flat positions of the
+    result in the padding, or None) of a channels-first slab, cached like _slab_index."""
+    key = (*_slab_key(attrs, shape[0]), "columns", shape[1])
+    with _index_lock:
+        hit = _index_cache.get(key)
+        if hit is not None:
+            _index_cache.move_to_end(key)
+            return hit
+    (view_rows, view_cols), padding = _slab_cells(attrs, shape[0])  # (not cached: used once)
+    rows, taps, channels = view_rows.shape
+    flat = (view_rows * shape[1] + view_cols).transpose(0, 2, 1).reshape(rows, channels * taps)
+    flat = np.ascontiguousarray(flat, dtype=np.intp)
+    padded = None
+    if padding is not None:
+        padded = np.flatnonzero(np.broadcast_to(padding[:, None, :], (rows, channels, taps)))
+    entry = (flat, padded)
+    _keep(key, entry)
+    return entry
+
+
+def _slab_key(attrs: Mapping[str, Any], rows: int) -> tuple:
     slab = attrs["slab"]
-    channels_first = bool(slab.get("channels_first", False))
-    key = tuple(
+    return tuple(
         tuple(v) if isinstance(v, (list, tuple)) else v
         for v in (
             attrs["kernel_shape"],
@@ -136,33 +168,52 @@ def _slab_index(attrs: Mapping[str, Any], rows: int) -> tuple[Any, np.ndarray | 
             slab["in_shape"],
             slab["out_rows"],
             slab["in_row0"],
-            channels_first,
+            bool(slab.get("channels_first", False)),
             rows,
         )
     )
-    with _index_lock:
-        hit = _index_cache.get(key)
-        if hit is not None:
-            _index_cache.move_to_end(key)
-            return hit
-    r0, r1 = slab["out_rows"]
-    idx, view_rows, cols = _view_cells(attrs, slab["in_shape"], r0, r1, channels_first)
-    local = np.clip(view_rows - int(slab["in_row0"]), 0, max(0, rows - 1))
-    index = (local, cols) if channels_first else local[..., 0]
-    padding = idx < 0
-    padding = padding if padding.any() else None
-    arrays = [a for a in (*(index if channels_first else (index,)), padding) if a is not None]
+
+
+def _keep(key: tuple, entry: tuple[Any, np.ndarray | None]) -> None:
+    """Cache `entry` (its arrays made read-only) under `key`, within the budget."""
+    global _index_bytes
+    index, padding = entry
+    arrays = [a for a in (*(index if isinstance(index, tuple) else (index,)), padding) if a is not None]
     for a in arrays:
         a.flags.writeable = False
     size = sum(a.nbytes for a in arrays)
-    entry = (index, padding)
     with _index_lock:
         if key not in _index_cache and size <= _INDEX_BUDGET:
             _index_cache[key] = entry
             _index_bytes += size
             while _index_bytes > _INDEX_BUDGET:
                 _index_bytes -= _nbytes(_index_cache.popitem(last=False)[1])
+
+
+def _slab_index(attrs: Mapping[str, Any], rows: int) -> tuple[Any, np.ndarray | None]:
+    """(the index of x the window taps read, clipped into x's rows: view rows, or (view rows, view
+    cols) channels-first; the taps in the padding, or None)."""
+    key = _slab_key(attrs, rows)
+    with _index_lock:
+        hit = _index_cache.get(key)
+        if hit is not None:
+            _index_cache.move_to_end(key)
+            return hit
+    entry = _slab_cells(attrs, rows)
+    _keep(key, entry)
     return entry
+
+
+def _slab_cells(attrs: Mapping[str, Any], rows: int) -> tuple[Any, np.ndarray | None]:
+    """_slab_index, computed."""
+    slab = attrs["slab"]
+    channels_first = bool(slab.get("channels_first", False))
+    r0, r1 = slab["out_rows"]
+    idx, view_rows, cols = _view_cells(attrs, slab["in_shape"], r0, r1, channels_first)
+    local = np.clip(view_rows - int(slab["in_row0"]), 0, max(0, rows - 1))
+    index = (local, cols) if channels_first else local[..., 0]
+    padding = idx < 0
+    return index, padding if padding.any() else None
 
 
 def _nbytes(entry: tuple[Any, np.ndarray | None]) -> int:

@@ -117,6 +117,30 @@ def test_im2col_layouts_exact(channels, kernel, strides, dilations, pads, channe
 
 
 @pytest.mark.parametrize("channels, kernel, strides, dilations, pads", IM2COL_CASES)
+@pytest.mark.parametrize("dtype", (np.float32, np.float16))
+def test_im2col_channels_first_slabs_exact(channels, kernel, strides, dilations, pads, dtype):
+    """Lowered Im2Col's channels-first row slabs (windows.gather_columns' one flat index): each slab
+    of rows equals those rows of the patch matrix, from an input slab starting at its first row."""
+    from lpuc.kernels import windows
+    from lpuc.kernels.lowered import im2col_kernel
+    from lpuc.kernels.registry import KernelContext
+
+    rng = np.random.default_rng(channels)
+    x = random_input(rng, (2, channels, *[8, 7, 6][: len(kernel)])).astype(dtype)
+    expected = _patches(x, kernel, strides, pads, dilations)
+    view = x.reshape(-1, x.shape[-1])  # the channels-first [rows, cols] view
+    geometry = {"kernel_shape": kernel, "strides": strides, "dilations": dilations, "pads": pads}
+    bounds = np.linspace(0, len(expected), 4).astype(int)
+    for r0, r1 in zip(bounds[:-1], bounds[1:], strict=True):
+        slab = {"channels_first": True, "in_shape": list(x.shape), "out_rows": [int(r0), int(r1)]}
+        ranges = windows.input_windows({**geometry, "slab": slab}, x.shape, int(r0), int(r1), True)
+        i0, i1 = min(a for a, _ in ranges), max(b for _, b in ranges)
+        attrs = {**geometry, "slab": {**slab, "in_row0": i0}}
+        cols = im2col_kernel(KernelContext("Im2Col", attrs, 1, 1, "lpuc"), np.ascontiguousarray(view[i0:i1]))
+        np.testing.assert_array_equal(cols, expected[r0:r1])
+
+
+@pytest.mark.parametrize("channels, kernel, strides, dilations, pads", IM2COL_CASES)
 def test_im2col_matmul_matches_onnxruntime_conv(channels, kernel, strides, dilations, pads):
     rng = np.random.default_rng(10 + channels)
     x = random_input(rng, (2, channels, *[8, 7, 6][: len(kernel)]))
