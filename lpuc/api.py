@@ -23,6 +23,7 @@ from lpuc.ir.printer import print_graph
 from lpuc.ir.tiled import TiledProgram
 from lpuc.lowering import lower, lower_with
 from lpuc.lowering.host_tables import one_more_table
+from lpuc.passes.legalize_broadcast import read_repeated
 from lpuc.passes.pipeline import PassContext, PassTimings, run_pipeline
 from lpuc.program import Program
 from lpuc.schedule.build import build_program
@@ -129,8 +130,8 @@ stage_usage: dict[str, tuple[float, int | None]] = {}
 
 
 # Lowering strategies left out when SRAM is tight: they buy speed with SRAM (K parts' fp32 partial
-# results of a lone product are extra live tiles).
-SRAM_HUNGRY = frozenset({"k_split"})
+# results of a lone product, a mask's copy per head are extra live tiles).
+SRAM_HUNGRY = frozenset({"k_split", "expanded_broadcasts"})
 
 
 def _build_fitting(
@@ -152,8 +153,9 @@ def _build_fitting(
     host_fallback, disabled = options["host_fallback"], frozenset(options["disabled_passes"])
     if not SRAM_HUNGRY <= disabled:
         on_host = frozenset(b.tensor for b in tiled.buffers if b.host and b.is_const)
+        lean_graph = graph if "expanded_broadcasts" in disabled else read_repeated(graph)
         lean = lower_with(
-            graph, target, tiled.precision, host_fallback, where, on_host, disabled | SRAM_HUNGRY
+            lean_graph, target, tiled.precision, host_fallback, where, on_host, disabled | SRAM_HUNGRY
         )
         try:
             return build_program(lean, target, where, options, model_nodes, pack=True, scratch=True)

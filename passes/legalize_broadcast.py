@@ -1,9 +1,12 @@
-"""Make every elementwise operand one the VXM can stream: whole tile, one broadcast row, a scalar,
-or a computed value repeated over leading dims (BERT's [1, 1, S, S] attention mask against the
-[1, H, S, S] scores: each head's map reads the mask's own rows, the `repeated_operands` strategy).
+"""Make every elementwise operand one the VXM can stream: whole tile, one broadcast row, or a scalar.
 
-Any other broadcast (e.g. [R, 1] against [R, C]) becomes an explicit Expand, which lowers to an SXM
-distribute; constant operands are expanded at compile time (identical tiles share SRAM anyway).
+Any other broadcast (e.g. [R, 1] against [R, C], or [S, C] against [B, S, C]) becomes an explicit
+Expand, which lowers to an SXM distribute; constant operands are expanded at compile time.
+
+A computed value repeated over leading dims (BERT's [1, 1, S, S] attention mask against the
+[1, H, S, S] scores) can also be read as it is, each head's map reading the mask's own rows
+("repeat"); it is expanded all the same (lowering strategy `expanded_broadcasts`: each head's
+maps then read a copy of their own, which measured faster) unless SRAM is tight: `read_repeated`.
 """
 
 from __future__ import annotations
@@ -44,16 +47,13 @@ def repeated_rows(shape: tuple[int, ...], out_shape: tuple[int, ...]) -> int | N
 
 
 def legalize_broadcast(graph: Graph, ctx=None) -> Graph:
-    # Read in place rather than expanded (lowering strategy `repeated_operands`): BERT-base's mask
-    # expanded over 12 heads took 1.9 MiB of SRAM all program long.
-    repeat = ctx is None or "repeated_operands" not in ctx.disabled
+    repeat = ctx is not None and "expanded_broadcasts" in ctx.disabled
     out = graph.copy(nodes=[])
     # One Expand per (value, shape): BERT's attention mask feeds all 12 layers, and 12 live copies
     # of it took 22 MiB of SRAM.
     expanded_to: dict[tuple[str, tuple[int, ...]], str] = {}
     for node in graph.nodes:
-        elementwise = is_elementwise(node.op, node.domain) or (node.domain == "lpuc" and node.op == "Fused")
-        if not elementwise or graph.touches_dynamic(node):
+        if not _is_map(node) or graph.touches_dynamic(node):
             out.nodes.append(node)
             continue
         out_shape = graph.values[node.outputs[0]].shape
@@ -82,3 +82,36 @@ def legalize_broadcast(graph: Graph, ctx=None) -> Graph:
             new_inputs.append(expanded_to[key])
         out.nodes.append(node.with_(inputs=tuple(new_inputs)))
     return out.prune_values()
+
+
+def read_repeated(graph: Graph) -> Graph:
+    """`graph` without the Expands of computed values that all their readers, maps, can read
+    repeated: the readers read the value itself. For programs that nearly fill SRAM (the fit
+    ladder): BERT-base's mask expanded over 12 heads holds 1.9 MiB of SRAM all program long."""
+    users = graph.consumers()
+    source: dict[str, str] = {}
+    for node in graph.nodes:
+        if node.op != "Expand" or node.domain or node.outputs[0] in graph.outputs:
+            continue
+        value, readers = graph.values[node.inputs[0]], users.get(node.outputs[0], [])
+        if value.is_const or not readers:
+            continue
+        if all(_reads_repeated(graph, reader, value.shape) for reader in readers):
+            source[node.outputs[0]] = node.inputs[0]
+    if not source:
+        return graph
+    out = graph.copy(nodes=[])
+    for node in graph.nodes:
+        if not (node.op == "Expand" and not node.domain and node.outputs[0] in source):
+            out.nodes.append(node.with_(inputs=tuple(source.get(i, i) for i in node.inputs)))
+    return out.prune_values()
+
+
+def _reads_repeated(graph: Graph, reader: Node, shape: tuple[int, ...]) -> bool:
+    if not _is_map(reader) or graph.touches_dynamic(reader):
+        return False
+    return operand_mode(shape, graph.values[reader.outputs[0]].shape) == "repeat"
+
+
+def _is_map(node: Node) -> bool:
+    return is_elementwise(node.op, node.domain) or (node.domain == "lpuc" and node.op == "Fused")

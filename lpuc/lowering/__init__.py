@@ -33,7 +33,7 @@ STRATEGIES = {
     "mxm_epilogues": "a map of an MM's result fused into the MM: its rows stream through the VXM",
     "map_chains": "a map of another map's (or a fused epilogue's) result joined to it: one VXM pass",
     # Applied by the legalize_broadcast pass, listed here to switch it off.
-    "repeated_operands": "a value broadcast over leading dims (a mask over heads) read, not expanded",
+    "expanded_broadcasts": "a value broadcast over leading dims (a mask over heads) expanded, not reread",
     # Applied when tiles are placed on slices (lpuc.schedule.placement), listed here to switch it off.
     "spread_accesses": "tiles used by ops close in program order placed on different slices",
 }
