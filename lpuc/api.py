@@ -23,6 +23,7 @@ from lpuc.ir.printer import print_graph
 from lpuc.ir.tiled import TiledProgram
 from lpuc.lowering import lower, lower_with
 from lpuc.lowering.host_tables import one_more_table
+from lpuc.passes.legalize_broadcast import read_repeated
 from lpuc.passes.pipeline import PassContext, PassTimings, run_pipeline
 from lpuc.program import Program
 from lpuc.schedule.build import build_program
@@ -128,25 +129,47 @@ def _calibration(calibrate: str | os.PathLike | Mapping[str, np.ndarray] | None)
 stage_usage: dict[str, tuple[float, int | None]] = {}
 
 
+# Lowering strategies left out when SRAM is tight: they buy speed with SRAM (K parts' fp32 partial
+# results of a lone product, a mask's copy per head are extra live tiles).
+SRAM_HUNGRY = frozenset({"k_split", "expanded_broadcasts"})
+
+
 def _build_fitting(
     graph: Graph, tiled: TiledProgram, target: Target, where: str, options: dict, model_nodes: set[str]
 ) -> Program:
     """Build `tiled`; if it does not fit SRAM, again with narrow constant tiles packed side by side
-    (which shares MEM ports among more tiles), then with one more lookup table in host memory at a
-    time (which costs PCIe round trips)."""
-    pack = False
-    while True:
+    (which shares MEM ports among more tiles), then lowered without SRAM_HUNGRY strategies and with
+    constants filling most slices to leave whole tiles' room on a few (which concentrates live data
+    on those), then with one more lookup table in host memory at a time (which costs PCIe round
+    trips; built as in the second step)."""
+    try:
+        return build_program(tiled, target, where, options, model_nodes)
+    except DoesNotFitError:
+        pass
+    try:
+        return build_program(tiled, target, where, options, model_nodes, pack=True)
+    except DoesNotFitError as packed_error:
+        error = packed_error
+    host_fallback, disabled = options["host_fallback"], frozenset(options["disabled_passes"])
+    if not SRAM_HUNGRY <= disabled:
+        on_host = frozenset(b.tensor for b in tiled.buffers if b.host and b.is_const)
+        lean_graph = graph if "expanded_broadcasts" in disabled else read_repeated(graph)
+        lean = lower_with(
+            lean_graph, target, tiled.precision, host_fallback, where, on_host, disabled | SRAM_HUNGRY
+        )
         try:
-            return build_program(tiled, target, where, options, model_nodes, pack=pack)
+            return build_program(lean, target, where, options, model_nodes, pack=True, scratch=True)
         except DoesNotFitError:
-            if not pack:
-                pack = True
-                continue
-            tables = one_more_table(graph, tiled, target) if options["host_fallback"] else frozenset()
-            if not tables:
-                raise
-            host_fallback, disabled = options["host_fallback"], frozenset(options["disabled_passes"])
-            tiled = lower_with(graph, target, tiled.precision, host_fallback, where, tables, disabled)
+            del lean
+    while True:
+        tables = one_more_table(graph, tiled, target) if host_fallback else frozenset()
+        if not tables:
+            raise error
+        tiled = lower_with(graph, target, tiled.precision, host_fallback, where, tables, disabled)
+        try:
+            return build_program(tiled, target, where, options, model_nodes, pack=True)
+        except DoesNotFitError as again:
+            error = again
 
 
 @contextlib.contextmanager

@@ -22,6 +22,7 @@ from lpuc.target import Target
 # Lowering strategies, each of which can be turned off by name (like a pass) to measure its worth.
 STRATEGIES = {
     "mxm_accumulators": "K chunks summed in a plane's accumulators, not through SRAM",
+    "k_split": "a lone product's K split over MXM planes, a map adds the parts' fp32 partial results",
     "weight_spread": "constant weights tiled over slices so a weight load reaches its full rate",
     "row_slabs": "Im2Col, pooling, row-regrouping reshapes, transposes in row slabs (consumers start early)",
     "short_tiles": "conv nets: tensors shorter than four tiles get one tile more (later stages pipeline)",
@@ -31,6 +32,8 @@ STRATEGIES = {
     "stacked_rows": "wide values only maps read cut into shorter tiles a map reads side by side",
     "mxm_epilogues": "a map of an MM's result fused into the MM: its rows stream through the VXM",
     "map_chains": "a map of another map's (or a fused epilogue's) result joined to it: one VXM pass",
+    # Applied by the legalize_broadcast pass, listed here to switch it off.
+    "expanded_broadcasts": "a value broadcast over leading dims (a mask over heads) expanded, not reread",
     # Applied when tiles are placed on slices (lpuc.schedule.placement), listed here to switch it off.
     "spread_accesses": "tiles used by ops close in program order placed on different slices",
 }

@@ -18,7 +18,7 @@ from lpuc.jsonable import to_json
 from lpuc.lowering.builder import TiledBuilder, split_range
 from lpuc.ops import expression_alu_ops
 from lpuc.passes.fuse_elementwise import node_steps
-from lpuc.passes.legalize_broadcast import operand_mode
+from lpuc.passes.legalize_broadcast import operand_mode, repeated_rows
 
 
 def lower_map(b: TiledBuilder, node: Node) -> None:
@@ -52,11 +52,19 @@ def lower_map(b: TiledBuilder, node: Node) -> None:
         for name, t, mode in zip(node.inputs, operands, modes)
         if mode == "tile" and t.block_rows != out.block_rows and name not in stacked
     ]
+    # A repeated operand's rows restart every `period` result rows; windows end there and at its tiles' edges.
+    periods = {
+        name: (repeated_rows(t.shape, out.shape), t.block_rows)
+        for name, t, mode in zip(node.inputs, operands, modes)
+        if mode == "repeat"
+    }
     layouts: dict[str, dict] = {}
     for rb, row in enumerate(out.grid):
         for cb, buf in enumerate(row):
             tile = b.buffers[buf]
-            for r0, r1 in split_range(tile.r0, tile.r0 + tile.rows, *edges):
+            span = range(tile.r0, tile.r0 + tile.rows)
+            restarts = [[r for r in span if (r % p) % block == 0] for p, block in periods.values()]
+            for r0, r1 in split_range(tile.r0, tile.r0 + tile.rows, *edges, *restarts):
                 c0, c1 = tile.c0, tile.c0 + tile.lanes
                 reads: list[Ref] = []
                 # Operand k of the expression is read number positions[k], or the reads listed there
@@ -73,6 +81,9 @@ def lower_map(b: TiledBuilder, node: Node) -> None:
                         windows = (
                             b.windows(t, r0, r1, c0, c1) if name in stacked else [b.window(t, r0, r1, c0, c1)]
                         )
+                    elif mode == "repeat":
+                        at_row = r0 % periods[name][0]
+                        windows = [b.window(t, at_row, at_row + r1 - r0, c0, c1)]
                     elif mode == "row":
                         src = b.buffers[t.grid[0][cb]]
                         windows = [Ref(src.id, 0, 1, 0, src.lanes)]

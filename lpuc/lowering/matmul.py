@@ -87,7 +87,7 @@ def lower_matmul(b: TiledBuilder, node: Node) -> None:
             # over K, which can overflow where the sequential sum does not. Split MMs write partial
             # results of their own tiles, so only A's tiles cut their rows (C's, cut shorter by row
             # segments, would double the weight loads).
-            split = len(problems) == 1 and mode_name != "fp32"
+            split = len(problems) == 1 and mode_name != "fp32" and b.enabled("k_split")
             a_segments = split_range(0, p.m, b.target.mxm.acc_rows, _tile_edges(p.a_row, p.m, a.block_rows))
             chains = [m1 - m0 for m0, m1 in a_segments for _ in n_chunks]
             if split and _k_split(b, chains, len(k_chunks), mode.cycles_per_row) > 1:

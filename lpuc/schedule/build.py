@@ -42,10 +42,12 @@ def build_program(
     options: dict | None = None,
     model_nodes: Collection[str] = (),
     pack: bool = False,
+    scratch: bool = False,
 ) -> Program:
     """Schedule and place `tiled`; `model_nodes` names the model's own nodes (for the SXM bound).
-    `pack`: narrow constant tiles share words (lpuc.schedule.packing). The program is not validated
-    yet: lpuc.compile does that as a stage of its own."""
+    `pack`: narrow constant tiles share words (lpuc.schedule.packing); `scratch`: constants fill
+    most slices and leave room on a few (lpuc.schedule.placement.scratch_budgets). The program is
+    not validated yet: lpuc.compile does that as a stage of its own."""
     packing = pack_constants(tiled, target.lanes) if pack else ConstPacking()
     check_constants_fit(tiled, target, where, packing)
     pinned: dict[int, int] = {}
@@ -54,7 +56,7 @@ def build_program(
     rank = upward_ranks(tiled, preds, target)  # the same for every placement round
     requests: dict = {}  # and so are most ops' needs (the scheduler's cache)
     for _ in range(MAX_PLACEMENT_ROUNDS):
-        slice_of = place_tiles(tiled, target, pinned, packing, spread_accesses=spread)
+        slice_of = place_tiles(tiled, target, pinned, packing, spread_accesses=spread, scratch=scratch)
         sched = schedule(tiled, target, slice_of, preds, rank, requests)
         alloc = allocate(tiled, sched, slice_of, target.addresses_per_slice, packing)
         if not alloc.failures:

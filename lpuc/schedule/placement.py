@@ -33,10 +33,13 @@ def place_tiles(
     pinned: dict[int, int] | None = None,
     packing: ConstPacking | None = None,
     spread_accesses: bool = True,
+    scratch: bool = False,
 ) -> dict[int, int]:
     """Buffer id -> slice index. `pinned` entries (from a previous attempt) are kept; constant
     tiles `packing` puts in one slot share a slice. `spread_accesses`: among the slices with the
-    least live data, prefer those accessed least near the tile's own ops."""
+    least live data, prefer those accessed least near the tile's own ops. `scratch`: for programs
+    that nearly fill SRAM, constants fill most slices to the brim and leave room on a few
+    (`scratch_budgets`), so that the free words are not scattered in holes too small for a tile."""
     packing = packing or ConstPacking()
     pinned = dict(pinned or {})
     n = target.num_slices
@@ -47,6 +50,7 @@ def place_tiles(
     vxm = target.position("VXM0")
     everywhere = np.arange(n)
     east = np.array([s for s in range(n) if target.slice_positions[s] > vxm])
+    budget = scratch_budgets(program, target, packing) if scratch else None
     for buf in program.buffers:
         if not buf.is_const or buf.host:
             continue
@@ -59,6 +63,8 @@ def place_tiles(
             # Odd copies of a replicated constant go to the VXM's east side, the rest anywhere: maps
             # running side by side then read them over east and west streams alike.
             sides = east if buf.replica % 2 else everywhere
+            if budget is not None and np.any(load[sides] + buf.words <= budget[sides]):
+                sides = sides[load[sides] + buf.words <= budget[sides]]
             s = int(sides[np.argmin(load[sides])])
         const_slot[slot] = s
         slice_of[buf.id] = s
@@ -102,6 +108,21 @@ def place_tiles(
         heapq.heappush(releases, (end, buf.id, s, buf.words))
     slice_of.update({b.id: -1 for b in program.buffers if b.host})  # host memory: no slice
     return slice_of
+
+
+def scratch_budgets(program: TiledProgram, target: Target, packing: ConstPacking) -> np.ndarray:
+    """Constant words each slice may take when scratch room is kept: the full slice, except on
+    evenly spread slices that keep room for two of the largest other tiles, as many as the SRAM the
+    constants leave free allows."""
+    n, capacity = target.num_slices, target.addresses_per_slice
+    slots = {packing.slot(b.const_key): b.words for b in program.buffers if b.is_const and not b.host}
+    free = n * capacity - sum(slots.values())
+    room = 2 * max((b.words for b in program.buffers if not b.is_const and not b.host), default=0)
+    budget = np.full(n, capacity, dtype=np.int64)
+    count = min(n, free // room) if room and free > 0 else 0
+    if count:
+        budget[np.linspace(0, n - 1, count).round().astype(np.int64)] -= room
+    return budget
 
 
 def _users(program: TiledProgram) -> dict[int, list[int]]:
