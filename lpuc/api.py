@@ -142,12 +142,18 @@ def _build_fitting(
     constants filling most slices to leave whole tiles' room on a few (which concentrates live data
     on those), then with one more lookup table in host memory at a time (which costs PCIe round
     trips; built as in the second step)."""
+
+    def build(tiled: TiledProgram, step: str, **kwargs: bool) -> Program:
+        # The summary's options say which step built the program: a model that starts needing a
+        # later (slower) step shows up in `lpuc diff`.
+        return build_program(tiled, target, where, {**options, "fit": step}, model_nodes, **kwargs)
+
     try:
-        return build_program(tiled, target, where, options, model_nodes)
+        return build(tiled, "plain")
     except DoesNotFitError:
         pass
     try:
-        return build_program(tiled, target, where, options, model_nodes, pack=True)
+        return build(tiled, "packed", pack=True)
     except DoesNotFitError as packed_error:
         error = packed_error
     host_fallback, disabled = options["host_fallback"], frozenset(options["disabled_passes"])
@@ -158,7 +164,7 @@ def _build_fitting(
             lean_graph, target, tiled.precision, host_fallback, where, on_host, disabled | SRAM_HUNGRY
         )
         try:
-            return build_program(lean, target, where, options, model_nodes, pack=True, scratch=True)
+            return build(lean, "lean", pack=True, scratch=True)
         except DoesNotFitError:
             del lean
     while True:
@@ -167,7 +173,7 @@ def _build_fitting(
             raise error
         tiled = lower_with(graph, target, tiled.precision, host_fallback, where, tables, disabled)
         try:
-            return build_program(tiled, target, where, options, model_nodes, pack=True)
+            return build(tiled, "host_tables", pack=True)
         except DoesNotFitError as again:
             error = again
 

@@ -47,7 +47,7 @@ def test_table_stays_in_sram_when_constants_leave_room_on_a_few_slices(tmp_path)
     _embed_matmul(path, 3616, 128)
     program = lpuc.compile(path, target="tsp-mini", precision="fp16")
     s = program.summary
-    assert s["host_tables"] == {} and s["host_ops"] == 0
+    assert s["host_tables"] == {} and s["host_ops"] == 0 and s["options"]["fit"] == "lean"
     assert s["sram_peak_bytes"] <= s["sram_capacity_bytes"]
     feeds = {"ids": np.random.default_rng(1).integers(0, 3616, 128).astype(np.int64)}
     (got,) = program.run(feeds).values()
@@ -57,6 +57,7 @@ def test_table_stays_in_sram_when_constants_leave_room_on_a_few_slices(tmp_path)
 
     without_step = lpuc.compile(path, target="tsp-mini", precision="fp16", disable_passes=sorted(SRAM_HUNGRY))
     assert without_step.summary["host_tables"] == {"embed/table_fp16": 3616 * 64 * 2}
+    assert without_step.summary["options"]["fit"] == "host_tables"
     assert program.summary["cycles"] < without_step.summary["cycles"]  # no PCIe round trip
 
 
