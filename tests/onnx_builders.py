@@ -28,6 +28,26 @@ def single_op_model(
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
 
 
+def embedding_matmul_model(
+    vocab: int, width: int = 64, ids_shape: tuple[int, ...] = (1, 8)
+) -> onnx.ModelProto:
+    """ids -> Gather(table [vocab, width], name "embed") -> MatMul(w [width, width]), seeded weights."""
+    rng = np.random.default_rng(0)
+    table = rng.standard_normal((vocab, width)).astype(np.float32)
+    w = rng.standard_normal((width, width)).astype(np.float32)
+    graph = helper.make_graph(
+        [
+            helper.make_node("Gather", ["table", "ids"], ["x"], name="embed"),
+            helper.make_node("MatMul", ["x", "w"], ["y"]),
+        ],
+        "g",
+        [helper.make_tensor_value_info("ids", TensorProto.INT64, list(ids_shape))],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [*ids_shape, width])],
+        [numpy_helper.from_array(table, "table"), numpy_helper.from_array(w, "w")],
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)])
+
+
 def unsupported_ops_model() -> onnx.ModelProto:
     """Three nodes of two op types lpuc has no kernel for (a custom domain)."""
     nodes = [

@@ -12,6 +12,7 @@ import lpuc
 from lpuc.report import summary_text
 from tests.cli_helpers import assert_one_line_error, invoke
 from tests.models import ort_run
+from tests.onnx_builders import embedding_matmul_model
 
 pytest.importorskip("transformers")
 from tests import zoo  # noqa: E402 - needs transformers
@@ -75,21 +76,7 @@ def test_small_bert_fp16_stores_its_tables_in_fp16(small_bert):
 
 
 def _embed_matmul(path, vocab: int, width: int) -> None:
-    """ids [1, 8] -> Gather(table [vocab, width]) -> MatMul(w [width, width]), random weights."""
-    rng = np.random.default_rng(0)
-    table = rng.standard_normal((vocab, width)).astype(np.float32)
-    w = rng.standard_normal((width, width)).astype(np.float32)
-    graph = helper.make_graph(
-        [
-            helper.make_node("Gather", ["table", "ids"], ["x"], name="embed"),
-            helper.make_node("MatMul", ["x", "w"], ["y"]),
-        ],
-        "g",
-        [helper.make_tensor_value_info("ids", TensorProto.INT64, [1, 8])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8, width])],
-        [numpy_helper.from_array(table, "table"), numpy_helper.from_array(w, "w")],
-    )
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)]), str(path))
+    onnx.save(embedding_matmul_model(vocab, width), str(path))
 
 
 def test_table_goes_to_host_memory_only_when_constants_overflow(tmp_path):

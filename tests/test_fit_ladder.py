@@ -13,6 +13,7 @@ from lpuc.api import SRAM_HUNGRY
 from lpuc.frontend.importer import import_model
 from lpuc.passes.legalize_broadcast import legalize_broadcast, read_repeated
 from tests.models import ort_run
+from tests.onnx_builders import embedding_matmul_model
 
 
 def _cosine(a: np.ndarray, b: np.ndarray) -> float:
@@ -21,22 +22,7 @@ def _cosine(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def _embed_matmul(path, vocab: int, rows: int) -> None:
-    """ids [rows] -> Gather(table [vocab, 64]) -> MatMul(w [64, 64]), seeded weights."""
-    rng = np.random.default_rng(0)
-    graph = helper.make_graph(
-        [
-            helper.make_node("Gather", ["table", "ids"], ["x"], name="embed"),
-            helper.make_node("MatMul", ["x", "w"], ["y"]),
-        ],
-        "g",
-        [helper.make_tensor_value_info("ids", TensorProto.INT64, [rows])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [rows, 64])],
-        [
-            numpy_helper.from_array(rng.standard_normal((vocab, 64)).astype(np.float32), "table"),
-            numpy_helper.from_array(rng.standard_normal((64, 64)).astype(np.float32), "w"),
-        ],
-    )
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)]), str(path))
+    onnx.save(embedding_matmul_model(vocab, ids_shape=(rows,)), str(path))
 
 
 def test_table_stays_in_sram_when_constants_leave_room_on_a_few_slices(tmp_path):
