@@ -9,9 +9,9 @@ take 4 stream ids per operand. As fp16, half of each.
 The rounding is explicit: the producing map converts its result to fp16 (one more ALU op) and each
 reading map converts it back to float32 (one more ALU op) before its float32 arithmetic, so every
 evaluator (lpuc.ir.evaluate, the runtime) computes the same values and the cost model charges the
-conversions. fp16 keeps 11 significant bits, an int8 layer 8; values beyond fp16's range (65504)
-would overflow to infinity: the pass is a lowering choice that `--disable-pass
-store_int8_floats_fp16` turns off.
+conversions. fp16 keeps 11 significant bits, an int8 layer 8. fp16's range ends at 65504: a value
+is narrowed only if FP16_HEADROOM times the largest magnitude calibration saw (from its quantize
+map's scale) stays within it. `--disable-pass store_int8_floats_fp16` turns the pass off.
 
 Only float32 results of an lpuc.Fused map that are not graph outputs, that every reader reads as an
 lpuc.Fused map operand (a kernel such as a pooling would compute in fp16) and that some map
@@ -33,6 +33,7 @@ import numpy as np
 from onnx import TensorProto
 
 from lpuc.ir.graph import LPUC_DOMAIN, Graph, Node, Value
+from lpuc.passes.quantize_int8 import INT8_MAX
 
 
 def store_int8_floats_fp16(graph: Graph, ctx=None) -> Graph:
@@ -41,7 +42,7 @@ def store_int8_floats_fp16(graph: Graph, ctx=None) -> Graph:
     graph, parts = _split_products(graph)
     consumers = graph.consumers()
     outputs = set(graph.outputs)
-    narrowed = {
+    candidates = {
         out
         for node in graph.nodes
         if _is_map(node)
@@ -51,7 +52,20 @@ def store_int8_floats_fp16(graph: Graph, ctx=None) -> Graph:
         and not graph.values[out].is_dynamic
         and consumers.get(out)
         and all(_is_map(c) for c in consumers[out])
-        and (out in parts or any(_quantizes(c, graph) for c in consumers[out]))
+    }
+    # Values some map quantizes, within fp16's range by a margin over their calibrated peak; then a
+    # product's part (which no map quantizes) by the peak of the sum it joins, an addend's scale.
+    narrowed = {
+        v for v in candidates - parts if 0 < _value_peak(v, consumers[v], graph) * FP16_HEADROOM <= FP16_MAX
+    }
+    narrowed |= {
+        v
+        for v in candidates & parts
+        if all(
+            c.outputs[0] in narrowed
+            or 0 < _calibrated_peak(v, [c], graph, direct=False) * FP16_HEADROOM <= FP16_MAX
+            for c in consumers[v]
+        )
     }
     if not narrowed:
         return graph
@@ -68,6 +82,41 @@ def store_int8_floats_fp16(graph: Graph, ctx=None) -> Graph:
             steps.append(_cast(f"s{len(steps) - 1}", TensorProto.FLOAT16, "float16"))
         out.nodes.append(_with_expr(node, steps))
     return out
+
+
+# Narrowed values stay finite up to this many times the largest magnitude calibration saw.
+FP16_HEADROOM = 8.0
+FP16_MAX = float(np.finfo(np.float16).max)
+
+
+def _calibrated_peak(value: str, readers: list[Node], graph: Graph, direct: bool = True) -> float:
+    """The largest magnitude calibration saw of what a reader quantizes, from its scale (a map's
+    x * (1 / scale), scale = peak / 127: passes.quantize_int8): of `value` itself (direct), or of
+    whatever the reader quantizes (a product's part joining a sum quantized in the same map). 0 when
+    no reader quantizes that way."""
+    peak = 0.0
+    for reader in readers:
+        if not _quantizes(reader, graph):
+            continue
+        for step in reader.attrs["expr"]:
+            args = step["args"]
+            if step["op"] != "Mul" or len(args) != 2:
+                continue
+            names = [reader.inputs[int(a[1:])] if a[0] == "i" else None for a in args]
+            if direct and value not in names:
+                continue
+            consts = [n for n in names if n is not None and n != value and graph.is_const(n)]
+            inverse = np.abs(np.asarray(graph.values[consts[0]].const)) if consts else None
+            if inverse is not None and inverse.size == 1 and float(inverse.max()) > 0:
+                peak = max(peak, INT8_MAX / float(inverse.max()))
+    return peak
+
+
+def _value_peak(value: str, readers: list[Node], graph: Graph) -> float:
+    """`value`'s calibrated peak where a reader scales it directly for quantizing; otherwise the peak
+    of what its readers quantize (a decomposed LRN quantizes the square of a value: a proxy, there
+    larger than the value's own)."""
+    return _calibrated_peak(value, readers, graph) or _calibrated_peak(value, readers, graph, direct=False)
 
 
 def _is_map(node: Node) -> bool:

@@ -15,6 +15,7 @@ import lpuc
 from lpuc.passes.quantize_int8 import quantize_weights
 from tests.cli_helpers import assert_one_line_error, invoke
 from tests.kernels.oracle import run_onnxruntime
+from tests.models import ort_run
 from tests.zoo import ResNetish, onet_probe_inputs, onet_real_weights, randomize_batchnorm, resnet50, vgg19
 
 
@@ -371,6 +372,20 @@ def test_residual_sums_between_int8_layers_are_stored_as_fp16(tmp_path):
     assert abs(cosines[0] - cosines[1]) < 1e-3, cosines
     x = {"x": np.random.default_rng(5).standard_normal((1, 3, 16, 16)).astype(np.float32)}
     np.testing.assert_array_equal(narrow.run(x)["y"], narrow.run(x, interpret=True)["y"])  # plan = oracle
+
+
+def test_residual_sums_beyond_fp16_range_stay_float32(tmp_path):
+    """A value is stored as fp16 only with room to spare over its calibrated peak: calibrated on
+    inputs 1e4 times larger, the residual sums reach ~1e4 (over 65504 / 8), so they and the product
+    part joining them stay float32, and the output still matches fp32 onnxruntime on such inputs."""
+    path = _export(_ResidualConvs().eval(), (1, 3, 16, 16), tmp_path / "residual.onnx")
+    rng = np.random.default_rng(6)
+    big = {"x": (1e4 * rng.standard_normal((2, 1, 3, 16, 16))).astype(np.float32)}
+    program = lpuc.compile(path, precision="int8", calibrate=big)
+    assert "float16" not in {t.dtype for t in program.tiles}
+    (want,) = ort_run(path, {"x": big["x"][0]})
+    got = program.run({"x": big["x"][0]})["y"]
+    assert np.isfinite(got).all() and _cosine(got, want) >= 0.99
 
 
 def test_packed_rows_keep_the_numerics(tmp_path, monkeypatch):
