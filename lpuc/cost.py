@@ -124,6 +124,25 @@ class Stream(NamedTuple):
         return -(-self.words_per_row // self.stacked)
 
 
+def window_streams(
+    opcode: str,
+    attrs: Mapping[str, Any],
+    reads: Sequence[Any],
+    writes: Sequence[Any],
+    where: Callable[[Any], tuple[int, int]],
+) -> tuple[list[Stream], list[Stream]]:
+    """The cost model's view of an instruction's windows (anything with nrows and nlanes; `where`
+    gives a window's (slice, words per row)), stacked operands and results marked."""
+
+    def stream(window: Any, stacked: int) -> Stream:
+        slice_index, words = where(window)
+        return Stream(slice_index, window.nrows, words, window.nlanes, stacked)
+
+    stacks = stack_sizes(opcode, attrs, len(reads))
+    written = write_stack_sizes(opcode, attrs, len(writes))
+    return [stream(r, k) for r, k in zip(reads, stacks)], [stream(w, k) for w, k in zip(writes, written)]
+
+
 def write_stack_sizes(opcode: str, attrs: Mapping[str, Any], n_writes: int) -> list[int]:
     """Per write of an op, the number of windows its one result is stacked over: an MM (without a
     fused map) writing several windows writes its result rows into them in order."""

@@ -40,12 +40,19 @@ def _rounded_magnitude(x: np.ndarray) -> tuple[np.ndarray, bool, np.ndarray | No
     if overflow:
         np.minimum(bits, _full(_TWO_16, bits.shape).view(np.uint32), out=bits)  # 2^16 stays below
     ax = bits.view(np.float32)
-    step = bits & np.uint32(0x7F800000)  # 2^e, as bits
+    _round_in_place(ax)
+    return ax, overflow, nan
+
+
+def _round_in_place(ax: np.ndarray) -> np.ndarray:
+    """Finite magnitudes below 2^17 (float32) rounded to fp16 precision in place, by adding and
+    subtracting 2^(e+13) (module docstring); returns the step array, free for reuse."""
+    step = ax.view(np.uint32) & np.uint32(0x7F800000)  # 2^e, as bits
     np.maximum(step, _full(_MIN_NORMAL, step.shape).view(np.uint32), out=step)
     step += np.uint32(13 << 23)  # 2^(e+13)
     ax += step.view(np.float32)
     ax -= step.view(np.float32)
-    return ax, overflow, nan
+    return step
 
 
 _blocks: dict[float, np.ndarray] = {}
@@ -81,11 +88,7 @@ def round_fp16(x: np.ndarray) -> np.ndarray:
     if x.size >= _SMALL_TO:
         ax = np.abs(x)
         if ax.max() < _OVERFLOW:  # (False for NaN)
-            step = ax.view(np.uint32) & np.uint32(0x7F800000)  # 2^e, as bits
-            np.maximum(step, _full(_MIN_NORMAL, step.shape).view(np.uint32), out=step)
-            step += np.uint32(13 << 23)  # 2^(e+13)
-            ax += step.view(np.float32)
-            ax -= step.view(np.float32)
+            step = _round_in_place(ax)
             sign = np.bitwise_and(x.view(np.uint32), np.uint32(0x80000000), out=step)
             ax.view(np.uint32)[...] |= sign
             return ax

@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 import threading
 from collections import OrderedDict
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -138,22 +138,18 @@ def gather_columns(x: np.ndarray, attrs: Mapping[str, Any], fill) -> np.ndarray:
 def _column_index(attrs: Mapping[str, Any], shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray | None]:
     """(flat index into a C-contiguous x of `shape`, [out rows, C * taps]; the flat positions of the
     result in the padding, or None) of a channels-first slab, cached like _slab_index."""
-    key = (*_slab_key(attrs, shape[0]), "columns", shape[1])
-    with _index_lock:
-        hit = _index_cache.get(key)
-        if hit is not None:
-            _index_cache.move_to_end(key)
-            return hit
-    (view_rows, view_cols), padding = _slab_cells(attrs, shape[0])  # (not cached: used once)
-    rows, taps, channels = view_rows.shape
-    flat = (view_rows * shape[1] + view_cols).transpose(0, 2, 1).reshape(rows, channels * taps)
-    flat = np.ascontiguousarray(flat, dtype=np.intp)
-    padded = None
-    if padding is not None:
-        padded = np.flatnonzero(np.broadcast_to(padding[:, None, :], (rows, channels, taps)))
-    entry = (flat, padded)
-    _keep(key, entry)
-    return entry
+
+    def compute() -> tuple[np.ndarray, np.ndarray | None]:
+        (view_rows, view_cols), padding = _slab_cells(attrs, shape[0])  # (not cached: used once)
+        rows, taps, channels = view_rows.shape
+        flat = (view_rows * shape[1] + view_cols).transpose(0, 2, 1).reshape(rows, channels * taps)
+        flat = np.ascontiguousarray(flat, dtype=np.intp)
+        padded = None
+        if padding is not None:
+            padded = np.flatnonzero(np.broadcast_to(padding[:, None, :], (rows, channels, taps)))
+        return flat, padded
+
+    return _cached((*_slab_key(attrs, shape[0]), "columns", shape[1]), compute)
 
 
 def _slab_key(attrs: Mapping[str, Any], rows: int) -> tuple:
@@ -174,11 +170,20 @@ def _slab_key(attrs: Mapping[str, Any], rows: int) -> tuple:
     )
 
 
-def _keep(key: tuple, entry: tuple[Any, np.ndarray | None]) -> None:
-    """Cache `entry` (its arrays made read-only) under `key`, within the budget."""
+_Entry = tuple[Any, np.ndarray | None]  # (index: an array or a tuple of them, padding or None)
+
+
+def _cached(key: tuple, compute: Callable[[], _Entry]) -> _Entry:
+    """The cached entry for `key`, or `compute()`'s, kept (its arrays made read-only) within the
+    budget, least recently used out first."""
     global _index_bytes
-    index, padding = entry
-    arrays = [a for a in (*(index if isinstance(index, tuple) else (index,)), padding) if a is not None]
+    with _index_lock:
+        hit = _index_cache.get(key)
+        if hit is not None:
+            _index_cache.move_to_end(key)
+            return hit
+    entry = compute()
+    arrays = _arrays(entry)
     for a in arrays:
         a.flags.writeable = False
     size = sum(a.nbytes for a in arrays)
@@ -187,21 +192,14 @@ def _keep(key: tuple, entry: tuple[Any, np.ndarray | None]) -> None:
             _index_cache[key] = entry
             _index_bytes += size
             while _index_bytes > _INDEX_BUDGET:
-                _index_bytes -= _nbytes(_index_cache.popitem(last=False)[1])
+                _index_bytes -= sum(a.nbytes for a in _arrays(_index_cache.popitem(last=False)[1]))
+    return entry
 
 
 def _slab_index(attrs: Mapping[str, Any], rows: int) -> tuple[Any, np.ndarray | None]:
     """(the index of x the window taps read, clipped into x's rows: view rows, or (view rows, view
     cols) channels-first; the taps in the padding, or None)."""
-    key = _slab_key(attrs, rows)
-    with _index_lock:
-        hit = _index_cache.get(key)
-        if hit is not None:
-            _index_cache.move_to_end(key)
-            return hit
-    entry = _slab_cells(attrs, rows)
-    _keep(key, entry)
-    return entry
+    return _cached(_slab_key(attrs, rows), lambda: _slab_cells(attrs, rows))
 
 
 def _slab_cells(attrs: Mapping[str, Any], rows: int) -> tuple[Any, np.ndarray | None]:
@@ -216,7 +214,7 @@ def _slab_cells(attrs: Mapping[str, Any], rows: int) -> tuple[Any, np.ndarray | 
     return index, padding if padding.any() else None
 
 
-def _nbytes(entry: tuple[Any, np.ndarray | None]) -> int:
+def _arrays(entry: tuple[Any, np.ndarray | None]) -> list[np.ndarray]:
+    """The arrays of a cache entry: its index (one array or a tuple of them) and padding."""
     index, padding = entry
-    arrays = [*(index if isinstance(index, tuple) else (index,)), padding]
-    return sum(a.nbytes for a in arrays if a is not None)
+    return [a for a in (*(index if isinstance(index, tuple) else (index,)), padding) if a is not None]

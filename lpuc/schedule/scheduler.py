@@ -446,14 +446,12 @@ def op_streams(
     program: TiledProgram, op: TileOp, slice_of: Mapping[int, int]
 ) -> tuple[list[Stream], list[Stream]]:
     """The cost model's view of an op's windows once its tiles have slices."""
+    buffers = program.buffers
 
-    def stream(r, stacked: int = 1) -> Stream:
-        b = program.buffers[r.buf]
-        return Stream(slice_of[r.buf], r.nrows, words_per_row(b.dtype), r.nlanes, stacked)
+    def where(r) -> tuple[int, int]:
+        return slice_of[r.buf], words_per_row(buffers[r.buf].dtype)
 
-    reads = [stream(r, k) for r, k in zip(op.reads, cost.stack_sizes(op.opcode, op.attrs, len(op.reads)))]
-    stacked = cost.write_stack_sizes(op.opcode, op.attrs, len(op.writes))
-    return reads, [stream(w, k) for w, k in zip(op.writes, stacked)]
+    return cost.window_streams(op.opcode, op.attrs, op.reads, op.writes, where)
 
 
 def port_units(target: Target, slice_index: int) -> list[str]:

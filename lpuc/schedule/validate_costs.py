@@ -18,15 +18,11 @@ from lpuc.program import Access, Instruction, Program
 def streams_of(p: Program, ins: Instruction) -> tuple[list[Stream], list[Stream]]:
     """The cost model's view of an instruction's windows."""
 
-    def stream(a: Access, stacked: int = 1) -> Stream:
+    def where(a: Access) -> tuple[int, int]:
         t = p.tiles[a.buf]
-        return Stream(
-            -1 if t.kind == "host" else a.slice, a.nrows, words_per_row(t.np_dtype), a.nlanes, stacked
-        )
+        return (-1 if t.kind == "host" else a.slice), words_per_row(t.np_dtype)
 
-    reads = [stream(a, k) for a, k in zip(ins.reads, cost.stack_sizes(ins.opcode, ins.attrs, len(ins.reads)))]
-    stacked = cost.write_stack_sizes(ins.opcode, ins.attrs, len(ins.writes))
-    return reads, [stream(a, k) for a, k in zip(ins.writes, stacked)]
+    return cost.window_streams(ins.opcode, ins.attrs, ins.reads, ins.writes, where)
 
 
 def check_costs(p: Program) -> list[str]:
