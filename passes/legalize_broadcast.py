@@ -5,8 +5,9 @@ Expand, which lowers to an SXM distribute; constant operands are expanded at com
 
 A computed value repeated over leading dims (BERT's [1, 1, S, S] attention mask against the
 [1, H, S, S] scores) can also be read as it is, each head's map reading the mask's own rows
-("repeat"); it is expanded all the same (lowering strategy `expanded_broadcasts`: each head's
-maps then read a copy of their own, which measured faster) unless SRAM is tight: `read_repeated`.
+("repeat"); it is expanded all the same (strategy `expanded_broadcasts`: each head's maps then read
+a copy of their own, which measured faster), and `read_repeated` takes such Expands out again when
+SRAM is tight (the fit ladder) or the strategy is disabled.
 """
 
 from __future__ import annotations
@@ -47,7 +48,11 @@ def repeated_rows(shape: tuple[int, ...], out_shape: tuple[int, ...]) -> int | N
 
 
 def legalize_broadcast(graph: Graph, ctx=None) -> Graph:
-    repeat = ctx is not None and "expanded_broadcasts" in ctx.disabled
+    out = _legalized(graph)
+    return read_repeated(out) if ctx is not None and "expanded_broadcasts" in ctx.disabled else out
+
+
+def _legalized(graph: Graph) -> Graph:
     out = graph.copy(nodes=[])
     # One Expand per (value, shape): BERT's attention mask feeds all 12 layers, and 12 live copies
     # of it took 22 MiB of SRAM.
@@ -59,15 +64,10 @@ def legalize_broadcast(graph: Graph, ctx=None) -> Graph:
         out_shape = graph.values[node.outputs[0]].shape
         new_inputs = []
         for name in node.inputs:
-            mode = operand_mode(out.values[name].shape, out_shape) if name else None
-            v = out.values[name] if name else None
-            if (
-                not name
-                or mode in ("tile", "row", "scalar")
-                or (mode == "repeat" and repeat and not v.is_const)
-            ):
+            if not name or operand_mode(out.values[name].shape, out_shape) in ("tile", "row", "scalar"):
                 new_inputs.append(name)
                 continue
+            v = out.values[name]
             if v.is_const:
                 expanded = np.broadcast_to(v.const, out_shape)
                 new_inputs.append(out.add_const(f"{name}_bcast", np.ascontiguousarray(expanded)))
