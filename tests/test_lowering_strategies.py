@@ -68,6 +68,26 @@ def test_k_split_over_planes_when_chains_are_few(tmp_path):
     assert not any(i.opcode == "vxm.map" for i in exact.instructions)
 
 
+@pytest.mark.parametrize(("k", "split"), [(768, False), (1600, True)])
+def test_k_split_only_for_long_chains_or_idle_planes(tmp_path, k, split):
+    """Three 128-row chains (N = 768: three chunks) on four planes: with K = 768 (five chunks, a
+    transformer's attention output) each chain stays whole, its sum in the plane's accumulators; with
+    K = 1600 (ten chunks, two or more per plane) K is split and maps add the fp32 partial results."""
+    path = _matmul(tmp_path, 128, k, 768)
+    program = lpuc.compile(path, precision="fp16")
+    mms = [i for i in program.instructions if i.opcode == "mxm.mm"]
+    maps = [i for i in program.instructions if i.opcode == "vxm.map"]
+    chains = [i for i in mms if not i.attrs.get("from_acc")]  # the first MM of each chain
+    if split:
+        assert len(chains) > 3 and maps
+        assert {a.buf for i in maps for a in i.reads} == {w.buf for i in mms for w in i.writes}
+    else:
+        assert len(chains) == 3 and not maps
+        assert all(i.attrs["k"][2] == k for i in mms)  # every MM sums over the whole K
+    feeds = {"x": np.random.default_rng(4).normal(size=(128, k)).astype(np.float32)}
+    _check(program, path, feeds)
+
+
 def test_weights_spread_over_slices(tmp_path):
     """A 160-row fp16 weight chunk is four 40-row tiles in four slices: one LW reads them all."""
     path = _matmul(tmp_path, 64, 160, 320)

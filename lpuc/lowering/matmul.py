@@ -198,6 +198,12 @@ def _k_split(b: TiledBuilder, rows: list[int], chunks: int, cycles_per_row: int)
 
     if len(rows) > 2 * planes:  # enough chains to go round: the partials' pass would not pay
         return 1
+    # Short chains (under two K chunks per plane) split only when they leave most planes idle: the
+    # partials' map, their fp32 SRAM round trip and the ports and streams they hold cost more than
+    # the planes gain while other products can fill them (GPT-2 12L fp16: its three-chain attention
+    # output products and six-chain QKV products split, 306.3k cycles; unsplit, 287.8k).
+    if chunks < 2 * planes and 2 * len(rows) > planes:
+        return 1
     return min(range(1, min(chunks, planes) + 1), key=lambda s: (cycles(s), s))
 
 
