@@ -10,7 +10,8 @@ Rules, T = N + d_func + d_transport (+ stagger):
     mxm.mm      activation rows x cycles_per_row of the precision (+ iw_cycles when it installs)
     mxm.lw      weight words / lw_words_per_cycle
     vxm.map     output rows x 32-bit words per value x wraps (ALU ops beyond the ALUs a lane has)
-    vxm.kernel  vectors streamed, or vector ALU ops / ALUs held, whichever is larger
+    vxm.kernel  vectors streamed, or vector ALU ops / ALUs held, whichever is larger (it may hold
+                fewer ALUs than keep up with its stream, at least one: its ops then take longer)
     sxm.kernel  vectors streamed
     MEM         per slice, words read and written / ports booked on it (one word per bank per cycle)
 - d_func: MXM result delay; VXM delay per chained ALU; SXM delay; MEM read / write delay.
@@ -228,7 +229,7 @@ def has_epilogue(opcode: str, work: Work) -> bool:
 
 def vxm_alus(target: Target, opcode: str, work: Work) -> int:
     """ALUs (per lane) a VXM instruction holds: a map (also one fused into an MM) chains one ALU per
-    op; a kernel as many as keep up with its stream."""
+    op; a kernel as many as keep up with its stream (at most: it may hold fewer, `held_alus`)."""
     if opcode == "vxm.map" or has_epilogue(opcode, work):
         return max(1, min(work.alu_ops, target.vxm_alus))
     if opcode == "vxm.kernel":
@@ -237,8 +238,19 @@ def vxm_alus(target: Target, opcode: str, work: Work) -> int:
     return 0
 
 
-def unit_cycles(target: Target, opcode: str, work: Work, precision: str = "fp16") -> int:
-    """N: cycles the unit streams at its own rate (before MEM bandwidth)."""
+def held_alus(target: Target, opcode: str, work: Work, alus: int | None) -> int:
+    """ALUs a VXM instruction holds when its schedule books `alus` (None: vxm_alus): a kernel's ALUs
+    take turns over its ops, so it may hold fewer than keep up with its stream, at least one; a map
+    chains one ALU per op and holds them all."""
+    want = vxm_alus(target, opcode, work)
+    return want if alus is None or opcode != "vxm.kernel" else max(1, min(alus, want))
+
+
+def unit_cycles(
+    target: Target, opcode: str, work: Work, precision: str = "fp16", alus: int | None = None
+) -> int:
+    """N: cycles the unit streams at its own rate (before MEM bandwidth); `alus`: the ALUs a VXM
+    kernel holds (held_alus)."""
     if opcode == "mxm.mm":
         rows = work.vectors * target.mxm_mode(precision).cycles_per_row
         if has_epilogue(opcode, work):  # the map keeps up with the rows or slows them down
@@ -250,7 +262,7 @@ def unit_cycles(target: Target, opcode: str, work: Work, precision: str = "fp16"
         wraps = math.ceil(max(1, work.alu_ops) / target.vxm_alus)
         return work.vectors * wraps
     if opcode == "vxm.kernel":
-        return max(work.vectors, math.ceil(work.alu_ops / vxm_alus(target, opcode, work)))
+        return max(work.vectors, math.ceil(work.alu_ops / held_alus(target, opcode, work, alus)))
     if opcode == "host.kernel":
         return host_cycles(target, work)
     return work.vectors
@@ -355,12 +367,14 @@ def duration(
     precision: str = "fp16",
     install: bool = False,
     ports: Mapping[int, int] | None = None,
+    alus: int | None = None,
 ) -> int:
     """Cycles from issue to the last result written, for `opcode` on `unit`, with the ports it books
-    on each slice (default: port_needs; fewer ports stream its words more slowly)."""
+    on each slice (default: port_needs; fewer ports stream its words more slowly) and the ALUs a VXM
+    kernel holds (default: vxm_alus; fewer take longer over its ops, held_alus)."""
     if opcode == "host.kernel":
         return unit_cycles(target, opcode, work, precision)
-    n = _streaming_cycles(target, opcode, work, reads, writes, precision, ports)
+    n = _streaming_cycles(target, opcode, work, reads, writes, precision, ports, alus)
     pos = target.position(unit)
     t_in, t_out = _farthest(target, pos, reads), _farthest(target, pos, writes)
     read_lat = target.mem.read_delay + t_in if reads else 0
@@ -376,6 +390,7 @@ def duration(
         iw = target.iw_cycles if install else 0
         return iw + n + target.delay("MXM") + read_lat + write_lat + stagger
     if opcode.startswith("vxm."):
+        # (the delay of as many chained ALUs as keep up with the stream, even when it holds fewer)
         func = target.delay("VXM") * vxm_alus(target, opcode, work)
     else:
         func = target.delay("SXM")
@@ -414,11 +429,12 @@ def occupancy(
     precision: str = "fp16",
     install: bool = False,
     ports: Mapping[int, int] | None = None,
+    alus: int | None = None,
 ) -> int:
     """Cycles the instruction holds its own unit: an MM holds its plane while its rows stream in (and
     while it installs weights); everything else holds its unit for its whole duration."""
     if opcode != "mxm.mm":
-        return duration(target, opcode, unit, work, reads, writes, precision, install, ports)
+        return duration(target, opcode, unit, work, reads, writes, precision, install, ports, alus)
     n = _streaming_cycles(target, opcode, work, reads, writes, precision, ports)
     return max(1, (target.iw_cycles if install else 0) + n)
 
@@ -431,9 +447,10 @@ def _streaming_cycles(
     writes: Sequence[Stream],
     precision: str,
     ports: Mapping[int, int] | None,
+    alus: int | None = None,
 ) -> int:
     """N: the unit's own rate or the MEM bandwidth of the ports booked, whichever is slower."""
-    n_unit = unit_cycles(target, opcode, work, precision)
+    n_unit = unit_cycles(target, opcode, work, precision, alus)
     if ports is None:
         ports = _port_needs(target, opcode, [*reads, *writes], n_unit)
     return max(n_unit, mem_cycles(ports, [*reads, *writes]))

@@ -87,6 +87,24 @@ def test_kernel_holds_as_many_alus_as_keep_up_with_its_stream(v1):
     assert cost.unit_cycles(v1, "vxm.kernel", Work(vectors=10, alu_ops=400)) == 25
 
 
+def test_kernel_holding_fewer_alus_takes_longer_over_its_ops(v1):
+    # A softmax of 128 rows: 512 vectors, 2,944 vector ops; six ALUs keep pace (N = 512). On four it
+    # takes ceil(2944 / 4) = 736 cycles; never fewer than one ALU, never more than keep pace. A map
+    # chains one ALU per op: it always holds them all.
+    work = Work(vectors=512, alu_ops=2944)
+    assert cost.held_alus(v1, "vxm.kernel", work, None) == 6
+    assert cost.held_alus(v1, "vxm.kernel", work, 4) == 4
+    assert cost.held_alus(v1, "vxm.kernel", work, 0) == 1
+    assert cost.held_alus(v1, "vxm.kernel", work, 9) == 6
+    assert cost.held_alus(v1, "vxm.map", Work(vectors=10, alu_ops=3), 1) == 3
+    assert cost.unit_cycles(v1, "vxm.kernel", work) == 512
+    assert cost.unit_cycles(v1, "vxm.kernel", work, "fp16", 4) == 736
+    reads, writes = [Stream(40, 128, 4, 128)], [Stream(41, 128, 2, 128)]
+    full = cost.duration(v1, "vxm.kernel", "VXM0", work, reads, writes)
+    four = cost.duration(v1, "vxm.kernel", "VXM0", work, reads, writes, "fp16", False, None, 4)
+    assert four - full == 736 - 512  # the same delays: only the ops stream more slowly
+
+
 def test_switch_kernel(v1):
     # 50 vectors through SXM0 (column 2) from MEM0 (3) to MEM1 (4), 16 lanes (no stagger):
     # T = 50 + 8 + (1 + 1) + (1 + 2) = 63.

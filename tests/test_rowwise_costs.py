@@ -14,6 +14,7 @@ from onnx import TensorProto, helper, numpy_helper
 import lpuc
 from lpuc import cost
 from tests.kernels.oracle import IR_VERSION
+from tests.models import ort_run
 
 LANES = 320  # tsp-v1
 
@@ -100,3 +101,30 @@ def test_reduction_over_rows_has_no_lane_tree(keepdims):
     (ins,) = _kernels(program)
     # 2 x 64 rows of 2 lane tiles, one add each; the 2 x 2 result vectors need nothing more.
     assert ins.work.alu_ops == 2 * 64 * 2
+
+
+def test_kernels_side_by_side_hold_fewer_alus_than_keep_pace(tmp_path):
+    """Three independent 128x128 softmaxes, six ALUs each to keep pace with their 512 vectors, on a
+    VXM of 16: two take six, the third runs beside them on the four left (its 2,944 ops over four
+    ALUs: 736 cycles) instead of waiting for one of them to end (lpuc.cost.held_alus)."""
+    names = ["x0", "x1", "x2"]
+    graph = helper.make_graph(
+        [helper.make_node("Softmax", [x], [f"y{x[1]}"], axis=-1) for x in names],
+        "softmaxes",
+        [helper.make_tensor_value_info(x, TensorProto.FLOAT, [128, 128]) for x in names],
+        [helper.make_tensor_value_info(f"y{x[1]}", TensorProto.FLOAT, [128, 128]) for x in names],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=IR_VERSION)
+    path = tmp_path / "softmaxes.onnx"
+    path.write_bytes(model.SerializeToString())
+    program = lpuc.compile(path, precision="fp32", disable_passes=["row_segments"])  # one kernel each
+    kernels = _kernels(program)
+    held = sorted(sum(u.startswith("VXM") for u in k.units) for k in kernels)
+    assert held == [4, 6, 6]
+    assert max(k.start for k in kernels) < min(k.end for k in kernels)  # all three at once
+    rng = np.random.default_rng(0)
+    feeds = {x: rng.normal(size=(128, 128)).astype(np.float32) for x in names}
+    got = program.run(feeds)
+    want = ort_run(path, feeds)
+    for name, expected in zip(["y0", "y1", "y2"], want):
+        np.testing.assert_allclose(got[name], expected, rtol=1e-5, atol=1e-7)

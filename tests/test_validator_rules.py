@@ -170,6 +170,25 @@ def test_duration_shorter_than_the_cost_model(mlp):
     assert any("shorter than the" in p for p in refusals(one_less))
 
 
+def test_kernel_booking_fewer_alus_must_last_longer(tmp_path):
+    """A kernel may hold fewer VXM ALUs than keep pace with its stream, at least one, if it lasts as
+    long as its ops take on those (lpuc.cost.held_alus)."""
+    model = single_op_model("Softmax", [("x", [128, 128])], [("y", [128, 128])])
+    onnx.save(model, tmp_path / "softmax.onnx")
+    p = lpuc.compile(tmp_path / "softmax.onnx", precision="fp16")
+    k = _index(p, lambda i: i.opcode == "vxm.kernel")
+    ins = p.instructions[k]
+    alus = [u for u in ins.units if u.startswith("VXM")]
+    assert len(alus) == 6  # alone on the VXM: as many as keep pace
+    fewer = tuple(u for u in ins.units if u not in alus[4:])  # four of them
+    problems = refusals(with_instruction(p, k, units=fewer))
+    assert any("shorter than the" in q for q in problems), problems
+    longer = ins.duration + 2944 // 4 - 512  # ops on four ALUs: 736 cycles, not 512
+    validate(resummarized(with_instruction(p, k, units=fewer, duration=longer)))
+    none = tuple(u for u in ins.units if u not in alus)
+    assert any("needs 1 VXM ALUs, books 0" in q for q in refusals(with_instruction(p, k, units=none)))
+
+
 def test_work_record_that_does_not_match_the_windows(mlp):
     k = _index(mlp, lambda i: i.opcode == "mxm.mm")
     ins = mlp.instructions[k]

@@ -233,15 +233,18 @@ class _UnitState:
             found = self._stream_cache[op.id] = (tuple(reads), tuple(writes))
         return found
 
-    def _request(self, op: TileOp, unit: str, one_port: bool = False) -> tuple[int, int, list[Pool]]:
+    def _request(
+        self, op: TileOp, unit: str, one_port: bool = False, alus: int | None = None
+    ) -> tuple[int, int, list[Pool]]:
         """Duration and occupancy of `op` on `unit`, and the resource pools it books (one_port: a
-        single port on each slice, streaming more slowly, rather than what its rate could use).
+        single port on each slice, streaming more slowly, rather than what its rate could use;
+        alus: the ALUs a VXM kernel holds, None: as many as keep up with its stream).
         The pools are shared between the ops that ask the same question: do not modify them."""
         reads, writes = self._streams(op)
         precision = op.attrs.get("precision", self.program.precision)
         install = bool(op.attrs.get("install"))
         # Everything the answer depends on (keep in step with _answer).
-        key = (op.opcode, unit, op.work, reads, writes, precision, install, one_port)
+        key = (op.opcode, unit, op.work, reads, writes, precision, install, one_port, alus)
         found = self._request_cache.get(key)
         if found is None:
             found = self._request_cache[key] = self._answer(*key)
@@ -257,16 +260,17 @@ class _UnitState:
         precision: str,
         install: bool,
         one_port: bool,
+        alus: int | None,
     ) -> tuple[int, int, list[Pool]]:
-        n_unit = cost.unit_cycles(self.target, opcode, work, precision)
+        n_unit = cost.unit_cycles(self.target, opcode, work, precision, alus)
         ports = cost.port_needs(self.target, opcode, [*reads, *writes], n_unit)
         if one_port:
             ports = {s: 1 for s in ports}
-        d = cost.duration(self.target, opcode, unit, work, reads, writes, precision, install, ports)
-        busy = cost.occupancy(self.target, opcode, unit, work, reads, writes, precision, install, ports)
+        d = cost.duration(self.target, opcode, unit, work, reads, writes, precision, install, ports, alus)
+        busy = cost.occupancy(self.target, opcode, unit, work, reads, writes, precision, install, ports, alus)
         pools: list[Pool] = []
         if opcode.startswith("vxm."):
-            pools.append((self.vxm, cost.vxm_alus(self.target, opcode, work), d))
+            pools.append((self.vxm, cost.held_alus(self.target, opcode, work, alus), d))
         else:
             pools.append(([unit], 1, busy))
             if cost.has_epilogue(opcode, work):  # the fused map's ALUs, for the whole duration
@@ -338,12 +342,22 @@ class _UnitState:
         units = {"VXM": self.vxm[:1], "SXM": self.sxm}.get(op.unit_class, ["HOST"])
         best: tuple[Slot, tuple] | None = None
         for u in units:  # VXM ALUs are interchangeable: the pool picks them
-            d, _, pools = self._request(op, u)
-            t, held = self._fit(pools, ready)
-            if best is None or t + d < best[0].end:
-                best = (Slot(tuple(name for name, _ in held), t, d), held)
+            for alus in self._alu_options(op):
+                d, _, pools = self._request(op, u, False, alus)
+                t, held = self._fit(pools, ready)
+                if best is None or t + d < best[0].end:
+                    best = (Slot(tuple(name for name, _ in held), t, d), held)
         self._reserve(best[0].start, best[1])
         return best[0]
+
+    def _alu_options(self, op: TileOp) -> list[int | None]:
+        """ALUs a VXM kernel may hold: as many as keep up with its stream (None), or fewer, down to
+        half of them, streaming its ops more slowly (the placement that ends first wins): a softmax
+        that wants six of sixteen ALUs runs beside two others on the four left, not after them."""
+        if op.opcode != "vxm.kernel":
+            return [None]
+        want = cost.vxm_alus(self.target, op.opcode, op.work)
+        return [None, *range(want - 1, (want + 1) // 2 - 1, -1)]
 
     def place_group(self, item: list[TileOp], preds, slots: list[Slot | None]) -> None:
         """A weight group, or an accumulation chain of them, on the plane where it ends first."""

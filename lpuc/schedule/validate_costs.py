@@ -43,7 +43,9 @@ def check_costs(p: Program) -> list[str]:
         if unbooked:
             out.append(f"{where}: books none of the ports of MEM slice {unbooked[0]} it touches")
             continue
-        # Its words stream through the ports it booked (fewer than it could use: more slowly).
+        # Its words stream through the ports it booked (fewer than it could use: more slowly), a
+        # kernel's ops through the ALUs it booked (cost.held_alus).
+        alus = cost.held_alus(target, ins.opcode, ins.work, booked["VXM"])
         need = cost.duration(
             target,
             ins.opcode,
@@ -54,6 +56,7 @@ def check_costs(p: Program) -> list[str]:
             precision,
             bool(ins.attrs.get("install")),
             ports if ins.opcode != "host.kernel" else None,
+            alus if ins.opcode == "vxm.kernel" else None,
         )
         if ins.duration < need:
             out.append(
@@ -64,6 +67,7 @@ def check_costs(p: Program) -> list[str]:
             if booked[f"STREAM{direction}"] < k:
                 out.append(f"{where}: needs {k} {direction} streams, books {booked[f'STREAM{direction}']}")
         alus = cost.vxm_alus(target, ins.opcode, ins.work)
+        alus = min(1, alus) if ins.opcode == "vxm.kernel" else alus  # a kernel: at least one
         if booked["VXM"] < alus:
             out.append(f"{where}: needs {alus} VXM ALUs, books {booked['VXM']}")
     return out
