@@ -312,3 +312,40 @@ def test_matrix_transpose_in_slabs(tmp_path, batch, slabs):
     whole = lpuc.compile(path, precision="fp32", disable_passes=["row_slabs"])
     assert not any(i.attrs.get("kernel") == "TransposeRows" for i in whole.instructions)
     np.testing.assert_array_equal(whole.run(feeds)["y"], want)
+
+
+def test_k_split_partials_take_the_tiles_of_the_result(tmp_path):
+    """y = LayerNorm(x @ w + r) over 128 rows: row segments cut the sum and so the product into 64-row
+    tiles. K = 3072 is split; each part's MM covers all 128 rows and writes them over two 64-row
+    partial tiles, so the map adding the partials of a segment (one per tile of the product) reads
+    tiles no other map reads, not the rows of one 128-row tile that both maps would queue for."""
+    rng = np.random.default_rng(5)
+    k, n = 3072, 768
+    nodes = [
+        helper.make_node("MatMul", ["x", "w"], ["p"]),
+        helper.make_node("Add", ["p", "r"], ["s"]),
+        helper.make_node("LayerNormalization", ["s", "g", "b"], ["y"], axis=-1),
+    ]
+    inits = {
+        "w": (rng.normal(size=(k, n)) / np.sqrt(k)).astype(np.float32),
+        "g": rng.normal(size=n).astype(np.float32),
+        "b": rng.normal(size=n).astype(np.float32),
+    }
+    graph = helper.make_graph(
+        nodes,
+        "mlp_out",
+        [helper.make_tensor_value_info(v, TensorProto.FLOAT, [128, d]) for v, d in (("x", k), ("r", n))],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [128, n])],
+        [numpy_helper.from_array(v, name) for name, v in inits.items()],
+    )
+    path = tmp_path / "mlp_out.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), path)
+    program = lpuc.compile(path, precision="fp16")
+    mms = [i for i in program.instructions if i.opcode == "mxm.mm" and i.writes]
+    assert mms and all([a.nrows for a in i.writes] == [64, 64] for i in mms)
+    partials = {a.buf for i in mms for a in i.writes}
+    maps = [i for i in program.instructions if i.opcode == "vxm.map"]
+    reads = [a.buf for i in maps for a in i.reads if a.buf in partials]
+    assert len(maps) == 6 and sorted(reads) == sorted(partials)  # each partial tile read once
+    feeds = {v: rng.normal(size=(128, d)).astype(np.float32) for v, d in (("x", k), ("r", n))}
+    _check(program, path, feeds)

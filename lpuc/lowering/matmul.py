@@ -242,13 +242,15 @@ def _add_partials(b: TiledBuilder, node: Node, partials, c, p: _Problem, m: int,
             )
 
 
-def _partial_block_rows(b: TiledBuilder, c, cycles_per_row: int) -> int | None:
-    """Rows per tile of the K parts' partial results: C's tiles cut (lpuc.lowering.stacked_rows) into
-    as many as the slices an MM needs to write its result rows at its row rate (an int8 MM's int32
-    rows, 4 words a cycle: two slices); None: C's own tiles."""
+def _partial_block_rows(b: TiledBuilder, c, cycles_per_row: int) -> int:
+    """Rows per tile of the K parts' partial results: C's tiles, so that the maps adding them (one per
+    tile of C) read tiles of their own, not rows of one tile (a 128-row partial read by the two maps
+    of C's 64-row segments: both on one slice's ports); cut (lpuc.lowering.stacked_rows) into as many
+    as the slices an MM needs to write its result rows at its row rate (an int8 MM's int32 rows, 4
+    words a cycle: two slices). An MM longer than them writes its rows over several, in order."""
     split = -(-words_per_row(c.dtype) // (b.target.mem_banks * cycles_per_row))
     if split < 2 or not b.enabled("stacked_rows") or c.block_rows % split:
-        return None
+        return c.block_rows
     return c.block_rows // split
 
 
