@@ -9,7 +9,8 @@ Rules, T = N + d_func + d_transport (+ stagger):
 - N, the cycles the unit streams, is the larger of the unit's own rate and MEM bandwidth:
     mxm.mm      activation rows x cycles_per_row of the precision (+ iw_cycles when it installs)
     mxm.lw      weight words / lw_words_per_cycle
-    vxm.map     output rows x 32-bit words per value x wraps (ALU ops beyond the ALUs a lane has)
+    vxm.map     output rows x 32-bit words per value x wraps (ALU ops beyond the ALUs a lane has, or
+                beyond the ALUs it holds: it may hold fewer than its ops, at least one)
     vxm.kernel  vectors streamed, or vector ALU ops / ALUs held, whichever is larger (it may hold
                 fewer ALUs than keep up with its stream, at least one: its ops then take longer)
     sxm.kernel  vectors streamed
@@ -239,11 +240,16 @@ def vxm_alus(target: Target, opcode: str, work: Work) -> int:
 
 
 def held_alus(target: Target, opcode: str, work: Work, alus: int | None) -> int:
-    """ALUs a VXM instruction holds when its schedule books `alus` (None: vxm_alus): a kernel's ALUs
-    take turns over its ops, so it may hold fewer than keep up with its stream, at least one; a map
-    chains one ALU per op and holds them all."""
+    """ALUs a VXM instruction holds when its schedule books `alus` (None: vxm_alus), at least one: a
+    kernel's ALUs take turns over its ops, so it may hold fewer than keep up with its stream; a map
+    with fewer ALUs than ops wraps its chain over them (as one with more ops than the lane has). A
+    map fused into an MM holds them all."""
     want = vxm_alus(target, opcode, work)
-    return want if alus is None or opcode != "vxm.kernel" else max(1, min(alus, want))
+    return want if alus is None or opcode not in _FEWER_ALUS else max(1, min(alus, want))
+
+
+# VXM instructions that may hold fewer ALUs than vxm_alus, streaming more slowly (held_alus).
+_FEWER_ALUS = frozenset({"vxm.kernel", "vxm.map"})
 
 
 def unit_cycles(
@@ -259,7 +265,7 @@ def unit_cycles(
     if opcode == "mxm.lw":
         return math.ceil(work.words / target.lw_words_per_cycle)
     if opcode == "vxm.map":
-        wraps = math.ceil(max(1, work.alu_ops) / target.vxm_alus)
+        wraps = math.ceil(max(1, work.alu_ops) / held_alus(target, opcode, work, alus))
         return work.vectors * wraps
     if opcode == "vxm.kernel":
         return max(work.vectors, math.ceil(work.alu_ops / held_alus(target, opcode, work, alus)))

@@ -89,14 +89,16 @@ def test_kernel_holds_as_many_alus_as_keep_up_with_its_stream(v1):
 
 def test_kernel_holding_fewer_alus_takes_longer_over_its_ops(v1):
     # A softmax of 128 rows: 512 vectors, 2,944 vector ops; six ALUs keep pace (N = 512). On four it
-    # takes ceil(2944 / 4) = 736 cycles; never fewer than one ALU, never more than keep pace. A map
-    # chains one ALU per op: it always holds them all.
+    # takes ceil(2944 / 4) = 736 cycles; never fewer than one ALU, never more than keep pace.
     work = Work(vectors=512, alu_ops=2944)
     assert cost.held_alus(v1, "vxm.kernel", work, None) == 6
     assert cost.held_alus(v1, "vxm.kernel", work, 4) == 4
     assert cost.held_alus(v1, "vxm.kernel", work, 0) == 1
     assert cost.held_alus(v1, "vxm.kernel", work, 9) == 6
-    assert cost.held_alus(v1, "vxm.map", Work(vectors=10, alu_ops=3), 1) == 3
+    # A map on fewer ALUs than its ops wraps its chain over them: 11 ops on 8 ALUs, two passes.
+    assert cost.held_alus(v1, "vxm.map", Work(vectors=10, alu_ops=11), 8) == 8
+    assert cost.unit_cycles(v1, "vxm.map", Work(vectors=10, alu_ops=11), "fp16", 8) == 20
+    assert cost.unit_cycles(v1, "vxm.map", Work(vectors=10, alu_ops=11)) == 10
     assert cost.unit_cycles(v1, "vxm.kernel", work) == 512
     assert cost.unit_cycles(v1, "vxm.kernel", work, "fp16", 4) == 736
     reads, writes = [Stream(40, 128, 4, 128)], [Stream(41, 128, 2, 128)]

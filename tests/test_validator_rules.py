@@ -12,10 +12,12 @@ import pytest
 from click.testing import CliRunner
 
 import lpuc
+from lpuc import cost
 from lpuc.backends.lpu import decode_program, encode_program
 from lpuc.cli import main
 from lpuc.errors import ArtifactError, ScheduleError
 from lpuc.program import Program
+from lpuc.schedule.validate_costs import booked_ports, streams_of
 from lpuc.schedule.validator import validate
 from tests.mutate import cost_of, refusals, resummarized, with_instruction, without_instruction
 from tests.onnx_builders import single_op_model
@@ -187,6 +189,26 @@ def test_kernel_booking_fewer_alus_must_last_longer(tmp_path):
     validate(resummarized(with_instruction(p, k, units=fewer, duration=longer)))
     none = tuple(u for u in ins.units if u not in alus)
     assert any("needs 1 VXM ALUs, books 0" in q for q in refusals(with_instruction(p, k, units=none)))
+
+
+def test_map_booking_fewer_alus_than_its_ops_must_wrap(tmp_path):
+    """A map may hold fewer ALUs than its chain of ops, at least one, if it lasts as long as its ops
+    wrapped over those take (lpuc.cost.held_alus)."""
+    model = single_op_model("Gelu", [("x", [128, 320])], [("y", [128, 320])], approximate="tanh")
+    onnx.save(model, tmp_path / "gelu.onnx")
+    p = lpuc.compile(tmp_path / "gelu.onnx", precision="fp16")
+    k = _index(p, lambda i: i.opcode == "vxm.map")
+    ins = p.instructions[k]
+    alus = [u for u in ins.units if u.startswith("VXM")]
+    assert len(alus) == ins.work.alu_ops > 4  # alone: one ALU per op
+    fewer = tuple(u for u in ins.units if u not in alus[4:])  # four of them
+    problems = refusals(with_instruction(p, k, units=fewer))
+    assert any("shorter than the" in q for q in problems), problems
+    reads, writes = streams_of(p, ins)
+    ports = booked_ports(p, ins, reads, writes)
+    wrapped = cost.duration(p.target, ins.opcode, ins.unit, ins.work, reads, writes, "fp16", False, ports, 4)
+    assert wrapped > ins.duration
+    validate(resummarized(with_instruction(p, k, units=fewer, duration=wrapped)))
 
 
 def test_work_record_that_does_not_match_the_windows(mlp):

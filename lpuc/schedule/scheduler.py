@@ -351,10 +351,11 @@ class _UnitState:
         return best[0]
 
     def _alu_options(self, op: TileOp) -> list[int | None]:
-        """ALUs a VXM kernel may hold: as many as keep up with its stream (None), or fewer, down to
-        half of them, streaming its ops more slowly (the placement that ends first wins): a softmax
-        that wants six of sixteen ALUs runs beside two others on the four left, not after them."""
-        if op.opcode != "vxm.kernel":
+        """ALUs a VXM kernel or map may hold: as many as keep up with its stream or chain its ops
+        (None), or fewer, down to half of them, streaming more slowly (lpuc.cost.held_alus; the
+        placement that ends first wins): a softmax that wants six of sixteen ALUs runs beside two
+        others on the four left, not after them."""
+        if op.opcode not in ("vxm.kernel", "vxm.map"):
             return [None]
         want = cost.vxm_alus(self.target, op.opcode, op.work)
         return [None, *range(want - 1, (want + 1) // 2 - 1, -1)]

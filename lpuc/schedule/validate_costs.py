@@ -56,7 +56,7 @@ def check_costs(p: Program) -> list[str]:
             precision,
             bool(ins.attrs.get("install")),
             ports if ins.opcode != "host.kernel" else None,
-            alus if ins.opcode == "vxm.kernel" else None,
+            alus if ins.opcode in ("vxm.kernel", "vxm.map") else None,
         )
         if ins.duration < need:
             out.append(
@@ -67,7 +67,7 @@ def check_costs(p: Program) -> list[str]:
             if booked[f"STREAM{direction}"] < k:
                 out.append(f"{where}: needs {k} {direction} streams, books {booked[f'STREAM{direction}']}")
         alus = cost.vxm_alus(target, ins.opcode, ins.work)
-        alus = min(1, alus) if ins.opcode == "vxm.kernel" else alus  # a kernel: at least one
+        alus = min(1, alus) if ins.opcode in ("vxm.kernel", "vxm.map") else alus  # at least one
         if booked["VXM"] < alus:
             out.append(f"{where}: needs {alus} VXM ALUs, books {booked['VXM']}")
     return out
