@@ -316,9 +316,10 @@ def test_matrix_transpose_in_slabs(tmp_path, batch, slabs):
 
 def test_k_split_partials_take_the_tiles_of_the_result(tmp_path):
     """y = LayerNorm(x @ w + r) over 128 rows: row segments cut the sum and so the product into 64-row
-    tiles. K = 3072 is split; each part's MM covers all 128 rows and writes them over two 64-row
-    partial tiles, so the map adding the partials of a segment (one per tile of the product) reads
-    tiles no other map reads, not the rows of one 128-row tile that both maps would queue for."""
+    tiles. K = 3072 is split (front-loaded parts); each part's MM covers all 128 rows and writes them
+    over two 64-row partial tiles, so the map adding the partials of a segment (one per tile of the
+    product) reads tiles no other map reads, not the rows of one 128-row tile that both maps would
+    queue for."""
     rng = np.random.default_rng(5)
     k, n = 3072, 768
     nodes = [
@@ -343,6 +344,10 @@ def test_k_split_partials_take_the_tiles_of_the_result(tmp_path):
     program = lpuc.compile(path, precision="fp16")
     mms = [i for i in program.instructions if i.opcode == "mxm.mm" and i.writes]
     assert mms and all([a.nrows for a in i.writes] == [64, 64] for i in mms)
+    # Twenty K chunks in four parts, front-loaded (the last part's input arrives last): 6, 5, 5, 4
+    # chunks, K widths 960, 800, 800 and 512 (its last chunk 32 wide).
+    assert sorted({i.attrs["k"][2] for i in mms}, reverse=True) == [960, 800, 512]
+    assert sorted(i.attrs["k"][2] for i in mms).count(800) == 2 * 3  # two parts, three N chunks each
     partials = {a.buf for i in mms for a in i.writes}
     maps = [i for i in program.instructions if i.opcode == "vxm.map"]
     reads = [a.buf for i in maps for a in i.reads if a.buf in partials]
