@@ -128,3 +128,29 @@ def test_kernels_side_by_side_hold_fewer_alus_than_keep_pace(tmp_path):
     want = ort_run(path, feeds)
     for name, expected in zip(["y0", "y1", "y2"], want):
         np.testing.assert_allclose(got[name], expected, rtol=1e-5, atol=1e-7)
+
+
+def test_heavy_maps_side_by_side_wrap_over_fewer_alus(tmp_path):
+    """Two independent GELUs (tanh form: ten chained ALU ops each) on a VXM of 16 ALUs: one chains
+    its ten, the other runs beside it on the six left, wrapping its chain twice over them (twice
+    the cycles per row), rather than waiting for the first to end (lpuc.cost.held_alus)."""
+    names = ["x0", "x1"]
+    graph = helper.make_graph(
+        [helper.make_node("Gelu", [x], [f"y{x[1]}"], approximate="tanh") for x in names],
+        "gelus",
+        [helper.make_tensor_value_info(x, TensorProto.FLOAT, [128, 320]) for x in names],
+        [helper.make_tensor_value_info(f"y{x[1]}", TensorProto.FLOAT, [128, 320]) for x in names],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 20)], ir_version=IR_VERSION)
+    path = tmp_path / "gelus.onnx"
+    path.write_bytes(model.SerializeToString())
+    program = lpuc.compile(path, precision="fp16")
+    maps = [i for i in program.instructions if i.opcode == "vxm.map"]
+    assert [m.work.alu_ops for m in maps] == [10, 10]
+    assert sorted(sum(u.startswith("VXM") for u in m.units) for m in maps) == [6, 10]
+    assert max(m.start for m in maps) < min(m.end for m in maps)  # side by side
+    rng = np.random.default_rng(1)
+    feeds = {x: rng.normal(size=(128, 320)).astype(np.float32) for x in names}
+    got = program.run(feeds)
+    for name, expected in zip(["y0", "y1"], ort_run(path, feeds)):
+        np.testing.assert_allclose(got[name], expected, rtol=1e-2, atol=1e-3)

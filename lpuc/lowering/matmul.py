@@ -129,7 +129,10 @@ def _accumulated(b, node, attrs, a, w, c, p: _Problem, segments, k_chunks, n_chu
     rows = [m1 - m0 for m0, m1 in segments for _ in n_chunks]
     mode = b.target.mxm_mode(attrs["precision"])
     count = _k_split(b, rows, len(k_chunks), mode.cycles_per_row) if split else 1
-    parts = _front_loaded(_runs(k_chunks, count))
+    parts = _runs(k_chunks, count)
+    # Activations computed on the chip arrive a few columns at a time (a model input is all there).
+    computed = node.inputs[0] not in b.graph.inputs and not b.graph.values[node.inputs[0]].is_const
+    parts = _front_loaded(parts) if computed else parts
     if len(parts) == 1:
         partials = [c]
     else:
@@ -210,11 +213,12 @@ def _k_split(b: TiledBuilder, rows: list[int], chunks: int, cycles_per_row: int)
 
 def _front_loaded(parts: list[list]) -> list[list]:
     """K parts with one chunk moved from the last to the first (of three or more parts, the last
-    keeping two or more): the parts' inputs arrive in K order when the product reads the columns of
-    a product before it (an MLP's down projection after its up projection), so the first part
-    starts earliest and the last latest, and a shorter last chain shortens what follows its input's
-    last column (GPT-2 12L fp16, 20 chunks as 6, 5, 5, 4: 282,976 cycles to 279,375; 4 layers 98,686
-    to 96,081; 7, 5, 5, 3 or 6, 6, 4, 4 gain less)."""
+    keeping two or more), for activations computed on the chip: they arrive in K order when the
+    product reads the columns of a product before it (an MLP's down projection after its up
+    projection), so the first part starts earliest and the last latest, and a shorter last chain
+    shortens what follows its input's last column (GPT-2 12L fp16, 20 chunks as 6, 5, 5, 4: 282,976
+    cycles to 279,375; 4 layers 98,686 to 96,081; 7, 5, 5, 3 or 6, 6, 4, 4 gain less). Not for a
+    model input, all there at once (a lone GEMM: 32,405 cycles, front-loaded 32,885)."""
     if len(parts) < 3 or len(parts[-1]) < 2:
         return parts
     flat = [c for part in parts for c in part]
