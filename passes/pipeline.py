@@ -46,6 +46,7 @@ from lpuc.passes.lower_quantized import lower_quantized
 from lpuc.passes.quantize_int8 import quantize_int8
 from lpuc.passes.sink_reshapes import sink_reshapes
 from lpuc.passes.sink_transposes import sink_transposes
+from lpuc.passes.split_packed_pool import split_packed_pool
 from lpuc.passes.store_int8_floats_fp16 import store_int8_floats_fp16
 from lpuc.passes.store_tables_at_precision import store_tables_at_precision
 from lpuc.target import Target
@@ -108,6 +109,8 @@ PIPELINE: tuple[Pass, ...] = (
     # requantize maps with their neighbours.
     Pass("quantize_int8", quantize_int8),
     Pass("sink_reshapes", sink_reshapes),
+    # Once sink_reshapes has moved the unpacking of packed rows next to the MaxPool that reads it.
+    Pass("split_packed_pool", split_packed_pool),
     # Once sink_reshapes has put each requantization chain together, before it is fused into a map.
     Pass("fold_requantize", fold_requantize),
     Pass("fuse_elementwise", fuse_elementwise),

@@ -402,6 +402,42 @@ def test_packed_rows_keep_the_numerics(tmp_path, monkeypatch):
     _check_cosine(packed, path, (1, 3, 32, 32), samples=2)
 
 
+def _stem(size: int) -> torch.nn.Module:
+    """ResNet's stem shape: a 7x7 stride 2 convolution to few channels, a 3x3 stride 2 MaxPool."""
+    torch.manual_seed(4)
+    return torch.nn.Sequential(
+        torch.nn.Conv2d(3, 16, 7, stride=2, padding=3),
+        torch.nn.ReLU(),
+        torch.nn.MaxPool2d(3, stride=2, padding=1),
+        torch.nn.Conv2d(16, 32, 1),
+    ).eval()
+
+
+def test_maxpool_of_packed_rows_pools_rows_before_unpacking(tmp_path, monkeypatch):
+    """split_packed_pool: the MaxPool after a packed convolution pools down the packed rows, then
+    across the unpacked ones. The same values as one pool over the unpacked map (max is exact), and
+    fp32 onnxruntime's by cosine; the unpacking moves half the rows."""
+    import lpuc.passes.quantize_int8 as quantize_int8
+
+    path = _export(_stem(64), (1, 3, 64, 64), tmp_path / "stem.onnx")
+    monkeypatch.setattr(quantize_int8, "PACK_MIN_ROWS", 256)
+    split = lpuc.compile(path, precision="int8", dump_ir=tmp_path / "ir")
+    final = (tmp_path / "ir" / "99_final.graph.txt").read_text()
+    assert "pack_rows=16" in final  # 1024 rows of 16 channels: 16 side by side in 320 lanes
+    pools = [line for line in final.splitlines() if "MaxPool(" in line]
+    assert len(pools) == 2 and "kernel_shape=[3, 1]" in pools[0] and "kernel_shape=[1, 3]" in pools[1]
+    whole = lpuc.compile(path, precision="int8", disable_passes=["split_packed_pool"])
+    x = np.random.default_rng(5).standard_normal((1, 3, 64, 64)).astype(np.float32)
+    np.testing.assert_array_equal(split.run({"x": x})["y"], whole.run({"x": x})["y"])
+    _check_cosine(split, path, (1, 3, 64, 64), samples=2)
+
+    def unpacked_rows(program) -> int:
+        unpacking = [i for i in program.instructions if i.attrs.get("kernel") == "ReshapeRows"]
+        return sum(w.nrows for i in unpacking for w in i.writes)
+
+    assert 0 < unpacked_rows(split) <= unpacked_rows(whole) // 2
+
+
 def test_int8_artifact_is_deterministic(small_cnn, tmp_path):
     """Calibration (seeded samples, graph evaluation) and quantization leave no run-to-run freedom."""
     paths = [tmp_path / f"{k}.lpu" for k in range(2)]
