@@ -44,6 +44,7 @@ from lpuc.passes.lower_einsum import lower_einsum
 from lpuc.passes.lower_gemm import lower_gemm
 from lpuc.passes.lower_quantized import lower_quantized
 from lpuc.passes.quantize_int8 import quantize_int8
+from lpuc.passes.sink_products import sink_products
 from lpuc.passes.sink_reshapes import sink_reshapes
 from lpuc.passes.sink_transposes import sink_transposes
 from lpuc.passes.split_packed_pool import split_packed_pool
@@ -118,6 +119,8 @@ PIPELINE: tuple[Pass, ...] = (
     Pass("store_int8_floats_fp16", store_int8_floats_fp16),
     Pass("legalize_broadcast", legalize_broadcast),
     Pass("fuse_softmax", fuse_softmax),
+    # Once maps are fused: a product moves next to the map that reads it (an epilogue to be).
+    Pass("sink_products", sink_products),
     Pass("eliminate_dead_code", eliminate_dead_code),
 )
 
