@@ -459,6 +459,32 @@ def test_projection_shortcut_maps_fuse_into_the_products(small_cnn):
     _check_cosine(sunk, small_cnn, (1, 3, 32, 32), samples=2)
 
 
+def test_k_chunked_products_on_short_tiles_fuse_their_requantization(tmp_path):
+    """A 28x28 map is 784 rows in tiles of 196 (short_tiles); a 3x3 convolution of 64 channels (K =
+    576: two K chunks summed in a plane's accumulators) writes each tile with one MM (pieces of at
+    most acc_rows rows counted from each tile's start, not cut at multiples of 320), so every
+    requantization map fuses into its MM: no map reads an int32 product back from SRAM."""
+    torch.manual_seed(3)
+    net = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 64, 3, padding=1),
+        torch.nn.ReLU(),
+        torch.nn.Conv2d(64, 64, 3, padding=1),
+        torch.nn.ReLU(),
+        torch.nn.Conv2d(64, 16, 1),
+    ).eval()
+    path = _export(net, (1, 3, 28, 28), tmp_path / "k_chunks.onnx")
+    program = lpuc.compile(path, precision="int8")
+    int32_reads = [
+        i.node
+        for i in program.instructions
+        if i.opcode == "vxm.map" and any(program.tiles[r.buf].np_dtype == np.int32 for r in i.reads)
+    ]
+    assert int32_reads == []
+    chained = [i for i in program.instructions if i.opcode == "mxm.mm" and i.attrs.get("keep")]
+    assert chained  # the 576-deep product does run as accumulation chains
+    _check_cosine(program, path, (1, 3, 28, 28), samples=2)
+
+
 def test_int8_artifact_is_deterministic(small_cnn, tmp_path):
     """Calibration (seeded samples, graph evaluation) and quantization leave no run-to-run freedom."""
     paths = [tmp_path / f"{k}.lpu" for k in range(2)]
