@@ -1,4 +1,5 @@
-"""A product read only by a map that also reads later values moves down to just before that map.
+"""A product read only by a map that also reads later values (none of them products) moves down to
+just before that map.
 
 lowering fuses a map into the MM that writes one of its operands (lpuc.lowering.epilogue) only when
 the map's other operands are written before the MM's weight group starts in program order. A
@@ -30,8 +31,13 @@ def sink_products(graph: Graph, ctx: object = None) -> Graph:
         reader = _fused_reader(node, graph, consumers)
         if reader is None:
             continue
-        others = [producer_at.get(v, -1) for v in reader.inputs if v and v != node.outputs[0]]
-        if max(others, default=-1) > i:  # the map reads a value made after the product
+        later = [
+            graph.nodes[producer_at[v]]
+            for v in reader.inputs
+            if v and v != node.outputs[0] and producer_at.get(v, -1) > i
+        ]
+        # A map reading a value made after the product, and no later product it could fuse into.
+        if later and not any(n.op in _PRODUCTS and not n.domain for n in later):
             moved.setdefault(reader.name, []).append(node)
     if not moved:
         return graph
