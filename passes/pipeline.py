@@ -50,6 +50,7 @@ from lpuc.passes.sink_transposes import sink_transposes
 from lpuc.passes.split_packed_pool import split_packed_pool
 from lpuc.passes.store_int8_floats_fp16 import store_int8_floats_fp16
 from lpuc.passes.store_tables_at_precision import store_tables_at_precision
+from lpuc.passes.unit_transposes import unit_transposes
 from lpuc.target import Target
 
 
@@ -100,6 +101,8 @@ PIPELINE: tuple[Pass, ...] = (
     Pass("fold_batchnorm", fold_batchnorm),
     Pass("lower_conv", lower_conv),
     Pass("sink_transposes", sink_transposes),
+    # The Transposes sink_transposes leaves that only move dims of size 1 are Reshapes.
+    Pass("unit_transposes", unit_transposes),
     Pass("canonicalize_matmul", canonicalize_matmul),
     Pass("fold_constants", fold_constants),
     Pass("store_tables_at_precision", store_tables_at_precision),
