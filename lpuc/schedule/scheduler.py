@@ -1,6 +1,7 @@
 """List scheduling: every tile op gets its unit(s), a start cycle and a duration.
 
-Priority is the longest path to the end of the program (upward rank). Ready ops are taken in
+Priority is the longest path to the end of the program (upward rank; the ops of a weight group or
+chain follow one another on their plane, so the path goes through the next one). Ready ops are taken in
 priority order and placed at the earliest time their inputs have arrived and their unit is free;
 VXM, SXM and host timelines accept ops into earlier gaps (insertion scheduling).
 
@@ -190,7 +191,19 @@ def upward_ranks(program: TiledProgram, preds: list[set[int]], target: Target) -
     succ_best = [0] * len(ops)
     rank = [0] * len(ops)
     anywhere = defaultdict(int)
+    # A chain or weight group runs its ops in order on one plane: an op's path to the end also goes
+    # through the next op of its item (a slab the group's first MM reads is wanted first).
+    next_in_item: dict[int, int] = {}
+    last_of_item: dict[int, int] = {}
     for op in reversed(ops):
+        item = op.chain if op.chain >= 0 else op.group
+        if item >= 0:
+            if item in last_of_item:
+                next_in_item[op.id] = last_of_item[item]
+            last_of_item[item] = op.id
+    for op in reversed(ops):
+        if op.id in next_in_item:
+            succ_best[op.id] = max(succ_best[op.id], rank[next_in_item[op.id]])
         unit = {"MXM": "MXM0", "MXM.LW": "MXM0.LW", "VXM": "VXM0", "SXM": "SXM0"}.get(op.unit_class, "HOST")
         reads, writes = op_streams(program, op, anywhere)
         precision = op.attrs.get("precision", program.precision)

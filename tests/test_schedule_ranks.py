@@ -1,0 +1,38 @@
+"""Scheduler priorities (upward_ranks): the ops of a weight group or accumulation chain run in order on
+one plane, so an op's path to the end goes through the group's next op: ranks fall along a group,
+and what its first MM reads is wanted before what its last one reads."""
+
+from __future__ import annotations
+
+from onnx import helper
+
+from lpuc.lowering import lower
+from lpuc.passes.pipeline import PassContext, run_pipeline
+from lpuc.schedule.dependencies import dependencies
+from lpuc.schedule.scheduler import upward_ranks
+from lpuc.target import load_target
+from tests.passes.helpers import imported, model, rand
+
+
+def _tall_product():
+    """[2000, 64] @ [64, 64] + Relu: the rows are shared among the planes as weight groups of
+    several MMs each, and the Relu of each tile is a map of its own."""
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["m"]), helper.make_node("Relu", ["m"], ["y"])]
+    return model(nodes, {"x": [2000, 64]}, {"y": [2000, 64]}, {"w": rand(64, 64, seed=1)})
+
+
+def test_ranks_fall_along_each_weight_group():
+    target = load_target("tsp-v1")
+    graph = run_pipeline(imported(_tall_product()), PassContext(target, "fp16"))
+    program = lower(graph, target, "fp16")
+    rank = upward_ranks(program, dependencies(program), target)
+    items: dict[int, list[int]] = {}
+    for op in program.ops:
+        item = op.chain if op.chain >= 0 else op.group
+        if item >= 0:
+            items.setdefault(item, []).append(op.id)
+    groups = [ids for ids in items.values() if sum(program.ops[i].opcode == "mxm.mm" for i in ids) > 1]
+    assert groups  # the product does run as groups of several MMs
+    for ids in groups:
+        ranks = [rank[i] for i in ids]
+        assert all(a > b for a, b in zip(ranks, ranks[1:])), ranks
