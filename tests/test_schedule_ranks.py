@@ -1,6 +1,7 @@
-"""Scheduler priorities (upward_ranks): the ops of a weight group or accumulation chain run in order on
-one plane, so an op's path to the end goes through the group's next op: ranks fall along a group,
-and what its first MM reads is wanted before what its last one reads."""
+"""Scheduler priorities (upward_ranks): the ops of a weight-stationary group (an LW and the MMs that
+stream row tiles past its weights) run in order on one plane, so an op's path to the end goes through
+the group's next op: ranks fall along a group, and what its first MM reads is wanted before what its
+last one reads."""
 
 from __future__ import annotations
 
@@ -28,9 +29,8 @@ def test_ranks_fall_along_each_weight_group():
     rank = upward_ranks(program, dependencies(program), target)
     items: dict[int, list[int]] = {}
     for op in program.ops:
-        item = op.chain if op.chain >= 0 else op.group
-        if item >= 0:
-            items.setdefault(item, []).append(op.id)
+        if op.group >= 0:
+            items.setdefault(op.group, []).append(op.id)
     groups = [ids for ids in items.values() if sum(program.ops[i].opcode == "mxm.mm" for i in ids) > 1]
     assert groups  # the product does run as groups of several MMs
     for ids in groups:
