@@ -160,6 +160,7 @@ def _chain(b, node, attrs, tensors, p: _Problem, rows, part, cols, k: int | None
     (m0, m1), (n0, n1) = rows, cols
     # A partial result is the product over its part of K: the validator sees K ranges within it.
     base = 0 if k is not None else part[0][0]
+    k_part = k is None  # (the scheduler ranks a K part's chain apart from the others)
     k = k if k is not None else part[-1][1] - base
     chain = -1
     for ki, (k0, k1) in enumerate(part):
@@ -173,6 +174,8 @@ def _chain(b, node, attrs, tensors, p: _Problem, rows, part, cols, k: int | None
         mm_attrs = {**attrs, "group": group, "install": True, "k": [k0 - base, k1 - base, k]}
         if ki > 0:
             mm_attrs.update(from_acc=True, k_from=part[0][0] - base)
+        if k_part:
+            mm_attrs["k_part"] = True
         if not last:
             mm_attrs.update(keep=True, lanes=n1 - n0)
         b.emit(

@@ -1,9 +1,9 @@
 """List scheduling: every tile op gets its unit(s), a start cycle and a duration.
 
-Priority is the longest path to the end of the program (upward rank; the ops of a weight-stationary
-group follow one another on their plane, so the path goes through the next one). Ready ops are taken in
-priority order and placed at the earliest time their inputs have arrived and their unit is free;
-VXM, SXM and host timelines accept ops into earlier gaps (insertion scheduling).
+Priority is the longest path to the end of the program (upward rank; the ops of a weight group or
+accumulation chain follow one another on their plane, so the path goes through the next one). Ready
+ops are taken in priority order and placed at the earliest time their inputs have arrived and their
+unit is free; VXM, SXM and host timelines accept ops into earlier gaps (insertion scheduling).
 
 MXM weight groups (one LW and the MMs that use its weights) are placed as a whole on one plane, in
 time order per plane, honouring double buffering: an LW fills the plane's shadow weights while the
@@ -184,6 +184,26 @@ def _ready(op_id: int, preds: list[set[int]], slots: list[Slot | None]) -> int:
     return max((slots[p].end for p in preds[op_id]), default=0)
 
 
+def plane_order_successors(ops: list[TileOp]) -> dict[int, int]:
+    """Op id -> the next op of its weight-stationary group (an LW and the MMs streaming row tiles past
+    its weights) or accumulation chain (groups of one MM each, summing K chunks): they run in order
+    on one plane, so an op's path to the end also goes through that next op (a slab the item's first
+    MM reads is wanted first). Not along the chains of a K-split product's parts, which a map adds
+    up and which are meant to run side by side: ranked as one chain each, the 2304x4096x320 GEMM lost
+    5% of its MXM utilization in fp16 (91.0% -> 86.6%) and 8% in int8."""
+    stationary = {op.group for op in ops if op.opcode == "mxm.mm" and op.chain < 0}
+    k_parts = {op.chain for op in ops if op.attrs.get("k_part")}
+    successor: dict[int, int] = {}
+    last_of_item: dict[int, int] = {}
+    for op in reversed(ops):
+        key = op.group if op.group in stationary else -1 if op.chain in k_parts else op.chain
+        if key >= 0:
+            if key in last_of_item:
+                successor[op.id] = last_of_item[key]
+            last_of_item[key] = op.id
+    return successor
+
+
 def upward_ranks(program: TiledProgram, preds: list[set[int]], target: Target) -> list[int]:
     """Longest path to the end of the program, with durations estimated before slices are known
     (every tile taken to be in slice 0)."""
@@ -191,19 +211,7 @@ def upward_ranks(program: TiledProgram, preds: list[set[int]], target: Target) -
     succ_best = [0] * len(ops)
     rank = [0] * len(ops)
     anywhere = defaultdict(int)
-    # A weight-stationary group (an LW and the MMs streaming row tiles past its weights) runs in order
-    # on one plane: an op's path to the end also goes through the group's next op (a slab the group's
-    # first MM reads is wanted first). Not along accumulation chains (groups of one MM each, linked
-    # by `chain`): that ranked ResNet-50 v1.5 int8 at 102,491 cycles instead of 109,352 but cost the
-    # 2304x4096x320 GEMM 5% of its MXM utilization in fp16 (91.0% -> 86.6%) and 8% of it in int8.
-    stationary = {op.group for op in ops if op.opcode == "mxm.mm" and op.chain < 0}
-    next_in_item: dict[int, int] = {}
-    last_of_item: dict[int, int] = {}
-    for op in reversed(ops):
-        if op.group in stationary:
-            if op.group in last_of_item:
-                next_in_item[op.id] = last_of_item[op.group]
-            last_of_item[op.group] = op.id
+    next_in_item = plane_order_successors(ops)
     for op in reversed(ops):
         if op.id in next_in_item:
             succ_best[op.id] = max(succ_best[op.id], rank[next_in_item[op.id]])
