@@ -223,6 +223,9 @@ class _UnitState:
         # _request's answers by what they depend on: ops of repeated layers ask the same questions,
         # and so does each placement round of one program.
         self._request_cache: dict[tuple, tuple[int, int, list[Pool]]] = {} if requests is None else requests
+        # The same answers by op, unit and port mode (slices are fixed while scheduling): an MXM op asks
+        # again per plane tried, and this key is cheap to hash (the one above hashes the work record).
+        self._asked: dict[tuple[int, str, bool], tuple[int, int, list[Pool]]] = {}
 
     # -- what an op needs -------------------------------------------------------------------------
     def _streams(self, op: TileOp) -> tuple[tuple[Stream, ...], tuple[Stream, ...]]:
@@ -237,6 +240,10 @@ class _UnitState:
         """Duration and occupancy of `op` on `unit`, and the resource pools it books (one_port: a
         single port on each slice, streaming more slowly, rather than what its rate could use).
         The pools are shared between the ops that ask the same question: do not modify them."""
+        asked = (op.id, unit, one_port)
+        found = self._asked.get(asked)
+        if found is not None:
+            return found
         reads, writes = self._streams(op)
         precision = op.attrs.get("precision", self.program.precision)
         install = bool(op.attrs.get("install"))
@@ -245,6 +252,7 @@ class _UnitState:
         found = self._request_cache.get(key)
         if found is None:
             found = self._request_cache[key] = self._answer(*key)
+        self._asked[asked] = found
         return found
 
     def _answer(
