@@ -183,7 +183,8 @@ def without_unused_tiles(tiled: TiledProgram, candidates: set[int]) -> TiledProg
             buffers.append(replace(buf, id=len(buffers)))
 
     def moved(r: Ref) -> Ref:
-        return replace(r, buf=new_id[r.buf])
+        # Ref's constructor, not dataclasses.replace: this runs for every window of every op.
+        return Ref(new_id[r.buf], r.row0, r.nrows, r.lane0, r.nlanes)
 
     ops = [
         replace(op, reads=tuple(map(moved, op.reads)), writes=tuple(map(moved, op.writes)))
