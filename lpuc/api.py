@@ -145,10 +145,15 @@ def _build_fitting(
     on those), then with one more lookup table in host memory at a time (which costs PCIe round
     trips; built as in the second step)."""
 
+    # What ops need, by what the answer depends on (not the op): the later steps' programs are
+    # mostly the same ops, and the scheduler answers their questions from here.
+    requests: dict = {}
+
     def build(tiled: TiledProgram, step: str, **kwargs: bool) -> Program:
         # The summary's options say which step built the program: a model that starts needing a
         # later (slower) step shows up in `lpuc diff`.
-        return build_program(tiled, target, where, {**options, "fit": step}, model_nodes, **kwargs)
+        options_here = {**options, "fit": step}
+        return build_program(tiled, target, where, options_here, model_nodes, requests=requests, **kwargs)
 
     try:
         return build(tiled, "plain")

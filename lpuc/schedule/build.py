@@ -43,18 +43,21 @@ def build_program(
     model_nodes: Collection[str] = (),
     pack: bool = False,
     scratch: bool = False,
+    requests: dict | None = None,
 ) -> Program:
     """Schedule and place `tiled`; `model_nodes` names the model's own nodes (for the SXM bound).
     `pack`: narrow constant tiles share words (lpuc.schedule.packing); `scratch`: constants fill
-    most slices and leave room on a few (lpuc.schedule.placement.scratch_budgets). The program is
-    not validated yet: lpuc.compile does that as a stage of its own."""
+    most slices and leave room on a few (lpuc.schedule.placement.scratch_budgets). `requests`: the
+    scheduler's answers (lpuc.schedule.scheduler.schedule) from earlier builds for the same target,
+    kept in the dict for later ones. The program is not validated yet: lpuc.compile does that as a
+    stage of its own."""
     packing = pack_constants(tiled, target.lanes) if pack else ConstPacking()
     check_constants_fit(tiled, target, where, packing)
     pinned: dict[int, int] = {}
     spread = "spread_accesses" not in (options or {}).get("disabled_passes", ())
     preds = dependencies(tiled)
     rank = upward_ranks(tiled, preds, target)  # the same for every placement round
-    requests: dict = {}  # and so are most ops' needs (the scheduler's cache)
+    requests = {} if requests is None else requests  # and so are most ops' needs (the scheduler's cache)
     for _ in range(MAX_PLACEMENT_ROUNDS):
         slice_of = place_tiles(tiled, target, pinned, packing, spread_accesses=spread, scratch=scratch)
         sched = schedule(tiled, target, slice_of, preds, rank, requests)
