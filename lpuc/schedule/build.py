@@ -58,9 +58,13 @@ def build_program(
     preds = dependencies(tiled)
     rank = upward_ranks(tiled, preds, target)  # the same for every placement round
     requests = {} if requests is None else requests  # and so are most ops' needs (the scheduler's cache)
+    asked: dict = {}  # the same answers by op: kept for the ops whose tiles stay on their slices
+    slice_of: dict[int, int] = {}
     for _ in range(MAX_PLACEMENT_ROUNDS):
+        before = slice_of
         slice_of = place_tiles(tiled, target, pinned, packing, spread_accesses=spread, scratch=scratch)
-        sched = schedule(tiled, target, slice_of, preds, rank, requests)
+        _forget_moved(asked, tiled, before, slice_of)
+        sched = schedule(tiled, target, slice_of, preds, rank, requests, asked)
         alloc = allocate(tiled, sched, slice_of, target.addresses_per_slice, packing)
         if not alloc.failures:
             break
@@ -141,6 +145,17 @@ def assemble(
         [binding(n) for n in tiled.inputs],
         [binding(n) for n in tiled.outputs],
     )
+
+
+def _forget_moved(asked: dict, tiled: TiledProgram, before: dict[int, int], after: dict[int, int]) -> None:
+    """Drop the scheduler's answers by op (keyed by op id first) for the ops touching a tile that
+    `after` places on another slice than `before` (where it reads or writes decides its costs)."""
+    moved = {b for b, s in after.items() if before.get(b, s) != s}
+    if not moved:
+        return
+    stale = {op.id for op in tiled.ops if any(r.buf in moved for r in (*op.reads, *op.writes))}
+    for key in [k for k in asked if k[0] in stale]:
+        del asked[key]
 
 
 def _move_failures(
