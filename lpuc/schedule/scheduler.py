@@ -131,10 +131,13 @@ def schedule(
     preds: list[set[int]] | None = None,
     rank: list[int] | None = None,
     requests: dict | None = None,
+    asked: dict | None = None,
 ) -> Schedule:
     """`preds` (lpuc.schedule.dependencies) and `rank` (upward_ranks) depend on the program only: a
     caller that schedules one program several times may compute them once and pass them, and the
-    same dict as `requests` (what ops need, by what the answer depends on) to each schedule."""
+    same dict as `requests` (what ops need, by what the answer depends on) to each schedule. So may
+    `asked` (the same answers by op, unit and port mode), once it dropped the entries of the ops
+    whose tiles changed slices (their answers differ)."""
     ops = program.ops
     preds = dependencies(program) if preds is None else preds
     # A scheduling item is an accumulation chain, a weight group, or a single op; chains and groups
@@ -160,7 +163,7 @@ def schedule(
     ]
     heapq.heapify(heap)
 
-    state = _UnitState(target, program, slice_of, requests)
+    state = _UnitState(target, program, slice_of, requests, asked)
     slots: list[Slot | None] = [None] * len(ops)
     while heap:
         _, _, item = heapq.heappop(heap)
@@ -228,7 +231,12 @@ def upward_ranks(program: TiledProgram, preds: list[set[int]], target: Target) -
 
 class _UnitState:
     def __init__(
-        self, target: Target, program: TiledProgram, slice_of: Mapping[int, int], requests: dict | None = None
+        self,
+        target: Target,
+        program: TiledProgram,
+        slice_of: Mapping[int, int],
+        requests: dict | None = None,
+        asked: dict | None = None,
     ):
         self.target = target
         self.program = program
@@ -247,6 +255,9 @@ class _UnitState:
         # _request's answers by what they depend on: ops of repeated layers ask the same questions,
         # and so does each placement round of one program.
         self._request_cache: dict[tuple, tuple[int, int, list[Pool]]] = {} if requests is None else requests
+        # The same answers by op, unit and port mode (slices are fixed while scheduling): an MXM op asks
+        # again per plane tried, and this key is cheap to hash (the one above hashes the work record).
+        self._asked: dict[tuple[int, str, bool], tuple[int, int, list[Pool]]] = {} if asked is None else asked
 
     # -- what an op needs -------------------------------------------------------------------------
     def _streams(self, op: TileOp) -> tuple[tuple[Stream, ...], tuple[Stream, ...]]:
@@ -261,6 +272,10 @@ class _UnitState:
         """Duration and occupancy of `op` on `unit`, and the resource pools it books (one_port: a
         single port on each slice, streaming more slowly, rather than what its rate could use).
         The pools are shared between the ops that ask the same question: do not modify them."""
+        asked = (op.id, unit, one_port)
+        found = self._asked.get(asked)
+        if found is not None:
+            return found
         reads, writes = self._streams(op)
         precision = op.attrs.get("precision", self.program.precision)
         install = bool(op.attrs.get("install"))
@@ -269,6 +284,7 @@ class _UnitState:
         found = self._request_cache.get(key)
         if found is None:
             found = self._request_cache[key] = self._answer(*key)
+        self._asked[asked] = found
         return found
 
     def _answer(
