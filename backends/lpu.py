@@ -29,6 +29,7 @@ from lpuc.cost import Work
 from lpuc.dtypes import dtype_from_name, dtype_name
 from lpuc.errors import ArtifactError
 from lpuc.fileio import atomic_path
+from lpuc.no_gc import no_cycle_collection
 from lpuc.program import Access, Binding, Instruction, Program, TileSlot
 from lpuc.target import target_from_dict
 
@@ -164,7 +165,8 @@ def _binding(b: Binding) -> dict:
 
 
 def write_program(program: Program, path: str | os.PathLike) -> None:
-    parts = encoded_parts(program)
+    with no_cycle_collection():  # the body's many short-lived lists would set off full collections
+        parts = encoded_parts(program)
     with atomic_path(path) as tmp, open(tmp, "wb") as f:
         for part in parts:
             f.write(part)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import gc
 import os
 import time
 from collections.abc import Iterable, Iterator, Mapping
@@ -23,6 +22,7 @@ from lpuc.ir.printer import print_graph
 from lpuc.ir.tiled import TiledProgram
 from lpuc.lowering import lower, lower_with
 from lpuc.lowering.host_tables import one_more_table
+from lpuc.no_gc import no_cycle_collection
 from lpuc.passes.legalize_broadcast import read_repeated
 from lpuc.passes.pipeline import PassContext, PassTimings, run_pipeline
 from lpuc.program import Program
@@ -74,27 +74,29 @@ def compile(  # noqa: A001 - the natural name for a compiler's entry point
     pass_ctx = PassContext(tgt, precision, host_fallback, frozenset(disabled), calibration)
     stages: dict[str, float] = {}
     with timed_stage(stages, "frontend"):
+        # (A torch module's export runs with the collector: tracing leaves many reference cycles.)
         proto, where, weights = _as_onnx(model, example_inputs, exporter)
-        graph = import_model(
-            proto,
-            where,
-            input_shapes=input_shapes,
-            const_inputs=const_inputs,
-            strict_input_shapes=strict_input_shapes,
-            target=tgt,
-            weights=weights,
-        )
+        with no_cycle_collection():
+            graph = import_model(
+                proto,
+                where,
+                input_shapes=input_shapes,
+                const_inputs=const_inputs,
+                strict_input_shapes=strict_input_shapes,
+                target=tgt,
+                weights=weights,
+            )
         del proto, weights  # the graph holds what it needs: the parsed file is not kept after this
     model_nodes = {n.name for n in graph.nodes}  # the model's own ops, before passes rewrite them
     dump_dir = Path(dump_ir) if dump_ir is not None else None
     timings = PassTimings()
-    with timed_stage(stages, "passes"):
+    with timed_stage(stages, "passes"), no_cycle_collection():
         graph = run_pipeline(graph, pass_ctx, dump_dir=dump_dir, timings=timings)
-    with timed_stage(stages, "lowering"):
+    with timed_stage(stages, "lowering"), no_cycle_collection():
         tiled = lower(
             graph, tgt, precision, host_fallback=host_fallback, where=where, disabled=pass_ctx.disabled
         )
-    with timed_stage(stages, "schedule"), _no_cycle_collection():
+    with timed_stage(stages, "schedule"), no_cycle_collection():
         options = {
             "precision": precision,
             "host_fallback": host_fallback,
@@ -103,7 +105,7 @@ def compile(  # noqa: A001 - the natural name for a compiler's entry point
         if calibration is not None:
             options["calibration"] = describe_calibration(calibration, graph)
         program = _build_fitting(graph, tiled, tgt, where, options, model_nodes)
-    with timed_stage(stages, "validate"), _no_cycle_collection():
+    with timed_stage(stages, "validate"), no_cycle_collection():
         program.validate()
     if dump_dir is not None:
         from lpuc.backends.text import program_text
@@ -143,10 +145,15 @@ def _build_fitting(
     on those), then with one more lookup table in host memory at a time (which costs PCIe round
     trips; built as in the second step)."""
 
+    # What ops need, by what the answer depends on (not the op): the later steps' programs are
+    # mostly the same ops, and the scheduler answers their questions from here.
+    requests: dict = {}
+
     def build(tiled: TiledProgram, step: str, **kwargs: bool) -> Program:
         # The summary's options say which step built the program: a model that starts needing a
         # later (slower) step shows up in `lpuc diff`.
-        return build_program(tiled, target, where, {**options, "fit": step}, model_nodes, **kwargs)
+        options_here = {**options, "fit": step}
+        return build_program(tiled, target, where, options_here, model_nodes, requests=requests, **kwargs)
 
     try:
         return build(tiled, "plain")
@@ -176,21 +183,6 @@ def _build_fitting(
             return build(tiled, "host_tables", pack=True)
         except DoesNotFitError as again:
             error = again
-
-
-@contextlib.contextmanager
-def _no_cycle_collection() -> Iterator[None]:
-    """Scheduling and validation allocate millions of small tuples that die young, and each of
-    Python's full cycle collections walks every object of the compile (the graph, the tiles): without
-    them these stages take about a quarter less time. Reference counting still frees what they drop;
-    cycles left over are collected once the block ends."""
-    was_enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if was_enabled:
-            gc.enable()
 
 
 @contextlib.contextmanager

@@ -44,10 +44,13 @@ from lpuc.passes.lower_einsum import lower_einsum
 from lpuc.passes.lower_gemm import lower_gemm
 from lpuc.passes.lower_quantized import lower_quantized
 from lpuc.passes.quantize_int8 import quantize_int8
+from lpuc.passes.sink_products import sink_products
 from lpuc.passes.sink_reshapes import sink_reshapes
 from lpuc.passes.sink_transposes import sink_transposes
+from lpuc.passes.split_packed_pool import split_packed_pool
 from lpuc.passes.store_int8_floats_fp16 import store_int8_floats_fp16
 from lpuc.passes.store_tables_at_precision import store_tables_at_precision
+from lpuc.passes.unit_transposes import unit_transposes
 from lpuc.target import Target
 
 
@@ -98,6 +101,8 @@ PIPELINE: tuple[Pass, ...] = (
     Pass("fold_batchnorm", fold_batchnorm),
     Pass("lower_conv", lower_conv),
     Pass("sink_transposes", sink_transposes),
+    # The Transposes sink_transposes leaves that only move dims of size 1 are Reshapes.
+    Pass("unit_transposes", unit_transposes),
     Pass("canonicalize_matmul", canonicalize_matmul),
     Pass("fold_constants", fold_constants),
     Pass("store_tables_at_precision", store_tables_at_precision),
@@ -108,6 +113,8 @@ PIPELINE: tuple[Pass, ...] = (
     # requantize maps with their neighbours.
     Pass("quantize_int8", quantize_int8),
     Pass("sink_reshapes", sink_reshapes),
+    # Once sink_reshapes has moved the unpacking of packed rows next to the MaxPool that reads it.
+    Pass("split_packed_pool", split_packed_pool),
     # Once sink_reshapes has put each requantization chain together, before it is fused into a map.
     Pass("fold_requantize", fold_requantize),
     Pass("fuse_elementwise", fuse_elementwise),
@@ -115,6 +122,8 @@ PIPELINE: tuple[Pass, ...] = (
     Pass("store_int8_floats_fp16", store_int8_floats_fp16),
     Pass("legalize_broadcast", legalize_broadcast),
     Pass("fuse_softmax", fuse_softmax),
+    # Once maps are fused: a product moves next to the map that reads it (an epilogue to be).
+    Pass("sink_products", sink_products),
     Pass("eliminate_dead_code", eliminate_dead_code),
 )
 

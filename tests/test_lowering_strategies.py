@@ -355,3 +355,28 @@ def test_k_split_partials_take_the_tiles_of_the_result(tmp_path):
     assert len(maps) == 6 and sorted(reads) == sorted(partials)  # each partial tile read once
     feeds = {v: rng.normal(size=(128, d)).astype(np.float32) for v, d in (("x", k), ("r", n))}
     _check(program, path, feeds)
+
+
+def test_one_tile_row_im2col_in_column_halves(tmp_path):
+    """An Im2Col whose result is one tile row of several lane tiles (a 7x7 map of 256 channels: 49
+    rows x 2304 columns, 8 tiles) is two instructions, each writing half of the lane tiles, so both
+    SXMs work on it; same numbers as onnxruntime (fp32)."""
+    torch.manual_seed(1)
+    net = torch.nn.Sequential(
+        torch.nn.Conv2d(256, 256, 1), torch.nn.ReLU(), torch.nn.Conv2d(256, 32, 3, padding=1)
+    ).eval()  # (the 1x1 convolution's result is channels-last, as between a net's layers)
+    path = export(
+        net, (torch.zeros(1, 256, 7, 7),), tmp_path / "c7.onnx", input_names=["x"], output_names=["y"]
+    )
+    program = lpuc.compile(path, precision="fp32")
+    im2col = [i for i in program.instructions if i.attrs.get("kernel") == "Im2Col" and "/2/" in i.node]
+    assert len(im2col) == 2
+    written = [sorted((program.tiles[w.buf].c0, w.nlanes) for w in i.writes) for i in im2col]
+    assert written[0] == [(0, 320), (320, 320), (640, 320), (960, 320)]
+    assert written[1] == [(1280, 320), (1600, 320), (1920, 320), (2240, 64)]
+    assert {i.unit for i in im2col} == {"SXM0", "SXM1"}
+    feeds = {"x": np.random.default_rng(5).normal(size=(1, 256, 7, 7)).astype(np.float32)}
+    (want,) = ort_run(path, feeds)
+    np.testing.assert_allclose(
+        program.run(feeds)["y"], want, rtol=1e-4, atol=1e-5 * float(np.abs(want).max())
+    )

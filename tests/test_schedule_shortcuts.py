@@ -1,7 +1,9 @@
 """The compile-time shortcuts of scheduling and allocation give the answers of the long way:
 giving up on MXM planes that cannot end first picks the plans a full search over every plane picks,
-answers cached across placement rounds change no schedule, and the allocator's first fit is the
-lowest free address (against brute force)."""
+answers cached across placement rounds change no schedule (nor do answers by op kept for the ops whose
+tiles stay put), a round that pins every tile keeps them where pinned, the allocator's first fit is
+the lowest free address (against brute force), and its union of placed ranges, used for requests live
+with every placed one, gives the addresses the test against each placed request gives."""
 
 from __future__ import annotations
 
@@ -13,7 +15,8 @@ import pytest
 import lpuc
 import lpuc.api
 from lpuc.schedule import scheduler
-from lpuc.schedule.allocator import _lowest_gap
+from lpuc.schedule.allocator import Lifetime, _lowest_gap, _place_slice
+from lpuc.schedule.build import _forget_moved
 from lpuc.schedule.dependencies import dependencies
 from lpuc.schedule.placement import place_tiles
 from lpuc.target import load_target
@@ -92,3 +95,62 @@ def test_lowest_gap_is_first_fit(seed):
     words = rng.randint(1, 10)
     ranges = [(int(a), int(b)) for a, b, x in zip(lo, hi, live) if x]
     assert _lowest_gap(lo, hi, live, words) == _brute_first_fit(ranges, words)
+
+
+def test_answers_by_op_kept_for_unmoved_ops_change_no_schedule(tiled):
+    target = load_target("tsp-v1")
+    preds = dependencies(tiled)
+    first = place_tiles(tiled, target)
+    moved = {b: (s + 1) % target.num_slices if b % 3 == 0 and s >= 0 else s for b, s in first.items()}
+    asked: dict = {}
+    scheduler.schedule(tiled, target, first, preds, asked=asked)
+    kept = len(asked)
+    _forget_moved(asked, tiled, first, moved)
+    assert 0 < len(asked) < kept, "some answers kept, those of ops on moved tiles dropped"
+    warm = scheduler.schedule(tiled, target, moved, preds, asked=asked)
+    cold = scheduler.schedule(tiled, target, moved, preds)
+    assert warm.slots == cold.slots
+
+
+def test_round_pinning_every_tile_keeps_them(tiled):
+    target = load_target("tsp-v1")
+    first = place_tiles(tiled, target)
+    # Tiles other than constants moved (constants keep their slots' slices), all of them pinned.
+    pinned = {
+        b.id: (first[b.id] + 1) % target.num_slices if not b.is_const and not b.host else first[b.id]
+        for b in tiled.buffers
+    }
+    assert place_tiles(tiled, target, pinned) == pinned
+
+
+def _place_slice_long_way(reqs, capacity):
+    """The allocator's loop with every request tested against each placed one (no union)."""
+    order = sorted(reqs, key=lambda r: (-r[1], r[2].start, r[0]))
+    lo, hi, start, end = (np.zeros(0, dtype=np.int64) for _ in range(4))
+    out, failed = {}, []
+    for rid, words, life in order:
+        at = _lowest_gap(lo, hi, (start < life.end) & (life.start < end), words)
+        if at + words > capacity:
+            failed.append(rid)
+            continue
+        out[rid] = at
+        lo, hi = np.append(lo, at), np.append(hi, at + words)
+        start, end = np.append(start, life.start), np.append(end, life.end)
+    return out, failed
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_union_first_fit_is_the_long_way(seed):
+    rng = random.Random(seed)
+    end = 100
+    reqs = []
+    for rid in range(rng.randint(0, 60)):
+        words = rng.choice([0, 1, 2, 4, 8, 8, 16, 16, 32]) if seed % 4 == 0 else rng.choice([1, 2, 4, 8, 16])
+        if rng.random() < 0.6:  # a constant: live throughout
+            life = Lifetime(0, end)
+        else:
+            a = rng.randrange(0, end - 1)
+            life = Lifetime(a, rng.randint(a + 1, end))
+        reqs.append((rid, words, life))
+    capacity = rng.choice([64, 128, 256])
+    assert _place_slice(reqs, capacity) == _place_slice_long_way(reqs, capacity)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import mmap
 import os
 from collections import Counter
 from dataclasses import dataclass
@@ -81,10 +82,22 @@ def _split(path: Path) -> tuple[onnx.ModelProto, dict[str, np.ndarray]] | None:
     if onnx.serialization.registry.get_format_from_file_extension(path.suffix) not in (None, "protobuf"):
         return None
     try:
-        data = path.read_bytes()
+        data = _file_bytes(path)
     except OSError:
         return None
     return split_weights(data, STUB_MIN_ELEMENTS)
+
+
+def _file_bytes(path: Path) -> bytes | mmap.mmap:
+    """The file's bytes, mapped read-only where the OS allows: the weights are views of them, and a
+    map copies nothing (reading a 340 MB model into memory took more time than the rest of the
+    import). The map stays open while a weight uses it; outputs are written via temp file + rename,
+    so writing over the model file does not change it."""
+    with open(path, "rb") as f:
+        try:
+            return mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+        except (ValueError, OSError):  # an empty file, or one that cannot be mapped
+            return f.read()
 
 
 def _check_opsets(model: onnx.ModelProto, where: str) -> None:

@@ -12,6 +12,7 @@ whole file as before, so malformed files fail with the same errors.
 from __future__ import annotations
 
 import math
+import mmap
 import sys
 
 import numpy as np
@@ -47,10 +48,13 @@ class _Unexpected(Exception):
     """Something the walk does not handle: parse the whole file instead."""
 
 
-def split_weights(data: bytes, min_elements: int) -> tuple[onnx.ModelProto, dict[str, np.ndarray]] | None:
+def split_weights(
+    data: bytes | mmap.mmap, min_elements: int
+) -> tuple[onnx.ModelProto, dict[str, np.ndarray]] | None:
     """The model in `data` (a serialized ModelProto) with every raw-data initializer of more than
     `min_elements` elements replaced by a placeholder, and those initializers as arrays by name
-    (views of `data`). None when the walk meets anything it does not expect."""
+    (views of `data`: a file's bytes, or the file mapped). None when the walk meets anything it
+    does not expect."""
     if sys.byteorder != "little":
         return None
     try:
@@ -78,7 +82,12 @@ def split_weights(data: bytes, min_elements: int) -> tuple[onnx.ModelProto, dict
 
 
 def _graph(
-    view: memoryview, lo: int, hi: int, data: bytes, min_elements: int, weights: dict[str, np.ndarray]
+    view: memoryview,
+    lo: int,
+    hi: int,
+    data: bytes | mmap.mmap,
+    min_elements: int,
+    weights: dict[str, np.ndarray],
 ) -> bytes:
     pieces: list[bytes | memoryview] = []
     names: set[str] = set()
@@ -99,7 +108,7 @@ def _graph(
 
 
 def _tensor(
-    view: memoryview, lo: int, hi: int, data: bytes, min_elements: int
+    view: memoryview, lo: int, hi: int, data: bytes | mmap.mmap, min_elements: int
 ) -> tuple[str | None, np.ndarray | None, bytes] | None:
     """(name, array or None, the tensor's bytes with a placeholder for its raw data); None for a
     tensor without a name field (left as it is)."""

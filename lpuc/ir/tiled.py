@@ -15,7 +15,7 @@ overlapping windows.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -128,3 +128,17 @@ class TiledProgram:
 
     def buffer(self, buf_id: int) -> Buffer:
         return self.buffers[buf_id]
+
+
+_T = TypeVar("_T", Buffer, TileOp)
+
+
+def copy_with(item: _T, **changes: Any) -> _T:
+    """dataclasses.replace for a Buffer or TileOp (plain dataclasses: no __post_init__, not frozen),
+    at a third of its cost: lowering renumbers every tile and op of a program after fusing, and
+    replace, which calls __init__ with every field, took a tenth of lowering."""
+    new = object.__new__(item.__class__)
+    fields = new.__dict__
+    fields.update(item.__dict__)
+    fields.update(changes)
+    return new

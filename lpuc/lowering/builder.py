@@ -156,7 +156,9 @@ class TiledBuilder:
                 nl = min(self.lanes, cols - c0)
                 key = None
                 if flat is not None:
-                    tile = np.ascontiguousarray(flat[r0 : r0 + nr, c0 : c0 + nl], dtype=dtype)
+                    # Copied as it is, then converted: numpy converts a contiguous tile about twice as
+                    # fast as a strided one (the same values: casting does not depend on the layout).
+                    tile = np.ascontiguousarray(flat[r0 : r0 + nr, c0 : c0 + nl]).astype(dtype, copy=False)
                     key = _content_key(tile) + (f".{replica}" if replica else "")
                     self.const_data.setdefault(key, tile)
                 buf = Buffer(

@@ -36,7 +36,7 @@ from collections import defaultdict
 from dataclasses import replace
 
 from lpuc.dtypes import dtype_name, words_per_row
-from lpuc.ir.tiled import Ref, TiledProgram, TileOp
+from lpuc.ir.tiled import Ref, TiledProgram, TileOp, copy_with
 from lpuc.target import Target
 
 
@@ -69,7 +69,7 @@ def fuse_epilogues(tiled: TiledProgram, target: Target) -> TiledProgram:
         if op.id in fused:
             m, j = fused[op.id]
             op = _fused_op(tiled, op, m, j)
-        new_ops.append(replace(op, id=len(new_ops)))
+        new_ops.append(copy_with(op, id=len(new_ops)))
     return without_unused_tiles(replace(tiled, ops=new_ops), {ops[i].writes[0].buf for i in fused})
 
 
@@ -180,13 +180,14 @@ def without_unused_tiles(tiled: TiledProgram, candidates: set[int]) -> TiledProg
     for buf in tiled.buffers:
         if buf.id not in dropped:
             new_id[buf.id] = len(buffers)
-            buffers.append(replace(buf, id=len(buffers)))
+            buffers.append(copy_with(buf, id=len(buffers)))
 
     def moved(r: Ref) -> Ref:
-        return replace(r, buf=new_id[r.buf])
+        # Ref's constructor, not dataclasses.replace: this runs for every window of every op.
+        return Ref(new_id[r.buf], r.row0, r.nrows, r.lane0, r.nlanes)
 
     ops = [
-        replace(op, reads=tuple(map(moved, op.reads)), writes=tuple(map(moved, op.writes)))
+        copy_with(op, reads=tuple(map(moved, op.reads)), writes=tuple(map(moved, op.writes)))
         for op in tiled.ops
     ]
     tensors = {}

@@ -18,7 +18,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 from lpuc.dtypes import dtype_name
-from lpuc.ir.tiled import Ref, TiledProgram, TileOp
+from lpuc.ir.tiled import Ref, TiledProgram, TileOp, copy_with
 from lpuc.lowering import epilogue
 from lpuc.target import Target
 
@@ -44,7 +44,7 @@ def join_maps(tiled: TiledProgram, target: Target) -> TiledProgram:
                 break
     if not merged_into:
         return tiled
-    new_ops = [replace(current[op.id], id=k) for k, op in enumerate(o for o in ops if o.id in current)]
+    new_ops = [copy_with(current[op.id], id=k) for k, op in enumerate(o for o in ops if o.id in current)]
     return epilogue.without_unused_tiles(replace(tiled, ops=new_ops), freed)
 
 

@@ -81,18 +81,25 @@ def lower_matmul(b: TiledBuilder, node: Node) -> None:
             _weight_stationary(b, node, attrs, a, w, c, p, m_segments, k_chunks, n_chunks, k)
         else:
             # Partial sums stay in the plane's accumulators, which hold acc_rows rows.
-            segments = split_range(0, p.m, b.target.mxm.acc_rows, [e for _, e in m_segments])
+            segments = _at_most(m_segments, b.target.mxm.acc_rows)
             # K splits over planes only for one product (a batch of them keeps the planes busy), and
             # not in fp32 builds, the exact reference: adding the parts' sums reassociates the sum
             # over K, which can overflow where the sequential sum does not. Split MMs write partial
             # results of their own tiles, so only A's tiles cut their rows (C's, cut shorter by row
             # segments, would double the weight loads).
             split = len(problems) == 1 and mode_name != "fp32" and b.enabled("k_split")
-            a_segments = split_range(0, p.m, b.target.mxm.acc_rows, _tile_edges(p.a_row, p.m, a.block_rows))
+            a_tiles = split_range(0, p.m, _tile_edges(p.a_row, p.m, a.block_rows))
+            a_segments = _at_most(a_tiles, b.target.mxm.acc_rows)
             chains = [m1 - m0 for m0, m1 in a_segments for _ in n_chunks]
             if split and _k_split(b, chains, len(k_chunks), mode.cycles_per_row) > 1:
                 segments = a_segments
             _accumulated(b, node, attrs, a, w, c, p, segments, k_chunks, n_chunks, k, split)
+
+
+def _at_most(segments: list[tuple[int, int]], rows: int) -> list[tuple[int, int]]:
+    """Each segment cut into pieces of at most `rows` rows from its own start (a tile of 196 rows
+    from row 196 stays whole: one MM writes it, so a map reading it can fuse into that MM)."""
+    return [piece for m0, m1 in segments for piece in split_range(m0, m1, range(m0 + rows, m1, rows))]
 
 
 def _weight_stationary(b, node, attrs, a, w, c, p: _Problem, m_segments, k_chunks, n_chunks, k) -> None:
@@ -157,6 +164,7 @@ def _chain(b, node, attrs, tensors, p: _Problem, rows, part, cols, k: int | None
     (m0, m1), (n0, n1) = rows, cols
     # A partial result is the product over its part of K: the validator sees K ranges within it.
     base = 0 if k is not None else part[0][0]
+    k_part = k is None  # (the scheduler ranks a K part's chain apart from the others)
     k = k if k is not None else part[-1][1] - base
     chain = -1
     for ki, (k0, k1) in enumerate(part):
@@ -170,6 +178,8 @@ def _chain(b, node, attrs, tensors, p: _Problem, rows, part, cols, k: int | None
         mm_attrs = {**attrs, "group": group, "install": True, "k": [k0 - base, k1 - base, k]}
         if ki > 0:
             mm_attrs.update(from_acc=True, k_from=part[0][0] - base)
+        if k_part:
+            mm_attrs["k_part"] = True
         if not last:
             mm_attrs.update(keep=True, lanes=n1 - n0)
         b.emit(

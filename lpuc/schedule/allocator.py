@@ -17,6 +17,7 @@
 
 from __future__ import annotations
 
+import bisect
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -109,15 +110,51 @@ def _place_slice(reqs: list[tuple[int, int, Lifetime]], capacity: int) -> tuple[
     n = 0
     out: dict[int, int] = {}
     failed: list[int] = []
+    # And as the union of their address ranges (disjoint, in address order), with the latest start
+    # and the earliest end among them: a request live at the same time as every placed one (most are
+    # constants, live throughout) fits first at the union's lowest gap, found without that test.
+    union_lo: list[int] = []
+    union_hi: list[int] = []
+    # (Requests of no words, placed last, are at address 0 either way.)
+    latest_start, earliest_end = -1, None
     for rid, words, life in order:
-        at = _lowest_gap(lo_of[:n], hi_of[:n], (start_of[:n] < life.end) & (life.start < end_of[:n]), words)
+        if latest_start < life.end and (earliest_end is None or life.start < earliest_end):
+            at = _lowest_union_gap(union_lo, union_hi, words)
+        else:
+            live = (start_of[:n] < life.end) & (life.start < end_of[:n])
+            at = _lowest_gap(lo_of[:n], hi_of[:n], live, words)
         if at + words > capacity:
             failed.append(rid)
             continue
         out[rid] = at
         lo_of[n], hi_of[n], start_of[n], end_of[n] = at, at + words, life.start, life.end
         n += 1
+        _add_range(union_lo, union_hi, at, at + words)
+        latest_start = max(latest_start, life.start)
+        earliest_end = life.end if earliest_end is None else min(earliest_end, life.end)
     return out, failed
+
+
+def _lowest_union_gap(union_lo: list[int], union_hi: list[int], words: int) -> int:
+    """_lowest_gap with every placed range live, from their union: the first gap of `words` words
+    below a disjoint range, else its top."""
+    below = 0
+    for lo, hi in zip(union_lo, union_hi):
+        if below + words <= lo:
+            return below
+        below = hi
+    return below
+
+
+def _add_range(union_lo: list[int], union_hi: list[int], lo: int, hi: int) -> None:
+    """Add [lo, hi) to a union of disjoint ranges in address order, merged with those it overlaps
+    or touches."""
+    i = bisect.bisect_left(union_hi, lo)  # the first range ending at lo or above
+    j = bisect.bisect_right(union_lo, hi)  # past the last starting at hi or below
+    if i < j:
+        lo, hi = min(lo, union_lo[i]), max(hi, union_hi[j - 1])
+    union_lo[i:j] = [lo]
+    union_hi[i:j] = [hi]
 
 
 def _lowest_gap(lo: np.ndarray, hi: np.ndarray, live: np.ndarray, words: int) -> int:

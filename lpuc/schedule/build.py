@@ -43,21 +43,28 @@ def build_program(
     model_nodes: Collection[str] = (),
     pack: bool = False,
     scratch: bool = False,
+    requests: dict | None = None,
 ) -> Program:
     """Schedule and place `tiled`; `model_nodes` names the model's own nodes (for the SXM bound).
     `pack`: narrow constant tiles share words (lpuc.schedule.packing); `scratch`: constants fill
-    most slices and leave room on a few (lpuc.schedule.placement.scratch_budgets). The program is
-    not validated yet: lpuc.compile does that as a stage of its own."""
+    most slices and leave room on a few (lpuc.schedule.placement.scratch_budgets). `requests`: the
+    scheduler's answers (lpuc.schedule.scheduler.schedule) from earlier builds for the same target,
+    kept in the dict for later ones. The program is not validated yet: lpuc.compile does that as a
+    stage of its own."""
     packing = pack_constants(tiled, target.lanes) if pack else ConstPacking()
     check_constants_fit(tiled, target, where, packing)
     pinned: dict[int, int] = {}
     spread = "spread_accesses" not in (options or {}).get("disabled_passes", ())
     preds = dependencies(tiled)
     rank = upward_ranks(tiled, preds, target)  # the same for every placement round
-    requests: dict = {}  # and so are most ops' needs (the scheduler's cache)
+    requests = {} if requests is None else requests  # and so are most ops' needs (the scheduler's cache)
+    asked: dict = {}  # the same answers by op: kept for the ops whose tiles stay on their slices
+    slice_of: dict[int, int] = {}
     for _ in range(MAX_PLACEMENT_ROUNDS):
+        before = slice_of
         slice_of = place_tiles(tiled, target, pinned, packing, spread_accesses=spread, scratch=scratch)
-        sched = schedule(tiled, target, slice_of, preds, rank, requests)
+        _forget_moved(asked, tiled, before, slice_of)
+        sched = schedule(tiled, target, slice_of, preds, rank, requests, asked)
         alloc = allocate(tiled, sched, slice_of, target.addresses_per_slice, packing)
         if not alloc.failures:
             break
@@ -138,6 +145,17 @@ def assemble(
         [binding(n) for n in tiled.inputs],
         [binding(n) for n in tiled.outputs],
     )
+
+
+def _forget_moved(asked: dict, tiled: TiledProgram, before: dict[int, int], after: dict[int, int]) -> None:
+    """Drop the scheduler's answers by op (keyed by op id first) for the ops touching a tile that
+    `after` places on another slice than `before` (where it reads or writes decides its costs)."""
+    moved = {b for b, s in after.items() if before.get(b, s) != s}
+    if not moved:
+        return
+    stale = {op.id for op in tiled.ops if any(r.buf in moved for r in (*op.reads, *op.writes))}
+    for key in [k for k in asked if k[0] in stale]:
+        del asked[key]
 
 
 def _move_failures(

@@ -14,7 +14,7 @@ import heapq
 
 import numpy as np
 
-from lpuc.ir.tiled import TiledProgram
+from lpuc.ir.tiled import Buffer, TiledProgram
 from lpuc.schedule.packing import ConstPacking
 from lpuc.target import Target
 
@@ -70,6 +70,27 @@ def place_tiles(
         slice_of[buf.id] = s
         load[s] += buf.words
 
+    others = [b for b in program.buffers if not b.is_const and not b.host]
+    if all(b.id in pinned for b in others):  # a later round that moves no tile of its own choosing
+        slice_of.update((b.id, pinned[b.id]) for b in others)
+    else:
+        _place_others(program, target, others, pinned, load, slice_of, spread_accesses)
+    slice_of.update({b.id: -1 for b in program.buffers if b.host})  # host memory: no slice
+    return slice_of
+
+
+def _place_others(
+    program: TiledProgram,
+    target: Target,
+    others: list[Buffer],
+    pinned: dict[int, int],
+    load: np.ndarray,
+    slice_of: dict[int, int],
+    spread_accesses: bool,
+) -> None:
+    """Place the tiles that are neither constants nor in host memory (place_tiles), given the
+    constants' slices and their words per slice (`load`)."""
+    n = target.num_slices
     # Ops (program order) touching each slice: tiles used by ops close in program order likely run
     # at the same time, and two of them on one slice queue on its two ports.
     touches = np.zeros((n, len(program.ops) + 1), dtype=np.int32)
@@ -80,10 +101,7 @@ def place_tiles(
     first, last = _program_order_lifetimes(program, users)
     releases: list[tuple[int, int, int, int]] = []  # (release index, buffer id, slice, words)
     live = load.copy()
-    order = sorted(
-        (b for b in program.buffers if not b.is_const and not b.host),
-        key=lambda b: (first.get(b.id, -1), b.id),
-    )
+    order = sorted(others, key=lambda b: (first.get(b.id, -1), b.id))
     cursor = 0
     for buf in order:
         now = first.get(buf.id, -1)
@@ -106,8 +124,6 @@ def place_tiles(
         live[s] += buf.words
         end = last.get(buf.id, len(program.ops)) if not buf.is_output else len(program.ops)
         heapq.heappush(releases, (end, buf.id, s, buf.words))
-    slice_of.update({b.id: -1 for b in program.buffers if b.host})  # host memory: no slice
-    return slice_of
 
 
 def scratch_budgets(program: TiledProgram, target: Target, packing: ConstPacking) -> np.ndarray:

@@ -45,8 +45,11 @@ def summarize(program: Program, facts: dict[str, Any]) -> dict[str, Any]:
     bounds = hardware_bounds(program, facts)
     busy: Counter[str] = Counter()
     for ins in program.instructions:
-        for u in ins.units:  # an MM holds its plane only while its rows stream in (lpuc.cost.occupancy)
-            busy[u] += held_until(program, ins, u) - ins.start
+        # An MM holds its plane only while its rows stream in (lpuc.cost.occupancy), everything else
+        # (its other units too) until its end: held_until, asked once per instruction.
+        own = held_until(program, ins, ins.unit) if ins.units else ins.end
+        for u in ins.units:
+            busy[u] += (own if u == ins.unit else ins.end) - ins.start
     compute = [u for u in target.units() if _is_compute(u) and (u != "HOST" or busy[u])]
     ports = [u for u in target.units() if u.startswith("MEM")]
     io_in = _io_bytes(program, program.inputs)

@@ -4,8 +4,8 @@ For seeded ResNet-50 v1.5 and VGG-19 (tests/zoo.py; ONNX exports cached under /t
 548 MiB): compile time, cycles, latency against Groq's published 49 us (ResNet-50, int8), hardware
 bound and bound_ratio, SRAM peak / addressed / constants, and the cosine similarity and SQNR of the
 int8 output against fp32 onnxruntime on seeded inputs. Then ResNet-50's fp16 cycles with each
-schedule-shaping pass and lowering strategy disabled in turn, and its int8 cycles without
-fold_requantize (--no-ablation skips both), and the MXM
+schedule-shaping pass and lowering strategy disabled in turn, and its int8 cycles without each
+int8-shaping pass (INT8_ABLATIONS; --no-ablation skips both), and the MXM
 utilization of a [2304x4096]x[4096x320] matmul in fp16 and int8.
 """
 
@@ -32,9 +32,16 @@ MODELS = {"resnet50": (resnet50, "lpuc_bench_resnet50_v15.onnx"), "vgg19": (vgg1
 SHAPE = (1, 3, 224, 224)
 GROQ_US = {"resnet50": 49.0}  # Groq's compiler on the same chip, int8, batch 1 (ISCA 2020)
 # What shapes a CNN's schedule: the layout passes and every lowering strategy.
-ABLATIONS = ("sink_transposes", "sink_reshapes", *STRATEGIES)
-# What shapes only int8 schedules: the requantization maps' ALU ops.
-INT8_ABLATIONS = ("fold_requantize",)
+ABLATIONS = ("sink_transposes", "unit_transposes", "sink_reshapes", "sink_products", *STRATEGIES)
+# What shapes int8 schedules most: the requantization maps' ALU ops, the fp16 residual sums, the
+# packed stem's split pooling, and the products moved to the maps they fuse into.
+INT8_ABLATIONS = (
+    "fold_requantize",
+    "store_int8_floats_fp16",
+    "split_packed_pool",
+    "sink_products",
+    "unit_transposes",
+)
 
 
 def exported(name: str) -> Path:

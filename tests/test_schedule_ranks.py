@@ -1,0 +1,62 @@
+"""Scheduler priorities (upward_ranks): the ops of a weight-stationary group (an LW and the MMs that
+stream row tiles past its weights) run in order on one plane, so an op's path to the end goes through
+the group's next op: ranks fall along a group, and what its first MM reads is wanted before what its
+last one reads."""
+
+from __future__ import annotations
+
+from onnx import helper
+
+from lpuc.lowering import lower
+from lpuc.passes.pipeline import PassContext, run_pipeline
+from lpuc.schedule.dependencies import dependencies
+from lpuc.schedule.scheduler import plane_order_successors, upward_ranks
+from lpuc.target import load_target
+from tests.passes.helpers import imported, model, rand
+
+
+def _tall_product():
+    """[2000, 64] @ [64, 64] + Relu: the rows are shared among the planes as weight groups of
+    several MMs each, and the Relu of each tile is a map of its own."""
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["m"]), helper.make_node("Relu", ["m"], ["y"])]
+    return model(nodes, {"x": [2000, 64]}, {"y": [2000, 64]}, {"w": rand(64, 64, seed=1)})
+
+
+def test_ranks_fall_along_each_weight_group():
+    target = load_target("tsp-v1")
+    graph = run_pipeline(imported(_tall_product()), PassContext(target, "fp16"))
+    program = lower(graph, target, "fp16")
+    rank = upward_ranks(program, dependencies(program), target)
+    items: dict[int, list[int]] = {}
+    for op in program.ops:
+        if op.group >= 0:
+            items.setdefault(op.group, []).append(op.id)
+    groups = [ids for ids in items.values() if sum(program.ops[i].opcode == "mxm.mm" for i in ids) > 1]
+    assert groups  # the product does run as groups of several MMs
+    for ids in groups:
+        ranks = [rank[i] for i in ids]
+        assert all(a > b for a, b in zip(ranks, ranks[1:])), ranks
+
+
+def _lowered(nodes, inputs, outputs, inits, precision):
+    target = load_target("tsp-v1")
+    graph = run_pipeline(imported(model(nodes, inputs, outputs, inits)), PassContext(target, precision))
+    return lower(graph, target, precision)
+
+
+def test_plane_order_follows_accumulation_chains_but_not_k_split_parts():
+    """An accumulation chain (K in chunks summed in one plane) runs LW, MM, LW, MM... in order: each op's
+    successor is the next. The chains of a K-split product's parts run side by side and get none."""
+    product = [helper.make_node("MatMul", ["x", "w"], ["y"])]
+    # fp32 never splits K: [64, 640] @ [640, 64] is one chain of four 160-row K chunks.
+    chained = _lowered(product, {"x": [64, 640]}, {"y": [64, 64]}, {"w": rand(640, 64, seed=2)}, "fp32")
+    mxm = [op.id for op in chained.ops if op.unit_class.startswith("MXM")]
+    assert len(mxm) == 8 and len({chained.ops[i].chain for i in mxm}) == 1
+    successor = plane_order_successors(chained.ops)
+    assert [successor.get(i) for i in mxm] == [*mxm[1:], None]
+    # One 128-row product over K = 3072 in fp16 is split into parts that run on several planes.
+    split = _lowered(product, {"x": [128, 3072]}, {"y": [128, 320]}, {"w": rand(3072, 320, seed=3)}, "fp16")
+    parts = {op.chain for op in split.ops if op.attrs.get("k_part")}
+    assert len(parts) > 1
+    successor = plane_order_successors(split.ops)
+    assert not any(split.ops[i].chain in parts for i in successor)
