@@ -255,9 +255,10 @@ class _UnitState:
         # _request's answers by what they depend on: ops of repeated layers ask the same questions,
         # and so does each placement round of one program.
         self._request_cache: dict[tuple, tuple[int, int, list[Pool]]] = {} if requests is None else requests
-        # The same answers by op, unit and port mode (slices are fixed while scheduling): an MXM op asks
-        # again per plane tried, and this key is cheap to hash (the one above hashes the work record).
-        self._asked: dict[tuple[int, str, bool], tuple[int, int, list[Pool]]] = {} if asked is None else asked
+        # The same answers by op, unit, port mode and ALUs held (slices are fixed while scheduling): an
+        # MXM op asks again per plane tried, and this key is cheap to hash (the one above hashes the
+        # work record).
+        self._asked: dict[tuple, tuple[int, int, list[Pool]]] = {} if asked is None else asked
 
     # -- what an op needs -------------------------------------------------------------------------
     def _streams(self, op: TileOp) -> tuple[tuple[Stream, ...], tuple[Stream, ...]]:
@@ -275,7 +276,7 @@ class _UnitState:
         single port on each slice, streaming more slowly, rather than what its rate could use;
         alus: the ALUs a VXM kernel holds, None: as many as keep up with its stream).
         The pools are shared between the ops that ask the same question: do not modify them."""
-        asked = (op.id, unit, one_port)
+        asked = (op.id, unit, one_port, alus)
         found = self._asked.get(asked)
         if found is not None:
             return found
