@@ -223,13 +223,15 @@ def _k_split(b: TiledBuilder, rows: list[int], chunks: int, cycles_per_row: int)
 
 def _front_loaded(parts: list[list]) -> list[list]:
     """K parts with one chunk moved from the last to the first (of three or more parts, the last
-    keeping two or more), for activations computed on the chip: they arrive in K order when the
+    keeping three or more), for activations computed on the chip: they arrive in K order when the
     product reads the columns of a product before it (an MLP's down projection after its up
     projection), so the first part starts earliest and the last latest, and a shorter last chain
     shortens what follows its input's last column (GPT-2 12L fp16, 20 chunks as 6, 5, 5, 4: 282,976
     cycles to 279,375; 4 layers 98,686 to 96,081; 7, 5, 5, 3 or 6, 6, 4, 4 gain less). Not for a
-    model input, all there at once (a lone GEMM: 32,405 cycles, front-loaded 32,885)."""
-    if len(parts) < 3 or len(parts[-1]) < 2:
+    model input, all there at once (a lone GEMM: 32,405 cycles, front-loaded 32,885), nor parts
+    too short to give a chunk (GPT-2 12L int8, ten 320-row chunks as 4, 3, 2, 1: 235,427 cycles
+    instead of 228,606 as 3, 3, 2, 2)."""
+    if len(parts) < 3 or len(parts[-1]) < 4:
         return parts
     flat = [c for part in parts for c in part]
     sizes = [len(part) for part in parts]
