@@ -55,13 +55,13 @@ def distribute_scales(graph: Graph, ctx: object = None) -> Graph:
 
 
 def _match(node: Node, graph: Graph, only_reader) -> list[tuple[str, np.ndarray, np.ndarray | None]] | None:
-    """For Mul(Add(u, v), k) with k constant and u, v each x * a [+ b] (a, b constant, each value
-    read only by the next step): [(x, a, b or None)] of u and v."""
+    """For Mul(Add(u, v), k) (or Sum(u, v)) with k constant and u, v each x * a [+ b] (a, b
+    constant, each value read only by the next step): [(x, a, b or None)] of u and v."""
     if node.op != "Mul" or node.domain or len(node.inputs) != 2 or not graph.is_const(node.inputs[1]):
         return None
     if graph.values[node.outputs[0]].dtype.kind != "f":
         return None
-    total = only_reader(node.inputs[0], "Add")
+    total = only_reader(node.inputs[0], "Add") or only_reader(node.inputs[0], "Sum")
     if total is None or len(total.inputs) != 2 or any(graph.is_const(i) for i in total.inputs):
         return None
     shape = graph.values[node.outputs[0]].shape

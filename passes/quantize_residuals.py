@@ -81,8 +81,8 @@ def _is_quantize_mul(node: Node, x: str, graph: Graph) -> bool:
 
 
 def _residual_add(node: Node, x: str, graph: Graph) -> bool:
-    """A float Add of x and another runtime value of x's shape (a residual connection)."""
-    if node.op != "Add" or node.domain or len(node.inputs) != 2 or x not in node.inputs:
+    """A float Add (or Sum) of x and another runtime value of x's shape (a residual connection)."""
+    if node.op not in ("Add", "Sum") or node.domain or len(node.inputs) != 2 or x not in node.inputs:
         return False
     other = node.inputs[1] if node.inputs[0] == x else node.inputs[0]
     same = graph.values[node.outputs[0]].shape == graph.values[x].shape
