@@ -26,6 +26,8 @@ _INT8 = 3  # onnx TensorProto.INT8
 
 
 def quantize_residuals(graph: Graph, ctx=None) -> Graph:
+    if getattr(ctx, "precision", "") != "int8":
+        return graph  # only --precision int8 chooses what to quantize (quantize_int8's maps)
     consumers, producers = graph.consumers(), graph.producers()
     dequantized: dict[str, dict[str, tuple[str, float]]] = {}  # Add name -> {x: (q, s)}
     for node in graph.nodes:
