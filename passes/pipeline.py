@@ -29,6 +29,7 @@ from lpuc.passes.canonicalize_ops import canonicalize_ops
 from lpuc.passes.decompose_attention import decompose_attention
 from lpuc.passes.decompose_lrn import decompose_lrn
 from lpuc.passes.decompose_rnn import decompose_rnn
+from lpuc.passes.distribute_scales import distribute_scales
 from lpuc.passes.eliminate_dead_code import eliminate_dead_code
 from lpuc.passes.eliminate_identity import eliminate_identity
 from lpuc.passes.fold_batchnorm import fold_batchnorm
@@ -44,6 +45,7 @@ from lpuc.passes.lower_einsum import lower_einsum
 from lpuc.passes.lower_gemm import lower_gemm
 from lpuc.passes.lower_quantized import lower_quantized
 from lpuc.passes.quantize_int8 import quantize_int8
+from lpuc.passes.quantize_residuals import quantize_residuals
 from lpuc.passes.sink_products import sink_products
 from lpuc.passes.sink_reshapes import sink_reshapes
 from lpuc.passes.sink_transposes import sink_transposes
@@ -112,11 +114,15 @@ PIPELINE: tuple[Pass, ...] = (
     # After the fusions that match float patterns, before fuse_elementwise merges its quantize and
     # requantize maps with their neighbours.
     Pass("quantize_int8", quantize_int8),
+    # A block output quantized for a product reaches the next residual Add in its int8 form.
+    Pass("quantize_residuals", quantize_residuals),
     Pass("sink_reshapes", sink_reshapes),
     # Once sink_reshapes has moved the unpacking of packed rows next to the MaxPool that reads it.
     Pass("split_packed_pool", split_packed_pool),
     # Once sink_reshapes has put each requantization chain together, before it is fused into a map.
     Pass("fold_requantize", fold_requantize),
+    # The output scale a requantization keeps after a residual sum moves into both terms' scales.
+    Pass("distribute_scales", distribute_scales),
     Pass("fuse_elementwise", fuse_elementwise),
     # Once maps are fused: which float values pass only from one map to others.
     Pass("store_int8_floats_fp16", store_int8_floats_fp16),

@@ -350,8 +350,10 @@ def test_residual_sums_between_int8_layers_are_stored_as_fp16(tmp_path):
     with the conversions charged as ALU ops of the maps; the output stays as close to fp32
     onnxruntime as with float32 storage."""
     path = _export(_ResidualConvs().eval(), (1, 3, 16, 16), tmp_path / "residual.onnx")
-    narrow = lpuc.compile(path, precision="int8", dump_ir=tmp_path / "ir")
-    wide = lpuc.compile(path, precision="int8", disable_passes=["store_int8_floats_fp16"])
+    # Float residuals (quantize_residuals passes them on in int8 instead).
+    keep = ["quantize_residuals"]
+    narrow = lpuc.compile(path, precision="int8", dump_ir=tmp_path / "ir", disable_passes=keep)
+    wide = lpuc.compile(path, precision="int8", disable_passes=["store_int8_floats_fp16", *keep])
     final = (tmp_path / "ir" / "99_final.graph.txt").read_text().splitlines()
     stored = [line for line in final if ": f16[" in line.split(" = ")[0]]
     assert len(stored) == 2 and all("= lpuc.Fused(" in line for line in stored), stored
@@ -492,3 +494,38 @@ def test_int8_artifact_is_deterministic(small_cnn, tmp_path):
     for path in paths:
         lpuc.compile(small_cnn, precision="int8").save(path)
     assert paths[0].read_bytes() == paths[1].read_bytes()
+
+
+def test_quantized_residual_joins_the_block_epilogue(tmp_path):
+    """A block output read by the next product (through its quantize map) and by the next residual
+    add passes on in int8 (passes/quantize_residuals.py): the quantize map joins the map computing
+    the sum, which is fused into the product as its epilogue, so the program has fewer maps; the
+    output scale distributes over the sum's two terms (passes/distribute_scales.py), keeping that
+    epilogue at 8 ALU ops. Both builds stay close to fp32 onnxruntime."""
+    path = _export(_ResidualConvs().eval(), (1, 3, 16, 16), tmp_path / "residual.onnx")
+    joined = lpuc.compile(path, precision="int8")
+    apart = lpuc.compile(path, precision="int8", disable_passes=["quantize_residuals"])
+    undistributed = lpuc.compile(path, precision="int8", disable_passes=["distribute_scales"])
+
+    def maps(program) -> int:
+        return sum(i.opcode == "vxm.map" for i in program.instructions)
+
+    def int8_epilogue_alus(program) -> list[int]:
+        return [
+            i.work.alu_ops
+            for i in program.instructions
+            if i.opcode == "mxm.mm"
+            and i.attrs.get("epilogue", {}).get("result") == "int32"
+            and any(
+                s["op"] == "Add" and all(a.startswith("s") for a in s["args"])
+                for s in i.attrs["epilogue"]["expr"]
+            )
+        ]
+
+    assert maps(joined) < maps(apart)
+    assert int8_epilogue_alus(joined) and max(int8_epilogue_alus(joined)) <= 8
+    assert max(int8_epilogue_alus(undistributed)) > max(int8_epilogue_alus(joined))
+    for program in (joined, apart):
+        _check_cosine(program, path, (1, 3, 16, 16), samples=2)
+    x = {"x": np.random.default_rng(5).standard_normal((1, 3, 16, 16)).astype(np.float32)}
+    np.testing.assert_array_equal(joined.run(x)["y"], joined.run(x, interpret=True)["y"])  # plan = oracle
