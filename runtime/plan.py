@@ -500,7 +500,8 @@ class _Executor:
             if from_acc:
                 np.add(product, plane.acc, out=product)
             if acc is not None:
-                product = product + acc.astype(product.dtype)
+                widened = from_fp16(acc) if acc.dtype == np.float16 else acc.astype(product.dtype)
+                np.add(product, widened, out=product)  # (product: a fresh array of its own)
             if dst is None:
                 plane.acc = product  # kept in the plane's accumulators for its next MM
             elif fused is not None:
@@ -508,14 +509,14 @@ class _Executor:
                 if fast_epilogue is not None and product.dtype == np.float32:
                     fast_epilogue(product)
                 else:
-                    np.copyto(dst, epilogue(fused, product, operands), casting="unsafe")
+                    _copy_into(dst, epilogue(fused, product, operands))
             elif stack:
                 plane.acc = None
                 for part, (row, rows) in zip(stack, spans):
-                    np.copyto(part, product[row : row + rows], casting="unsafe")
+                    _copy_into(part, product[row : row + rows])
             else:
                 plane.acc = None
-                np.copyto(dst, product, casting="unsafe")
+                _copy_into(dst, product)
 
         return mm
 

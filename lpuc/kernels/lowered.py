@@ -101,7 +101,7 @@ def channels_last_pool(ctx: KernelContext, x: np.ndarray) -> np.ndarray:
 def _pool_rows(ctx: KernelContext, x: np.ndarray) -> np.ndarray:
     if ctx.op_type == "MaxPool":
         low = -np.inf if x.dtype.kind == "f" else np.iinfo(x.dtype).min
-        return windows.gather(x, ctx.attrs, low).max(axis=1)
+        return windows.gather_max(x, ctx.attrs, low)
     values = windows.gather(x, ctx.attrs, 0).astype(np.float64)
     if ctx.attr("count_include_pad", 0):
         count = values.shape[1]

@@ -111,6 +111,22 @@ def gather(x: np.ndarray, attrs: Mapping[str, Any], fill) -> np.ndarray:
     return values
 
 
+def gather_max(x: np.ndarray, attrs: Mapping[str, Any], low) -> np.ndarray:
+    """gather(x, attrs, low).max(axis=1), the same bits: numpy reduces a middle axis by folding
+    np.maximum over it in order (NaNs and signed zeros included), which this does tap by tap
+    without the [out rows, taps, C] copy."""
+    index, padding = _slab_index(attrs, len(x))
+    out = x[index[:, 0]]
+    for t in range(index.shape[1]):
+        if t:
+            values = x[index[:, t]]
+        if padding is not None and padding[:, t].any():
+            (out if t == 0 else values)[padding[:, t]] = low
+        if t:
+            np.maximum(out, values, out=out)
+    return out
+
+
 # A slab's gather index depends only on the attributes: a runtime applies the same instruction
 # run after run, and computing the index took as long as the gather itself. Kept up to a budget,
 # least recently used first out.
@@ -125,7 +141,17 @@ def gather_columns(x: np.ndarray, attrs: Mapping[str, Any], fill) -> np.ndarray:
     values transposed to [rows, C, taps]). Channels-first from x's flat values by one index already
     in that order: numpy's take of one index is several times faster than gather's fancy index of
     (view row, view col) pairs followed by a transposed copy, and picks the same values."""
-    if not attrs["slab"].get("channels_first", False) or x.ndim != 2 or not x.flags.c_contiguous:
+    if not attrs["slab"].get("channels_first", False):
+        # Channels-last: each tap's rows gathered straight into its column slots (one copy, not a
+        # gather and then a transposed copy of it)
+        index, padding = _slab_index(attrs, len(x))
+        cols = np.empty((index.shape[0], x.shape[1], index.shape[1]), x.dtype)
+        for t in range(index.shape[1]):
+            cols[:, :, t] = x[index[:, t]]
+        if padding is not None:
+            cols.transpose(0, 2, 1)[padding] = fill
+        return cols.reshape(len(cols), -1)
+    if x.ndim != 2 or not x.flags.c_contiguous:
         values = gather(x, attrs, fill)
         return values.transpose(0, 2, 1).reshape(len(values), -1)
     flat, padded = _column_index(attrs, x.shape)
