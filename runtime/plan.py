@@ -342,6 +342,9 @@ class _Executor:
             else:
                 self._outputs.append((b.name, None, self._tensor(b.shape, b.dtype, b.tiles)))
         self._reset_needed = False
+        self._host_constants = dict(m.host_memory)  # what a run starts host memory with
+        # (name, dtype, shape) of each input, in binding order: the check of a run's inputs
+        self._input_checks = [(b.name, dtype_from_name(b.dtype), tuple(b.shape)) for b in program.inputs]
 
     # -- build helpers --------------------------------------------------------------------------
     def _view(self, a: Access) -> np.ndarray:
@@ -703,9 +706,23 @@ class _Executor:
         return put
 
     # -- running ----------------------------------------------------------------------------------
+    def _checked_inputs(self, inputs: Mapping[str, np.ndarray]) -> list[np.ndarray]:
+        """The input values in binding order, when they are exactly what the program takes (names,
+        arrays of its shapes and dtypes); otherwise Machine.coerced_inputs' conversion or error."""
+        values = []
+        if len(inputs) == len(self._input_checks):
+            for name, dtype, shape in self._input_checks:
+                value = inputs.get(name)
+                if type(value) is not np.ndarray or value.dtype != dtype or value.shape != shape:
+                    break
+                values.append(value)
+            else:
+                return values
+        return [value for _, value in self.machine.coerced_inputs(inputs)]
+
     def run(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         m = self.machine
-        values = m.coerced_inputs(inputs)  # refuse bad inputs before touching state
+        values = self._checked_inputs(inputs)  # refuse bad inputs before touching state
         if self._reset_needed:
             for block, held in self._restore:
                 if held is None:
@@ -715,9 +732,9 @@ class _Executor:
             for p in m.planes.values():
                 p.shadow = p.active = None
             m.host_memory.clear()
-            m.load_host_constants()
+            m.host_memory.update(self._host_constants)
         self._reset_needed = True
-        for t, (_, value) in zip(self._inputs, values):
+        for t, value in zip(self._inputs, values):
             t.store(value)
         if self._mxm_waits is None:
             for step in self.steps:
