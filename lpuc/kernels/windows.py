@@ -112,9 +112,13 @@ def gather(x: np.ndarray, attrs: Mapping[str, Any], fill) -> np.ndarray:
 
 
 def gather_max(x: np.ndarray, attrs: Mapping[str, Any], low) -> np.ndarray:
-    """gather(x, attrs, low).max(axis=1), the same bits: numpy reduces a middle axis by folding
-    np.maximum over it in order (NaNs and signed zeros included), which this does tap by tap
-    without the [out rows, taps, C] copy."""
+    """gather(x, attrs, low).max(axis=1), the same bits: numpy reduces the middle axis of the
+    gathered [out rows, taps, C] by folding np.maximum over the taps in order (which NaN payload or
+    zero sign wins depends on that order), which this does tap by tap without the copy. Not with
+    fewer than 8 channels: there numpy reduces the taps as an inner axis, in another order (one
+    channel measured; 2-32 matched, tests/kernels/test_fast_paths.py)."""
+    if x.shape[-1] < 8:
+        return gather(x, attrs, low).max(axis=1)
     index, padding = _slab_index(attrs, len(x))
     out = x[index[:, 0]]
     for t in range(index.shape[1]):

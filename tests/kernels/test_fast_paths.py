@@ -235,7 +235,8 @@ POOL_SLABS = (([2, 2], [0, 0, 0, 0]), ([1, 1], [1, 1, 1, 1]), ([2, 1], [1, 0, 0,
 
 @pytest.mark.parametrize("dtype", (np.float32, np.float16, np.int8))
 @pytest.mark.parametrize("strides, pads", POOL_SLABS)
-def test_max_pool_slabs(dtype, strides, pads):
+@pytest.mark.parametrize("channels", (1, 2, 9, 16))
+def test_max_pool_slabs(dtype, strides, pads, channels):
     """Lowered MaxPool's row slabs (windows.gather_max, a fold over taps) against onnxruntime, and
     bit for bit against the max over the gathered windows (NaNs with payloads, signed zeros)."""
     from lpuc.kernels import windows
@@ -244,7 +245,7 @@ def test_max_pool_slabs(dtype, strides, pads):
 
     rng = np.random.default_rng(7)
     geometry = {"kernel_shape": [3, 3], "strides": strides, "pads": pads}
-    x = random_input(rng, (1, 5, 9, 8)).astype(np.float32)
+    x = random_input(rng, (1, channels, 9, 8)).astype(np.float32)
     (expected,) = onnxruntime_outputs("MaxPool", [x], geometry)
     x_cl = np.ascontiguousarray(np.moveaxis(x, 1, -1))
     rows = expected.shape[2] * expected.shape[3]
