@@ -645,6 +645,14 @@ class _Executor:
         return vmap
 
     def _kernel(self, ins: Instruction, attrs: dict) -> Step:
+        copies = self._concat_copies(ins, attrs) if attrs["kernel"] == "Concat" else None
+        if copies is not None:
+
+            def concat() -> None:
+                for dst, src in copies:
+                    _copy_into(dst, src)
+
+            return concat
         m = self.machine
         loaders: list[Callable[[], np.ndarray | None]] = []
         widen = _widens_fp16(attrs)
@@ -694,6 +702,76 @@ class _Executor:
                 put(value)
 
         return kernel
+
+    def _concat_copies(self, ins: Instruction, attrs: dict) -> list[tuple[np.ndarray, np.ndarray]] | None:
+        """A Concat as copies from its input tiles straight into its output tiles, (output window,
+        input window) pairs: what loading the inputs, concatenating them and storing the result
+        writes, without the two whole-tensor copies in between. Only where each input is a block
+        of the output's [rows, cols] view: along the last axis (a column block) or an axis with
+        only 1s before it (a row block); inputs and output all float16 / float32 (np.concatenate's
+        promotion and the store's cast then give the value a direct cast gives) or all one dtype;
+        every input covered by its tiles (else loading fills zeros) and no output tile overlapping
+        an input one. None otherwise (the kernel runs)."""
+        descs, outs = attrs["inputs"], attrs["outputs"]
+        if len(outs) != 1 or outs[0] is None or not descs or any(d is None for d in descs):
+            return None
+        if any(d.get("host") or d["shape"] is None for d in (*descs, outs[0])):
+            return None
+        shapes = [tuple(d["shape"]) for d in descs]
+        ndim = len(shapes[0])
+        if ndim < 2 or any(len(sh) != ndim for sh in shapes):
+            return None
+        axis = int(attrs["attrs"].get("axis", 1))
+        axis = axis + ndim if axis < 0 else axis
+        rest = [sh[:axis] + sh[axis + 1 :] for sh in shapes]
+        if not 0 <= axis < ndim or any(r != rest[0] for r in rest):
+            return None
+        out_shape = (*shapes[0][:axis], sum(sh[axis] for sh in shapes), *shapes[0][axis + 1 :])
+        if tuple(outs[0]["shape"]) != out_shape:
+            return None
+        dtypes = {d["dtype"] for d in (*descs, outs[0])}
+        if len(dtypes) > 1 and not dtypes <= {"float16", "float32"}:
+            return None
+        if axis == ndim - 1:
+            offsets = [(0, sum(sh[-1] for sh in shapes[:k])) for k in range(len(shapes))]
+        elif math.prod(shapes[0][:axis]) == 1:
+            offsets = [(sum(view_of(sh)[0] for sh in shapes[:k]), 0) for k in range(len(shapes))]
+        else:
+            return None
+
+        def tensor(desc: dict, refs: tuple[Access, ...]) -> _Tensor | None:
+            t = self._tensor(desc["shape"], desc["dtype"], [r.buf for r in refs], desc["row_offset"])
+            rows, cols = t.rows_cols
+            for v, r, c in t.pieces:
+                if r < 0 or c < 0 or r + v.shape[0] > rows or c + v.shape[1] > cols:
+                    return None
+            return t
+
+        out = tensor(outs[0], ins.writes[outs[0]["first"] : outs[0]["first"] + outs[0]["count"]])
+        sources = [tensor(d, ins.reads[d["first"] : d["first"] + d["count"]]) for d in descs]
+        if out is None or any(t is None for t in sources):
+            return None
+        copies: list[tuple[np.ndarray, np.ndarray]] = []
+        for t, (row0, col0) in zip(sources, offsets):
+            covered = np.zeros(t.rows_cols, dtype=bool)
+            for v, r, c in t.pieces:
+                covered[r : r + v.shape[0], c : c + v.shape[1]] = True
+                for ov, orow, ocol in out.pieces:
+                    if np.may_share_memory(ov, v) and np.shares_memory(ov, v):
+                        return None  # (the kernel reads every input before it writes)
+                    top, left = max(row0 + r, orow), max(col0 + c, ocol)
+                    bottom = min(row0 + r + v.shape[0], orow + ov.shape[0])
+                    right = min(col0 + c + v.shape[1], ocol + ov.shape[1])
+                    if top < bottom and left < right:
+                        copies.append(
+                            (
+                                ov[top - orow : bottom - orow, left - ocol : right - ocol],
+                                v[top - row0 - r : bottom - row0 - r, left - col0 - c : right - col0 - c],
+                            )
+                        )
+            if not covered.all():
+                return None
+        return copies
 
     def _host_store(self, buf: int, dtype: np.dtype) -> Callable[[np.ndarray], None]:
         host, words = self.machine.host_memory, self.machine.sram.words

@@ -387,3 +387,40 @@ def test_single_column_weights_sum_as_the_interpreter_does():
     program = lpuc.compile(model, target="tsp-mini", precision="fp32", host_fallback=False)
     x = {"x": np.random.default_rng(0).standard_normal((1, 4)).astype(np.float32)}
     assert_identical(program.run(x, interpret=True), program.run(x))
+
+
+CONCATS = [(1, [(1, 3, 40, 24), (1, 5, 40, 24)]), (-1, [(700, 24), (700, 300)])]
+
+
+@pytest.mark.parametrize("axis, shapes", CONCATS)
+@pytest.mark.parametrize("precision", ["fp16", "fp32"])
+def test_concat_copies_tiles_directly(tmp_path, axis, shapes, precision):
+    """A Concat of row blocks (channels, batch 1) or column blocks (the last axis) runs as copies
+    between tiles (no kernel, no whole-tensor copies): the interpreter's outputs, bit for bit, and
+    onnxruntime's (each input goes through a Relu first, so the Concat reads computed tiles)."""
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+
+    names = [f"x{k}" for k in range(len(shapes))]
+    out_shape = list(shapes[0])
+    out_shape[axis] = sum(s[axis] for s in shapes)
+    graph = helper.make_graph(
+        [helper.make_node("Relu", [n], [f"r{n}"]) for n in names]
+        + [helper.make_node("Concat", [f"r{n}" for n in names], ["y"], axis=axis)],
+        "concat",
+        [helper.make_tensor_value_info(n, TensorProto.FLOAT, list(s)) for n, s in zip(names, shapes)],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, out_shape)],
+    )
+    path = tmp_path / "concat.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    program = lpuc.compile(path, precision=precision)
+    feeds = random_feeds(path)
+    outputs = check_program(program, feeds)
+    steps = [
+        s.__name__
+        for ins, s in zip(sorted(program.instructions, key=lambda i: i.id), program.plan._free[0].steps)
+        if ins.opcode.endswith("kernel") and ins.attrs.get("kernel") == "Concat"
+    ]
+    assert steps and set(steps) == {"concat"}, steps
+    (expected,) = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, feeds)
+    np.testing.assert_allclose(outputs["y"], expected, rtol=1e-3 if precision == "fp16" else 0, atol=0)
