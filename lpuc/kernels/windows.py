@@ -131,6 +131,18 @@ def gather_max(x: np.ndarray, attrs: Mapping[str, Any], low) -> np.ndarray:
     return out
 
 
+def window_counts(attrs: Mapping[str, Any]) -> np.ndarray:
+    """Per result row of a slab, how many of its window's taps are inside the input (at least 1),
+    as [out rows, 1] (cached like the gather index: the average pools divide by it every run)."""
+
+    def compute() -> tuple[np.ndarray, None]:
+        slab = attrs["slab"]
+        idx = tap_rows(attrs, slab["in_shape"], *slab["out_rows"])
+        return np.maximum(1, (idx >= 0).sum(axis=1, keepdims=True)), None
+
+    return _cached((*_slab_key(attrs, -1), "counts"), compute)[0]
+
+
 # A slab's gather index depends only on the attributes: a runtime applies the same instruction
 # run after run, and computing the index took as long as the gather itself. Kept up to a budget,
 # least recently used first out.

@@ -266,3 +266,37 @@ def test_max_pool_slabs(dtype, strides, pads, channels):
         folded = windows.gather_max(slab, attrs, low)
         reduced = windows.gather(slab, attrs, low).max(axis=1)
         np.testing.assert_array_equal(folded.view(np.uint8), reduced.view(np.uint8))
+
+
+@pytest.mark.parametrize("dtype", (np.float32, np.float16))
+@pytest.mark.parametrize("strides, pads", POOL_SLABS)
+@pytest.mark.parametrize("count_include_pad", (0, 1))
+def test_average_pool_slabs(dtype, strides, pads, count_include_pad):
+    """Lowered AveragePool's row slabs against onnxruntime, and bit for bit against averaging the
+    gathered windows widened after the gather (the kernel widens the slab first, then gathers)."""
+    from lpuc.kernels import windows
+    from lpuc.kernels.lowered import channels_last_pool
+    from lpuc.kernels.registry import KernelContext
+
+    rng = np.random.default_rng(8)
+    geometry = {
+        "kernel_shape": [3, 3],
+        "strides": strides,
+        "pads": pads,
+        "count_include_pad": count_include_pad,
+    }
+    x = random_input(rng, (1, 9, 9, 8)).astype(dtype)
+    (expected,) = onnxruntime_outputs("AveragePool", [x.astype(np.float32)], geometry)
+    rows = expected.shape[2] * expected.shape[3]
+    expected_rows = np.moveaxis(expected, 1, -1).reshape(rows, -1)
+    for attrs, slab, r0, r1 in _slabs(np.ascontiguousarray(np.moveaxis(x, 1, -1)), geometry, rows):
+        y = channels_last_pool(KernelContext("AveragePool", attrs, 1, 1, "lpuc"), slab)
+        np.testing.assert_allclose(
+            y, expected_rows[r0:r1], rtol=1e-3 if dtype == np.float16 else 1e-5, atol=1e-6
+        )
+        values = windows.gather(slab, attrs, 0).astype(np.float64)
+        idx = windows.tap_rows(attrs, attrs["slab"]["in_shape"], *attrs["slab"]["out_rows"])
+        count = values.shape[1] if count_include_pad else np.maximum(1, (idx >= 0).sum(axis=1, keepdims=True))
+        np.testing.assert_array_equal(
+            y.view(np.uint8), (values.sum(axis=1) / count).astype(dtype).view(np.uint8)
+        )
