@@ -424,3 +424,30 @@ def test_concat_copies_tiles_directly(tmp_path, axis, shapes, precision):
     assert steps and set(steps) == {"concat"}, steps
     (expected,) = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, feeds)
     np.testing.assert_allclose(outputs["y"], expected, rtol=1e-3 if precision == "fp16" else 0, atol=0)
+
+
+@pytest.mark.parametrize(
+    "expr, shapes",
+    [
+        ([_step("Add", "i0", "i1")], [(8, 10), (10,)]),
+        ([_step("Mul", "i0", "i1"), _step("Add", "r0", "i2")], [(2, 3, 16), (), (1, 16)]),
+        ([_step("Div", "i0", "i1"), _step("Sub", "r0", "i0"), _step("Relu", "r1")], [(5, 7), (5, 7)]),
+    ],
+)
+def test_fused_softmax_fast_path_computes_what_the_kernel_does(expr, shapes):
+    """The plan's FusedSoftmax path (float32, no causal mask) against the kernel, bit for bit, with
+    row, scalar and full operands; a causal mask or a float16 operand keeps the kernel."""
+    from lpuc.ir.graph import LPUC_DOMAIN
+    from lpuc.kernels.lowered import fused_softmax
+    from lpuc.kernels.registry import KernelContext
+    from lpuc.runtime.plan import _fused_softmax
+
+    rng = np.random.default_rng(4)
+    operands = [rng.standard_normal(s).astype(np.float32) * 4 for s in shapes]
+    desc = [{"dtype": "float32", "shape": list(s)} for s in shapes]
+    attrs = {"domain": LPUC_DOMAIN, "attrs": {"axis": -1, "expr": expr}, "inputs": desc, "outputs": desc[:1]}
+    (fast,) = _fused_softmax(attrs)(operands)
+    expected = fused_softmax(KernelContext("FusedSoftmax", attrs["attrs"], 1, 1, LPUC_DOMAIN), *operands)
+    assert fast.dtype == expected.dtype and np.array_equal(fast.view(np.uint32), expected.view(np.uint32))
+    assert _fused_softmax({**attrs, "attrs": {**attrs["attrs"], "triangles": {"1": 0}}}) is None
+    assert _fused_softmax({**attrs, "inputs": [{**desc[0], "dtype": "float16"}, *desc[1:]]}) is None
