@@ -158,9 +158,13 @@ def gather_columns(x: np.ndarray, attrs: Mapping[str, Any], fill) -> np.ndarray:
     in that order: numpy's take of one index is several times faster than gather's fancy index of
     (view row, view col) pairs followed by a transposed copy, and picks the same values."""
     if not attrs["slab"].get("channels_first", False):
-        # Channels-last: each tap's rows gathered straight into its column slots (one copy, not a
-        # gather and then a transposed copy of it)
         index, padding = _slab_index(attrs, len(x))
+        if x.itemsize > 2 or x.shape[1] < 64 or index.shape[1] == 1:
+            values = gather(x, attrs, fill)
+            return values.transpose(0, 2, 1).reshape(len(values), -1)
+        # Channels-last fp16 with many channels: each tap's rows gathered straight into its column
+        # slots, one copy instead of a gather and a transposed copy of it (~15% faster there;
+        # slower with 4-byte values, few channels or one tap, measured on the zoo's slabs)
         cols = np.empty((index.shape[0], x.shape[1], index.shape[1]), x.dtype)
         for t in range(index.shape[1]):
             cols[:, :, t] = x[index[:, t]]

@@ -213,11 +213,15 @@ def _slabs(x_cl: np.ndarray, geometry: dict, out_rows: int):
         yield {**geometry, "slab": {**slab, "in_row0": i0}}, np.ascontiguousarray(view[i0:i1]), r0, r1
 
 
-@pytest.mark.parametrize("channels, kernel, strides, dilations, pads", IM2COL_CASES)
+@pytest.mark.parametrize(
+    "channels, kernel, strides, dilations, pads",
+    [*IM2COL_CASES, (64, [3, 3], [1, 1], [1, 1], [1, 1, 1, 1]), (70, [3, 2], [2, 1], [1, 2], [2, 0, 1, 1])],
+)
 @pytest.mark.parametrize("dtype", (np.float32, np.float16))
 def test_im2col_channels_last_slabs_exact(channels, kernel, strides, dilations, pads, dtype):
-    """Lowered Im2Col's channels-last row slabs (gather_columns' tap-by-tap copy): each slab equals
-    those rows of the patch matrix."""
+    """Lowered Im2Col's channels-last row slabs (gather_columns' tap-by-tap copy for fp16 with 64 or
+    more channels, a gather and a transposed copy otherwise): each slab equals those rows of the
+    patch matrix."""
     from lpuc.kernels.lowered import im2col_kernel
     from lpuc.kernels.registry import KernelContext
 
