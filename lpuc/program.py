@@ -163,8 +163,8 @@ class Program:
 
     def validate(self) -> None:
         """Prove the program legal (raises ScheduleError); checked once per Program object."""
-        from lpuc.schedule.validator import validate
-
         if not self.validated:
+            from lpuc.schedule.validator import validate
+
             validate(self)
             self.validated = True

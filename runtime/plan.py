@@ -32,8 +32,10 @@ import numpy as np
 
 from lpuc.dtypes import dtype_from_name, words_per_row
 from lpuc.errors import LpucError
+from lpuc.ir.graph import LPUC_DOMAIN
 from lpuc.kernels import KernelContext, run_kernel
 from lpuc.kernels.registry import CAPTURES_ATTR, get_kernel
+from lpuc.kernels.softmax import softmax
 from lpuc.lowering.builder import view_of
 from lpuc.program import Access, Instruction, Program, TileSlot
 from lpuc.runtime.fp16 import from_fp16, round_fp16, to_fp16
@@ -162,6 +164,33 @@ def _ufunc_map(steps: list[UfuncStep], operands: list, dst: np.ndarray, scratch:
             to_fp16(scratch, out=dst)
 
     return vmap
+
+
+def _fused_softmax(attrs: dict) -> Callable[[list], list[np.ndarray]] | None:
+    """lowered.fused_softmax without the kernel plumbing (a kernel context per step, registry
+    look-ups), for float32 operands, a float32 result, no causal masks and an expression of
+    _float32_ufuncs steps: the kernels' ufuncs on the same arrays, then the same softmax. None
+    otherwise. (A small model's softmax is a third of its run.)"""
+    descs, outputs = attrs["inputs"], attrs["outputs"]
+    if attrs["domain"] != LPUC_DOMAIN or attrs["attrs"].get("triangles") or len(outputs) != 1:
+        return None
+    if any(d is None or d.get("host") or d["dtype"] != "float32" for d in (*descs, *outputs)):
+        return None
+    steps = _float32_ufuncs(attrs["attrs"]["expr"], [np.dtype(np.float32)] * len(descs), np.dtype(np.float32))
+    if steps is None:
+        return None
+
+    def call(operands: list) -> list[np.ndarray]:
+        rows = [o if o.ndim < 2 or o.size != o.shape[-1] else o.reshape(-1) for o in operands]
+        results: list[np.ndarray] = []
+        for fn, args, _ in steps:
+            x = [rows[j] if k == 1 else results[j] for k, j in args if k != 3]
+            if len(x) < len(args):  # Relu, as _ufunc_map computes it
+                x.append(_zeros(np.shape(x[0])))
+            results.append(fn(*x))
+        return [softmax(np.asarray(results[-1]).reshape(operands[0].shape), -1)]
+
+    return call
 
 
 def _widens_fp16(attrs: dict) -> bool:
@@ -342,6 +371,9 @@ class _Executor:
             else:
                 self._outputs.append((b.name, None, self._tensor(b.shape, b.dtype, b.tiles)))
         self._reset_needed = False
+        self._host_constants = dict(m.host_memory)  # what a run starts host memory with
+        # (name, dtype, shape) of each input, in binding order: the check of a run's inputs
+        self._input_checks = [(b.name, dtype_from_name(b.dtype), tuple(b.shape)) for b in program.inputs]
 
     # -- build helpers --------------------------------------------------------------------------
     def _view(self, a: Access) -> np.ndarray:
@@ -500,7 +532,8 @@ class _Executor:
             if from_acc:
                 np.add(product, plane.acc, out=product)
             if acc is not None:
-                product = product + acc.astype(product.dtype)
+                widened = from_fp16(acc) if acc.dtype == np.float16 else acc.astype(product.dtype)
+                np.add(product, widened, out=product)  # (product: a fresh array of its own)
             if dst is None:
                 plane.acc = product  # kept in the plane's accumulators for its next MM
             elif fused is not None:
@@ -508,14 +541,14 @@ class _Executor:
                 if fast_epilogue is not None and product.dtype == np.float32:
                     fast_epilogue(product)
                 else:
-                    np.copyto(dst, epilogue(fused, product, operands), casting="unsafe")
+                    _copy_into(dst, epilogue(fused, product, operands))
             elif stack:
                 plane.acc = None
                 for part, (row, rows) in zip(stack, spans):
-                    np.copyto(part, product[row : row + rows], casting="unsafe")
+                    _copy_into(part, product[row : row + rows])
             else:
                 plane.acc = None
-                np.copyto(dst, product, casting="unsafe")
+                _copy_into(dst, product)
 
         return mm
 
@@ -641,6 +674,14 @@ class _Executor:
         return vmap
 
     def _kernel(self, ins: Instruction, attrs: dict) -> Step:
+        copies = self._concat_copies(ins, attrs) if attrs["kernel"] == "Concat" else None
+        if copies is not None:
+
+            def concat() -> None:
+                for dst, src in copies:
+                    _copy_into(dst, src)
+
+            return concat
         m = self.machine
         loaders: list[Callable[[], np.ndarray | None]] = []
         widen = _widens_fp16(attrs)
@@ -658,7 +699,9 @@ class _Executor:
             if (widen or attrs["kernel"] in _SELECTING_KERNELS) and t.dtype == np.float16:
                 load = lambda load=load: from_fp16(load())  # noqa: E731
             loaders.append(load)
-        call = _bound_kernel(kernel_context(attrs))
+        call = (_fused_softmax(attrs) if attrs["kernel"] == "FusedSoftmax" else None) or _bound_kernel(
+            kernel_context(attrs)
+        )
         stores: list[tuple[dict, Callable[[np.ndarray], None]] | None] = []
         for desc in attrs["outputs"]:
             if desc is None:
@@ -691,6 +734,76 @@ class _Executor:
 
         return kernel
 
+    def _concat_copies(self, ins: Instruction, attrs: dict) -> list[tuple[np.ndarray, np.ndarray]] | None:
+        """A Concat as copies from its input tiles straight into its output tiles, (output window,
+        input window) pairs: what loading the inputs, concatenating them and storing the result
+        writes, without the two whole-tensor copies in between. Only where each input is a block
+        of the output's [rows, cols] view: along the last axis (a column block) or an axis with
+        only 1s before it (a row block); inputs and output all float16 / float32 (np.concatenate's
+        promotion and the store's cast then give the value a direct cast gives) or all one dtype;
+        every input covered by its tiles (else loading fills zeros) and no output tile overlapping
+        an input one. None otherwise (the kernel runs)."""
+        descs, outs = attrs["inputs"], attrs["outputs"]
+        if len(outs) != 1 or outs[0] is None or not descs or any(d is None for d in descs):
+            return None
+        if any(d.get("host") or d["shape"] is None for d in (*descs, outs[0])):
+            return None
+        shapes = [tuple(d["shape"]) for d in descs]
+        ndim = len(shapes[0])
+        if ndim < 2 or any(len(sh) != ndim for sh in shapes):
+            return None
+        axis = int(attrs["attrs"].get("axis", 1))
+        axis = axis + ndim if axis < 0 else axis
+        rest = [sh[:axis] + sh[axis + 1 :] for sh in shapes]
+        if not 0 <= axis < ndim or any(r != rest[0] for r in rest):
+            return None
+        out_shape = (*shapes[0][:axis], sum(sh[axis] for sh in shapes), *shapes[0][axis + 1 :])
+        if tuple(outs[0]["shape"]) != out_shape:
+            return None
+        dtypes = {d["dtype"] for d in (*descs, outs[0])}
+        if len(dtypes) > 1 and not dtypes <= {"float16", "float32"}:
+            return None
+        if axis == ndim - 1:
+            offsets = [(0, sum(sh[-1] for sh in shapes[:k])) for k in range(len(shapes))]
+        elif math.prod(shapes[0][:axis]) == 1:
+            offsets = [(sum(view_of(sh)[0] for sh in shapes[:k]), 0) for k in range(len(shapes))]
+        else:
+            return None
+
+        def tensor(desc: dict, refs: tuple[Access, ...]) -> _Tensor | None:
+            t = self._tensor(desc["shape"], desc["dtype"], [r.buf for r in refs], desc["row_offset"])
+            rows, cols = t.rows_cols
+            for v, r, c in t.pieces:
+                if r < 0 or c < 0 or r + v.shape[0] > rows or c + v.shape[1] > cols:
+                    return None
+            return t
+
+        out = tensor(outs[0], ins.writes[outs[0]["first"] : outs[0]["first"] + outs[0]["count"]])
+        sources = [tensor(d, ins.reads[d["first"] : d["first"] + d["count"]]) for d in descs]
+        if out is None or any(t is None for t in sources):
+            return None
+        copies: list[tuple[np.ndarray, np.ndarray]] = []
+        for t, (row0, col0) in zip(sources, offsets):
+            covered = np.zeros(t.rows_cols, dtype=bool)
+            for v, r, c in t.pieces:
+                covered[r : r + v.shape[0], c : c + v.shape[1]] = True
+                for ov, orow, ocol in out.pieces:
+                    if np.may_share_memory(ov, v) and np.shares_memory(ov, v):
+                        return None  # (the kernel reads every input before it writes)
+                    top, left = max(row0 + r, orow), max(col0 + c, ocol)
+                    bottom = min(row0 + r + v.shape[0], orow + ov.shape[0])
+                    right = min(col0 + c + v.shape[1], ocol + ov.shape[1])
+                    if top < bottom and left < right:
+                        copies.append(
+                            (
+                                ov[top - orow : bottom - orow, left - ocol : right - ocol],
+                                v[top - row0 - r : bottom - row0 - r, left - col0 - c : right - col0 - c],
+                            )
+                        )
+            if not covered.all():
+                return None
+        return copies
+
     def _host_store(self, buf: int, dtype: np.dtype) -> Callable[[np.ndarray], None]:
         host, words = self.machine.host_memory, self.machine.sram.words
 
@@ -702,9 +815,23 @@ class _Executor:
         return put
 
     # -- running ----------------------------------------------------------------------------------
+    def _checked_inputs(self, inputs: Mapping[str, np.ndarray]) -> list[np.ndarray]:
+        """The input values in binding order, when they are exactly what the program takes (names,
+        arrays of its shapes and dtypes); otherwise Machine.coerced_inputs' conversion or error."""
+        values = []
+        if len(inputs) == len(self._input_checks):
+            for name, dtype, shape in self._input_checks:
+                value = inputs.get(name)
+                if type(value) is not np.ndarray or value.dtype != dtype or value.shape != shape:
+                    break
+                values.append(value)
+            else:
+                return values
+        return [value for _, value in self.machine.coerced_inputs(inputs)]
+
     def run(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         m = self.machine
-        values = m.coerced_inputs(inputs)  # refuse bad inputs before touching state
+        values = self._checked_inputs(inputs)  # refuse bad inputs before touching state
         if self._reset_needed:
             for block, held in self._restore:
                 if held is None:
@@ -714,9 +841,9 @@ class _Executor:
             for p in m.planes.values():
                 p.shadow = p.active = None
             m.host_memory.clear()
-            m.load_host_constants()
+            m.host_memory.update(self._host_constants)
         self._reset_needed = True
-        for t, (_, value) in zip(self._inputs, values):
+        for t, value in zip(self._inputs, values):
             t.store(value)
         if self._mxm_waits is None:
             for step in self.steps:

@@ -387,3 +387,67 @@ def test_single_column_weights_sum_as_the_interpreter_does():
     program = lpuc.compile(model, target="tsp-mini", precision="fp32", host_fallback=False)
     x = {"x": np.random.default_rng(0).standard_normal((1, 4)).astype(np.float32)}
     assert_identical(program.run(x, interpret=True), program.run(x))
+
+
+CONCATS = [(1, [(1, 3, 40, 24), (1, 5, 40, 24)]), (-1, [(700, 24), (700, 300)])]
+
+
+@pytest.mark.parametrize("axis, shapes", CONCATS)
+@pytest.mark.parametrize("precision", ["fp16", "fp32"])
+def test_concat_copies_tiles_directly(tmp_path, axis, shapes, precision):
+    """A Concat of row blocks (channels, batch 1) or column blocks (the last axis) runs as copies
+    between tiles (no kernel, no whole-tensor copies): the interpreter's outputs, bit for bit, and
+    onnxruntime's (each input goes through a Relu first, so the Concat reads computed tiles)."""
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+
+    names = [f"x{k}" for k in range(len(shapes))]
+    out_shape = list(shapes[0])
+    out_shape[axis] = sum(s[axis] for s in shapes)
+    graph = helper.make_graph(
+        [helper.make_node("Relu", [n], [f"r{n}"]) for n in names]
+        + [helper.make_node("Concat", [f"r{n}" for n in names], ["y"], axis=axis)],
+        "concat",
+        [helper.make_tensor_value_info(n, TensorProto.FLOAT, list(s)) for n, s in zip(names, shapes)],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, out_shape)],
+    )
+    path = tmp_path / "concat.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    program = lpuc.compile(path, precision=precision)
+    feeds = random_feeds(path)
+    outputs = check_program(program, feeds)
+    steps = [
+        s.__name__
+        for ins, s in zip(sorted(program.instructions, key=lambda i: i.id), program.plan._free[0].steps)
+        if ins.opcode.endswith("kernel") and ins.attrs.get("kernel") == "Concat"
+    ]
+    assert steps and set(steps) == {"concat"}, steps
+    (expected,) = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, feeds)
+    np.testing.assert_allclose(outputs["y"], expected, rtol=1e-3 if precision == "fp16" else 0, atol=0)
+
+
+@pytest.mark.parametrize(
+    "expr, shapes",
+    [
+        ([_step("Add", "i0", "i1")], [(8, 10), (10,)]),
+        ([_step("Mul", "i0", "i1"), _step("Add", "r0", "i2")], [(2, 3, 16), (), (1, 16)]),
+        ([_step("Div", "i0", "i1"), _step("Sub", "r0", "i0"), _step("Relu", "r1")], [(5, 7), (5, 7)]),
+    ],
+)
+def test_fused_softmax_fast_path_computes_what_the_kernel_does(expr, shapes):
+    """The plan's FusedSoftmax path (float32, no causal mask) against the kernel, bit for bit, with
+    row, scalar and full operands; a causal mask or a float16 operand keeps the kernel."""
+    from lpuc.ir.graph import LPUC_DOMAIN
+    from lpuc.kernels.lowered import fused_softmax
+    from lpuc.kernels.registry import KernelContext
+    from lpuc.runtime.plan import _fused_softmax
+
+    rng = np.random.default_rng(4)
+    operands = [rng.standard_normal(s).astype(np.float32) * 4 for s in shapes]
+    desc = [{"dtype": "float32", "shape": list(s)} for s in shapes]
+    attrs = {"domain": LPUC_DOMAIN, "attrs": {"axis": -1, "expr": expr}, "inputs": desc, "outputs": desc[:1]}
+    (fast,) = _fused_softmax(attrs)(operands)
+    expected = fused_softmax(KernelContext("FusedSoftmax", attrs["attrs"], 1, 1, LPUC_DOMAIN), *operands)
+    assert fast.dtype == expected.dtype and np.array_equal(fast.view(np.uint32), expected.view(np.uint32))
+    assert _fused_softmax({**attrs, "attrs": {**attrs["attrs"], "triangles": {"1": 0}}}) is None
+    assert _fused_softmax({**attrs, "inputs": [{**desc[0], "dtype": "float16"}, *desc[1:]]}) is None

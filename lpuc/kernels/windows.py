@@ -111,6 +111,38 @@ def gather(x: np.ndarray, attrs: Mapping[str, Any], fill) -> np.ndarray:
     return values
 
 
+def gather_max(x: np.ndarray, attrs: Mapping[str, Any], low) -> np.ndarray:
+    """gather(x, attrs, low).max(axis=1), the same bits: numpy reduces the middle axis of the
+    gathered [out rows, taps, C] by folding np.maximum over the taps in order (which NaN payload or
+    zero sign wins depends on that order), which this does tap by tap without the copy. Not with
+    fewer than 8 channels: there numpy reduces the taps as an inner axis, in another order (one
+    channel measured; 2-32 matched, tests/kernels/test_fast_paths.py)."""
+    if x.shape[-1] < 8:
+        return gather(x, attrs, low).max(axis=1)
+    index, padding = _slab_index(attrs, len(x))
+    out = x[index[:, 0]]
+    for t in range(index.shape[1]):
+        if t:
+            values = x[index[:, t]]
+        if padding is not None and padding[:, t].any():
+            (out if t == 0 else values)[padding[:, t]] = low
+        if t:
+            np.maximum(out, values, out=out)
+    return out
+
+
+def window_counts(attrs: Mapping[str, Any]) -> np.ndarray:
+    """Per result row of a slab, how many of its window's taps are inside the input (at least 1),
+    as [out rows, 1] (cached like the gather index: the average pools divide by it every run)."""
+
+    def compute() -> tuple[np.ndarray, None]:
+        slab = attrs["slab"]
+        idx = tap_rows(attrs, slab["in_shape"], *slab["out_rows"])
+        return np.maximum(1, (idx >= 0).sum(axis=1, keepdims=True)), None
+
+    return _cached((*_slab_key(attrs, -1), "counts"), compute)[0]
+
+
 # A slab's gather index depends only on the attributes: a runtime applies the same instruction
 # run after run, and computing the index took as long as the gather itself. Kept up to a budget,
 # least recently used first out.
@@ -125,7 +157,21 @@ def gather_columns(x: np.ndarray, attrs: Mapping[str, Any], fill) -> np.ndarray:
     values transposed to [rows, C, taps]). Channels-first from x's flat values by one index already
     in that order: numpy's take of one index is several times faster than gather's fancy index of
     (view row, view col) pairs followed by a transposed copy, and picks the same values."""
-    if not attrs["slab"].get("channels_first", False) or x.ndim != 2 or not x.flags.c_contiguous:
+    if not attrs["slab"].get("channels_first", False):
+        index, padding = _slab_index(attrs, len(x))
+        if x.itemsize > 2 or x.shape[1] < 64 or index.shape[1] == 1:
+            values = gather(x, attrs, fill)
+            return values.transpose(0, 2, 1).reshape(len(values), -1)
+        # Channels-last fp16 with many channels: each tap's rows gathered straight into its column
+        # slots, one copy instead of a gather and a transposed copy of it (~15% faster there;
+        # slower with 4-byte values, few channels or one tap, measured on the zoo's slabs)
+        cols = np.empty((index.shape[0], x.shape[1], index.shape[1]), x.dtype)
+        for t in range(index.shape[1]):
+            cols[:, :, t] = x[index[:, t]]
+        if padding is not None:
+            cols.transpose(0, 2, 1)[padding] = fill
+        return cols.reshape(len(cols), -1)
+    if x.ndim != 2 or not x.flags.c_contiguous:
         values = gather(x, attrs, fill)
         return values.transpose(0, 2, 1).reshape(len(values), -1)
     flat, padded = _column_index(attrs, x.shape)

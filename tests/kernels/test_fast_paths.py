@@ -199,3 +199,108 @@ def test_window_ops_on_channels_last_views(op, attrs):
     expected = onnxruntime_outputs(op, inputs, attrs)[0]
     actual = oracle.kernel_outputs(op, [view, *inputs[1:]], attrs)[0]
     np.testing.assert_allclose(actual, expected, rtol=1e-5, atol=1e-5)
+
+
+def _slabs(x_cl: np.ndarray, geometry: dict, out_rows: int):
+    """(attrs, input row slab, r0, r1) for three row slabs of a channels-last [N, *spatial, C] input."""
+    from lpuc.kernels import windows
+
+    view = x_cl.reshape(-1, x_cl.shape[-1])
+    bounds = np.linspace(0, out_rows, 4).astype(int)
+    for r0, r1 in zip(bounds[:-1], bounds[1:], strict=True):
+        slab = {"in_shape": list(x_cl.shape), "out_rows": [int(r0), int(r1)]}
+        i0, i1 = windows.input_rows({**geometry, "slab": slab}, x_cl.shape, int(r0), int(r1))
+        yield {**geometry, "slab": {**slab, "in_row0": i0}}, np.ascontiguousarray(view[i0:i1]), r0, r1
+
+
+@pytest.mark.parametrize(
+    "channels, kernel, strides, dilations, pads",
+    [*IM2COL_CASES, (64, [3, 3], [1, 1], [1, 1], [1, 1, 1, 1]), (70, [3, 2], [2, 1], [1, 2], [2, 0, 1, 1])],
+)
+@pytest.mark.parametrize("dtype", (np.float32, np.float16))
+def test_im2col_channels_last_slabs_exact(channels, kernel, strides, dilations, pads, dtype):
+    """Lowered Im2Col's channels-last row slabs (gather_columns' tap-by-tap copy for fp16 with 64 or
+    more channels, a gather and a transposed copy otherwise): each slab equals those rows of the
+    patch matrix."""
+    from lpuc.kernels.lowered import im2col_kernel
+    from lpuc.kernels.registry import KernelContext
+
+    x = random_input(np.random.default_rng(channels), (2, channels, *[8, 7, 6][: len(kernel)])).astype(dtype)
+    expected = _patches(x, kernel, strides, pads, dilations)
+    geometry = {"kernel_shape": kernel, "strides": strides, "dilations": dilations, "pads": pads}
+    geometry["channels_last"] = 1
+    for attrs, rows, r0, r1 in _slabs(np.ascontiguousarray(np.moveaxis(x, 1, -1)), geometry, len(expected)):
+        cols = im2col_kernel(KernelContext("Im2Col", attrs, 1, 1, "lpuc"), rows)
+        np.testing.assert_array_equal(cols, expected[r0:r1])
+
+
+POOL_SLABS = (([2, 2], [0, 0, 0, 0]), ([1, 1], [1, 1, 1, 1]), ([2, 1], [1, 0, 0, 1]))
+
+
+@pytest.mark.parametrize("dtype", (np.float32, np.float16, np.int8))
+@pytest.mark.parametrize("strides, pads", POOL_SLABS)
+@pytest.mark.parametrize("channels", (1, 2, 9, 16))
+def test_max_pool_slabs(dtype, strides, pads, channels):
+    """Lowered MaxPool's row slabs (windows.gather_max, a fold over taps) against onnxruntime, and
+    bit for bit against the max over the gathered windows (NaNs with payloads, signed zeros)."""
+    from lpuc.kernels import windows
+    from lpuc.kernels.lowered import channels_last_pool
+    from lpuc.kernels.registry import KernelContext
+
+    rng = np.random.default_rng(7)
+    geometry = {"kernel_shape": [3, 3], "strides": strides, "pads": pads}
+    x = random_input(rng, (1, channels, 9, 8)).astype(np.float32)
+    (expected,) = onnxruntime_outputs("MaxPool", [x], geometry)
+    x_cl = np.ascontiguousarray(np.moveaxis(x, 1, -1))
+    rows = expected.shape[2] * expected.shape[3]
+    expected_rows = np.moveaxis(expected, 1, -1).reshape(rows, -1)
+    for attrs, slab, r0, r1 in _slabs(x_cl, geometry, rows):
+        y = channels_last_pool(KernelContext("MaxPool", attrs, 1, 1, "lpuc"), slab)
+        np.testing.assert_array_equal(y, expected_rows[r0:r1])
+    if dtype == np.int8:
+        special = rng.integers(-128, 128, x_cl.shape).astype(dtype)
+        low = -128
+    else:
+        values = np.array([0.0, -0.0, np.nan, -np.nan, 1.0, -1.0, np.inf, -np.inf], dtype=dtype)
+        special = rng.choice(values, x_cl.shape)
+        bits = special.view(np.uint32 if dtype == np.float32 else np.uint16)
+        bits[np.isnan(special)] |= rng.integers(1, 64, int(np.isnan(special).sum())).astype(bits.dtype)
+        low = -np.inf
+    for attrs, slab, _, _ in _slabs(special, geometry, rows):
+        folded = windows.gather_max(slab, attrs, low)
+        reduced = windows.gather(slab, attrs, low).max(axis=1)
+        np.testing.assert_array_equal(folded.view(np.uint8), reduced.view(np.uint8))
+
+
+@pytest.mark.parametrize("dtype", (np.float32, np.float16))
+@pytest.mark.parametrize("strides, pads", POOL_SLABS)
+@pytest.mark.parametrize("count_include_pad", (0, 1))
+def test_average_pool_slabs(dtype, strides, pads, count_include_pad):
+    """Lowered AveragePool's row slabs against onnxruntime, and bit for bit against averaging the
+    gathered windows widened after the gather (the kernel widens the slab first, then gathers)."""
+    from lpuc.kernels import windows
+    from lpuc.kernels.lowered import channels_last_pool
+    from lpuc.kernels.registry import KernelContext
+
+    rng = np.random.default_rng(8)
+    geometry = {
+        "kernel_shape": [3, 3],
+        "strides": strides,
+        "pads": pads,
+        "count_include_pad": count_include_pad,
+    }
+    x = random_input(rng, (1, 9, 9, 8)).astype(dtype)
+    (expected,) = onnxruntime_outputs("AveragePool", [x.astype(np.float32)], geometry)
+    rows = expected.shape[2] * expected.shape[3]
+    expected_rows = np.moveaxis(expected, 1, -1).reshape(rows, -1)
+    for attrs, slab, r0, r1 in _slabs(np.ascontiguousarray(np.moveaxis(x, 1, -1)), geometry, rows):
+        y = channels_last_pool(KernelContext("AveragePool", attrs, 1, 1, "lpuc"), slab)
+        np.testing.assert_allclose(
+            y, expected_rows[r0:r1], rtol=1e-3 if dtype == np.float16 else 1e-5, atol=1e-6
+        )
+        values = windows.gather(slab, attrs, 0).astype(np.float64)
+        idx = windows.tap_rows(attrs, attrs["slab"]["in_shape"], *attrs["slab"]["out_rows"])
+        count = values.shape[1] if count_include_pad else np.maximum(1, (idx >= 0).sum(axis=1, keepdims=True))
+        np.testing.assert_array_equal(
+            y.view(np.uint8), (values.sum(axis=1) / count).astype(dtype).view(np.uint8)
+        )
