@@ -13,19 +13,16 @@ from __future__ import annotations
 import numpy as np
 
 from lpuc.ir.graph import Graph, Node
-from lpuc.passes.builder import NodeBuilder
+from lpuc.passes.builder import NodeBuilder, replace_nodes
 
 
 def unit_transposes(graph: Graph, ctx: object = None) -> Graph:
-    out = graph.copy(nodes=[])
-    for node in graph.nodes:
-        if not _is_reshape(node, graph):
-            out.nodes.append(node)
-            continue
-        b = NodeBuilder(out, node)
-        b.bind_output(b.reshape(node.inputs[0], graph.values[node.outputs[0]].shape), node.outputs[0])
-        out.nodes.extend(b.nodes)
-    return out.prune_values()
+    return replace_nodes(graph, _is_reshape, _as_reshape)
+
+
+def _as_reshape(b: NodeBuilder) -> None:
+    node = b.node
+    b.bind_output(b.reshape(node.inputs[0], b.graph.values[node.outputs[0]].shape), node.outputs[0])
 
 
 def _is_reshape(node: Node, graph: Graph) -> bool:
