@@ -17,7 +17,7 @@ from __future__ import annotations
 import numpy as np
 
 from lpuc.ir.graph import Graph, Node
-from lpuc.passes.builder import NodeBuilder
+from lpuc.passes.builder import NodeBuilder, replace_nodes
 from lpuc.passes.eliminate_dead_code import eliminate_dead_code
 
 
@@ -32,26 +32,25 @@ def distribute_scales(graph: Graph, ctx: object = None) -> Graph:
         ok = p is not None and p.op == op and not p.domain and value not in outputs
         return p if ok and len(consumers.get(value, [])) == 1 else None
 
-    out = graph.copy(nodes=[])
-    changed = False
-    for node in graph.nodes:
-        sides = _match(node, graph, only_reader)
-        if sides is None:
-            out.nodes.append(node)
-            continue
-        b = NodeBuilder(out, node)
-        k = _const(graph, node.inputs[1])
-        terms = []
-        for x, scale, offset in sides:
-            dtype = graph.values[x].dtype
-            y = b.binary("Mul", x, b.const("scale", (scale * k).astype(dtype)), "scale")
-            if offset is not None:
-                y = b.binary("Add", y, b.const("offset", (offset * k).astype(dtype)), "offset")
-            terms.append(y)
-        b.bind_output(b.binary("Add", *terms, "sum"), node.outputs[0])
-        out.nodes.extend(b.nodes)
-        changed = True
-    return eliminate_dead_code(out.prune_values()) if changed else graph
+    matches = {n.name: sides for n in graph.nodes if (sides := _match(n, graph, only_reader))}
+    if not matches:
+        return graph
+    out = replace_nodes(graph, lambda n, _: n.name in matches, lambda b: _distribute(b, matches[b.node.name]))
+    return eliminate_dead_code(out)
+
+
+def _distribute(b: NodeBuilder, sides: list[tuple[str, np.ndarray, np.ndarray | None]]) -> None:
+    """x * (a k) [+ b k] + y * (c k) in place of b.node, (x * a [+ b] + y * c) * k."""
+    node = b.node
+    k = _const(b.graph, node.inputs[1])
+    terms = []
+    for x, scale, offset in sides:
+        dtype = b.dtype(x)
+        y = b.binary("Mul", x, b.const("scale", (scale * k).astype(dtype)), "scale")
+        if offset is not None:
+            y = b.binary("Add", y, b.const("offset", (offset * k).astype(dtype)), "offset")
+        terms.append(y)
+    b.bind_output(b.binary("Add", *terms, "sum"), node.outputs[0])
 
 
 def _match(node: Node, graph: Graph, only_reader) -> list[tuple[str, np.ndarray, np.ndarray | None]] | None:

@@ -21,23 +21,17 @@ from __future__ import annotations
 import numpy as np
 
 from lpuc.ir.graph import LPUC_DOMAIN, Graph, Node
-from lpuc.passes.builder import NodeBuilder
+from lpuc.passes.builder import NodeBuilder, replace_nodes
 from lpuc.passes.eliminate_dead_code import eliminate_dead_code
 
 
 def split_packed_pool(graph: Graph, ctx: object = None) -> Graph:
     producers, consumers = graph.producers(), graph.consumers()
-    out = graph.copy(nodes=[])
-    for node in graph.nodes:
-        packed = _packed_source(node, graph, producers, consumers)
-        if packed is None:
-            out.nodes.append(node)
-            continue
-        b = NodeBuilder(out, node)
-        _split(b, packed)
-        out.nodes.extend(b.nodes)
-    # The unpacking Reshapes the pools read before are dead now.
-    return eliminate_dead_code(out.prune_values())
+    sources = {n.name: s for n in graph.nodes if (s := _packed_source(n, graph, producers, consumers))}
+    if not sources:
+        return graph
+    out = replace_nodes(graph, lambda n, _: n.name in sources, lambda b: _split(b, sources[b.node.name]))
+    return eliminate_dead_code(out)  # the unpacking Reshapes the pools read before are dead now
 
 
 def _packed_source(

@@ -103,20 +103,26 @@ def test_reduction_over_rows_has_no_lane_tree(keepdims):
     assert ins.work.alu_ops == 2 * 64 * 2
 
 
+def _side_by_side(tmp_path, op: str, count: int, shape: list[int], opset: int, **attrs):
+    """A model of `count` independent `op` nodes, y{i} = op(x{i}), each [rows, cols] = shape."""
+    graph = helper.make_graph(
+        [helper.make_node(op, [f"x{i}"], [f"y{i}"], **attrs) for i in range(count)],
+        op,
+        [helper.make_tensor_value_info(f"x{i}", TensorProto.FLOAT, shape) for i in range(count)],
+        [helper.make_tensor_value_info(f"y{i}", TensorProto.FLOAT, shape) for i in range(count)],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], ir_version=IR_VERSION)
+    path = tmp_path / f"{op}.onnx"
+    path.write_bytes(model.SerializeToString())
+    return path
+
+
 def test_kernels_side_by_side_hold_fewer_alus_than_keep_pace(tmp_path):
     """Three independent 128x128 softmaxes, six ALUs each to keep pace with their 512 vectors, on a
     VXM of 16: two take six, the third runs beside them on the four left (its 2,944 ops over four
     ALUs: 736 cycles) instead of waiting for one of them to end (lpuc.cost.held_alus)."""
     names = ["x0", "x1", "x2"]
-    graph = helper.make_graph(
-        [helper.make_node("Softmax", [x], [f"y{x[1]}"], axis=-1) for x in names],
-        "softmaxes",
-        [helper.make_tensor_value_info(x, TensorProto.FLOAT, [128, 128]) for x in names],
-        [helper.make_tensor_value_info(f"y{x[1]}", TensorProto.FLOAT, [128, 128]) for x in names],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=IR_VERSION)
-    path = tmp_path / "softmaxes.onnx"
-    path.write_bytes(model.SerializeToString())
+    path = _side_by_side(tmp_path, "Softmax", len(names), [128, 128], 18, axis=-1)
     program = lpuc.compile(path, precision="fp32", disable_passes=["row_segments"])  # one kernel each
     kernels = _kernels(program)
     held = sorted(sum(u.startswith("VXM") for u in k.units) for k in kernels)
@@ -135,15 +141,7 @@ def test_heavy_maps_side_by_side_wrap_over_fewer_alus(tmp_path):
     its ten, the other runs beside it on the six left, wrapping its chain twice over them (twice
     the cycles per row), rather than waiting for the first to end (lpuc.cost.held_alus)."""
     names = ["x0", "x1"]
-    graph = helper.make_graph(
-        [helper.make_node("Gelu", [x], [f"y{x[1]}"], approximate="tanh") for x in names],
-        "gelus",
-        [helper.make_tensor_value_info(x, TensorProto.FLOAT, [128, 320]) for x in names],
-        [helper.make_tensor_value_info(f"y{x[1]}", TensorProto.FLOAT, [128, 320]) for x in names],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 20)], ir_version=IR_VERSION)
-    path = tmp_path / "gelus.onnx"
-    path.write_bytes(model.SerializeToString())
+    path = _side_by_side(tmp_path, "Gelu", len(names), [128, 320], 20, approximate="tanh")
     program = lpuc.compile(path, precision="fp16")
     maps = [i for i in program.instructions if i.opcode == "vxm.map"]
     assert [m.work.alu_ops for m in maps] == [10, 10]

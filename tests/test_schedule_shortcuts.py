@@ -67,12 +67,17 @@ def test_planes_given_up_change_no_plan(tiled, monkeypatch):
     assert pruned.slots == full.slots
 
 
-def test_answers_shared_by_rounds_change_no_schedule(tiled):
+def _two_rounds(tiled):
+    """The target, dependencies, a first round's slices, and a second round's with some tiles on
+    other slices (as after an allocation failure)."""
     target = load_target("tsp-v1")
-    preds = dependencies(tiled)
     first = place_tiles(tiled, target)
-    # A second round with some tiles on other slices, as after an allocation failure.
     moved = {b: (s + 1) % target.num_slices if b % 3 == 0 and s >= 0 else s for b, s in first.items()}
+    return target, dependencies(tiled), first, moved
+
+
+def test_answers_shared_by_rounds_change_no_schedule(tiled):
+    target, preds, first, moved = _two_rounds(tiled)
     shared: dict = {}
     scheduler.schedule(tiled, target, first, preds, requests=shared)
     warm = scheduler.schedule(tiled, target, moved, preds, requests=shared)
@@ -98,10 +103,7 @@ def test_lowest_gap_is_first_fit(seed):
 
 
 def test_answers_by_op_kept_for_unmoved_ops_change_no_schedule(tiled):
-    target = load_target("tsp-v1")
-    preds = dependencies(tiled)
-    first = place_tiles(tiled, target)
-    moved = {b: (s + 1) % target.num_slices if b % 3 == 0 and s >= 0 else s for b, s in first.items()}
+    target, preds, first, moved = _two_rounds(tiled)
     asked: dict = {}
     scheduler.schedule(tiled, target, first, preds, asked=asked)
     kept = len(asked)
