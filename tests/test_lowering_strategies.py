@@ -380,3 +380,40 @@ def test_one_tile_row_im2col_in_column_halves(tmp_path):
     np.testing.assert_allclose(
         program.run(feeds)["y"], want, rtol=1e-4, atol=1e-5 * float(np.abs(want).max())
     )
+
+
+def test_im2col_slabs_read_only_the_rows_and_channels_they_use(tmp_path):
+    """A channels-last Im2Col reads only what its columns use: a 1x1 stride-2 one (a downsample
+    convolution of 640 channels, 2 lane tiles) in one instruction per lane tile, each reading that
+    tile's lanes of the even image rows only; a 3x3 one on a 7x7 map of 512 channels in two column
+    halves, each reading the channels of its half. Same numbers as onnxruntime (fp32)."""
+    torch.manual_seed(2)
+    net = torch.nn.Sequential(
+        torch.nn.Conv2d(64, 640, 1),
+        torch.nn.ReLU(),
+        torch.nn.Conv2d(640, 512, 1, stride=2),
+        torch.nn.ReLU(),
+        torch.nn.Conv2d(512, 32, 3, padding=1),
+    ).eval()
+    path = export(
+        net, (torch.zeros(1, 64, 14, 14),), tmp_path / "ds.onnx", input_names=["x"], output_names=["y"]
+    )
+    program = lpuc.compile(path, precision="fp32")
+    im2col = [i for i in program.instructions if i.attrs.get("kernel") == "Im2Col"]
+
+    def lanes(accesses) -> list[tuple[int, int]]:  # (first input channel, channels) of each access
+        return sorted({(program.tiles[a.buf].c0 + a.lane0, a.nlanes) for a in accesses})
+
+    strided = sorted((i for i in im2col if "/2/" in i.node), key=lambda i: lanes(i.writes))
+    assert [lanes(i.writes) for i in strided] == [[(0, 320)], [(320, 320)]]  # one per lane tile
+    assert [lanes(i.reads) for i in strided] == [[(0, 320)], [(320, 320)]]
+    for ins in strided:  # result rows 0..48 from image rows 0, 2, ..., 12, each up to position 12 of 14
+        assert [a.nrows for a in ins.reads] == [13] * 7
+    halves = sorted((i for i in im2col if "/4/" in i.node), key=lambda i: lanes(i.writes))
+    # 4608 columns, 9 per channel: the first half's 8 lane tiles hold channels 0..284 (284 in both)
+    assert [lanes(i.reads) for i in halves] == [[(0, 285)], [(284, 36), (320, 192)]]
+    feeds = {"x": np.random.default_rng(6).normal(size=(1, 64, 14, 14)).astype(np.float32)}
+    (want,) = ort_run(path, feeds)
+    np.testing.assert_allclose(
+        program.run(feeds)["y"], want, rtol=1e-4, atol=1e-5 * float(np.abs(want).max())
+    )
