@@ -43,7 +43,8 @@ def window_slabs(node: Node, x: TensorTiles, y: TensorTiles) -> Iterator[tuple[W
         return  # each slab would gather a row window from every channel plane: one op streams better
     pack = int(node.attr("pack_rows", 1)) if node.op == "Im2Col" else 1
     # A channels-last Im2Col's slab reads only the input rows and channels its columns use.
-    channels_last_im2col = node.op == "Im2Col" and not channels_first
+    # (Not a packed one: its columns hold p result rows side by side.)
+    channels_last_im2col = node.op == "Im2Col" and not channels_first and pack == 1
     for r0 in range(0, y.rows, y.block_rows):
         r1 = min(y.rows, r0 + y.block_rows)
         out_rows = [r0 * pack, r1 * pack]  # unpacked result rows
@@ -70,7 +71,8 @@ def _column_pieces(node: Node, x: TensorTiles, y: TensorTiles) -> list[tuple[int
     if node.op != "Im2Col" or tiles < 2:
         return [(0, y.cols)]
     one_tap = math.prod(int(k) for k in node.attr("kernel_shape")) == 1
-    if one_tap and node.attr("channels_last", 0) and x.lanes == y.lanes:
+    unpacked = int(node.attr("pack_rows", 1)) == 1
+    if one_tap and unpacked and node.attr("channels_last", 0) and x.lanes == y.lanes:
         return [(c0, min(y.cols, c0 + y.lanes)) for c0 in range(0, y.cols, y.lanes)]
     if y.rows > y.block_rows:
         return [(0, y.cols)]
