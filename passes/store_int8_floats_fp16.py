@@ -33,7 +33,7 @@ import numpy as np
 from onnx import TensorProto
 
 from lpuc.ir.graph import LPUC_DOMAIN, Graph, Node, Value
-from lpuc.passes.quantize_int8 import INT8_MAX
+from lpuc.passes.quantize_int8 import INT8_MAX, UNSIGNED_LEVELS, UNSIGNED_ZERO_POINT
 
 
 def store_int8_floats_fp16(graph: Graph, ctx=None) -> Graph:
@@ -98,6 +98,7 @@ def _calibrated_peak(value: str, readers: list[Node], graph: Graph, direct: bool
     for reader in readers:
         if not _quantizes(reader, graph):
             continue
+        levels = UNSIGNED_LEVELS if _unsigned_quantize(reader, graph, direct) else INT8_MAX
         for step in reader.attrs["expr"]:
             args = step["args"]
             if step["op"] != "Mul" or len(args) != 2:
@@ -108,8 +109,26 @@ def _calibrated_peak(value: str, readers: list[Node], graph: Graph, direct: bool
             consts = [n for n in names if n is not None and n != value and graph.is_const(n)]
             inverse = np.abs(np.asarray(graph.values[consts[0]].const)) if consts else None
             if inverse is not None and inverse.size == 1 and float(inverse.max()) > 0:
-                peak = max(peak, INT8_MAX / float(inverse.max()))
+                peak = max(peak, levels / float(inverse.max()))
     return peak
+
+
+def _unsigned_quantize(reader: Node, graph: Graph, direct: bool) -> bool:
+    """Whether a quantizing map may quantize unsigned (scale = peak / 255, passes.quantize_int8): it
+    adds the zero point -128 as a constant of its own; not known (so assumed) when the peak is read
+    from a part's scale (direct False), where the zero point may have joined another constant."""
+    if not direct:
+        return True
+    for step in reader.attrs["expr"]:
+        if step["op"] != "Add":
+            continue
+        for a in step["args"]:
+            name = reader.inputs[int(a[1:])] if a[0] == "i" else None
+            if name is not None and graph.is_const(name):
+                c = np.asarray(graph.values[name].const)
+                if c.size == 1 and float(c.reshape(())) == UNSIGNED_ZERO_POINT:
+                    return True
+    return False
 
 
 def _value_peak(value: str, readers: list[Node], graph: Graph) -> float:

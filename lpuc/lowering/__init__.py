@@ -34,6 +34,8 @@ STRATEGIES = {
     "map_chains": "a map of another map's (or a fused epilogue's) result joined to it: one VXM pass",
     # Applied by the legalize_broadcast pass, listed here to switch it off.
     "expanded_broadcasts": "a value broadcast over leading dims (a mask over heads) expanded, not reread",
+    # Applied by the quantize_int8 pass, listed here to switch it off.
+    "unsigned_activations": "int8: a ReLU's result only products read quantized unsigned (zero point -128)",
     # Applied when tiles are placed on slices (lpuc.schedule.placement), listed here to switch it off.
     "spread_accesses": "tiles used by ops close in program order placed on different slices",
 }
