@@ -56,7 +56,7 @@ class Heads:
 
 def address_heads(graph: Graph, ctx: PassContext) -> Graph:
     lanes = ctx.target.lanes
-    graph = _project_keys_apart(graph)
+    graph = _project_keys_apart(graph, values_first="values_with_queries" not in ctx.disabled)
     producers, consumers = graph.producers(), graph.consumers()
     outputs = set(graph.outputs)
     out = graph.copy(nodes=[])
@@ -179,10 +179,11 @@ def _merged_result(
     return t, r
 
 
-def _project_keys_apart(graph: Graph) -> Graph:
+def _project_keys_apart(graph: Graph, values_first: bool = True) -> Graph:
     """`graph` with each K that is split into heads as K^T, and that is a last-axis Split output of
     a constant projection X @ W [+ b] read only by that Split, computed by a projection of its own
-    (W's and b's columns of K); the Split then splits the projection of the other columns."""
+    (W's and b's columns of K); the Split then splits the projection of the other columns, with V's
+    columns first if `values_first` (see _split_projection)."""
     producers, consumers = graph.producers(), graph.consumers()
     rewrites: dict[str, tuple[Node, ...]] = {}  # Split node name -> the nodes replacing it
     for node in graph.nodes:
@@ -195,7 +196,7 @@ def _project_keys_apart(graph: Graph) -> Graph:
         projection = _constant_projection(graph, producers, consumers, split)
         if projection is not None:
             apart = [o for o in split.outputs if o != k_t[0] and _feeds_weight_heads(graph, consumers, o)]
-            rewrites[split.name] = _split_projection(graph, split, k_t[0], apart, *projection)
+            rewrites[split.name] = _split_projection(graph, split, k_t[0], apart, *projection, values_first)
     if not rewrites:
         return graph
     out = graph.copy(nodes=[])
@@ -258,10 +259,15 @@ def _split_projection(
     x: str,
     weights: np.ndarray,
     bias: np.ndarray | None,
+    values_first: bool = True,
 ) -> tuple[Node, ...]:
     """Nodes computing `key` = X @ W[:, K's columns] [+ b], each output in `apart` (V, read as weights
     by heads: its lanes must start on a tile boundary) likewise, and the Split's other outputs from X @
-    the other columns [+ b]."""
+    the other columns [+ b].
+
+    With `values_first` the first of `apart` is not projected alone but leads the other columns'
+    projection (lane 0 is a tile boundary): the MXM tiles that projection's columns together, so V and
+    Q share a column chunk (GPT-2 shapes: 768 + 768 columns in 5 chunks of 320, apart 3 + 3)."""
     widths = {o: int(graph.values[o].shape[-1]) for o in split.outputs}
     starts = dict(zip(split.outputs, np.cumsum([0] + [widths[o] for o in split.outputs[:-1]])))
     batch, seq, _ = graph.values[key].shape
@@ -291,6 +297,8 @@ def _split_projection(
     # K first (its transpose comes before Q @ K^T), then the rest (Q), then V (needed last).
     project(columns(key), "keys", key)
     others = [o for o in split.outputs if o != key and o not in apart]
+    if others and apart and values_first:
+        others, apart = [apart[0], *others], apart[1:]
     if others:
         rest_columns = np.concatenate([columns(o) for o in others])
         rest = project(rest_columns, "rest", others[0] if len(others) == 1 else None)

@@ -172,6 +172,7 @@ def ablate(path: Path, target: str) -> None:
 # BERT-base.
 TRANSFORMER_ABLATIONS = (
     "address_heads",
+    "values_with_queries",
     "fuse_layernorm",
     "fuse_gelu",
     "fuse_softmax",

@@ -3,6 +3,8 @@ lane addressing of lpuc.HeadMatMul (and one 2-D transpose for K^T); checked agai
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import onnx
 import pytest
@@ -42,13 +44,16 @@ def test_head_split_and_merge_become_addressing(attention_onnx):
     heads = [n for n in after.nodes if n.op == "HeadMatMul"]
     assert [n.domain for n in heads] == ["lpuc", "lpuc"]
     scores, mixed = heads
-    # K's and V's columns of the QKV projection became projections of their own (K to be transposed
-    # alone, V so that its lanes start at 0); Q is the rest: no Split is left.
-    assert "Split" not in ops(after) and ops(after).count("MatMul") == 4  # Q, K, V, output projection
-    # Q @ K^T: Q is read from lanes [16 h, 16 h + 16); K^T is one 2-D transpose whose head view is a
-    # Reshape that keeps the [rows, lanes] layout.
+    # K's columns of the QKV projection became a projection of its own (K to be transposed alone);
+    # V's and Q's columns one more, V's first (its lanes start at 0, a tile boundary), both read from
+    # it by heads: no Split is left.
+    assert "Split" not in ops(after) and ops(after).count("MatMul") == 3  # K, V+Q, output projection
+    assert scores.inputs[0] == mixed.inputs[1]  # the V+Q projection
+    assert after.values[scores.inputs[0]].shape == (batch, CONTEXT, 2 * WIDTH)
+    # Q @ K^T: Q is read from lanes [64 + 16 h, 64 + 16 h + 16) (after V's); K^T is one 2-D
+    # transpose whose head view is a Reshape that keeps the [rows, lanes] layout.
     width = WIDTH // HEADS
-    assert scores.attrs == {"heads": HEADS, "a_lanes": [0, width], "b_lanes": [], "merge": 0}
+    assert scores.attrs == {"heads": HEADS, "a_lanes": [WIDTH, width], "b_lanes": [], "merge": 0}
     k_heads = next(n for n in after.nodes if n.outputs[0] == scores.inputs[1])
     assert k_heads.op == "Reshape"
     assert after.values[k_heads.outputs[0]].shape == (batch, HEADS, width, CONTEXT)
@@ -59,12 +64,24 @@ def test_head_split_and_merge_become_addressing(attention_onnx):
     assert ops(after).count("Transpose") == 1  # K^T only
 
 
+def test_values_apart_without_the_strategy(attention_onnx):
+    # values_with_queries off: V's columns are a projection of their own too, Q the rest.
+    path, _ = attention_onnx
+    graph = _before_address_heads(path)
+    ctx = dataclasses.replace(CTX, disabled=frozenset({"values_with_queries"}))
+    after = eliminate_dead_code(address_heads(graph, ctx), ctx)
+    assert "Split" not in ops(after) and ops(after).count("MatMul") == 4  # Q, K, V, output projection
+    scores, mixed = (n for n in after.nodes if n.op == "HeadMatMul")
+    assert scores.attrs["a_lanes"] == [0, WIDTH // HEADS] and mixed.attrs["b_lanes"] == [0, WIDTH // HEADS]
+    assert scores.inputs[0] != mixed.inputs[1]
+
+
 def test_attention_matches_onnxruntime_with_less_data_movement(attention_onnx):
     path, batch = attention_onnx
     x = np.random.default_rng(batch).standard_normal((batch, CONTEXT, WIDTH)).astype(np.float32)
     (want,) = ort_run(path, {"x": x})
     results = {}
-    for disabled in ((), ("address_heads",)):
+    for disabled in ((), ("values_with_queries",), ("address_heads",)):
         program = lpuc.compile(path, precision="fp32", host_fallback=False, disable_passes=disabled)
         (got,) = program.run({"x": x}).values()
         np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
