@@ -44,16 +44,13 @@ def test_head_split_and_merge_become_addressing(attention_onnx):
     heads = [n for n in after.nodes if n.op == "HeadMatMul"]
     assert [n.domain for n in heads] == ["lpuc", "lpuc"]
     scores, mixed = heads
-    # K's columns of the QKV projection became a projection of its own (K to be transposed alone);
-    # V's and Q's columns one more, V's first (its lanes start at 0, a tile boundary), both read from
-    # it by heads: no Split is left.
-    assert "Split" not in ops(after) and ops(after).count("MatMul") == 3  # K, V+Q, output projection
-    assert scores.inputs[0] == mixed.inputs[1]  # the V+Q projection
-    assert after.values[scores.inputs[0]].shape == (batch, CONTEXT, 2 * WIDTH)
-    # Q @ K^T: Q is read from lanes [64 + 16 h, 64 + 16 h + 16) (after V's); K^T is one 2-D
-    # transpose whose head view is a Reshape that keeps the [rows, lanes] layout.
+    # K's and V's columns of the QKV projection became projections of their own (K to be transposed
+    # alone, V so that its lanes start at 0); Q is the rest: no Split is left.
+    assert "Split" not in ops(after) and ops(after).count("MatMul") == 4  # Q, K, V, output projection
+    # Q @ K^T: Q is read from lanes [16 h, 16 h + 16); K^T is one 2-D transpose whose head view is a
+    # Reshape that keeps the [rows, lanes] layout.
     width = WIDTH // HEADS
-    assert scores.attrs == {"heads": HEADS, "a_lanes": [WIDTH, width], "b_lanes": [], "merge": 0}
+    assert scores.attrs == {"heads": HEADS, "a_lanes": [0, width], "b_lanes": [], "merge": 0}
     k_heads = next(n for n in after.nodes if n.outputs[0] == scores.inputs[1])
     assert k_heads.op == "Reshape"
     assert after.values[k_heads.outputs[0]].shape == (batch, HEADS, width, CONTEXT)
@@ -64,16 +61,44 @@ def test_head_split_and_merge_become_addressing(attention_onnx):
     assert ops(after).count("Transpose") == 1  # K^T only
 
 
-def test_values_apart_without_the_strategy(attention_onnx):
-    # values_with_queries off: V's columns are a projection of their own too, Q the rest.
-    path, _ = attention_onnx
-    graph = _before_address_heads(path)
-    ctx = dataclasses.replace(CTX, disabled=frozenset({"values_with_queries"}))
-    after = eliminate_dead_code(address_heads(graph, ctx), ctx)
-    assert "Split" not in ops(after) and ops(after).count("MatMul") == 4  # Q, K, V, output projection
+@pytest.fixture(scope="module")
+def wide_attention_onnx(tmp_path_factory):
+    """GPT-2's attention widths (768 = 12 heads of 64) over a short context."""
+    path = tmp_path_factory.mktemp("heads") / "attention_w768.onnx"
+    module = zoo.CausalSelfAttention(768, 12, 16)
+    return export(module, (torch.zeros(1, 16, 768),), path, input_names=["x"])
+
+
+def test_values_join_the_queries_where_that_saves_column_chunks(wide_attention_onnx):
+    # V's 768 columns and Q's 768 projected apart take 3 + 3 column chunks of 320 lanes; together
+    # (V's first, from lane 0, a tile boundary) 5: one projection of V and Q, read by both
+    # HeadMatMuls (Q from lane 768 on). Without the strategy, V and Q are projections of their own.
+    graph = _before_address_heads(wide_attention_onnx)
+    after = run_pass(eliminate_dead_code, run_pass(address_heads, graph))
+    assert "Split" not in ops(after) and ops(after).count("MatMul") == 3  # K, V+Q, output projection
     scores, mixed = (n for n in after.nodes if n.op == "HeadMatMul")
-    assert scores.attrs["a_lanes"] == [0, WIDTH // HEADS] and mixed.attrs["b_lanes"] == [0, WIDTH // HEADS]
-    assert scores.inputs[0] != mixed.inputs[1]
+    assert scores.inputs[0] == mixed.inputs[1]
+    assert after.values[scores.inputs[0]].shape == (1, 16, 1536)
+    assert scores.attrs["a_lanes"] == [768, 64] and mixed.attrs["b_lanes"] == [0, 64]
+    ctx = dataclasses.replace(CTX, disabled=frozenset({"values_with_queries"}))
+    apart = eliminate_dead_code(address_heads(graph, ctx), ctx)
+    assert "Split" not in ops(apart) and ops(apart).count("MatMul") == 4  # Q, K, V, output projection
+    scores, mixed = (n for n in apart.nodes if n.op == "HeadMatMul")
+    assert scores.attrs["a_lanes"] == [0, 64] and mixed.attrs["b_lanes"] == [0, 64]
+
+
+def test_values_with_queries_matches_onnxruntime(wide_attention_onnx):
+    x = np.random.default_rng(0).standard_normal((1, 16, 768)).astype(np.float32)
+    (want,) = ort_run(wide_attention_onnx, {"x": x})
+    chunks = {}
+    for disabled in ((), ("values_with_queries",)):
+        program = lpuc.compile(wide_attention_onnx, precision="fp16", disable_passes=disabled)
+        (got,) = program.run({"x": x}).values()
+        cosine = np.dot(got.ravel(), want.ravel()) / np.linalg.norm(got) / np.linalg.norm(want)
+        assert cosine >= 0.999, disabled
+        chunks[disabled] = sum(i.opcode == "mxm.mm" for i in program.instructions)
+    # K, V+Q, output: (3 + 5 + 3) column chunks x 5 K chunks; apart (3 + 3 + 3 + 3) x 5 (+ heads).
+    assert chunks[("values_with_queries",)] - chunks[()] == 5
 
 
 def test_attention_matches_onnxruntime_with_less_data_movement(attention_onnx):
@@ -81,7 +106,7 @@ def test_attention_matches_onnxruntime_with_less_data_movement(attention_onnx):
     x = np.random.default_rng(batch).standard_normal((batch, CONTEXT, WIDTH)).astype(np.float32)
     (want,) = ort_run(path, {"x": x})
     results = {}
-    for disabled in ((), ("values_with_queries",), ("address_heads",)):
+    for disabled in ((), ("address_heads",)):
         program = lpuc.compile(path, precision="fp32", host_fallback=False, disable_passes=disabled)
         (got,) = program.run({"x": x}).values()
         np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
