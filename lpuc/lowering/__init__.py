@@ -38,6 +38,7 @@ STRATEGIES = {
     "values_with_queries": "attention's V projected together with Q (V's columns first), not apart",
     # Applied when tiles are placed on slices (lpuc.schedule.placement), listed here to switch it off.
     "spread_accesses": "tiles used by ops close in program order placed on different slices",
+    "weight_sides": "the constant tiles one weight load reads placed on one side of the VXM (short loads)",
 }
 
 

@@ -173,6 +173,7 @@ def ablate(path: Path, target: str) -> None:
 TRANSFORMER_ABLATIONS = (
     "address_heads",
     "values_with_queries",
+    "weight_sides",
     "fuse_layernorm",
     "fuse_gelu",
     "fuse_softmax",
