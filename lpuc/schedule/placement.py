@@ -41,7 +41,9 @@ def place_tiles(
     least live data, prefer those accessed least near the tile's own ops. `scratch`: for programs
     that nearly fill SRAM, constants fill most slices to the brim and leave room on a few
     (`scratch_budgets`), so that the free words are not scattered in holes too small for a tile.
-    `weight_sides`: the constant tiles a weight load reads go to one side of the VXM (_weight_loads)."""
+    `weight_sides`: the constant tiles a weight load reads go to one side of the VXM (_weight_loads);
+    not with `scratch`, whose slices are filled to budgets (one side's could not take them: BERT-base
+    fp16 then needed lookup tables in host memory)."""
     packing = packing or ConstPacking()
     pinned = dict(pinned or {})
     n = target.num_slices
@@ -53,7 +55,8 @@ def place_tiles(
     everywhere = np.arange(n)
     east = np.array([s for s in range(n) if target.slice_positions[s] > vxm])
     west = np.array([s for s in range(n) if target.slice_positions[s] < vxm])
-    load_of = _weight_loads(program) if weight_sides and len(west) and len(east) else {}
+    one_side = weight_sides and not scratch and len(west) and len(east)
+    load_of = _weight_loads(program) if one_side else {}
     side_of_load: dict[int, np.ndarray] = {}  # weight load -> the side its tiles go to
     budget = scratch_budgets(program, target, packing) if scratch else None
     for buf in program.buffers:
@@ -71,11 +74,8 @@ def place_tiles(
             if buf.id in load_of:  # the side with less constant data, for all of the load's tiles
                 lighter = west if load[west].sum() <= load[east].sum() else east
                 sides = side_of_load.setdefault(load_of[buf.id], lighter)
-            if budget is not None:
-                if buf.id in load_of and not np.any(load[sides] + buf.words <= budget[sides]):
-                    sides = everywhere  # no room kept on its side: anywhere, as other constants
-                if np.any(load[sides] + buf.words <= budget[sides]):
-                    sides = sides[load[sides] + buf.words <= budget[sides]]
+            if budget is not None and np.any(load[sides] + buf.words <= budget[sides]):
+                sides = sides[load[sides] + buf.words <= budget[sides]]
             s = int(sides[np.argmin(load[sides])])
         const_slot[slot] = s
         slice_of[buf.id] = s
