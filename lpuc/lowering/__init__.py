@@ -36,8 +36,11 @@ STRATEGIES = {
     "expanded_broadcasts": "a value broadcast over leading dims (a mask over heads) expanded, not reread",
     # Applied by the quantize_int8 pass, listed here to switch it off.
     "unsigned_activations": "int8: a ReLU's result only products read quantized unsigned (zero point -128)",
+    # Applied by the address_heads pass, listed here to switch it off.
+    "values_with_queries": "attention's V projected together with Q (V's columns first), not apart",
     # Applied when tiles are placed on slices (lpuc.schedule.placement), listed here to switch it off.
     "spread_accesses": "tiles used by ops close in program order placed on different slices",
+    "weight_sides": "the constant tiles one weight load reads placed on one side of the VXM (short loads)",
 }
 
 
