@@ -24,7 +24,7 @@ STRATEGIES = {
     "mxm_accumulators": "K chunks summed in a plane's accumulators, not through SRAM",
     "k_split": "a lone product's K split over MXM planes, a map adds the parts' fp32 partial results",
     "weight_spread": "constant weights tiled over slices so a weight load reaches its full rate",
-    "row_slabs": "Im2Col, pooling, row-regrouping reshapes, transposes in row slabs (consumers start early)",
+    "row_slabs": "Im2Col, pooling, row-regrouping reshapes, transposes, lane Concat / Split in row slabs",
     "short_tiles": "conv nets: tensors shorter than four tiles get one tile more (later stages pipeline)",
     "fp16_storage": "fp16 builds store values that only feed the MXM (or copies of them) as fp16",
     "constant_replicas": "broadcast constants copied so parallel maps (kernel segments) share no ports",
