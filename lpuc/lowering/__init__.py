@@ -32,6 +32,8 @@ STRATEGIES = {
     "stacked_rows": "wide values only maps read cut into shorter tiles a map reads side by side",
     "mxm_epilogues": "a map of an MM's result fused into the MM: its rows stream through the VXM",
     "map_chains": "a map of another map's (or a fused epilogue's) result joined to it: one VXM pass",
+    # Applied by the sink_transposes pass, listed here to switch it off.
+    "channels_last_depthwise": "a depthwise Conv of a channels-last value runs channels-last (no NCHW trip)",
     # Applied by the legalize_broadcast pass, listed here to switch it off.
     "expanded_broadcasts": "a value broadcast over leading dims (a mask over heads) expanded, not reread",
     # Applied when tiles are placed on slices (lpuc.schedule.placement), listed here to switch it off.

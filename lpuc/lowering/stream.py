@@ -102,9 +102,11 @@ def lower_stream(b: TiledBuilder, node: Node, placement: Placement, unit_class: 
     elif unit_class == "SXM" and b.enabled("row_slabs"):
         slabs, kernel = list(transpose_slabs(node, ins[0], outs[0])), ("TransposeRows", LPUC_DOMAIN)
     if len(slabs) > 1:
-        for out_window, in_windows, slab in slabs:  # slabs read only the data (not a target shape)
+        # Slabs read the data (not a reshape's target shape), and a windowed op's weights whole.
+        operands = ins if kernel is None and placement.windowed else ins[:1]
+        for out_window, in_windows, slab in slabs:
             windows, attrs = (in_windows, [out_window]), {"slab": slab}
-            _emit(b, node, placement, unit_class, opcode, ins[:1], outs, None, windows, attrs, kernel)
+            _emit(b, node, placement, unit_class, opcode, operands, outs, None, windows, attrs, kernel)
     elif unit_class == "SXM" and b.enabled("row_slabs") and len(spans := lane_slabs(node, ins, outs)) > 1:
         # Concat / Split along the lanes: each result row comes from the same row of every operand,
         # so the op copies tile row by tile row (consumers start on the first, both SXMs copy).
