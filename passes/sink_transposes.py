@@ -48,6 +48,29 @@ def _pointwise(im2col: Node) -> bool:
     )
 
 
+def _floor_mode_attrs(node: Node, x_shape: tuple[int, ...], y_shape: tuple[int, ...]) -> dict:
+    """A MaxPool's attributes with ceil_mode 1 turned into end pads (padding never wins a max): the
+    same windows, in the form lowering cuts into row slabs (lpuc.kernels.windows). Unchanged for
+    anything else, or where the pads would not give the result's shape."""
+    attrs = dict(node.attrs)
+    auto_pad = attrs.get("auto_pad", "NOTSET")
+    auto_pad = auto_pad.decode() if isinstance(auto_pad, bytes) else auto_pad
+    if node.op != "MaxPool" or not attrs.get("ceil_mode", 0) or auto_pad != "NOTSET":
+        return attrs
+    spatial, out = [int(d) for d in x_shape[2:]], [int(d) for d in y_shape[2:]]
+    rank = len(spatial)
+    kernel = [int(k) for k in attrs["kernel_shape"]]
+    strides = [int(v) for v in attrs.get("strides") or [1] * rank]
+    dilations = [int(v) for v in attrs.get("dilations") or [1] * rank]
+    pads = [int(v) for v in attrs.get("pads") or [0] * 2 * rank]
+    for j in range(rank):
+        span = dilations[j] * (kernel[j] - 1) + 1
+        pads[rank + j] += max(0, (out[j] - 1) * strides[j] + span - (spatial[j] + pads[j] + pads[rank + j]))
+        if (spatial[j] + pads[j] + pads[rank + j] - span) // strides[j] + 1 != out[j]:
+            return dict(node.attrs)
+    return {**attrs, "ceil_mode": 0, "pads": pads}
+
+
 class _Sinker:
     def __init__(self, graph: Graph, channels_last_depthwise: bool = True) -> None:
         self.channels_last_depthwise = channels_last_depthwise
@@ -123,7 +146,8 @@ class _Sinker:
         if x not in self.pending or self.pending[x][1] != channels_last_to_first(len(self.pending[x][1])):
             return False
         source, perm = self.pending[x]
-        self._pending_result(node.with_(inputs=(source,), domain=LPUC_DOMAIN), y, perm)
+        attrs = _floor_mode_attrs(node, self.graph.values[x].shape, self.graph.values[y].shape)
+        self._pending_result(node.with_(inputs=(source,), domain=LPUC_DOMAIN, attrs=attrs), y, perm)
         return True
 
     def _depthwise(self, node: Node) -> bool:

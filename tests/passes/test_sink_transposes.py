@@ -144,3 +144,23 @@ def test_depthwise_conv_runs_channels_last(stride, bias):
     assert any(i.attrs.get("kernel") == "Conv" for i in off.instructions)
     assert not any(i.attrs.get("kernel") == "DepthwiseConv" for i in off.instructions)
     assert program.summary["cycles"] < off.summary["cycles"]
+
+
+@pytest.mark.parametrize("size, kernel, stride", [(23, 3, 2), (10, 2, 2), (12, 3, 2)])
+def test_ceil_mode_max_pool_becomes_end_pads(size, kernel, stride):
+    """A channels-last MaxPool with ceil_mode 1 (MTCNN's) gets the extra windows as end pads, which
+    never win a max: ceil_mode 0, so lowering cuts it into row slabs. Numerics match onnxruntime."""
+    out = -(-(size - kernel) // stride) + 1
+    nodes = [
+        helper.make_node("Conv", ["x", "w"], ["c"]),
+        helper.make_node(
+            "MaxPool", ["c"], ["y"], kernel_shape=[kernel] * 2, strides=[stride] * 2, ceil_mode=1
+        ),
+    ]
+    m = model(nodes, {"x": [1, 3, size, size]}, {"y": [1, 8, out, out]}, {"w": rand(8, 3, 1, 1, seed=1)})
+    sunk = run_pass(sink_transposes, run_pass(lower_conv, imported(m)))
+    (pool,) = [n for n in sunk.nodes if n.op == "MaxPool"]
+    assert pool.domain and pool.attr("ceil_mode") == 0
+    extra = (out - 1) * stride + kernel - size
+    assert pool.attr("pads") == [0, 0, extra, extra]
+    assert_matches_onnxruntime(m, {"x": rand(1, 3, size, size, seed=2)})
