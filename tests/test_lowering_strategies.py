@@ -424,3 +424,26 @@ def test_one_tile_row_im2col_in_column_halves(tmp_path):
     np.testing.assert_allclose(
         program.run(feeds)["y"], want, rtol=1e-4, atol=1e-5 * float(np.abs(want).max())
     )
+
+
+def test_kernels_reading_one_tile_share_its_banks(tmp_path):
+    """An int8 Conv of a 3-channel NCHW image: each Im2Col slab reads three plane windows of the one
+    image tile, which would hold both of its slice's banks for the slab's whole duration. A kernel
+    may book a single port per slice (lpuc.cost: it then streams its words more slowly, not at all
+    here), and the scheduler tries that first: the slabs run on both SXMs side by side."""
+    w = np.random.default_rng(0).normal(size=(32, 3, 3, 3)).astype(np.float32)
+    path = tmp_path / "stem.onnx"
+    onnx.save(
+        single_op_model("Conv", [("x", [1, 3, 48, 48])], [("y", [1, 32, 46, 46])], initializers={"w": w}),
+        path,
+    )
+    program = lpuc.compile(path, precision="int8")
+    slabs = sorted(
+        (i for i in program.instructions if i.attrs.get("kernel") == "Im2Col"), key=lambda i: i.start
+    )
+    assert len(slabs) > 2 and {i.unit for i in slabs} == {"SXM0", "SXM1"}
+    assert any(b.start < a.end for a, b in zip(slabs, slabs[1:])), "two slabs overlap in time"
+    x = np.random.default_rng(1).normal(size=(1, 3, 48, 48)).astype(np.float32)
+    (want,) = ort_run(path, {"x": x})
+    got = program.run({"x": x})["y"]
+    assert np.corrcoef(got.reshape(-1), want.reshape(-1))[0, 1] > 0.99
