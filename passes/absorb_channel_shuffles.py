@@ -100,7 +100,7 @@ def _absorb(g: Graph, u: str, v: str, order: np.ndarray, consumers, outputs) -> 
             and _dense_weights(g, user, channels)
         ):
             w = np.asarray(g.values[user.inputs[1]].const)
-            if int(user.attr("group", 1)) == channels and w.shape[1] == 1:  # depthwise: per channel
+            if int(user.attr("group", 1)) == channels and w.shape[:2] == (channels, 1):  # depthwise
                 chain.append(_depthwise(g, user, reads, w, inverse))
                 value, reads = user.outputs[0], user.outputs[0]
                 continue

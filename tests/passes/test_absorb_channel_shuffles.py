@@ -57,3 +57,23 @@ def test_a_shuffled_value_read_elsewhere_stays():
     g = run_pass(absorb_channel_shuffles, imported(m))
     assert "Transpose" in ops(g)
     assert_matches_onnxruntime(m, {"x": rand(1, 3, 6, 6, seed=7)})
+
+
+def test_a_depthwise_conv_with_a_channel_multiplier_reads_the_unshuffled_channels():
+    """Group = C with two output channels per input channel: not per channel (its output channels
+    are not the shuffled ones), so it absorbs the shuffle as a dense Conv over all channels."""
+    nodes = [
+        helper.make_node("Reshape", ["x", "split"], ["s"]),
+        helper.make_node("Transpose", ["s"], ["t"], perm=[0, 2, 1, 3, 4]),
+        helper.make_node("Reshape", ["t", "merged"], ["u"]),
+        helper.make_node("Conv", ["u", "w"], ["y"], group=C, pads=[1, 1, 1, 1]),
+    ]
+    inits = {
+        "split": np.array([1, G, C // G, 5, 5], np.int64),
+        "merged": np.array([1, C, 5, 5], np.int64),
+        "w": rand(2 * C, 1, 3, 3, seed=8),
+    }
+    m = model(nodes, {"x": [1, C, 5, 5]}, {"y": [1, 2 * C, 5, 5]}, inits)
+    g = run_pass(absorb_channel_shuffles, imported(m))
+    assert ops(g) == ["Conv"] and g.nodes[0].attr("group") == 1 and g.nodes[0].inputs[0] == "x"
+    assert_matches_onnxruntime(m, {"x": rand(1, C, 5, 5, seed=9)})
