@@ -447,3 +447,30 @@ def test_kernels_reading_one_tile_share_its_banks(tmp_path):
     (want,) = ort_run(path, {"x": x})
     got = program.run({"x": x})["y"]
     assert np.corrcoef(got.reshape(-1), want.reshape(-1))[0, 1] > 0.99
+
+
+def test_weight_loads_read_one_side_of_the_chip(tmp_path):
+    """The constant tiles one LW reads sit on one side of the VXM (both sides get loads: the side of
+    the least loaded slice), so a plane at that end loads them over at most half the chip; placement
+    moves data, not arithmetic."""
+    path = _matmul(tmp_path, 128, 1600, 640)
+    program = lpuc.compile(path, precision="fp16")
+    target = program.target
+    vxm = target.position("VXM0")
+    sides = [
+        {target.slice_positions[program.tiles[a.buf].slice] > vxm for a in i.reads}
+        for i in program.instructions
+        if i.opcode == "mxm.lw"
+    ]
+    assert len(sides) == 20 and all(len(s) == 1 for s in sides)
+    assert {True, False} == set().union(*sides)
+    anywhere = lpuc.compile(path, precision="fp16", disable_passes=["weight_sides"])
+    spans = [
+        {target.slice_positions[anywhere.tiles[a.buf].slice] > vxm for a in i.reads}
+        for i in anywhere.instructions
+        if i.opcode == "mxm.lw"
+    ]
+    assert any(len(s) == 2 for s in spans)  # without it, some loads read both sides
+    feeds = {"x": np.random.default_rng(2).normal(size=(128, 1600)).astype(np.float32)}
+    np.testing.assert_array_equal(program.run(feeds)["y"], anywhere.run(feeds)["y"])
+    _check(program, path, feeds)

@@ -36,8 +36,11 @@ STRATEGIES = {
     "channels_last_depthwise": "a depthwise Conv of a channels-last value runs channels-last (no NCHW trip)",
     # Applied by the legalize_broadcast pass, listed here to switch it off.
     "expanded_broadcasts": "a value broadcast over leading dims (a mask over heads) expanded, not reread",
+    # Applied by the address_heads pass, listed here to switch it off.
+    "values_with_queries": "attention's V projected together with Q (V's columns first), not apart",
     # Applied when tiles are placed on slices (lpuc.schedule.placement), listed here to switch it off.
     "spread_accesses": "tiles used by ops close in program order placed on different slices",
+    "weight_sides": "the constant tiles one weight load reads placed on one side of the VXM (short loads)",
 }
 
 

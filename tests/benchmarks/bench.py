@@ -172,6 +172,8 @@ def ablate(path: Path, target: str) -> None:
 # BERT-base.
 TRANSFORMER_ABLATIONS = (
     "address_heads",
+    "values_with_queries",
+    "weight_sides",
     "fuse_layernorm",
     "fuse_gelu",
     "fuse_softmax",
