@@ -314,6 +314,50 @@ def test_matrix_transpose_in_slabs(tmp_path, batch, slabs):
     np.testing.assert_array_equal(whole.run(feeds)["y"], want)
 
 
+@pytest.mark.parametrize("op", ["Concat", "Split"])
+def test_lane_concat_and_split_in_slabs(tmp_path, op):
+    """A Concat or Split along the last axis (channels-last feature maps) takes each result row from
+    the same row of every operand: one SXM instruction per tile row (700 rows: 320, 320, 60), each
+    reading only those rows. Bit-identical to onnxruntime and to the build without row_slabs."""
+    if op == "Concat":
+        nodes = [
+            helper.make_node("Neg", ["x"], ["a"]),
+            helper.make_node("Relu", ["x"], ["b"]),
+            helper.make_node("Concat", ["a", "b", "x"], ["c"], axis=-1),
+            helper.make_node("Neg", ["c"], ["y"]),
+        ]
+        y_cols, outputs = 3 * 96, ["y"]
+    else:
+        nodes = [
+            helper.make_node("Neg", ["x"], ["a"]),
+            helper.make_node("Split", ["a"], ["p", "q"], axis=1, num_outputs=2),
+            helper.make_node("Mul", ["p", "q"], ["y"]),
+        ]
+        y_cols, outputs = 48, ["y"]
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [700, 96])],
+        [helper.make_tensor_value_info(o, TensorProto.FLOAT, [700, y_cols]) for o in outputs],
+    )
+    path = tmp_path / "lanes.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), path)
+    program = lpuc.compile(path, precision="fp32")
+    cut = [i for i in program.instructions if i.attrs.get("kernel") == op]
+    offsets = {i.attrs["outputs"][0]["row_offset"]: i for i in cut}
+    assert len(cut) == 3 and sorted(offsets) == [0, 320, 640]
+    operands = 3 if op == "Concat" else 1
+    for (_, ins), rows in zip(sorted(offsets.items()), [320, 320, 60]):
+        assert [a.nrows for a in ins.reads if a.nlanes > 1] == [rows] * operands
+        assert sum(a.nrows for a in ins.writes) == rows * (1 if op == "Concat" else 2)
+    feeds = {"x": np.random.default_rng(9).normal(size=(700, 96)).astype(np.float32)}
+    (want,) = ort_run(path, feeds)
+    np.testing.assert_array_equal(program.run(feeds)["y"], want)
+    whole = lpuc.compile(path, precision="fp32", disable_passes=["row_slabs"])
+    assert len([i for i in whole.instructions if i.attrs.get("kernel") == op]) == 1
+    np.testing.assert_array_equal(whole.run(feeds)["y"], want)
+
+
 def test_k_split_partials_take_the_tiles_of_the_result(tmp_path):
     """y = LayerNorm(relu(x) @ w + r) over 128 rows: row segments cut the sum and so the product into 64-row
     tiles. K = 3072 is split (front-loaded parts); each part's MM covers all 128 rows and writes them
@@ -417,6 +461,29 @@ def test_im2col_slabs_read_only_the_rows_and_channels_they_use(tmp_path):
     np.testing.assert_allclose(
         program.run(feeds)["y"], want, rtol=1e-4, atol=1e-5 * float(np.abs(want).max())
     )
+
+
+def test_kernels_reading_one_tile_share_its_banks(tmp_path):
+    """An int8 Conv of a 3-channel NCHW image: each Im2Col slab reads three plane windows of the one
+    image tile, which would hold both of its slice's banks for the slab's whole duration. A kernel
+    may book a single port per slice (lpuc.cost: it then streams its words more slowly, not at all
+    here), and the scheduler tries that first: the slabs run on both SXMs side by side."""
+    w = np.random.default_rng(0).normal(size=(32, 3, 3, 3)).astype(np.float32)
+    path = tmp_path / "stem.onnx"
+    onnx.save(
+        single_op_model("Conv", [("x", [1, 3, 48, 48])], [("y", [1, 32, 46, 46])], initializers={"w": w}),
+        path,
+    )
+    program = lpuc.compile(path, precision="int8")
+    slabs = sorted(
+        (i for i in program.instructions if i.attrs.get("kernel") == "Im2Col"), key=lambda i: i.start
+    )
+    assert len(slabs) > 2 and {i.unit for i in slabs} == {"SXM0", "SXM1"}
+    assert any(b.start < a.end for a, b in zip(slabs, slabs[1:])), "two slabs overlap in time"
+    x = np.random.default_rng(1).normal(size=(1, 3, 48, 48)).astype(np.float32)
+    (want,) = ort_run(path, {"x": x})
+    got = program.run({"x": x})["y"]
+    assert np.corrcoef(got.reshape(-1), want.reshape(-1))[0, 1] > 0.99
 
 
 def test_weight_loads_read_one_side_of_the_chip(tmp_path):

@@ -29,6 +29,8 @@ from lpuc.ir.tiled import TiledProgram, TileOp
 from lpuc.schedule.dependencies import dependencies
 from lpuc.target import Target
 
+# Ops that walk tensors tile by tile, which may book one port per slice (place).
+_KERNELS = frozenset({"sxm.kernel", "vxm.kernel"})
 # A resource request: candidate units, how many of them, and for how many cycles.
 Pool = tuple[Sequence[str], int, int]
 
@@ -382,12 +384,18 @@ class _UnitState:
     def place(self, op: TileOp, ready: int) -> Slot:
         units = {"VXM": self.vxm[:1], "SXM": self.sxm}.get(op.unit_class, ["HOST"])
         best: tuple[Slot, tuple] | None = None
+        # A kernel may also book a single port per slice, streaming more slowly where its words are
+        # many; tried first, so that on a tie it leaves the other bank to the ops beside it (Im2Col
+        # slabs of an NCHW image read three plane windows of one tile: with both banks each, they
+        # ran one after another).
+        port_modes = (True, False) if op.opcode in _KERNELS else (False,)
         for u in units:  # VXM ALUs are interchangeable: the pool picks them
             for alus in self._alu_options(op):
-                d, _, pools = self._request(op, u, False, alus)
-                t, held = self._fit(pools, ready)
-                if best is None or t + d < best[0].end:
-                    best = (Slot(tuple(name for name, _ in held), t, d), held)
+                for one_port in port_modes:
+                    d, _, pools = self._request(op, u, one_port, alus)
+                    t, held = self._fit(pools, ready)
+                    if best is None or t + d < best[0].end:
+                        best = (Slot(tuple(name for name, _ in held), t, d), held)
         self._reserve(best[0].start, best[1])
         return best[0]
 
