@@ -308,7 +308,7 @@ def main() -> None:
     header = (
         f"{'model':<19}{'prec':<6}{'compile s':>10}{'before':>10}{'cycles':>10}{'change':>8}{'us':>9}"
         f"{'e2e us':>9}{'bound':>8}{'(by)':>6}{'ratio':>7}{'SRAM KiB':>10}{'instrs':>7}{'run ms':>9}"
-        f"{'interp ms':>10}{'ort ms':>8}{'plan/ort':>9}{'ort1 ms':>8}{'/ort1':>6}{'max err':>10}"
+        f"{'interp ms':>10}{'ort ms':>8}{'plan/ort':>9}{'ort1 ms':>9}{'/ort1':>6}{'max err':>10}"
         f"{'RSS MiB':>8}{'/image+io':>10}"
     )
     print(
@@ -335,7 +335,7 @@ def main() -> None:
             f"{r['latency_us']:>9.1f}{r['end_to_end_us']:>9.1f}{r['bound']:>8}{r['binding'][:5]:>6}"
             f"{r['ratio']:>7.1f}{r['sram'] / 1024:>10.1f}{r['instructions']:>7}{r['run_ms']:>9.2f}"
             f"{r['interp_ms']:>10.2f}{r['ort_ms']:>8.3f}{r['run_ms'] / r['ort_ms']:>9.2f}"
-            f"{r['ort1_ms']:>8.3f}{r['run_ms'] / r['ort1_ms']:>6.2f}{err}"
+            f"{r['ort1_ms']:>9.3f}{r['run_ms'] / r['ort1_ms']:>6.2f}{err}"
             f"{r['run_rss'] / 2**20:>8.1f}{r['run_rss'] / r['image_io']:>10.2f}",
             flush=True,
         )
