@@ -45,13 +45,13 @@ def store_int8_floats_fp16(graph: Graph, ctx=None) -> Graph:
     candidates = {
         out
         for node in graph.nodes
-        if _is_map(node)
+        if is_map(node)
         for out in node.outputs[:1]
         if out not in outputs
         and graph.values[out].dtype == np.float32
         and not graph.values[out].is_dynamic
         and consumers.get(out)
-        and all(_is_map(c) for c in consumers[out])
+        and all(is_map(c) for c in consumers[out])
     }
     # Values some map quantizes, within fp16's range by a margin over their calibrated peak; then a
     # product's part (which no map quantizes) by the peak of the sum it joins, an addend's scale.
@@ -74,12 +74,12 @@ def store_int8_floats_fp16(graph: Graph, ctx=None) -> Graph:
         v = graph.values[name]
         out.values[name] = Value(v.name, v.shape, np.dtype(np.float16))
     for node in graph.nodes:
-        if not _is_map(node):
+        if not is_map(node):
             out.nodes.append(node)
             continue
-        steps = _widened_inputs(node, narrowed)
+        steps = widened_inputs(node, narrowed)
         if node.outputs[0] in narrowed:
-            steps.append(_cast(f"s{len(steps) - 1}", TensorProto.FLOAT16, "float16"))
+            steps.append(cast_step(f"s{len(steps) - 1}", TensorProto.FLOAT16, "float16"))
         out.nodes.append(_with_expr(node, steps))
     return out
 
@@ -138,24 +138,24 @@ def _value_peak(value: str, readers: list[Node], graph: Graph) -> float:
     return _calibrated_peak(value, readers, graph) or _calibrated_peak(value, readers, graph, direct=False)
 
 
-def _is_map(node: Node) -> bool:
+def is_map(node: Node) -> bool:
     return node.domain == LPUC_DOMAIN and node.op == "Fused" and len(node.outputs) == 1
 
 
 def _quantizes(node: Node, graph: Graph) -> bool:
     """A map with an int8 result: the next layer's input quantization (whose scale was calibrated
     on the values it reads)."""
-    return _is_map(node) and graph.values[node.outputs[0]].dtype == np.int8
+    return is_map(node) and graph.values[node.outputs[0]].dtype == np.int8
 
 
-def _widened_inputs(node: Node, narrowed: set[str]) -> list[dict]:
+def widened_inputs(node: Node, narrowed: set[str]) -> list[dict]:
     """The node's steps, preceded by a float32 conversion of each fp16-stored input it reads (its
     uses then read the conversion; later step numbers shift by the steps put in front)."""
     steps = node.attrs["expr"]
     inputs = [k for k, name in enumerate(node.inputs) if name in narrowed]
     if not inputs:
         return [dict(s) for s in steps]
-    front = [_cast(f"i{k}", TensorProto.FLOAT, "float32") for k in inputs]
+    front = [cast_step(f"i{k}", TensorProto.FLOAT, "float32") for k in inputs]
     renamed = {f"i{k}": f"s{j}" for j, k in enumerate(inputs)}
     shift = len(front)
 
@@ -167,7 +167,7 @@ def _widened_inputs(node: Node, narrowed: set[str]) -> list[dict]:
     return front + [{**s, "args": [arg(a) for a in s["args"]]} for s in steps]
 
 
-def _cast(arg: str, to: int, dtype: str) -> dict:
+def cast_step(arg: str, to: int, dtype: str) -> dict:
     return {"op": "Cast", "domain": "", "attrs": {"to": int(to)}, "args": [arg], "dtype": dtype, "opset": 13}
 
 
@@ -187,7 +187,7 @@ def _split_products(graph: Graph) -> tuple[Graph, set[str]]:
     out = graph.copy(nodes=[])
     parts: set[str] = set()
     for node in graph.nodes:
-        split = _product_part(node, graph, producers, depth) if _is_map(node) else None
+        split = _product_part(node, graph, producers, depth) if is_map(node) else None
         if split is None:
             out.nodes.append(node)
             continue

@@ -11,8 +11,9 @@ from collections.abc import Callable, Mapping
 
 import numpy as np
 
-from lpuc.ir.graph import Graph
+from lpuc.ir.graph import LPUC_DOMAIN, Graph
 from lpuc.kernels import KernelContext, run_kernel
+from lpuc.kernels.lowered import evaluate_expression
 
 
 def evaluate_graph_ir(
@@ -37,7 +38,12 @@ def evaluate_graph_ir(
             args.append(None if value is None else value.const if value.is_const else env[name])
         ctx = KernelContext(node.op, node.attrs, node.opset, len(node.outputs), node.domain, graph.opsets)
         with np.errstate(all="ignore"):
-            results = run_kernel(ctx, args)
+            if node.domain == LPUC_DOMAIN and node.op == "Fused":
+                # A fused map (fuse_elementwise) has no kernel: the runtime evaluates its steps, here
+                # over whole tensors (its operands still broadcast as ONNX's do before legalize_broadcast).
+                results = [evaluate_expression(node.attrs["expr"], args)]
+            else:
+                results = run_kernel(ctx, args)
         for name, result in zip(node.outputs, results):
             if name:
                 env[name] = result
