@@ -16,7 +16,7 @@ from lpuc.passes.quantize_int8 import quantize_weights
 from tests.cli_helpers import assert_one_line_error, invoke
 from tests.kernels.oracle import run_onnxruntime
 from tests.models import ort_run
-from tests.zoo import ResNetish, onet_probe_inputs, onet_real_weights, randomize_batchnorm, resnet50, vgg19
+from tests.zoo import MobileNetish, ResNetish, onet_probe_inputs, onet_real_weights, randomize_batchnorm, resnet50, vgg19
 
 
 def _cosine(a: np.ndarray, b: np.ndarray) -> float:
@@ -605,3 +605,48 @@ def test_residual_passes_on_in_int8_only_from_an_elementwise_op(tmp_path, norm, 
     final = (tmp_path / "ir" / "99_final.graph.txt").read_text()
     assert ("residual_dequant" in final) == fires
     _check_cosine(program, path, (64, 64), samples=2)
+
+
+@pytest.fixture(scope="module")
+def mobilenetish(tmp_path_factory) -> Path:
+    torch.manual_seed(0)
+    net = randomize_batchnorm(MobileNetish().eval(), 2)
+    return _export(net, (1, 3, 64, 64), tmp_path_factory.mktemp("int8") / "mobilenetish.onnx")
+
+
+def test_depthwise_conv_values_are_stored_as_fp16(mobilenetish, tmp_path):
+    """A depthwise conv between int8 1x1 convs reads and writes fp16 (passes/
+    store_depthwise_floats_fp16.py): the expand conv's epilogue writes half the bytes, so the
+    schedule is shorter, the conversions are charged as ALU ops of the maps, and the output stays as
+    close to fp32 onnxruntime as with float32 storage."""
+    narrow = lpuc.compile(mobilenetish, precision="int8", dump_ir=tmp_path / "ir")
+    wide = lpuc.compile(mobilenetish, precision="int8", disable_passes=["store_depthwise_floats_fp16"])
+    final = (tmp_path / "ir" / "99_final.graph.txt").read_text().splitlines()
+    convs = [line.split(" = ")[0] for line in final if "= lpuc.DepthwiseConv(" in line]
+    assert len(convs) == 3 and all(": f16[" in c for c in convs), convs
+    # Each conv's input (the expand conv's epilogue, through its reshape) is fp16 too.
+    epilogues = [line for line in final if "/HardSwish/cl/rows: f16[" in line.split(" = ")[0]]
+    assert len(epilogues) == 3 and all("= lpuc.Fused(" in line for line in epilogues), epilogues
+
+    def alu_ops(program) -> int:
+        return sum(i.work.alu_ops for i in program.instructions if i.opcode == "vxm.map")
+
+    assert alu_ops(narrow) > alu_ops(wide)  # a conversion on each side of every fp16 value
+    assert narrow.summary["cycles"] < wide.summary["cycles"]
+    cosines = [_check_cosine(p, mobilenetish, (1, 3, 64, 64), samples=2) for p in (narrow, wide)]
+    assert abs(cosines[0] - cosines[1]) < 1e-3, cosines
+    x = {"x": np.random.default_rng(5).standard_normal((1, 3, 64, 64)).astype(np.float32)}
+    np.testing.assert_array_equal(narrow.run(x)["y"], narrow.run(x, interpret=True)["y"])  # plan = oracle
+
+
+def test_depthwise_conv_values_beyond_fp16_range_stay_float32(mobilenetish):
+    """Calibrated on inputs 1e5 times larger, the depthwise convs' values exceed 65504 / 8: they stay
+    float32, and the output still matches fp32 onnxruntime on such inputs."""
+    rng = np.random.default_rng(6)
+    big = {"x": (1e5 * rng.standard_normal((2, 1, 3, 64, 64))).astype(np.float32)}
+    program = lpuc.compile(mobilenetish, precision="int8", calibrate=big)
+    convs = [i for i in program.instructions if "/Conv/cl" in i.node and i.opcode == "vxm.kernel"]
+    assert convs and all(program.tiles[a.buf].dtype == "float32" for i in convs for a in i.writes), convs[:1]
+    (want,) = ort_run(mobilenetish, {"x": big["x"][0]})
+    got = program.run({"x": big["x"][0]})["y"]
+    assert np.isfinite(got).all() and _cosine(got, want) >= 0.99
