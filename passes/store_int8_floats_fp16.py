@@ -47,21 +47,22 @@ def store_int8_floats_fp16(graph: Graph, ctx=None) -> Graph:
         for node in graph.nodes
         if is_map(node)
         for out in node.outputs[:1]
-        if out not in outputs
-        and graph.values[out].dtype == np.float32
-        and not graph.values[out].is_dynamic
-        and consumers.get(out)
-        and all(is_map(c) for c in consumers[out])
+        if graph.values[out].dtype == np.float32 and _views(out, consumers, outputs, graph) is not None
     }
-    # Values some map quantizes, within fp16's range by a margin over their calibrated peak; then a
-    # product's part (which no map quantizes) by the peak of the sum it joins, an addend's scale.
-    narrowed = {
-        v for v in candidates - parts if 0 < _value_peak(v, consumers[v], graph) * FP16_HEADROOM <= FP16_MAX
-    }
+    # Values some map quantizes, within fp16's range by a margin over their calibrated peak (where a
+    # Reshape passes a value on, the peak its readers see of the reshaped one); then a product's part
+    # (which no map quantizes) by the peak of the sum it joins, an addend's scale.
+    narrowed: set[str] = set()
+    for v in sorted(candidates - parts):
+        views = _views(v, consumers, outputs, graph) or []
+        peak = max(_value_peak(name, [c for c in consumers[name] if is_map(c)], graph) for name in views)
+        if 0 < peak * FP16_HEADROOM <= FP16_MAX:
+            narrowed.update(views)
     narrowed |= {
         v
         for v in candidates & parts
-        if all(
+        if all(is_map(c) for c in consumers[v])
+        and all(
             c.outputs[0] in narrowed
             or 0 < _calibrated_peak(v, [c], graph, direct=False) * FP16_HEADROOM <= FP16_MAX
             for c in consumers[v]
@@ -136,6 +137,26 @@ def _value_peak(value: str, readers: list[Node], graph: Graph) -> float:
     of what its readers quantize (a decomposed LRN quantizes the square of a value: a proxy, there
     larger than the value's own)."""
     return _calibrated_peak(value, readers, graph) or _calibrated_peak(value, readers, graph, direct=False)
+
+
+def _views(value: str, consumers: dict[str, list[Node]], outputs: set[str], graph: Graph) -> list[str] | None:
+    """`value` and the Reshapes of it (of them, ...) that maps read: what is stored as fp16 with it
+    (a Reshape carries its input's dtype). None if any of them is a graph output, a dynamic shape,
+    or read by anything but a map or a Reshape, or if no map reads any."""
+    views, pending, read = [], [value], False
+    while pending:
+        name = pending.pop()
+        if name in outputs or graph.values[name].is_dynamic or not consumers.get(name):
+            return None
+        views.append(name)
+        for reader in consumers[name]:
+            if reader.op == "Reshape" and not reader.domain and reader.inputs[0] == name:
+                pending.append(reader.outputs[0])
+            elif is_map(reader):
+                read = True
+            else:
+                return None
+    return views if read else None
 
 
 def is_map(node: Node) -> bool:
