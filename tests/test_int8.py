@@ -16,7 +16,15 @@ from lpuc.passes.quantize_int8 import quantize_weights
 from tests.cli_helpers import assert_one_line_error, invoke
 from tests.kernels.oracle import run_onnxruntime
 from tests.models import ort_run
-from tests.zoo import MobileNetish, ResNetish, onet_probe_inputs, onet_real_weights, randomize_batchnorm, resnet50, vgg19
+from tests.zoo import (
+    MobileNetish,
+    ResNetish,
+    onet_probe_inputs,
+    onet_real_weights,
+    randomize_batchnorm,
+    resnet50,
+    vgg19,
+)
 
 
 def _cosine(a: np.ndarray, b: np.ndarray) -> float:
@@ -616,11 +624,11 @@ def mobilenetish(tmp_path_factory) -> Path:
 
 def test_depthwise_conv_values_are_stored_as_fp16(mobilenetish, tmp_path):
     """A depthwise conv between int8 1x1 convs reads and writes fp16 (passes/
-    store_depthwise_floats_fp16.py): the expand conv's epilogue writes half the bytes, so the
+    store_kernel_floats_fp16.py): the expand conv's epilogue writes half the bytes, so the
     schedule is shorter, the conversions are charged as ALU ops of the maps, and the output stays as
     close to fp32 onnxruntime as with float32 storage."""
     narrow = lpuc.compile(mobilenetish, precision="int8", dump_ir=tmp_path / "ir")
-    wide = lpuc.compile(mobilenetish, precision="int8", disable_passes=["store_depthwise_floats_fp16"])
+    wide = lpuc.compile(mobilenetish, precision="int8", disable_passes=["store_kernel_floats_fp16"])
     final = (tmp_path / "ir" / "99_final.graph.txt").read_text().splitlines()
     convs = [line.split(" = ")[0] for line in final if "= lpuc.DepthwiseConv(" in line]
     assert len(convs) == 3 and all(": f16[" in c for c in convs), convs
@@ -650,3 +658,39 @@ def test_depthwise_conv_values_beyond_fp16_range_stay_float32(mobilenetish):
     (want,) = ort_run(mobilenetish, {"x": big["x"][0]})
     got = program.run({"x": big["x"][0]})["y"]
     assert np.isfinite(got).all() and _cosine(got, want) >= 0.99
+
+
+class _ConcatConvs(torch.nn.Module):
+    """Two branches' conv results joined by a Concat (channels last), pooled, read by a conv."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(5)
+        self.stem = torch.nn.Conv2d(3, 16, 3, padding=1)
+        self.left = torch.nn.Conv2d(16, 16, 1)
+        self.right = torch.nn.Conv2d(16, 24, 3, padding=1)
+        self.head = torch.nn.Conv2d(40, 8, 1)
+
+    def forward(self, x):
+        x = torch.relu(self.stem(x))
+        joined = torch.cat([self.left(x), self.right(x)], 1)
+        return self.head(torch.relu(torch.nn.functional.max_pool2d(joined, 2)))
+
+
+def test_concatenated_float_values_are_stored_as_fp16(tmp_path):
+    """The float conv results a Concat joins (and the MaxPool of it reads) are stored as fp16 with
+    it (store_kernel_floats_fp16): each epilogue converts, the Concat moves fp16, the output stays
+    as close to fp32 onnxruntime as with float32 storage."""
+    path = _export(_ConcatConvs().eval(), (1, 3, 16, 16), tmp_path / "concat.onnx")
+    narrow = lpuc.compile(path, precision="int8", dump_ir=tmp_path / "ir")
+    wide = lpuc.compile(path, precision="int8", disable_passes=["store_kernel_floats_fp16"])
+    final = (tmp_path / "ir" / "99_final.graph.txt").read_text().splitlines()
+    joins = [line.split(" = ")[0] for line in final if " = Concat(" in line]
+    assert len(joins) == 1 and ": f16[" in joins[0], joins
+    epilogues = [line for line in final if ": f16[" in line.split(" = ")[0] and "= lpuc.Fused(" in line]
+    assert len(epilogues) == 2, epilogues
+    assert "float16" not in {t.dtype for t in wide.tiles}
+    cosines = [_check_cosine(p, path, (1, 3, 16, 16), samples=2) for p in (narrow, wide)]
+    assert abs(cosines[0] - cosines[1]) < 1e-3, cosines
+    x = {"x": np.random.default_rng(5).standard_normal((1, 3, 16, 16)).astype(np.float32)}
+    np.testing.assert_array_equal(narrow.run(x)["y"], narrow.run(x, interpret=True)["y"])  # plan = oracle
