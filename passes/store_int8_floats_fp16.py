@@ -14,9 +14,9 @@ is narrowed only if FP16_HEADROOM times the largest magnitude calibration saw (f
 map's scale) stays within it. `--disable-pass store_int8_floats_fp16` turns the pass off.
 
 Only float32 results of an lpuc.Fused map that are not graph outputs, that every reader reads as an
-lpuc.Fused map operand (a kernel such as a pooling would compute in fp16) and that some map
-quantizes for an int8 layer (values between int8 layers, not, e.g., a decomposed LRN's
-intermediates) are narrowed.
+lpuc.Fused map operand, directly or through Reshapes (which then carry fp16 too; kernels such as a
+pooling or a Concat: store_kernel_floats_fp16), and that some map quantizes for an int8 layer
+(values between int8 layers, not, e.g., a decomposed LRN's intermediates) are narrowed.
 
 First, a map that reads two int32 products (a residual block with a projection shortcut: its
 conv's and its shortcut's results) is split in two: the first product's dequantization becomes a
