@@ -48,7 +48,7 @@ def store_kernel_floats_fp16(graph: Graph, ctx=None) -> Graph:
         return graph
     # Reshape and Concat move values unchanged: the peaks of those maps and window kernels compute.
     computed = sorted(v for v in claimed if is_map(producers[v]) or _is_window_kernel(producers[v]))
-    peaks = activation_ranges(graph, computed, ctx.calibration or calib.Calibration())
+    peaks = activation_ranges(_ancestors(graph, computed), computed, ctx.calibration or calib.Calibration())
     narrowed: set[str] = set()
     for group in groups:
         if all(0 < peaks[v] * FP16_HEADROOM <= FP16_MAX for v in group if v in peaks):
@@ -68,6 +68,17 @@ def store_kernel_floats_fp16(graph: Graph, ctx=None) -> Graph:
             steps.append(cast_step(f"s{len(steps) - 1}", TensorProto.FLOAT16, "float16"))
         out.nodes.append(node.with_(attrs={**node.attrs, "expr": steps}))
     return out
+
+
+def _ancestors(graph: Graph, names: list[str]) -> Graph:
+    """The graph cut down to the nodes `names` depend on: calibration need not run the rest (a
+    ResNet's stem pooling needs only the stem)."""
+    needed, kept = set(names), []
+    for node in reversed(graph.nodes):
+        if any(o in needed for o in node.outputs):
+            kept.append(node)
+            needed.update(i for i in node.inputs if i)
+    return graph.copy(nodes=kept[::-1])
 
 
 def _is_window_kernel(node: Node) -> bool:
