@@ -41,8 +41,17 @@ def gemm(ctx: KernelContext, a, b, c=None):
 @kernel("MatMulInteger")
 def matmul_integer(ctx: KernelContext, a, b, a_zero_point=None, b_zero_point=None):
     a_zero_point = None if a_zero_point is None else _per_row(a_zero_point)
-    y = np.matmul(centered(a, a_zero_point), centered(b, b_zero_point))
-    return y.astype(np.int32)
+    narrow = a.dtype.itemsize == 1 and b.dtype.itemsize == 1
+    a, b = centered(a, a_zero_point), centered(b, b_zero_point)
+    if narrow and a.shape[-1] <= _EXACT_FLOAT64_K:
+        # 8-bit operands (|x| <= 255 centered): every partial sum is an integer below 2**53, so the
+        # float64 product (BLAS) is exact and the same as numpy's far slower int64 one.
+        return np.matmul(a.astype(np.float64), b.astype(np.float64)).astype(np.int64).astype(np.int32)
+    return np.matmul(a, b).astype(np.int32)
+
+
+# The longest reduction whose float64 sums of 8-bit products stay exact: K * 255 * 255 < 2**53.
+_EXACT_FLOAT64_K = 2**53 // (255 * 255)
 
 
 @kernel("QLinearMatMul")
