@@ -122,7 +122,7 @@ def _place_slice(reqs: list[tuple[int, int, Lifetime]], capacity: int) -> tuple[
             at = _lowest_union_gap(union_lo, union_hi, words)
         else:
             live = (start_of[:n] < life.end) & (life.start < end_of[:n])
-            at = _lowest_gap(lo_of[:n], hi_of[:n], live, words)
+            at = lowest_gap(lo_of[:n], hi_of[:n], live, words)
         if at + words > capacity:
             failed.append(rid)
             continue
@@ -136,7 +136,7 @@ def _place_slice(reqs: list[tuple[int, int, Lifetime]], capacity: int) -> tuple[
 
 
 def _lowest_union_gap(union_lo: list[int], union_hi: list[int], words: int) -> int:
-    """_lowest_gap with every placed range live, from their union: the first gap of `words` words
+    """lowest_gap with every placed range live, from their union: the first gap of `words` words
     below a disjoint range, else its top."""
     below = 0
     for lo, hi in zip(union_lo, union_hi):
@@ -157,7 +157,7 @@ def _add_range(union_lo: list[int], union_hi: list[int], lo: int, hi: int) -> No
     union_hi[i:j] = [hi]
 
 
-def _lowest_gap(lo: np.ndarray, hi: np.ndarray, live: np.ndarray, words: int) -> int:
+def lowest_gap(lo: np.ndarray, hi: np.ndarray, live: np.ndarray, words: int) -> int:
     """First fit: the lowest address from which `words` words clear every live [lo, hi) range.
 
     Walking the live ranges in lo order, the candidate address before range i is the highest end

@@ -51,6 +51,11 @@ def place_tiles(
     everywhere = np.arange(n)
     east = np.array([s for s in range(n) if target.slice_positions[s] > vxm])
     budget = scratch_budgets(program, target, packing) if scratch else None
+    # Tables read only by Gathers (an embedding) are cold: read by one op at the start. With scratch
+    # room kept, they go to the scratch slices first, so that the weights streamed to the MXMs all
+    # through the run do not share those slices' ports with the live data there.
+    cold = _gather_tables(program) if budget is not None else set()
+    scratch_slices = np.flatnonzero(budget < target.addresses_per_slice) if budget is not None else everywhere
     for buf in program.buffers:
         if not buf.is_const or buf.host:
             continue
@@ -63,6 +68,12 @@ def place_tiles(
             # Odd copies of a replicated constant go to the VXM's east side, the rest anywhere: maps
             # running side by side then read them over east and west streams alike.
             sides = east if buf.replica % 2 else everywhere
+            if buf.id in cold and np.any(load[scratch_slices] + buf.words <= budget[scratch_slices]):
+                sides = scratch_slices
+            elif budget is not None and len(scratch_slices) < n:
+                hot = np.setdiff1d(sides, scratch_slices)
+                if len(hot) and np.any(load[hot] + buf.words <= budget[hot]):
+                    sides = hot
             if budget is not None and np.any(load[sides] + buf.words <= budget[sides]):
                 sides = sides[load[sides] + buf.words <= budget[sides]]
             s = int(sides[np.argmin(load[sides])])
@@ -139,6 +150,16 @@ def scratch_budgets(program: TiledProgram, target: Target, packing: ConstPacking
     if count:
         budget[np.linspace(0, n - 1, count).round().astype(np.int64)] -= room
     return budget
+
+
+def _gather_tables(program: TiledProgram) -> set[int]:
+    """Constant tiles that no op but a Gather reads."""
+    gathered: set[int] = set()
+    other: set[int] = set()
+    for op in program.ops:
+        into = gathered if op.attrs.get("kernel") == "Gather" else other
+        into.update(r.buf for r in op.reads)
+    return {b for b in gathered - other if program.buffers[b].is_const}
 
 
 def _users(program: TiledProgram) -> dict[int, list[int]]:
