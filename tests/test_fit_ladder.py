@@ -120,10 +120,10 @@ def _embed_then_layers(path, vocab: int, layers: int, width: int = 64) -> None:
 def test_lean_step_keeps_weights_off_the_slices_with_scratch_room(tmp_path):
     # The scratch slices hold the live data; a weight there would share their ports with it all run
     # long, the embedding table only while the Gather reads it at the start. On tsp-mini in fp16 the
-    # table takes 2048 of the 8192 words and the 40 weights 5120: the table fills the scratch
-    # slices' budgets first, the weights the other slices.
+    # table takes 4096 of the 8192 words and the 24 weights 3072: the table fills the scratch
+    # slices' budgets (4 x 768 words) first, the weights the other slices.
     path = tmp_path / "embed_layers.onnx"
-    _embed_then_layers(path, 1024, 40)
+    _embed_then_layers(path, 2048, 24)
     target = load_target("tsp-mini")
     context = PassContext(target, "fp16", True, frozenset())
     graph = run_pipeline(import_model(onnx.load(path), "embed"), context)

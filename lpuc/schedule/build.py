@@ -68,7 +68,7 @@ def build_program(
         slice_of = place_tiles(tiled, target, pinned, packing, spread_accesses=spread, scratch=scratch)
         _forget_moved(asked, tiled, before, slice_of)
         sched = schedule(tiled, target, slice_of, preds, rank, requests, asked)
-        alloc = allocate(tiled, sched, slice_of, target.addresses_per_slice, packing)
+        alloc = allocate(tiled, sched, slice_of, target.addresses_per_slice, packing, consts_first=scratch)
         if not alloc.failures:
             break
         pinned = _move_failures(tiled, slice_of, alloc, target, packing, sched, scratch)

