@@ -307,8 +307,10 @@ class _UnitState:
         ports = cost.port_needs(self.target, opcode, [*reads, *writes], n_unit)
         if one_port:
             ports = {s: 1 for s in ports}
-        d = cost.duration(self.target, opcode, unit, work, reads, writes, precision, install, ports, alus)
-        busy = cost.occupancy(self.target, opcode, unit, work, reads, writes, precision, install, ports, alus)
+        # (Uncached: this question is asked once, its answer kept in the caches above.)
+        args = (self.target, opcode, unit, work, reads, writes, precision, install, ports, alus)
+        d = cost.duration.__wrapped__(*args)
+        busy = d if opcode != "mxm.mm" else cost.occupancy.__wrapped__(*args)
         pools: list[Pool] = []
         if opcode.startswith("vxm."):
             pools.append((self.vxm, cost.held_alus(self.target, opcode, work, alus), d))
@@ -318,7 +320,7 @@ class _UnitState:
                 pools.append((self.vxm, cost.vxm_alus(self.target, opcode, work), d))
         for s, k in ports.items():
             pools.append((port_units(self.target, s), k, d))
-        east, west = cost.stream_needs(self.target, opcode, unit, reads, writes, work)
+        east, west = cost.stream_needs.__wrapped__(self.target, opcode, unit, reads, writes, work)
         if east:
             pools.append((self.east, east, d))
         if west:
@@ -332,46 +334,49 @@ class _UnitState:
         A pool short of units at t stays short until its k-th soonest free unit is free, so jumping
         there skips no feasible start: the answer is the least feasible start, whatever order the
         pools are checked in. Pools are checked round-robin from the one that last failed, until all
-        of them pass at the same t."""
-        chosen: list[list[str] | None] = [None] * len(pools)
-        i = passed = 0
-        while passed < len(pools):
-            names, k, d = pools[i]
-            free, later = self._free_units(names, k, t, d)
-            if len(free) == k:
-                chosen[i] = free
-                passed += 1
-            else:
-                later.sort()
-                t = later[k - len(free) - 1]
-                chosen = [None] * len(pools)
-                passed = 0
-                continue  # the same pool again at the new t
-            i = (i + 1) % len(pools)
-        return t, tuple([(u, d) for (_, _, d), units in zip(pools, chosen) for u in units])
-
-    def _free_units(self, names: Sequence[str], k: int, t: int, d: int) -> tuple[list[str], list[int]]:
-        """The first k of `names` free for [t, t + d), or all the free ones and, when fewer than k are,
-        the earliest start of each busy one."""
+        of them pass at the same t (the last len(pools) checks: so each entry of `chosen` is from t)."""
         timelines = self.timelines
-        free: list[str] = []
-        end = t + d
-        for u in names:  # stops at the first k units free at t: the common case
-            line = timelines[u]
-            if t < line.horizon:  # Timeline.is_free, inline: the hottest test of a compile
-                starts = line.starts
-                i = bisect_right(starts, t)
-                if (i and line.ends[i - 1] > t) or (i < len(starts) and starts[i] < end):
-                    continue
-            free.append(u)
-            if len(free) == k:
-                return free, []
-        return free, [e for u in names if (e := timelines[u].earliest(t, d)) != t]
+        n = len(pools)
+        chosen: list[list[str]] = [[]] * n
+        i = passed = 0
+        while passed < n:
+            names, k, d = pools[i]
+            end = t + d
+            free: list[str] = []
+            for u in names:  # stops at the first k units free at t: the common case
+                line = timelines[u]
+                if t < line.horizon:  # Timeline.is_free, inline: the hottest test of a compile
+                    starts = line.starts
+                    j = bisect_right(starts, t)
+                    if (j and line.ends[j - 1] > t) or (j < len(starts) and starts[j] < end):
+                        continue
+                free.append(u)
+                if len(free) == k:
+                    break
+            else:  # fewer than k free at t: on to when the k-th of them is, the same pool again
+                later = sorted([e for u in names if (e := timelines[u].earliest(t, d)) != t])
+                t = later[k - len(free) - 1]
+                passed = 0
+                continue
+            chosen[i] = free
+            passed += 1
+            i = i + 1 if i + 1 < n else 0
+        return t, tuple([(u, d) for (_, _, d), units in zip(pools, chosen) for u in units])
 
     def _reserve(self, start: int, held: tuple[tuple[str, int], ...]) -> None:
         timelines = self.timelines
         for u, d in held:
-            timelines[u].reserve(start, d)
+            line = timelines[u]
+            if start >= line.horizon:  # Timeline.reserve's common case, inline (after all it holds)
+                end, ends = start + d, line.ends
+                if ends and ends[-1] == start:
+                    ends[-1] = end
+                else:
+                    line.starts.append(start)
+                    ends.append(end)
+                line.horizon = end
+            else:
+                line.reserve(start, d)
 
     def _release(self, start: int, held: tuple[tuple[str, int], ...]) -> None:
         timelines = self.timelines
