@@ -251,6 +251,9 @@ class _UnitState:
         self.lw_free = [0] * n
         self.installed_at = [-target.iw_cycles] * n
         self._planes = range(n)
+        # Plane unit names made once: a fresh string hashes anew at every request it keys.
+        self._mm_unit = [f"MXM{p}" for p in self._planes]
+        self._lw_unit = [f"MXM{p}.LW" for p in self._planes]
         self._stream_cache: dict[int, tuple[tuple[Stream, ...], tuple[Stream, ...]]] = {}
         # _request's answers by what they depend on: ops of repeated layers ask the same questions,
         # and so does each placement round of one program.
@@ -422,7 +425,8 @@ class _UnitState:
         # the same plan wins as if every plane were planned in full, with fewer plans made.
         mms = [op for op in item if op.opcode == "mxm.mm"]
         tails = {p: self._tails(p, mms) if mms and item[-1] is mms[-1] else None for p in self._planes}
-        first = {p: self._first_mm_bound(p, groups[0][0], preds, slots) for p in self._planes}
+        lw_ready = _ready(groups[0][0].id, preds, slots)
+        first = {p: self._first_mm_bound(p, groups[0][0], lw_ready) for p in self._planes}
         bound = {p: first[p] + tails[p][0] if tails[p] else 0 for p in self._planes}
         best = None
         booked: list[tuple[Slot, tuple]] = []  # the latest plan, still reserved
@@ -448,18 +452,21 @@ class _UnitState:
     def _tails(self, p: int, mms: list[TileOp]) -> list[int]:
         """Per MM of an item on plane p: cycles from its start to the end of the item's last MM at
         the least (each MM starts once the plane has taken in the previous one's rows)."""
-        busy = [self._request(mm, f"MXM{p}")[1] for mm in mms]
-        tail = [self._request(mms[-1], f"MXM{p}")[0]]
+        unit, request = self._mm_unit[p], self._request
+        busy = [request(mm, unit)[1] for mm in mms]
+        tail = [request(mms[-1], unit)[0]]
         for b in reversed(busy[:-1]):
             tail.append(tail[-1] + b)
         return tail[::-1]
 
-    def _first_mm_bound(self, p: int, lw: TileOp, preds, slots: list[Slot | None]) -> int:
+    def _first_mm_bound(self, p: int, lw: TileOp, lw_ready: int) -> int:
         """The earliest an item's first MM could start on plane p: after its plane is free and its
-        weights are loaded at the faster of the two rates _plan_groups tries."""
+        weights (inputs ready at `lw_ready`) are loaded at the faster of the two rates _plan_groups
+        tries."""
         installed = self.installed_at[p] + self.target.iw_cycles
-        ready = max(_ready(lw.id, preds, slots), self.lw_free[p], installed)
-        load = min(self._request(lw, f"MXM{p}.LW", one_port)[0] for one_port in (False, True))
+        ready = max(lw_ready, self.lw_free[p], installed)
+        unit = self._lw_unit[p]
+        load = min(self._request(lw, unit, False)[0], self._request(lw, unit, True)[0])
         return max(self.plane_free[p], ready + load)
 
     def _plan_groups(
@@ -469,7 +476,7 @@ class _UnitState:
         installed its weights; its MMs follow once the weights are loaded, each as soon as the plane
         has taken in the previous one's rows. Reserves what it plans (the caller releases it).
         Gives up (state None) once the plan cannot end before `beat` (end, plane), by `tail` (_tails)."""
-        lw_unit, mm_unit = f"MXM{p}.LW", f"MXM{p}"
+        lw_unit, mm_unit = self._lw_unit[p], self._mm_unit[p]
         lw_free, plane_free, installed_at = self.lw_free[p], self.plane_free[p], self.installed_at[p]
         plan = []
         j = 0  # the item's MMs planned so far
