@@ -184,7 +184,7 @@ def schedule(
 
 
 def _ready(op_id: int, preds: list[set[int]], slots: list[Slot | None]) -> int:
-    return max((slots[p].end for p in preds[op_id]), default=0)
+    return max([slots[p].end for p in preds[op_id]], default=0)
 
 
 def plane_order_successors(ops: list[TileOp]) -> dict[int, int]:
@@ -452,9 +452,11 @@ class _UnitState:
     def _tails(self, p: int, mms: list[TileOp]) -> list[int]:
         """Per MM of an item on plane p: cycles from its start to the end of the item's last MM at
         the least (each MM starts once the plane has taken in the previous one's rows)."""
-        unit, request = self._mm_unit[p], self._request
-        busy = [request(mm, unit)[1] for mm in mms]
-        tail = [request(mms[-1], unit)[0]]
+        unit, asked = self._mm_unit[p], self._asked
+        # _request, its cache looked up inline: asked per MM for every plane of every item.
+        answers = [asked.get((mm.id, unit, False, None)) or self._request(mm, unit) for mm in mms]
+        busy = [a[1] for a in answers]
+        tail = [answers[-1][0]]
         for b in reversed(busy[:-1]):
             tail.append(tail[-1] + b)
         return tail[::-1]
@@ -495,6 +497,9 @@ class _UnitState:
             self._reserve(start, held)  # later ops of the item overlap it in time
             lw_free = start + d
             t = max(plane_free, lw_free)
+            # Its next MM starts at t or later: the plan may lose here, before fitting it.
+            if beat is not None and tail is not None and mms and (t + tail[j], p) > beat:
+                return plan, None
             for k, mm in enumerate(mms):
                 d, busy, pools = self._request(mm, mm_unit)
                 t, held = self._fit(pools, max(t, _ready(mm.id, preds, slots)))
