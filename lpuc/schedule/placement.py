@@ -124,8 +124,11 @@ def _place_others(
     # at the same time, and two of them on one slice queue on its two ports.
     touches = np.zeros((n, len(program.ops) + 1), dtype=np.int32)
     users = _users(program)
-    for buf_id, s in slice_of.items():
-        touches[s, users.get(buf_id, [])] += 1
+    # The constants' touches, as one scatter-add (each buffer's op ids are distinct).
+    placed = [(s, i) for buf_id, s in slice_of.items() for i in users.get(buf_id, ())]
+    if placed:
+        at = np.array(placed, dtype=np.intp)
+        np.add.at(touches, (at[:, 0], at[:, 1]), 1)
 
     first, last = _program_order_lifetimes(program, users)
     releases: list[tuple[int, int, int, int]] = []  # (release index, buffer id, slice, words)
