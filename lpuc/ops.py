@@ -56,6 +56,14 @@ def _window_alu_ops(node: Node, graph: Graph, in_vectors: int, out_vectors: int,
     return int(math.prod(shape)) * per_tap * out_vectors
 
 
+def _depthwise_alu_ops(node: Node, graph: Graph, in_vectors: int, out_vectors: int, lanes: int) -> int:
+    """A channels-last depthwise convolution: per output vector, a multiply and an add per window
+    tap (each tap's weights are one vector over the channels), and one add of the bias."""
+    taps = int(math.prod(node.attr("kernel_shape")))
+    bias = 1 if len(node.inputs) > 2 and node.inputs[2] else 0
+    return (2 * taps + bias) * out_vectors
+
+
 def _global_pool_alu_ops(node: Node, graph: Graph, in_vectors: int, out_vectors: int, lanes: int) -> int:
     """Global pooling: every input vector is added into its channel's accumulator once, then each
     output reduces its lanes in a log-depth tree."""
@@ -363,6 +371,7 @@ _add("VXM", "MaxPool AveragePool LpPool", alu_ops=_window_alu_ops)
 _add("VXM", "GlobalAveragePool GlobalMaxPool GlobalLpPool", alu_ops=_global_pool_alu_ops)
 # Channels-last pooling (sink_transposes): channels on lanes, so a global pool only adds vectors.
 _add("VXM", "MaxPool AveragePool", domain=LPUC_DOMAIN, alu_ops=_window_alu_ops, windowed=True)
+_add("VXM", "DepthwiseConv", domain=LPUC_DOMAIN, alu_ops=_depthwise_alu_ops, windowed=True)
 _add(
     "VXM",
     "GlobalAveragePool GlobalMaxPool",

@@ -7,6 +7,9 @@ After quantize_residuals a residual block ends in (requantized product + dequant
 multiply by 1/s_out stays, and the block's epilogue map takes 9 ALU ops: then only one such map
 fits on the VXM's 16 ALUs at a time. Distributed, it takes 8 and two run side by side.
 
+A constant added after that multiply (an unsigned activation's zero point, passes/quantize_int8.py)
+joins the first term's offset the same way: (...) * k + z -> x * (a k) + (b k + z) + y * (c k).
+
 Numerics: each constant product rounds once instead of the two multiplies rounding twice (the
 same kind of change fold_requantize makes); fp32 builds, which promise onnxruntime's bits, are left
 alone.
@@ -32,25 +35,53 @@ def distribute_scales(graph: Graph, ctx: object = None) -> Graph:
         ok = p is not None and p.op == op and not p.domain and value not in outputs
         return p if ok and len(consumers.get(value, [])) == 1 else None
 
-    matches = {n.name: sides for n in graph.nodes if (sides := _match(n, graph, only_reader))}
+    matches = {}
+    for n in graph.nodes:
+        # (the multiply's result plus a constant, an unsigned activation's zero point: the constant
+        # joins the offset of the sum's first term too)
+        shift = _shift_of(n, graph, only_reader)
+        root = only_reader(n.inputs[0], "Mul") if shift is not None else n
+        if root is not None and (sides := _match(root, graph, only_reader)):
+            matches[n.name] = (root, sides, shift)
     if not matches:
         return graph
-    out = replace_nodes(graph, lambda n, _: n.name in matches, lambda b: _distribute(b, matches[b.node.name]))
+    shifted = {root.name for root, _, shift in matches.values() if shift is not None}
+    matches = {name: m for name, m in matches.items() if name not in shifted}
+    out = replace_nodes(
+        graph, lambda n, _: n.name in matches, lambda b: _distribute(b, *matches[b.node.name])
+    )
     return eliminate_dead_code(out)
 
 
-def _distribute(b: NodeBuilder, sides: list[tuple[str, np.ndarray, np.ndarray | None]]) -> None:
-    """x * (a k) [+ b k] + y * (c k) in place of b.node, (x * a [+ b] + y * c) * k."""
-    node = b.node
-    k = _const(b.graph, node.inputs[1])
+def _shift_of(node: Node, graph: Graph, only_reader) -> np.ndarray | None:
+    """c of Add(m, c), c a constant of one value, m a value only this Add reads; else None."""
+    if node.op != "Add" or node.domain or len(node.inputs) != 2 or not graph.is_const(node.inputs[1]):
+        return None
+    c = _const(graph, node.inputs[1])
+    if c.size != 1 or graph.values[node.outputs[0]].dtype.kind != "f":
+        return None
+    return c.reshape(()) if only_reader(node.inputs[0], "Mul") is not None else None
+
+
+def _distribute(
+    b: NodeBuilder,
+    root: Node,
+    sides: list[tuple[str, np.ndarray, np.ndarray | None]],
+    shift: np.ndarray | None,
+) -> None:
+    """x * (a k) [+ b k] + y * (c k) [+ s] in place of b.node, (x * a [+ b] + y * c) * k [+ s]
+    (s joins the first term's offset)."""
+    k = _const(b.graph, root.inputs[1])
     terms = []
-    for x, scale, offset in sides:
+    for i, (x, scale, offset) in enumerate(sides):
         dtype = b.dtype(x)
         y = b.binary("Mul", x, b.const("scale", (scale * k).astype(dtype)), "scale")
+        if i == 0 and shift is not None:
+            offset = shift / k if offset is None else offset + shift / k
         if offset is not None:
             y = b.binary("Add", y, b.const("offset", (offset * k).astype(dtype)), "offset")
         terms.append(y)
-    b.bind_output(b.binary("Add", *terms, "sum"), node.outputs[0])
+    b.bind_output(b.binary("Add", *terms, "sum"), b.node.outputs[0])
 
 
 def _match(node: Node, graph: Graph, only_reader) -> list[tuple[str, np.ndarray, np.ndarray | None]] | None:

@@ -7,8 +7,9 @@ import numpy as np
 from lpuc.ir.graph import Graph, Node
 
 
-def _passthrough_source(node: Node, graph: Graph) -> str | None:
-    """The input this node forwards unchanged, or None if it computes something."""
+def _passthrough_source(node: Node, graph: Graph, used: set[str]) -> str | None:
+    """The input this node forwards unchanged, or None if it computes something (`used`: the values
+    some node or the graph's outputs read)."""
     if node.domain:
         return None
     if node.op == "Identity":
@@ -17,7 +18,9 @@ def _passthrough_source(node: Node, graph: Graph) -> str | None:
         return node.inputs[0]
     if node.op == "Dropout":
         training = node.inputs[2] if len(node.inputs) > 2 else ""
-        mask_used = len(node.outputs) > 1 and node.outputs[1]
+        # An exporter names the mask output even when nothing reads it (torch does): only a read
+        # mask keeps the node.
+        mask_used = len(node.outputs) > 1 and node.outputs[1] in used
         if mask_used or (training and not _is_false_const(graph, training)):
             return None
         return node.inputs[0]
@@ -33,9 +36,10 @@ def eliminate_identity(graph: Graph, ctx=None) -> Graph:
     rename: dict[str, str] = {}
     out = graph.copy(nodes=[])
     outputs = set(graph.outputs)
+    used = outputs | {i for node in graph.nodes for i in node.inputs}
     for node in graph.nodes:
         node = node.with_(inputs=tuple(rename.get(i, i) for i in node.inputs))
-        src = _passthrough_source(node, graph)
+        src = _passthrough_source(node, graph, used)
         if src is not None and node.outputs[0] not in outputs:
             rename[node.outputs[0]] = src
             continue

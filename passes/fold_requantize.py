@@ -146,8 +146,11 @@ def _match(
         steps.append((p.op, const, value))
     steps.reverse()  # input side first
     relu = next((k for k, (op, _, _) in enumerate(steps) if op == "Relu"), None)
+    # With a zero point z added after rounding, the Relu's bound moves to z: round(max(y, 0)) + z =
+    # max(round(y) + z, z) (one z for every element: an unsigned activation's -128).
+    uniform_zero_point = zero_point is None or np.all(zero_point == np.ravel(zero_point)[0])
     if relu is not None and (
-        zero_point is not None or not all(op == "Mul" and np.all(c > 0) for op, c, _ in steps[relu + 1 :])
+        not uniform_zero_point or not all(op == "Mul" and np.all(c > 0) for op, c, _ in steps[relu + 1 :])
     ):
         # A Relu that an add (or a non-positive scale) follows stays: fold only what comes after it.
         value = steps[relu + 1][2] if relu + 1 < len(steps) else rnd.inputs[0]
@@ -173,7 +176,8 @@ def _match(
             offset = offset + c
     if zero_point is not None:  # round(z) + zp = round(z + zp) for an integer zp (z + zp rounds once)
         offset = offset + zero_point
-    low = max(bounds[0], 0.0) if relu is not None else bounds[0]
+    relu_bound = 0.0 if zero_point is None else float(np.ravel(zero_point)[0])
+    low = max(bounds[0], relu_bound) if relu is not None else bounds[0]
     return _Chain(value, np.asarray(scale), np.asarray(offset), low, bounds[1], widen)
 
 

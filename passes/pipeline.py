@@ -23,6 +23,7 @@ from lpuc.ir.graph import Graph
 from lpuc.ir.printer import print_graph
 from lpuc.ir.to_onnx import graph_to_onnx
 from lpuc.ir.verify import verify_graph
+from lpuc.passes.absorb_channel_shuffles import absorb_channel_shuffles
 from lpuc.passes.address_heads import address_heads
 from lpuc.passes.canonicalize_matmul import canonicalize_matmul
 from lpuc.passes.canonicalize_ops import canonicalize_ops
@@ -101,6 +102,7 @@ PIPELINE: tuple[Pass, ...] = (
     Pass("decompose_attention", decompose_attention),
     Pass("decompose_lrn", decompose_lrn),
     Pass("fold_batchnorm", fold_batchnorm),
+    Pass("absorb_channel_shuffles", absorb_channel_shuffles),
     Pass("lower_conv", lower_conv),
     Pass("sink_transposes", sink_transposes),
     # The Transposes sink_transposes leaves that only move dims of size 1 are Reshapes.

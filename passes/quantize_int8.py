@@ -40,17 +40,26 @@ def quantize_int8(graph: Graph, ctx) -> Graph:
     ranges = activation_ranges(
         graph, [src for src, _ in sources.values()], ctx.calibration or calib.Calibration()
     )
+    unsigned = (
+        set()
+        if "unsigned_activations" in getattr(ctx, "disabled", ())
+        else {src for src, _ in sources.values() if _unsigned(src, graph, producers, consumers)}
+    )
     out = graph.copy(nodes=[])
     quantized: dict[str, str] = {}  # float value -> its int8 form (shared by all its MatMuls)
+    bias_shift: dict[str, tuple[str, np.ndarray]] = {}  # bias Add -> (its constant, what it gains)
     for node in graph.nodes:
+        if node.name in bias_shift:
+            node = _shifted_bias(out, node, *bias_shift[node.name])
         if node.name not in sources:
             out.nodes.append(node)
             continue
         b = NodeBuilder(out, node)
         src, chain = sources[node.name]
-        s_a = activation_scale(ranges[src])
+        zero_point = UNSIGNED_ZERO_POINT if src in unsigned else 0
+        s_a = activation_scale(ranges[src], unsigned=bool(zero_point))
         if src not in quantized:
-            quantized[src] = _quantize(b, src, s_a)
+            quantized[src] = _quantize(b, src, s_a, zero_point)
         q = quantized[src]
         w_q, s_w = quantize_weights(graph.values[node.inputs[1]].const)
         pack = _row_packing(b, node, chain, ctx.target.lanes)
@@ -71,6 +80,7 @@ def quantize_int8(graph: Graph, ctx) -> Graph:
                     domain=moved.domain,
                     **moved.attrs,
                     **({"pack_rows": packed} if packed > 1 else {}),
+                    **({"pad_value": zero_point} if zero_point and moved.op == "Im2Col" else {}),
                 )
             q = quantized[key]
         out_shape = b.shape(node.outputs[0])
@@ -87,6 +97,15 @@ def quantize_int8(graph: Graph, ctx) -> Graph:
         out_dtype = b.dtype(node.outputs[0])
         scale = b.const("requant_scale", (np.float64(s_a) * s_w).astype(out_dtype))
         y = b.binary("Mul", b.cast(acc, out_dtype, "dequant"), scale, "requant")
+        if zero_point:
+            # The MXM multiplied q = x_q + z: the product lacks -z * (column sums of W), scaled. It
+            # joins the bias Add after the product if there is one, else it is an Add of its own.
+            shift = -zero_point * w_q.astype(np.int64).sum(axis=0) * (np.float64(s_a) * s_w)
+            bias = _bias_add(node.outputs[0], graph, consumers, pack)
+            if bias is not None:
+                bias_shift[bias[0].name] = (bias[1], shift)
+            else:
+                y = b.binary("Add", y, b.const("zero_point_term", shift.astype(out_dtype)), "zero_point")
         b.bind_output(b.reshape(y, out_shape, "unpack"), node.outputs[0])
         out.nodes.extend(b.nodes)
     # The float Im2Cols replaced by int8 ones go now, so fuse_elementwise sees the quantize map as
@@ -102,9 +121,11 @@ def quantize_weights(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return np.clip(np.rint(w / scale), -INT8_MAX, INT8_MAX).astype(np.int8), scale
 
 
-def activation_scale(peak: float) -> float:
-    """Symmetric per-tensor scale from the largest magnitude seen (1 for an all-zero tensor)."""
-    return float(np.float32(peak / INT8_MAX)) if peak > 0 else 1.0
+def activation_scale(peak: float, unsigned: bool = False) -> float:
+    """Per-tensor scale from the largest magnitude seen (1 for an all-zero tensor): symmetric, or
+    (an unsigned activation) [0, peak] over all 256 levels."""
+    levels = UNSIGNED_LEVELS if unsigned else INT8_MAX
+    return float(np.float32(peak / levels)) if peak > 0 else 1.0
 
 
 def activation_ranges(graph: Graph, names: Iterable[str], calibration: calib.Calibration) -> dict[str, float]:
@@ -213,11 +234,63 @@ def _row_packing(b: NodeBuilder, node: Node, chain: list[Node], lanes: int) -> i
 ACTIVATION_MIN = -INT8_MAX - 1
 
 
-def _quantize(b: NodeBuilder, x: str, scale: float) -> str:
-    """x / scale rounded (half to even) and clipped to [-128, 127], as int8: one VXM map."""
+# An activation that is never negative (a ReLU's result) read only by int8 products is quantized
+# unsigned: x / s - 128 with s = max / 255, so 0 is -128, the bottom of int8's range. The ReLU then
+# costs nothing (fold_requantize: the saturating cast's own lower bound), where a symmetric scale
+# needs a Max by 0 in the map that computes x, and x gets twice the levels. The products add back
+# 128 * (column sums of W) in their bias (strategy unsigned_activations).
+UNSIGNED_ZERO_POINT = -128
+UNSIGNED_LEVELS = 255
+
+
+def _unsigned(src: str, graph: Graph, producers: dict[str, Node], consumers: dict[str, list[Node]]) -> bool:
+    """A ReLU's result whose readers all take its int8 form (no float reader, no residual)."""
+    p = producers.get(src)
+    readers = consumers.get(src, [])
+    return (
+        p is not None
+        and p.op == "Relu"
+        and not p.domain
+        and src not in graph.outputs
+        and bool(readers)
+        and all(_reads_int8(c, src, graph, consumers) for c in readers)
+    )
+
+
+def _bias_add(
+    product: str, graph: Graph, consumers: dict[str, list[Node]], pack: int
+) -> tuple[Node, str] | None:
+    """(the Add, its constant) when a product's only reader adds a constant bias of one value per
+    output column (lower_conv's bias), which can take the zero-point term; not for packed rows."""
+    readers = consumers.get(product, [])
+    if pack > 1 or len(readers) != 1 or readers[0].op != "Add" or readers[0].domain:
+        return None
+    add = readers[0]
+    if len(add.inputs) != 2 or product not in add.inputs or product in graph.outputs:
+        return None
+    bias = add.inputs[1] if add.inputs[0] == product else add.inputs[0]
+    value, out = graph.values[bias], graph.values[product]
+    if not value.is_const or value.dtype != out.dtype or value.shape is None or len(value.shape) != 1:
+        return None
+    return (add, bias) if value.shape[0] == out.shape[-1] else None
+
+
+def _shifted_bias(out: Graph, add: Node, bias: str, shift: np.ndarray) -> Node:
+    """`add` with its bias constant plus the zero-point term `shift`, as a new constant."""
+    b = NodeBuilder(out, add)
+    value = out.values[bias]
+    shifted = b.const("bias_zero_point", (value.const.astype(np.float64) + shift).astype(value.dtype))
+    out.nodes.extend(b.nodes)
+    return add.with_(inputs=tuple(shifted if i == bias else i for i in add.inputs))
+
+
+def _quantize(b: NodeBuilder, x: str, scale: float, zero_point: int = 0) -> str:
+    """x / scale rounded (half to even) [plus zero_point] and clipped to [-128, 127], as int8: one VXM map."""
     dtype = b.dtype(x)
     scaled = b.binary("Mul", x, b.const("inv_scale", np.array(1.0 / scale, dtype)), "quantize")
     rounded = b.unary("Round", scaled, "round")
+    if zero_point:
+        rounded = b.binary("Add", rounded, b.const("zero_point", np.array(zero_point, dtype)), "zero_point")
     bounds = [b.const(tag, np.array(v, dtype)) for tag, v in (("qmin", ACTIVATION_MIN), ("qmax", INT8_MAX))]
     clipped = b.emit("Clip", [rounded, *bounds], b.shape(x), dtype, "clip")
     return b.cast(clipped, np.int8, "int8")

@@ -9,7 +9,9 @@ Transpose is not emitted where it stands: its result is *pending* (the source va
 - a Transpose of a pending value composes the perms (and cancels when they are inverse);
 - an Im2Col of a pending channels-last value reads that value (attribute channels_last; a 1x1
   window is just a Reshape of it, which costs nothing), and a
-  pooling op runs channels-last (lpuc domain); a Concat of pending operands concatenates the sources;
+  pooling op runs channels-last (lpuc domain), and so does a depthwise Conv (lpuc DepthwiseConv: one
+  weight vector per window tap, channels on lanes); a Concat of pending operands concatenates the
+  sources;
 - anything else gets the Transpose emitted, once per value, under the value's own name.
 Whole-tensor SXM transposes between convolutions disappear, and the ops in between run on
 channels-last rows, whose lanes hold channels (64-2048) instead of one row of pixels (7-56).
@@ -28,7 +30,8 @@ CHANNELS_LAST_POOLS = frozenset({"MaxPool", "AveragePool", "GlobalAveragePool", 
 
 
 def sink_transposes(graph: Graph, ctx: object = None) -> Graph:
-    return _Sinker(graph).run()
+    disabled = getattr(ctx, "disabled", frozenset())
+    return _Sinker(graph, "channels_last_depthwise" not in disabled).run()
 
 
 def channels_last_to_first(rank: int) -> Perm:
@@ -45,8 +48,32 @@ def _pointwise(im2col: Node) -> bool:
     )
 
 
+def _floor_mode_attrs(node: Node, x_shape: tuple[int, ...], y_shape: tuple[int, ...]) -> dict:
+    """A MaxPool's attributes with ceil_mode 1 turned into end pads (padding never wins a max): the
+    same windows, in the form lowering cuts into row slabs (lpuc.kernels.windows). Unchanged for
+    anything else, or where the pads would not give the result's shape."""
+    attrs = dict(node.attrs)
+    auto_pad = attrs.get("auto_pad", "NOTSET")
+    auto_pad = auto_pad.decode() if isinstance(auto_pad, bytes) else auto_pad
+    if node.op != "MaxPool" or not attrs.get("ceil_mode", 0) or auto_pad != "NOTSET":
+        return attrs
+    spatial, out = [int(d) for d in x_shape[2:]], [int(d) for d in y_shape[2:]]
+    rank = len(spatial)
+    kernel = [int(k) for k in attrs["kernel_shape"]]
+    strides = [int(v) for v in attrs.get("strides") or [1] * rank]
+    dilations = [int(v) for v in attrs.get("dilations") or [1] * rank]
+    pads = [int(v) for v in attrs.get("pads") or [0] * 2 * rank]
+    for j in range(rank):
+        span = dilations[j] * (kernel[j] - 1) + 1
+        pads[rank + j] += max(0, (out[j] - 1) * strides[j] + span - (spatial[j] + pads[j] + pads[rank + j]))
+        if (spatial[j] + pads[j] + pads[rank + j] - span) // strides[j] + 1 != out[j]:
+            return dict(node.attrs)
+    return {**attrs, "ceil_mode": 0, "pads": pads}
+
+
 class _Sinker:
-    def __init__(self, graph: Graph) -> None:
+    def __init__(self, graph: Graph, channels_last_depthwise: bool = True) -> None:
+        self.channels_last_depthwise = channels_last_depthwise
         self.graph = graph.copy(nodes=[])
         self.source = graph
         self.pending: dict[str, tuple[str, Perm]] = {}  # value -> (source value, perm)
@@ -79,6 +106,8 @@ class _Sinker:
             return self._pool(node)
         if node.op == "Concat" and not node.domain:
             return self._concat(node)
+        if node.op == "Conv" and not node.domain and self.channels_last_depthwise:
+            return self._depthwise(node)
         if is_elementwise(node.op, node.domain) and len(node.outputs) == 1:
             return self._elementwise(node)
         return False
@@ -117,7 +146,45 @@ class _Sinker:
         if x not in self.pending or self.pending[x][1] != channels_last_to_first(len(self.pending[x][1])):
             return False
         source, perm = self.pending[x]
-        self._pending_result(node.with_(inputs=(source,), domain=LPUC_DOMAIN), y, perm)
+        attrs = _floor_mode_attrs(node, self.graph.values[x].shape, self.graph.values[y].shape)
+        self._pending_result(node.with_(inputs=(source,), domain=LPUC_DOMAIN, attrs=attrs), y, perm)
+        return True
+
+    def _depthwise(self, node: Node) -> bool:
+        """A depthwise 2-D Conv (one input channel per output channel, constant weights) of a pending
+        channels-last value runs channels-last: the NCHW round trip (a whole-tensor transpose each
+        way) disappears, and its rows hold channels on lanes."""
+        x, w = node.inputs[0], node.inputs[1]
+        bias = node.inputs[2] if len(node.inputs) > 2 else ""
+        if x not in self.pending or self.pending[x][1] != channels_last_to_first(4):
+            return False
+        weights, channels = self.graph.values[w], self.graph.values[x].shape[1]
+        group = int(node.attr("group", 1))
+        auto_pad = node.attr("auto_pad", "NOTSET")
+        auto_pad = auto_pad.decode() if isinstance(auto_pad, bytes) else auto_pad
+        if (
+            not weights.is_const
+            or len(weights.shape) != 4
+            or group != channels
+            or tuple(weights.shape[:2]) != (channels, 1)
+            or auto_pad != "NOTSET"
+            or (bias and not self.graph.values[bias].is_const)
+        ):
+            return False
+        kernel = [int(k) for k in weights.shape[2:]]
+        taps = np.asarray(weights.const).reshape(channels, -1).T  # [taps, C]: one weight vector per tap
+        name = self.graph.unique_name(f"{w}_taps")
+        self.graph.values[name] = constant_value(name, np.ascontiguousarray(taps))
+        attrs = {
+            "kernel_shape": kernel,
+            "strides": [int(v) for v in node.attr("strides") or [1, 1]],
+            "pads": [int(v) for v in node.attr("pads") or [0, 0, 0, 0]],
+            "dilations": [int(v) for v in node.attr("dilations") or [1, 1]],
+        }
+        source, perm = self.pending[x]
+        inputs = (source, name, bias) if bias else (source, name)
+        conv = Node("DepthwiseConv", node.name, inputs, node.outputs, attrs, LPUC_DOMAIN, self.opset)
+        self._pending_result(conv, node.outputs[0], perm)
         return True
 
     def _concat(self, node: Node) -> bool:

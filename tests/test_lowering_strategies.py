@@ -314,6 +314,50 @@ def test_matrix_transpose_in_slabs(tmp_path, batch, slabs):
     np.testing.assert_array_equal(whole.run(feeds)["y"], want)
 
 
+@pytest.mark.parametrize("op", ["Concat", "Split"])
+def test_lane_concat_and_split_in_slabs(tmp_path, op):
+    """A Concat or Split along the last axis (channels-last feature maps) takes each result row from
+    the same row of every operand: one SXM instruction per tile row (700 rows: 320, 320, 60), each
+    reading only those rows. Bit-identical to onnxruntime and to the build without row_slabs."""
+    if op == "Concat":
+        nodes = [
+            helper.make_node("Neg", ["x"], ["a"]),
+            helper.make_node("Relu", ["x"], ["b"]),
+            helper.make_node("Concat", ["a", "b", "x"], ["c"], axis=-1),
+            helper.make_node("Neg", ["c"], ["y"]),
+        ]
+        y_cols, outputs = 3 * 96, ["y"]
+    else:
+        nodes = [
+            helper.make_node("Neg", ["x"], ["a"]),
+            helper.make_node("Split", ["a"], ["p", "q"], axis=1, num_outputs=2),
+            helper.make_node("Mul", ["p", "q"], ["y"]),
+        ]
+        y_cols, outputs = 48, ["y"]
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [700, 96])],
+        [helper.make_tensor_value_info(o, TensorProto.FLOAT, [700, y_cols]) for o in outputs],
+    )
+    path = tmp_path / "lanes.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), path)
+    program = lpuc.compile(path, precision="fp32")
+    cut = [i for i in program.instructions if i.attrs.get("kernel") == op]
+    offsets = {i.attrs["outputs"][0]["row_offset"]: i for i in cut}
+    assert len(cut) == 3 and sorted(offsets) == [0, 320, 640]
+    operands = 3 if op == "Concat" else 1
+    for (_, ins), rows in zip(sorted(offsets.items()), [320, 320, 60]):
+        assert [a.nrows for a in ins.reads if a.nlanes > 1] == [rows] * operands
+        assert sum(a.nrows for a in ins.writes) == rows * (1 if op == "Concat" else 2)
+    feeds = {"x": np.random.default_rng(9).normal(size=(700, 96)).astype(np.float32)}
+    (want,) = ort_run(path, feeds)
+    np.testing.assert_array_equal(program.run(feeds)["y"], want)
+    whole = lpuc.compile(path, precision="fp32", disable_passes=["row_slabs"])
+    assert len([i for i in whole.instructions if i.attrs.get("kernel") == op]) == 1
+    np.testing.assert_array_equal(whole.run(feeds)["y"], want)
+
+
 def test_k_split_partials_take_the_tiles_of_the_result(tmp_path):
     """y = LayerNorm(relu(x) @ w + r) over 128 rows: row segments cut the sum and so the product into 64-row
     tiles. K = 3072 is split (front-loaded parts); each part's MM covers all 128 rows and writes them
@@ -380,3 +424,90 @@ def test_one_tile_row_im2col_in_column_halves(tmp_path):
     np.testing.assert_allclose(
         program.run(feeds)["y"], want, rtol=1e-4, atol=1e-5 * float(np.abs(want).max())
     )
+
+
+def test_im2col_slabs_read_only_the_rows_and_channels_they_use(tmp_path):
+    """A channels-last Im2Col reads only what its columns use: a 1x1 stride-2 one (a downsample
+    convolution of 640 channels, 2 lane tiles) in one instruction per lane tile, each reading that
+    tile's lanes of the even image rows only; a 3x3 one on a 7x7 map of 512 channels in two column
+    halves, each reading the channels of its half. Same numbers as onnxruntime (fp32)."""
+    torch.manual_seed(2)
+    net = torch.nn.Sequential(
+        torch.nn.Conv2d(64, 640, 1),
+        torch.nn.ReLU(),
+        torch.nn.Conv2d(640, 512, 1, stride=2),
+        torch.nn.ReLU(),
+        torch.nn.Conv2d(512, 32, 3, padding=1),
+    ).eval()
+    path = export(
+        net, (torch.zeros(1, 64, 14, 14),), tmp_path / "ds.onnx", input_names=["x"], output_names=["y"]
+    )
+    program = lpuc.compile(path, precision="fp32")
+    im2col = [i for i in program.instructions if i.attrs.get("kernel") == "Im2Col"]
+
+    def lanes(accesses) -> list[tuple[int, int]]:  # (first input channel, channels) of each access
+        return sorted({(program.tiles[a.buf].c0 + a.lane0, a.nlanes) for a in accesses})
+
+    strided = sorted((i for i in im2col if "/2/" in i.node), key=lambda i: lanes(i.writes))
+    assert [lanes(i.writes) for i in strided] == [[(0, 320)], [(320, 320)]]  # one per lane tile
+    assert [lanes(i.reads) for i in strided] == [[(0, 320)], [(320, 320)]]
+    for ins in strided:  # result rows 0..48 from image rows 0, 2, ..., 12, each up to position 12 of 14
+        assert [a.nrows for a in ins.reads] == [13] * 7
+    halves = sorted((i for i in im2col if "/4/" in i.node), key=lambda i: lanes(i.writes))
+    # 4608 columns, 9 per channel: the first half's 8 lane tiles hold channels 0..284 (284 in both)
+    assert [lanes(i.reads) for i in halves] == [[(0, 285)], [(284, 36), (320, 192)]]
+    feeds = {"x": np.random.default_rng(6).normal(size=(1, 64, 14, 14)).astype(np.float32)}
+    (want,) = ort_run(path, feeds)
+    np.testing.assert_allclose(
+        program.run(feeds)["y"], want, rtol=1e-4, atol=1e-5 * float(np.abs(want).max())
+    )
+
+
+def test_kernels_reading_one_tile_share_its_banks(tmp_path):
+    """An int8 Conv of a 3-channel NCHW image: each Im2Col slab reads three plane windows of the one
+    image tile, which would hold both of its slice's banks for the slab's whole duration. A kernel
+    may book a single port per slice (lpuc.cost: it then streams its words more slowly, not at all
+    here), and the scheduler tries that first: the slabs run on both SXMs side by side."""
+    w = np.random.default_rng(0).normal(size=(32, 3, 3, 3)).astype(np.float32)
+    path = tmp_path / "stem.onnx"
+    onnx.save(
+        single_op_model("Conv", [("x", [1, 3, 48, 48])], [("y", [1, 32, 46, 46])], initializers={"w": w}),
+        path,
+    )
+    program = lpuc.compile(path, precision="int8")
+    slabs = sorted(
+        (i for i in program.instructions if i.attrs.get("kernel") == "Im2Col"), key=lambda i: i.start
+    )
+    assert len(slabs) > 2 and {i.unit for i in slabs} == {"SXM0", "SXM1"}
+    assert any(b.start < a.end for a, b in zip(slabs, slabs[1:])), "two slabs overlap in time"
+    x = np.random.default_rng(1).normal(size=(1, 3, 48, 48)).astype(np.float32)
+    (want,) = ort_run(path, {"x": x})
+    got = program.run({"x": x})["y"]
+    assert np.corrcoef(got.reshape(-1), want.reshape(-1))[0, 1] > 0.99
+
+
+def test_weight_loads_read_one_side_of_the_chip(tmp_path):
+    """The constant tiles one LW reads sit on one side of the VXM (both sides get loads: the side of
+    the least loaded slice), so a plane at that end loads them over at most half the chip; placement
+    moves data, not arithmetic."""
+    path = _matmul(tmp_path, 128, 1600, 640)
+    program = lpuc.compile(path, precision="fp16")
+    target = program.target
+    vxm = target.position("VXM0")
+    sides = [
+        {target.slice_positions[program.tiles[a.buf].slice] > vxm for a in i.reads}
+        for i in program.instructions
+        if i.opcode == "mxm.lw"
+    ]
+    assert len(sides) == 20 and all(len(s) == 1 for s in sides)
+    assert {True, False} == set().union(*sides)
+    anywhere = lpuc.compile(path, precision="fp16", disable_passes=["weight_sides"])
+    spans = [
+        {target.slice_positions[anywhere.tiles[a.buf].slice] > vxm for a in i.reads}
+        for i in anywhere.instructions
+        if i.opcode == "mxm.lw"
+    ]
+    assert any(len(s) == 2 for s in spans)  # without it, some loads read both sides
+    feeds = {"x": np.random.default_rng(2).normal(size=(128, 1600)).astype(np.float32)}
+    np.testing.assert_array_equal(program.run(feeds)["y"], anywhere.run(feeds)["y"])
+    _check(program, path, feeds)

@@ -6,7 +6,7 @@ import numpy as np
 
 from lpuc.ir.graph import LPUC_DOMAIN
 from lpuc.kernels import windows
-from lpuc.kernels._common import onnx_dtype
+from lpuc.kernels._common import accumulation_dtype, onnx_dtype
 from lpuc.kernels.conv import im2col, scatter_transposed
 from lpuc.kernels.matmul import accumulated_matmul
 from lpuc.kernels.quantize import quantize_values
@@ -96,6 +96,29 @@ def channels_last_pool(ctx: KernelContext, x: np.ndarray) -> np.ndarray:
     onnx_ctx = KernelContext(ctx.op_type, ctx.attrs, ctx.opset, 1)
     (y,) = run_kernel(onnx_ctx, [np.moveaxis(x, -1, 1)])
     return np.moveaxis(y, 1, -1)
+
+
+@kernel("DepthwiseConv", domain=LPUC_DOMAIN)
+def depthwise_conv(ctx: KernelContext, x: np.ndarray, taps: np.ndarray, bias: np.ndarray | None = None):
+    """A depthwise 2-D convolution of a channels-last [N, H, W, C] tensor (result channels-last):
+    `taps` [kh * kw, C] holds each window tap's weights over the channels (sink_transposes). The
+    sum runs over the taps in order from zero, as the Conv kernel's depthwise path does. With a slab
+    attribute: result rows [r0, r1) from an input row slab."""
+    work = accumulation_dtype(x.dtype)
+    if not ctx.attr("slab"):
+        channels = x.shape[-1]
+        weights = taps.T.reshape(channels, 1, *ctx.attr("kernel_shape"))
+        conv_ctx = KernelContext("Conv", {**ctx.attrs, "group": channels}, 11, 1)
+        (y,) = run_kernel(conv_ctx, [np.moveaxis(x, -1, 1), weights] + ([] if bias is None else [bias]))
+        return np.ascontiguousarray(np.moveaxis(y, 1, -1))
+    values = windows.gather(x.astype(work, copy=False), ctx.attrs, 0)  # [rows, taps, C]
+    weights = taps.astype(work, copy=False)
+    y = np.zeros((values.shape[0], values.shape[2]), work)
+    for t in range(values.shape[1]):
+        y += values[:, t] * weights[t]
+    if bias is not None:
+        y = y + bias.astype(work)
+    return y.astype(x.dtype, copy=False)
 
 
 def _pool_rows(ctx: KernelContext, x: np.ndarray) -> np.ndarray:

@@ -94,6 +94,26 @@ def input_windows(
     return [(int(used[plane == p].min()), int(used[plane == p].max()) + 1) for p in planes]
 
 
+def input_row_runs(
+    attrs: Mapping[str, Any], in_shape: Sequence[int], r0: int, r1: int, limit: int
+) -> list[tuple[int, int]]:
+    """The input view rows the windows of result rows [r0, r1) of a channels-last op touch, as runs
+    [i0, i1) that skip only gaps of whole image rows (a 1x1 stride-2 window skips every other image
+    row; within an image row, a run reads the row's positions in between too), or one range
+    spanning them all when there are more than `limit` runs."""
+    idx = tap_rows(attrs, in_shape, r0, r1)
+    used = np.unique(idx[idx >= 0])
+    if not used.size:
+        return [(0, 1)]
+    width = int(in_shape[-2]) if len(in_shape) >= 3 else 1  # positions per image row
+    breaks = np.flatnonzero(np.diff(used) > width) + 1
+    if len(breaks) >= limit:
+        return [(int(used[0]), int(used[-1]) + 1)]
+    starts = [0, *breaks.tolist()]
+    ends = [*breaks.tolist(), len(used)]
+    return [(int(used[a]), int(used[b - 1]) + 1) for a, b in zip(starts, ends)]
+
+
 def input_rows(attrs: Mapping[str, Any], in_shape: Sequence[int], r0: int, r1: int) -> tuple[int, int]:
     """The input rows [i0, i1) the windows of result rows [r0, r1) of a channels-last op touch."""
     ((i0, i1),) = input_windows(attrs, in_shape, r0, r1)

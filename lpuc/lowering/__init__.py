@@ -24,7 +24,7 @@ STRATEGIES = {
     "mxm_accumulators": "K chunks summed in a plane's accumulators, not through SRAM",
     "k_split": "a lone product's K split over MXM planes, a map adds the parts' fp32 partial results",
     "weight_spread": "constant weights tiled over slices so a weight load reaches its full rate",
-    "row_slabs": "Im2Col, pooling, row-regrouping reshapes, transposes in row slabs (consumers start early)",
+    "row_slabs": "Im2Col, pooling, row-regrouping reshapes, transposes, lane Concat / Split in row slabs",
     "short_tiles": "conv nets: tensors shorter than four tiles get one tile more (later stages pipeline)",
     "fp16_storage": "fp16 builds store values that only feed the MXM (or copies of them) as fp16",
     "constant_replicas": "broadcast constants copied so parallel maps (kernel segments) share no ports",
@@ -32,10 +32,17 @@ STRATEGIES = {
     "stacked_rows": "wide values only maps read cut into shorter tiles a map reads side by side",
     "mxm_epilogues": "a map of an MM's result fused into the MM: its rows stream through the VXM",
     "map_chains": "a map of another map's (or a fused epilogue's) result joined to it: one VXM pass",
+    # Applied by the sink_transposes pass, listed here to switch it off.
+    "channels_last_depthwise": "a depthwise Conv of a channels-last value runs channels-last (no NCHW trip)",
     # Applied by the legalize_broadcast pass, listed here to switch it off.
     "expanded_broadcasts": "a value broadcast over leading dims (a mask over heads) expanded, not reread",
+    # Applied by the quantize_int8 pass, listed here to switch it off.
+    "unsigned_activations": "int8: a ReLU's result only products read quantized unsigned (zero point -128)",
+    # Applied by the address_heads pass, listed here to switch it off.
+    "values_with_queries": "attention's V projected together with Q (V's columns first), not apart",
     # Applied when tiles are placed on slices (lpuc.schedule.placement), listed here to switch it off.
     "spread_accesses": "tiles used by ops close in program order placed on different slices",
+    "weight_sides": "the constant tiles one weight load reads placed on one side of the VXM (short loads)",
 }
 
 

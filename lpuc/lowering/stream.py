@@ -102,15 +102,47 @@ def lower_stream(b: TiledBuilder, node: Node, placement: Placement, unit_class: 
     elif unit_class == "SXM" and b.enabled("row_slabs"):
         slabs, kernel = list(transpose_slabs(node, ins[0], outs[0])), ("TransposeRows", LPUC_DOMAIN)
     if len(slabs) > 1:
-        for out_window, in_windows, slab in slabs:  # slabs read only the data (not a target shape)
+        # Slabs read the data (not a reshape's target shape), and a windowed op's weights whole.
+        operands = ins if kernel is None and placement.windowed else ins[:1]
+        for out_window, in_windows, slab in slabs:
             windows, attrs = (in_windows, [out_window]), {"slab": slab}
-            _emit(b, node, placement, unit_class, opcode, ins[:1], outs, None, windows, attrs, kernel)
+            _emit(b, node, placement, unit_class, opcode, operands, outs, None, windows, attrs, kernel)
+    elif unit_class == "SXM" and b.enabled("row_slabs") and len(spans := lane_slabs(node, ins, outs)) > 1:
+        # Concat / Split along the lanes: each result row comes from the same row of every operand,
+        # so the op copies tile row by tile row (consumers start on the first, both SXMs copy).
+        data = len(ins) if node.op == "Concat" else 1
+        for span in spans:
+            _emit(b, node, placement, unit_class, opcode, ins, outs, span, spanned_inputs=data)
     elif unit_class != "HOST" and rowwise_last_axis(node, b.graph, placement):
         spans = _common_slabs(ins[0], outs[0])
         for i, span in enumerate(spans):
             _emit(b, node, placement, unit_class, opcode, _replicas(b, node, ins, i, len(spans)), outs, span)
     else:
         _emit(b, node, placement, unit_class, opcode, ins, outs, None)
+
+
+def lane_slabs(node: Node, ins: list, outs: list) -> list[tuple[int, int]]:
+    """Row spans a Concat or Split along the last axis can copy one at a time: spans ending at tile
+    edges of every data operand and result ([] for any other op)."""
+    if node.op not in ("Concat", "Split") or node.domain or ins[0] is None or ins[0].shape is None:
+        return []
+    data = list(ins) if node.op == "Concat" else ins[:1]
+    tensors = [*data, *outs]
+    rank = len(ins[0].shape)
+    if rank < 2 or any(t is None or t.shape is None for t in tensors):
+        return []
+    default = 1 if node.op == "Concat" else 0
+    if normalize_axis(int(node.attr("axis", default)), rank) != rank - 1:
+        return []
+    edge_sets = [{min(t.rows, r * t.block_rows) for r in range(len(t.grid) + 1)} for t in tensors]
+    y = tensors[-1]
+    spans, start = [], 0
+    for rb in range(len(y.grid)):
+        end = min(y.rows, (rb + 1) * y.block_rows)
+        if all(end in edges for edges in edge_sets):
+            spans.append((start, end))
+            start = end
+    return spans
 
 
 def _replicas(b: TiledBuilder, node: Node, ins: list, index: int, count: int) -> list:
@@ -153,11 +185,12 @@ def _emit(
     windows=None,
     windowed=None,
     kernel: tuple[str, str] | None = None,
+    spanned_inputs: int = 1,
 ) -> None:
     """One instruction: whole tensors, the rows [lo, hi) `slab` of the results from the same rows of
-    the first input (row-wise ops), or (windowed ops, `windowed` attrs) the result windows windows[1]
-    from the windows windows[0] of the first input. `kernel`: (op, domain) of the kernel the runtime
-    applies when it is not the node's own."""
+    the first `spanned_inputs` inputs (row-wise ops; a lane Concat's every operand), or (windowed
+    ops, `windowed` attrs) the result windows windows[1] from the windows windows[0] of the first
+    input. `kernel`: (op, domain) of the kernel the runtime applies when it is not the node's own."""
     in_windows, out_windows = windows or (None, None)
     reads: list[Ref] = []
     in_desc: list[dict | None] = []
@@ -165,7 +198,9 @@ def _emit(
         desc, refs = (
             (None, [])
             if t is None
-            else _operand(b, t, len(reads), slab if k == 0 else None, in_windows if k == 0 else None)
+            else _operand(
+                b, t, len(reads), slab if k < spanned_inputs else None, in_windows if k == 0 else None
+            )
         )
         in_desc.append(desc)
         reads += refs

@@ -15,11 +15,12 @@ is cut in two column halves, so that both SXMs work on it: ResNet-50 v1.5 int8 1
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 
 from lpuc.ir.graph import Node
 from lpuc.ir.tiled import TensorTiles
-from lpuc.kernels.windows import input_windows
+from lpuc.kernels.windows import input_row_runs, input_windows
 
 # View rows [r0, r1) x cols [c0, c1) of a tensor.
 Window = tuple[int, int, int, int]
@@ -29,6 +30,9 @@ Window = tuple[int, int, int, int]
 # A channels-first map of many channels (after a depthwise Conv kernel) would read a window of every
 # plane in every slab: MobileNet-style fp16 took 359,755 cycles that way, 213,449 in one op.
 CHANNELS_FIRST_SLAB_MAX = 4
+# A channels-last Im2Col slab reads its input rows in up to this many runs (a 1x1 stride-2 window
+# reads every other image row: one run each), beyond that in one range spanning them.
+MAX_ROW_RUNS = 16
 
 
 def window_slabs(node: Node, x: TensorTiles, y: TensorTiles) -> Iterator[tuple[Window, list[Window], dict]]:
@@ -38,27 +42,49 @@ def window_slabs(node: Node, x: TensorTiles, y: TensorTiles) -> Iterator[tuple[W
     if channels_first and x.shape[1] > CHANNELS_FIRST_SLAB_MAX:
         return  # each slab would gather a row window from every channel plane: one op streams better
     pack = int(node.attr("pack_rows", 1)) if node.op == "Im2Col" else 1
+    # A channels-last Im2Col's slab reads only the input rows and channels its columns use.
+    # (Not a packed one: its columns hold p result rows side by side.)
+    channels_last_im2col = node.op == "Im2Col" and not channels_first and pack == 1
     for r0 in range(0, y.rows, y.block_rows):
         r1 = min(y.rows, r0 + y.block_rows)
         out_rows = [r0 * pack, r1 * pack]  # unpacked result rows
-        ranges = input_windows(node.attrs, x.shape, *out_rows, channels_first)
+        if channels_last_im2col:
+            ranges = input_row_runs(node.attrs, x.shape, *out_rows, MAX_ROW_RUNS)
+        else:
+            ranges = input_windows(node.attrs, x.shape, *out_rows, channels_first)
         slab = {"out_rows": out_rows, "in_row0": ranges[0][0] // x.block_rows * x.block_rows}
         slab["in_shape"] = list(x.shape)
         if channels_first:
             slab["channels_first"] = True
-        for c0, c1 in _column_halves(node, y):
-            yield (r0, r1, c0, c1), [(i0, i1, 0, x.cols) for i0, i1 in ranges], slab
+        for c0, c1 in _column_pieces(node, x, y):
+            lanes = _channels_read(node, x, c0, c1) if channels_last_im2col else (0, x.cols)
+            yield (r0, r1, c0, c1), [(i0, i1, *lanes) for i0, i1 in ranges], slab
 
 
-def _column_halves(node: Node, y: TensorTiles) -> list[tuple[int, int]]:
-    """The result columns a slab writes: all of them, or (an Im2Col whose result is one tile row of
+def _column_pieces(node: Node, x: TensorTiles, y: TensorTiles) -> list[tuple[int, int]]:
+    """The result columns a slab writes: all of them; or (an Im2Col whose result is one tile row of
     several lane tiles: ResNet's 7x7 layers, 49 rows of 15 tiles) two halves at a lane tile edge, so
-    that both SXMs copy one; each half streams the slab's few input rows again."""
+    that both SXMs copy one, each half streaming the slab's few input rows again (of the channels it
+    uses); or (a channels-last 1x1 Im2Col, the strided subsampling of a downsample convolution) one
+    piece per lane tile, which reads only the same lanes of the input: no input row is read twice."""
     tiles = -(-y.cols // y.lanes)
-    if node.op != "Im2Col" or y.rows > y.block_rows or tiles < 2:
+    if node.op != "Im2Col" or tiles < 2:
+        return [(0, y.cols)]
+    one_tap = math.prod(int(k) for k in node.attr("kernel_shape")) == 1
+    unpacked = int(node.attr("pack_rows", 1)) == 1
+    if one_tap and unpacked and node.attr("channels_last", 0) and x.lanes == y.lanes:
+        return [(c0, min(y.cols, c0 + y.lanes)) for c0 in range(0, y.cols, y.lanes)]
+    if y.rows > y.block_rows:
         return [(0, y.cols)]
     middle = (tiles + 1) // 2 * y.lanes
     return [(0, middle), (middle, y.cols)]
+
+
+def _channels_read(node: Node, x: TensorTiles, c0: int, c1: int) -> tuple[int, int]:
+    """The input lanes [l0, l1) result columns [c0, c1) of a channels-last Im2Col read: its columns
+    are channel-major (channel c's taps side by side)."""
+    taps = math.prod(int(k) for k in node.attr("kernel_shape"))
+    return c0 // taps, min(x.cols, (c1 - 1) // taps + 1)
 
 
 def reshape_slabs(x: TensorTiles, y: TensorTiles) -> Iterator[tuple[Window, list[Window], dict]]:

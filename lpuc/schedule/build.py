@@ -57,7 +57,9 @@ def build_program(
     packing = pack_constants(tiled, target.lanes) if pack else ConstPacking()
     check_constants_fit(tiled, target, where, packing)
     pinned: dict[int, int] = {}
-    spread = "spread_accesses" not in (options or {}).get("disabled_passes", ())
+    disabled = (options or {}).get("disabled_passes", ())
+    spread = "spread_accesses" not in disabled
+    sides = "weight_sides" not in disabled
     preds = dependencies(tiled)
     rank = upward_ranks(tiled, preds, target)  # the same for every placement round
     requests = {} if requests is None else requests  # and so are most ops' needs (the scheduler's cache)
@@ -65,7 +67,9 @@ def build_program(
     slice_of: dict[int, int] = {}
     for _ in range(rounds):
         before = slice_of
-        slice_of = place_tiles(tiled, target, pinned, packing, spread_accesses=spread, scratch=scratch)
+        slice_of = place_tiles(
+            tiled, target, pinned, packing, spread_accesses=spread, scratch=scratch, weight_sides=sides
+        )
         _forget_moved(asked, tiled, before, slice_of)
         sched = schedule(tiled, target, slice_of, preds, rank, requests, asked)
         alloc = allocate(tiled, sched, slice_of, target.addresses_per_slice, packing, consts_first=scratch)

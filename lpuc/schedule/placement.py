@@ -34,12 +34,16 @@ def place_tiles(
     packing: ConstPacking | None = None,
     spread_accesses: bool = True,
     scratch: bool = False,
+    weight_sides: bool = True,
 ) -> dict[int, int]:
     """Buffer id -> slice index. `pinned` entries (from a previous attempt) are kept; constant
     tiles `packing` puts in one slot share a slice. `spread_accesses`: among the slices with the
     least live data, prefer those accessed least near the tile's own ops. `scratch`: for programs
     that nearly fill SRAM, constants fill most slices to the brim and leave room on a few
-    (`scratch_budgets`), so that the free words are not scattered in holes too small for a tile."""
+    (`scratch_budgets`), so that the free words are not scattered in holes too small for a tile.
+    `weight_sides`: the constant tiles a weight load reads go to one side of the VXM (_weight_loads);
+    not with `scratch`, whose slices are filled to budgets (one side's could not take them: BERT-base
+    fp16 then needed lookup tables in host memory)."""
     packing = packing or ConstPacking()
     pinned = dict(pinned or {})
     n = target.num_slices
@@ -50,6 +54,10 @@ def place_tiles(
     vxm = target.position("VXM0")
     everywhere = np.arange(n)
     east = np.array([s for s in range(n) if target.slice_positions[s] > vxm])
+    west = np.array([s for s in range(n) if target.slice_positions[s] < vxm])
+    one_side = weight_sides and not scratch and len(west) and len(east)
+    load_of = _weight_loads(program) if one_side else {}
+    side_of_load: dict[int, np.ndarray] = {}  # weight load -> the side its tiles go to
     budget = scratch_budgets(program, target, packing) if scratch else None
     # Tables read only by Gathers (an embedding) are cold: read by one op at the start. With scratch
     # room kept, they go to the scratch slices first, so that the weights streamed to the MXMs all
@@ -68,6 +76,9 @@ def place_tiles(
             # Odd copies of a replicated constant go to the VXM's east side, the rest anywhere: maps
             # running side by side then read them over east and west streams alike.
             sides = east if buf.replica % 2 else everywhere
+            if buf.id in load_of:  # the side of the least loaded slice, for all of the load's tiles
+                lightest = west if target.slice_positions[int(np.argmin(load))] < vxm else east
+                sides = side_of_load.setdefault(load_of[buf.id], lightest)
             if buf.id in cold and np.any(load[scratch_slices] + buf.words <= budget[scratch_slices]):
                 sides = scratch_slices
             elif budget is not None and len(scratch_slices) < n:
@@ -90,6 +101,24 @@ def place_tiles(
     return slice_of
 
 
+def _weight_loads(program: TiledProgram) -> dict[int, int]:
+    """Constant buffer id -> the first weight load (op id) reading it: the tiles one load reads are
+    placed on one side of the VXM, so that a plane on that side (two planes at each end of the chip)
+    loads them with no more than half the chip's transport (a weight load holds its unit until its
+    farthest word arrives: across the chip, that is twice the 40 cycles a K chunk's words take).
+    The side is that of the least loaded slice: while slices on the west are empty (a small model),
+    constants fill them first, as placement by load alone does, and so leave the activations where
+    they were (the side by total load moved a toy ResNet's first Im2Col farther from its SXM: 3%)."""
+    load_of: dict[int, int] = {}
+    for op in program.ops:
+        if op.opcode == "mxm.lw":
+            for r in op.reads:
+                b = program.buffers[r.buf]
+                if b.is_const and not b.host:
+                    load_of.setdefault(b.id, op.id)
+    return load_of
+
+
 def _place_others(
     program: TiledProgram,
     target: Target,
@@ -106,8 +135,11 @@ def _place_others(
     # at the same time, and two of them on one slice queue on its two ports.
     touches = np.zeros((n, len(program.ops) + 1), dtype=np.int32)
     users = _users(program)
-    for buf_id, s in slice_of.items():
-        touches[s, users.get(buf_id, [])] += 1
+    # The constants' touches, as one scatter-add (each buffer's op ids are distinct).
+    placed = [(s, i) for buf_id, s in slice_of.items() for i in users.get(buf_id, ())]
+    if placed:
+        at = np.array(placed, dtype=np.intp)
+        np.add.at(touches, (at[:, 0], at[:, 1]), 1)
 
     first, last = _program_order_lifetimes(program, users)
     releases: list[tuple[int, int, int, int]] = []  # (release index, buffer id, slice, words)

@@ -3,13 +3,14 @@
 For each model and precision: compile time; simulated cycles (and before the honest cost model of
 issue 6, from cycles_before_issue6.json, measured at commit 5a223a2), latency on the chip and end to
 end; the hardware lower bound, cycles / bound and the resource that sets it; SRAM peak; wall time of
-one run in the reference runtime (execution plan and interpreter) and of onnxruntime, measured in
-this process, and their ratio; max error against onnxruntime. Wall times are medians of several runs
-(machines are shared and noisy). Then ablations: light ResNet-50 without each schedule-shaping pass,
-and a GPT-2-shaped decoder (--gpt-layers; BERT-base too with --bert-ablation) with each transformer
-pass disabled in turn; then BERT-base and GPT-2-shaped decoders (transformer_bench.py). Memory: the
-peak RSS a first run (which builds the plan) adds to a child process that loaded the program, against
-the program's SRAM image plus its inputs and outputs.
+one run in the reference runtime (execution plan and interpreter) and of onnxruntime (its default
+threads, and one thread as the plan uses), measured in this process, and their ratios; max error
+against onnxruntime. Wall times are medians of several runs (machines are shared and noisy). Then
+ablations: light ResNet-50 without each schedule-shaping pass, and a GPT-2-shaped decoder
+(--gpt-layers; BERT-base too with --bert-ablation) with each transformer pass disabled in turn; then
+BERT-base and GPT-2-shaped decoders (transformer_bench.py). Memory: the peak RSS a first run (which
+builds the plan) adds to a child process that loaded the program, against the program's SRAM image
+plus its inputs and outputs.
 
     python -m tests.benchmarks.bench --models mlp,squeezenet --precisions fp16
 """
@@ -120,6 +121,12 @@ def bench_model(path: Path, precision: str, target: str, repeats: int) -> dict:
     lpuc_s = _median_seconds(lambda: program.run(feeds), repeats)  # the execution plan (built above)
     interp_s = _median_seconds(lambda: program.run(feeds, interpret=True), repeats)
     ort_s = _median_seconds(lambda: session.run(None, feeds), max(repeats, 20))
+    # onnxruntime's default uses a thread per core (two here); the plan runs on one thread with a
+    # one-thread BLAS. Both figures, so that the comparison says which it is.
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = options.inter_op_num_threads = 1
+    one_thread = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    ort1_s = _median_seconds(lambda: one_thread.run(None, feeds), max(repeats, 20))
     memory = run_memory(program)
     s = program.summary
     return {
@@ -140,6 +147,7 @@ def bench_model(path: Path, precision: str, target: str, repeats: int) -> dict:
         "run_ms": lpuc_s * 1e3,
         "interp_ms": interp_s * 1e3,
         "ort_ms": ort_s * 1e3,
+        "ort1_ms": ort1_s * 1e3,
         "max_abs_err": err,
         "run_rss": memory["first"],
         "image_io": s["sram_peak_bytes"] + memory["io"],
@@ -172,6 +180,8 @@ def ablate(path: Path, target: str) -> None:
 # BERT-base.
 TRANSFORMER_ABLATIONS = (
     "address_heads",
+    "values_with_queries",
+    "weight_sides",
     "fuse_layernorm",
     "fuse_gelu",
     "fuse_softmax",
@@ -300,7 +310,8 @@ def main() -> None:
     header = (
         f"{'model':<19}{'prec':<6}{'compile s':>10}{'before':>10}{'cycles':>10}{'change':>8}{'us':>9}"
         f"{'e2e us':>9}{'bound':>8}{'(by)':>6}{'ratio':>7}{'SRAM KiB':>10}{'instrs':>7}{'run ms':>9}"
-        f"{'interp ms':>10}{'ort ms':>8}{'plan/ort':>9}{'max err':>10}{'RSS MiB':>8}{'/image+io':>10}"
+        f"{'interp ms':>10}{'ort ms':>8}{'plan/ort':>9}{'ort1 ms':>9}{'/ort1':>6}{'max err':>10}"
+        f"{'RSS MiB':>8}{'/image+io':>10}"
     )
     print(
         f"target {args.target}; wall times are medians of {args.repeats} runs "
@@ -325,13 +336,18 @@ def main() -> None:
             f"{r['model']:<19}{r['precision']:<6}{r['compile_s']:>10.2f}{before}{r['cycles']:>10}{change}"
             f"{r['latency_us']:>9.1f}{r['end_to_end_us']:>9.1f}{r['bound']:>8}{r['binding'][:5]:>6}"
             f"{r['ratio']:>7.1f}{r['sram'] / 1024:>10.1f}{r['instructions']:>7}{r['run_ms']:>9.2f}"
-            f"{r['interp_ms']:>10.2f}{r['ort_ms']:>8.3f}{r['run_ms'] / r['ort_ms']:>9.2f}{err}"
+            f"{r['interp_ms']:>10.2f}{r['ort_ms']:>8.3f}{r['run_ms'] / r['ort_ms']:>9.2f}"
+            f"{r['ort1_ms']:>9.3f}{r['run_ms'] / r['ort1_ms']:>6.2f}{err}"
             f"{r['run_rss'] / 2**20:>8.1f}{r['run_rss'] / r['image_io']:>10.2f}",
             flush=True,
         )
         results.append(r)
     ratios = [r["run_ms"] / r["ort_ms"] for r in results]
-    print("run ms: the execution plan; interp ms: the instruction-by-instruction interpreter (its oracle)")
+    print(
+        "run ms: the execution plan, on one thread (BLAS too); interp ms: the instruction-by-instruction "
+        "interpreter (its oracle); ort ms: onnxruntime with its default threads (an intra-op pool of one "
+        "per core); ort1 ms: onnxruntime on one thread"
+    )
     print(
         "RSS MiB: peak resident memory a first run (building the plan) adds to a process that loaded the "
         "program; /image+io: that over the SRAM image (peak SRAM bytes) plus input and output bytes"
@@ -340,6 +356,11 @@ def main() -> None:
     print(
         f"plan/ort: geomean {statistics.geometric_mean(ratios):.2f}, max {max(ratios):.2f} "
         f"({worst['model']} {worst['precision']})"
+    )
+    single = [r["run_ms"] / r["ort1_ms"] for r in results]
+    print(
+        f"plan/ort1 (both on one thread): geomean {statistics.geometric_mean(single):.2f}, "
+        f"max {max(single):.2f}"
     )
     for r in results:
         if r["model"] == "mlp":  # tiny: its run time is the runtime's fixed per-run cost

@@ -43,6 +43,7 @@ INT8_ABLATIONS = (
     "unit_transposes",
     "quantize_residuals",
     "distribute_scales",
+    "unsigned_activations",
 )
 
 

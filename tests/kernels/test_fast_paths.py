@@ -1,4 +1,4 @@
-"""The tap-loop code paths of the hot window kernels against onnxruntime.
+"""The tap-loop code paths of the hot window kernels against onnxruntime (and softmax's fast path).
 
 test_conv_pool.py covers the ops in general; these pin the paths it does not reach: single-output
 MaxPool, depthwise Conv (group = channels, with and without a channel multiplier), and each of
@@ -304,3 +304,22 @@ def test_average_pool_slabs(dtype, strides, pads, count_include_pad):
         np.testing.assert_array_equal(
             y.view(np.uint8), (values.sum(axis=1) / count).astype(dtype).view(np.uint8)
         )
+
+
+@pytest.mark.parametrize("dtype", (np.float32, np.float64))
+@pytest.mark.parametrize("shape, axis", (((8, 10), -1), ((3, 5, 7), 1), ((2, 4, 16, 16), -1), ((300,), 0)))
+def test_softmax_wide_floats_match_the_stepwise_definition(dtype, shape, axis):
+    """softmax's float32 / float64 path (the bare ufuncs) against its stepwise definition (each
+    step rounded to the input type: the identity there), bit for bit, infinities and NaNs included."""
+    from lpuc.kernels import softmax as sm
+
+    rng = np.random.default_rng(len(shape))
+    x = (rng.standard_normal(shape) * 10).astype(dtype)
+    x.reshape(-1)[:5] = [np.inf, -np.inf, np.nan, -0.0, 0.0]
+    work, stored = sm._stepwise(x)
+    with np.errstate(all="ignore"):
+        exps = stored(np.exp(stored(work - np.max(work, axis=axis, keepdims=True))))
+        expected = (exps / stored(np.sum(exps, axis=axis, keepdims=True))).astype(x.dtype, copy=False)
+        got = sm.softmax(x, axis)
+    assert got.dtype == expected.dtype
+    np.testing.assert_array_equal(got.view(np.uint8), expected.view(np.uint8))

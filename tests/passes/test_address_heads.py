@@ -3,6 +3,8 @@ lane addressing of lpuc.HeadMatMul (and one 2-D transpose for K^T); checked agai
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import onnx
 import pytest
@@ -57,6 +59,46 @@ def test_head_split_and_merge_become_addressing(attention_onnx):
     assert mixed.attrs == {"heads": HEADS, "a_lanes": [], "b_lanes": [0, width], "merge": 1}
     assert after.values[mixed.outputs[0]].shape == (batch, CONTEXT, WIDTH)
     assert ops(after).count("Transpose") == 1  # K^T only
+
+
+@pytest.fixture(scope="module")
+def wide_attention_onnx(tmp_path_factory):
+    """GPT-2's attention widths (768 = 12 heads of 64) over a short context."""
+    path = tmp_path_factory.mktemp("heads") / "attention_w768.onnx"
+    module = zoo.CausalSelfAttention(768, 12, 16)
+    return export(module, (torch.zeros(1, 16, 768),), path, input_names=["x"])
+
+
+def test_values_join_the_queries_where_that_saves_column_chunks(wide_attention_onnx):
+    # V's 768 columns and Q's 768 projected apart take 3 + 3 column chunks of 320 lanes; together
+    # (V's first, from lane 0, a tile boundary) 5: one projection of V and Q, read by both
+    # HeadMatMuls (Q from lane 768 on). Without the strategy, V and Q are projections of their own.
+    graph = _before_address_heads(wide_attention_onnx)
+    after = run_pass(eliminate_dead_code, run_pass(address_heads, graph))
+    assert "Split" not in ops(after) and ops(after).count("MatMul") == 3  # K, V+Q, output projection
+    scores, mixed = (n for n in after.nodes if n.op == "HeadMatMul")
+    assert scores.inputs[0] == mixed.inputs[1]
+    assert after.values[scores.inputs[0]].shape == (1, 16, 1536)
+    assert scores.attrs["a_lanes"] == [768, 64] and mixed.attrs["b_lanes"] == [0, 64]
+    ctx = dataclasses.replace(CTX, disabled=frozenset({"values_with_queries"}))
+    apart = eliminate_dead_code(address_heads(graph, ctx), ctx)
+    assert "Split" not in ops(apart) and ops(apart).count("MatMul") == 4  # Q, K, V, output projection
+    scores, mixed = (n for n in apart.nodes if n.op == "HeadMatMul")
+    assert scores.attrs["a_lanes"] == [0, 64] and mixed.attrs["b_lanes"] == [0, 64]
+
+
+def test_values_with_queries_matches_onnxruntime(wide_attention_onnx):
+    x = np.random.default_rng(0).standard_normal((1, 16, 768)).astype(np.float32)
+    (want,) = ort_run(wide_attention_onnx, {"x": x})
+    chunks = {}
+    for disabled in ((), ("values_with_queries",)):
+        program = lpuc.compile(wide_attention_onnx, precision="fp16", disable_passes=disabled)
+        (got,) = program.run({"x": x}).values()
+        cosine = np.dot(got.ravel(), want.ravel()) / np.linalg.norm(got) / np.linalg.norm(want)
+        assert cosine >= 0.999, disabled
+        chunks[disabled] = sum(i.opcode == "mxm.mm" for i in program.instructions)
+    # K, V+Q, output: (3 + 5 + 3) column chunks x 5 K chunks; apart (3 + 3 + 3 + 3) x 5 (+ heads).
+    assert chunks[("values_with_queries",)] - chunks[()] == 5
 
 
 def test_attention_matches_onnxruntime_with_less_data_movement(attention_onnx):

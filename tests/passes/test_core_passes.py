@@ -48,6 +48,23 @@ def test_eliminate_identity_and_inference_dropout():
     assert ops(g) == ["Relu"] and g.nodes[0].inputs == ("x",)
 
 
+def test_eliminate_identity_removes_dropout_whose_named_mask_nothing_reads():
+    # torch names Dropout's mask output even when nothing reads it (SqueezeNet's export)
+    m = model([N("Dropout", ["x"], ["a", "mask"]), N("Relu", ["a"], ["y"])], {"x": [4]}, {"y": [4]})
+    g = run_pass(eliminate_identity, imported(m))
+    assert ops(g) == ["Relu"] and g.nodes[0].inputs == ("x",)
+    assert_matches_onnxruntime(m, {"x": rand(4)})
+
+
+def test_eliminate_identity_keeps_dropout_whose_mask_is_read():
+    m = model(
+        [N("Dropout", ["x"], ["a", "mask"]), N("Cast", ["mask"], ["m"], to=1), N("Add", ["a", "m"], ["y"])],
+        {"x": [4]},
+        {"y": [4]},
+    )
+    assert "Dropout" in ops(run_pass(eliminate_identity, imported(m)))
+
+
 def test_eliminate_identity_keeps_graph_outputs():
     m = model([N("Identity", ["x"], ["y"])], {"x": [4]}, {"y": [4]})
     assert ops(run_pass(eliminate_identity, imported(m))) == ["Identity"]

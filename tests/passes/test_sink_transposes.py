@@ -4,6 +4,7 @@ Im2Col, and emitted once where an op needs the real layout."""
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from onnx import helper
 
 from lpuc.passes.lower_conv import lower_conv
@@ -103,3 +104,63 @@ def test_pointwise_convolution_reads_channels_last_rows_for_free():
     assert ops(sunk).count("Im2Col") == 1  # only the 3x3 convolution gathers windows
     assert "Reshape" in ops(sunk)
     assert_matches_onnxruntime(m, {"x": rand(1, 4, 5, 5, seed=12)})
+
+
+def _depthwise_chain(stride: int, bias: bool):
+    """conv 1x1 -> relu -> depthwise 3x3 (group = channels) -> relu -> conv 1x1: a MobileNet block."""
+    c = 16
+    dw_inputs = ["r1", "wd", "bd"] if bias else ["r1", "wd"]
+    nodes = [
+        helper.make_node("Conv", ["x", "w1"], ["c1"]),
+        helper.make_node("Relu", ["c1"], ["r1"]),
+        helper.make_node("Conv", dw_inputs, ["d"], group=c, pads=[1, 1, 1, 1], strides=[stride, stride]),
+        helper.make_node("Relu", ["d"], ["r2"]),
+        helper.make_node("Conv", ["r2", "w2"], ["y"]),
+    ]
+    size = 24 // stride
+    inits = {"w1": rand(c, 4, 1, 1, seed=1), "wd": rand(c, 1, 3, 3, seed=2), "w2": rand(8, c, 1, 1, seed=3)}
+    if bias:
+        inits["bd"] = rand(c, seed=4)
+    return model(nodes, {"x": [1, 4, 24, 24]}, {"y": [1, 8, size, size]}, inits)
+
+
+@pytest.mark.parametrize("stride, bias", [(1, True), (2, False)])
+def test_depthwise_conv_runs_channels_last(stride, bias):
+    """A depthwise Conv between convolutions runs channels-last (lpuc DepthwiseConv, one weight
+    vector per tap): no Transpose to NCHW and back, and its VXM kernel cut into row slabs. Numerics
+    match onnxruntime; switched off (channels_last_depthwise) it stays an NCHW Conv."""
+    m = _depthwise_chain(stride, bias)
+    sunk = run_pass(sink_transposes, run_pass(lower_conv, imported(m)))
+    (dw,) = [n for n in sunk.nodes if n.op == "DepthwiseConv"]
+    assert ops(sunk).count("Transpose") == 1 and "Conv" not in ops(sunk)  # only the output's
+    assert sunk.values[dw.inputs[1]].shape == (9, 16)
+    feeds = {"x": rand(1, 4, 24, 24, seed=5)}
+    program = assert_matches_onnxruntime(m, feeds)
+    slabs = [i for i in program.instructions if i.attrs.get("kernel") == "DepthwiseConv"]
+    assert len(slabs) > 1 and all(i.attrs["attrs"].get("slab") for i in slabs)
+    whole = assert_matches_onnxruntime(m, feeds, disable_passes=("row_slabs",))
+    assert len([i for i in whole.instructions if i.attrs.get("kernel") == "DepthwiseConv"]) == 1
+    off = assert_matches_onnxruntime(m, feeds, disable_passes=("channels_last_depthwise",))
+    assert any(i.attrs.get("kernel") == "Conv" for i in off.instructions)
+    assert not any(i.attrs.get("kernel") == "DepthwiseConv" for i in off.instructions)
+    assert program.summary["cycles"] < off.summary["cycles"]
+
+
+@pytest.mark.parametrize("size, kernel, stride", [(23, 3, 2), (10, 2, 2), (12, 3, 2)])
+def test_ceil_mode_max_pool_becomes_end_pads(size, kernel, stride):
+    """A channels-last MaxPool with ceil_mode 1 (MTCNN's) gets the extra windows as end pads, which
+    never win a max: ceil_mode 0, so lowering cuts it into row slabs. Numerics match onnxruntime."""
+    out = -(-(size - kernel) // stride) + 1
+    nodes = [
+        helper.make_node("Conv", ["x", "w"], ["c"]),
+        helper.make_node(
+            "MaxPool", ["c"], ["y"], kernel_shape=[kernel] * 2, strides=[stride] * 2, ceil_mode=1
+        ),
+    ]
+    m = model(nodes, {"x": [1, 3, size, size]}, {"y": [1, 8, out, out]}, {"w": rand(8, 3, 1, 1, seed=1)})
+    sunk = run_pass(sink_transposes, run_pass(lower_conv, imported(m)))
+    (pool,) = [n for n in sunk.nodes if n.op == "MaxPool"]
+    assert pool.domain and pool.attr("ceil_mode") == 0
+    extra = (out - 1) * stride + kernel - size
+    assert pool.attr("pads") == [0, 0, extra, extra]
+    assert_matches_onnxruntime(m, {"x": rand(1, 3, size, size, seed=2)})
