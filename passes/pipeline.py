@@ -129,7 +129,7 @@ PIPELINE: tuple[Pass, ...] = (
     Pass("fuse_elementwise", fuse_elementwise),
     # Once maps are fused: which float values pass only from one map to others.
     Pass("store_int8_floats_fp16", store_int8_floats_fp16),
-    # The constants int8 maps and epilogues read (scales, offsets): 2 stream ids each instead of 4.
+    # The scalar scales quantize maps read as fp16: 2 stream ids each instead of 4.
     Pass("store_int8_constants_fp16", store_int8_constants_fp16),
     Pass("legalize_broadcast", legalize_broadcast),
     Pass("fuse_softmax", fuse_softmax),
