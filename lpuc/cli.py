@@ -442,7 +442,8 @@ def random_inputs(program, seed: int) -> dict[str, np.ndarray]:
         elif dtype.kind == "b":
             feeds[b.name] = rng.integers(0, 2, b.shape).astype(bool)
         else:
-            feeds[b.name] = rng.integers(0, 4, b.shape).astype(dtype)  # small: safe as indices
+            # 0 or 1: valid indices into any real table (BERT's token types have two rows) and masks
+            feeds[b.name] = rng.integers(0, 2, b.shape).astype(dtype)
     return feeds
 
 

@@ -14,7 +14,8 @@ Rules, T = N + d_func + d_transport (+ stagger):
     vxm.kernel  vectors streamed, or vector ALU ops / ALUs held, whichever is larger (it may hold
                 fewer ALUs than keep up with its stream, at least one: its ops then take longer)
     sxm.kernel  vectors streamed
-    MEM         per slice, words read and written / ports booked on it (one word per bank per cycle)
+    MEM         per slice, words read and written / ports booked on it (one word per bank per cycle);
+                a Gather's data windows move at most as many rows as its result has
 - d_func: MXM result delay; VXM delay per chained ALU; SXM delay; MEM read / write delay.
 - d_transport: slices between the unit and the farthest slice it reads (in) and writes (out).
 - stagger: cycles for the instruction to reach the last superlane it uses.
@@ -136,13 +137,29 @@ def window_streams(
     """The cost model's view of an instruction's windows (anything with nrows and nlanes; `where`
     gives a window's (slice, words per row)), stacked operands and results marked."""
 
-    def stream(window: Any, stacked: int) -> Stream:
+    def stream(window: Any, stacked: int, most_rows: int | None = None) -> Stream:
         slice_index, words = where(window)
-        return Stream(slice_index, window.nrows, words, window.nlanes, stacked)
+        rows = window.nrows if most_rows is None else min(window.nrows, most_rows)
+        return Stream(slice_index, rows, words, window.nlanes, stacked)
 
     stacks = stack_sizes(opcode, attrs, len(reads))
     written = write_stack_sizes(opcode, attrs, len(writes))
-    return [stream(r, k) for r, k in zip(reads, stacks)], [stream(w, k) for w, k in zip(writes, written)]
+    addressed, most_rows = _gathered_rows(attrs)
+    return [
+        stream(r, k, most_rows if i < addressed else None) for i, (r, k) in enumerate(zip(reads, stacks))
+    ], [stream(w, k) for w, k in zip(writes, written)]
+
+
+def _gathered_rows(attrs: Mapping[str, Any]) -> tuple[int, int | None]:
+    """(data windows, most rows each moves) of a Gather kernel, else (0, None): its data is
+    addressed, and each result row is read from one data row (along any axis), so no window moves
+    more rows than the result has (an embedding's 128 ids read at most 128 of a 320-row tile)."""
+    if attrs.get("kernel") != "Gather" or attrs.get("domain"):
+        return 0, None
+    data, result = attrs["inputs"][0], attrs["outputs"][0]
+    if data is None or result is None or result.get("shape") is None:
+        return 0, None
+    return data["count"], math.prod(int(d) for d in result["shape"][:-1])
 
 
 def write_stack_sizes(opcode: str, attrs: Mapping[str, Any], n_writes: int) -> list[int]:

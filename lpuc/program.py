@@ -13,6 +13,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
+from operator import attrgetter
 from typing import Any
 
 import numpy as np
@@ -134,7 +135,7 @@ class Program:
     def queues(self) -> dict[str, list[Instruction]]:
         """Per-unit instruction queues, each in issue order."""
         out: dict[str, list[Instruction]] = {}
-        for ins in sorted(self.instructions, key=lambda i: (i.start, i.id)):
+        for ins in sorted(self.instructions, key=attrgetter("start", "id")):
             out.setdefault(ins.unit, []).append(ins)
         order = {u: k for k, u in enumerate(self.target.units())}
         return dict(sorted(out.items(), key=lambda kv: order.get(kv[0], len(order))))

@@ -51,6 +51,7 @@ from lpuc.passes.sink_products import sink_products
 from lpuc.passes.sink_reshapes import sink_reshapes
 from lpuc.passes.sink_transposes import sink_transposes
 from lpuc.passes.split_packed_pool import split_packed_pool
+from lpuc.passes.store_int8_constants_fp16 import store_int8_constants_fp16
 from lpuc.passes.store_int8_floats_fp16 import store_int8_floats_fp16
 from lpuc.passes.store_kernel_floats_fp16 import store_kernel_floats_fp16
 from lpuc.passes.store_tables_at_precision import store_tables_at_precision
@@ -130,6 +131,8 @@ PIPELINE: tuple[Pass, ...] = (
     # Once maps are fused: which float values pass only from one map to others.
     Pass("store_int8_floats_fp16", store_int8_floats_fp16),
     Pass("store_kernel_floats_fp16", store_kernel_floats_fp16),
+    # The scalar scales quantize maps read as fp16: 2 stream ids each instead of 4.
+    Pass("store_int8_constants_fp16", store_int8_constants_fp16),
     Pass("legalize_broadcast", legalize_broadcast),
     Pass("fuse_softmax", fuse_softmax),
     # Once maps are fused: a product moves next to the map that reads it (an epilogue to be).

@@ -114,3 +114,24 @@ def test_output_not_half_written_on_failure(tmp_path):
     out.write_bytes(b"previous artifact")
     invoke("compile", path, "-o", out)
     assert out.read_bytes() == b"previous artifact"
+
+
+def test_random_inputs_index_a_two_row_table(tmp_path):
+    """Random integer inputs (no --inputs) are valid indices for the smallest real table: BERT's
+    token types have two rows. The check compares onnxruntime's result on the same random ids."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    table = np.random.default_rng(0).standard_normal((2, 8)).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("Gather", ["table", "ids"], ["y"], axis=0)],
+        "token_types",
+        [helper.make_tensor_value_info("ids", TensorProto.INT64, [1, 16])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 16, 8])],
+        [numpy_helper.from_array(table, "table")],
+    )
+    model_path, art = tmp_path / "types.onnx", tmp_path / "types.lpu"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)]), str(model_path))
+    assert invoke("compile", model_path, "-o", art, "--precision", "fp32").exit_code == 0
+    result = invoke("run", art, "--check", model_path)
+    assert result.exit_code == 0, result.output
+    assert "random inputs" in result.output and ": ok" in result.output

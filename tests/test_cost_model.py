@@ -226,3 +226,27 @@ def test_plane_busy_percent_counts_occupancy_not_duration():
     cycles = program.summary["cycles"]
     for u in planes:
         assert program.summary["units"][u] == pytest.approx(100 * held[u] / cycles, abs=0.01)
+
+
+def test_gather_data_windows_move_at_most_the_result_rows(v1):
+    # An embedding Gather: two 320-row fp16 table tiles on MEM0 (addressed: 128 ids read at most
+    # 128 rows of each), the ids [1, 128] int64 on MEM1, a [1, 128, 320] result on MEM2. MEM0 then
+    # moves 2 x 128 x 2 = 512 words, not 2 x 320 x 2; any other kernel's windows move whole.
+    class Window:
+        def __init__(self, slice_index, rows, words, lanes=320):
+            self.slice, self.nrows, self.words, self.nlanes = slice_index, rows, words, lanes
+
+    reads = [Window(0, 320, 2), Window(0, 320, 2), Window(1, 1, 8, 128)]
+    writes = [Window(2, 128, 2)]
+    attrs = {
+        "kernel": "Gather",
+        "domain": "",
+        "inputs": [{"count": 2, "shape": [640, 320]}, {"count": 1, "shape": [1, 128]}],
+        "outputs": [{"count": 1, "shape": [1, 128, 320]}],
+    }
+    where = lambda w: (w.slice, w.words)  # noqa: E731
+    ins, outs = cost.window_streams("sxm.kernel", attrs, reads, writes, where)
+    assert [s.rows for s in ins] == [128, 128, 1] and [s.rows for s in outs] == [128]
+    assert cost.mem_cycles({0: 1, 1: 1, 2: 1}, ins + outs) == 512
+    softmax, _ = cost.window_streams("sxm.kernel", {**attrs, "kernel": "Softmax"}, reads, writes, where)
+    assert [s.rows for s in softmax] == [320, 320, 1]

@@ -11,7 +11,12 @@ from onnx import TensorProto, helper, numpy_helper
 import lpuc
 from lpuc.api import SRAM_HUNGRY
 from lpuc.frontend.importer import import_model
+from lpuc.lowering import lower_with
 from lpuc.passes.legalize_broadcast import legalize_broadcast, read_repeated
+from lpuc.passes.pipeline import PassContext, run_pipeline
+from lpuc.schedule.packing import pack_constants
+from lpuc.schedule.placement import place_tiles, scratch_budgets
+from lpuc.target import load_target
 from tests.models import ort_run
 from tests.onnx_builders import embedding_matmul_model
 
@@ -92,3 +97,42 @@ def test_mask_over_heads_is_read_per_head_not_expanded(tmp_path):
     repeated_reads = program.summary["sram_peak_bytes"]
     expanded = lpuc.compile(path, target="tsp-mini", precision="fp32").summary["sram_peak_bytes"]
     assert repeated_reads < expanded
+
+
+def _embed_then_layers(path, vocab: int, layers: int, width: int = 64) -> None:
+    """ids [128] -> Gather(table [vocab, width]) -> `layers` MatMuls by [width, width], seeded."""
+    rng = np.random.default_rng(0)
+    nodes = [helper.make_node("Gather", ["table", "ids"], ["x0"], name="embed")]
+    inits = [numpy_helper.from_array(rng.standard_normal((vocab, width)).astype(np.float32), "table")]
+    for i in range(layers):
+        nodes.append(helper.make_node("MatMul", [f"x{i}", f"w{i}"], [f"x{i + 1}"]))
+        inits.append(numpy_helper.from_array(rng.standard_normal((width, width)).astype(np.float32), f"w{i}"))
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("ids", TensorProto.INT64, [128])],
+        [helper.make_tensor_value_info(f"x{layers}", TensorProto.FLOAT, [128, width])],
+        inits,
+    )
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)]), str(path))
+
+
+def test_lean_step_keeps_weights_off_the_slices_with_scratch_room(tmp_path):
+    # The scratch slices hold the live data; a weight there would share their ports with it all run
+    # long, the embedding table only while the Gather reads it at the start. On tsp-mini in fp16 the
+    # table takes 4096 of the 8192 words and the 24 weights 3072: the table fills the scratch
+    # slices' budgets (4 x 768 words) first, the weights the other slices.
+    path = tmp_path / "embed_layers.onnx"
+    _embed_then_layers(path, 2048, 24)
+    target = load_target("tsp-mini")
+    context = PassContext(target, "fp16", True, frozenset())
+    graph = run_pipeline(import_model(onnx.load(path), "embed"), context)
+    tiled = lower_with(read_repeated(graph), target, "fp16", True, "embed", frozenset(), SRAM_HUNGRY)
+    packing = pack_constants(tiled, target.lanes)
+    budget = scratch_budgets(tiled, target, packing)
+    scratch = set(np.flatnonzero(budget < target.addresses_per_slice).tolist())
+    assert scratch and len(scratch) < target.num_slices
+    slice_of = place_tiles(tiled, target, packing=packing, scratch=True)
+    table = {b.tensor for b in tiled.buffers if b.is_const and "table" in b.tensor}
+    on_scratch = {b.tensor for b in tiled.buffers if b.is_const and slice_of[b.id] in scratch}
+    assert len(table) == 1 and on_scratch == table

@@ -15,7 +15,7 @@ import pytest
 import lpuc
 import lpuc.api
 from lpuc.schedule import scheduler
-from lpuc.schedule.allocator import Lifetime, _lowest_gap, _place_slice
+from lpuc.schedule.allocator import Lifetime, _place_slice, lowest_gap
 from lpuc.schedule.build import _forget_moved
 from lpuc.schedule.dependencies import dependencies
 from lpuc.schedule.placement import place_tiles
@@ -99,7 +99,7 @@ def test_lowest_gap_is_first_fit(seed):
     live = np.array([rng.random() < 0.7 for _ in range(n)], dtype=bool)
     words = rng.randint(1, 10)
     ranges = [(int(a), int(b)) for a, b, x in zip(lo, hi, live) if x]
-    assert _lowest_gap(lo, hi, live, words) == _brute_first_fit(ranges, words)
+    assert lowest_gap(lo, hi, live, words) == _brute_first_fit(ranges, words)
 
 
 def test_answers_by_op_kept_for_unmoved_ops_change_no_schedule(tiled):
@@ -131,7 +131,7 @@ def _place_slice_long_way(reqs, capacity):
     lo, hi, start, end = (np.zeros(0, dtype=np.int64) for _ in range(4))
     out, failed = {}, []
     for rid, words, life in order:
-        at = _lowest_gap(lo, hi, (start < life.end) & (life.start < end), words)
+        at = lowest_gap(lo, hi, (start < life.end) & (life.start < end), words)
         if at + words > capacity:
             failed.append(rid)
             continue

@@ -22,7 +22,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from lpuc.cost import Work
+from lpuc import cost
+from lpuc.cost import Stream, Work
 from lpuc.dtypes import words_per_row
 from lpuc.ir.graph import LPUC_DOMAIN, Node
 from lpuc.lowering.builder import TiledBuilder, split_range
@@ -91,7 +92,7 @@ def lower_matmul(b: TiledBuilder, node: Node) -> None:
             a_tiles = split_range(0, p.m, _tile_edges(p.a_row, p.m, a.block_rows))
             a_segments = _at_most(a_tiles, b.target.mxm.acc_rows)
             chains = [m1 - m0 for m0, m1 in a_segments for _ in n_chunks]
-            if split and _k_split(b, chains, len(k_chunks), mode.cycles_per_row) > 1:
+            if split and _k_split(b, c, chains, len(k_chunks), mode.cycles_per_row) > 1:
                 segments = a_segments
             _accumulated(b, node, attrs, a, w, c, p, segments, k_chunks, n_chunks, k, split)
 
@@ -135,7 +136,7 @@ def _accumulated(b, node, attrs, a, w, c, p: _Problem, segments, k_chunks, n_chu
     and one VXM map per tile adds the partials into C."""
     rows = [m1 - m0 for m0, m1 in segments for _ in n_chunks]
     mode = b.target.mxm_mode(attrs["precision"])
-    count = _k_split(b, rows, len(k_chunks), mode.cycles_per_row) if split else 1
+    count = _k_split(b, c, rows, len(k_chunks), mode.cycles_per_row) if split else 1
     parts = _runs(k_chunks, count)
     # Activations computed on the chip arrive a few columns at a time (a model input is all there).
     computed = node.inputs[0] not in b.graph.inputs and not b.graph.values[node.inputs[0]].is_const
@@ -195,20 +196,18 @@ def _chain(b, node, attrs, tensors, p: _Problem, rows, part, cols, k: int | None
         )
 
 
-def _k_split(b: TiledBuilder, rows: list[int], chunks: int, cycles_per_row: int) -> int:
-    """How many parts to split each chain's K into (chains of `rows` rows each): the number that
-    makes the busiest plane's share of the work smallest, placing the parts longest first on the
-    least busy plane, if that beats one part by more than the VXM pass that adds the partials (about
-    a tile of fp32 rows through a slice's banks; a heuristic). Only with few chains: one 196-row
-    chain on four planes becomes four quarter chains, one per plane."""
+def _k_split(b: TiledBuilder, c, rows: list[int], chunks: int, cycles_per_row: int) -> int:
+    """How many parts to split each chain's K into (chains of `rows` rows each, of result C): the
+    number that makes the busiest plane's share of the work, plus what adding the partials costs
+    (_adding_cycles), smallest, placing the parts longest first on the least busy plane. Only with
+    few chains: one 196-row chain on four planes becomes four quarter chains, one per plane."""
     planes = b.target.num_mxm
 
     def cycles(s: int) -> float:
         load = [0.0] * planes
         for r in sorted((r for r in rows for _ in range(s)), reverse=True):
             load[load.index(min(load))] += r / s
-        adding = 0 if s == 1 else max(rows) * 4 / b.target.mem_banks
-        return max(load) * chunks * cycles_per_row + adding
+        return max(load) * chunks * cycles_per_row + _adding_cycles(b, c, rows, s, cycles_per_row)
 
     if len(rows) > 2 * planes:  # enough chains to go round: the partials' pass would not pay
         return 1
@@ -219,6 +218,39 @@ def _k_split(b: TiledBuilder, rows: list[int], chunks: int, cycles_per_row: int)
     if chunks < 2 * planes and 2 * len(rows) > planes:
         return 1
     return min(range(1, min(chunks, planes) + 1), key=lambda s: (cycles(s), s))
+
+
+def _adding_cycles(b: TiledBuilder, c, rows: list[int], parts: int, cycles_per_row: int) -> float:
+    """What the maps adding `parts` partial results of chains of `rows` rows (_add_partials: one per
+    chain, reading each part's stacked tiles) cost the schedule, by lpuc.cost's rules: the longest
+    runs after the last MM (its duration), and each holds the stream ids of its 4-byte operands for
+    its duration, which the product's other maps and MMs then lack (its stream-cycles over both
+    directions' streams). Placed on the slices nearest the VXM (the least transport they can have)."""
+    if parts == 1:
+        return 0.0
+    target = b.target
+    vxm = target.position("VXM0")
+    nearest = sorted(range(target.num_slices), key=lambda i: (abs(target.slice_positions[i] - vxm), i))
+    words = words_per_row(c.dtype)
+    block = _partial_block_rows(b, c, cycles_per_row)
+    ops = expression_alu_ops([_sum_step(parts, c.dtype)])
+    passes = math.ceil(np.dtype(c.dtype).itemsize / 4)  # 32-bit ALUs (as _add_partials charges)
+    longest, stream_cycles = 0, 0
+    for r in sorted(set(rows)):
+        stacked = -(-r // block)
+        slices = iter(nearest)
+        reads = [
+            Stream(next(slices), min(block, r - i * block), words, target.lanes, stacked)
+            for _ in range(parts)
+            for i in range(stacked)
+        ]
+        writes = [Stream(next(slices), r, words, target.lanes)]
+        work = Work(vectors=r * passes, alu_ops=ops, elem_ops=r * target.lanes * ops)
+        held = cost.duration(target, "vxm.map", "VXM0", work, reads, writes)
+        east, west = cost.stream_needs(target, "vxm.map", "VXM0", reads, writes, work)
+        longest = max(longest, held)
+        stream_cycles += held * (east + west) * rows.count(r)
+    return longest + stream_cycles / (2 * target.streams_per_direction)
 
 
 def _front_loaded(parts: list[list]) -> list[list]:
@@ -242,14 +274,7 @@ def _front_loaded(parts: list[list]) -> list[list]:
 
 def _add_partials(b: TiledBuilder, node: Node, partials, c, p: _Problem, m: int, n: int) -> None:
     """C = the sum of the K parts' partial results, one VXM map per tile window of this product."""
-    step = {
-        "op": "Sum",
-        "domain": "",
-        "attrs": {},
-        "args": [f"i{j}" for j in range(len(partials))],
-        "dtype": np.dtype(c.dtype).name,
-        "opset": 13,
-    }
+    step = _sum_step(len(partials), c.dtype)
     for r0, r1 in split_range(p.c_row, p.c_row + m, c.block_rows):
         for c0, c1 in split_range(p.c_col, p.c_col + n, c.lanes):
             out = b.window(c, r0, r1, c0, c1)
@@ -273,6 +298,12 @@ def _add_partials(b: TiledBuilder, node: Node, partials, c, p: _Problem, m: int,
                 ),
                 attrs=attrs,
             )
+
+
+def _sum_step(parts: int, dtype) -> dict:
+    """The expression step adding `parts` partial results."""
+    args = [f"i{j}" for j in range(parts)]
+    return {"op": "Sum", "domain": "", "attrs": {}, "args": args, "dtype": np.dtype(dtype).name, "opset": 13}
 
 
 def _partial_block_rows(b: TiledBuilder, c, cycles_per_row: int) -> int:

@@ -67,7 +67,11 @@ def allocate(
     slice_of: Mapping[int, int],
     capacity: int,
     packing: ConstPacking | None = None,
+    consts_first: bool = False,
 ) -> Allocation:
+    """`consts_first`: each slice's constants take the lowest addresses before the other tiles are
+    placed (else all by size): on a slice the constants nearly fill, a small constant placed after
+    the live tiles finds no gap free for the whole run (the fit ladder's lean step)."""
     packing = packing or ConstPacking()
     life = lifetimes(program, sched)
     # One request per constant slot (shared by identical and by packed tiles) and per other tile.
@@ -90,7 +94,10 @@ def allocate(
     failures: list[int] = []
     slice_peak: dict[int, int] = {}
     for s in sorted(requests):
-        placed, failed = _place_slice(requests[s], capacity)
+        first = None
+        if consts_first:
+            first = frozenset(r[0] for r in requests[s] if program.buffers[r[0]].is_const)
+        placed, failed = _place_slice(requests[s], capacity, first)
         addr.update(placed)
         failures += failed
         slice_peak[s] = max((placed[r] + w for r, w, _ in requests[s] if r in placed), default=0)
@@ -101,8 +108,12 @@ def allocate(
     return Allocation(addr, lane, sorted(failures), _peak_live_words(requests), slice_peak)
 
 
-def _place_slice(reqs: list[tuple[int, int, Lifetime]], capacity: int) -> tuple[dict[int, int], list[int]]:
-    order = sorted(reqs, key=lambda r: (-r[1], r[2].start, r[0]))
+def _place_slice(
+    reqs: list[tuple[int, int, Lifetime]], capacity: int, first: frozenset[int] | None = None
+) -> tuple[dict[int, int], list[int]]:
+    """First fit, largest first (the requests in `first` before all others)."""
+    first = first or frozenset()
+    order = sorted(reqs, key=lambda r: (r[0] not in first, -r[1], r[2].start, r[0]))
     # What is placed so far, as arrays: finding the placed requests live at the same time as a new
     # one is one vectorized test instead of a Python walk over all of them (a slice holds thousands).
     lo_of, hi_of = np.empty(len(order), dtype=np.int64), np.empty(len(order), dtype=np.int64)
@@ -122,7 +133,7 @@ def _place_slice(reqs: list[tuple[int, int, Lifetime]], capacity: int) -> tuple[
             at = _lowest_union_gap(union_lo, union_hi, words)
         else:
             live = (start_of[:n] < life.end) & (life.start < end_of[:n])
-            at = _lowest_gap(lo_of[:n], hi_of[:n], live, words)
+            at = lowest_gap(lo_of[:n], hi_of[:n], live, words)
         if at + words > capacity:
             failed.append(rid)
             continue
@@ -136,7 +147,7 @@ def _place_slice(reqs: list[tuple[int, int, Lifetime]], capacity: int) -> tuple[
 
 
 def _lowest_union_gap(union_lo: list[int], union_hi: list[int], words: int) -> int:
-    """_lowest_gap with every placed range live, from their union: the first gap of `words` words
+    """lowest_gap with every placed range live, from their union: the first gap of `words` words
     below a disjoint range, else its top."""
     below = 0
     for lo, hi in zip(union_lo, union_hi):
@@ -157,7 +168,7 @@ def _add_range(union_lo: list[int], union_hi: list[int], lo: int, hi: int) -> No
     union_hi[i:j] = [hi]
 
 
-def _lowest_gap(lo: np.ndarray, hi: np.ndarray, live: np.ndarray, words: int) -> int:
+def lowest_gap(lo: np.ndarray, hi: np.ndarray, live: np.ndarray, words: int) -> int:
     """First fit: the lowest address from which `words` words clear every live [lo, hi) range.
 
     Walking the live ranges in lo order, the candidate address before range i is the highest end

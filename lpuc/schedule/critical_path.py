@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import bisect
 from collections import defaultdict
+from operator import attrgetter
 
 from lpuc.dtypes import words_per_row
 from lpuc.program import Access, Instruction, Program, windows_overlap
@@ -50,7 +51,7 @@ class _Predecessors:
         self.writes = dict(writes)
         self.write_ends = {b: [w[0] for w in items] for b, items in self.writes.items()}
         for items in self.queue.values():
-            items.sort(key=lambda i: (i.start, i.id))
+            items.sort(key=attrgetter("start", "id"))
         self.queue_starts = {u: [(i.start, i.id) for i in q] for u, q in self.queue.items()}
         self.lw_ends = {}
         for plane, items in self.lw.items():

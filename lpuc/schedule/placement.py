@@ -59,6 +59,11 @@ def place_tiles(
     load_of = _weight_loads(program) if one_side else {}
     side_of_load: dict[int, np.ndarray] = {}  # weight load -> the side its tiles go to
     budget = scratch_budgets(program, target, packing) if scratch else None
+    # Tables read only by Gathers (an embedding) are cold: read by one op at the start. With scratch
+    # room kept, they go to the scratch slices first, so that the weights streamed to the MXMs all
+    # through the run do not share those slices' ports with the live data there.
+    cold = _gather_tables(program) if budget is not None else set()
+    scratch_slices = np.flatnonzero(budget < target.addresses_per_slice) if budget is not None else everywhere
     for buf in program.buffers:
         if not buf.is_const or buf.host:
             continue
@@ -74,6 +79,12 @@ def place_tiles(
             if buf.id in load_of:  # the side of the least loaded slice, for all of the load's tiles
                 lightest = west if target.slice_positions[int(np.argmin(load))] < vxm else east
                 sides = side_of_load.setdefault(load_of[buf.id], lightest)
+            if buf.id in cold and np.any(load[scratch_slices] + buf.words <= budget[scratch_slices]):
+                sides = scratch_slices
+            elif budget is not None and len(scratch_slices) < n:
+                hot = np.setdiff1d(sides, scratch_slices)
+                if len(hot) and np.any(load[hot] + buf.words <= budget[hot]):
+                    sides = hot
             if budget is not None and np.any(load[sides] + buf.words <= budget[sides]):
                 sides = sides[load[sides] + buf.words <= budget[sides]]
             s = int(sides[np.argmin(load[sides])])
@@ -124,8 +135,11 @@ def _place_others(
     # at the same time, and two of them on one slice queue on its two ports.
     touches = np.zeros((n, len(program.ops) + 1), dtype=np.int32)
     users = _users(program)
-    for buf_id, s in slice_of.items():
-        touches[s, users.get(buf_id, [])] += 1
+    # The constants' touches, as one scatter-add (each buffer's op ids are distinct).
+    placed = [(s, i) for buf_id, s in slice_of.items() for i in users.get(buf_id, ())]
+    if placed:
+        at = np.array(placed, dtype=np.intp)
+        np.add.at(touches, (at[:, 0], at[:, 1]), 1)
 
     first, last = _program_order_lifetimes(program, users)
     releases: list[tuple[int, int, int, int]] = []  # (release index, buffer id, slice, words)
@@ -157,17 +171,40 @@ def _place_others(
 
 def scratch_budgets(program: TiledProgram, target: Target, packing: ConstPacking) -> np.ndarray:
     """Constant words each slice may take when scratch room is kept: the full slice, except on
-    evenly spread slices that keep room for two of the largest other tiles, as many as the SRAM the
-    constants leave free allows."""
+    evenly spread slices that keep room for two typical large tiles (`scratch_room`), as many as
+    the SRAM the constants leave free allows."""
     n, capacity = target.num_slices, target.addresses_per_slice
     slots = {packing.slot(b.const_key): b.words for b in program.buffers if b.is_const and not b.host}
     free = n * capacity - sum(slots.values())
-    room = 2 * max((b.words for b in program.buffers if not b.is_const and not b.host), default=0)
+    room = scratch_room([b.words for b in program.buffers if not b.is_const and not b.host])
     budget = np.full(n, capacity, dtype=np.int64)
     count = min(n, free // room) if room and free > 0 else 0
     if count:
         budget[np.linspace(0, n - 1, count).round().astype(np.int64)] -= room
     return budget
+
+
+def scratch_room(tile_words: list[int]) -> int:
+    """Words each scratch slice keeps: two tiles of the size that half of the live words come in
+    (or larger), and at least the largest tile. Room for two of the largest instead leaves fewer
+    slices for live data, whose ports it then shares (BERT-base fp16, where 24 tiles of 640 words
+    are the largest and half the words are in 512-word ones: 18 scratch slices instead of 14,
+    323,473 cycles to 305,044)."""
+    if not tile_words:
+        return 0
+    sizes = np.sort(np.asarray(tile_words, dtype=np.int64))[::-1]
+    half = np.searchsorted(np.cumsum(sizes), sizes.sum() / 2)  # the tile at half the words, from the top
+    return int(max(sizes[0], 2 * sizes[half]))
+
+
+def _gather_tables(program: TiledProgram) -> set[int]:
+    """Constant tiles that no op but a Gather reads."""
+    gathered: set[int] = set()
+    other: set[int] = set()
+    for op in program.ops:
+        into = gathered if op.attrs.get("kernel") == "Gather" else other
+        into.update(r.buf for r in op.reads)
+    return {b for b in gathered - other if program.buffers[b].is_const}
 
 
 def _users(program: TiledProgram) -> dict[int, list[int]]:

@@ -186,7 +186,7 @@ def schedule(
 
 
 def _ready(op_id: int, preds: list[set[int]], slots: list[Slot | None]) -> int:
-    return max((slots[p].end for p in preds[op_id]), default=0)
+    return max([slots[p].end for p in preds[op_id]], default=0)
 
 
 def plane_order_successors(ops: list[TileOp]) -> dict[int, int]:
@@ -253,6 +253,9 @@ class _UnitState:
         self.lw_free = [0] * n
         self.installed_at = [-target.iw_cycles] * n
         self._planes = range(n)
+        # Plane unit names made once: a fresh string hashes anew at every request it keys.
+        self._mm_unit = [f"MXM{p}" for p in self._planes]
+        self._lw_unit = [f"MXM{p}.LW" for p in self._planes]
         self._stream_cache: dict[int, tuple[tuple[Stream, ...], tuple[Stream, ...]]] = {}
         # _request's answers by what they depend on: ops of repeated layers ask the same questions,
         # and so does each placement round of one program.
@@ -309,8 +312,10 @@ class _UnitState:
         ports = cost.port_needs(self.target, opcode, [*reads, *writes], n_unit)
         if one_port:
             ports = {s: 1 for s in ports}
-        d = cost.duration(self.target, opcode, unit, work, reads, writes, precision, install, ports, alus)
-        busy = cost.occupancy(self.target, opcode, unit, work, reads, writes, precision, install, ports, alus)
+        # (Uncached: this question is asked once, its answer kept in the caches above.)
+        args = (self.target, opcode, unit, work, reads, writes, precision, install, ports, alus)
+        d = cost.duration.__wrapped__(*args)
+        busy = d if opcode != "mxm.mm" else cost.occupancy.__wrapped__(*args)
         pools: list[Pool] = []
         if opcode.startswith("vxm."):
             pools.append((self.vxm, cost.held_alus(self.target, opcode, work, alus), d))
@@ -320,7 +325,7 @@ class _UnitState:
                 pools.append((self.vxm, cost.vxm_alus(self.target, opcode, work), d))
         for s, k in ports.items():
             pools.append((port_units(self.target, s), k, d))
-        east, west = cost.stream_needs(self.target, opcode, unit, reads, writes, work)
+        east, west = cost.stream_needs.__wrapped__(self.target, opcode, unit, reads, writes, work)
         if east:
             pools.append((self.east, east, d))
         if west:
@@ -334,46 +339,49 @@ class _UnitState:
         A pool short of units at t stays short until its k-th soonest free unit is free, so jumping
         there skips no feasible start: the answer is the least feasible start, whatever order the
         pools are checked in. Pools are checked round-robin from the one that last failed, until all
-        of them pass at the same t."""
-        chosen: list[list[str] | None] = [None] * len(pools)
-        i = passed = 0
-        while passed < len(pools):
-            names, k, d = pools[i]
-            free, later = self._free_units(names, k, t, d)
-            if len(free) == k:
-                chosen[i] = free
-                passed += 1
-            else:
-                later.sort()
-                t = later[k - len(free) - 1]
-                chosen = [None] * len(pools)
-                passed = 0
-                continue  # the same pool again at the new t
-            i = (i + 1) % len(pools)
-        return t, tuple([(u, d) for (_, _, d), units in zip(pools, chosen) for u in units])
-
-    def _free_units(self, names: Sequence[str], k: int, t: int, d: int) -> tuple[list[str], list[int]]:
-        """The first k of `names` free for [t, t + d), or all the free ones and, when fewer than k are,
-        the earliest start of each busy one."""
+        of them pass at the same t (the last len(pools) checks: so each entry of `chosen` is from t)."""
         timelines = self.timelines
-        free: list[str] = []
-        end = t + d
-        for u in names:  # stops at the first k units free at t: the common case
-            line = timelines[u]
-            if t < line.horizon:  # Timeline.is_free, inline: the hottest test of a compile
-                starts = line.starts
-                i = bisect_right(starts, t)
-                if (i and line.ends[i - 1] > t) or (i < len(starts) and starts[i] < end):
-                    continue
-            free.append(u)
-            if len(free) == k:
-                return free, []
-        return free, [e for u in names if (e := timelines[u].earliest(t, d)) != t]
+        n = len(pools)
+        chosen: list[list[str]] = [[]] * n
+        i = passed = 0
+        while passed < n:
+            names, k, d = pools[i]
+            end = t + d
+            free: list[str] = []
+            for u in names:  # stops at the first k units free at t: the common case
+                line = timelines[u]
+                if t < line.horizon:  # Timeline.is_free, inline: the hottest test of a compile
+                    starts = line.starts
+                    j = bisect_right(starts, t)
+                    if (j and line.ends[j - 1] > t) or (j < len(starts) and starts[j] < end):
+                        continue
+                free.append(u)
+                if len(free) == k:
+                    break
+            else:  # fewer than k free at t: on to when the k-th of them is, the same pool again
+                later = sorted([e for u in names if (e := timelines[u].earliest(t, d)) != t])
+                t = later[k - len(free) - 1]
+                passed = 0
+                continue
+            chosen[i] = free
+            passed += 1
+            i = i + 1 if i + 1 < n else 0
+        return t, tuple([(u, d) for (_, _, d), units in zip(pools, chosen) for u in units])
 
     def _reserve(self, start: int, held: tuple[tuple[str, int], ...]) -> None:
         timelines = self.timelines
         for u, d in held:
-            timelines[u].reserve(start, d)
+            line = timelines[u]
+            if start >= line.horizon:  # Timeline.reserve's common case, inline (after all it holds)
+                end, ends = start + d, line.ends
+                if ends and ends[-1] == start:
+                    ends[-1] = end
+                else:
+                    line.starts.append(start)
+                    ends.append(end)
+                line.horizon = end
+            else:
+                line.reserve(start, d)
 
     def _release(self, start: int, held: tuple[tuple[str, int], ...]) -> None:
         timelines = self.timelines
@@ -425,7 +433,8 @@ class _UnitState:
         # the same plan wins as if every plane were planned in full, with fewer plans made.
         mms = [op for op in item if op.opcode == "mxm.mm"]
         tails = {p: self._tails(p, mms) if mms and item[-1] is mms[-1] else None for p in self._planes}
-        first = {p: self._first_mm_bound(p, groups[0][0], preds, slots) for p in self._planes}
+        lw_ready = _ready(groups[0][0].id, preds, slots)
+        first = {p: self._first_mm_bound(p, groups[0][0], lw_ready) for p in self._planes}
         bound = {p: first[p] + tails[p][0] if tails[p] else 0 for p in self._planes}
         best = None
         booked: list[tuple[Slot, tuple]] = []  # the latest plan, still reserved
@@ -451,18 +460,23 @@ class _UnitState:
     def _tails(self, p: int, mms: list[TileOp]) -> list[int]:
         """Per MM of an item on plane p: cycles from its start to the end of the item's last MM at
         the least (each MM starts once the plane has taken in the previous one's rows)."""
-        busy = [self._request(mm, f"MXM{p}")[1] for mm in mms]
-        tail = [self._request(mms[-1], f"MXM{p}")[0]]
+        unit, asked = self._mm_unit[p], self._asked
+        # _request, its cache looked up inline: asked per MM for every plane of every item.
+        answers = [asked.get((mm.id, unit, False, None)) or self._request(mm, unit) for mm in mms]
+        busy = [a[1] for a in answers]
+        tail = [answers[-1][0]]
         for b in reversed(busy[:-1]):
             tail.append(tail[-1] + b)
         return tail[::-1]
 
-    def _first_mm_bound(self, p: int, lw: TileOp, preds, slots: list[Slot | None]) -> int:
+    def _first_mm_bound(self, p: int, lw: TileOp, lw_ready: int) -> int:
         """The earliest an item's first MM could start on plane p: after its plane is free and its
-        weights are loaded at the faster of the two rates _plan_groups tries."""
+        weights (inputs ready at `lw_ready`) are loaded at the faster of the two rates _plan_groups
+        tries."""
         installed = self.installed_at[p] + self.target.iw_cycles
-        ready = max(_ready(lw.id, preds, slots), self.lw_free[p], installed)
-        load = min(self._request(lw, f"MXM{p}.LW", one_port)[0] for one_port in (False, True))
+        ready = max(lw_ready, self.lw_free[p], installed)
+        unit = self._lw_unit[p]
+        load = min(self._request(lw, unit, False)[0], self._request(lw, unit, True)[0])
         return max(self.plane_free[p], ready + load)
 
     def _plan_groups(
@@ -472,7 +486,7 @@ class _UnitState:
         installed its weights; its MMs follow once the weights are loaded, each as soon as the plane
         has taken in the previous one's rows. Reserves what it plans (the caller releases it).
         Gives up (state None) once the plan cannot end before `beat` (end, plane), by `tail` (_tails)."""
-        lw_unit, mm_unit = f"MXM{p}.LW", f"MXM{p}"
+        lw_unit, mm_unit = self._lw_unit[p], self._mm_unit[p]
         lw_free, plane_free, installed_at = self.lw_free[p], self.plane_free[p], self.installed_at[p]
         plan = []
         j = 0  # the item's MMs planned so far
@@ -491,6 +505,9 @@ class _UnitState:
             self._reserve(start, held)  # later ops of the item overlap it in time
             lw_free = start + d
             t = max(plane_free, lw_free)
+            # Its next MM starts at t or later: the plan may lose here, before fitting it.
+            if beat is not None and tail is not None and mms and (t + tail[j], p) > beat:
+                return plan, None
             for k, mm in enumerate(mms):
                 d, busy, pools = self._request(mm, mm_unit)
                 t, held = self._fit(pools, max(t, _ready(mm.id, preds, slots)))

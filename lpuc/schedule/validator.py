@@ -28,6 +28,7 @@ from __future__ import annotations
 import bisect
 import heapq
 from collections import defaultdict
+from operator import attrgetter
 
 import numpy as np
 
@@ -93,7 +94,7 @@ def _units(p: Program) -> list[str]:
             f"{p.target.name} has {p.target.instruction_queues}"
         )
     for u, items in sorted(busy.items()):
-        items.sort(key=lambda i: (i.start, i.id))
+        items.sort(key=attrgetter("start", "id"))
         plane = unit_kind(u) == "MXM"  # only an MM frees its unit (its plane) before its end
         for a, b in zip(items, items[1:]):
             a_end = held_until(p, a, u) if plane else a.end

@@ -1,0 +1,93 @@
+"""Stream ids held by int8 builds' maps (issue 9): quantize maps' scalar scales stored as fp16
+(passes/store_int8_constants_fp16.py), and K splits that count what adding the partials costs
+(lpuc/lowering/matmul.py _adding_cycles)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+import lpuc
+from lpuc.ir.graph import Graph
+from lpuc.passes.store_int8_constants_fp16 import _narrowable
+from tests.kernels.oracle import run_onnxruntime
+
+
+def _linear(path: Path, m: int, k: int, n: int) -> Path:
+    """y = x @ W + b with a seeded random W and b (an fp32 model input, as issue 9's GEMM)."""
+    rng = np.random.default_rng(0)
+    w = (rng.standard_normal((k, n)) / np.sqrt(k)).astype(np.float32)
+    bias = rng.standard_normal(n).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["m"]), helper.make_node("Add", ["m", "b"], ["y"])],
+        "linear",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, (m, k))],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, (m, n))],
+        [numpy_helper.from_array(w, "w"), numpy_helper.from_array(bias, "b")],
+    )
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    return path
+
+
+def _cosine(a: np.ndarray, b: np.ndarray) -> float:
+    a, b = a.astype(np.float64).ravel(), b.astype(np.float64).ravel()
+    return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))
+
+
+def _quantize_maps(program) -> list:
+    return [i for i in program.instructions if i.opcode == "vxm.map" and i.node.endswith("round_cast")]
+
+
+def _stream_ids(instruction) -> int:
+    return sum(unit.startswith(("SE", "SW")) for unit in instruction.units)
+
+
+def test_quantize_maps_read_their_scale_as_fp16_and_hold_fewer_stream_ids(tmp_path):
+    """The quantize map of an fp32 input reads its scalar 1/scale as fp16 (2 stream ids, not 4),
+    converting it in one more ALU op; the output stays as close to fp32 onnxruntime."""
+    path = _linear(tmp_path / "linear.onnx", 96, 640, 64)
+    narrow = lpuc.compile(path, precision="int8", dump_ir=tmp_path / "ir")
+    wide = lpuc.compile(path, precision="int8", disable_passes=["store_int8_constants_fp16"])
+    final = (tmp_path / "ir" / "99_final.graph.txt").read_text()
+    assert "/scale/fp16: f16[]" in final
+    narrow_maps, wide_maps = _quantize_maps(narrow), _quantize_maps(wide)
+    assert narrow_maps and len(narrow_maps) == len(wide_maps)
+    for a, b in zip(narrow_maps, wide_maps):
+        assert a.work.alu_ops == b.work.alu_ops + 1  # the Cast of the fp16 scale
+        assert _stream_ids(a) == _stream_ids(b) - 2  # 2 bytes of scale instead of 4
+    x = np.random.default_rng(3).standard_normal((96, 640)).astype(np.float32)
+    (want,) = run_onnxruntime(onnx.load(str(path)), {"x": x})
+    cosines = [_cosine(p.run({"x": x})["y"], want) for p in (narrow, wide)]
+    assert min(cosines) >= 0.99 and abs(cosines[0] - cosines[1]) < 1e-3, cosines
+    np.testing.assert_array_equal(narrow.run({"x": x})["y"], narrow.run({"x": x}, interpret=True)["y"])
+
+
+@pytest.mark.parametrize(
+    ("value", "narrowed"),
+    [(0.004, True), (127.0, True), (0.0, True), (1e-6, False), (1e6, False), (np.inf, False)],
+)
+def test_only_scalars_in_fp16_normal_range_are_narrowed(value, narrowed):
+    """Below fp16's smallest normal number (6.1e-5) a value loses significant bits; above 65504 it
+    overflows: such constants stay float32."""
+    graph = Graph("g", [], {}, [], [])
+    name = graph.add_const("c", np.array(value, np.float32))
+    per_channel = graph.add_const("v", np.full(4, 0.5, np.float32))
+    assert _narrowable(graph, name) == narrowed
+    assert not _narrowable(graph, per_channel)  # (per-channel ones: their Cast ALUs cost more)
+
+
+def test_int8_gemm_splits_k_only_where_adding_the_partials_pays(tmp_path):
+    """[2304x4096]x[4096x320] (issue 9): the fp16 MMs (two cycles a row, 26 K chunks) still split K
+    over the four planes; int8 MMs (one cycle a row, 13 chunks) gain less than the partial-add maps
+    cost them in duration and stream ids, so they don't split."""
+    path = _linear(tmp_path / "gemm.onnx", 2304, 4096, 320)
+    programs = {p: lpuc.compile(path, precision=p) for p in ("int8", "fp16")}
+
+    def parts(program) -> int:
+        return len({t.tensor for t in program.tiles if "/partial" in t.tensor})
+
+    assert parts(programs["fp16"]) == 4 and parts(programs["int8"]) == 0
