@@ -25,7 +25,7 @@ from __future__ import annotations
 import numpy as np
 
 from lpuc.ir.graph import Graph, Node
-from lpuc.passes.store_int8_floats_fp16 import FP16_MAX, _is_map, _widened_inputs, _with_expr
+from lpuc.passes.store_int8_floats_fp16 import FP16_MAX, _with_expr, is_map, widened_inputs
 
 # The smallest normal fp16 magnitude: below it fp16 loses significant bits.
 _FP16_SMALLEST_NORMAL = float(np.finfo(np.float16).tiny)
@@ -46,14 +46,14 @@ def store_int8_constants_fp16(graph: Graph, ctx=None) -> Graph:
             if name not in narrowed:
                 narrowed[name] = out.add_const(f"{name}/fp16", graph.values[name].const.astype(np.float16))
         renamed = node.with_(inputs=tuple(narrowed.get(n, n) for n in node.inputs))
-        out.nodes.append(_with_expr(renamed, _widened_inputs(renamed, set(narrowed.values()))))
+        out.nodes.append(_with_expr(renamed, widened_inputs(renamed, set(narrowed.values()))))
     return out.prune_values() if narrowed else graph
 
 
 def _int8_map(node: Node, graph: Graph) -> bool:
     """A map whose result is int8 (its error is int8's) that reads no int32 value (not an epilogue
     of an int8 product)."""
-    if not _is_map(node):
+    if not is_map(node):
         return False
     dtypes = [graph.values[n].dtype for n in node.inputs if n]
     return graph.values[node.outputs[0]].dtype == np.int8 and np.dtype(np.int32) not in dtypes
