@@ -68,8 +68,12 @@ def store_int8_floats_fp16(graph: Graph, ctx=None) -> Graph:
             for c in consumers[v]
         )
     }
-    if not narrowed:
-        return graph
+    return stored_fp16(graph, narrowed) if narrowed else graph
+
+
+def stored_fp16(graph: Graph, narrowed: set[str]) -> Graph:
+    """`graph` with the `narrowed` values stored as fp16: the maps writing them round to fp16 as
+    their last step, the maps reading them widen them first (explicit casts, charged as ALU ops)."""
     out = graph.copy(nodes=[])
     for name in sorted(narrowed):
         v = graph.values[name]

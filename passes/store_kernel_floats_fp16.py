@@ -22,12 +22,11 @@ only when some group qualifies). `--disable-pass store_kernel_floats_fp16` keeps
 from __future__ import annotations
 
 import numpy as np
-from onnx import TensorProto
 
 from lpuc import calibration as calib
-from lpuc.ir.graph import LPUC_DOMAIN, Graph, Node, Value
+from lpuc.ir.graph import LPUC_DOMAIN, Graph, Node
 from lpuc.passes.quantize_int8 import activation_ranges
-from lpuc.passes.store_int8_floats_fp16 import FP16_HEADROOM, FP16_MAX, cast_step, is_map, widened_inputs
+from lpuc.passes.store_int8_floats_fp16 import FP16_HEADROOM, FP16_MAX, is_map, stored_fp16
 
 
 def store_kernel_floats_fp16(graph: Graph, ctx=None) -> Graph:
@@ -53,21 +52,7 @@ def store_kernel_floats_fp16(graph: Graph, ctx=None) -> Graph:
     for group in groups:
         if all(0 < peaks[v] * FP16_HEADROOM <= FP16_MAX for v in group if v in peaks):
             narrowed |= group
-    if not narrowed:
-        return graph
-    out = graph.copy(nodes=[])
-    for name in sorted(narrowed):
-        v = graph.values[name]
-        out.values[name] = Value(v.name, v.shape, np.dtype(np.float16))
-    for node in graph.nodes:
-        if not is_map(node):
-            out.nodes.append(node)
-            continue
-        steps = widened_inputs(node, narrowed)
-        if node.outputs[0] in narrowed:
-            steps.append(cast_step(f"s{len(steps) - 1}", TensorProto.FLOAT16, "float16"))
-        out.nodes.append(node.with_(attrs={**node.attrs, "expr": steps}))
-    return out
+    return stored_fp16(graph, narrowed) if narrowed else graph
 
 
 def _ancestors(graph: Graph, names: list[str]) -> Graph:
