@@ -25,7 +25,7 @@ from __future__ import annotations
 import numpy as np
 
 from lpuc.ir.graph import Graph, Node
-from lpuc.passes.store_int8_floats_fp16 import FP16_MAX, _with_expr, is_map, widened_inputs
+from lpuc.passes.store_int8_floats_fp16 import FP16_MAX, is_map, widened_inputs, with_expr
 
 # The smallest normal fp16 magnitude: below it fp16 loses significant bits.
 _FP16_SMALLEST_NORMAL = float(np.finfo(np.float16).tiny)
@@ -46,7 +46,7 @@ def store_int8_constants_fp16(graph: Graph, ctx=None) -> Graph:
             if name not in narrowed:
                 narrowed[name] = out.add_const(f"{name}/fp16", graph.values[name].const.astype(np.float16))
         renamed = node.with_(inputs=tuple(narrowed.get(n, n) for n in node.inputs))
-        out.nodes.append(_with_expr(renamed, widened_inputs(renamed, set(narrowed.values()))))
+        out.nodes.append(with_expr(renamed, widened_inputs(renamed, set(narrowed.values()))))
     return out.prune_values() if narrowed else graph
 
 

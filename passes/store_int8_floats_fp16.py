@@ -85,7 +85,7 @@ def stored_fp16(graph: Graph, narrowed: set[str]) -> Graph:
         steps = widened_inputs(node, narrowed)
         if node.outputs[0] in narrowed:
             steps.append(cast_step(f"s{len(steps) - 1}", TensorProto.FLOAT16, "float16"))
-        out.nodes.append(_with_expr(node, steps))
+        out.nodes.append(with_expr(node, steps))
     return out
 
 
@@ -196,7 +196,7 @@ def cast_step(arg: str, to: int, dtype: str) -> dict:
     return {"op": "Cast", "domain": "", "attrs": {"to": int(to)}, "args": [arg], "dtype": dtype, "opset": 13}
 
 
-def _with_expr(node: Node, steps: list[dict]) -> Node:
+def with_expr(node: Node, steps: list[dict]) -> Node:
     return node.with_(attrs={**node.attrs, "expr": steps})
 
 
