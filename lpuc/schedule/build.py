@@ -221,9 +221,10 @@ class _SliceGaps:
         self.capacity, slices = target.addresses_per_slice, target.num_slices
         self.life = lifetimes(tiled, sched)
         rows: dict[int, list[tuple[int, int, int, int]]] = {}
+        failed = set(alloc.failures)
         for b in tiled.buffers:
             s, at = slice_of.get(b.id, -1), alloc.addr.get(b.id)
-            if s >= 0 and at is not None and b.id not in alloc.failures:
+            if s >= 0 and at is not None and b.id not in failed:
                 life = self.life[b.id]
                 rows.setdefault(s, []).append((at, at + b.words, life.start, life.end))
         self.placed = {s: np.array(sorted(set(r)), dtype=np.int64).reshape(-1, 4) for s, r in rows.items()}
