@@ -87,15 +87,13 @@ def _per_output(ops: Callable[[Node], int]) -> AluRule:
 def _resize_ops(node: Node) -> int:
     """Per output value: nearest copies; linear blends 2 taps per spatial axis, cubic 4 (a multiply and
     an add per tap), plus the coordinate transform."""
-    mode = node.attr("mode", "nearest")
-    mode = mode.decode() if isinstance(mode, bytes) else mode
+    mode = node.text_attr("mode", "nearest")
     taps = {"nearest": 1, "linear": 2, "cubic": 4}.get(mode, 4)
     return 1 if taps == 1 else 2 * taps**2 + 4
 
 
 def _grid_sample_ops(node: Node) -> int:
-    mode = node.attr("mode", "linear")
-    mode = mode.decode() if isinstance(mode, bytes) else mode
+    mode = node.text_attr("mode", "linear")
     taps = {"nearest": 1, "linear": 4, "bilinear": 4, "cubic": 16, "bicubic": 16}.get(mode, 16)
     return 2 * taps + 6  # 6: unnormalizing the grid coordinates
 

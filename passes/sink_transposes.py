@@ -53,9 +53,8 @@ def _floor_mode_attrs(node: Node, x_shape: tuple[int, ...], y_shape: tuple[int, 
     same windows, in the form lowering cuts into row slabs (lpuc.kernels.windows). Unchanged for
     anything else, or where the pads would not give the result's shape."""
     attrs = dict(node.attrs)
-    auto_pad = attrs.get("auto_pad", "NOTSET")
-    auto_pad = auto_pad.decode() if isinstance(auto_pad, bytes) else auto_pad
-    if node.op != "MaxPool" or not attrs.get("ceil_mode", 0) or auto_pad != "NOTSET":
+    explicit_pads = node.text_attr("auto_pad", "NOTSET") == "NOTSET"
+    if node.op != "MaxPool" or not attrs.get("ceil_mode", 0) or not explicit_pads:
         return attrs
     spatial, out = [int(d) for d in x_shape[2:]], [int(d) for d in y_shape[2:]]
     rank = len(spatial)
@@ -160,14 +159,12 @@ class _Sinker:
             return False
         weights, channels = self.graph.values[w], self.graph.values[x].shape[1]
         group = int(node.attr("group", 1))
-        auto_pad = node.attr("auto_pad", "NOTSET")
-        auto_pad = auto_pad.decode() if isinstance(auto_pad, bytes) else auto_pad
         if (
             not weights.is_const
             or len(weights.shape) != 4
             or group != channels
             or tuple(weights.shape[:2]) != (channels, 1)
-            or auto_pad != "NOTSET"
+            or node.text_attr("auto_pad", "NOTSET") != "NOTSET"
             or (bias and not self.graph.values[bias].is_const)
         ):
             return False

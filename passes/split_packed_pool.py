@@ -48,7 +48,7 @@ def _packed_source(
         or any(int(d) != 1 for d in node.attr("dilations") or [1, 1])
         or node.attr("ceil_mode", 0)
         or node.attr("storage_order", 0)
-        or _auto_pad(node) != "NOTSET"
+        or node.text_attr("auto_pad", "NOTSET") != "NOTSET"
     ):
         return None
     reshape = producers.get(node.inputs[0])
@@ -64,11 +64,6 @@ def _packed_source(
     if pack < 2 or left or w % pack or int(np.prod(packed)) != int(np.prod(unpacked)):
         return None
     return reshape.inputs[0]
-
-
-def _auto_pad(node: Node) -> str:
-    value = node.attr("auto_pad", "NOTSET")
-    return value.decode() if isinstance(value, bytes) else value
 
 
 def _split(b: NodeBuilder, packed: str) -> None:

@@ -25,6 +25,7 @@ import numpy as np
 
 from lpuc import calibration as calib
 from lpuc.ir.graph import LPUC_DOMAIN, Graph, Node
+from lpuc.passes.eliminate_dead_code import eliminate_dead_code
 from lpuc.passes.quantize_int8 import activation_ranges
 from lpuc.passes.store_int8_floats_fp16 import FP16_HEADROOM, FP16_MAX, is_map, stored_fp16
 
@@ -47,23 +48,15 @@ def store_kernel_floats_fp16(graph: Graph, ctx=None) -> Graph:
         return graph
     # Reshape and Concat move values unchanged: the peaks of those maps and window kernels compute.
     computed = sorted(v for v in claimed if is_map(producers[v]) or _is_window_kernel(producers[v]))
-    peaks = activation_ranges(_ancestors(graph, computed), computed, ctx.calibration or calib.Calibration())
+    # Calibration runs only the nodes those values depend on (a ResNet's stem pooling: the stem).
+    needed = graph.copy()
+    needed.outputs = computed
+    peaks = activation_ranges(eliminate_dead_code(needed), computed, ctx.calibration or calib.Calibration())
     narrowed: set[str] = set()
     for group in groups:
         if all(0 < peaks[v] * FP16_HEADROOM <= FP16_MAX for v in group if v in peaks):
             narrowed |= group
     return stored_fp16(graph, narrowed) if narrowed else graph
-
-
-def _ancestors(graph: Graph, names: list[str]) -> Graph:
-    """The graph cut down to the nodes `names` depend on: calibration need not run the rest (a
-    ResNet's stem pooling needs only the stem)."""
-    needed, kept = set(names), []
-    for node in reversed(graph.nodes):
-        if any(o in needed for o in node.outputs):
-            kept.append(node)
-            needed.update(i for i in node.inputs if i)
-    return graph.copy(nodes=kept[::-1])
 
 
 def _is_window_kernel(node: Node) -> bool:

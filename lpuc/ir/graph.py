@@ -55,6 +55,11 @@ class Node:
     def attr(self, key: str, default: Any = None) -> Any:
         return self.attrs.get(key, default)
 
+    def text_attr(self, key: str, default: str) -> str:
+        """A string attribute as str (ONNX stores them as bytes)."""
+        value = self.attrs.get(key, default)
+        return value.decode() if isinstance(value, bytes) else value
+
     def with_(self, **changes: Any) -> Node:
         return replace(self, **changes)
 

@@ -83,9 +83,8 @@ def is_windowed(node: Node, placement: Placement) -> bool:
     slabs."""
     if not placement.windowed or len([o for o in node.outputs if o]) != 1 or not node.attr("kernel_shape"):
         return False
-    auto_pad = node.attr("auto_pad", "NOTSET")
-    auto_pad = auto_pad.decode() if isinstance(auto_pad, bytes) else auto_pad
-    return auto_pad == "NOTSET" and not node.attr("ceil_mode", 0) and not node.attr("storage_order", 0)
+    padded_by_rule = node.text_attr("auto_pad", "NOTSET") != "NOTSET"
+    return not padded_by_rule and not node.attr("ceil_mode", 0) and not node.attr("storage_order", 0)
 
 
 def lower_stream(b: TiledBuilder, node: Node, placement: Placement, unit_class: str, opcode: str) -> None:
