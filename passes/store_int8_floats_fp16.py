@@ -42,25 +42,27 @@ def store_int8_floats_fp16(graph: Graph, ctx=None) -> Graph:
     graph, parts = _split_products(graph)
     consumers = graph.consumers()
     outputs = set(graph.outputs)
+    # Map results stored with the Reshapes of them that maps read (_views).
     candidates = {
-        out
+        out: views
         for node in graph.nodes
         if is_map(node)
         for out in node.outputs[:1]
-        if graph.values[out].dtype == np.float32 and _views(out, consumers, outputs, graph) is not None
+        if graph.values[out].dtype == np.float32
+        and (views := _views(out, consumers, outputs, graph)) is not None
     }
     # Values some map quantizes, within fp16's range by a margin over their calibrated peak (where a
     # Reshape passes a value on, the peak its readers see of the reshaped one); then a product's part
     # (which no map quantizes) by the peak of the sum it joins, an addend's scale.
     narrowed: set[str] = set()
-    for v in sorted(candidates - parts):
-        views = _views(v, consumers, outputs, graph) or []
+    for v in sorted(candidates.keys() - parts):
+        views = candidates[v]
         peak = max(_value_peak(name, [c for c in consumers[name] if is_map(c)], graph) for name in views)
         if 0 < peak * FP16_HEADROOM <= FP16_MAX:
             narrowed.update(views)
     narrowed |= {
         v
-        for v in candidates & parts
+        for v in candidates.keys() & parts
         if all(is_map(c) for c in consumers[v])
         and all(
             c.outputs[0] in narrowed
