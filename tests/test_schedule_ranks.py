@@ -60,3 +60,29 @@ def test_plane_order_follows_accumulation_chains_but_not_k_split_parts():
     assert len(parts) > 1
     successor = plane_order_successors(split.ops)
     assert not any(split.ops[i].chain in parts for i in successor)
+
+
+def test_chains_of_a_tall_product_are_ranked_in_waves_over_the_planes():
+    """More accumulation chains than planes, each over rows of its own: chain j's last op is
+    followed by chain j + planes's first (they share a plane), so the first wave's inputs rank
+    higher. Chains over the same rows (N chunks of a short product) get no such successor."""
+    product = [helper.make_node("MatMul", ["x", "w"], ["y"])]
+    tall = _lowered(product, {"x": [1536, 640]}, {"y": [1536, 64]}, {"w": rand(640, 64, seed=4)}, "fp16")
+    chains: dict[int, list[int]] = {}
+    for op in tall.ops:
+        if op.chain >= 0:
+            chains.setdefault(op.chain, []).append(op.id)
+    ordered = [chains[c] for c in sorted(chains)]
+    assert len(ordered) == 8  # 192-row segments (lpuc.lowering.plane_rows)
+    successor = plane_order_successors(tall.ops, 4)
+    for before, after in zip(ordered, ordered[4:]):
+        assert successor[before[-1]] == after[0]
+    assert all(chain[-1] not in successor for chain in ordered[4:])
+    assert plane_order_successors(tall.ops).keys().isdisjoint(chain[-1] for chain in ordered)
+    rank = upward_ranks(tall, dependencies(tall), load_target("tsp-v1"))
+    assert min(rank[c[0]] for c in ordered[:4]) > max(rank[c[0]] for c in ordered[4:])
+    # Five N chunks of one 64-row segment: five chains over the same rows.
+    wide = _lowered(product, {"x": [64, 640]}, {"y": [64, 1600]}, {"w": rand(640, 1600, seed=5)}, "fp16")
+    shared = {op.chain for op in wide.ops if op.chain >= 0}
+    assert len(shared) > 4
+    assert plane_order_successors(wide.ops, 4) == plane_order_successors(wide.ops)

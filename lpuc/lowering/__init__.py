@@ -13,6 +13,7 @@ from lpuc.lowering.epilogue import fuse_epilogues
 from lpuc.lowering.host_tables import tables_for_host
 from lpuc.lowering.map_chains import join_maps
 from lpuc.lowering.matmul import lower_matmul
+from lpuc.lowering.plane_rows import plane_rows
 from lpuc.lowering.row_segments import segment_rows
 from lpuc.lowering.stacked_rows import stacked_values
 from lpuc.lowering.stream import lower_stream
@@ -30,6 +31,7 @@ STRATEGIES = {
     "constant_replicas": "broadcast constants copied so parallel maps (kernel segments) share no ports",
     "row_segments": "row-wise kernels cut into short row segments (consumers start on the first)",
     "stacked_rows": "wide values only maps read cut into shorter tiles a map reads side by side",
+    "plane_rows": "a tall product's operand tiles cut so its accumulation chains share the planes evenly",
     "mxm_epilogues": "a map of an MM's result fused into the MM: its rows stream through the VXM",
     "map_chains": "a map of another map's (or a fused epilogue's) result joined to it: one VXM pass",
     # Applied by the sink_transposes pass, listed here to switch it off.
@@ -77,6 +79,8 @@ def lower_with(
     fp16 = mxm_rounded_values(graph) if precision == "fp16" and "fp16_storage" not in disabled else set()
     segments = segment_rows(graph, where_ops, target) if "row_segments" not in disabled else {}
     resident = host_resident_values(graph, where_ops)
+    balanced = plane_rows(graph, where_ops, target, precision) if "plane_rows" not in disabled else {}
+    balanced = {n: r for n, r in balanced.items() if n not in segments and n not in resident}
     stacked = (
         stacked_values(graph, where_ops, target, set(segments) | fp16 | resident)
         if "stacked_rows" not in disabled
@@ -92,6 +96,7 @@ def lower_with(
         disabled=disabled,
         segment_rows=segments,
         stacked_values=stacked,
+        plane_rows=balanced,
     )
     for name in graph.inputs:
         b.define(name)

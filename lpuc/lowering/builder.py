@@ -68,12 +68,15 @@ class TiledBuilder:
         disabled: frozenset[str] = frozenset(),
         segment_rows: dict[str, int] | None = None,
         stacked_values: set[str] | None = None,
+        plane_rows: dict[str, int] | None = None,
     ):
         self.graph = graph
         # Values whose maps read several shorter tiles side by side (lpuc.lowering.stacked_rows).
         self.stacked_values = stacked_values or set()
         # Rows per tile of values cut shorter than block_rows (lpuc.lowering.row_segments).
         self.segment_rows = segment_rows or {}
+        # Rows per tile of the values of tall products cut to balance the planes (lpuc.lowering.plane_rows).
+        self.plane_rows = plane_rows or {}
         self.disabled = disabled  # lowering strategies turned off (lpuc.lowering.STRATEGIES)
         self.host_resident = host_resident or set()
         # Constant lookup tables kept in host memory (they do not fit SRAM): one host buffer each.
@@ -196,7 +199,11 @@ class TiledBuilder:
             )
         else:
             dtype = np.float16 if name in self.fp16_values else v.dtype
-            block_rows = self.segment_rows.get(name) or self._stacked_block_rows(name, v.shape, dtype)
+            block_rows = (
+                self.segment_rows.get(name)
+                or self._stacked_block_rows(name, v.shape, dtype)
+                or self.plane_rows.get(name)
+            )
             t = self.new_tensor(name, v.shape, dtype, block_rows=block_rows)
         self.tensors[name] = t
         return t
@@ -205,7 +212,7 @@ class TiledBuilder:
         """Rows per tile of a stacked value: its consumers' tile rows cut in `split` (None: default)."""
         if name not in self.stacked_values:
             return None
-        rows = self.rows_per_tile(view_of(tuple(shape))[0])
+        rows = self.plane_rows.get(name) or self.rows_per_tile(view_of(tuple(shape))[0])
         split = stacked_split(dtype, self.target)
         return rows // split if rows % split == 0 and rows // split > 0 else None
 
