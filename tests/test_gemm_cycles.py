@@ -32,6 +32,7 @@ def _cosine(a: np.ndarray, b: np.ndarray) -> float:
     return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))
 
 
+@pytest.mark.slow  # two full-size compiles, ~30 s
 @pytest.mark.parametrize("precision", ["int8", "fp16"])
 def test_tall_gemm_keeps_its_cycles_and_numerics(tmp_path, precision):
     path = _matmul(tmp_path / "gemm.onnx", 2304, 4096, 320)
