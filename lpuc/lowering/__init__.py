@@ -78,7 +78,7 @@ def lower_with(
     segments = segment_rows(graph, where_ops, target) if "row_segments" not in disabled else {}
     resident = host_resident_values(graph, where_ops)
     stacked = (
-        stacked_values(graph, where_ops, target, set(segments) | fp16 | resident)
+        stacked_values(graph, where_ops, target, set(segments) | fp16 | resident, segments, fp16)
         if "stacked_rows" not in disabled
         else set()
     )

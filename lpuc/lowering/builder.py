@@ -205,7 +205,8 @@ class TiledBuilder:
         """Rows per tile of a stacked value: its consumers' tile rows cut in `split` (None: default)."""
         if name not in self.stacked_values:
             return None
-        rows = self.rows_per_tile(view_of(tuple(shape))[0])
+        total = view_of(tuple(shape))[0]
+        rows = min(self.rows_per_tile(total), total)  # a value shorter than a tile: its own rows
         split = stacked_split(dtype, self.target)
         return rows // split if rows % split == 0 and rows // split > 0 else None
 
