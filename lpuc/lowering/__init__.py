@@ -30,6 +30,7 @@ STRATEGIES = {
     "constant_replicas": "broadcast constants copied so parallel maps (kernel segments) share no ports",
     "row_segments": "row-wise kernels cut into short row segments (consumers start on the first)",
     "stacked_rows": "wide values only maps read cut into shorter tiles a map reads side by side",
+    "stacked_products": "stacked_rows also for a product's result whose MMs end at the shorter tiles",
     "mxm_epilogues": "a map of an MM's result fused into the MM: its rows stream through the VXM",
     "map_chains": "a map of another map's (or a fused epilogue's) result joined to it: one VXM pass",
     # Applied by the sink_transposes pass, listed here to switch it off.
@@ -77,8 +78,10 @@ def lower_with(
     fp16 = mxm_rounded_values(graph) if precision == "fp16" and "fp16_storage" not in disabled else set()
     segments = segment_rows(graph, where_ops, target) if "row_segments" not in disabled else {}
     resident = host_resident_values(graph, where_ops)
+    # (stacked_products: products' results too, and a map's fp16-stored result counts 2 words a row)
+    products = (segments, fp16) if "stacked_products" not in disabled else ()
     stacked = (
-        stacked_values(graph, where_ops, target, set(segments) | fp16 | resident, segments, fp16)
+        stacked_values(graph, where_ops, target, set(segments) | fp16 | resident, *products)
         if "stacked_rows" not in disabled
         else set()
     )

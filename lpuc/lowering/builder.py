@@ -206,7 +206,9 @@ class TiledBuilder:
         if name not in self.stacked_values:
             return None
         total = view_of(tuple(shape))[0]
-        rows = min(self.rows_per_tile(total), total)  # a value shorter than a tile: its own rows
+        rows = self.rows_per_tile(total)
+        if self.enabled("stacked_products"):  # a value shorter than a tile: its own rows cut
+            rows = min(rows, total)
         split = stacked_split(dtype, self.target)
         return rows // split if rows % split == 0 and rows // split > 0 else None
 
