@@ -212,7 +212,10 @@ class TiledBuilder:
         """Rows per tile of a stacked value: its consumers' tile rows cut in `split` (None: default)."""
         if name not in self.stacked_values:
             return None
-        rows = self.plane_rows.get(name) or self.rows_per_tile(view_of(tuple(shape))[0])
+        total = view_of(tuple(shape))[0]
+        rows = self.plane_rows.get(name) or self.rows_per_tile(total)
+        if self.enabled("stacked_products"):  # a value shorter than a tile: its own rows cut
+            rows = min(rows, total)
         split = stacked_split(dtype, self.target)
         return rows // split if rows % split == 0 and rows // split > 0 else None
 
