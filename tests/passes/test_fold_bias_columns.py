@@ -25,15 +25,18 @@ def _cosine(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def _model(path: Path) -> Path:
-    """Two 3x3 convolutions with biases (K = 72 and 144: room for the columns in one K tile)."""
+    """Two 3x3 convolutions (K = 72 and 144: room for the columns in one K tile) and a 1x1 one, which
+    reads the second's requantized result: that product writes the constant channels."""
     torch.manual_seed(5)
     net = torch.nn.Sequential(
         torch.nn.Conv2d(8, 16, 3, padding=1),
         torch.nn.ReLU(),
         torch.nn.Conv2d(16, 24, 3, padding=1),
+        torch.nn.ReLU(),
+        torch.nn.Conv2d(24, 40, 1),
     ).eval()
     with torch.no_grad():
-        for conv in (net[0], net[2]):
+        for conv in (net[0], net[2], net[4]):
             conv.bias.uniform_(-2.0, 2.0)  # biases large enough to matter
         x = (torch.randn(*SHAPE),)
         torch.onnx.export(net, x, str(path), input_names=["x"], output_names=["y"], dynamo=False)
@@ -83,7 +86,10 @@ def test_bias_folds_into_the_products_and_keeps_the_accuracy(tmp_path):
     folded = lpuc.compile(path, precision="int8", dump_ir=tmp_path / "ir")
     apart = lpuc.compile(path, precision="int8", disable_passes=["fold_bias_columns"])
     final = (tmp_path / "ir" / "99_final.graph.txt").read_text()
-    assert final.count("const_columns=") == 2  # both convolutions' Im2Cols
+    assert final.count("const_columns=") == 2  # the 3x3 convolutions' Im2Cols
+    # The second product writes 24 channels and the constant ones the 1x1 product reads.
+    second = [line for line in final.splitlines() if "MatMulInteger(" in line][1]
+    assert ": i32[144," in second and ": i32[144,24]" not in second
 
     def epilogue_ops(program) -> list[list[str]]:
         return [
@@ -92,7 +98,7 @@ def test_bias_folds_into_the_products_and_keeps_the_accuracy(tmp_path):
             if i.opcode == "mxm.mm" and "epilogue" in i.attrs
         ]
 
-    assert epilogue_ops(folded) and all("Add" not in ops for ops in epilogue_ops(folded))
+    assert len(epilogue_ops(folded)) >= 3 and all("Add" not in ops for ops in epilogue_ops(folded))
     assert all("Add" in ops for ops in epilogue_ops(apart))
     rng = np.random.default_rng(9)
     proto = onnx.load(str(path))
