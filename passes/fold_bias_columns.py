@@ -256,7 +256,12 @@ def _channel_source(node: Node, graph: Graph, producers, only_reader) -> _Channe
         return None
     steps.append(p)
     x, p = p.inputs[0], producers.get(p.inputs[0])
-    if p is not None and p.op == "Max" and not p.domain and graph.is_const(p.inputs[1]):
+    if p is not None and p.op == "Relu" and not p.domain:  # (the constant channels hold 1 and 127)
+        if only_reader(x, "SaturatingCast") is None:
+            return None
+        steps.append(p)
+        x, p = p.inputs[0], producers.get(p.inputs[0])
+    elif p is not None and p.op == "Max" and not p.domain and graph.is_const(p.inputs[1]):
         low = np.asarray(graph.values[p.inputs[1]].const)
         if low.size != 1 or float(low.reshape(())) > 1 or only_reader(x, "SaturatingCast") is None:
             return None  # (the constant channels hold 1 and 127)

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import pytest
 import torch
 
 import lpuc
@@ -81,10 +82,13 @@ def test_im2col_appends_the_constant_columns_to_each_row_before_packing():
     np.testing.assert_array_equal(packed, cols.reshape(8, 8))
 
 
-def test_bias_folds_into_the_products_and_keeps_the_accuracy(tmp_path):
+@pytest.mark.parametrize("symmetric", [False, True])
+def test_bias_folds_into_the_products_and_keeps_the_accuracy(tmp_path, symmetric):
+    """Also with symmetric activations: the map writing the constant channels then ends in a Relu."""
     path = _model(tmp_path / "convs.onnx")
-    folded = lpuc.compile(path, precision="int8", dump_ir=tmp_path / "ir")
-    apart = lpuc.compile(path, precision="int8", disable_passes=["fold_bias_columns"])
+    more = ["unsigned_activations"] if symmetric else []
+    folded = lpuc.compile(path, precision="int8", dump_ir=tmp_path / "ir", disable_passes=more)
+    apart = lpuc.compile(path, precision="int8", disable_passes=["fold_bias_columns", *more])
     final = (tmp_path / "ir" / "99_final.graph.txt").read_text()
     assert final.count("const_columns=") == 2  # the 3x3 convolutions' Im2Cols
     # The second product writes 24 channels and the constant ones the 1x1 product reads.
