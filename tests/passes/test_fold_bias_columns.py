@@ -82,6 +82,31 @@ def test_im2col_appends_the_constant_columns_to_each_row_before_packing():
     np.testing.assert_array_equal(packed, cols.reshape(8, 8))
 
 
+def test_a_packed_convolution_folds_its_bias(tmp_path, monkeypatch):
+    """ResNet's stem shape, rows packed side by side (block-diagonal weights): the Im2Col appends
+    its constant columns to each of the packed rows, and the result matches the unfolded build's."""
+    import lpuc.passes.quantize_int8 as quantize_int8
+
+    torch.manual_seed(4)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 16, 7, stride=2, padding=3), torch.nn.ReLU()).eval()
+    with torch.no_grad():
+        net[0].bias.uniform_(-2.0, 2.0)
+        x = (torch.randn(1, 3, 32, 32),)
+        path = tmp_path / "stem.onnx"
+        torch.onnx.export(net, x, str(path), input_names=["x"], output_names=["y"], dynamo=False)
+    monkeypatch.setattr(quantize_int8, "PACK_MIN_ROWS", 64)
+    folded = lpuc.compile(path, precision="int8", dump_ir=tmp_path / "ir")
+    apart = lpuc.compile(path, precision="int8", disable_passes=["fold_bias_columns"])
+    final = (tmp_path / "ir" / "99_final.graph.txt").read_text()
+    assert "pack_rows=" in final and "const_columns=" in final
+    proto = onnx.load(str(path))
+    for seed in range(2):
+        x = np.random.default_rng(seed).standard_normal((1, 3, 32, 32)).astype(np.float32)
+        want = run_onnxruntime(proto, {"x": x})[0]
+        got, ref = folded.run({"x": x})["y"], apart.run({"x": x})["y"]
+        assert _cosine(got, want) >= 0.999 and _cosine(got, want) >= _cosine(ref, want) - 1e-4
+
+
 @pytest.mark.parametrize("symmetric", [False, True])
 def test_bias_folds_into_the_products_and_keeps_the_accuracy(tmp_path, symmetric):
     """Also with symmetric activations: the map writing the constant channels then ends in a Relu."""
