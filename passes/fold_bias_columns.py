@@ -11,10 +11,19 @@ A' is A with a few constant columns appended and W' is W with one row per column
 127 (and a last one 1), the rows beta's digits (beta = 127 * sum(h_j) + l, |h_j|, |l| <= 127, all
 int8). The epilogue becomes Cast(acc') * S [-> Max] -> SaturatingCast.
 
-Only where A is made by an Im2Col read by this product alone: the Im2Col writes the constant columns
-as it writes its padding (lpuc/kernels/lowered.py, attribute const_columns), and only where they fit
-in the lanes the last K tile leaves free, so that the Im2Col streams as many vectors and the product
-as many K chunks as before (a packed Im2Col, pack_rows p, appends them to each of its p rows).
+Where the constant columns come from, in two rounds:
+- A made by an Im2Col read by this product alone: the Im2Col writes the constant columns as it
+  writes its padding (lpuc/kernels/lowered.py, attribute const_columns; a packed Im2Col, pack_rows
+  p, appends them to each of its p rows). ResNet's 3x3 convolutions.
+- A written by another product's requantize map (Cast, Mul [, Add] [, Relu or Max], SaturatingCast
+  [, a Reshape keeping the [rows, cols] view]) that only this product reads: that product gets
+  output channels of the constant values (zero weight columns and a scale of 1, the value as their
+  offset; or, its own bias folded in the first round, the value in its weight row of ones).
+  ResNet's 1x1 conv3, which reads conv2's result.
+Only where the columns fit in the lanes the last K tile leaves free (and the extra channels in the
+other product's last N tile), so that the Im2Col streams as many vectors and each product as many K
+chunks and planes as before. A product reading a value others read too (ResNet's conv1: the block
+output is also the next residual) keeps its Add, as do those whose beta needs more columns.
 
 Numerics: acc + beta is exact in int32; beta differs from B / S by at most half an accumulator unit,
 i.e. by at most S / 2 of the result's last place. Products with some |S| > 1/2 are left alone, so the
