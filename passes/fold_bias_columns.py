@@ -1,6 +1,6 @@
 """int8 builds: a product's bias moves into its accumulator, so its epilogue reads one constant less.
 
-After fold_requantize an int8 convolution's epilogue is Cast(acc) * S + B [-> Max] -> SaturatingCast
+After fold_requantize an int8 convolution's epilogue is Cast(acc) * S + B [-> Relu] -> SaturatingCast
 with S and B one float32 per output channel. Fused into the MM (lpuc/lowering/epilogue.py) each of
 S and B streams to the VXM for the MM's whole duration: 4 stream ids each, and B takes one of the
 map's chained ALUs. Here B joins the sum the MXM computes instead:
@@ -9,7 +9,7 @@ map's chained ALUs. Here B joins the sum the MXM computes instead:
 
 A' is A with a few constant columns appended and W' is W with one row per column: the columns hold
 127 (and a last one 1), the rows beta's digits (beta = 127 * sum(h_j) + l, |h_j|, |l| <= 127, all
-int8). The epilogue becomes Cast(acc') * S [-> Max] -> SaturatingCast.
+int8). The epilogue becomes Cast(acc') * S [-> Relu] -> SaturatingCast.
 
 Where the constant columns come from, in two rounds:
 - A made by an Im2Col read by this product alone: the Im2Col writes the constant columns as it
