@@ -34,6 +34,7 @@ from lpuc.passes.distribute_scales import distribute_scales
 from lpuc.passes.eliminate_dead_code import eliminate_dead_code
 from lpuc.passes.eliminate_identity import eliminate_identity
 from lpuc.passes.fold_batchnorm import fold_batchnorm
+from lpuc.passes.fold_bias_columns import fold_bias_columns
 from lpuc.passes.fold_constants import fold_constants
 from lpuc.passes.fold_requantize import fold_requantize
 from lpuc.passes.fuse_elementwise import fuse_elementwise
@@ -127,6 +128,8 @@ PIPELINE: tuple[Pass, ...] = (
     Pass("fold_requantize", fold_requantize),
     # The output scale a requantization keeps after a residual sum moves into both terms' scales.
     Pass("distribute_scales", distribute_scales),
+    # Once the requantization is folded to Cast(acc) * S + B: B into the product's accumulator.
+    Pass("fold_bias_columns", fold_bias_columns),
     Pass("fuse_elementwise", fuse_elementwise),
     # Once maps are fused: which float values pass only from one map to others.
     Pass("store_int8_floats_fp16", store_int8_floats_fp16),
