@@ -66,6 +66,8 @@ def lower_matmul(b: TiledBuilder, node: Node) -> None:
     if k == 0:
         raise AssertionError("MatMul with K = 0 must be folded before lowering")
     attrs = {"precision": mode_name}
+    if int(node.attr("block_diagonal", 1)) > 1:  # packed rows: the MXM bound counts 1 / p of its MACs
+        attrs["block_diagonal"] = int(node.attr("block_diagonal"))
     problems = _problems(a_shape, w_shape, c_shape, heads)
     for p in problems:
         # Row segments of the activations that stay inside one tile of A and of C.
