@@ -9,7 +9,8 @@ Never from this schedule's own critical path (that is reported apart, by the sum
   passes cancel is not counted either, so this one is a bound on this compilation of the model)
 - mem: every constant, input and output word crosses a MEM port at least once / (slices x banks)
 - lw: every weight byte an MXM installs (each distinct window weight loads read, at the bytes its
-  lanes hold, not padded words) reaches a plane once / (planes x words per cycle a weight load moves)
+  lanes hold, not padded words; of block-diagonal weights only the model's) reaches a plane once /
+  (planes x words per cycle a weight load moves)
 - host: host-fallback time, one host, serial (PCIe included)
 - dependence_chain: the longest chain of the graph's nodes, each at its minimal latency (one vector
   through its unit, no transport)
@@ -76,17 +77,20 @@ def hardware_bounds(program: Program, facts: dict) -> dict[str, int]:
     return bounds
 
 
-def _weight_bytes(program: Program) -> int:
+def _weight_bytes(program: Program) -> float:
     """Bytes of the distinct weight windows the program's weight loads read (a constant slot shared
-    by identical tiles counts once)."""
-    loaded: dict[tuple[int, ...], int] = {}
+    by identical tiles counts once); of block-diagonal weights (p packed rows), the 1 / p^2 that are
+    the model's own weights (the rest are p - 1 copies and the zero blocks)."""
+    loaded: dict[tuple[int, ...], float] = {}
     for ins in program.instructions:
         if ins.opcode != "mxm.lw":
             continue
+        share = 1 / ins.attrs.get("block_diagonal", 1) ** 2
         for a in ins.reads:
             t = program.tiles[a.buf]
             where = (t.slice,) if t.kind == "const" else (-1 - t.id,)
-            loaded[(*where, a.addr, a.nrows, a.lane0, a.nlanes)] = a.nrows * a.nlanes * t.np_dtype.itemsize
+            window = (*where, a.addr, a.nrows, a.lane0, a.nlanes)
+            loaded[window] = a.nrows * a.nlanes * t.np_dtype.itemsize * share
     return sum(loaded.values())
 
 
