@@ -7,10 +7,11 @@ streams M / p rows, each through ceil(p K / k_tile) weight tiles, and every map 
 (bias, ReLU) runs over M / p rows of p N lanes. The packed result is one row-major reshape away from
 [M, N] (sink_reshapes moves it below those maps; split_packed_pool below a MaxPool's row pass).
 
-quantize_int8 does the same for int8 products (its own p, from 10000 rows on); this pass handles the MatMuls it leaves: fp16 and fp32, whose k_tile (160 on tsp-v1) makes
-the best p the one with the fewest weight passes per result row. The packed MatMul carries
-block_diagonal p: the MXM multiplies the zero blocks too, but the MXM lower bound counts only the
-convolution's own MACs (lpuc.schedule.bounds), so packing cannot lower the bound it is measured by.
+quantize_int8 does the same for int8 products (its own p, from 10000 rows on); this pass handles
+the MatMuls it leaves: fp16 and fp32, whose k_tile (160 on tsp-v1) makes the best p the one with
+the fewest weight passes per result row. The MXM multiplies the zero blocks too, but the lower
+bounds count only the convolution's own MACs and weights (lowering marks a packed Im2Col's products
+block_diagonal p for lpuc.schedule.bounds), so packing cannot lower the bound it is measured by.
 """
 
 from __future__ import annotations
@@ -112,7 +113,5 @@ def _pack(b: NodeBuilder, producers: dict[str, Node], p: int) -> None:
     )
     weights = b.graph.values[node.inputs[1]].const
     blocks = b.const("weights_packed", np.kron(np.eye(p, dtype=weights.dtype), weights))
-    out_dtype = b.dtype(node.outputs[0])
-    # block_diagonal: the MXM multiplies p - 1 zero blocks per row too, which no bound should count
-    product = b.emit("MatMul", [cols, blocks], (m // p, p * n), out_dtype, "matmul_packed", block_diagonal=p)
+    product = b.emit("MatMul", [cols, blocks], (m // p, p * n), b.dtype(node.outputs[0]), "matmul_packed")
     b.bind_output(b.reshape(product, (m, n), "unpack"), node.outputs[0])

@@ -93,7 +93,6 @@ def quantize_int8(graph: Graph, ctx) -> Graph:
             (*b.shape(q)[:-1], w_q.shape[1]),
             np.int32,
             "matmul_int8",
-            **({"block_diagonal": pack} if pack > 1 else {}),  # the bound counts no zero block
         )
         out_dtype = b.dtype(node.outputs[0])
         scale = b.const("requant_scale", (np.float64(s_a) * s_w).astype(out_dtype))
