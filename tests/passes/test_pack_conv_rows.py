@@ -110,3 +110,22 @@ def test_int8_packed_bound_counts_the_convolutions_macs(tmp_path, monkeypatch):
     (want,) = ort_run(path, {"x": x})
     a, b = program.run({"x": x})["y"].astype(np.float64).ravel(), want.astype(np.float64).ravel()
     assert a @ b / (np.linalg.norm(a) * np.linalg.norm(b)) >= 0.99
+
+
+def test_short_results_pack_only_for_half_the_mxm_passes(tmp_path):
+    """Under PACK_MIN_ROWS a product packs only if that at least halves its MXM row passes: 1024
+    rows of K 27 do (16 side by side in 3 weight tiles), of K 144 (16 channels 3x3) not (10 side by
+    side would take 9 tiles: the golden small ResNet got slower so)."""
+    assert pack_conv_rows.PACK_MIN_ROWS > 1024
+    torch.manual_seed(5)
+    for channels, packs in ((3, True), (16, False)):
+        net = torch.nn.Sequential(torch.nn.Conv2d(channels, 16, 3, padding=1), torch.nn.ReLU()).eval()
+        path = tmp_path / f"conv{channels}.onnx"
+        with torch.no_grad():
+            torch.onnx.export(
+                net, (torch.randn(1, channels, 32, 32),), str(path), input_names=["x"],
+                output_names=["y"], opset_version=17, dynamo=False,
+            )  # fmt: skip
+        lpuc.compile(str(path), precision="fp16", dump_ir=tmp_path / f"ir{channels}")
+        final = (tmp_path / f"ir{channels}" / "99_final.graph.txt").read_text()
+        assert ("pack_rows=16" in final) is packs and ("pack_rows" in final) is packs
