@@ -32,6 +32,9 @@ from lpuc.passes.eliminate_dead_code import eliminate_dead_code
 # light Inception v2 136,313 -> 121,750) ties pay, and MTCNN ONet's 2116 rows of K 27 by 4 in one
 # weight tile do (9,283 -> 8,549).
 PACK_MIN_ROWS = 10000
+# Nor does a product of fewer rows than this pack at all: it saves at most a few hundred MXM cycles,
+# and its unpacking is one more SXM instruction (with the SXM's delay) on the way.
+PACK_MIN_SHORT_ROWS = 1024
 
 
 def pack_conv_rows(graph: Graph, ctx) -> Graph:
@@ -70,7 +73,7 @@ def _packing(
     if int(im2col.attr("pack_rows", 1)) != 1 or len(consumers.get(node.inputs[0], [])) != 1:
         return 1
     a, w = graph.values[node.inputs[0]].shape, graph.values[node.inputs[1]].shape
-    if len(a) != 2 or len(w) != 2:
+    if len(a) != 2 or len(w) != 2 or a[0] < PACK_MIN_SHORT_ROWS:
         return 1
     p, passes = rows_side_by_side(a[0], a[1], w[1], min(lanes, n_tile), k_tile, ties=a[0] >= PACK_MIN_ROWS)
     # A shorter result packs only for at least half the MXM passes: its unpacking (an SXM copy of
