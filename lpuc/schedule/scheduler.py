@@ -442,6 +442,9 @@ class _UnitState:
         tails = {p: self._tails(p, mms) if mms and item[-1] is mms[-1] else None for p in self._planes}
         lw_ready = _ready(groups[0][0].id, preds, slots)
         first = {p: self._first_mm_bound(p, groups[0][0], lw_ready) for p in self._planes}
+        if mms:  # nor before its activations are in, on any plane (its ops in other items are placed)
+            arrived = max([slots[q].end for q in preds[mms[0].id] if slots[q] is not None], default=0)
+            first = {p: max(t, arrived) for p, t in first.items()}
         bound = {p: first[p] + tails[p][0] if tails[p] else 0 for p in self._planes}
         best = None
         booked: list[tuple[Slot, tuple]] = []  # the latest plan, still reserved
