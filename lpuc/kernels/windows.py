@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -149,6 +149,26 @@ def gather_max(x: np.ndarray, attrs: Mapping[str, Any], low) -> np.ndarray:
         if t:
             np.maximum(out, values, out=out)
     return out
+
+
+def fold_taps(x: np.ndarray, attrs: Mapping[str, Any], fill) -> Iterator[np.ndarray] | None:
+    """The values of gather(x, attrs, fill) tap by tap: [out rows, C] each, in tap order, all in one
+    buffer reused for the next tap (consume each before asking for the next). Folding them computes
+    what a fold over the gathered [out rows, taps, C] does, without building it (a copy nine times
+    the result's size for 3x3 windows). None for channels-first slabs (their index is of pairs)."""
+    index, padding = _slab_index(attrs, len(x))
+    if isinstance(index, tuple):
+        return None
+    return _taps(x, index, padding, fill)
+
+
+def _taps(x: np.ndarray, index: np.ndarray, padding: np.ndarray | None, fill) -> Iterator[np.ndarray]:
+    buf = np.empty((index.shape[0], *x.shape[1:]), x.dtype)
+    for t in range(index.shape[1]):
+        np.take(x, index[:, t], axis=0, out=buf)
+        if padding is not None:
+            buf[padding[:, t]] = fill
+        yield buf
 
 
 def window_counts(attrs: Mapping[str, Any]) -> np.ndarray:
