@@ -123,7 +123,7 @@ def depthwise_conv(ctx: KernelContext, x: np.ndarray, taps: np.ndarray, bias: np
     for t, value in enumerate(folded):  # tap by tap, as over the gathered [rows, taps, C]
         if y is None:
             y = np.zeros(value.shape, work)
-        np.multiply(value, weights[t], out=value)  # (a buffer of its own: fold_taps reuses it)
+        np.multiply(value, weights[t], out=value)  # (an array of its own)
         y += value
     if bias is not None:
         y = y + bias.astype(work)

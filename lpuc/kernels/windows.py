@@ -125,7 +125,8 @@ def gather(x: np.ndarray, attrs: Mapping[str, Any], fill) -> np.ndarray:
     cols]); returns [out rows, taps, C] with `fill` in the padding. attrs["slab"]["channels_first"]
     says how the input's values lie in its view (module docstring)."""
     index, padding = _slab_index(attrs, len(x))
-    values = x[index]
+    # (np.take of whole rows: several times faster than x[index], the same values)
+    values = x[index] if isinstance(index, tuple) else np.take(x, index, axis=0)
     if padding is not None:
         values[padding] = fill
     return values
@@ -140,10 +141,10 @@ def gather_max(x: np.ndarray, attrs: Mapping[str, Any], low) -> np.ndarray:
     if x.shape[-1] < 8:
         return gather(x, attrs, low).max(axis=1)
     index, padding = _slab_index(attrs, len(x))
-    out = x[index[:, 0]]
+    out = np.take(x, index[:, 0], axis=0)  # (take: faster than x[index[:, 0]], the same values)
     for t in range(index.shape[1]):
         if t:
-            values = x[index[:, t]]
+            values = np.take(x, index[:, t], axis=0)
         if padding is not None and padding[:, t].any():
             (out if t == 0 else values)[padding[:, t]] = low
         if t:
@@ -152,10 +153,10 @@ def gather_max(x: np.ndarray, attrs: Mapping[str, Any], low) -> np.ndarray:
 
 
 def fold_taps(x: np.ndarray, attrs: Mapping[str, Any], fill) -> Iterator[np.ndarray] | None:
-    """The values of gather(x, attrs, fill) tap by tap: [out rows, C] each, in tap order, all in one
-    buffer reused for the next tap (consume each before asking for the next). Folding them computes
-    what a fold over the gathered [out rows, taps, C] does, without building it (a copy nine times
-    the result's size for 3x3 windows). None for channels-first slabs (their index is of pairs)."""
+    """The values of gather(x, attrs, fill) tap by tap: [out rows, C] each, a new array, in tap
+    order. Folding them computes what a fold over the gathered [out rows, taps, C] does, without
+    building it (a copy nine times the result's size for 3x3 windows). None for channels-first
+    slabs (their index is of (row, col) pairs)."""
     index, padding = _slab_index(attrs, len(x))
     if isinstance(index, tuple):
         return None
@@ -163,12 +164,13 @@ def fold_taps(x: np.ndarray, attrs: Mapping[str, Any], fill) -> Iterator[np.ndar
 
 
 def _taps(x: np.ndarray, index: np.ndarray, padding: np.ndarray | None, fill) -> Iterator[np.ndarray]:
-    buf = np.empty((index.shape[0], *x.shape[1:]), x.dtype)
     for t in range(index.shape[1]):
-        np.take(x, index[:, t], axis=0, out=buf)
+        values = np.take(x, index[:, t], axis=0)  # (faster than x[index[:, t]], or take's out=)
         if padding is not None:
-            buf[padding[:, t]] = fill
-        yield buf
+            rows = padding[:, t]
+            if rows.any():
+                values[rows] = fill
+        yield values
 
 
 def window_counts(attrs: Mapping[str, Any]) -> np.ndarray:
@@ -207,7 +209,7 @@ def gather_columns(x: np.ndarray, attrs: Mapping[str, Any], fill) -> np.ndarray:
         # slower with 4-byte values, few channels or one tap, measured on the zoo's slabs)
         cols = np.empty((index.shape[0], x.shape[1], index.shape[1]), x.dtype)
         for t in range(index.shape[1]):
-            cols[:, :, t] = x[index[:, t]]
+            cols[:, :, t] = np.take(x, index[:, t], axis=0)
         if padding is not None:
             cols.transpose(0, 2, 1)[padding] = fill
         return cols.reshape(len(cols), -1)
