@@ -388,4 +388,5 @@ def test_depthwise_conv_slabs_fold_taps_exactly(dtype, strides, pads, channels):
             expected = np.zeros((values.shape[0], channels), work)
             for t in range(values.shape[1]):
                 expected += values[:, t] * taps.astype(work)[t]
-        np.testing.assert_array_equal(y.view(np.uint8), expected.astype(dtype).view(np.uint8))
+            expected = expected.astype(dtype)
+        np.testing.assert_array_equal(y.view(np.uint8), expected.view(np.uint8))
