@@ -126,7 +126,7 @@ def gather(x: np.ndarray, attrs: Mapping[str, Any], fill) -> np.ndarray:
     says how the input's values lie in its view (module docstring)."""
     index, padding = _slab_index(attrs, len(x))
     # (np.take of whole rows: several times faster than x[index], the same values)
-    values = x[index] if isinstance(index, tuple) else np.take(x, index, axis=0)
+    values = x[index] if isinstance(index, tuple) else x.take(index, axis=0)
     if padding is not None:
         values[padding] = fill
     return values
@@ -141,10 +141,10 @@ def gather_max(x: np.ndarray, attrs: Mapping[str, Any], low) -> np.ndarray:
     if x.shape[-1] < 8:
         return gather(x, attrs, low).max(axis=1)
     index, padding = _slab_index(attrs, len(x))
-    out = np.take(x, index[:, 0], axis=0)  # (take: faster than x[index[:, 0]], the same values)
+    out = x.take(index[:, 0], axis=0)  # (take: faster than x[index[:, 0]], the same values)
     for t in range(index.shape[1]):
         if t:
-            values = np.take(x, index[:, t], axis=0)
+            values = x.take(index[:, t], axis=0)
         if padding is not None and padding[:, t].any():
             (out if t == 0 else values)[padding[:, t]] = low
         if t:
@@ -165,7 +165,7 @@ def fold_taps(x: np.ndarray, attrs: Mapping[str, Any], fill) -> Iterator[np.ndar
 
 def _taps(x: np.ndarray, index: np.ndarray, padding: np.ndarray | None, fill) -> Iterator[np.ndarray]:
     for t in range(index.shape[1]):
-        values = np.take(x, index[:, t], axis=0)  # (faster than x[index[:, t]], or take's out=)
+        values = x.take(index[:, t], axis=0)  # (faster than x[index[:, t]], or take's out=)
         if padding is not None:
             rows = padding[:, t]
             if rows.any():
@@ -209,7 +209,7 @@ def gather_columns(x: np.ndarray, attrs: Mapping[str, Any], fill) -> np.ndarray:
         # slower with 4-byte values, few channels or one tap, measured on the zoo's slabs)
         cols = np.empty((index.shape[0], x.shape[1], index.shape[1]), x.dtype)
         for t in range(index.shape[1]):
-            cols[:, :, t] = np.take(x, index[:, t], axis=0)
+            cols[:, :, t] = x.take(index[:, t], axis=0)
         if padding is not None:
             cols.transpose(0, 2, 1)[padding] = fill
         return cols.reshape(len(cols), -1)
@@ -217,7 +217,7 @@ def gather_columns(x: np.ndarray, attrs: Mapping[str, Any], fill) -> np.ndarray:
         values = gather(x, attrs, fill)
         return values.transpose(0, 2, 1).reshape(len(values), -1)
     flat, padded = _column_index(attrs, x.shape)
-    cols = np.take(x.reshape(-1), flat)
+    cols = x.reshape(-1).take(flat)
     if padded is not None:
         cols.reshape(-1)[padded] = fill
     return cols
