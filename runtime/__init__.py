@@ -11,6 +11,7 @@ instruction-by-instruction interpreter (`interpret=True`), kept as the plan's or
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 from collections.abc import Mapping
@@ -39,7 +40,7 @@ def execute(
     # Instructions are tile-sized: a multi-threaded BLAS only adds wake-up latency (and collapses
     # entirely on a loaded machine), so each runs on one thread. Both executors must use the same
     # count: it changes how a GEMM splits its sums, and so the last bits of the result.
-    with _one_blas_thread(), np.errstate(all="ignore"), progress.stage("run"):
+    with _one_blas_thread(), np.errstate(all="ignore"), _run_stage():
         try:
             outputs = _interpret(program, inputs) if interpret else _plan(program).run(inputs)
         except LpucError:
@@ -55,6 +56,15 @@ def execute(
     if trace is not None:
         write_trace(program, trace)
     return outputs
+
+
+_NO_STAGE = contextlib.nullcontext()
+
+
+def _run_stage() -> contextlib.AbstractContextManager:
+    """The run's progress stage, only when a bar could be drawn: opening a stage costs more than a
+    small model's whole run takes in the execution plan."""
+    return progress.stage("run") if progress.enabled() else _NO_STAGE
 
 
 _BLAS_LOCK = threading.Lock()

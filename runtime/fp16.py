@@ -26,7 +26,7 @@ _TWO_16 = np.float32(65536.0)
 _MINUS_TWO_16 = np.float32(-65536.0)
 _OVERFLOW_BITS = int(_OVERFLOW.view(np.uint32))
 _SMALL_TO = 12288  # below this many elements numpy's own loop beats a dozen numpy calls
-_SMALL_FROM = 16384
+_SMALL_FROM = 6144  # (numpy's float16 -> float32 loop: about 3 ns an element; this path's ~1.5)
 
 
 def _rounded_magnitude(x: np.ndarray) -> tuple[np.ndarray, bool, np.ndarray | None]:

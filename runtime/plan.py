@@ -404,13 +404,20 @@ class _Executor:
         """Whether some read takes a value of a computed tile that no earlier write of it produced
         (kernels read and write whole tiles; outputs are read at the end)."""
         tiles = program.tiles
+        # A mask per tile being written; dropped once every value is written (`complete`): the
+        # masks of all a program's tiles at once took several times its SRAM image.
         written: dict[int, np.ndarray] = {}
+        unwritten: dict[int, int] = {}  # tile -> values of it not yet written
+        complete: set[int] = set()
 
         def window(a: Access, whole: bool) -> np.ndarray | None:
             t = tiles[a.buf]
-            if t.kind in ("const", "input", "io", "host"):
-                return None  # loaded before the run (or not in SRAM)
-            mask = written.setdefault(t.id, np.zeros((t.rows, t.lanes), dtype=bool))
+            if t.kind in ("const", "input", "io", "host") or t.id in complete:
+                return None  # loaded before the run (or not in SRAM), or every value written
+            mask = written.get(t.id)
+            if mask is None:
+                mask = written[t.id] = np.zeros((t.rows, t.lanes), dtype=bool)
+                unwritten[t.id] = mask.size
             if whole:
                 return mask
             r0 = (a.addr - t.addr) // words_per_row(t.np_dtype)
@@ -425,7 +432,12 @@ class _Executor:
             for a in ins.writes:
                 w = window(a, whole)
                 if w is not None:
+                    b = tiles[a.buf].id
+                    unwritten[b] -= w.size - int(np.count_nonzero(w))
                     w[...] = True
+                    if unwritten[b] == 0:
+                        complete.add(b)
+                        del written[b], unwritten[b]
         for b in program.outputs:
             for buf in b.tiles:
                 w = window(_whole(tiles[buf]), True)

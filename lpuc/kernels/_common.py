@@ -71,6 +71,18 @@ def onnx_dtype(to: int | str, op_type: str = "", allowed: Container[int] | None 
 
 def integer_range(dtype: np.dtype) -> tuple[int, int] | None:
     """(min, max) of an integer dtype, including ml_dtypes' int4/int2; None for floats."""
+    if not isinstance(dtype, np.dtype):  # (np.dtype() of a dtype costs more than the lookup)
+        try:
+            dtype = np.dtype(dtype)
+        except TypeError:  # not a dtype at all
+            return None
+    return _integer_range(dtype)
+
+
+@functools.cache
+def _integer_range(dtype: np.dtype) -> tuple[int, int] | None:
+    """integer_range, once per dtype: ml_dtypes.iinfo raises for floats, which took tens of
+    microseconds on every kernel call that asked (kernels ask per call, runtimes run them often)."""
     try:
         info = ml_dtypes.iinfo(dtype)
     except (TypeError, ValueError):
@@ -80,8 +92,13 @@ def integer_range(dtype: np.dtype) -> tuple[int, int] | None:
 
 def is_low_precision_float(dtype: np.dtype) -> bool:
     """float16 / bfloat16: compute in float32 and cast back to keep numpy's ufuncs exact enough."""
-    dtype = np.dtype(dtype)  # once: dtype.name is slow, and this runs per elementwise kernel call
-    return dtype.kind == "f" and dtype.itemsize < 4 or dtype == ml_dtypes.bfloat16
+    if not isinstance(dtype, np.dtype):
+        dtype = np.dtype(dtype)  # once: dtype.name is slow, and this runs per elementwise kernel call
+    # (the scalar type compared, not the dtype: dtype equality took microseconds)
+    return dtype.kind == "f" and dtype.itemsize < 4 or dtype.type is _BFLOAT16
+
+
+_BFLOAT16 = ml_dtypes.bfloat16  # (ml_dtypes' module attributes are slow to look up)
 
 
 def compute_dtype(dtype: np.dtype) -> np.dtype:
@@ -93,11 +110,16 @@ def accumulation_dtype(dtype: np.dtype) -> np.dtype:
     """The dtype products and sums are accumulated in: float32 for fp16/bf16 (numpy would
     accumulate in the narrow type), int64 for integers (exact; callers wrap back to the input
     type, as a 32-bit accumulator would), otherwise the dtype itself."""
+    if not isinstance(dtype, np.dtype):
+        dtype = np.dtype(dtype)
     if is_low_precision_float(dtype):
-        return np.dtype(np.float32)
+        return _FLOAT32
     if integer_range(dtype) is not None:
-        return np.dtype(np.int64)
-    return np.dtype(dtype)
+        return _INT64
+    return dtype
+
+
+_FLOAT32, _INT64 = np.dtype(np.float32), np.dtype(np.int64)
 
 
 def widen_low_precision(x: np.ndarray | None) -> np.ndarray | None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from lpuc.ir.graph import LPUC_DOMAIN
@@ -122,11 +124,18 @@ def depthwise_conv(ctx: KernelContext, x: np.ndarray, taps: np.ndarray, bias: np
         conv_ctx = KernelContext("Conv", {**ctx.attrs, "group": channels}, 11, 1)
         (y,) = run_kernel(conv_ctx, [np.moveaxis(x, -1, 1), weights] + ([] if bias is None else [bias]))
         return np.ascontiguousarray(np.moveaxis(y, 1, -1))
-    values = windows.gather(x.astype(work, copy=False), ctx.attrs, 0)  # [rows, taps, C]
+    wide = x.astype(work, copy=False)
     weights = taps.astype(work, copy=False)
-    y = np.zeros((values.shape[0], values.shape[2]), work)
-    for t in range(values.shape[1]):
-        y += values[:, t] * weights[t]
+    folded = windows.fold_taps(wide, ctx.attrs, 0)
+    if folded is None:
+        values = windows.gather(wide, ctx.attrs, 0)  # [rows, taps, C]
+        folded = (values[:, t] for t in range(values.shape[1]))
+    y = None
+    for t, value in enumerate(folded):  # tap by tap, as over the gathered [rows, taps, C]
+        if y is None:
+            y = np.zeros(value.shape, work)
+        np.multiply(value, weights[t], out=value)  # (an array of its own)
+        y += value
     if bias is not None:
         y = y + bias.astype(work)
     return y.astype(x.dtype, copy=False)
@@ -136,11 +145,26 @@ def _pool_rows(ctx: KernelContext, x: np.ndarray) -> np.ndarray:
     if ctx.op_type == "MaxPool":
         low = -np.inf if x.dtype.kind == "f" else np.iinfo(x.dtype).min
         return windows.gather_max(x, ctx.attrs, low)
-    # (widened before the gather: the same values, and the cast touches each input value once
-    # instead of each of the taps that read it)
-    values = windows.gather(x.astype(np.float64), ctx.attrs, 0)
-    count = values.shape[1] if ctx.attr("count_include_pad", 0) else windows.window_counts(ctx.attrs)
-    return (values.sum(axis=1) / count).astype(x.dtype)
+    taps = math.prod(int(k) for k in ctx.attr("kernel_shape"))
+    count = taps if ctx.attr("count_include_pad", 0) else windows.window_counts(ctx.attrs)
+    # numpy sums the middle axis of the gathered [rows, taps, C] by folding the taps in order, from
+    # the first: the same sums tap by tap, each tap widened to float64 (exactly) as it is added,
+    # without the gather. Only for channels in multiples of 8: with fewer numpy sums in another
+    # order, and with a remainder its NaN payloads come out otherwise (tests/kernels/test_fast_paths.py).
+    lanes = x.shape[-1] if x.ndim == 2 else 0
+    folded = windows.fold_taps(x, ctx.attrs, 0) if lanes and lanes % 8 == 0 else None
+    if folded is None:
+        # (widened before the gather: the same values, and the cast touches each input value once
+        # instead of each of the taps that read it)
+        total = windows.gather(x.astype(np.float64), ctx.attrs, 0).sum(axis=1)
+    else:
+        total = None
+        for value in folded:
+            if total is None:
+                total = value.astype(np.float64)
+            else:
+                total += value
+    return (total / count).astype(x.dtype)
 
 
 def evaluate_expression(steps: list[dict], operands: list[np.ndarray | None]) -> np.ndarray:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -125,7 +125,8 @@ def gather(x: np.ndarray, attrs: Mapping[str, Any], fill) -> np.ndarray:
     cols]); returns [out rows, taps, C] with `fill` in the padding. attrs["slab"]["channels_first"]
     says how the input's values lie in its view (module docstring)."""
     index, padding = _slab_index(attrs, len(x))
-    values = x[index]
+    # (np.take of whole rows: several times faster than x[index], the same values)
+    values = x[index] if isinstance(index, tuple) else x.take(index, axis=0)
     if padding is not None:
         values[padding] = fill
     return values
@@ -140,15 +141,36 @@ def gather_max(x: np.ndarray, attrs: Mapping[str, Any], low) -> np.ndarray:
     if x.shape[-1] < 8:
         return gather(x, attrs, low).max(axis=1)
     index, padding = _slab_index(attrs, len(x))
-    out = x[index[:, 0]]
+    out = x.take(index[:, 0], axis=0)  # (take: faster than x[index[:, 0]], the same values)
     for t in range(index.shape[1]):
         if t:
-            values = x[index[:, t]]
+            values = x.take(index[:, t], axis=0)
         if padding is not None and padding[:, t].any():
             (out if t == 0 else values)[padding[:, t]] = low
         if t:
             np.maximum(out, values, out=out)
     return out
+
+
+def fold_taps(x: np.ndarray, attrs: Mapping[str, Any], fill) -> Iterator[np.ndarray] | None:
+    """The values of gather(x, attrs, fill) tap by tap: [out rows, C] each, a new array, in tap
+    order. Folding them computes what a fold over the gathered [out rows, taps, C] does, without
+    building it (a copy nine times the result's size for 3x3 windows). None for channels-first
+    slabs (their index is of (row, col) pairs)."""
+    index, padding = _slab_index(attrs, len(x))
+    if isinstance(index, tuple):
+        return None
+    return _taps(x, index, padding, fill)
+
+
+def _taps(x: np.ndarray, index: np.ndarray, padding: np.ndarray | None, fill) -> Iterator[np.ndarray]:
+    for t in range(index.shape[1]):
+        values = x.take(index[:, t], axis=0)  # (faster than x[index[:, t]], or take's out=)
+        if padding is not None:
+            rows = padding[:, t]
+            if rows.any():
+                values[rows] = fill
+        yield values
 
 
 def window_counts(attrs: Mapping[str, Any]) -> np.ndarray:
@@ -187,7 +209,7 @@ def gather_columns(x: np.ndarray, attrs: Mapping[str, Any], fill) -> np.ndarray:
         # slower with 4-byte values, few channels or one tap, measured on the zoo's slabs)
         cols = np.empty((index.shape[0], x.shape[1], index.shape[1]), x.dtype)
         for t in range(index.shape[1]):
-            cols[:, :, t] = x[index[:, t]]
+            cols[:, :, t] = x.take(index[:, t], axis=0)
         if padding is not None:
             cols.transpose(0, 2, 1)[padding] = fill
         return cols.reshape(len(cols), -1)
@@ -195,7 +217,7 @@ def gather_columns(x: np.ndarray, attrs: Mapping[str, Any], fill) -> np.ndarray:
         values = gather(x, attrs, fill)
         return values.transpose(0, 2, 1).reshape(len(values), -1)
     flat, padded = _column_index(attrs, x.shape)
-    cols = np.take(x.reshape(-1), flat)
+    cols = x.reshape(-1).take(flat)
     if padded is not None:
         cols.reshape(-1)[padded] = fill
     return cols

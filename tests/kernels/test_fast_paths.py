@@ -323,3 +323,70 @@ def test_softmax_wide_floats_match_the_stepwise_definition(dtype, shape, axis):
         got = sm.softmax(x, axis)
     assert got.dtype == expected.dtype
     np.testing.assert_array_equal(got.view(np.uint8), expected.view(np.uint8))
+
+
+def _special_values(rng, shape: tuple[int, ...], dtype) -> np.ndarray:
+    """Random values mixing signed zeros, infinities, NaNs with payloads and wide magnitudes."""
+    values = np.array([0.0, -0.0, np.nan, np.inf, -np.inf, 1e-30, -3.5, 7.25e3, 1e30], np.float64)
+    x = np.where(rng.random(shape) < 0.5, rng.choice(values, shape), rng.standard_normal(shape) * 10)
+    x = x.astype(dtype)
+    bits = x.view(np.uint32 if dtype == np.float32 else np.uint16)
+    bits[np.isnan(x)] |= rng.integers(1, 64, int(np.isnan(x).sum())).astype(bits.dtype)
+    return x
+
+
+@pytest.mark.parametrize("dtype", (np.float32, np.float16))
+@pytest.mark.parametrize("strides, pads", POOL_SLABS)
+@pytest.mark.parametrize("channels", (3, 8, 9, 16, 64))
+@pytest.mark.parametrize("count_include_pad", (0, 1))
+def test_average_pool_slabs_fold_taps_exactly(dtype, strides, pads, channels, count_include_pad):
+    """The AveragePool slab kernel (a fold over taps for channels in multiples of 8) gives the bits of
+    summing the gathered, widened windows over their tap axis, on special values (zeros' signs,
+    NaNs with payloads, infinities)."""
+    from lpuc.kernels import windows
+    from lpuc.kernels.lowered import channels_last_pool
+    from lpuc.kernels.registry import KernelContext
+
+    rng = np.random.default_rng(channels)
+    geometry = {"kernel_shape": [3, 3], "strides": strides, "pads": pads}
+    geometry["count_include_pad"] = count_include_pad
+    x = _special_values(rng, (1, 9, 8, channels), dtype)
+    rows = math.prod(conv_output_shape([9, 8], [3, 3], strides, pads, [1, 1]))
+    for attrs, slab, _, _ in _slabs(x, geometry, rows):
+        y = channels_last_pool(KernelContext("AveragePool", attrs, 1, 1, "lpuc"), slab)
+        values = windows.gather(slab.astype(np.float64), attrs, 0)
+        count = values.shape[1] if count_include_pad else windows.window_counts(attrs)
+        expected = (values.sum(axis=1) / count).astype(dtype)
+        np.testing.assert_array_equal(y.view(np.uint8), expected.view(np.uint8))
+
+
+@pytest.mark.parametrize("dtype", (np.float32, np.float16, np.int8))
+@pytest.mark.parametrize("strides, pads", POOL_SLABS)
+@pytest.mark.parametrize("channels", (1, 8, 24))
+def test_depthwise_conv_slabs_fold_taps_exactly(dtype, strides, pads, channels):
+    """The DepthwiseConv slab kernel (tap by tap, without gathering the windows) gives the bits of
+    its definition: from zero, each tap's gathered values times its weights added in tap order."""
+    from lpuc.kernels import windows
+    from lpuc.kernels._common import accumulation_dtype
+    from lpuc.kernels.lowered import depthwise_conv
+    from lpuc.kernels.registry import KernelContext
+
+    rng = np.random.default_rng(channels + 100)
+    geometry = {"kernel_shape": [3, 3], "strides": strides, "pads": pads, "dilations": [1, 1]}
+    if dtype == np.int8:
+        x = rng.integers(-128, 128, (1, 9, 8, channels)).astype(dtype)
+        taps = rng.integers(-128, 128, (9, channels)).astype(dtype)
+    else:
+        x = _special_values(rng, (1, 9, 8, channels), dtype)
+        taps = _special_values(rng, (9, channels), dtype)
+    work = accumulation_dtype(np.dtype(dtype))
+    rows = math.prod(conv_output_shape([9, 8], [3, 3], strides, pads, [1, 1]))
+    for attrs, slab, _, _ in _slabs(x, geometry, rows):
+        with np.errstate(all="ignore"):
+            y = depthwise_conv(KernelContext("DepthwiseConv", attrs, 1, 1, "lpuc"), slab, taps)
+            values = windows.gather(slab.astype(work), attrs, 0)
+            expected = np.zeros((values.shape[0], channels), work)
+            for t in range(values.shape[1]):
+                expected += values[:, t] * taps.astype(work)[t]
+            expected = expected.astype(dtype)
+        np.testing.assert_array_equal(y.view(np.uint8), expected.view(np.uint8))
