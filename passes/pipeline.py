@@ -46,6 +46,7 @@ from lpuc.passes.lower_conv import lower_conv
 from lpuc.passes.lower_einsum import lower_einsum
 from lpuc.passes.lower_gemm import lower_gemm
 from lpuc.passes.lower_quantized import lower_quantized
+from lpuc.passes.pack_conv_rows import pack_conv_rows
 from lpuc.passes.quantize_int8 import quantize_int8
 from lpuc.passes.quantize_residuals import quantize_residuals
 from lpuc.passes.sink_products import sink_products
@@ -119,6 +120,8 @@ PIPELINE: tuple[Pass, ...] = (
     # After the fusions that match float patterns, before fuse_elementwise merges its quantize and
     # requantize maps with their neighbours.
     Pass("quantize_int8", quantize_int8),
+    # Float builds: the narrow convolutions quantize_int8 would have packed, before sink_reshapes.
+    Pass("pack_conv_rows", pack_conv_rows),
     # A block output quantized for a product reaches the next residual Add in its int8 form.
     Pass("quantize_residuals", quantize_residuals),
     Pass("sink_reshapes", sink_reshapes),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from collections.abc import Iterable
 
@@ -9,7 +10,7 @@ import numpy as np
 
 from lpuc.cost import Work
 from lpuc.dtypes import dtype_name, words_per_row
-from lpuc.ir.graph import Graph
+from lpuc.ir.graph import Graph, Node
 from lpuc.ir.tiled import Buffer, Ref, TensorTiles, TiledProgram, TileOp
 from lpuc.target import Target
 
@@ -98,6 +99,11 @@ class TiledBuilder:
 
     def enabled(self, strategy: str) -> bool:
         return strategy not in self.disabled
+
+    @functools.cached_property
+    def producers(self) -> dict[str, Node]:
+        """Each value's producing node (the graph is not changed while lowering)."""
+        return self.graph.producers()
 
     # -- tensors --------------------------------------------------------------------------------
     def tensor(self, name: str) -> TensorTiles:
