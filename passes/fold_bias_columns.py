@@ -39,6 +39,8 @@ from typing import NamedTuple
 import numpy as np
 
 from lpuc.ir.graph import LPUC_DOMAIN, Graph, Node
+from lpuc.ir.model_work import ATTR as MODEL_BLOCKS
+from lpuc.ir.model_work import flat, model_blocks, rows_inserted
 from lpuc.passes.eliminate_dead_code import eliminate_dead_code
 
 _INT8 = 3  # onnx TensorProto.INT8
@@ -116,7 +118,9 @@ def _fold(graph: Graph, lanes: int, find_source) -> Graph:
         values = [DIGIT] * (len(digits) - 1) + [1]
         a = source.apply(rw, values)
         weights = rw.const(f"{node.inputs[1]}/bias_rows", _with_bias_rows(w, digits, pack))
-        rw.replace(node, inputs=(a, weights))
+        # The digit rows are no model work: the MXM bound and the summary's MACs leave them out.
+        blocks = rows_inserted(model_blocks(rw.node(node), *w.shape), k, len(digits), pack)
+        rw.replace(node, inputs=(a, weights), attrs={**rw.node(node).attrs, MODEL_BLOCKS: flat(blocks)})
         # The multiply writes what the bias Add wrote; the Add goes.
         rw.replace(mul, outputs=add.outputs)
         rw.dropped.add(add.name)
@@ -225,8 +229,12 @@ class _ChannelSource(NamedTuple):
             rw.replace(
                 chain.add, inputs=(chain.add.inputs[0], rw.const(f"{chain.add.inputs[1]}/channels", b))
             )
+        # The constant channels are no model work: q's model blocks stay within its first n columns.
+        blocks = flat(model_blocks(rw.node(q), *w.shape))
         rw.replace(
-            q, inputs=(q.inputs[0], rw.const(f"{q.inputs[1]}/channels", np.concatenate([w, columns], 1)))
+            q,
+            inputs=(q.inputs[0], rw.const(f"{q.inputs[1]}/channels", np.concatenate([w, columns], 1))),
+            attrs={**rw.node(q).attrs, MODEL_BLOCKS: blocks},
         )
         rw.replace(
             chain.mul, inputs=(chain.mul.inputs[0], rw.const(f"{chain.mul.inputs[1]}/channels", scale))

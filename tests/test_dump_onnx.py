@@ -105,3 +105,18 @@ def test_dynamic_values_and_subgraphs_export():
     onnx.checker.check_model(exported, full_check=False)
     nz = next(o for o in exported.graph.output if o.name == "nz")
     assert [d.dim_param for d in nz.type.tensor_type.shape.dim] == ["dynamic"]
+
+
+def test_lpuc_attributes_on_standard_ops_go_to_the_doc_string(tmp_path):
+    """fold_bias_columns marks its int8 products' model work (model_blocks, no ONNX attribute of
+    MatMulInteger): the dump keeps it readable in the node's doc string and passes the checker."""
+    torch.manual_seed(5)
+    net = torch.nn.Sequential(torch.nn.Conv2d(8, 16, 3, padding=1), torch.nn.ReLU()).eval()
+    path = export(
+        net, (torch.zeros(1, 8, 12, 12),), tmp_path / "conv.onnx", input_names=["x"], output_names=["y"]
+    )
+    lpuc.compile(path, precision="int8", dump_ir=tmp_path / "dump")
+    final = _check_dumps(tmp_path / "dump")
+    products = [n for n in final[max(final)].graph.node if n.op_type == "MatMulInteger"]
+    assert len(products) == 1 and "model_blocks" in products[0].doc_string
+    assert all(a.name != "model_blocks" for a in products[0].attribute)

@@ -218,6 +218,21 @@ def test_work_record_that_does_not_match_the_windows(mlp):
     assert any("does not match" in p for p in refusals(with_instruction(mlp, k, work=cheaper)))
 
 
+def test_mm_macs_may_be_fewer_than_its_window_never_more(mlp):
+    """Constant rows a pass adds are no model work (lpuc.ir.model_work): an MM may count fewer MACs
+    than its window streams, which only lowers the MXM bound (the ratio gets worse), never more."""
+    k = _index(mlp, lambda i: i.opcode == "mxm.mm")
+    ins = mlp.instructions[k]
+    more = dataclasses.replace(ins.work, macs=ins.work.macs + 1)
+    assert any("does not match" in p for p in refusals(with_instruction(mlp, k, work=more)))
+    fewer = resummarized(
+        with_instruction(mlp, k, work=dataclasses.replace(ins.work, macs=ins.work.macs // 2))
+    )
+    validate(fewer)
+    assert fewer.summary["macs"] < mlp.summary["macs"]
+    assert fewer.summary["lower_bound_cycles"]["mxm"] <= mlp.summary["lower_bound_cycles"]["mxm"]
+
+
 def test_map_issued_on_an_mxm_unit(mlp_maps):
     k = _index(mlp_maps, lambda i: i.opcode == "vxm.map")
     ins = mlp_maps.instructions[k]

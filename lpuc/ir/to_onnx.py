@@ -4,7 +4,8 @@ The export is for looking at, not for running:
 - every value gets its dtype and shape (graph inputs/outputs and value_info); a dynamic value (shape
   decided by the data) gets its dtype only, or one symbolic dim "dynamic" as a graph input/output;
 - lpuc's own ops (Fused, Im2Col, ...) keep their names in the "lpuc" domain; attributes ONNX cannot
-  hold (Fused's expression: a list of dicts) are stored as a JSON string attribute;
+  hold (Fused's expression: a list of dicts) are stored as a JSON string attribute; lpuc's own
+  attributes on a standard op (lpuc.ir.model_work's model_blocks) go to the node's doc string;
 - constants up to LARGE_CONST_BYTES are initializers; larger ones are replaced, to keep dumps small,
   by a placeholder: an `lpuc.OmittedConstant` node with the constant's name as its output and its
   shape, dtype and size as attributes (an initializer cannot carry a shape without its data).
@@ -82,8 +83,24 @@ def _node(n: Node) -> onnx.NodeProto:
     if captures:
         inputs = inputs[: len(inputs) - len(captures)]
     proto = helper.make_node(n.op, inputs, list(n.outputs), name=n.name, domain=n.domain)
-    proto.attribute.extend(_attribute(k, v) for k, v in sorted(attrs.items()))
+    # lpuc's own attributes on an ONNX op (a product's model_blocks) fail the checker: they go to the
+    # node's doc string, which Netron shows too.
+    known = _schema_attributes(n)
+    own = {k: v for k, v in attrs.items() if known is not None and k not in known}
+    proto.attribute.extend(_attribute(k, v) for k, v in sorted(attrs.items()) if k not in own)
+    if own:
+        proto.doc_string = "lpuc attributes: " + json.dumps(own, sort_keys=True, default=_jsonable)
     return proto
+
+
+def _schema_attributes(n: Node) -> set[str] | None:
+    """The attribute names ONNX defines for a standard op, or None (lpuc's ops, unknown ops)."""
+    if n.domain not in ("", "ai.onnx"):
+        return None
+    try:
+        return set(onnx.defs.get_schema(n.op, domain="").attributes)
+    except onnx.defs.SchemaError:
+        return None
 
 
 def _attribute(key: str, value: Any) -> onnx.AttributeProto:

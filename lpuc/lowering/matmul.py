@@ -26,6 +26,7 @@ from lpuc import cost
 from lpuc.cost import Stream, Work
 from lpuc.dtypes import words_per_row
 from lpuc.ir.graph import LPUC_DOMAIN, Node
+from lpuc.ir.model_work import macs_per_row, model_blocks
 from lpuc.lowering.builder import TiledBuilder, split_range
 from lpuc.ops import expression_alu_ops
 
@@ -66,6 +67,9 @@ def lower_matmul(b: TiledBuilder, node: Node) -> None:
     if k == 0:
         raise AssertionError("MatMul with K = 0 must be folded before lowering")
     attrs = {"precision": mode_name}
+    # Constant rows or columns a pass added (fold_bias_columns) are no model work: MMs count their
+    # MACs without them (lpuc.ir.model_work), so the MXM bound and the summary's MACs leave them out.
+    blocks = model_blocks(node, k, n)
     # Rows packed side by side (pack_conv_rows, quantize_int8) multiply block-diagonal weights: p
     # copies of the convolution's, whose MACs and bytes alone the lower bounds count.
     im2col = b.producers.get(a_name)
@@ -84,7 +88,7 @@ def lower_matmul(b: TiledBuilder, node: Node) -> None:
             0, n, mode.n_tile, _tile_edges(p.c_col, n, c.lanes), _tile_edges(p.w_col, n, w.lanes)
         )
         if len(k_chunks) == 1 or not b.enabled("mxm_accumulators"):
-            _weight_stationary(b, node, attrs, a, w, c, p, m_segments, k_chunks, n_chunks, k)
+            _weight_stationary(b, node, attrs, a, w, c, p, m_segments, k_chunks, n_chunks, k, blocks)
         else:
             # Partial sums stay in the plane's accumulators, which hold acc_rows rows.
             segments = _at_most(m_segments, b.target.mxm.acc_rows)
@@ -99,7 +103,7 @@ def lower_matmul(b: TiledBuilder, node: Node) -> None:
             chains = [m1 - m0 for m0, m1 in a_segments for _ in n_chunks]
             if split and _k_split(b, c, chains, len(k_chunks), mode.cycles_per_row) > 1:
                 segments = a_segments
-            _accumulated(b, node, attrs, a, w, c, p, segments, k_chunks, n_chunks, k, split)
+            _accumulated(b, node, attrs, a, w, c, p, segments, k_chunks, n_chunks, k, split, blocks)
 
 
 def _at_most(segments: list[tuple[int, int]], rows: int) -> list[tuple[int, int]]:
@@ -108,7 +112,9 @@ def _at_most(segments: list[tuple[int, int]], rows: int) -> list[tuple[int, int]
     return [piece for m0, m1 in segments for piece in split_range(m0, m1, range(m0 + rows, m1, rows))]
 
 
-def _weight_stationary(b, node, attrs, a, w, c, p: _Problem, m_segments, k_chunks, n_chunks, k) -> None:
+def _weight_stationary(
+    b, node, attrs, a, w, c, p: _Problem, m_segments, k_chunks, n_chunks, k, blocks
+) -> None:
     """Load each weight tile once per plane and stream every row of that plane's share past it (tall
     activations are shared among the planes). K chunks after the first add into C through SRAM."""
     for n0, n1 in n_chunks:
@@ -125,13 +131,15 @@ def _weight_stationary(b, node, attrs, a, w, c, p: _Problem, m_segments, k_chunk
                         [act, out] if ki else [act],
                         [out],
                         node.name,
-                        Work(vectors=m1 - m0, macs=(m1 - m0) * (k1 - k0) * (n1 - n0)),
+                        Work(vectors=m1 - m0, macs=(m1 - m0) * macs_per_row(blocks, k0, k1, n0, n1)),
                         group=group,
                         attrs={**attrs, "group": group, "install": mi == 0, "acc": ki > 0, "k": [k0, k1, k]},
                     )
 
 
-def _accumulated(b, node, attrs, a, w, c, p: _Problem, segments, k_chunks, n_chunks, k, split: bool) -> None:
+def _accumulated(
+    b, node, attrs, a, w, c, p: _Problem, segments, k_chunks, n_chunks, k, split: bool, blocks
+) -> None:
     """K spans several weight tiles: each row segment is one chain on one plane, a weight load and an
     MM per K chunk; the plane sums the partial products in its accumulators and the last MM writes
     the total, so no partial sum goes through SRAM.
@@ -158,12 +166,12 @@ def _accumulated(b, node, attrs, a, w, c, p: _Problem, segments, k_chunks, n_chu
         for m0, m1 in segments:
             for part, into in zip(parts, partials):
                 whole_k = k if len(parts) == 1 else None
-                _chain(b, node, attrs, (a, w, into), p, (m0, m1), part, (n0, n1), whole_k)
+                _chain(b, node, attrs, (a, w, into), p, (m0, m1), part, (n0, n1), whole_k, blocks)
     if len(parts) > 1:
         _add_partials(b, node, partials, c, p, segments[-1][1] - segments[0][0], n_chunks[-1][1])
 
 
-def _chain(b, node, attrs, tensors, p: _Problem, rows, part, cols, k: int | None) -> None:
+def _chain(b, node, attrs, tensors, p: _Problem, rows, part, cols, k: int | None, blocks) -> None:
     """One accumulation chain: rows x cols of the result over the K chunks of `part` (K = k, or None:
     a partial result over the part alone)."""
     a, w, c = tensors
@@ -194,7 +202,7 @@ def _chain(b, node, attrs, tensors, p: _Problem, rows, part, cols, k: int | None
             [act],
             outs if last else [],
             node.name,
-            Work(vectors=m1 - m0, macs=(m1 - m0) * (k1 - k0) * (n1 - n0)),
+            Work(vectors=m1 - m0, macs=(m1 - m0) * macs_per_row(blocks, k0, k1, n0, n1)),
             group=group,
             chain=chain,
             attrs=mm_attrs,

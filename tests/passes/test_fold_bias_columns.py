@@ -99,12 +99,30 @@ def test_a_packed_convolution_folds_its_bias(tmp_path, monkeypatch):
     apart = lpuc.compile(path, precision="int8", disable_passes=["fold_bias_columns"])
     final = (tmp_path / "ir" / "99_final.graph.txt").read_text()
     assert "pack_rows=" in final and "const_columns=" in final
+    # Each packed group's digit rows are left out (the block-diagonal weights' zeros count, folded
+    # or not: 16 groups of 147 rows by 16 x 16 columns for 256 / 16 packed rows).
+    _assert_same_model_work(folded, apart, 16 * (16 * 147) * (16 * 16))
     proto = onnx.load(str(path))
     for seed in range(2):
         x = np.random.default_rng(seed).standard_normal((1, 3, 32, 32)).astype(np.float32)
         want = run_onnxruntime(proto, {"x": x})[0]
         got, ref = folded.run({"x": x})["y"], apart.run({"x": x})["y"]
         assert _cosine(got, want) >= 0.999 and _cosine(got, want) >= _cosine(ref, want) - 1e-4
+
+
+def _assert_same_model_work(folded, apart, model_macs: int) -> None:
+    """Folded or not, the summary's MACs and the MXM bound are the model's work; the folded MMs
+    stream more K lanes or result channels than they count."""
+    for program in (folded, apart):
+        assert program.summary["macs"] == model_macs
+    assert folded.summary["lower_bound_cycles"]["mxm"] == apart.summary["lower_bound_cycles"]["mxm"]
+    streamed = sum(
+        a.nrows * a.nlanes * (i.attrs["lanes"] if i.attrs.get("keep") else i.writes[0].nlanes)
+        for i in folded.instructions
+        if i.opcode == "mxm.mm"
+        for a in i.reads[:1]
+    )
+    assert streamed > model_macs
 
 
 @pytest.mark.parametrize("symmetric", [False, True])
@@ -116,6 +134,10 @@ def test_bias_folds_into_the_products_and_keeps_the_accuracy(tmp_path, symmetric
     apart = lpuc.compile(path, precision="int8", disable_passes=["fold_bias_columns", *more])
     final = (tmp_path / "ir" / "99_final.graph.txt").read_text()
     assert final.count("const_columns=") == 2  # the 3x3 convolutions' Im2Cols
+    # The constant rows and channels are no model work: the MXM bound and the MACs count the three
+    # convolutions' own multiply-accumulates, 144 pixels x (K x N), as the unfolded build does.
+    model_macs = 144 * (72 * 16 + 144 * 24 + 24 * 40)
+    _assert_same_model_work(folded, apart, model_macs)
     # The second product writes 24 channels and the constant ones the 1x1 product reads.
     second = [line for line in final.splitlines() if "MatMulInteger(" in line][1]
     assert ": i32[144," in second and ": i32[144,24]" not in second
