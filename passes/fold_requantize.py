@@ -17,7 +17,9 @@ lower_quantized's QLinear `Cast(acc) * m -> Round -> + z_y -> Clip -> Cast` 4 in
   with the clip's lower bound: L = max(lo, 0) (round(max(z, 0)) = max(round(z), 0));
 - Round, Clip to the type's range and Cast are one SaturatingCast (lpuc/kernels/lowered.py: rounds
   half to even and saturates, one VXM op); a Max or Min remains only for a bound inside the type's
-  range (0 after a Relu).
+  range, and a lower bound 0 (after a Relu) is a Relu: the same one ALU op, but a unary one, so a
+  map fused into an MM streams no bound to the VXM (a float32 scalar: 4 stream ids for the MM's
+  whole duration).
 
 Numerics: one multiply and no add (an input quantize) gives the same bits. Composing two float32
 multiplies (or a multiply and an add) rounds once instead of twice, so z may differ in its last bit
@@ -83,7 +85,9 @@ def _emit(b: NodeBuilder, chain: _Chain, cast: Node) -> str:
         y = b.binary("Mul", y, b.const("scale", chain.scale.astype(dtype)), "scale")
     if np.any(chain.offset != 0):
         y = b.binary("Add", y, b.const("offset", chain.offset.astype(dtype)), "offset")
-    if chain.low > lo:
+    if chain.low == 0 > lo:  # a ReLU: a unary VXM op, no bound to stream in
+        y = b.unary("Relu", y, "low")
+    elif chain.low > lo:
         y = b.binary("Max", y, b.const("low", np.array(chain.low, dtype)), "low")
     if chain.high < hi:
         y = b.binary("Min", y, b.const("high", np.array(chain.high, dtype)), "high")

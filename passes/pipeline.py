@@ -34,6 +34,7 @@ from lpuc.passes.distribute_scales import distribute_scales
 from lpuc.passes.eliminate_dead_code import eliminate_dead_code
 from lpuc.passes.eliminate_identity import eliminate_identity
 from lpuc.passes.fold_batchnorm import fold_batchnorm
+from lpuc.passes.fold_bias_columns import fold_bias_columns
 from lpuc.passes.fold_constants import fold_constants
 from lpuc.passes.fold_requantize import fold_requantize
 from lpuc.passes.fuse_elementwise import fuse_elementwise
@@ -45,6 +46,7 @@ from lpuc.passes.lower_conv import lower_conv
 from lpuc.passes.lower_einsum import lower_einsum
 from lpuc.passes.lower_gemm import lower_gemm
 from lpuc.passes.lower_quantized import lower_quantized
+from lpuc.passes.pack_conv_rows import pack_conv_rows
 from lpuc.passes.quantize_int8 import quantize_int8
 from lpuc.passes.quantize_residuals import quantize_residuals
 from lpuc.passes.sink_products import sink_products
@@ -118,6 +120,8 @@ PIPELINE: tuple[Pass, ...] = (
     # After the fusions that match float patterns, before fuse_elementwise merges its quantize and
     # requantize maps with their neighbours.
     Pass("quantize_int8", quantize_int8),
+    # Float builds: the narrow convolutions quantize_int8 would have packed, before sink_reshapes.
+    Pass("pack_conv_rows", pack_conv_rows),
     # A block output quantized for a product reaches the next residual Add in its int8 form.
     Pass("quantize_residuals", quantize_residuals),
     Pass("sink_reshapes", sink_reshapes),
@@ -127,6 +131,8 @@ PIPELINE: tuple[Pass, ...] = (
     Pass("fold_requantize", fold_requantize),
     # The output scale a requantization keeps after a residual sum moves into both terms' scales.
     Pass("distribute_scales", distribute_scales),
+    # Once the requantization is folded to Cast(acc) * S + B: B into the product's accumulator.
+    Pass("fold_bias_columns", fold_bias_columns),
     Pass("fuse_elementwise", fuse_elementwise),
     # Once maps are fused: which float values pass only from one map to others.
     Pass("store_int8_floats_fp16", store_int8_floats_fp16),

@@ -297,7 +297,8 @@ def test_unsigned_activations_need_no_relu_op_and_keep_the_accuracy(tmp_path):
     -128, and the products' zero-point term joins their bias (no op more). As close to fp32
     onnxruntime as symmetric activations, on the same inputs."""
     path = _export(_conv_chain(16), (1, 3, 16, 16), tmp_path / "chain.onnx")
-    apart = ["mxm_epilogues", "map_chains"]  # each map stays apart, to count its ops
+    # Each map stays apart, to count its ops; the biases stay in them (not in the accumulators).
+    apart = ["mxm_epilogues", "map_chains", "fold_bias_columns"]
     unsigned = lpuc.compile(path, precision="int8", disable_passes=apart, dump_ir=tmp_path / "ir")
     symmetric = lpuc.compile(path, precision="int8", disable_passes=[*apart, "unsigned_activations"])
 
@@ -352,8 +353,9 @@ def test_fold_requantize_cuts_the_maps_alu_ops_and_keeps_the_accuracy(small_cnn)
     """A residual CNN's requantization maps (dequant, bias, ReLU, the next layer's quantize) run in
     fewer ALU ops per element with fold_requantize (passes/fold_requantize.py), and its int8 output
     is as close to fp32 onnxruntime as the unfolded chain's."""
-    # Each map stays apart, to count its ops; symmetric activations (unsigned ones drop the Max).
-    apart = ["mxm_epilogues", "map_chains", "unsigned_activations"]
+    # Each map stays apart, to count its ops; symmetric activations (unsigned ones drop the Max); the
+    # biases stay in the maps (fold_bias_columns would move some into the accumulators).
+    apart = ["mxm_epilogues", "map_chains", "unsigned_activations", "fold_bias_columns"]
     folded = lpuc.compile(small_cnn, precision="int8", disable_passes=apart)
     unfolded = lpuc.compile(small_cnn, precision="int8", disable_passes=[*apart, "fold_requantize"])
 

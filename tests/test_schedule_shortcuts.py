@@ -1,5 +1,6 @@
 """The compile-time shortcuts of scheduling and allocation give the answers of the long way:
-giving up on MXM planes that cannot end first picks the plans a full search over every plane picks,
+giving up on MXM planes that cannot end first picks the plans a full search over every plane picks
+(and the bounds it gives up by hold on every plane),
 answers cached across placement rounds change no schedule (nor do answers by op kept for the ops whose
 tiles stay put), a round that pins every tile keeps them where pinned, the allocator's first fit is
 the lowest free address (against brute force), and its union of placed ranges, used for requests live
@@ -65,6 +66,22 @@ def test_planes_given_up_change_no_plan(tiled, monkeypatch):
     full = scheduler.schedule(tiled, target, slice_of, preds)
     assert made < len(plans) - made, "planes were given up"
     assert pruned.slots == full.slots
+
+
+def test_plane_bounds_hold_on_every_plane(tiled):
+    """The plane bounds ask less than they bound: an MM's plane time (the rows streaming in) is the
+    same on every plane (_tails asks it once), and an LW loading through one port per slice is never
+    faster than at full rate (_first_mm_bound asks only that one)."""
+    target = load_target("tsp-v1")
+    state = scheduler._UnitState(target, tiled, place_tiles(tiled, target))
+    planes = range(target.num_mxm)
+    for op in tiled.ops:
+        if op.opcode == "mxm.mm":
+            assert len({state._request(op, f"MXM{p}")[1] for p in planes}) == 1, op
+        elif op.opcode == "mxm.lw":
+            for p in planes:
+                full, one_port = (state._request(op, f"MXM{p}.LW", mode)[0] for mode in (False, True))
+                assert one_port >= full, op
 
 
 def _two_rounds(tiled):

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from onnx import TensorProto, helper, numpy_helper
 
 import lpuc
 from lpuc import cost
@@ -133,3 +134,58 @@ def test_validator_refuses_stacked_mm_writes_that_are_not_its_rows(k_split):
     assert any("several windows" in p for p in problems), problems
     assert cost.write_stack_sizes("mxm.mm", {}, 2) == [2, 2]
     assert cost.write_stack_sizes("mxm.mm", {"epilogue": {}}, 1) == [1]
+
+
+@pytest.fixture(scope="module")
+def mlp_after_norm():
+    """LayerNorm over 128 tokens (row segments: 64-row tiles), an up projection to 640 whose fp32
+    result only the bias-and-ReLU map reads, and a down projection reading that map's result (so the
+    map writes it as fp16: 2 words a row, which one slice keeps up with)."""
+    rng = np.random.default_rng(7)
+    rows, width, hidden = 128, 256, 640
+    inits = {
+        "scale": np.ones(width, np.float32),
+        "shift": np.zeros(width, np.float32),
+        "w1": (rng.standard_normal((width, hidden)) / np.sqrt(width)).astype(np.float32),
+        "b1": rng.standard_normal(hidden).astype(np.float32) * 0.1,
+        "w2": (rng.standard_normal((hidden, width)) / np.sqrt(hidden)).astype(np.float32),
+    }
+    nodes = [
+        helper.make_node("LayerNormalization", ["x", "scale", "shift"], ["n"], axis=-1),
+        helper.make_node("MatMul", ["n", "w1"], ["up"]),
+        helper.make_node("Add", ["up", "b1"], ["biased"]),
+        helper.make_node("Relu", ["biased"], ["h"]),
+        helper.make_node("MatMul", ["h", "w2"], ["y"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "mlp_after_norm",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [rows, width])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [rows, width])],
+        [numpy_helper.from_array(v, k) for k, v in inits.items()],
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_products_result_stacked_when_its_mms_end_there(mlp_after_norm):
+    """The up projection's MMs are 64 rows (the LayerNorm's segments): its result goes in 64-row
+    tiles on two slices at no extra MM, and the map reads both at a row per cycle. Same numbers as
+    onnxruntime (fp16 tolerance) and, to the bit, as the build without the strategy."""
+    program = lpuc.compile(mlp_after_norm, precision="fp16")
+    plain = lpuc.compile(mlp_after_norm, precision="fp16", disable_passes=("stacked_products",))
+    maps = [i for i in _stacked_maps(program) if any(program.tiles[a.buf].tensor == "up" for a in i.reads)]
+    assert maps, "the bias-and-ReLU map should read the product's result stacked"
+    assert not _stacked_maps(plain)
+    for ins in maps:
+        (stack,) = [k for k in ins.attrs["operands"] if isinstance(k, list)]
+        parts = [ins.reads[j] for j in stack]
+        assert len({a.slice for a in parts}) == len(parts) == 2
+        assert ins.duration < 2 * ins.writes[0].nrows  # a row a cycle, not one every other cycle
+    mms = [sum(i.opcode == "mxm.mm" for i in p.instructions) for p in (program, plain)]
+    assert mms[0] == mms[1]
+    x = np.random.default_rng(0).standard_normal((128, 256)).astype(np.float32)
+    (expected,) = run_onnxruntime(mlp_after_norm, {"x": x})
+    got = program.run({"x": x})["y"]
+    np.testing.assert_allclose(got, expected, rtol=2e-2, atol=1e-3)  # run --check's fp16 defaults
+    assert np.array_equal(plain.run({"x": x})["y"], got)
+    assert program.summary["cycles"] < plain.summary["cycles"]

@@ -21,10 +21,12 @@ def im2col_kernel(ctx: KernelContext, x: np.ndarray) -> np.ndarray:
     integer x's zero point, default 0) fills the padding, so that the padding is zero once centered;
     `pack_rows` p returns [rows / p, p * cols] (row-major: p consecutive rows side by side). With a
     slab attribute: result rows [r0, r1) (before packing) from an input row slab (the [rows, cols]
-    view of x from row in_row0; lpuc.kernels.windows)."""
+    view of x from row in_row0; lpuc.kernels.windows). `const_columns` (values): columns of those
+    constants after each row's own, before packing (passes/fold_bias_columns)."""
     pack = int(ctx.attr("pack_rows", 1))  # `pack_rows` consecutive rows side by side (quantize_int8)
     if ctx.attr("slab"):
         cols = windows.gather_columns(x, ctx.attrs, int(ctx.attr("pad_value", 0)))
+        cols = _with_const_columns(cols, ctx.attr("const_columns"))
         return cols if pack == 1 else cols.reshape(cols.shape[0] // pack, cols.shape[1] * pack)
     if ctx.attr("channels_last", 0):
         x = np.moveaxis(x, -1, 1)
@@ -34,7 +36,16 @@ def im2col_kernel(ctx: KernelContext, x: np.ndarray) -> np.ndarray:
         cols = im2col(x, *geometry)
     else:  # shift so that the pad value is 0, pad with zeros, shift back (exact in int64)
         cols = (im2col(x.astype(np.int64) - pad_value, *geometry) + pad_value).astype(x.dtype)
+    cols = _with_const_columns(cols, ctx.attr("const_columns"))
     return cols if pack == 1 else cols.reshape(cols.shape[0] // pack, cols.shape[1] * pack)
+
+
+def _with_const_columns(cols: np.ndarray, values) -> np.ndarray:
+    """cols [rows, K] followed by one column per value, each holding that value in every row."""
+    if not values:
+        return cols
+    consts = np.broadcast_to(np.asarray(values, dtype=cols.dtype), (cols.shape[0], len(values)))
+    return np.concatenate([cols, consts], axis=1)
 
 
 @kernel("SaturatingCast", domain=LPUC_DOMAIN)

@@ -32,6 +32,7 @@ STRATEGIES = {
     "constant_replicas": "broadcast constants copied so parallel maps (kernel segments) share no ports",
     "row_segments": "row-wise kernels cut into short row segments (consumers start on the first)",
     "stacked_rows": "wide values only maps read cut into shorter tiles a map reads side by side",
+    "stacked_products": "stacked_rows also for a product's result whose MMs end at the shorter tiles",
     "plane_rows": "a tall product's operand tiles cut so its accumulation chains share the planes evenly",
     "mxm_epilogues": "a map of an MM's result fused into the MM: its rows stream through the VXM",
     "map_chains": "a map of another map's (or a fused epilogue's) result joined to it: one VXM pass",
@@ -83,8 +84,10 @@ def lower_with(
     resident = host_resident_values(graph, where_ops)
     balanced = plane_rows(graph, where_ops, target, precision) if "plane_rows" not in disabled else {}
     balanced = {n: r for n, r in balanced.items() if n not in segments and n not in resident}
+    # (stacked_products: products' results too, and a map's fp16-stored result counts 2 words a row)
+    products = (segments, fp16) if "stacked_products" not in disabled else ()
     stacked = (
-        stacked_values(graph, where_ops, target, set(segments) | fp16 | resident)
+        stacked_values(graph, where_ops, target, set(segments) | fp16 | resident, *products)
         if "stacked_rows" not in disabled
         else set()
     )

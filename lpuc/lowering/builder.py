@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from collections.abc import Iterable
 
@@ -9,7 +10,7 @@ import numpy as np
 
 from lpuc.cost import Work
 from lpuc.dtypes import dtype_name, words_per_row
-from lpuc.ir.graph import Graph
+from lpuc.ir.graph import Graph, Node
 from lpuc.ir.tiled import Buffer, Ref, TensorTiles, TiledProgram, TileOp
 from lpuc.target import Target
 
@@ -107,6 +108,11 @@ class TiledBuilder:
 
     def enabled(self, strategy: str) -> bool:
         return strategy not in self.disabled
+
+    @functools.cached_property
+    def producers(self) -> dict[str, Node]:
+        """Each value's producing node (the graph is not changed while lowering)."""
+        return self.graph.producers()
 
     # -- tensors --------------------------------------------------------------------------------
     def tensor(self, name: str) -> TensorTiles:
@@ -221,7 +227,10 @@ class TiledBuilder:
         """Rows per tile of a stacked value: its consumers' tile rows cut in `split` (None: default)."""
         if name not in self.stacked_values:
             return None
-        rows = self.plane_rows.get(name) or self.rows_per_tile(view_of(tuple(shape))[0])
+        total = view_of(tuple(shape))[0]
+        rows = self.plane_rows.get(name) or self.rows_per_tile(total)
+        if self.enabled("stacked_products"):  # a value shorter than a tile: its own rows cut
+            rows = min(rows, total)
         split = stacked_split(dtype, self.target, model_input=name in self.graph.inputs)
         return rows // split if rows % split == 0 and rows // split > 0 else None
 

@@ -66,6 +66,11 @@ def lower_matmul(b: TiledBuilder, node: Node) -> None:
     if k == 0:
         raise AssertionError("MatMul with K = 0 must be folded before lowering")
     attrs = {"precision": mode_name}
+    # Rows packed side by side (pack_conv_rows, quantize_int8) multiply block-diagonal weights: p
+    # copies of the convolution's, whose MACs and bytes alone the lower bounds count.
+    im2col = b.producers.get(a_name)
+    if im2col is not None and im2col.op == "Im2Col" and int(im2col.attr("pack_rows", 1)) > 1:
+        attrs["block_diagonal"] = int(im2col.attr("pack_rows"))
     problems = _problems(a_shape, w_shape, c_shape, heads)
     for p in problems:
         # Row segments of the activations that stay inside one tile of A and of C.

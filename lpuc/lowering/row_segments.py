@@ -51,7 +51,7 @@ def segment_rows(
             continue
         out = node.outputs[0]
         seg = _segment(graph.values[out].shape, block_rows, min_rows)
-        names = [_alias_root(node.inputs[0], producers, unit_of_node), out]
+        names = [alias_root(node.inputs[0], producers, unit_of_node), out]
         if seg is None:
             seg = _matrix_rows(graph.values[out].shape, block_rows)
             if seg is None:
@@ -120,7 +120,7 @@ def _map_operands(graph: Graph, producers: dict, unit_of_node: dict[str, str], n
     return [i for i in node.inputs if i and not graph.values[i].is_const and graph.values[i].shape == shape]
 
 
-def _alias_root(name: str, producers: dict, unit_of_node: dict[str, str]) -> str:
+def alias_root(name: str, producers: dict, unit_of_node: dict[str, str]) -> str:
     """The value whose tiles `name` shares (reshapes lowered as aliases share their source's)."""
     node = producers.get(name)
     while node is not None and unit_of_node.get(node.name) == "ALIAS":

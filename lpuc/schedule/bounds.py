@@ -1,14 +1,16 @@
 """Lower bounds on cycles from the model's work and the target alone: what no schedule can beat.
 
 Never from this schedule's own critical path (that is reported apart, by the summary):
-- mxm: multiply-accumulates / (planes x MACs per cycle at the op's precision)
+- mxm: multiply-accumulates / (planes x MACs per cycle at the op's precision); of a product with
+  block-diagonal weights (p packed rows: attr block_diagonal p), only the 1 / p not multiplying zeros
 - vxm: element operations (of maps fused into MMs too) / (lanes x ALUs per lane)
 - sxm: vectors the model's own data-movement ops stream / SXM units, for those the graph passes keep
   (layout changes the compiler inserts are its choice, not the model's work; a model Transpose the
   passes cancel is not counted either, so this one is a bound on this compilation of the model)
 - mem: every constant, input and output word crosses a MEM port at least once / (slices x banks)
 - lw: every weight byte an MXM installs (each distinct window weight loads read, at the bytes its
-  lanes hold, not padded words) reaches a plane once / (planes x words per cycle a weight load moves)
+  lanes hold, not padded words; of block-diagonal weights only the model's) reaches a plane once /
+  (planes x words per cycle a weight load moves)
 - host: host-fallback time, one host, serial (PCIe included)
 - dependence_chain: the longest chain of the graph's nodes, each at its minimal latency (one vector
   through its unit, no transport)
@@ -50,7 +52,8 @@ def hardware_bounds(program: Program, facts: dict) -> dict[str, int]:
     host = 0
     for ins in program.instructions:
         if ins.opcode == "mxm.mm":
-            mxm += ins.work.macs / target.mxm_mode(ins.attrs["precision"]).macs_per_cycle
+            useful = ins.work.macs / ins.attrs.get("block_diagonal", 1)  # not the zero blocks' MACs
+            mxm += useful / target.mxm_mode(ins.attrs["precision"]).macs_per_cycle
         elif ins.opcode == "host.kernel":
             host += cost.host_cycles(target, ins.work)
         vxm_work = ins.opcode.startswith("vxm.") or cost.has_epilogue(ins.opcode, ins.work)
@@ -74,17 +77,20 @@ def hardware_bounds(program: Program, facts: dict) -> dict[str, int]:
     return bounds
 
 
-def _weight_bytes(program: Program) -> int:
+def _weight_bytes(program: Program) -> float:
     """Bytes of the distinct weight windows the program's weight loads read (a constant slot shared
-    by identical tiles counts once)."""
-    loaded: dict[tuple[int, ...], int] = {}
+    by identical tiles counts once); of block-diagonal weights (p packed rows), the 1 / p^2 that are
+    the model's own weights (the rest are p - 1 copies and the zero blocks)."""
+    loaded: dict[tuple[int, ...], float] = {}
     for ins in program.instructions:
         if ins.opcode != "mxm.lw":
             continue
+        share = 1 / ins.attrs.get("block_diagonal", 1) ** 2
         for a in ins.reads:
             t = program.tiles[a.buf]
             where = (t.slice,) if t.kind == "const" else (-1 - t.id,)
-            loaded[(*where, a.addr, a.nrows, a.lane0, a.nlanes)] = a.nrows * a.nlanes * t.np_dtype.itemsize
+            window = (*where, a.addr, a.nrows, a.lane0, a.nlanes)
+            loaded[window] = a.nrows * a.nlanes * t.np_dtype.itemsize * share
     return sum(loaded.values())
 
 

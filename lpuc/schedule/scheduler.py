@@ -300,6 +300,8 @@ class _UnitState:
         # MXM op asks again per plane tried, and this key is cheap to hash (the one above hashes the
         # work record).
         self._asked: dict[tuple, tuple[int, int, list[Pool]]] = {} if asked is None else asked
+        self._ports: dict[tuple, dict[int, int]] = {}  # _answer's ports per slice, by all but the unit
+        self._mm_busy: dict[int, int] = {}  # MM op id -> cycles it holds its plane, on any plane (_tails)
 
     # -- what an op needs -------------------------------------------------------------------------
     def _streams(self, op: TileOp) -> tuple[tuple[Stream, ...], tuple[Stream, ...]]:
@@ -344,10 +346,15 @@ class _UnitState:
         one_port: bool,
         alus: int | None,
     ) -> tuple[int, int, list[Pool]]:
-        n_unit = cost.unit_cycles(self.target, opcode, work, precision, alus)
-        ports = cost.port_needs(self.target, opcode, [*reads, *writes], n_unit)
-        if one_port:
-            ports = {s: 1 for s in ports}
+        # The ports do not depend on the unit: an MXM op asks on every plane, the same ports each time.
+        same_ports = (opcode, work, reads, writes, precision, one_port, alus)
+        ports = self._ports.get(same_ports)
+        if ports is None:
+            n_unit = cost.unit_cycles(self.target, opcode, work, precision, alus)
+            ports = cost.port_needs(self.target, opcode, [*reads, *writes], n_unit)
+            if one_port:
+                ports = {s: 1 for s in ports}
+            self._ports[same_ports] = ports  # (shared by the answers: read only)
         # (Uncached: this question is asked once, its answer kept in the caches above.)
         args = (self.target, opcode, unit, work, reads, writes, precision, install, ports, alus)
         d = cost.duration.__wrapped__(*args)
@@ -471,6 +478,9 @@ class _UnitState:
         tails = {p: self._tails(p, mms) if mms and item[-1] is mms[-1] else None for p in self._planes}
         lw_ready = _ready(groups[0][0].id, preds, slots)
         first = {p: self._first_mm_bound(p, groups[0][0], lw_ready) for p in self._planes}
+        if mms:  # nor before its activations are in, on any plane (its ops in other items are placed)
+            arrived = max([slots[q].end for q in preds[mms[0].id] if slots[q] is not None], default=0)
+            first = {p: max(t, arrived) for p, t in first.items()}
         bound = {p: first[p] + tails[p][0] if tails[p] else 0 for p in self._planes}
         best = None
         booked: list[tuple[Slot, tuple]] = []  # the latest plan, still reserved
@@ -496,23 +506,27 @@ class _UnitState:
     def _tails(self, p: int, mms: list[TileOp]) -> list[int]:
         """Per MM of an item on plane p: cycles from its start to the end of the item's last MM at
         the least (each MM starts once the plane has taken in the previous one's rows)."""
-        unit, asked = self._mm_unit[p], self._asked
-        # _request, its cache looked up inline: asked per MM for every plane of every item.
-        answers = [asked.get((mm.id, unit, False, None)) or self._request(mm, unit) for mm in mms]
-        busy = [a[1] for a in answers]
-        tail = [answers[-1][0]]
-        for b in reversed(busy[:-1]):
-            tail.append(tail[-1] + b)
+        unit, asked, held = self._mm_unit[p], self._asked, self._mm_busy
+        # _request, its cache looked up inline: asked for every plane of every item. Only the last
+        # MM's duration depends on the plane; the others' plane time is the same on every plane
+        # (lpuc.cost.occupancy: rows streaming in), so a plane never planned costs one answer.
+        last = asked.get((mms[-1].id, unit, False, None)) or self._request(mms[-1], unit)
+        tail = [last[0]]
+        for mm in reversed(mms[:-1]):
+            busy = held.get(mm.id)
+            if busy is None:
+                busy = held[mm.id] = (asked.get((mm.id, unit, False, None)) or self._request(mm, unit))[1]
+            tail.append(tail[-1] + busy)
         return tail[::-1]
 
     def _first_mm_bound(self, p: int, lw: TileOp, lw_ready: int) -> int:
         """The earliest an item's first MM could start on plane p: after its plane is free and its
         weights (inputs ready at `lw_ready`) are loaded at the faster of the two rates _plan_groups
-        tries."""
+        tries: the full one (one port per slice streams the same words through no more ports, and
+        lpuc.cost charges the same latency; so a plane never planned costs one answer, not two)."""
         installed = self.installed_at[p] + self.target.iw_cycles
         ready = max(lw_ready, self.lw_free[p], installed)
-        unit = self._lw_unit[p]
-        load = min(self._request(lw, unit, False)[0], self._request(lw, unit, True)[0])
+        load = self._request(lw, self._lw_unit[p], False)[0]
         return max(self.plane_free[p], ready + load)
 
     def _plan_groups(
