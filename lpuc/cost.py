@@ -163,9 +163,10 @@ def _gathered_rows(attrs: Mapping[str, Any]) -> tuple[int, int | None]:
 
 
 def write_stack_sizes(opcode: str, attrs: Mapping[str, Any], n_writes: int) -> list[int]:
-    """Per write of an op, the number of windows its one result is stacked over: an MM (without a
-    fused map) writing several windows writes its result rows into them in order."""
-    stacked = opcode == "mxm.mm" and "epilogue" not in attrs and n_writes > 1
+    """Per write of an op, the number of windows its one result is stacked over: an MM (or its fused
+    map: lpuc.lowering.stacked_results) writing several windows writes its result rows into them in
+    order."""
+    stacked = opcode == "mxm.mm" and n_writes > 1
     return [n_writes if stacked else 1] * n_writes
 
 

@@ -66,7 +66,7 @@ def _mm(m: Machine, ins: Instruction, attrs: dict) -> None:
         plane.acc = product
     elif "epilogue" in attrs:
         plane.acc = None
-        m.write(ins.writes[0], epilogue(attrs["epilogue"], product, [None, *map(m.read, ins.reads[1:])]))
+        write_rows(m, ins.writes, epilogue(attrs["epilogue"], product, [None, *map(m.read, ins.reads[1:])]))
     else:
         plane.acc = None
         write_rows(m, ins.writes, product)

@@ -503,7 +503,8 @@ class _Executor:
         from_acc = bool(attrs.get("from_acc"))
         fused = attrs.get("epilogue")  # a map applied on the way to dst, as isa.epilogue does
         operands = [None, *(_readonly(self._view(a)) for a in ins.reads[1:])] if fused else []
-        fast_epilogue = self._fast_epilogue(fused, operands, dst) if fused is not None else None
+        # (a result stacked over several windows takes isa's path: the map's rows, then the windows)
+        fast_epilogue = self._fast_epilogue(fused, operands, dst) if fused is not None and not stack else None
         slot, first, last = self._shared.get(ins.id, (None, True, True))
         shared, scratch = self._mxm_inputs, self._mm_scratch
         into_dst = (
@@ -552,6 +553,10 @@ class _Executor:
                 plane.acc = None
                 if fast_epilogue is not None and product.dtype == np.float32:
                     fast_epilogue(product)
+                elif stack:
+                    result = epilogue(fused, product, operands)
+                    for part, (row, rows) in zip(stack, spans):
+                        _copy_into(part, result[row : row + rows])
                 else:
                     _copy_into(dst, epilogue(fused, product, operands))
             elif stack:

@@ -17,7 +17,7 @@ from lpuc.lowering import epilogue
 from lpuc.program import Program
 from lpuc.target import load_target
 from tests.models import export, ort_run
-from tests.mutate import cost_of, refusals, with_instruction
+from tests.mutate import cost_of, refusals, streams_of, with_instruction
 
 OFF = ["mxm_epilogues"]
 
@@ -90,6 +90,10 @@ def _maps_of_mm_results(p: Program) -> list:
     return [i for i in p.instructions if i.opcode == "vxm.map" and any(a.buf in mm_tiles for a in i.reads)]
 
 
+def _stored_temps(p: Program) -> list:
+    return [t for t in p.tiles if t.kind == "temp"]
+
+
 def _fused(p: Program) -> list:
     return [i for i in p.instructions if "epilogue" in i.attrs]
 
@@ -118,7 +122,8 @@ def test_fused_programs_match_onnxruntime_and_the_unfused_program(models, model,
     assert not _maps_of_mm_results(fused) and _maps_of_mm_results(apart)
     assert _fused(fused) and not _fused(apart)
     assert all(i.opcode == "mxm.mm" and cost.has_epilogue(i.opcode, i.work) for i in _fused(fused))
-    assert len(fused.tiles) < len(apart.tiles)  # the MMs' result tiles are gone
+    # the MMs' result tiles are gone (the outputs' tiles may be cut shorter: stacked_results)
+    assert len(_stored_temps(fused)) < len(_stored_temps(apart))
     assert fused.summary["cycles"] < apart.summary["cycles"]
     feeds = _feeds(path, SHAPES[model])
     (want,) = ort_run(path, feeds)
@@ -372,3 +377,43 @@ def test_a_map_joins_an_mm_epilogue(tmp_path, always_pays):
     np.testing.assert_array_equal(got, apart.run(feeds)["y"])
     np.testing.assert_array_equal(got, joined.run(feeds, interpret=True)["y"])
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5 * np.abs(want).max())
+
+
+def test_a_write_bound_epilogue_result_is_stacked_over_two_slices(models):
+    """An int8 MM's epilogue (dequantize, bias, GELU) writes fp32 rows (4 words) to the model
+    output: stacked over two tiles on two slices (lowering strategy stacked_results) it writes a row
+    per cycle, so it holds its plane no longer than its rows stream in; on one slice, two cycles a
+    row. Same values."""
+    path = models["gelu"]
+    stacked = lpuc.compile(path, precision="int8")
+    single = lpuc.compile(path, precision="int8", disable_passes=["stacked_results"])
+    target = load_target("tsp-v1")
+    for p, windows in ((stacked, 2), (single, 1)):
+        fused = _output_epilogues(p)
+        assert fused and all(len(i.writes) == windows for i in fused)
+        for i in fused:
+            assert sum(a.nrows for a in i.writes) == i.reads[0].nrows
+            assert len({a.slice for a in i.writes}) == windows
+
+    def plane_busy(p: Program) -> int:  # cycles the longest fused MM holds its plane
+        return max(_occupancy(p, i) for i in _output_epilogues(p))
+
+    rows = max(i.reads[0].nrows for i in _output_epilogues(stacked))
+    assert plane_busy(stacked) <= rows + target.iw_cycles < 2 * rows <= plane_busy(single)
+    feeds = _feeds(path, SHAPES["gelu"])
+    got = stacked.run(feeds)["y"]
+    np.testing.assert_array_equal(got, single.run(feeds)["y"])
+    np.testing.assert_array_equal(got, stacked.run(feeds, interpret=True)["y"])
+    (want,) = ort_run(path, feeds)
+    assert np.abs(got - want).max() <= TOLERANCE["int8"] * np.abs(want).max()
+
+
+def _output_epilogues(p: Program) -> list:
+    """Fused MMs writing the model's output (a fused result another op reads stays on one slice)."""
+    return [i for i in _fused(p) if p.tiles[i.writes[0].buf].kind == "output"]
+
+
+def _occupancy(p: Program, ins) -> int:
+    reads, writes = streams_of(p, ins)
+    precision, install = ins.attrs.get("precision", p.precision), bool(ins.attrs.get("install"))
+    return cost.occupancy(p.target, ins.opcode, ins.unit, ins.work, reads, writes, precision, install)

@@ -1,5 +1,5 @@
 """Stacked rows (lpuc/lowering/stacked_rows.py): a 4-byte value only maps read (an int8 GEMM's fp32
-input) in half-height tiles on two slices, which one map reads side by side at a row per cycle.
+input) in shorter tiles on several slices, which one map reads side by side at a row per cycle.
 Numerics against onnxruntime; costs from lpuc.cost's rules; the validator refuses a stack that is
 not the rows of the result."""
 
@@ -56,6 +56,22 @@ def test_int8_input_quantize_reads_two_slices_at_a_row_per_cycle(gemm):
     assert not _stacked_maps(plain)
     assert np.array_equal(plain.run({"x": x})["y"], got)
     assert program.summary["cycles"] < plain.summary["cycles"]
+
+
+def test_a_model_input_is_stacked_one_bank_per_slice(gemm):
+    """The fp32 input (4 words a row, no op writes it) is cut into four tiles: its quantize maps
+    read a word a cycle from each of four slices, booking one of each slice's two ports (the other
+    stays free for the weight loads and MMs on that slice), still at a row per cycle."""
+    program = lpuc.compile(gemm, precision="int8")
+    target = load_target("tsp-v1")
+    for ins in _stacked_maps(program):
+        (stack,) = [k for k in ins.attrs["operands"] if isinstance(k, list)]
+        parts = [ins.reads[j] for j in stack]
+        assert len(parts) == 4 and len({a.slice for a in parts}) == 4
+        for a in parts:
+            ports = [u for u in ins.units if u.startswith(f"MEM{a.slice}.")]
+            assert len(ports) == 1 < target.mem_banks, (ins.id, ports)
+        assert ins.duration < 2 * ins.writes[0].nrows
 
 
 def test_stacked_windows_share_one_operands_stream_ids():

@@ -15,6 +15,7 @@ from lpuc.lowering.map_chains import join_maps
 from lpuc.lowering.matmul import lower_matmul
 from lpuc.lowering.plane_rows import plane_rows
 from lpuc.lowering.row_segments import segment_rows
+from lpuc.lowering.stacked_results import stack_epilogue_results
 from lpuc.lowering.stacked_rows import stacked_values
 from lpuc.lowering.stream import lower_stream
 from lpuc.ops import Placement, is_elementwise, placement
@@ -35,6 +36,7 @@ STRATEGIES = {
     "plane_rows": "a tall product's operand tiles cut so its accumulation chains share the planes evenly",
     "mxm_epilogues": "a map of an MM's result fused into the MM: its rows stream through the VXM",
     "map_chains": "a map of another map's (or a fused epilogue's) result joined to it: one VXM pass",
+    "stacked_results": "a write-bound epilogue's result (fp32 model output) cut into tiles on several slices",
     # Applied by the sink_transposes pass, listed here to switch it off.
     "channels_last_depthwise": "a depthwise Conv of a channels-last value runs channels-last (no NCHW trip)",
     # Applied by the legalize_broadcast pass, listed here to switch it off.
@@ -124,7 +126,8 @@ def lower_with(
             lower_stream(b, node, Placement("HOST"), "HOST", "host.kernel")
     tiled = b.finish()
     tiled = fuse_epilogues(tiled, target) if b.enabled("mxm_epilogues") else tiled
-    return join_maps(tiled, target) if b.enabled("map_chains") else tiled
+    tiled = join_maps(tiled, target) if b.enabled("map_chains") else tiled
+    return stack_epilogue_results(tiled, target) if b.enabled("stacked_results") else tiled
 
 
 def host_resident_values(graph: Graph, where_ops: dict[str, str]) -> set[str]:

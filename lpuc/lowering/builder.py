@@ -45,10 +45,19 @@ def split_range(start: int, stop: int, *boundaries: Iterable[int] | int) -> list
     return list(zip(points[:-1], points[1:]))
 
 
-def stacked_split(dtype: np.dtype, target: Target) -> int:
-    """Into how many tiles a stacked value's tile is cut (lpuc.lowering.stacked_rows): enough slices
-    that each streams its share of a row per cycle through its banks."""
-    return -(-words_per_row(dtype) // target.mem_banks)
+def stacked_split(dtype: np.dtype, target: Target, model_input: bool = False) -> int:
+    """Into how many tiles a stacked value's tile is cut (lpuc.lowering.stacked_rows), 1 if one
+    slice's banks keep up with a row per cycle: else enough slices that each streams its share of a
+    row per cycle through its banks. A model input (no op writes it: no map is cut at its shorter
+    tiles) over enough slices that each streams through one bank, so the map reading them leaves
+    every slice's other banks free to the weight loads and MMs beside it: with both banks of two
+    slices held by each of its quantize maps, the int8 GEMM [2304x4096]x[4096x320]'s weight loads
+    waited for them (12,439 cycles; over four slices, 10,464). A map's result stays on the fewest
+    slices: cut shorter, its maps are too, each with its own latency."""
+    words = words_per_row(dtype)
+    if words <= target.mem_banks:
+        return 1
+    return words if model_input else -(-words // target.mem_banks)
 
 
 def default_block_rows(target: Target) -> int:
@@ -222,7 +231,7 @@ class TiledBuilder:
         rows = self.plane_rows.get(name) or self.rows_per_tile(total)
         if self.enabled("stacked_products"):  # a value shorter than a tile: its own rows cut
             rows = min(rows, total)
-        split = stacked_split(dtype, self.target)
+        split = stacked_split(dtype, self.target, model_input=name in self.graph.inputs)
         return rows // split if rows % split == 0 and rows // split > 0 else None
 
     def alias(self, name: str, source: TensorTiles) -> None:

@@ -6,7 +6,9 @@ ALUs twice as long as its expression needs (the input quantize of an int8 GEMM: 
 cycles). Cut into tiles of 1/`split` the rows (placement puts them on different slices), one map reads
 the tiles of its result's rows side by side as one stacked operand (lowering: attrs["operands"] names
 a list of reads, rows in order) at `split` times the words per cycle: a row per cycle, as lpuc.cost
-charges MEM bandwidth per slice. Costs are unchanged rules; only where the words live moves.
+charges MEM bandwidth per slice. A model input's `split` is its words per row (builder.stacked_split):
+each slice streams one word a cycle through one bank and keeps the other for the weight loads and
+MMs beside it. Costs are unchanged rules; only where the words live moves.
 
 Only values that the model inputs or a map produce, that every consumer reads as a whole tile, and
 whose consumers are all maps with results of at most `mem.banks` words per row (so the result's
@@ -49,7 +51,7 @@ def stacked_values(
     for name, v in graph.values.items():
         if name in skip or name in outputs or v.is_const or v.is_dynamic or v.shape is None:
             continue
-        split, rows = stacked_split(v.dtype, target), view_of(v.shape)[0]
+        split, rows = stacked_split(v.dtype, target, name in graph.inputs), view_of(v.shape)[0]
         if split < 2 or rows < 2:
             continue
         # A value shorter than a tile is cut only into halves that stream long enough to gain more

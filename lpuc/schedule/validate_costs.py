@@ -110,8 +110,7 @@ def _work_problem(p: Program, ins: Instruction) -> str | None:
             )
         act = ins.reads[0]
         if len(ins.writes) > 1 and (
-            "epilogue" in ins.attrs
-            or ins.attrs.get("acc")
+            ins.attrs.get("acc")
             or sum(a.nrows for a in ins.writes) != act.nrows
             or len({a.nlanes for a in ins.writes}) != 1
             or len(set(ins.writes)) != len(ins.writes)
@@ -164,8 +163,8 @@ def _epilogue_problem(p: Program, ins: Instruction) -> str | None:
         return "an MM without an epilogue relays no words to the VXM" if w.relay_words else None
     if not isinstance(epilogue, dict) or not {"expr", "operands", "result"} <= set(epilogue):
         return "an epilogue needs expr, operands and result"
-    if ins.attrs.get("keep") or ins.attrs.get("acc") or len(ins.writes) != 1:
-        return "an MM with an epilogue writes its final sum, through the map, to one window"
+    if ins.attrs.get("keep") or ins.attrs.get("acc") or not ins.writes:
+        return "an MM with an epilogue writes its final sum, through the map, to its result windows"
     try:
         result = dtype_from_name(str(epilogue["result"]))
         steps = list(epilogue["expr"])
@@ -183,8 +182,9 @@ def _epilogue_problem(p: Program, ins: Instruction) -> str | None:
         return f"work relays {w.relay_words} words per row, its {result.name} result has {words}"
     if w.alu_ops < alu_ops:
         return f"work {w.alu_ops} ALU ops per element is less than its epilogue needs"
-    if ins.writes[0].nrows != w.vectors:
-        return f"its epilogue writes {ins.writes[0].nrows} rows, not the {w.vectors} it multiplies"
+    if sum(a.nrows for a in ins.writes) != w.vectors:
+        written = sum(a.nrows for a in ins.writes)
+        return f"its epilogue writes {written} rows, not the {w.vectors} it multiplies"
     widest = max(p.tiles[a.buf].np_dtype.itemsize for a in ins.reads[1:] + ins.writes)
     if max(widest, result.itemsize) > 4:
         return "an epilogue streams 32-bit words: 64-bit values need a map of their own"
