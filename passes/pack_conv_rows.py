@@ -10,8 +10,9 @@ streams M / p rows, each through ceil(p K / k_tile) weight tiles, and every map 
 quantize_int8 does the same for int8 products (its own p, from 10000 rows on); this pass handles
 the MatMuls it leaves: fp16 and fp32, whose k_tile (160 on tsp-v1) makes the best p the one with
 the fewest weight passes per result row. The MXM multiplies the zero blocks too, but the lower
-bounds count only the convolution's own MACs and weights (lowering marks a packed Im2Col's products
-block_diagonal p for lpuc.schedule.bounds), so packing cannot lower the bound it is measured by.
+bounds count only the convolution's own MACs and weights (the product's model_blocks are the
+diagonal blocks, lpuc.ir.model_work; lowering marks its weight loads block_diagonal p for the
+weight-load bound), so packing cannot lower the bound it is measured by.
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ import math
 import numpy as np
 
 from lpuc.ir.graph import LPUC_DOMAIN, Graph, Node
+from lpuc.ir.model_work import ATTR as MODEL_BLOCKS
+from lpuc.ir.model_work import block_diagonal, flat
 from lpuc.passes.builder import NodeBuilder, replace_nodes
 from lpuc.passes.eliminate_dead_code import eliminate_dead_code
 
@@ -116,5 +119,12 @@ def _pack(b: NodeBuilder, producers: dict[str, Node], p: int) -> None:
     )
     weights = b.graph.values[node.inputs[1]].const
     blocks = b.const("weights_packed", np.kron(np.eye(p, dtype=weights.dtype), weights))
-    product = b.emit("MatMul", [cols, blocks], (m // p, p * n), b.dtype(node.outputs[0]), "matmul_packed")
+    product = b.emit(
+        "MatMul",
+        [cols, blocks],
+        (m // p, p * n),
+        b.dtype(node.outputs[0]),
+        "matmul_packed",
+        **{MODEL_BLOCKS: flat(block_diagonal(p, k, n))},
+    )
     b.bind_output(b.reshape(product, (m, n), "unpack"), node.outputs[0])

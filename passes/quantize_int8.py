@@ -24,6 +24,8 @@ import numpy as np
 from lpuc import calibration as calib
 from lpuc.ir.evaluate import evaluate_graph_ir
 from lpuc.ir.graph import LPUC_DOMAIN, Graph, Node
+from lpuc.ir.model_work import ATTR as MODEL_BLOCKS
+from lpuc.ir.model_work import block_diagonal, flat
 from lpuc.passes.builder import NodeBuilder
 from lpuc.passes.eliminate_dead_code import eliminate_dead_code
 
@@ -84,7 +86,9 @@ def quantize_int8(graph: Graph, ctx) -> Graph:
                 )
             q = quantized[key]
         out_shape = b.shape(node.outputs[0])
+        model_work = {}
         if pack > 1:  # p rows side by side: block-diagonal weights, per-channel scales repeated
+            model_work = {MODEL_BLOCKS: flat(block_diagonal(pack, *w_q.shape))}
             w_q = np.kron(np.eye(pack, dtype=np.int8), w_q)
             s_w = np.tile(s_w, pack)
         acc = b.emit(
@@ -93,6 +97,7 @@ def quantize_int8(graph: Graph, ctx) -> Graph:
             (*b.shape(q)[:-1], w_q.shape[1]),
             np.int32,
             "matmul_int8",
+            **model_work,
         )
         out_dtype = b.dtype(node.outputs[0])
         scale = b.const("requant_scale", (np.float64(s_a) * s_w).astype(out_dtype))

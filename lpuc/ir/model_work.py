@@ -1,8 +1,9 @@
 """Which multiply-accumulates of a product are the model's own work (the MXM bound counts only those).
 
 A pass that widens a product with constant operands (fold_bias_columns: bias digit rows in K, extra
-constant output channels in N) makes the MXM stream more lanes than the model multiplies. The MXM
-is charged for all of them (lpuc.cost times an MM by its rows, not its MACs), but the MXM bound --
+constant output channels in N) or packs rows side by side over block-diagonal weights
+(pack_conv_rows, quantize_int8: zero blocks) makes the MXM stream more lanes than the model
+multiplies. The MXM is charged for all of them (lpuc.cost times an MM by its rows, not its MACs), but the MXM bound --
 "what no schedule can beat" for the model -- and the summary's `macs` must not count them.
 
 The node attribute `model_blocks` lists the product's model work as blocks of its weight [K, N]:
@@ -25,6 +26,12 @@ def model_blocks(node: Node, k: int, n: int) -> list[Block]:
     if not flat:
         return [(0, k, 0, n)]
     return [(flat[i], flat[i + 1], flat[i + 2], flat[i + 3]) for i in range(0, len(flat), 4)]
+
+
+def block_diagonal(p: int, k: int, n: int) -> list[Block]:
+    """The model work of p rows packed side by side (weights kron(I_p, W), W [k, n]): the p diagonal
+    blocks; the zero blocks the MXM also multiplies are not the model's."""
+    return [(j * k, (j + 1) * k, j * n, (j + 1) * n) for j in range(p)]
 
 
 def flat(blocks: list[Block]) -> list[int]:

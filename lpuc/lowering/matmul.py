@@ -67,11 +67,12 @@ def lower_matmul(b: TiledBuilder, node: Node) -> None:
     if k == 0:
         raise AssertionError("MatMul with K = 0 must be folded before lowering")
     attrs = {"precision": mode_name}
-    # Constant rows or columns a pass added (fold_bias_columns) are no model work: MMs count their
-    # MACs without them (lpuc.ir.model_work), so the MXM bound and the summary's MACs leave them out.
+    # Constant rows or columns a pass added (fold_bias_columns) and the zero blocks of rows packed
+    # side by side are no model work: MMs count their MACs without them (lpuc.ir.model_work), so the
+    # MXM bound and the summary's MACs leave them out.
     blocks = model_blocks(node, k, n)
-    # Rows packed side by side (pack_conv_rows, quantize_int8) multiply block-diagonal weights: p
-    # copies of the convolution's, whose MACs and bytes alone the lower bounds count.
+    # Packed rows' block-diagonal weights are p copies of the convolution's: the weight-load bound
+    # counts the bytes of one.
     im2col = b.producers.get(a_name)
     if im2col is not None and im2col.op == "Im2Col" and int(im2col.attr("pack_rows", 1)) > 1:
         attrs["block_diagonal"] = int(im2col.attr("pack_rows"))

@@ -1,8 +1,8 @@
 """Lower bounds on cycles from the model's work and the target alone: what no schedule can beat.
 
 Never from this schedule's own critical path (that is reported apart, by the summary):
-- mxm: multiply-accumulates / (planes x MACs per cycle at the op's precision); of a product with
-  block-diagonal weights (p packed rows: attr block_diagonal p), only the 1 / p not multiplying zeros
+- mxm: the model's multiply-accumulates / (planes x MACs per cycle at the op's precision); an MM
+  counts neither the zero blocks of packed rows nor constant rows a pass added (lpuc.ir.model_work)
 - vxm: element operations (of maps fused into MMs too) / (lanes x ALUs per lane)
 - sxm: vectors the model's own data-movement ops stream / SXM units, for those the graph passes keep
   (layout changes the compiler inserts are its choice, not the model's work; a model Transpose the
@@ -52,8 +52,7 @@ def hardware_bounds(program: Program, facts: dict) -> dict[str, int]:
     host = 0
     for ins in program.instructions:
         if ins.opcode == "mxm.mm":
-            useful = ins.work.macs / ins.attrs.get("block_diagonal", 1)  # not the zero blocks' MACs
-            mxm += useful / target.mxm_mode(ins.attrs["precision"]).macs_per_cycle
+            mxm += ins.work.macs / target.mxm_mode(ins.attrs["precision"]).macs_per_cycle
         elif ins.opcode == "host.kernel":
             host += cost.host_cycles(target, ins.work)
         vxm_work = ins.opcode.startswith("vxm.") or cost.has_epilogue(ins.opcode, ins.work)

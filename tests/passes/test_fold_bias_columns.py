@@ -99,9 +99,9 @@ def test_a_packed_convolution_folds_its_bias(tmp_path, monkeypatch):
     apart = lpuc.compile(path, precision="int8", disable_passes=["fold_bias_columns"])
     final = (tmp_path / "ir" / "99_final.graph.txt").read_text()
     assert "pack_rows=" in final and "const_columns=" in final
-    # Each packed group's digit rows are left out (the block-diagonal weights' zeros count, folded
-    # or not: 16 groups of 147 rows by 16 x 16 columns for 256 / 16 packed rows).
-    _assert_same_model_work(folded, apart, 16 * (16 * 147) * (16 * 16))
+    # Each packed group's digit rows are left out, and the block-diagonal weights' zero blocks, folded
+    # or not: the convolution's 256 result rows by 147 x 16.
+    _assert_same_model_work(folded, apart, 256 * 147 * 16)
     proto = onnx.load(str(path))
     for seed in range(2):
         x = np.random.default_rng(seed).standard_normal((1, 3, 32, 32)).astype(np.float32)
