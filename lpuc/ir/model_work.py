@@ -3,8 +3,9 @@
 A pass that widens a product with constant operands (fold_bias_columns: bias digit rows in K, extra
 constant output channels in N) or packs rows side by side over block-diagonal weights
 (pack_conv_rows, quantize_int8: zero blocks) makes the MXM stream more lanes than the model
-multiplies. The MXM is charged for all of them (lpuc.cost times an MM by its rows, not its MACs), but the MXM bound --
-"what no schedule can beat" for the model -- and the summary's `macs` must not count them.
+multiplies. The MXM is charged for all of them (lpuc.cost times an MM by its rows, not its MACs),
+but the MXM bound -- "what no schedule can beat" for the model -- and the summary's `macs` must not
+count them.
 
 The node attribute `model_blocks` lists the product's model work as blocks of its weight [K, N]:
 a flat list k0, k1, n0, n1, ... of half-open row and column ranges. Without it the whole [K, N] is
