@@ -16,6 +16,7 @@ from tests.onnx_builders import embedding_matmul_model
 
 pytest.importorskip("transformers")
 from tests import zoo  # noqa: E402 - needs transformers
+from tests.similarity import cosine
 
 # 2 layers, 128 wide, 2 heads; the real vocabulary (a 30522 x 128 table) and 512 positions.
 SMALL = {"num_hidden_layers": 2, "hidden_size": 128, "num_attention_heads": 2, "intermediate_size": 512}
@@ -33,11 +34,6 @@ def bert_feeds(vocab: int = 30522, seq_len: int = 128, seed: int = 3) -> dict[st
         "attention_mask": mask,
         "token_type_ids": types,
     }
-
-
-def cosine(a: np.ndarray, b: np.ndarray) -> float:
-    a, b = a.astype(np.float64).ravel(), b.astype(np.float64).ravel()
-    return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))
 
 
 @pytest.fixture(scope="module")

@@ -19,11 +19,7 @@ from lpuc.schedule.placement import place_tiles, scratch_budgets
 from lpuc.target import load_target
 from tests.models import ort_run
 from tests.onnx_builders import embedding_matmul_model
-
-
-def _cosine(a: np.ndarray, b: np.ndarray) -> float:
-    a, b = a.astype(np.float64).ravel(), b.astype(np.float64).ravel()
-    return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))
+from tests.similarity import cosine
 
 
 def _embed_matmul(path, vocab: int, rows: int) -> None:
@@ -43,7 +39,7 @@ def test_table_stays_in_sram_when_constants_leave_room_on_a_few_slices(tmp_path)
     feeds = {"ids": np.random.default_rng(1).integers(0, 3616, 128).astype(np.int64)}
     (got,) = program.run(feeds).values()
     (expected,) = ort_run(path, feeds)
-    assert _cosine(got, expected) >= 0.9999
+    assert cosine(got, expected) >= 0.9999
     np.testing.assert_allclose(got, expected, rtol=0.02, atol=0.05)  # fp16 table and weights
 
     without_step = lpuc.compile(path, target="tsp-mini", precision="fp16", disable_passes=sorted(SRAM_HUNGRY))

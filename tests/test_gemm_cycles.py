@@ -15,6 +15,7 @@ import pytest
 import lpuc
 from tests.kernels.oracle import run_onnxruntime
 from tests.onnx_builders import single_op_model
+from tests.similarity import cosine
 
 # [2304x4096]x[4096x320], measured with plane_rows and chain waves (before: int8 14,288, fp16 32,405),
 # then int8 with its input stacked one bank per slice and its epilogues' results over two slices
@@ -27,11 +28,6 @@ def _matmul(path: Path, m: int, k: int, n: int) -> Path:
     w = np.random.default_rng(0).standard_normal((k, n)).astype(np.float32)
     onnx.save(single_op_model("MatMul", [("x", [m, k])], [("y", [m, n])], initializers={"w": w}), path)
     return path
-
-
-def _cosine(a: np.ndarray, b: np.ndarray) -> float:
-    a, b = a.astype(np.float64).ravel(), b.astype(np.float64).ravel()
-    return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))
 
 
 @pytest.mark.slow  # two full-size compiles, ~30 s
@@ -50,7 +46,7 @@ def test_tall_gemm_keeps_its_cycles_and_numerics(tmp_path, precision):
     assert len(mm_rows) == 4 and len(set(mm_rows.values())) == 1, mm_rows
     x = np.random.default_rng(1).standard_normal((2304, 4096)).astype(np.float32)
     (want,) = run_onnxruntime(onnx.load(str(path)), {"x": x})
-    assert _cosine(program.run({"x": x})["y"], want) >= 0.99
+    assert cosine(program.run({"x": x})["y"], want) >= 0.99
 
 
 def test_plane_rows_only_where_they_shorten_the_busiest_plane(tmp_path):
@@ -66,7 +62,7 @@ def test_plane_rows_only_where_they_shorten_the_busiest_plane(tmp_path):
     x = np.random.default_rng(2).standard_normal((1536, 640)).astype(np.float32)
     (want,) = run_onnxruntime(onnx.load(str(tmp_path / "tall.onnx")), {"x": x})
     got = tall.run({"x": x})["y"]
-    assert _cosine(got, want) >= 0.99
+    assert cosine(got, want) >= 0.99
     np.testing.assert_array_equal(got, tall.run({"x": x}, interpret=True)["y"])
     even = lpuc.compile(_matmul(tmp_path / "even.onnx", 1280, 640, 64), precision="int8")
     assert _chain_rows(even) == {320}

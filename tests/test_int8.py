@@ -16,6 +16,7 @@ from lpuc.passes.quantize_int8 import quantize_weights
 from tests.cli_helpers import assert_one_line_error, invoke
 from tests.kernels.oracle import run_onnxruntime
 from tests.models import ort_run
+from tests.similarity import cosine
 from tests.zoo import (
     MobileNetish,
     ResNetish,
@@ -25,11 +26,6 @@ from tests.zoo import (
     resnet50,
     vgg19,
 )
-
-
-def _cosine(a: np.ndarray, b: np.ndarray) -> float:
-    a, b = a.astype(np.float64).ravel(), b.astype(np.float64).ravel()
-    return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))
 
 
 def _export(module: torch.nn.Module, shape: tuple[int, ...], path: Path, outputs=("y",)) -> Path:
@@ -70,7 +66,7 @@ def _check_cosine(program, model: Path, shape, samples: int, seed: int = 7, mini
         expected = run_onnxruntime(proto, {"x": x})
         got = program.run({"x": x})
         for out, ref in zip(proto.graph.output, expected):
-            worst = min(worst, _cosine(got[out.name], ref))
+            worst = min(worst, cosine(got[out.name], ref))
     assert worst >= minimum, worst
     return worst
 
@@ -148,7 +144,7 @@ def test_calibration_ranges_change_the_program(small_cnn, tmp_path):
     coarse = lpuc.compile(small_cnn, precision="int8", calibrate={"x": samples * 100})
     x = rng.standard_normal((1, 3, 32, 32)).astype(np.float32)
     (expected,) = run_onnxruntime(onnx.load(str(small_cnn)), {"x": x})
-    good, bad = (_cosine(p.run({"x": x})["y"], expected) for p in (matched, coarse))
+    good, bad = (cosine(p.run({"x": x})["y"], expected) for p in (matched, coarse))
     assert good >= 0.99 and bad < good
 
 
@@ -237,7 +233,7 @@ def test_real_weight_cnn_int8():
         prob, box, landmarks = run_onnxruntime(proto, {"x": x})
         got = program.run({"x": x})
         for name, ref in (("prob", prob), ("box", box), ("landmarks", landmarks)):
-            worst = min(worst, _cosine(got[name], ref))
+            worst = min(worst, cosine(got[name], ref))
         agree += int(np.argmax(got["prob"]) == np.argmax(prob))
         faces += int(np.argmax(prob) == 1)
     assert 5 <= faces <= 15, faces  # the inputs do exercise both classes
@@ -444,7 +440,7 @@ def test_residual_sums_beyond_fp16_range_stay_float32(tmp_path):
     assert "float16" not in {t.dtype for t in program.tiles if t.kind != "const"}
     (want,) = ort_run(path, {"x": big["x"][0]})
     got = program.run({"x": big["x"][0]})["y"]
-    assert np.isfinite(got).all() and _cosine(got, want) >= 0.99
+    assert np.isfinite(got).all() and cosine(got, want) >= 0.99
 
 
 def test_packed_rows_keep_the_numerics(tmp_path, monkeypatch):
@@ -663,7 +659,7 @@ def test_depthwise_conv_values_beyond_fp16_range_stay_float32(mobilenetish):
     assert convs and all(program.tiles[a.buf].dtype == "float32" for i in convs for a in i.writes), convs[:1]
     (want,) = ort_run(mobilenetish, {"x": big["x"][0]})
     got = program.run({"x": big["x"][0]})["y"]
-    assert np.isfinite(got).all() and _cosine(got, want) >= 0.99
+    assert np.isfinite(got).all() and cosine(got, want) >= 0.99
 
 
 class _ConcatConvs(torch.nn.Module):

@@ -15,6 +15,7 @@ import lpuc
 from lpuc.ir.graph import Graph
 from lpuc.passes.store_int8_constants_fp16 import _narrowable
 from tests.kernels.oracle import run_onnxruntime
+from tests.similarity import cosine
 
 
 def _linear(path: Path, m: int, k: int, n: int) -> Path:
@@ -31,11 +32,6 @@ def _linear(path: Path, m: int, k: int, n: int) -> Path:
     )
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
     return path
-
-
-def _cosine(a: np.ndarray, b: np.ndarray) -> float:
-    a, b = a.astype(np.float64).ravel(), b.astype(np.float64).ravel()
-    return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))
 
 
 def _quantize_maps(program) -> list:
@@ -61,7 +57,7 @@ def test_quantize_maps_read_their_scale_as_fp16_and_hold_fewer_stream_ids(tmp_pa
         assert _stream_ids(a) == _stream_ids(b) - 2  # 2 bytes of scale instead of 4
     x = np.random.default_rng(3).standard_normal((96, 640)).astype(np.float32)
     (want,) = run_onnxruntime(onnx.load(str(path)), {"x": x})
-    cosines = [_cosine(p.run({"x": x})["y"], want) for p in (narrow, wide)]
+    cosines = [cosine(p.run({"x": x})["y"], want) for p in (narrow, wide)]
     assert min(cosines) >= 0.99 and abs(cosines[0] - cosines[1]) < 1e-3, cosines
     np.testing.assert_array_equal(narrow.run({"x": x})["y"], narrow.run({"x": x}, interpret=True)["y"])
 

@@ -15,6 +15,7 @@ import lpuc
 from lpuc.lowering.row_segments import _matrix_rows, _segment
 from tests import zoo
 from tests.models import export, ort_run
+from tests.similarity import cosine
 
 CONTEXT = 128
 
@@ -105,7 +106,7 @@ def test_residual_add_shares_the_layernorm_segments(tmp_path):
     (want,) = ort_run(path, {"ids": ids})
     program = lpuc.compile(path, precision="fp16", host_fallback=False)
     (got,) = program.run({"ids": ids}).values()
-    assert _cosine(got, want) >= 0.999
+    assert cosine(got, want) >= 0.999
     sums = [i for i in program.instructions if i.opcode == "vxm.map" and i.node.endswith("/MatMul")]
     assert len(sums) >= 8 and {i.work.vectors for i in sums[:-1]} == {64}  # the last: the LM head's
     assert not any(i.opcode == "vxm.map" and i.node.endswith("/Add_1") for i in program.instructions)
@@ -115,11 +116,6 @@ def test_residual_add_shares_the_layernorm_segments(tmp_path):
     assert {i.work.vectors for i in mms} == {128}
     apart = lpuc.compile(path, precision="fp16", host_fallback=False, disable_passes=["map_chains"])
     assert any(i.opcode == "vxm.map" and i.node.endswith("/Add_1") for i in apart.instructions)
-
-
-def _cosine(a: np.ndarray, b: np.ndarray) -> float:
-    a, b = a.astype(np.float64).ravel(), b.astype(np.float64).ravel()
-    return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))
 
 
 def test_layernorm_segments_read_their_own_constant_copies(gpt128):

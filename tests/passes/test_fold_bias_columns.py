@@ -16,13 +16,9 @@ from lpuc.ir.graph import LPUC_DOMAIN
 from lpuc.kernels.registry import KernelContext, run_kernel
 from lpuc.passes.fold_bias_columns import DIGIT, _digits, _with_bias_rows
 from tests.kernels.oracle import run_onnxruntime
+from tests.similarity import cosine
 
 SHAPE = (1, 8, 12, 12)
-
-
-def _cosine(a: np.ndarray, b: np.ndarray) -> float:
-    a, b = a.astype(np.float64).ravel(), b.astype(np.float64).ravel()
-    return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))
 
 
 def _model(path: Path) -> Path:
@@ -107,7 +103,7 @@ def test_a_packed_convolution_folds_its_bias(tmp_path, monkeypatch):
         x = np.random.default_rng(seed).standard_normal((1, 3, 32, 32)).astype(np.float32)
         want = run_onnxruntime(proto, {"x": x})[0]
         got, ref = folded.run({"x": x})["y"], apart.run({"x": x})["y"]
-        assert _cosine(got, want) >= 0.999 and _cosine(got, want) >= _cosine(ref, want) - 1e-4
+        assert cosine(got, want) >= 0.999 and cosine(got, want) >= cosine(ref, want) - 1e-4
 
 
 def _assert_same_model_work(folded, apart, model_macs: int) -> None:
@@ -157,7 +153,7 @@ def test_bias_folds_into_the_products_and_keeps_the_accuracy(tmp_path, symmetric
         x = rng.standard_normal(SHAPE).astype(np.float32)
         want = run_onnxruntime(proto, {"x": x})[0]
         got, ref = folded.run({"x": x})["y"], apart.run({"x": x})["y"]
-        assert _cosine(got, want) >= 0.999 and _cosine(got, want) >= _cosine(ref, want) - 1e-4
+        assert cosine(got, want) >= 0.999 and cosine(got, want) >= cosine(ref, want) - 1e-4
         # The bias rounds to the accumulator's unit instead of adding in float32: the int8 result of
         # the first layer moves by at most one step, so the float output stays within a few of its
         # quantization steps of the unfolded build.
