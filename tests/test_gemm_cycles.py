@@ -60,6 +60,16 @@ def test_plane_rows_only_where_they_shorten_the_busiest_plane(tmp_path):
     rows are not cut (its K is split over the planes instead)."""
     tall = lpuc.compile(_matmul(tmp_path / "tall.onnx", 1536, 640, 64), precision="int8")
     assert _chain_rows(tall) == {192}
+    # Each quantize map covers two chains (plane_rows.MAP_CHAINS): the MMs of two chains read
+    # windows of its result tile, one 192-row half each.
+    maps = [i for i in tall.instructions if i.opcode == "vxm.map" and i.node.endswith("round_cast")]
+    assert maps and {i.writes[0].nrows for i in maps} == {384}
+    readers = Counter(
+        (i.reads[0].slice, i.reads[0].addr)
+        for i in tall.instructions
+        if i.opcode == "mxm.mm" and i.reads[0].buf in {m.writes[0].buf for m in maps}
+    )
+    assert len(readers) == 2 * len(maps) and set(readers.values()) == {1}
     default = lpuc.compile(
         _matmul(tmp_path / "tall.onnx", 1536, 640, 64), precision="int8", disable_passes=["plane_rows"]
     )
