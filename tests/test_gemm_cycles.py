@@ -19,8 +19,9 @@ from tests.similarity import cosine
 
 # [2304x4096]x[4096x320], measured with plane_rows and chain waves (before: int8 14,288, fp16 32,405),
 # then int8 with its input stacked one bank per slice and its epilogues' results over two slices
-# (lpuc/lowering/stacked_rows.py, stacked_results.py): 12,329 -> 10,464.
-GEMM_CYCLES = {"int8": 10_464, "fp16": 31_437}
+# (lpuc/lowering/stacked_rows.py, stacked_results.py): 12,329 -> 10,464; then one quantize map per two
+# chains (plane_rows.MAP_CHAINS): 10,464 -> 9,827.
+GEMM_CYCLES = {"int8": 9_827, "fp16": 31_437}
 
 
 def _matmul(path: Path, m: int, k: int, n: int) -> Path:
@@ -55,6 +56,16 @@ def test_plane_rows_only_where_they_shorten_the_busiest_plane(tmp_path):
     rows are not cut (its K is split over the planes instead)."""
     tall = lpuc.compile(_matmul(tmp_path / "tall.onnx", 1536, 640, 64), precision="int8")
     assert _chain_rows(tall) == {192}
+    # Each quantize map covers two chains (plane_rows.MAP_CHAINS): the MMs of two chains read
+    # windows of its result tile, one 192-row half each.
+    maps = [i for i in tall.instructions if i.opcode == "vxm.map" and i.node.endswith("round_cast")]
+    assert maps and {i.writes[0].nrows for i in maps} == {384}
+    readers = Counter(
+        (i.reads[0].slice, i.reads[0].addr)
+        for i in tall.instructions
+        if i.opcode == "mxm.mm" and i.reads[0].buf in {m.writes[0].buf for m in maps}
+    )
+    assert len(readers) == 2 * len(maps) and set(readers.values()) == {1}
     default = lpuc.compile(
         _matmul(tmp_path / "tall.onnx", 1536, 640, 64), precision="int8", disable_passes=["plane_rows"]
     )

@@ -13,7 +13,9 @@ k_split), and where every value cut along with the product's activation and resu
 input, a map's result or operand, or a model output: the product's activation and the same-shaped
 operands of the map producing it, its result and the same-shaped results of the maps reading it.
 An SXM or VXM kernel (an Im2Col, a LayerNorm) cuts its own work at tiles and stays on the default.
-Costs are unchanged rules of lpuc.cost; only where the row segments start moves.
+The map computing the activation (the int8 quantize) and its same-shaped operands get tiles
+MAP_CHAINS chains tall: one map quantizes a K slab for two chains, and their MMs read their rows as
+windows of its tile. Costs are unchanged rules of lpuc.cost; only where the row segments start moves.
 """
 
 from __future__ import annotations
@@ -29,6 +31,11 @@ from lpuc.target import Target
 
 # Tile rows are kept a multiple of this (a stacked value's tiles halve them).
 ROW_ALIGN = 16
+# A map computing a product's activation (the int8 quantize) covers this many chains' rows: each map
+# holds its chained ALUs for its rows plus ~100 cycles of latency, so one map per two chains halves
+# that overhead; the MMs read their rows as windows of its taller tile. Measured on the int8 GEMM
+# [2304x4096]x[4096x320] (eight 288-row chains): 1: 10,464 cycles, 2: 9,827, 3: 11,982, 4: 10,686.
+MAP_CHAINS = 2
 
 
 def plane_rows(graph: Graph, unit_of_node: dict[str, str], target: Target, precision: str) -> dict[str, int]:
@@ -44,10 +51,24 @@ def plane_rows(graph: Graph, unit_of_node: dict[str, str], target: Target, preci
         if seg is None:
             continue
         names = _cut_with(node, graph, producers, consumers, unit_of_node)
-        if names is not None:
-            for name in names:
-                rows[name] = min(seg, rows.get(name, seg))
+        if names is None:
+            continue
+        quantized = _map_side(node, graph, producers)
+        for name in names:
+            want = seg * MAP_CHAINS if name in quantized else seg
+            rows[name] = min(want, rows.get(name, want))
     return dict(sorted(rows.items()))
+
+
+def _map_side(node: Node, graph: Graph, producers: dict[str, Node]) -> set[str]:
+    """The product's activation and the same-shaped operands of the map computing it (none when a
+    model input feeds the product directly): cut MAP_CHAINS chains tall."""
+    a_name = node.inputs[0]
+    producer = producers.get(a_name)
+    if producer is None:
+        return set()
+    a_shape = tuple(graph.values[a_name].shape)
+    return {a_name, *(i for i in producer.inputs if _same_shaped_value(graph, i, a_shape))}
 
 
 def _balanced_rows(node: Node, graph: Graph, target: Target, precision: str) -> int | None:
