@@ -55,6 +55,7 @@ from __future__ import annotations
 
 import functools
 import math
+from bisect import bisect_left, bisect_right
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, fields
@@ -374,6 +375,15 @@ def stream_needs(
     return min(sum(east), cap), min(sum(west), cap)
 
 
+def stream_side(target: Target, unit: str) -> tuple[int, int, bool]:
+    """All that stream_needs asks of a unit's position: the slices west of it, the slices not east of
+    it, and whether it is west of the VXM. Units with the same side hold the same streams for the same
+    instruction (MXM0 and MXM1 on tsp-v1), so the scheduler asks once for both."""
+    pos = target.position(unit)
+    columns = sorted(target.slice_positions)
+    return bisect_left(columns, pos), bisect_right(columns, pos), pos < target.position("VXM0")
+
+
 def _flows_east(target: Target, unit_pos: int, s: Stream, towards_unit: bool) -> bool:
     slice_pos = target.slice_positions[s.slice]
     return (slice_pos < unit_pos) if towards_unit else (unit_pos < slice_pos)
@@ -398,7 +408,24 @@ def duration(
     kernel holds (default: vxm_alus; fewer take longer over its ops, held_alus)."""
     if opcode == "host.kernel":
         return unit_cycles(target, opcode, work, precision)
-    n = _streaming_cycles(target, opcode, work, reads, writes, precision, ports, alus)
+    n = streaming_cycles(target, opcode, work, reads, writes, precision, ports, alus)
+    return duration_after_streaming(target, opcode, unit, work, reads, writes, install, n)
+
+
+def duration_after_streaming(
+    target: Target,
+    opcode: str,
+    unit: str,
+    work: Work,
+    reads: Sequence[Stream],
+    writes: Sequence[Stream],
+    install: bool,
+    n: int,
+) -> int:
+    """duration, given N (streaming_cycles, which does not depend on the unit): the scheduler asks
+    for an MXM op on every plane, and only the latencies differ between them."""
+    if opcode == "host.kernel":
+        return n  # (streaming_cycles: the host's whole time)
     pos = target.position(unit)
     t_in, t_out = _farthest(target, pos, reads), _farthest(target, pos, writes)
     read_lat = target.mem.read_delay + t_in if reads else 0
@@ -459,11 +486,16 @@ def occupancy(
     while it installs weights); everything else holds its unit for its whole duration."""
     if opcode != "mxm.mm":
         return duration(target, opcode, unit, work, reads, writes, precision, install, ports, alus)
-    n = _streaming_cycles(target, opcode, work, reads, writes, precision, ports)
+    n = streaming_cycles(target, opcode, work, reads, writes, precision, ports)
+    return mm_occupancy(target, install, n)
+
+
+def mm_occupancy(target: Target, install: bool, n: int) -> int:
+    """occupancy of an mxm.mm, given its N (streaming_cycles): the same on every plane."""
     return max(1, (target.iw_cycles if install else 0) + n)
 
 
-def _streaming_cycles(
+def streaming_cycles(
     target: Target,
     opcode: str,
     work: Work,
@@ -475,6 +507,8 @@ def _streaming_cycles(
 ) -> int:
     """N: the unit's own rate or the MEM bandwidth of the ports booked, whichever is slower."""
     n_unit = unit_cycles(target, opcode, work, precision, alus)
+    if opcode == "host.kernel":
+        return n_unit  # its whole time (duration): host DMA books no ports
     if ports is None:
         ports = _port_needs(target, opcode, [*reads, *writes], n_unit)
     return max(n_unit, mem_cycles(ports, [*reads, *writes]))

@@ -15,6 +15,7 @@ import pytest
 
 import lpuc
 import lpuc.api
+from lpuc import cost
 from lpuc.schedule import scheduler
 from lpuc.schedule.allocator import Lifetime, _place_slice, lowest_gap
 from lpuc.schedule.build import _forget_moved
@@ -100,6 +101,29 @@ def test_answers_shared_by_rounds_change_no_schedule(tiled):
     warm = scheduler.schedule(tiled, target, moved, preds, requests=shared)
     cold = scheduler.schedule(tiled, target, moved, preds)
     assert warm.slots == cold.slots
+
+
+def test_answers_shared_by_planes_are_the_cost_models_per_unit(tiled):
+    """_answer works out ports and N once for every unit, and stream ids once per side of the slices
+    (lpuc.cost.stream_side): each answer is what lpuc.cost gives when asked for that very unit."""
+    target = load_target("tsp-v1")
+    slice_of = place_tiles(tiled, target, {})
+    requests: dict = {}
+    scheduler.schedule(tiled, target, slice_of, dependencies(tiled), requests=requests)
+    units = {unit for _, unit, *_ in requests}
+    assert {"MXM0", "MXM3"} <= units  # (MXM ops asked on planes of both sides)
+    for (opcode, unit, work, reads, writes, precision, install, one_port, alus), answer in requests.items():
+        d, busy, pools = answer
+        n_unit = cost.unit_cycles(target, opcode, work, precision, alus)
+        ports = cost.port_needs(target, opcode, [*reads, *writes], n_unit)
+        ports = {s: 1 for s in ports} if one_port else ports
+        args = (target, opcode, unit, work, reads, writes, precision, install, ports, alus)
+        assert d == cost.duration.__wrapped__(*args)
+        assert busy == (cost.occupancy.__wrapped__(*args) if opcode == "mxm.mm" else d)
+        east, west = cost.stream_needs.__wrapped__(target, opcode, unit, reads, writes, work)
+        names = {"SE0": east, "SW0": west}
+        for first, want in names.items():
+            assert [k for u, k, _ in pools if u[0] == first] == ([want] if want else [])
 
 
 def _brute_first_fit(ranges: list[tuple[int, int]], words: int) -> int:

@@ -84,7 +84,7 @@ def test_stacked_windows_share_one_operands_stream_ids():
     assert cost.stream_needs(v1, "vxm.map", "VXM0", apart, out, cost.Work(vectors=320, alu_ops=2)) == (8, 1)
     # MEM words stay per slice: 640 words over 2 ports each, as fast as the 320 rows
     work = cost.Work(vectors=320, alu_ops=2)
-    assert cost._streaming_cycles(v1, "vxm.map", work, halves, out, "int8", None) == 320
+    assert cost.streaming_cycles(v1, "vxm.map", work, halves, out, "int8", None) == 320
     assert cost.stack_sizes("vxm.map", {"operands": [[0, 1], 2]}, 3) == [2, 2, 1]
     assert cost.stack_sizes("mxm.lw", {}, 2) == [1, 1]
 

@@ -300,7 +300,10 @@ class _UnitState:
         # MXM op asks again per plane tried, and this key is cheap to hash (the one above hashes the
         # work record).
         self._asked: dict[tuple, tuple[int, int, list[Pool]]] = {} if asked is None else asked
-        self._ports: dict[tuple, dict[int, int]] = {}  # _answer's ports per slice, by all but the unit
+        # _answer's N and port pools by all but the unit, its stream ids by the unit's side.
+        self._ports: dict[tuple, tuple[int, list[tuple[list[str], int]]]] = {}
+        self._side: dict[str, tuple[int, int, bool]] = {}
+        self._streams_needed: dict[tuple, tuple[int, int]] = {}
         self._mm_busy: dict[int, int] = {}  # MM op id -> cycles it holds its plane, on any plane (_tails)
 
     # -- what an op needs -------------------------------------------------------------------------
@@ -346,19 +349,22 @@ class _UnitState:
         one_port: bool,
         alus: int | None,
     ) -> tuple[int, int, list[Pool]]:
-        # The ports do not depend on the unit: an MXM op asks on every plane, the same ports each time.
+        # Ports, N and the port pools do not depend on the unit: an MXM op asks on every plane, and
+        # only its latency (and, by side, its streams) differs between them.
         same_ports = (opcode, work, reads, writes, precision, one_port, alus)
-        ports = self._ports.get(same_ports)
-        if ports is None:
-            n_unit = cost.unit_cycles(self.target, opcode, work, precision, alus)
-            ports = cost.port_needs(self.target, opcode, [*reads, *writes], n_unit)
+        shared = self._ports.get(same_ports)
+        if shared is None:
+            target = self.target
+            n_unit = cost.unit_cycles(target, opcode, work, precision, alus)
+            ports = cost.port_needs(target, opcode, [*reads, *writes], n_unit)
             if one_port:
                 ports = {s: 1 for s in ports}
-            self._ports[same_ports] = ports  # (shared by the answers: read only)
-        # (Uncached: this question is asked once, its answer kept in the caches above.)
-        args = (self.target, opcode, unit, work, reads, writes, precision, install, ports, alus)
-        d = cost.duration.__wrapped__(*args)
-        busy = d if opcode != "mxm.mm" else cost.occupancy.__wrapped__(*args)
+            n = cost.streaming_cycles(target, opcode, work, reads, writes, precision, ports, alus)
+            port_pools = [(port_units(target, s), k) for s, k in ports.items()]
+            shared = self._ports[same_ports] = (n, port_pools)  # (shared by the answers: read only)
+        n, port_pools = shared
+        d = cost.duration_after_streaming(self.target, opcode, unit, work, reads, writes, install, n)
+        busy = d if opcode != "mxm.mm" else cost.mm_occupancy(self.target, install, n)
         pools: list[Pool] = []
         if opcode.startswith("vxm."):
             pools.append((self.vxm, cost.held_alus(self.target, opcode, work, alus), d))
@@ -366,9 +372,17 @@ class _UnitState:
             pools.append(([unit], 1, busy))
             if cost.has_epilogue(opcode, work):  # the fused map's ALUs, for the whole duration
                 pools.append((self.vxm, cost.vxm_alus(self.target, opcode, work), d))
-        for s, k in ports.items():
-            pools.append((port_units(self.target, s), k, d))
-        east, west = cost.stream_needs.__wrapped__(self.target, opcode, unit, reads, writes, work)
+        pools += [(units, k, d) for units, k in port_pools]
+        side = self._side.get(unit)
+        if side is None:
+            side = self._side[unit] = cost.stream_side(self.target, unit)
+        # (one_port and alus change no stream: keyed without them)
+        same_streams = (opcode, side, work, reads, writes)
+        found = self._streams_needed.get(same_streams)
+        if found is None:
+            found = cost.stream_needs.__wrapped__(self.target, opcode, unit, reads, writes, work)
+            self._streams_needed[same_streams] = found
+        east, west = found
         if east:
             pools.append((self.east, east, d))
         if west:

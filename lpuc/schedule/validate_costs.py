@@ -7,6 +7,7 @@ from __future__ import annotations
 import functools
 import math
 from collections import Counter
+from collections.abc import Mapping
 
 from lpuc import cost
 from lpuc.cost import QUEUE_KIND, Stream, unit_kind
@@ -38,7 +39,7 @@ def check_costs(p: Program) -> list[str]:
         reads, writes = streams_of(p, ins)
         precision = ins.attrs.get("precision", p.precision)
         booked = Counter(_booking_key(u) for u in ins.units)
-        ports = booked_ports(p, ins, reads, writes)
+        ports = booked_ports(p, ins, reads, writes, booked)
         unbooked = sorted(s for s, k in ports.items() if not k)
         if unbooked:
             out.append(f"{where}: books none of the ports of MEM slice {unbooked[0]} it touches")
@@ -73,10 +74,17 @@ def check_costs(p: Program) -> list[str]:
     return out
 
 
-def booked_ports(p: Program, ins: Instruction, reads: list[Stream], writes: list[Stream]) -> dict[int, int]:
+def booked_ports(
+    p: Program,
+    ins: Instruction,
+    reads: list[Stream],
+    writes: list[Stream],
+    booked: Mapping[str, int] | None = None,
+) -> dict[int, int]:
     """Slice -> the ports the instruction books there (at most the banks), for every slice whose
-    ports it must book (host DMA books none)."""
-    counts = Counter(u.split(".")[0] for u in ins.units if unit_kind(u) == "PORT")
+    ports it must book (host DMA books none). `booked`: its units counted by _booking_key, if the
+    caller has them (ports count as "MEM<slice>")."""
+    counts = booked if booked is not None else Counter(_booking_key(u) for u in ins.units)
     need = cost.port_needs(p.target, ins.opcode, [*reads, *writes], 1)
     return {s: min(counts[f"MEM{s}"], p.target.mem_banks) for s in sorted(need)}
 
