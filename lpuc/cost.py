@@ -406,8 +406,6 @@ def duration(
     """Cycles from issue to the last result written, for `opcode` on `unit`, with the ports it books
     on each slice (default: port_needs; fewer ports stream its words more slowly) and the ALUs a VXM
     kernel holds (default: vxm_alus; fewer take longer over its ops, held_alus)."""
-    if opcode == "host.kernel":
-        return unit_cycles(target, opcode, work, precision)
     n = streaming_cycles(target, opcode, work, reads, writes, precision, ports, alus)
     return duration_after_streaming(target, opcode, unit, work, reads, writes, install, n)
 
