@@ -10,6 +10,7 @@ import json
 import os
 import sys
 import traceback
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -25,10 +26,51 @@ from lpuc.target import DEFAULT_TARGET, PRECISIONS
 if TYPE_CHECKING:
     import onnx
 
-DEFAULT_TOLERANCE = {"fp32": (1e-4, 1e-5), "fp16": (2e-2, 1e-3)}  # (rtol, atol)
-# int8 builds are checked by direction, not elementwise: quantization error is spread over every
-# value, so `run --check` passes an int8 output whose cosine similarity is at least this.
-DEFAULT_MIN_COSINE = {"int8": 0.99}
+DEFAULT_TOLERANCE = {"fp32": (1e-4, 1e-5)}  # (rtol, atol): builds checked elementwise by default
+# Reduced-precision builds are checked by direction and size, not elementwise: their rounding error is
+# spread over every value (fp16 accumulates it through deep models; int8 quantizes every value), so
+# `run --check` passes an output whose cosine similarity and SQNR are at least these. Cosine alone is
+# blind to scale (a result 1.5x too large has cosine 1), hence the SQNR floor: fp16 rounding leaves
+# it far above 30 dB, int8 above ~17 dB at cosine 0.99, and a result 1.5x off scores 6 dB.
+DEFAULT_MIN_COSINE = {"fp16": 0.999, "int8": 0.99}
+DEFAULT_MIN_SQNR = {"fp16": 30.0, "int8": 10.0}
+
+
+@dataclass(frozen=True)
+class CheckCriteria:
+    """What `run --check` demands of each output; None: that test is not made."""
+
+    rtol: float | None = None
+    atol: float | None = None
+    min_cosine: float | None = None
+    min_sqnr: float | None = None
+
+    @classmethod
+    def for_precision(
+        cls,
+        precision: str,
+        rtol: float | None = None,
+        atol: float | None = None,
+        min_cosine: float | None = None,
+        min_sqnr: float | None = None,
+    ) -> CheckCriteria:
+        """The defaults of a build's precision; an option given (even 0) overrides its default, and
+        --rtol/--atol add the elementwise test to a build checked by direction."""
+        if precision not in DEFAULT_MIN_COSINE or rtol is not None or atol is not None:
+            default_rtol, default_atol = DEFAULT_TOLERANCE.get(precision, (0.0, 0.0))
+            rtol = default_rtol if rtol is None else rtol
+            atol = default_atol if atol is None else atol
+        return cls(
+            rtol,
+            atol,
+            DEFAULT_MIN_COSINE.get(precision) if min_cosine is None else min_cosine,
+            DEFAULT_MIN_SQNR.get(precision) if min_sqnr is None else min_sqnr,
+        )
+
+    def __str__(self) -> str:
+        parts = [] if self.rtol is None else [f"rtol {self.rtol:g}, atol {self.atol or 0.0:g}"]
+        parts += [] if self.min_cosine is None else [f"cosine >= {self.min_cosine:g}"]
+        return ", ".join(parts + ([] if self.min_sqnr is None else [f"SQNR >= {self.min_sqnr:g} dB"]))
 
 
 class _Group(click.Group):
@@ -217,13 +259,18 @@ def compile(  # noqa: A001 - the command's name
 @click.option(
     "--check", "check_model", type=click.Path(dir_okay=False), help="Compare with onnxruntime on this model."
 )
-@click.option("--rtol", type=float, help="Relative tolerance for --check (default by precision).")
-@click.option("--atol", type=float, help="Absolute tolerance for --check (default by precision).")
+@click.option("--rtol", type=float, help="Relative tolerance for --check (default 1e-4 for fp32 builds).")
+@click.option("--atol", type=float, help="Absolute tolerance for --check (default 1e-5 for fp32 builds).")
 @click.option(
     "--min-cosine",
     type=float,
-    help="For --check: lowest cosine similarity an output may have (default 0.99 for int8 builds, "
-    "which are then not checked elementwise unless --rtol/--atol are given).",
+    help="For --check: lowest cosine similarity an output may have (default 0.999 for fp16 builds, "
+    "0.99 for int8 builds, which are then not checked elementwise unless --rtol/--atol are given).",
+)
+@click.option(
+    "--min-sqnr",
+    type=float,
+    help="For --check: lowest SQNR in dB an output may have (default 30 for fp16, 10 for int8 builds).",
 )
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed for random inputs.")
 @click.option(
@@ -246,6 +293,7 @@ def run(
     rtol,
     atol,
     min_cosine,
+    min_sqnr,
     seed,
     all_tensors,
     interpret,
@@ -286,16 +334,10 @@ def run(
     if trace:
         click.echo(f"wrote trace {trace} (open in https://ui.perfetto.dev)")
     if reference is not None:
-        min_cosine = DEFAULT_MIN_COSINE.get(program.precision) if min_cosine is None else min_cosine
-        if program.precision not in DEFAULT_MIN_COSINE or rtol is not None or atol is not None:
-            default_rtol, default_atol = DEFAULT_TOLERANCE.get(program.precision, (0.0, 0.0))
-            rtol = default_rtol if rtol is None else rtol  # 0 is a tolerance too: only None means default
-            atol = default_atol if atol is None else atol
+        criteria = CheckCriteria.for_precision(program.precision, rtol, atol, min_cosine, min_sqnr)
         if captured is not None:
-            check_intermediates(reference, feeds, captured, rtol, atol, min_cosine)
-        check_against_onnxruntime(
-            check_model, feeds, outputs, rtol, atol, reference=reference, min_cosine=min_cosine
-        )
+            check_intermediates(reference, feeds, captured, criteria)
+        check_against_onnxruntime(check_model, feeds, outputs, criteria, reference=reference)
 
 
 @main.command()
@@ -527,12 +569,8 @@ def _with_outputs(model, names: list[str]):
     return copy
 
 
-def compare(
-    got: np.ndarray, ref: np.ndarray, rtol: float | None, atol: float | None, min_cosine: float | None = None
-) -> tuple[bool, str]:
-    """(within tolerance, error figures): max abs / rel error, cosine similarity, SQNR in dB.
-
-    rtol and atol None: no elementwise test; min_cosine None: no cosine test."""
+def compare(got: np.ndarray, ref: np.ndarray, criteria: CheckCriteria) -> tuple[bool, str]:
+    """(meets the criteria, error figures): max abs / rel error, cosine similarity, SQNR in dB."""
     got = np.asarray(got, dtype=np.float64)
     ref = np.asarray(ref, dtype=np.float64)
     if got.shape != ref.shape:
@@ -542,12 +580,15 @@ def compare(
     err = np.abs(got - ref)
     max_abs = float(err.max()) if err.size else 0.0
     max_rel = float((err / np.maximum(np.abs(ref), np.finfo(np.float32).tiny)).max()) if err.size else 0.0
+    rtol, atol = criteria.rtol, criteria.atol
     ok = rtol is None or bool(np.all(err <= (atol or 0.0) + rtol * np.abs(ref)))
     norms = float(np.linalg.norm(got)) * float(np.linalg.norm(ref))
     cosine = float(np.dot(got.ravel(), ref.ravel()) / norms) if norms else float(np.array_equal(got, ref))
     noise, signal = float(np.sum(err**2)), float(np.sum(ref**2))
     sqnr = float("inf") if not noise else 10 * np.log10(signal / noise) if signal else float("-inf")
-    if min_cosine is not None and not cosine >= min_cosine:
+    if criteria.min_cosine is not None and not cosine >= criteria.min_cosine:
+        ok = False
+    if criteria.min_sqnr is not None and not sqnr >= criteria.min_sqnr:
         ok = False
     return ok, (
         f"max abs err {max_abs:.3g}, max rel err {max_rel:.3g}, cosine {cosine:.6f}, SQNR {sqnr:.1f} dB"
@@ -558,33 +599,24 @@ def check_against_onnxruntime(
     model_path,
     feeds,
     outputs,
-    rtol: float | None,
-    atol: float | None,
+    criteria: CheckCriteria,
     reference: OnnxReference | None = None,
-    min_cosine: float | None = None,
 ) -> None:
     reference = reference or OnnxReference(model_path)
     failed = []
     for name, ref in reference.run(feeds).items():
         if name not in outputs:
             raise LpucError(f"{model_path}: not the compiled model: the program has no output '{name}'")
-        ok, figures = compare(outputs[name], ref, rtol, atol, min_cosine)
-        click.echo(
-            f"check {name}: {figures} ({_criteria(rtol, atol, min_cosine)}): {'ok' if ok else 'FAILED'}"
-        )
+        ok, figures = compare(outputs[name], ref, criteria)
+        click.echo(f"check {name}: {figures} ({criteria}): {'ok' if ok else 'FAILED'}")
         if not ok:
             failed.append(name)
     if failed:
         raise CheckFailed(f"outputs differ from onnxruntime beyond tolerance: {', '.join(failed)}")
 
 
-def _criteria(rtol: float | None, atol: float | None, min_cosine: float | None) -> str:
-    parts = [] if rtol is None else [f"rtol {rtol:g}, atol {atol or 0.0:g}"]
-    return ", ".join(parts + ([] if min_cosine is None else [f"cosine >= {min_cosine:g}"]))
-
-
 def check_intermediates(
-    reference: OnnxReference, feeds, captured: dict[str, np.ndarray], rtol, atol, min_cosine=None
+    reference: OnnxReference, feeds, captured: dict[str, np.ndarray], criteria: CheckCriteria
 ) -> None:
     """Compare every captured tensor the ONNX model also names and uses; report the first diverging
     node. Unused outputs (Dropout's mask) are skipped: onnxruntime fills some with values the spec
@@ -598,7 +630,7 @@ def check_intermediates(
     expected = reference.run(feeds, [o for _, o in producers])
     first, diverged = None, 0
     for node, name in producers:  # ONNX nodes are stored in topological order
-        ok, figures = compare(captured[name], expected[name], rtol, atol, min_cosine)
+        ok, figures = compare(captured[name], expected[name], criteria)
         if not ok:
             diverged += 1
             first = first or f"node '{node.name}' ({node.op_type}) output '{name}': {figures}"

@@ -8,6 +8,7 @@ import numpy as np
 import onnx
 import pytest
 
+from lpuc.cli import CheckCriteria, compare
 from tests.cli_helpers import assert_one_line_error, invoke
 from tests.models import ort_run
 from tests.onnx_builders import dynamic_batch_model, single_op_model, unsupported_ops_model
@@ -53,6 +54,25 @@ def test_check_fails_with_exit_1(mlp_onnx, tmp_path):
     invoke("compile", mlp_onnx, "-o", art)
     result = invoke("run", art, "--check", other)
     assert_one_line_error(result, "beyond tolerance", code=1)
+    # An fp16 build is checked by direction and size: weights 1.5x too large scale the output, which
+    # keeps a cosine near 1 but not the SQNR.
+    assert "(cosine >= 0.999, SQNR >= 30 dB): FAILED" in result.output, result.output
+
+
+def test_check_criteria_by_precision():
+    fp32, fp16, int8 = (CheckCriteria.for_precision(p) for p in ("fp32", "fp16", "int8"))
+    assert (fp32.rtol, fp32.atol, fp32.min_cosine, fp32.min_sqnr) == (1e-4, 1e-5, None, None)
+    assert (fp16.rtol, fp16.min_cosine, fp16.min_sqnr) == (None, 0.999, 30.0)
+    assert (int8.rtol, int8.min_cosine, int8.min_sqnr) == (None, 0.99, 10.0)
+    # A tolerance given adds the elementwise test (the other one at its default); 0 is a value.
+    assert CheckCriteria.for_precision("fp16", rtol=0.0).atol == 0.0
+    assert CheckCriteria.for_precision("int8", atol=1e-3).rtol == 0.0
+    assert CheckCriteria.for_precision("fp16", min_sqnr=0.0).min_sqnr == 0.0
+    ref = np.linspace(-1.0, 1.0, 64)
+    assert compare(ref * (1 + 1e-4), ref, fp16)[0]
+    assert not compare(ref * 1.5, ref, fp16)[0]  # cosine 1, SQNR 6 dB
+    assert not compare(ref[::-1], ref, fp16)[0]  # same size, wrong direction
+    assert str(int8) == "cosine >= 0.99, SQNR >= 10 dB"
 
 
 def test_targets_lists_shipped_targets():

@@ -198,7 +198,7 @@ def test_cli_int8_build_is_checked_by_cosine(small_cnn, tmp_path):
     )
     result = invoke("run", art, "--check", small_cnn)
     assert result.exit_code == 0, result.output
-    assert "SQNR" in result.output and "(cosine >= 0.99): ok" in result.output
+    assert "(cosine >= 0.99, SQNR >= 10 dB): ok" in result.output, result.output
     # Elementwise tolerances still apply when given, and an int8 result is not within 1e-6.
     result = invoke("run", art, "--check", small_cnn, "--rtol", "1e-6", "--atol", "0")
     assert result.exit_code == 1 and "FAILED" in result.output, result.output

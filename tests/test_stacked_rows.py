@@ -186,6 +186,6 @@ def test_products_result_stacked_when_its_mms_end_there(mlp_after_norm):
     x = np.random.default_rng(0).standard_normal((128, 256)).astype(np.float32)
     (expected,) = run_onnxruntime(mlp_after_norm, {"x": x})
     got = program.run({"x": x})["y"]
-    np.testing.assert_allclose(got, expected, rtol=2e-2, atol=1e-3)  # run --check's fp16 defaults
+    np.testing.assert_allclose(got, expected, rtol=2e-2, atol=1e-3)
     assert np.array_equal(plain.run({"x": x})["y"], got)
     assert program.summary["cycles"] < plain.summary["cycles"]
