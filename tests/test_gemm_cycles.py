@@ -20,8 +20,9 @@ from tests.similarity import cosine
 # [2304x4096]x[4096x320], measured with plane_rows and chain waves (before: int8 14,288, fp16 32,405),
 # then int8 with its input stacked one bank per slice and its epilogues' results over two slices
 # (lpuc/lowering/stacked_rows.py, stacked_results.py): 12,329 -> 10,464; then one quantize map per two
-# chains (plane_rows.MAP_CHAINS): 10,464 -> 9,827.
-GEMM_CYCLES = {"int8": 9_827, "fp16": 31_437}
+# chains (plane_rows.MAP_CHAINS): 10,464 -> 9,827; then its reloaded weights packed on the 16 slices
+# nearest the VXM (lpuc/schedule/placement.py _weight_slices): 9,827 -> 8,963.
+GEMM_CYCLES = {"int8": 8_963, "fp16": 31_437}
 
 
 def _matmul(path: Path, m: int, k: int, n: int) -> Path:
@@ -85,3 +86,25 @@ def _chain_rows(program) -> set[int]:
     """Rows of the products' accumulation chains (the activation rows each MM streams; the int8
     result tiles are cut further, over two slices, by lpuc/lowering/stacked_results.py)."""
     return {i.reads[0].nrows for i in program.instructions if i.opcode == "mxm.mm"}
+
+
+@pytest.mark.parametrize("precision", ["int8", "fp16"])
+def test_reloaded_weights_packed_near_the_vxm_only_beside_maps(tmp_path, precision):
+    """1536x640x64: eight chains reload each weight tile eight times (more than the four planes).
+    In int8 the MMs read what the quantize maps write, so the tiles go to the 16 slices nearest the
+    VXM (planes x lw_words_per_cycle / banks); in fp16 no map feeds them and they spread as before."""
+    program = lpuc.compile(_matmul(tmp_path / "tall.onnx", 1536, 640, 64), precision=precision)
+    target = program.target
+    vxm = target.position("VXM0")
+    nearest = sorted(range(target.num_slices), key=lambda s: (abs(target.slice_positions[s] - vxm), s))
+    loaded = {a.slice for i in program.instructions if i.opcode == "mxm.lw" for a in i.reads}
+    count = target.num_mxm * target.lw_words_per_cycle // target.mem_banks
+    assert count == 16
+    # All on one side of the VXM, among its 16 nearest slices (both sides' nearest: 32 candidates).
+    packed = loaded <= set(nearest[: 2 * count]) and len(loaded) <= count
+    assert packed == (precision == "int8"), sorted(loaded)
+    x = np.random.default_rng(3).standard_normal((1536, 640)).astype(np.float32)
+    (want,) = run_onnxruntime(onnx.load(str(tmp_path / "tall.onnx")), {"x": x})
+    got = program.run({"x": x})["y"]
+    assert cosine(got, want) >= 0.99
+    np.testing.assert_array_equal(got, program.run({"x": x}, interpret=True)["y"])

@@ -11,6 +11,7 @@ order: tiles used at the same time on one slice queue on its two ports.
 from __future__ import annotations
 
 import heapq
+from collections import defaultdict
 
 import numpy as np
 
@@ -57,6 +58,7 @@ def place_tiles(
     west = np.array([s for s in range(n) if target.slice_positions[s] < vxm])
     one_side = weight_sides and not scratch and len(west) and len(east)
     load_of = _weight_loads(program) if one_side else {}
+    reloaded = _reloaded_weights(program, target) if one_side else set()
     side_of_load: dict[int, np.ndarray] = {}  # weight load -> the side its tiles go to
     budget = scratch_budgets(program, target, packing) if scratch else None
     # Tables read only by Gathers (an embedding) are cold: read by one op at the start. With scratch
@@ -79,6 +81,8 @@ def place_tiles(
             if buf.id in load_of:  # the side of the least loaded slice, for all of the load's tiles
                 lightest = west if target.slice_positions[int(np.argmin(load))] < vxm else east
                 sides = side_of_load.setdefault(load_of[buf.id], lightest)
+                if buf.id in reloaded:
+                    sides = _weight_slices(target, sides, load, buf.words)
             if buf.id in cold and np.any(load[scratch_slices] + buf.words <= budget[scratch_slices]):
                 sides = scratch_slices
             elif budget is not None and len(scratch_slices) < n:
@@ -117,6 +121,38 @@ def _weight_loads(program: TiledProgram) -> dict[int, int]:
                 if b.is_const and not b.host:
                     load_of.setdefault(b.id, op.id)
     return load_of
+
+
+def _reloaded_weights(program: TiledProgram, target: Target) -> set[int]:
+    """Constant tiles read by more weight loads than there are planes (a tall product's weights,
+    loaded again for each wave of its accumulation chains, by every plane in turn) whose MMs stream
+    activations a VXM map computes (an int8 product's input quantize): those maps hold a bank of each
+    slice they touch for hundreds of cycles, and the loads beside them hold both (_weight_slices).
+    Not without such maps: the fp16 GEMM [2304x4096]x[4096x320], its input read by the MMs
+    directly, ran 31,567 cycles with its weights packed, 31,437 spread."""
+    by_map = {w.buf for op in program.ops if op.opcode == "vxm.map" for w in op.writes}
+    fed = {op.group for op in program.ops if op.opcode == "mxm.mm" and op.reads and op.reads[0].buf in by_map}
+    loads: dict[int, int] = defaultdict(int)
+    for op in program.ops:
+        if op.opcode == "mxm.lw" and op.group in fed:
+            for r in op.reads:
+                loads[r.buf] += 1
+    return {b for b, n in loads.items() if n > target.num_mxm}
+
+
+def _weight_slices(target: Target, side: np.ndarray, load: np.ndarray, words: int) -> np.ndarray:
+    """The slices of `side` a weight load's tile may go to: the ones nearest the VXM, as many as let
+    every plane load at its full rate at once (planes x lw_words_per_cycle / banks: 16 on tsp-v1),
+    among those with room for it; the whole side when none has. Weights spread over every slice
+    (by least constant data) put a load holding both banks of a slice beside almost every tile:
+    the int8 GEMM [2304x4096]x[4096x320]'s quantize maps, each holding one bank of six slices for
+    ~660 cycles, waited for loads of the same weight tile by four planes (9,738 -> 9,005 cycles
+    packed; the slices farthest from the VXM instead: 11,001)."""
+    vxm = target.position("VXM0")
+    count = -(-target.num_mxm * target.lw_words_per_cycle // target.mem_banks)
+    nearest = sorted(side, key=lambda s: (abs(target.slice_positions[s] - vxm), s))[:count]
+    roomy = [s for s in nearest if load[s] + words <= target.addresses_per_slice]
+    return np.array(sorted(roomy), dtype=side.dtype) if roomy else side
 
 
 def _place_others(
