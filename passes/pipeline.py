@@ -49,6 +49,7 @@ from lpuc.passes.lower_quantized import lower_quantized
 from lpuc.passes.pack_conv_rows import pack_conv_rows
 from lpuc.passes.quantize_int8 import quantize_int8
 from lpuc.passes.quantize_residuals import quantize_residuals
+from lpuc.passes.row_taps import row_taps
 from lpuc.passes.sink_products import sink_products
 from lpuc.passes.sink_reshapes import sink_reshapes
 from lpuc.passes.sink_transposes import sink_transposes
@@ -133,6 +134,7 @@ PIPELINE: tuple[Pass, ...] = (
     Pass("distribute_scales", distribute_scales),
     # Once the requantization is folded to Cast(acc) * S + B: B into the product's accumulator.
     Pass("fold_bias_columns", fold_bias_columns),
+    Pass("row_taps", row_taps),
     Pass("fuse_elementwise", fuse_elementwise),
     # Once maps are fused: which float values pass only from one map to others.
     Pass("store_int8_floats_fp16", store_int8_floats_fp16),

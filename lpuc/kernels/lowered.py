@@ -24,7 +24,9 @@ def im2col_kernel(ctx: KernelContext, x: np.ndarray) -> np.ndarray:
     `pack_rows` p returns [rows / p, p * cols] (row-major: p consecutive rows side by side). With a
     slab attribute: result rows [r0, r1) (before packing) from an input row slab (the [rows, cols]
     view of x from row in_row0; lpuc.kernels.windows). `const_columns` (values): columns of those
-    constants after each row's own, before packing (passes/fold_bias_columns)."""
+    constants after each row's own, before packing (passes/fold_bias_columns). `row_tiles` [rows,
+    step, halo]: the result in that halo layout (lpuc.kernels.windows.halo_tiles; a slab's out_rows
+    are rows of the sequence then)."""
     pack = int(ctx.attr("pack_rows", 1))  # `pack_rows` consecutive rows side by side (quantize_int8)
     if ctx.attr("slab"):
         cols = windows.gather_columns(x, ctx.attrs, int(ctx.attr("pad_value", 0)))
@@ -39,6 +41,9 @@ def im2col_kernel(ctx: KernelContext, x: np.ndarray) -> np.ndarray:
     else:  # shift so that the pad value is 0, pad with zeros, shift back (exact in int64)
         cols = (im2col(x.astype(np.int64) - pad_value, *geometry) + pad_value).astype(x.dtype)
     cols = _with_const_columns(cols, ctx.attr("const_columns"))
+    if ctx.attr("row_tiles"):  # (a row-tapped product's operand in its halo layout: passes/row_taps)
+        rows, step, halo = (int(v) for v in ctx.attr("row_tiles"))
+        cols = cols[windows.halo_index(rows, step, halo)]
     return cols if pack == 1 else cols.reshape(cols.shape[0] // pack, cols.shape[1] * pack)
 
 

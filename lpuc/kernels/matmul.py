@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from lpuc.kernels import windows
 from lpuc.kernels._common import accumulation_dtype
 from lpuc.kernels.quantize import centered, quantize_values
 from lpuc.kernels.registry import KernelContext, kernel
@@ -40,6 +41,14 @@ def gemm(ctx: KernelContext, a, b, c=None):
 
 @kernel("MatMulInteger")
 def matmul_integer(ctx: KernelContext, a, b, a_zero_point=None, b_zero_point=None):
+    taps = ctx.attr("row_taps")
+    if taps:
+        # (passes/row_taps) C[r] = sum_i A'[r + taps[i]] @ B's i-th block of rows, A' the sequence
+        # whose halo layout A is (row_tiles [rows, step, halo]): the tap windows side by side
+        rows, step, halo = (int(v) for v in ctx.attr("row_tiles"))
+        sequence = np.empty((rows + halo, a.shape[-1]), a.dtype)
+        sequence[windows.halo_index(rows, step, halo)] = a
+        a = np.concatenate([sequence[int(t) : int(t) + rows] for t in taps], axis=-1)
     a_zero_point = None if a_zero_point is None else _per_row(a_zero_point)
     narrow = a.dtype.itemsize == 1 and b.dtype.itemsize == 1
     a, b = centered(a, a_zero_point), centered(b, b_zero_point)

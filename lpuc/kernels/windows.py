@@ -74,6 +74,19 @@ def _view_cells(
     return idx, flat // width, flat % width
 
 
+def halo_tiles(rows: int, step: int, halo: int) -> list[tuple[int, int]]:
+    """The tiles of a halo layout (passes/row_taps): of a sequence of rows + halo rows, tile j holds
+    rows [j * step, j * step + step + halo) (the last one fewer), so that a product's result rows
+    [j * step, (j + 1) * step) find the rows they read up to `halo` rows further in one tile.
+    Tile j starts at row j * (step + halo) of the layout."""
+    return [(v0, min(v0 + step + halo, rows + halo)) for v0 in range(0, rows, step)]
+
+
+def halo_index(rows: int, step: int, halo: int) -> np.ndarray:
+    """The sequence's row each row of its halo layout holds."""
+    return np.concatenate([np.arange(v0, v1) for v0, v1 in halo_tiles(rows, step, halo)])
+
+
 def input_windows(
     attrs: Mapping[str, Any], in_shape: Sequence[int], r0: int, r1: int, channels_first: bool = False
 ) -> list[tuple[int, int]]:

@@ -12,7 +12,7 @@ from lpuc.lowering.elementwise import lower_map
 from lpuc.lowering.epilogue import fuse_epilogues
 from lpuc.lowering.host_tables import tables_for_host
 from lpuc.lowering.map_chains import join_maps
-from lpuc.lowering.matmul import lower_matmul
+from lpuc.lowering.matmul import lower_matmul, tapped_operand_rows
 from lpuc.lowering.plane_rows import plane_rows
 from lpuc.lowering.row_segments import segment_rows
 from lpuc.lowering.stacked_results import stack_epilogue_results
@@ -84,6 +84,7 @@ def lower_with(
     resident = host_resident_values(graph, where_ops)
     balanced = plane_rows(graph, where_ops, target, precision) if "plane_rows" not in disabled else {}
     balanced = {n: r for n, r in balanced.items() if n not in segments and n not in resident}
+    balanced.update(tapped_operand_rows(graph))
     # (stacked_products: products' results too, and a map's fp16-stored result counts 2 words a row)
     products = (segments, fp16) if "stacked_products" not in disabled else ()
     stacked = (

@@ -66,6 +66,15 @@ def default_block_rows(target: Target) -> int:
     return min(target.lanes, target.addresses_per_slice // words_per_row(np.dtype(np.int64)))
 
 
+def rows_per_tile(rows: int, block_rows: int, short_tiles: bool) -> int:
+    """TiledBuilder.rows_per_tile for a builder of `block_rows` rows per tile."""
+    if not short_tiles or rows >= SHORT_TILES * block_rows:
+        return block_rows
+    parts = -(-rows // block_rows) + 1
+    per_tile = -(-rows // parts)  # the last tile may be a few rows shorter (169 rows: 85 + 84)
+    return per_tile if per_tile >= SHORT_TILE_MIN_ROWS else block_rows
+
+
 class TiledBuilder:
     def __init__(
         self,
@@ -196,11 +205,7 @@ class TiledBuilder:
         196; 14x14: 2 of 98) then pipeline a tile at a time instead of waiting for a short last tile
         or for the whole tensor. Every tensor with that many rows is cut alike, so elementwise
         operands keep matching tiles."""
-        if not self.short_tiles or rows >= SHORT_TILES * self.block_rows:
-            return self.block_rows
-        parts = -(-rows // self.block_rows) + 1
-        per_tile = -(-rows // parts)  # the last tile may be a few rows shorter (169 rows: 85 + 84)
-        return per_tile if per_tile >= SHORT_TILE_MIN_ROWS else self.block_rows
+        return rows_per_tile(rows, self.block_rows, self.short_tiles)
 
     def define(self, name: str) -> TensorTiles:
         """Create the tiles of a node output (one host buffer if it stays in host memory)."""

@@ -46,6 +46,9 @@ def lower_matmul(b: TiledBuilder, node: Node) -> None:
         raise AssertionError("MatMul operands must be at least 2-D after canonicalize_matmul")
     heads = _HeadViews.of(node)
     a_shape = heads.operand_shape(av.shape, heads.a_lanes)
+    taps = _RowTaps.of(node, a_shape)
+    if taps.offsets:  # the problem is C's rows by the whole K (taps side by side)
+        a_shape = (cv.shape[-2], wv.shape[-2])
     w_shape = heads.operand_shape(wv.shape, heads.b_lanes)
     c_shape = heads.result_shape(cv.shape)
     mode_name = mxm_mode_for(av.dtype, b.precision)
@@ -79,17 +82,17 @@ def lower_matmul(b: TiledBuilder, node: Node) -> None:
     problems = _problems(a_shape, w_shape, c_shape, heads)
     for p in problems:
         # Row segments of the activations that stay inside one tile of A and of C.
-        m_segments = split_range(
-            0, p.m, _tile_edges(p.a_row, p.m, a.block_rows), _tile_edges(p.c_row, p.m, c.block_rows)
-        )
+        m_segments = split_range(0, p.m, *taps.row_edges(p, a), _tile_edges(p.c_row, p.m, c.block_rows))
         # A weight load may read several tiles of a constant (spread over slices), one of anything else.
         w_tiles = [] if wv.is_const and b.enabled("weight_spread") else _tile_edges(p.w_row, k, w.block_rows)
-        k_chunks = split_range(0, k, mode.k_tile, _tile_edges(p.a_col, k, a.lanes), w_tiles)
+        k_chunks = taps.k_chunks(p, a, mode.k_tile, w_tiles) or split_range(
+            0, k, mode.k_tile, _tile_edges(p.a_col, k, a.lanes), w_tiles
+        )
         n_chunks = split_range(
             0, n, mode.n_tile, _tile_edges(p.c_col, n, c.lanes), _tile_edges(p.w_col, n, w.lanes)
         )
         if len(k_chunks) == 1 or not b.enabled("mxm_accumulators"):
-            _weight_stationary(b, node, attrs, a, w, c, p, m_segments, k_chunks, n_chunks, k, blocks)
+            _weight_stationary(b, node, attrs, (a, taps), w, c, p, m_segments, k_chunks, n_chunks, k, blocks)
         else:
             # Partial sums stay in the plane's accumulators, which hold acc_rows rows.
             segments = _at_most(m_segments, b.target.mxm.acc_rows)
@@ -99,12 +102,23 @@ def lower_matmul(b: TiledBuilder, node: Node) -> None:
             # results of their own tiles, so only A's tiles cut their rows (C's, cut shorter by row
             # segments, would double the weight loads).
             split = len(problems) == 1 and mode_name != "fp32" and b.enabled("k_split")
-            a_tiles = split_range(0, p.m, _tile_edges(p.a_row, p.m, a.block_rows))
+            a_tiles = split_range(0, p.m, *taps.row_edges(p, a, c))
             a_segments = _at_most(a_tiles, b.target.mxm.acc_rows)
             chains = [m1 - m0 for m0, m1 in a_segments for _ in n_chunks]
             if split and _k_split(b, c, chains, len(k_chunks), mode.cycles_per_row) > 1:
                 segments = a_segments
-            _accumulated(b, node, attrs, a, w, c, p, segments, k_chunks, n_chunks, k, split, blocks)
+            _accumulated(b, node, attrs, (a, taps), w, c, p, segments, k_chunks, n_chunks, k, split, blocks)
+
+
+def tapped_operand_rows(graph) -> dict[str, int]:
+    """Value name -> rows per tile for the activations of row-tapped products (passes/row_taps): the
+    tiles of their halo layout."""
+    rows = {}
+    for node in graph.nodes:
+        if node.op == "MatMulInteger" and node.attr("row_taps"):
+            _, step, halo = (int(v) for v in node.attr("row_tiles"))
+            rows[node.inputs[0]] = step + halo
+    return rows
 
 
 def _at_most(segments: list[tuple[int, int]], rows: int) -> list[tuple[int, int]]:
@@ -118,13 +132,14 @@ def _weight_stationary(
 ) -> None:
     """Load each weight tile once per plane and stream every row of that plane's share past it (tall
     activations are shared among the planes). K chunks after the first add into C through SRAM."""
+    a, taps = a
     for n0, n1 in n_chunks:
         for ki, (k0, k1) in enumerate(k_chunks):
             weights = b.windows(w, p.w_row + k0, p.w_row + k1, p.w_col + n0, p.w_col + n1)
             for part in _parts(m_segments, b.target.num_mxm):
                 group = _load(b, node, attrs, w, weights)
                 for mi, (m0, m1) in enumerate(part):
-                    act = b.window(a, p.a_row + m0, p.a_row + m1, p.a_col + k0, p.a_col + k1)
+                    act = taps.window(b, a, p, (m0, m1), (k0, k1))
                     out = b.window(c, p.c_row + m0, p.c_row + m1, p.c_col + n0, p.c_col + n1)
                     b.emit(
                         "mxm.mm",
@@ -175,7 +190,7 @@ def _accumulated(
 def _chain(b, node, attrs, tensors, p: _Problem, rows, part, cols, k: int | None, blocks) -> None:
     """One accumulation chain: rows x cols of the result over the K chunks of `part` (K = k, or None:
     a partial result over the part alone)."""
-    a, w, c = tensors
+    (a, taps), w, c = tensors
     (m0, m1), (n0, n1) = rows, cols
     # A partial result is the product over its part of K: the validator sees K ranges within it.
     base = 0 if k is not None else part[0][0]
@@ -187,7 +202,7 @@ def _chain(b, node, attrs, tensors, p: _Problem, rows, part, cols, k: int | None
         weights = b.windows(w, p.w_row + k0, p.w_row + k1, p.w_col + n0, p.w_col + n1)
         group = _load(b, node, attrs, w, weights, chain)
         chain = group if chain < 0 else chain
-        act = b.window(a, p.a_row + m0, p.a_row + m1, p.a_col + k0, p.a_col + k1)
+        act = taps.window(b, a, p, (m0, m1), (k0, k1))
         # (a partial result in stacked tiles: its rows written over their windows in order)
         outs = b.windows(c, p.c_row + m0, p.c_row + m1, p.c_col + n0, p.c_col + n1)
         mm_attrs = {**attrs, "group": group, "install": True, "k": [k0 - base, k1 - base, k]}
@@ -385,6 +400,55 @@ def _problems(a_shape, w_shape, c_shape, heads: _HeadViews) -> list[_Problem]:
         c_row, c_col = (outer * m, h * n) if heads.merge else (i * m, 0)
         problems.append(_Problem(a_row, a_col, w_row, w_col, c_row, c_col, m))
     return problems
+
+
+@dataclass(frozen=True)
+class _RowTaps:
+    """How a row-tapped product (passes/row_taps: attributes row_taps, row_tiles) reads A: the K
+    chunks of block i of K (A's width each) from the rows offsets[i] further of the sequence whose
+    halo layout A is (lpuc.kernels.windows.halo_tiles): result rows [j * step, (j + 1) * step) from
+    A's tile j (step + halo rows from row j * (step + halo)). A plain product has none."""
+
+    offsets: tuple[int, ...] = ()
+    width: int = 0  # A's columns: the K of one tap
+    step: int = 0
+    halo: int = 0
+
+    @classmethod
+    def of(cls, node: Node, a_shape: tuple[int, ...]) -> _RowTaps:
+        offsets = tuple(int(t) for t in node.attr("row_taps") or ())
+        if not offsets:
+            return cls()
+        _, step, halo = (int(v) for v in node.attr("row_tiles"))
+        return cls(offsets, int(a_shape[-1]), step, halo)
+
+    def row_edges(self, p: _Problem, a, c=None) -> list[list[int]]:
+        """Where C's rows [0, p.m) must be cut: at A's tile edges (a row-tapped product: at its halo
+        tiles' steps, and C's tile edges, given c, as a plain A cut like C would cut them)."""
+        if not self.offsets:
+            return [_tile_edges(p.a_row, p.m, a.block_rows)]
+        edges = [list(range(self.step, p.m, self.step))]
+        return edges + [_tile_edges(p.c_row, p.m, c.block_rows)] if c is not None else edges
+
+    def k_chunks(self, p: _Problem, a, k_tile: int, w_tiles: list[int]) -> list[tuple[int, int]]:
+        """K chunks that stay inside one tap's block (and A's lane tiles), [] for a plain product."""
+        chunks = []
+        for i in range(len(self.offsets)):
+            k0 = i * self.width
+            lane_edges = [k0 + e for e in _tile_edges(p.a_col, self.width, a.lanes)]
+            steps = range(k0 + k_tile, k0 + self.width, k_tile)
+            chunks += split_range(k0, k0 + self.width, lane_edges, steps, w_tiles)
+        return chunks
+
+    def window(self, b: TiledBuilder, a, p: _Problem, rows: tuple[int, int], ks: tuple[int, int]):
+        """The window of A an MM over C's rows `rows` and K `ks` reads."""
+        (m0, m1), (k0, k1) = rows, ks
+        if not self.offsets:
+            return b.window(a, p.a_row + m0, p.a_row + m1, p.a_col + k0, p.a_col + k1)
+        i, j = k0 // self.width, m0 // self.step
+        row = j * (self.step + self.halo) + m0 - j * self.step + self.offsets[i]
+        base = i * self.width
+        return b.window(a, row, row + m1 - m0, p.a_col + k0 - base, p.a_col + k1 - base)
 
 
 def _tile_edges(start: int, length: int, step: int) -> list[int]:

@@ -20,7 +20,7 @@ from collections.abc import Iterator
 
 from lpuc.ir.graph import Node
 from lpuc.ir.tiled import TensorTiles
-from lpuc.kernels.windows import input_row_runs, input_windows
+from lpuc.kernels.windows import halo_tiles, input_row_runs, input_windows
 
 # View rows [r0, r1) x cols [c0, c1) of a tensor.
 Window = tuple[int, int, int, int]
@@ -45,9 +45,7 @@ def window_slabs(node: Node, x: TensorTiles, y: TensorTiles) -> Iterator[tuple[W
     # A channels-last Im2Col's slab reads only the input rows and channels its columns use.
     # (Not a packed one: its columns hold p result rows side by side.)
     channels_last_im2col = node.op == "Im2Col" and not channels_first and pack == 1
-    for r0 in range(0, y.rows, y.block_rows):
-        r1 = min(y.rows, r0 + y.block_rows)
-        out_rows = [r0 * pack, r1 * pack]  # unpacked result rows
+    for (r0, r1), out_rows in _result_slabs(node, y, pack):
         if channels_last_im2col:
             ranges = input_row_runs(node.attrs, x.shape, *out_rows, MAX_ROW_RUNS)
         else:
@@ -59,6 +57,21 @@ def window_slabs(node: Node, x: TensorTiles, y: TensorTiles) -> Iterator[tuple[W
         for c0, c1 in _column_pieces(node, x, y):
             lanes = _channels_read(node, x, c0, c1) if channels_last_im2col else (0, x.cols)
             yield (r0, r1, c0, c1), [(i0, i1, *lanes) for i0, i1 in ranges], slab
+
+
+def _result_slabs(node: Node, y: TensorTiles, pack: int) -> list[tuple[tuple[int, int], list[int]]]:
+    """((the result rows [r0, r1) a slab writes), the unpacked result rows it computes) per tile row
+    of the result; of a result in a halo layout (row_tiles: a row-tapped product's columns), the
+    rows of the sequence each tile holds."""
+    if node.op == "Im2Col" and node.attr("row_tiles"):
+        tiles = halo_tiles(*(int(v) for v in node.attr("row_tiles")))
+        starts = range(0, y.rows, y.block_rows)
+        return [((r0, r0 + v1 - v0), [v0, v1]) for r0, (v0, v1) in zip(starts, tiles)]
+    slabs = []
+    for r0 in range(0, y.rows, y.block_rows):
+        r1 = min(y.rows, r0 + y.block_rows)
+        slabs.append(((r0, r1), [r0 * pack, r1 * pack]))
+    return slabs
 
 
 def _column_pieces(node: Node, x: TensorTiles, y: TensorTiles) -> list[tuple[int, int]]:

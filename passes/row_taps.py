@@ -1,0 +1,159 @@
+"""int8 builds: a KxK stride-1 convolution accumulates its kernel rows on the MXM (streamed row taps).
+
+An Im2Col of a kh x kw window writes kh * kw * C columns per result row on the SXM, which lower_conv
+multiplies by W [kh kw C, M]. Here the Im2Col gathers only a 1 x kw window over the input padded by
+the kernel's row padding above and below (pads kept, kernel height 1): row (y, x) of that sequence
+of (Ho + kh - 1) * Wo rows of kw C columns holds kernel row 0 of result (y, x), kernel row i of
+result (y - i, x) as well. So the product is
+
+    C[r] = sum_i A'[r + i * Wo] @ W_i        (W_i: W's rows of kernel row i, [kw C, M])
+
+one MatMulInteger over K = kh * kw C with attribute `row_taps` [0, Wo, 2 Wo, ...]: its MMs read
+kernel row i's K chunks from rows i * Wo further (lpuc/lowering/matmul.py), and the plane sums them
+in its accumulators like any K chunks. The SXM streams about kh times fewer result vectors; the MXM
+streams each result row through kh * ceil(kw C / k_tile) weight tiles instead of
+ceil(kh kw C / k_tile).
+
+An MM reads one tile, so A is the sequence A' in a halo layout (attribute `row_tiles` [rows, step,
+halo], lpuc.kernels.windows.halo_tiles): a tile per `step` result rows (the product's own tiles, as
+lowering cuts them) holding the (kh - 1) * Wo rows after them too, which the SXM writes twice
+(one tile per slice: the MMs of a tall A in one tile queued for one slice's ports and one side's
+planes, ResNet-50 int8 94,425 cycles against 84,175 this way).
+
+Constant columns fold_bias_columns appended to the Im2Col (a bias in the accumulator) stay in every
+row; only kernel row 0's weights keep their bias rows (the others get zero rows, no model work).
+Batch 1 only (a batch's images would be kh - 1 rows apart), channels-last, unpacked Im2Cols read by
+one int8 product with plain model blocks, and only where it pays (worth_it).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from lpuc.ir.graph import LPUC_DOMAIN, Graph, Node
+from lpuc.ir.model_work import ATTR as MODEL_BLOCKS
+from lpuc.ir.model_work import flat, model_blocks
+from lpuc.kernels.windows import halo_tiles
+from lpuc.lowering.builder import default_block_rows, rows_per_tile
+from lpuc.passes.eliminate_dead_code import eliminate_dead_code
+
+ATTR = "row_taps"
+
+
+def row_taps(graph: Graph, ctx: object = None) -> Graph:
+    if getattr(ctx, "precision", "") != "int8":
+        return graph
+    k_tile = ctx.target.mxm_mode("int8").k_tile
+    block_rows = min(default_block_rows(ctx.target), ctx.target.mxm.acc_rows)
+    short_tiles = "short_tiles" not in ctx.disabled
+    producers, consumers = graph.producers(), graph.consumers()
+    out = graph.copy()
+    replaced: dict[str, Node] = {}
+    for node in graph.nodes:
+        im2col = _eligible(node, graph, producers, consumers)
+        if im2col is None:
+            continue
+        step = rows_per_tile(graph.values[node.outputs[0]].shape[0], block_rows, short_tiles)
+        if not worth_it(graph, im2col, step, k_tile):
+            continue
+        new_im2col, new_product = _rewrite(out, im2col, node, step)
+        if new_product is None:
+            continue
+        replaced[im2col.name], replaced[node.name] = new_im2col, new_product
+    if not replaced:
+        return graph
+    out.nodes = [replaced.get(n.name, n) for n in graph.nodes]
+    return eliminate_dead_code(out.prune_values())
+
+
+def _eligible(node: Node, graph: Graph, producers: dict, consumers: dict) -> Node | None:
+    """The Im2Col feeding `node` when `node` is an int8 product row taps can stream, else None."""
+    if node.op != "MatMulInteger" or node.domain or len(node.inputs) != 2 or node.attr(ATTR):
+        return None
+    a, w = node.inputs
+    im2col = producers.get(a)
+    if im2col is None or im2col.op != "Im2Col" or im2col.domain != LPUC_DOMAIN or not graph.is_const(w):
+        return None
+    if len(consumers.get(a, [])) != 1 or a in graph.outputs or int(im2col.attr("pack_rows", 1)) != 1:
+        return None
+    if not im2col.attr("channels_last", 0) or graph.values[a].dtype != np.int8:
+        return None
+    x_shape = graph.values[im2col.inputs[0]].shape
+    kernel = [int(k) for k in im2col.attr("kernel_shape")]
+    if x_shape is None or len(x_shape) != 4 or int(x_shape[0]) != 1 or len(kernel) != 2 or kernel[0] < 2:
+        return None
+    strides = [int(s) for s in im2col.attr("strides") or [1, 1]]
+    dilations = [int(d) for d in im2col.attr("dilations") or [1, 1]]
+    return im2col if strides[0] == 1 and dilations[0] == 1 else None
+
+
+def worth_it(graph: Graph, im2col: Node, step: int, k_tile: int) -> bool:
+    """Whether the SXM vectors saved outweigh the MXM rows added. The Im2Col writes ceil(kh kw C /
+    lanes) vectors a result row now (lanes = k_tile in int8), and ceil(kw C / lanes) a row of its
+    halo layout then (each tile of `step` rows (kh - 1) image rows longer); the product passes
+    ceil(K / k_tile) weight tiles a row now and kh * ceil(kw C / k_tile) then. A vector and a row
+    pass cost a cycle each (lpuc.cost), but the chip has two SXMs and four planes: a pass added
+    weighs half a vector saved. (Measured on ResNet-50 v1.5 int8, where every stride-1 3x3
+    convolution passes this: converting all of them beat converting only those of 14x14 and 7x7.)"""
+    rows, k = graph.values[im2col.outputs[0]].shape
+    kh = int(im2col.attr("kernel_shape")[0])
+    extra = len(im2col.attr("const_columns") or ())
+    row_k = (k - extra) // kh + extra
+    layout_rows = sum(v1 - v0 for v0, v1 in halo_tiles(rows, step, (kh - 1) * _out_width(graph, im2col)))
+    vectors_saved = rows * math.ceil(k / k_tile) - layout_rows * math.ceil(row_k / k_tile)
+    passes_added = rows * (kh * math.ceil(row_k / k_tile) - math.ceil(k / k_tile))
+    return 2 * vectors_saved > passes_added
+
+
+def _out_width(graph: Graph, im2col: Node) -> int:
+    """Result positions per image row (Wo)."""
+    rows = graph.values[im2col.outputs[0]].shape[0]
+    x_shape = graph.values[im2col.inputs[0]].shape
+    kh = int(im2col.attr("kernel_shape")[0])
+    pads = [int(p) for p in im2col.attr("pads") or [0, 0, 0, 0]]
+    out_height = int(x_shape[1]) + pads[0] + pads[2] - kh + 1
+    return rows // out_height
+
+
+def _rewrite(out: Graph, im2col: Node, product: Node, step: int) -> tuple[Node, Node | None]:
+    """The 1 x kw Im2Col and the row-tapped product replacing `im2col` and `product` (None when the
+    product's model blocks are not the plain [kh kw C, n] ones this rewrite knows how to move)."""
+    cols_name = im2col.outputs[0]
+    rows, k = out.values[cols_name].shape
+    kh, kw = (int(d) for d in im2col.attr("kernel_shape"))
+    extra = len(im2col.attr("const_columns") or ())
+    model_k = k - extra
+    channels = model_k // (kh * kw)
+    width = _out_width(out, im2col)
+    w = np.asarray(out.values[product.inputs[1]].const)
+    n = w.shape[1]
+    blocks = model_blocks(product, k, n)
+    if any(b[0] != 0 or b[1] not in (model_k, k) for b in blocks):
+        return im2col, None
+    row_k = channels * kw + extra
+    # Im2Col columns are channel-major: column c * kh * kw + i * kw + j is channel c, tap (i, j).
+    taps = w[:model_k].reshape(channels, kh, kw, n)
+    weights = np.zeros((kh * row_k, n), w.dtype)
+    for i in range(kh):
+        weights[i * row_k : i * row_k + channels * kw] = taps[:, i].reshape(channels * kw, n)
+    weights[channels * kw : row_k] = w[model_k:]  # bias rows: kernel row 0 only
+    model = channels * kw
+    new_blocks = [(i * row_k, i * row_k + model, n0, n1) for i in range(kh) for _, _, n0, n1 in blocks]
+    new_blocks += [(channels * kw, row_k, n0, n1) for _, k1, n0, n1 in blocks if k1 == k and extra]
+    # The columns in their halo layout: a tile per `step` result rows (the product's tiles, as
+    # lowering cuts them), each with the (kh - 1) image rows after them its taps read too.
+    tiles = [rows, step, (kh - 1) * width]
+    layout_rows = sum(v1 - v0 for v0, v1 in halo_tiles(*tiles))
+    cols = out.add_value(f"{cols_name}/row_taps", (layout_rows, row_k), np.int8)
+    attrs = {**im2col.attrs, "kernel_shape": [1, kw], "row_tiles": tiles}
+    new_im2col = im2col.with_(outputs=(cols,), attrs=attrs)
+    w_name = out.add_const(f"{product.inputs[1]}/row_taps", weights)
+    attrs = {
+        **product.attrs,
+        ATTR: [i * width for i in range(kh)],
+        "row_tiles": tiles,
+        MODEL_BLOCKS: flat(new_blocks),
+    }
+    return new_im2col, product.with_(inputs=(cols, w_name), attrs=attrs)

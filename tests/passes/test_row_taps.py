@@ -1,0 +1,74 @@
+"""row_taps: an int8 3x3 stride-1 convolution accumulates its kernel rows on the MXM from a 1x3 Im2Col
+in a halo layout. The integer arithmetic is the same sum in another order, so its outputs must equal
+the build without the pass bit for bit; both are checked against fp32 onnxruntime, and the SXM must
+stream fewer vectors for the same model MACs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import torch
+
+import lpuc
+from lpuc.kernels.windows import halo_index, halo_tiles
+from tests.kernels.oracle import run_onnxruntime
+from tests.similarity import cosine
+
+SHAPE = (1, 16, 20, 20)
+
+
+def _model(path: Path) -> Path:
+    """3x3 convolutions of 64 and 128 channels (K 576, 1152: several K tiles), stride 1 and padding
+    1, a strided one (left alone) and a 1x1 one; 20x20 = 400 rows, cut into tiles of 134 rows."""
+    torch.manual_seed(3)
+    net = torch.nn.Sequential(
+        torch.nn.Conv2d(16, 64, 3, padding=1),
+        torch.nn.ReLU(),
+        torch.nn.Conv2d(64, 128, 3, padding=1),
+        torch.nn.ReLU(),
+        torch.nn.Conv2d(128, 64, 3, padding=1),
+        torch.nn.ReLU(),
+        torch.nn.Conv2d(64, 32, 3, stride=2, padding=1),
+        torch.nn.ReLU(),
+        torch.nn.Conv2d(32, 8, 1),
+    ).eval()
+    with torch.no_grad():
+        x = (torch.randn(*SHAPE),)
+        torch.onnx.export(net, x, str(path), input_names=["x"], output_names=["y"], dynamo=False)
+    return path
+
+
+def test_halo_tiles_hold_each_steps_rows_and_the_halo_after_them():
+    assert halo_tiles(10, 4, 3) == [(0, 7), (4, 11), (8, 13)]
+    np.testing.assert_array_equal(halo_index(5, 3, 2), [0, 1, 2, 3, 4, 3, 4, 5, 6])
+
+
+def test_row_taps_match_the_im2col_build_bit_for_bit(tmp_path):
+    path = _model(tmp_path / "convs.onnx")
+    tapped = lpuc.compile(path, precision="int8", dump_ir=tmp_path / "ir")
+    plain = lpuc.compile(path, precision="int8", disable_passes=["row_taps"])
+    final = (tmp_path / "ir" / "99_final.graph.txt").read_text()
+    # The second and third convolutions (the first reads the model input, channels-first, and the
+    # fourth is strided: both keep their Im2Col).
+    assert final.count("row_taps=") == 2
+    assert final.count("kernel_shape=[1, 3]") == 2
+    assert "kernel_shape=[3, 3]" in final  # the strided convolution keeps its Im2Col
+    # The same model MACs and MXM bound; fewer vectors through the SXM, more MXM row passes.
+    assert tapped.summary["macs"] == plain.summary["macs"]
+    bound = tapped.summary["lower_bound_cycles"]["mxm"]
+    assert bound == plain.summary["lower_bound_cycles"]["mxm"]
+
+    def vectors(program, opcode: str) -> int:
+        return sum(i.work.vectors for i in program.instructions if i.opcode == opcode)
+
+    assert vectors(tapped, "sxm.kernel") < vectors(plain, "sxm.kernel")
+    assert vectors(tapped, "mxm.mm") > vectors(plain, "mxm.mm")
+    proto = onnx.load(str(path))
+    rng = np.random.default_rng(11)
+    for _ in range(2):
+        x = rng.standard_normal(SHAPE).astype(np.float32)
+        got, ref = tapped.run({"x": x})["y"], plain.run({"x": x})["y"]
+        np.testing.assert_array_equal(got, ref)
+        assert cosine(got, run_onnxruntime(proto, {"x": x})[0]) >= 0.99
