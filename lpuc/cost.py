@@ -136,7 +136,7 @@ def window_streams(
     where: Callable[[Any], tuple[int, int]],
     tile_lane: Callable[[Any], int] | None = None,
 ) -> tuple[list[Stream], list[Stream]]:
-    """The cost model's view of an instruction's windows (anything with nrows, lane0 and nlanes;
+    """The cost model's view of an instruction's windows (anything with nrows and nlanes, and lane0 unless 0;
     `where` gives a window's (slice, words per row), `tile_lane` the lane its tile starts at when
     lane0 counts from the word, not the tile), stacked operands and results marked. A stream's lanes
     run to the window's last lane in its tile: an instruction reaches a window that starts at a
@@ -145,7 +145,7 @@ def window_streams(
     def stream(window: Any, stacked: int, most_rows: int | None = None) -> Stream:
         slice_index, words = where(window)
         rows = window.nrows if most_rows is None else min(window.nrows, most_rows)
-        lane0 = window.lane0 - (tile_lane(window) if tile_lane else 0)
+        lane0 = getattr(window, "lane0", 0) - (tile_lane(window) if tile_lane else 0)
         return Stream(slice_index, rows, words, lane0 + window.nlanes, stacked)
 
     stacks = stack_sizes(opcode, attrs, len(reads))

@@ -37,16 +37,20 @@ class _Dense(torch.nn.Module):
     """A DenseNet block: x[k+1] = cat(x[k], convs(relu(bn(x[k])))) on a pooled input, then its
     transition's BN, ReLU and 1x1 convolution."""
 
-    def __init__(self, layers: int = 3) -> None:
+    def __init__(self, bottleneck: bool, layers: int = 3) -> None:
         super().__init__()
         self.stem = torch.nn.Conv2d(3, 32, 3, padding=1)
         self.norms = torch.nn.ModuleList(torch.nn.BatchNorm2d(32 + 16 * k) for k in range(layers + 1))
+        # With DenseNet's 1x1 bottleneck the 3x3 convolution's K is 288; without, up to 576, which
+        # an fp16 build splits over planes, summed by a map that writes the Concat's lanes.
         self.convs = torch.nn.ModuleList(
             torch.nn.Sequential(
                 torch.nn.Conv2d(32 + 16 * k, 32, 1), torch.nn.ReLU(), torch.nn.Conv2d(32, 16, 3, padding=1)
             )
+            if bottleneck
+            else torch.nn.Conv2d(32 + 16 * k, 16, 3, padding=1)
             for k in range(layers)
-        )  # (a bottleneck, as in DenseNet: K = 288 needs no K split, whose sum map could not shift lanes)
+        )
         self.head = torch.nn.Conv2d(32 + 16 * layers, 8, 1)
 
     def forward(self, x):
@@ -81,12 +85,11 @@ def _randomized(model: torch.nn.Module) -> torch.nn.Module:
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
     d = tmp_path_factory.mktemp("concat_in_place")
-    x = torch.randn(1, 16, 20, 20)
+    x, x3 = torch.randn(1, 16, 20, 20), torch.randn(1, 3, 24, 24)
     return {
         "fire": export(_randomized(_Fire()), (x,), d / "fire.onnx", output_names=["y"]),
-        "dense": export(
-            _randomized(_Dense()), (torch.randn(1, 3, 24, 24),), d / "dense.onnx", output_names=["y"]
-        ),
+        "dense": export(_randomized(_Dense(True)), (x3,), d / "dense.onnx", output_names=["y"]),
+        "dense_wide": export(_randomized(_Dense(False)), (x3,), d / "dense_wide.onnx", output_names=["y"]),
         "pooled": export(
             _PooledBranch(), (torch.randn(1, 8, 12, 12),), d / "pooled.onnx", output_names=["y", "p"]
         ),
@@ -146,11 +149,15 @@ def test_fire_concat_is_written_by_its_convolutions(models, precision):
     _check(path, on, precision)
 
 
-@pytest.mark.parametrize("precision", ["fp32", "fp16", "int8"])
-def test_dense_block_is_one_tensor_with_one_copy_of_its_input(models, precision):
+@pytest.mark.parametrize(
+    ("model", "precision"),
+    [("dense", "fp32"), ("dense", "fp16"), ("dense", "int8"), ("dense_wide", "fp16"), ("dense_wide", "fp32")],
+)
+def test_dense_block_is_one_tensor_with_one_copy_of_its_input(models, model, precision):
     """Three chained Concats: no copy of a growing tensor is left, only a Pad per row tile copying the
-    pooled input into the block's tensor; numerics match onnxruntime."""
-    path = models["dense"]
+    pooled input into the block's tensor; numerics match onnxruntime. Without the bottleneck (fp16)
+    the K-split parts' MMs write their partial sums at the lanes their sum map writes."""
+    path = models[model]
     on = lpuc.compile(path, precision=precision)
     off = lpuc.compile(path, precision=precision, disable_passes=OFF)
     assert len({i.node for i in _concats(off)}) == 3

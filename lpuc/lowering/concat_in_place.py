@@ -5,7 +5,8 @@ When an operand's writers can write the result's tiles directly, the copy is not
 windows move into the result's tiles at the operand's lane offset, row for row. That holds for
 - an MM's result (its epilogue's too): the MXM puts result column j on the lane its weights' column
   j occupies in the plane, so the result can start at any superlane (its epilogue's per-lane
-  constants are stored at the same lanes: a shifted copy of the constant tile);
+  constants are stored at the same lanes: a shifted copy of the constant tile), and a map of such
+  results only it reads (a K-split sum), their MMs writing them at the same lanes;
 - at lane offset 0 only (nothing moves across lanes), a map's result, and an operand that is itself
   a Concat done in place: the DenseNet chain x[k+1] = Concat(x[k], y[k]) becomes one tensor whose
   growing prefixes the later layers read, each y[k] written beside them by its convolution.
@@ -98,7 +99,7 @@ class _Placer:
 
     # -- one Concat -----------------------------------------------------------------------------
     def _place(self, node: Node) -> None:
-        tensors, graph = self.tiled.tensors, self.graph
+        tensors = self.tiled.tensors
         out = node.outputs[0]
         if out not in tensors or any(i not in tensors for i in node.inputs) or out in self.copied:
             return
@@ -171,12 +172,38 @@ class _Placer:
         if not writers and name not in self.copies:
             return None
         for i in writers:
-            op = self.ops[i]
-            if op.opcode not in _WINDOW_OPS or (shift and not self._shiftable_mm(op)):
+            if self.ops[i].opcode not in _WINDOW_OPS or (shift and not self._shiftable(i)):
                 return None
         if any(self.ops[i].opcode not in _WINDOW_OPS for i in readers) or (shift and readers):
             return None
         return shift
+
+    def _shiftable(self, i: int) -> bool:
+        """Whether op i's result can be written at later lanes: an MM (_shiftable_mm), or a map (a
+        K-split sum, an unfused bias) whose operands are constants (shifted copies) and MM results
+        only it reads: those MMs write theirs at the same later lanes (a tile's lanes cost no SRAM:
+        a row is a whole vector), so no value crosses lanes."""
+        op = self.ops[i]
+        if op.opcode == "mxm.mm":
+            return self._shiftable_mm(op)
+        width = op.writes[0].nlanes
+        for r in op.reads:
+            buf = self.buffers[r.buf]
+            if buf.is_const:
+                ok = r.nlanes in (1, width) and r.lane0 == 0
+            else:
+                writers = self.writers[r.buf]
+                ok = (
+                    buf.kind == "temp"
+                    and r.lane0 == 0
+                    and r.nlanes == width == buf.lanes
+                    and self.readers[r.buf] == {i}
+                    and bool(writers)
+                    and all(self._shiftable_mm(self.ops[w]) for w in writers)
+                )
+            if not ok:
+                return False
+        return True
 
     def _shiftable_mm(self, op: TileOp) -> bool:
         """An MM whose result (with its epilogue) can land at other lanes: it reads no SRAM partial
@@ -221,8 +248,39 @@ class _Placer:
 
         reads, writes = tuple(map(moved, op.reads)), tuple(map(moved, op.writes))
         if shift and any(w.buf == b for w in op.writes):
-            width = op.writes[0].nlanes
-            reads = (reads[0], *(self._shifted(r, shift) if r.nlanes == width else r for r in reads[1:]))
+            reads = self._shifted_operands(i, reads, shift)
+        self._replace(i, reads, writes)
+
+    def _shifted_operands(self, i: int, reads: tuple[Ref, ...], shift: int) -> tuple[Ref, ...]:
+        """The reads of op i (all of a map's, an MM's but its activation) for its result written
+        `shift` lanes further on: per-lane constants from shifted copies, MM results moved along."""
+        op = self.ops[i]
+        width = op.writes[0].nlanes
+        out = list(reads)
+        for k in range(1 if op.opcode == "mxm.mm" else 0, len(reads)):
+            r = reads[k]
+            if self.buffers[r.buf].is_const:
+                out[k] = self._shifted(r, shift) if r.nlanes == width else r
+            else:
+                self._relane(r.buf, shift, i)
+                out[k] = Ref(r.buf, r.row0, r.nrows, r.lane0 + shift, r.nlanes)
+        return tuple(out)
+
+    def _relane(self, b: int, shift: int, reader: int) -> None:
+        """Tile b (an MM result only op `reader` reads) with its values `shift` lanes further on."""
+        buf = self.buffers[b]
+        self.buffers[b] = copy_with(buf, lanes=buf.lanes + shift)
+        for j in sorted(self.writers[b] - {reader}):
+            op = self.ops[j]
+
+            def moved(r: Ref) -> Ref:
+                return Ref(b, r.row0, r.nrows, r.lane0 + shift, r.nlanes) if r.buf == b else r
+
+            reads, writes = tuple(map(moved, op.reads)), tuple(map(moved, op.writes))
+            self._replace(j, self._shifted_operands(j, reads, shift), writes)
+
+    def _replace(self, i: int, reads: tuple[Ref, ...], writes: tuple[Ref, ...]) -> None:
+        op = self.ops[i]
         self._forget(i)
         self.ops[i] = copy_with(op, reads=reads, writes=writes)
         self._index(i)
