@@ -114,7 +114,7 @@ class Stream(NamedTuple):
     slice: int  # -1: host memory (no SRAM traffic)
     rows: int
     words_per_row: int  # MEM words (= bytes per lane) per vector
-    lanes: int
+    lanes: int  # lanes from its tile's first to the window's last (how far the instruction reaches)
     stacked: int = 1  # windows of one operand streamed side by side, rows interleaved (this one of them)
 
     @property
@@ -134,14 +134,19 @@ def window_streams(
     reads: Sequence[Any],
     writes: Sequence[Any],
     where: Callable[[Any], tuple[int, int]],
+    tile_lane: Callable[[Any], int] | None = None,
 ) -> tuple[list[Stream], list[Stream]]:
-    """The cost model's view of an instruction's windows (anything with nrows and nlanes; `where`
-    gives a window's (slice, words per row)), stacked operands and results marked."""
+    """The cost model's view of an instruction's windows (anything with nrows and nlanes, and lane0 unless 0;
+    `where` gives a window's (slice, words per row), `tile_lane` the lane its tile starts at when
+    lane0 counts from the word, not the tile), stacked operands and results marked. A stream's lanes
+    run to the window's last lane in its tile: an instruction reaches a window that starts at a
+    later superlane (an MM result placed beside others in a Concat's tile) that much later."""
 
     def stream(window: Any, stacked: int, most_rows: int | None = None) -> Stream:
         slice_index, words = where(window)
         rows = window.nrows if most_rows is None else min(window.nrows, most_rows)
-        return Stream(slice_index, rows, words, window.nlanes, stacked)
+        lane0 = getattr(window, "lane0", 0) - (tile_lane(window) if tile_lane else 0)
+        return Stream(slice_index, rows, words, lane0 + window.nlanes, stacked)
 
     stacks = stack_sizes(opcode, attrs, len(reads))
     written = write_stack_sizes(opcode, attrs, len(writes))

@@ -250,3 +250,25 @@ def test_gather_data_windows_move_at_most_the_result_rows(v1):
     assert cost.mem_cycles({0: 1, 1: 1, 2: 1}, ins + outs) == 512
     softmax, _ = cost.window_streams("sxm.kernel", {**attrs, "kernel": "Softmax"}, reads, writes, where)
     assert [s.rows for s in softmax] == [320, 320, 1]
+
+
+def test_a_window_at_later_lanes_is_charged_the_stagger_to_its_last_lane(v1):
+    """An MM result written at lanes [256, 288) of its tile (a Concat done in place) reaches
+    superlane 17: its stream counts 288 lanes, and the op takes the stagger of 18 superlanes, not 2.
+    The validator's windows count lanes from the word (packed tiles): minus their tile's lane."""
+    from lpuc.ir.tiled import Ref
+
+    where = lambda w: (0, 1)  # noqa: E731
+    at_zero, shifted = Ref(0, 0, 100, 0, 32), Ref(0, 0, 100, 256, 32)
+    _, (plain,) = cost.window_streams("vxm.map", {}, [], [at_zero], where)
+    _, (late,) = cost.window_streams("vxm.map", {}, [], [shifted], where)
+    assert (plain.lanes, late.lanes) == (32, 288)
+    _, (packed,) = cost.window_streams("vxm.map", {}, [], [shifted], where, lambda w: 160)
+    assert packed.lanes == 128
+    work = Work(vectors=100, alu_ops=1, elem_ops=3200)
+    assert (
+        cost.duration(v1, "vxm.map", "VXM0", work, [], [late])
+        - cost.duration(v1, "vxm.map", "VXM0", work, [], [plain])
+        == v1.stagger(288) - v1.stagger(32)
+        > 0
+    )

@@ -8,6 +8,7 @@ from lpuc.errors import UnsupportedError
 from lpuc.ir.graph import LPUC_DOMAIN, Graph, Node
 from lpuc.ir.tiled import TiledProgram
 from lpuc.lowering.builder import TiledBuilder, view_of
+from lpuc.lowering.concat_in_place import place_concats
 from lpuc.lowering.elementwise import lower_map
 from lpuc.lowering.epilogue import fuse_epilogues
 from lpuc.lowering.host_tables import tables_for_host
@@ -37,6 +38,7 @@ STRATEGIES = {
     "mxm_epilogues": "a map of an MM's result fused into the MM: its rows stream through the VXM",
     "map_chains": "a map of another map's (or a fused epilogue's) result joined to it: one VXM pass",
     "stacked_results": "a write-bound epilogue's result (fp32 model output) cut into tiles on several slices",
+    "concat_in_place": "a lane Concat's operands written by their producers straight into its tiles (no copy)",
     # Applied by the sink_transposes pass, listed here to switch it off.
     "channels_last_depthwise": "a depthwise Conv of a channels-last value runs channels-last (no NCHW trip)",
     # Applied by the legalize_broadcast pass, listed here to switch it off.
@@ -128,7 +130,8 @@ def lower_with(
     tiled = b.finish()
     tiled = fuse_epilogues(tiled, target) if b.enabled("mxm_epilogues") else tiled
     tiled = join_maps(tiled, target) if b.enabled("map_chains") else tiled
-    return stack_epilogue_results(tiled, target) if b.enabled("stacked_results") else tiled
+    tiled = stack_epilogue_results(tiled, target) if b.enabled("stacked_results") else tiled
+    return place_concats(tiled, graph, target) if b.enabled("concat_in_place") else tiled
 
 
 def host_resident_values(graph: Graph, where_ops: dict[str, str]) -> set[str]:

@@ -154,7 +154,7 @@ class TiledBuilder:
     def host_table(self, name: str) -> TensorTiles:
         """Constant `name` kept whole in host memory: a host buffer carrying its content key."""
         data = np.ascontiguousarray(self.graph.values[name].const)
-        key = _content_key(data)
+        key = content_key(data)
         self.const_data.setdefault(key, data)
         buf = Buffer(len(self.buffers), name, data.dtype, 1, 1, 0, 0, const_key=key, host=True)
         self.buffers.append(buf)
@@ -186,7 +186,7 @@ class TiledBuilder:
                     # Copied as it is, then converted: numpy converts a contiguous tile about twice as
                     # fast as a strided one (the same values: casting does not depend on the layout).
                     tile = np.ascontiguousarray(flat[r0 : r0 + nr, c0 : c0 + nl]).astype(dtype, copy=False)
-                    key = _content_key(tile) + (f".{replica}" if replica else "")
+                    key = content_key(tile) + (f".{replica}" if replica else "")
                     self.const_data.setdefault(key, tile)
                 buf = Buffer(
                     len(self.buffers), name, np.dtype(dtype), nr, nl, r0, c0, const_key=key, replica=replica
@@ -313,7 +313,7 @@ class TiledBuilder:
         )
 
 
-def _content_key(tile: np.ndarray) -> str:
+def content_key(tile: np.ndarray) -> str:
     h = hashlib.sha256()
     h.update(f"{dtype_name(tile.dtype)}{tile.shape}".encode())
     h.update(tile.reshape(-1).view(np.uint8))  # the (C-contiguous) tile's bytes, without a copy

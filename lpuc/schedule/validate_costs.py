@@ -23,7 +23,9 @@ def streams_of(p: Program, ins: Instruction) -> tuple[list[Stream], list[Stream]
         t = p.tiles[a.buf]
         return (-1 if t.kind == "host" else a.slice), words_per_row(t.np_dtype)
 
-    return cost.window_streams(ins.opcode, ins.attrs, ins.reads, ins.writes, where)
+    return cost.window_streams(
+        ins.opcode, ins.attrs, ins.reads, ins.writes, where, lambda a: p.tiles[a.buf].lane
+    )
 
 
 def check_costs(p: Program) -> list[str]:
