@@ -130,7 +130,8 @@ def _check(path, p: Program, precision: str) -> None:
 @pytest.mark.parametrize("precision", ["fp32", "fp16", "int8"])
 def test_fire_concat_is_written_by_its_convolutions(models, precision):
     """No Concat copy is left: the 3x3 expansion's MMs write the result's tiles from lane 32 on (the
-    1x1's 32 channels first), their per-channel epilogue constants read from copies at those lanes;
+    1x1's 32 channels first), their weights and per-channel epilogue constants read from copies at
+    those lanes;
     fewer cycles than with the copy; outputs match onnxruntime (and the interpreter bit for bit)."""
     path = models["fire"]
     on = lpuc.compile(path, precision=precision)
@@ -142,9 +143,12 @@ def test_fire_concat_is_written_by_its_convolutions(models, precision):
         if i.opcode == "mxm.mm" and i.writes and i.writes[0].lane0 - on.tiles[i.writes[0].buf].lane == 32
     ]
     assert shifted and all(w.nlanes == 48 for i in shifted for w in i.writes)
-    for i in shifted:  # a per-channel constant of the epilogue sits at the result's lanes
+    loads = {i.attrs["group"]: i for i in on.instructions if i.opcode == "mxm.lw"}
+    for i in shifted:  # the weights and per-channel epilogue constants sit at the result's lanes
         consts = [a for a in i.reads[1:] if on.tiles[a.buf].kind == "const" and a.nlanes == 48]
         assert all(a.lane0 - on.tiles[a.buf].lane == 32 for a in consts)
+        weights = loads[i.attrs["group"]].reads
+        assert weights and all(w.lane0 - on.tiles[w.buf].lane == 32 for w in weights)
     assert on.summary["cycles"] < off.summary["cycles"]
     _check(path, on, precision)
 

@@ -4,8 +4,8 @@ A Concat along the lanes (channels last) is an SXM copy of every operand into th
 When an operand's writers can write the result's tiles directly, the copy is not needed: its
 windows move into the result's tiles at the operand's lane offset, row for row. That holds for
 - an MM's result (its epilogue's too): the MXM puts result column j on the lane its weights' column
-  j occupies in the plane, so the result can start at any superlane (its epilogue's per-lane
-  constants are stored at the same lanes: a shifted copy of the constant tile), and a map of such
+  j occupies in the plane, so the result can start at any superlane when its weights are loaded from
+  a copy stored that many lanes further on (so are its epilogue's per-lane constants), and a map of such
   results only it reads (a K-split sum), their MMs writing them at the same lanes;
 - at lane offset 0 only (nothing moves across lanes), a map's result, and an operand that is itself
   a Concat done in place: the DenseNet chain x[k+1] = Concat(x[k], y[k]) becomes one tensor whose
@@ -75,7 +75,9 @@ class _Placer:
         self.copied: set[str] = set()  # tensors a Pad reads (a kernel reader: never moved)
         self.buffers = list(tiled.buffers)
         self.const_data = dict(tiled.const_data)
-        self.shifted: dict[tuple[int, int, int], int] = {}  # (const tile, shift, lanes) -> copy
+        self.shifted: dict[tuple[int, int, int, int], int] = {}  # (tile, lane0, shift, lanes) -> copy
+        self.loads = {op.group: op.id for op in tiled.ops if op.opcode == "mxm.lw"}
+        self.shifted_loads: set[int] = set()
         self.moved: set[int] = set()
         self.opsets: dict[str, dict] = {}
 
@@ -249,7 +251,19 @@ class _Placer:
         reads, writes = tuple(map(moved, op.reads)), tuple(map(moved, op.writes))
         if shift and any(w.buf == b for w in op.writes):
             reads = self._shifted_operands(i, reads, shift)
+            if op.opcode == "mxm.mm":
+                self._shift_weights(op.group, shift)
         self._replace(i, reads, writes)
+
+    def _shift_weights(self, group: int, shift: int) -> None:
+        """The weight load of MM group `group` reads copies of its windows `shift` lanes further on:
+        the plane's columns, and so its results, sit at the lanes the loaded weights occupy."""
+        i = self.loads.get(group)
+        if i is None or i in self.shifted_loads:
+            return
+        self.shifted_loads.add(i)
+        load = self.ops[i]
+        self._replace(i, tuple(self._shifted(r, shift) for r in load.reads), load.writes)
 
     def _shifted_operands(self, i: int, reads: tuple[Ref, ...], shift: int) -> tuple[Ref, ...]:
         """The reads of op i (all of a map's, an MM's but its activation) for its result written
@@ -286,13 +300,13 @@ class _Placer:
         self._index(i)
 
     def _shifted(self, r: Ref, shift: int) -> Ref:
-        """The window r of a constant tile read from a copy whose lanes start `shift` further on."""
-        key = (r.buf, shift, r.nlanes)
+        """The window r of a constant tile read from a copy of its lanes that starts at lane `shift`."""
+        key = (r.buf, r.lane0, shift, r.nlanes)
         if key not in self.shifted:
             buf = self.buffers[r.buf]
             data = self.const_data[buf.const_key]
             tile = np.zeros((buf.rows, shift + r.nlanes), dtype=data.dtype)
-            tile[:, shift:] = data[:, : r.nlanes]
+            tile[:, shift:] = data[:, r.lane0 : r.lane0 + r.nlanes]
             ckey = content_key(tile)
             self.const_data.setdefault(ckey, tile)
             copy = Buffer(
@@ -301,7 +315,7 @@ class _Placer:
             )  # fmt: skip
             self.buffers.append(copy)
             self.shifted[key] = copy.id
-        return Ref(self.shifted[key], r.row0, r.nrows, r.lane0 + shift, r.nlanes)
+        return Ref(self.shifted[key], r.row0, r.nrows, shift, r.nlanes)
 
     def _forget(self, i: int) -> None:
         op = self.ops[i]
