@@ -42,6 +42,7 @@ from lpuc.runtime.fp16 import from_fp16, round_fp16, to_fp16
 from lpuc.runtime.isa import decoded_attrs, epilogue, kernel_context, mxm_input, stacked
 from lpuc.runtime.machine import Machine
 from lpuc.runtime.overlap import MxmThread, mxm_waits, run_overlapped
+from lpuc.runtime.release import Release, drop, page_releases
 
 Step = Callable[[], None]
 
@@ -130,14 +131,18 @@ def _float32_ufuncs(expr: list[dict], dtypes: list, dst_dtype: np.dtype) -> list
     return steps
 
 
-def _ufunc_map(steps: list[UfuncStep], operands: list, dst: np.ndarray, scratch: np.ndarray | None) -> Step:
+def _ufunc_map(
+    steps: list[UfuncStep], operands: list, dst: np.ndarray, scratch_cache: dict[tuple[int, ...], np.ndarray]
+) -> Step:
     """A vxm.map of _float32_ufuncs steps: float16 operands widened (from_fp16), the kernels' ufuncs,
-    the last one writing dst (a float32 window), or `scratch` (float32, dst's shape) then converted
-    into dst (a float16 window; a float16 result rounds only there, to the same bits)."""
+    the last one writing dst (a float32 window), or a float32 scratch buffer of dst's shape (from
+    `scratch_cache`, shared by steps that never run at once) then converted into dst (a float16
+    window; a float16 result rounds only there, to the same bits)."""
     *inner, (last_fn, last_args, last_rounds) = steps
     rounded_last = last_rounds and dst.dtype == np.float32  # float16 values into a float32 window
-    if rounded_last:
-        scratch = np.empty(dst.shape, np.float32)
+    scratch = None
+    if rounded_last or dst.dtype != np.float32:
+        scratch = _float32_scratch(scratch_cache, dst.shape)
     out = dst if scratch is None else scratch
     narrow = [k for k, o in enumerate(operands) if o is not None and o.dtype == np.float16]
     widened = list(operands)
@@ -162,6 +167,10 @@ def _ufunc_map(steps: list[UfuncStep], operands: list, dst: np.ndarray, scratch:
             np.copyto(dst, round_fp16(out))
         elif scratch is not None:
             to_fp16(scratch, out=dst)
+        # Drop the widened copies (and an epilogue's product): kept, every map of the program would
+        # hold its last operands between runs, many times the SRAM image in all.
+        for k in range(len(widened)):
+            widened[k] = None
 
     return vmap
 
@@ -339,7 +348,7 @@ class _Executor:
             program.summary.get("sram_peak_bytes")
             or sum(t.words for t in m.tiles) * program.target.word_bytes
         )
-        self._weight_budget = int(image)
+        self._image_bytes = self._weight_budget = int(image)
         self._mm_scratch: dict[tuple[int, ...], np.ndarray] = {}  # products before accumulation
         self._map_scratch: dict[tuple[int, ...], np.ndarray] = {}  # float32 results of fp16 maps
         self._stack_scratch: dict[tuple, np.ndarray] = {}  # stacked map operands (stacked rows)
@@ -350,6 +359,8 @@ class _Executor:
             builders[ins.opcode](ins, decoded_attrs(ins, self._load_cache)) for ins in order
         ]
         self._mxm_waits = mxm_waits(program, order)  # None: all steps on the calling thread
+        if self._mxm_waits is None:  # (steps on two threads: a page's last user is not the last to run)
+            self._release_dead_pages(page_releases(program, order, self._image_bytes))
         self._mxm_thread: MxmThread | None = None
         # What a run must undo of the previous one: constants overwritten by tiles that reuse their
         # slots, and, only if some read takes values that no earlier write of its tile produced
@@ -376,6 +387,17 @@ class _Executor:
         self._input_checks = [(b.name, dtype_from_name(b.dtype), tuple(b.shape)) for b in program.inputs]
 
     # -- build helpers --------------------------------------------------------------------------
+    def _release_dead_pages(self, releases: dict[int, Release]) -> None:
+        """Each step after which SRAM pages are dead also drops them (runtime/release.py)."""
+        buffer = self.machine.sram.buffer
+        for i, ranges in releases.items():
+
+            def step(run: Step = self.steps[i], ranges: Release = ranges) -> None:
+                run()
+                drop(buffer, ranges)
+
+            self.steps[i] = step
+
     def _view(self, a: Access) -> np.ndarray:
         return self.machine.sram.view(a, self.machine.tiles[a.buf].np_dtype)
 
@@ -587,10 +609,7 @@ class _Executor:
         steps = _float32_ufuncs(fused["expr"], dtypes, dst.dtype)
         if steps is None:
             return None
-        scratch = None
-        if dst.dtype != np.float32:
-            scratch = _float32_scratch(self._epilogue_scratch, dst.shape)
-        run = _ufunc_map(steps, operands, dst, scratch)
+        run = _ufunc_map(steps, operands, dst, self._epilogue_scratch)
         product_at = [i for i, k in enumerate(fused["operands"]) if k == 0]
 
         def apply(product: np.ndarray) -> None:
@@ -599,6 +618,8 @@ class _Executor:
             for i in product_at:
                 operands[i] = product
             run()
+            for i in product_at:
+                operands[i] = placeholder  # (not kept between runs)
 
         return apply
 
@@ -665,11 +686,8 @@ class _Executor:
 
     def _map_step(self, attrs: dict, operands: list, dst: np.ndarray) -> Step:
         fast = _float32_ufuncs(attrs["expr"], [None if o is None else o.dtype for o in operands], dst.dtype)
-        if fast is not None:
-            scratch = None
-            if dst.dtype != np.float32:  # one float32 buffer per shape (maps run one at a time)
-                scratch = _float32_scratch(self._map_scratch, dst.shape)
-            return _ufunc_map(fast, operands, dst, scratch)
+        if fast is not None:  # (one float32 scratch buffer per shape: maps run one at a time)
+            return _ufunc_map(fast, operands, dst, self._map_scratch)
         program: list[tuple[Callable, list[tuple[int, int]]]] = []
         for step in attrs["expr"]:
             ctx = KernelContext(step["op"], step["attrs"], step.get("opset", 0), 1, step["domain"])

@@ -20,6 +20,7 @@ class Sram:
         buffer = mmap.mmap(-1, int(np.prod(shape)))
         if hasattr(mmap, "MADV_NOHUGEPAGE"):
             buffer.madvise(mmap.MADV_NOHUGEPAGE)
+        self.buffer = buffer  # (runtime/release.py gives pages of it back)
         self.words = np.frombuffer(buffer, dtype=np.uint8).reshape(shape)
 
     def _rows(self, a: Access, dtype: np.dtype) -> np.ndarray:
