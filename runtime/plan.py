@@ -92,7 +92,10 @@ _SELECTING_KERNELS = frozenset({"MaxPool", "GlobalMaxPool"})
 # float32 values, which the store rounds to fp16 as that last cast would. Not with a `slab`
 # attribute: the slab pools (kernels/lowered.py) compute in float64, where a float32 result in
 # between would round twice.
-_WIDENING_KERNELS = frozenset({"Conv", "AveragePool", "GlobalAveragePool"})
+_WIDENING_KERNELS = frozenset({"Conv", "AveragePool", "GlobalAveragePool", "DepthwiseConv"})
+# Of those, the ones whose slabs compute in float32 as well (lowered.depthwise_conv: the taps summed
+# in accumulation_dtype(float16), float32), so that float32 copies give the same float32 values.
+_WIDENING_SLAB_KERNELS = frozenset({"DepthwiseConv"})
 
 
 def _float32_ufuncs(expr: list[dict], dtypes: list, dst_dtype: np.dtype) -> list[UfuncStep] | None:
@@ -205,7 +208,8 @@ def _fused_softmax(attrs: dict) -> Callable[[list], list[np.ndarray]] | None:
 def _widens_fp16(attrs: dict) -> bool:
     """Whether a kernel instruction may take its float16 inputs as float32 (_WIDENING_KERNELS): its
     result is cast to its first input's dtype, so only if that and every output are float16."""
-    if attrs["kernel"] not in _WIDENING_KERNELS or attrs["attrs"].get("slab"):
+    kernel = attrs["kernel"]
+    if kernel not in _WIDENING_KERNELS or attrs["attrs"].get("slab") and kernel not in _WIDENING_SLAB_KERNELS:
         return False
     first = attrs["inputs"][0] if attrs["inputs"] else None
     outputs = [d for d in attrs["outputs"] if d is not None]
