@@ -363,14 +363,16 @@ class _Executor:
             builders[ins.opcode](ins, decoded_attrs(ins, self._load_cache)) for ins in order
         ]
         self._mxm_waits = mxm_waits(program, order)  # None: all steps on the calling thread
-        if self._mxm_waits is None:  # (steps on two threads: a page's last user is not the last to run)
-            self._release_dead_pages(page_releases(program, order, self._image_bytes))
         self._mxm_thread: MxmThread | None = None
         # What a run must undo of the previous one: constants overwritten by tiles that reuse their
         # slots, and, only if some read takes values that no earlier write of its tile produced
         # (the validator refuses those), everything written, so that such reads see zeros again.
         const_spans = _merge([_span(_whole(t), t.np_dtype) for t in program.tiles if t.kind == "const"])
         zeros = self._reads_uncovered(program, order)
+        # (not with steps on two threads, where a page's last user is not the last to run, nor when
+        # reads take values of the previous run, zeroed at the start of each)
+        if self._mxm_waits is None and not zeros:
+            self._release_dead_pages(page_releases(program, order, self._image_bytes))
         self._restore: list[tuple[np.ndarray, np.ndarray | None]] = []
         for s, lo, hi in self._dirty:
             block = m.sram.words[s, lo:hi]
