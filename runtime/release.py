@@ -1,4 +1,5 @@
-"""Giving SRAM pages back to the OS while nothing in the run needs what they hold.
+"""Giving SRAM pages back to the OS while nothing in the run needs what they hold (opt-in:
+LPUC_SRAM_RELEASE=1, trading run time for memory).
 
 The SRAM is anonymous memory that the OS fills with zeros on first touch. Over a run, a program
 touches every address some tile ever uses, often several times its peak of live bytes (its SRAM
@@ -17,14 +18,18 @@ their full words (all lanes): a superset of the bytes touched, so no page is dro
 from __future__ import annotations
 
 import mmap
+import os
 from collections import defaultdict
 
 from lpuc.program import Instruction, Program, TileSlot
 
 Release = list[tuple[int, int]]  # (byte offset, length) ranges of pages, page-aligned
 
-# Dropping pages costs a system call per range and a zero-filled page fault on the next write:
-# worth it only when the program touches this much memory beyond its image.
+# Opt-in (LPUC_SRAM_RELEASE=1): every dropped page costs a zero-filled page fault at its next
+# write, 3-10 us a page on the shared bench machine, and programs refault one to several times
+# their SRAM per run: SqueezeNet fp32 ran 2x slower (peak run RSS 5.2x -> 2.7x its image and I/O).
+ENABLED = os.environ.get("LPUC_SRAM_RELEASE") == "1"
+# Even then, only when the program touches this much memory beyond its image.
 MIN_SAVING = 4 << 20
 
 
@@ -35,7 +40,10 @@ def _tile_bytes(t: TileSlot, addresses: int, word_bytes: int) -> tuple[int, int]
 
 
 def page_releases(program: Program, order: list[Instruction], image_bytes: int) -> dict[int, Release]:
-    """Step index -> the page ranges to drop after that step (empty when not worth it)."""
+    """Step index -> the page ranges to drop after that step (empty when not enabled or not worth
+    it)."""
+    if not ENABLED:
+        return {}
     target = program.target
     addresses, word_bytes, page = target.addresses_per_slice, target.word_bytes, mmap.PAGESIZE
     never = len(order)

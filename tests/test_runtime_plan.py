@@ -462,6 +462,7 @@ def test_dead_sram_pages_dropped_while_no_tile_needs_them(monkeypatch, path, pre
     from lpuc.runtime import release
     from lpuc.runtime.plan import Plan
 
+    monkeypatch.setattr(release, "ENABLED", True)
     monkeypatch.setattr(release, "MIN_SAVING", 0)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
