@@ -134,19 +134,14 @@ def _float32_ufuncs(expr: list[dict], dtypes: list, dst_dtype: np.dtype) -> list
     return steps
 
 
-def _ufunc_map(
-    steps: list[UfuncStep], operands: list, dst: np.ndarray, scratch_cache: dict[tuple[int, ...], np.ndarray]
-) -> Step:
+def _ufunc_map(steps: list[UfuncStep], operands: list, dst: np.ndarray, scratch: Scratch) -> Step:
     """A vxm.map of _float32_ufuncs steps: float16 operands widened (from_fp16), the kernels' ufuncs,
-    the last one writing dst (a float32 window), or a float32 scratch buffer of dst's shape (from
-    `scratch_cache`, shared by steps that never run at once) then converted into dst (a float16
-    window; a float16 result rounds only there, to the same bits)."""
+    the last one writing dst (a float32 window), or a float32 buffer of dst's shape from `scratch`
+    then converted into dst (a float16 window; a float16 result rounds only there, to the same bits)."""
     *inner, (last_fn, last_args, last_rounds) = steps
     rounded_last = last_rounds and dst.dtype == np.float32  # float16 values into a float32 window
-    scratch = None
-    if rounded_last or dst.dtype != np.float32:
-        scratch = _float32_scratch(scratch_cache, dst.shape)
-    out = dst if scratch is None else scratch
+    via_scratch = rounded_last or dst.dtype != np.float32
+    shape = dst.shape
     narrow = [k for k, o in enumerate(operands) if o is not None and o.dtype == np.float16]
     widened = list(operands)
 
@@ -165,11 +160,12 @@ def _ufunc_map(
         for fn, args, rounds in inner:
             r = fn(*values(results, args))
             results.append(round_fp16(r) if rounds else r)
+        out = scratch.get(shape) if via_scratch else dst
         last_fn(*values(results, last_args), out=out)
         if rounded_last:
             np.copyto(dst, round_fp16(out))
-        elif scratch is not None:
-            to_fp16(scratch, out=dst)
+        elif via_scratch:
+            to_fp16(out, out=dst)
         # Drop the widened copies (and an epilogue's product): kept, every map of the program would
         # hold its last operands between runs, many times the SRAM image in all.
         for k in range(len(widened)):
@@ -221,12 +217,18 @@ def _widens_fp16(attrs: dict) -> bool:
     )
 
 
-def _float32_scratch(cache: dict[tuple[int, ...], np.ndarray], shape: tuple[int, ...]) -> np.ndarray:
-    """The float32 buffer of `shape` in `cache`, made on first use."""
-    buf = cache.get(shape)
-    if buf is None:
-        buf = cache[shape] = np.empty(shape, np.float32)
-    return buf
+class Scratch:
+    """One float32 buffer lent as an array of any shape, to steps that never run at the same time
+    and use it only while they run (a buffer per shape held megabytes on DenseNet)."""
+
+    def __init__(self) -> None:
+        self._block = np.empty(0, np.float32)
+
+    def get(self, shape: tuple[int, ...]) -> np.ndarray:
+        n = math.prod(shape)
+        if self._block.size < n:
+            self._block = np.empty(n, np.float32)
+        return self._block[:n].reshape(shape)
 
 
 _zero_block = np.zeros(0, np.float32)
@@ -353,10 +355,10 @@ class _Executor:
             or sum(t.words for t in m.tiles) * program.target.word_bytes
         )
         self._image_bytes = self._weight_budget = int(image)
-        self._mm_scratch: dict[tuple[int, ...], np.ndarray] = {}  # products before accumulation
-        self._map_scratch: dict[tuple[int, ...], np.ndarray] = {}  # float32 results of fp16 maps
+        self._mm_scratch = Scratch()  # products before accumulation
+        self._map_scratch = Scratch()  # float32 results of fp16 maps
         self._stack_scratch: dict[tuple, np.ndarray] = {}  # stacked map operands (stacked rows)
-        self._epilogue_scratch: dict[tuple[int, ...], np.ndarray] = {}  # the same for MM epilogues
+        self._epilogue_scratch = Scratch()  # the same for MM epilogues (on the MXM thread, if any)
         self._converted: dict[tuple, tuple[np.ndarray, np.ndarray]] = {}  # weight bytes -> MXM copy
         self._mxm_inputs: list[np.ndarray | None] = [None] * len(self._shared)
         self.steps: list[Step] = [
@@ -563,8 +565,6 @@ class _Executor:
                     np.matmul(a, w, out=dst)
                 else:
                     product = scratch.get(dst.shape)
-                    if product is None:
-                        product = scratch[dst.shape] = np.empty(dst.shape, np.float32)
                     np.matmul(a, w, out=product)
                     np.add(product, acc, out=dst)
                 plane.acc = None
@@ -692,7 +692,7 @@ class _Executor:
 
     def _map_step(self, attrs: dict, operands: list, dst: np.ndarray) -> Step:
         fast = _float32_ufuncs(attrs["expr"], [None if o is None else o.dtype for o in operands], dst.dtype)
-        if fast is not None:  # (one float32 scratch buffer per shape: maps run one at a time)
+        if fast is not None:  # (one float32 scratch buffer: maps run one at a time)
             return _ufunc_map(fast, operands, dst, self._map_scratch)
         program: list[tuple[Callable, list[tuple[int, int]]]] = []
         for step in attrs["expr"]:

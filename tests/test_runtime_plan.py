@@ -102,7 +102,7 @@ def test_maps_with_float16_operands_compute_what_the_kernels_do(expr):
     rounded) against isa's kernels, every mix of operand dtypes, into both result dtypes; values
     that overflow fp16, NaNs, infinities and fp16 subnormals included."""
     from lpuc.kernels.lowered import evaluate_expression
-    from lpuc.runtime.plan import _float32_ufuncs, _ufunc_map
+    from lpuc.runtime.plan import Scratch, _float32_ufuncs, _ufunc_map
 
     rng = np.random.default_rng(1)
     base = (rng.standard_normal((3, 64, 96)) * np.array([1.0, 3e4, 1e-5])[:, None, None]).astype(np.float32)
@@ -116,7 +116,7 @@ def test_maps_with_float16_operands_compute_what_the_kernels_do(expr):
                 expected[...] = evaluate_expression(expr, operands).astype(dst_dtype)
                 steps = _float32_ufuncs(expr, [o.dtype for o in operands], np.dtype(dst_dtype))
                 dst = np.zeros((64, 96), dst_dtype)
-                _ufunc_map(steps, operands, dst, {})()
+                _ufunc_map(steps, operands, dst, Scratch())()
                 assert np.array_equal(dst.view(np.uint8), expected.view(np.uint8)), (mix, dst_dtype)
 
 
