@@ -17,7 +17,8 @@ Done once instead of per run:
 
 Concurrent runs of one program each take their own SRAM (a small pool). With LPUC_MXM_THREAD=1,
 programs with enough MXM work run their MXM instructions on a second thread, overlapped with the
-others (runtime/overlap.py).
+others (runtime/overlap.py). With LPUC_SRAM_RELEASE=1, SRAM pages none of whose tiles is live are
+given back to the OS during the run (runtime/release.py: less memory, slower runs).
 """
 
 from __future__ import annotations
