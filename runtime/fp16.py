@@ -125,14 +125,16 @@ def to_fp16(x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
         return out
     ax, _, nan = _rounded_magnitude(x)
     ax *= np.float32(2.0**-112)
-    half = (ax.view(np.uint32) >> np.uint32(13)).astype(np.uint16)
-    half |= (x.view(np.uint32) >> np.uint32(16)).astype(np.uint16) & np.uint16(0x8000)
+    magnitude = ax.view(np.uint32)
+    magnitude >>= np.uint32(13)
+    half = magnitude.astype(np.uint16)
     if nan is not None:  # NaNs were clamped to infinity: add their payloads
         half |= _nan_payloads(x, nan)
-    if out is None:
-        return half.view(np.float16)
-    out.view(np.uint16)[...] = half
-    return out
+    sign = (x.view(np.uint32) >> np.uint32(16)).astype(np.uint16)
+    sign &= np.uint16(0x8000)
+    # (the sign ORed straight into `out`: no copy of the result afterwards)
+    np.bitwise_or(half, sign, out=half if out is None else out.view(np.uint16))
+    return half.view(np.float16) if out is None else out
 
 
 def from_fp16(h: np.ndarray) -> np.ndarray:
@@ -150,23 +152,10 @@ def from_fp16(h: np.ndarray) -> np.ndarray:
     # every finite fp16: checked on the contiguous result (float reductions are vectorized; the
     # integer ones on h's strided window took as long as the conversion).
     if value.max() >= _TWO_16 or value.min() <= _MINUS_TWO_16:
-        return _from_fp16_special(h)
-    return value
-
-
-def _from_fp16_special(h: np.ndarray) -> np.ndarray:
-    """from_fp16 of values with infinities or NaNs among them."""
-    bits = h.view(np.uint16).astype(np.uint32)
-    magnitude = bits & np.uint32(0x7FFF)
-    magnitude <<= np.uint32(13)
-    value = magnitude.view(np.float32)
-    value *= np.float32(2.0**112)  # exact: fp16 subnormals were float32 subnormals
-    # fp16 infinities and NaNs (exponent 31) landed on 2^16 * (1 + payload): exponent 143 where
-    # float32's infinities and NaNs have 255, payload kept
-    special = (value >= _TWO_16).astype(np.uint32)  # (arithmetic: a masked add is slow)
-    special *= np.uint32((255 - 143) << 23)
-    magnitude += special
-    bits &= np.uint32(0x8000)
-    bits <<= np.uint32(16)
-    magnitude |= bits
+        # fp16 infinities and NaNs (exponent 31) landed on +-2^16 * (1 + payload): exponent 143
+        # where float32's infinities and NaNs have 255, payload and sign kept; moved there
+        bits = value.view(np.uint32)
+        special = np.greater_equal(bits & np.uint32(0x7FFFFFFF), np.uint32(0x47800000)).astype(np.uint32)
+        special *= np.uint32((255 - 143) << 23)  # (arithmetic: a masked add is slow)
+        bits += special
     return value

@@ -17,7 +17,8 @@ Done once instead of per run:
 
 Concurrent runs of one program each take their own SRAM (a small pool). With LPUC_MXM_THREAD=1,
 programs with enough MXM work run their MXM instructions on a second thread, overlapped with the
-others (runtime/overlap.py).
+others (runtime/overlap.py). With LPUC_SRAM_RELEASE=1, SRAM pages none of whose tiles is live are
+given back to the OS during the run (runtime/release.py: less memory, slower runs).
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ from lpuc.runtime.fp16 import from_fp16, round_fp16, to_fp16
 from lpuc.runtime.isa import decoded_attrs, epilogue, kernel_context, mxm_input, stacked
 from lpuc.runtime.machine import Machine
 from lpuc.runtime.overlap import MxmThread, mxm_waits, run_overlapped
+from lpuc.runtime.release import Release, drop, page_releases
 
 Step = Callable[[], None]
 
@@ -91,7 +93,10 @@ _SELECTING_KERNELS = frozenset({"MaxPool", "GlobalMaxPool"})
 # float32 values, which the store rounds to fp16 as that last cast would. Not with a `slab`
 # attribute: the slab pools (kernels/lowered.py) compute in float64, where a float32 result in
 # between would round twice.
-_WIDENING_KERNELS = frozenset({"Conv", "AveragePool", "GlobalAveragePool"})
+_WIDENING_KERNELS = frozenset({"Conv", "AveragePool", "GlobalAveragePool", "DepthwiseConv"})
+# Of those, the ones whose slabs compute in float32 as well (lowered.depthwise_conv: the taps summed
+# in accumulation_dtype(float16), float32), so that float32 copies give the same float32 values.
+_WIDENING_SLAB_KERNELS = frozenset({"DepthwiseConv"})
 
 
 def _float32_ufuncs(expr: list[dict], dtypes: list, dst_dtype: np.dtype) -> list[UfuncStep] | None:
@@ -130,15 +135,14 @@ def _float32_ufuncs(expr: list[dict], dtypes: list, dst_dtype: np.dtype) -> list
     return steps
 
 
-def _ufunc_map(steps: list[UfuncStep], operands: list, dst: np.ndarray, scratch: np.ndarray | None) -> Step:
+def _ufunc_map(steps: list[UfuncStep], operands: list, dst: np.ndarray, scratch: Scratch) -> Step:
     """A vxm.map of _float32_ufuncs steps: float16 operands widened (from_fp16), the kernels' ufuncs,
-    the last one writing dst (a float32 window), or `scratch` (float32, dst's shape) then converted
-    into dst (a float16 window; a float16 result rounds only there, to the same bits)."""
+    the last one writing dst (a float32 window), or a float32 buffer of dst's shape from `scratch`
+    then converted into dst (a float16 window; a float16 result rounds only there, to the same bits)."""
     *inner, (last_fn, last_args, last_rounds) = steps
     rounded_last = last_rounds and dst.dtype == np.float32  # float16 values into a float32 window
-    if rounded_last:
-        scratch = np.empty(dst.shape, np.float32)
-    out = dst if scratch is None else scratch
+    via_scratch = rounded_last or dst.dtype != np.float32
+    shape = dst.shape
     narrow = [k for k, o in enumerate(operands) if o is not None and o.dtype == np.float16]
     widened = list(operands)
 
@@ -157,11 +161,16 @@ def _ufunc_map(steps: list[UfuncStep], operands: list, dst: np.ndarray, scratch:
         for fn, args, rounds in inner:
             r = fn(*values(results, args))
             results.append(round_fp16(r) if rounds else r)
+        out = scratch.get(shape) if via_scratch else dst
         last_fn(*values(results, last_args), out=out)
         if rounded_last:
             np.copyto(dst, round_fp16(out))
-        elif scratch is not None:
-            to_fp16(scratch, out=dst)
+        elif via_scratch:
+            to_fp16(out, out=dst)
+        # Drop the widened copies (and an epilogue's product): kept, every map of the program would
+        # hold its last operands between runs, many times the SRAM image in all.
+        for k in range(len(widened)):
+            widened[k] = None
 
     return vmap
 
@@ -196,7 +205,8 @@ def _fused_softmax(attrs: dict) -> Callable[[list], list[np.ndarray]] | None:
 def _widens_fp16(attrs: dict) -> bool:
     """Whether a kernel instruction may take its float16 inputs as float32 (_WIDENING_KERNELS): its
     result is cast to its first input's dtype, so only if that and every output are float16."""
-    if attrs["kernel"] not in _WIDENING_KERNELS or attrs["attrs"].get("slab"):
+    kernel = attrs["kernel"]
+    if kernel not in _WIDENING_KERNELS or attrs["attrs"].get("slab") and kernel not in _WIDENING_SLAB_KERNELS:
         return False
     first = attrs["inputs"][0] if attrs["inputs"] else None
     outputs = [d for d in attrs["outputs"] if d is not None]
@@ -208,12 +218,18 @@ def _widens_fp16(attrs: dict) -> bool:
     )
 
 
-def _float32_scratch(cache: dict[tuple[int, ...], np.ndarray], shape: tuple[int, ...]) -> np.ndarray:
-    """The float32 buffer of `shape` in `cache`, made on first use."""
-    buf = cache.get(shape)
-    if buf is None:
-        buf = cache[shape] = np.empty(shape, np.float32)
-    return buf
+class Scratch:
+    """One float32 buffer lent as an array of any shape, to steps that never run at the same time
+    and use it only while they run (a buffer per shape held megabytes on DenseNet)."""
+
+    def __init__(self) -> None:
+        self._block = np.empty(0, np.float32)
+
+    def get(self, shape: tuple[int, ...]) -> np.ndarray:
+        n = math.prod(shape)
+        if self._block.size < n:
+            self._block = np.empty(n, np.float32)
+        return self._block[:n].reshape(shape)
 
 
 _zero_block = np.zeros(0, np.float32)
@@ -339,11 +355,11 @@ class _Executor:
             program.summary.get("sram_peak_bytes")
             or sum(t.words for t in m.tiles) * program.target.word_bytes
         )
-        self._weight_budget = int(image)
-        self._mm_scratch: dict[tuple[int, ...], np.ndarray] = {}  # products before accumulation
-        self._map_scratch: dict[tuple[int, ...], np.ndarray] = {}  # float32 results of fp16 maps
+        self._image_bytes = self._weight_budget = int(image)
+        self._mm_scratch = Scratch()  # products before accumulation
+        self._map_scratch = Scratch()  # float32 results of fp16 maps
         self._stack_scratch: dict[tuple, np.ndarray] = {}  # stacked map operands (stacked rows)
-        self._epilogue_scratch: dict[tuple[int, ...], np.ndarray] = {}  # the same for MM epilogues
+        self._epilogue_scratch = Scratch()  # the same for MM epilogues (on the MXM thread, if any)
         self._converted: dict[tuple, tuple[np.ndarray, np.ndarray]] = {}  # weight bytes -> MXM copy
         self._mxm_inputs: list[np.ndarray | None] = [None] * len(self._shared)
         self.steps: list[Step] = [
@@ -356,6 +372,10 @@ class _Executor:
         # (the validator refuses those), everything written, so that such reads see zeros again.
         const_spans = _merge([_span(_whole(t), t.np_dtype) for t in program.tiles if t.kind == "const"])
         zeros = self._reads_uncovered(program, order)
+        # (not with steps on two threads, where a page's last user is not the last to run, nor when
+        # reads take values of the previous run, zeroed at the start of each)
+        if self._mxm_waits is None and not zeros:
+            self._release_dead_pages(page_releases(program, order, self._image_bytes))
         self._restore: list[tuple[np.ndarray, np.ndarray | None]] = []
         for s, lo, hi in self._dirty:
             block = m.sram.words[s, lo:hi]
@@ -376,6 +396,17 @@ class _Executor:
         self._input_checks = [(b.name, dtype_from_name(b.dtype), tuple(b.shape)) for b in program.inputs]
 
     # -- build helpers --------------------------------------------------------------------------
+    def _release_dead_pages(self, releases: dict[int, Release]) -> None:
+        """Each step after which SRAM pages are dead also drops them (runtime/release.py)."""
+        buffer = self.machine.sram.buffer
+        for i, ranges in releases.items():
+
+            def step(run: Step = self.steps[i], ranges: Release = ranges) -> None:
+                run()
+                drop(buffer, ranges)
+
+            self.steps[i] = step
+
     def _view(self, a: Access) -> np.ndarray:
         return self.machine.sram.view(a, self.machine.tiles[a.buf].np_dtype)
 
@@ -535,8 +566,6 @@ class _Executor:
                     np.matmul(a, w, out=dst)
                 else:
                     product = scratch.get(dst.shape)
-                    if product is None:
-                        product = scratch[dst.shape] = np.empty(dst.shape, np.float32)
                     np.matmul(a, w, out=product)
                     np.add(product, acc, out=dst)
                 plane.acc = None
@@ -587,10 +616,7 @@ class _Executor:
         steps = _float32_ufuncs(fused["expr"], dtypes, dst.dtype)
         if steps is None:
             return None
-        scratch = None
-        if dst.dtype != np.float32:
-            scratch = _float32_scratch(self._epilogue_scratch, dst.shape)
-        run = _ufunc_map(steps, operands, dst, scratch)
+        run = _ufunc_map(steps, operands, dst, self._epilogue_scratch)
         product_at = [i for i, k in enumerate(fused["operands"]) if k == 0]
 
         def apply(product: np.ndarray) -> None:
@@ -599,6 +625,8 @@ class _Executor:
             for i in product_at:
                 operands[i] = product
             run()
+            for i in product_at:
+                operands[i] = placeholder  # (not kept between runs)
 
         return apply
 
@@ -665,11 +693,8 @@ class _Executor:
 
     def _map_step(self, attrs: dict, operands: list, dst: np.ndarray) -> Step:
         fast = _float32_ufuncs(attrs["expr"], [None if o is None else o.dtype for o in operands], dst.dtype)
-        if fast is not None:
-            scratch = None
-            if dst.dtype != np.float32:  # one float32 buffer per shape (maps run one at a time)
-                scratch = _float32_scratch(self._map_scratch, dst.shape)
-            return _ufunc_map(fast, operands, dst, scratch)
+        if fast is not None:  # (one float32 scratch buffer: maps run one at a time)
+            return _ufunc_map(fast, operands, dst, self._map_scratch)
         program: list[tuple[Callable, list[tuple[int, int]]]] = []
         for step in attrs["expr"]:
             ctx = KernelContext(step["op"], step["attrs"], step.get("opset", 0), 1, step["domain"])

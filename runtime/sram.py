@@ -17,9 +17,12 @@ class Sram:
         # np.zeros: numpy asks for transparent huge pages on large arrays, and then the first write
         # to each slice makes 2 MiB resident, so a program using a tenth of the SRAM held all of it.
         shape = (target.num_slices, target.addresses_per_slice, target.word_bytes)
-        buffer = mmap.mmap(-1, int(np.prod(shape)))
+        # Private: a page given back (runtime/release.py) is freed and reads as zeros; a shared
+        # mapping would keep its contents in shared memory, out of the process's RSS but not freed.
+        buffer = mmap.mmap(-1, int(np.prod(shape)), flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
         if hasattr(mmap, "MADV_NOHUGEPAGE"):
             buffer.madvise(mmap.MADV_NOHUGEPAGE)
+        self.buffer = buffer  # (runtime/release.py gives pages of it back)
         self.words = np.frombuffer(buffer, dtype=np.uint8).reshape(shape)
 
     def _rows(self, a: Access, dtype: np.dtype) -> np.ndarray:

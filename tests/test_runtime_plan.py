@@ -102,7 +102,7 @@ def test_maps_with_float16_operands_compute_what_the_kernels_do(expr):
     rounded) against isa's kernels, every mix of operand dtypes, into both result dtypes; values
     that overflow fp16, NaNs, infinities and fp16 subnormals included."""
     from lpuc.kernels.lowered import evaluate_expression
-    from lpuc.runtime.plan import _float32_ufuncs, _ufunc_map
+    from lpuc.runtime.plan import Scratch, _float32_ufuncs, _ufunc_map
 
     rng = np.random.default_rng(1)
     base = (rng.standard_normal((3, 64, 96)) * np.array([1.0, 3e4, 1e-5])[:, None, None]).astype(np.float32)
@@ -116,8 +116,7 @@ def test_maps_with_float16_operands_compute_what_the_kernels_do(expr):
                 expected[...] = evaluate_expression(expr, operands).astype(dst_dtype)
                 steps = _float32_ufuncs(expr, [o.dtype for o in operands], np.dtype(dst_dtype))
                 dst = np.zeros((64, 96), dst_dtype)
-                scratch = np.empty(dst.shape, np.float32) if dst_dtype == np.float16 else None
-                _ufunc_map(steps, operands, dst, scratch)()
+                _ufunc_map(steps, operands, dst, Scratch())()
                 assert np.array_equal(dst.view(np.uint8), expected.view(np.uint8)), (mix, dst_dtype)
 
 
@@ -451,3 +450,43 @@ def test_fused_softmax_fast_path_computes_what_the_kernel_does(expr, shapes):
     assert fast.dtype == expected.dtype and np.array_equal(fast.view(np.uint32), expected.view(np.uint32))
     assert _fused_softmax({**attrs, "attrs": {**attrs["attrs"], "triangles": {"1": 0}}}) is None
     assert _fused_softmax({**attrs, "inputs": [{**desc[0], "dtype": "float16"}, *desc[1:]]}) is None
+
+
+@pytest.mark.parametrize("precision", ["fp16", "fp32"])
+@pytest.mark.parametrize("path", [*BUNDLED, LIGHT / "light_squeezenet.onnx"], ids=lambda p: p.stem)
+def test_dead_sram_pages_dropped_while_no_tile_needs_them(monkeypatch, path, precision):
+    """Pages dropped while none of their tiles is live (runtime/release.py; forced on for small
+    programs): the plan still equals the interpreter, run after run (a page dropped two steps
+    early fails this on the bundled models: it reads as zeros), and every tile touching a page
+    after it was dropped starts after the drop, with a write."""
+    from lpuc.runtime import release
+    from lpuc.runtime.plan import Plan
+
+    monkeypatch.setattr(release, "ENABLED", True)
+    monkeypatch.setattr(release, "MIN_SAVING", 0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        program = lpuc.compile(path, precision=precision)
+    order = sorted(program.instructions, key=lambda i: i.id)
+    releases = release.page_releases(program, order, 0)
+    assert releases
+    program.plan = Plan(program)
+    check_program(program, random_feeds(path), runs=3)
+    target = program.target
+    first: dict[int, tuple[int, bool]] = {}  # tile -> (first step touching it, whether a write)
+    for j, ins in enumerate(order):
+        for a in ins.reads:
+            first.setdefault(a.buf, (j, False))
+        for a in ins.writes:
+            first.setdefault(a.buf, (j, True))
+    inputs = {buf for b in program.inputs for buf in b.tiles}
+    for i, ranges in releases.items():
+        for ins in order[i + 1 :]:
+            for a in (*ins.reads, *ins.writes):
+                t = program.tiles[a.buf]
+                if t.kind == "host":
+                    continue
+                lo, hi = release._tile_bytes(t, target.addresses_per_slice, target.word_bytes)
+                if any(lo < start + n and start < hi for start, n in ranges):
+                    step, written = first[a.buf]
+                    assert step > i and written and a.buf not in inputs, (i, ins.id, a.buf)

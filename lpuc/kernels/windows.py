@@ -244,7 +244,9 @@ def _column_index(attrs: Mapping[str, Any], shape: tuple[int, int]) -> tuple[np.
         (view_rows, view_cols), padding = _slab_cells(attrs, shape[0])  # (not cached: used once)
         rows, taps, channels = view_rows.shape
         flat = (view_rows * shape[1] + view_cols).transpose(0, 2, 1).reshape(rows, channels * taps)
-        flat = np.ascontiguousarray(flat, dtype=np.intp)
+        # int32 when it fits: the cache holds these run after run (half the memory of intp, for a
+        # take about a fifth slower)
+        flat = np.ascontiguousarray(flat, dtype=np.int32 if shape[0] * shape[1] < 2**31 else np.intp)
         padded = None
         if padding is not None:
             padded = np.flatnonzero(np.broadcast_to(padding[:, None, :], (rows, channels, taps)))
