@@ -27,6 +27,7 @@ from lpuc.passes.absorb_channel_shuffles import absorb_channel_shuffles
 from lpuc.passes.address_heads import address_heads
 from lpuc.passes.canonicalize_matmul import canonicalize_matmul
 from lpuc.passes.canonicalize_ops import canonicalize_ops
+from lpuc.passes.copy_product_operands import copy_product_operands
 from lpuc.passes.decompose_attention import decompose_attention
 from lpuc.passes.decompose_lrn import decompose_lrn
 from lpuc.passes.decompose_rnn import decompose_rnn
@@ -145,6 +146,8 @@ PIPELINE: tuple[Pass, ...] = (
     Pass("fuse_softmax", fuse_softmax),
     # Once maps are fused: a product moves next to the map that reads it (an epilogue to be).
     Pass("sink_products", sink_products),
+    # fp16: a value products and other ops read gets an fp16-stored copy for the products.
+    Pass("copy_product_operands", copy_product_operands),
     Pass("eliminate_dead_code", eliminate_dead_code),
 )
 
