@@ -232,3 +232,30 @@ def test_rounds_booked_again_change_no_schedule(tiled, monkeypatch):
     assert again.placed == cold.placed
     assert 0 < len(fits) - cold_fits < cold_fits, "the first half booked again, the rest fitted"
     assert cold.slots != first.slots, "the moves change the schedule (else nothing is tested)"
+
+
+class _EveryOption(scheduler._UnitState):
+    """place() fitting every unit, ALU count and port mode, also those that cannot end first."""
+
+    def place(self, op, ready):
+        units = {"VXM": self.vxm[:1], "SXM": self.sxm}.get(op.unit_class, ["HOST"])
+        port_modes = (True, False) if op.opcode in scheduler._KERNELS else (False,)
+        best = None
+        for u in units:
+            for alus in self._alu_options(op):
+                for one_port in port_modes:
+                    d, _, pools = self._request(op, u, one_port, alus)
+                    t, held = self._fit(pools, ready)
+                    if best is None or t + d < best[0].end:
+                        best = (scheduler.Slot(tuple(name for name, _ in held), t, d), held)
+        self._reserve(best[0].start, best[1])
+        return best
+
+
+def test_options_that_cannot_end_first_change_no_slot(tiled, monkeypatch):
+    target = load_target("tsp-v1")
+    slice_of = place_tiles(tiled, target)
+    preds = dependencies(tiled)
+    short = scheduler.schedule(tiled, target, slice_of, preds)
+    monkeypatch.setattr(scheduler, "_UnitState", _EveryOption)
+    assert scheduler.schedule(tiled, target, slice_of, preds).slots == short.slots

@@ -482,6 +482,8 @@ class _UnitState:
             for alus in self._alu_options(op):
                 for one_port in port_modes:
                     d, _, pools = self._request(op, u, one_port, alus)
+                    if best is not None and ready + d >= best[0].end:
+                        continue  # it starts at `ready` at the soonest: it cannot end first
                     t, held = self._fit(pools, ready)
                     if best is None or t + d < best[0].end:
                         best = (Slot(tuple(name for name, _ in held), t, d), held)
