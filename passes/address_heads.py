@@ -279,12 +279,10 @@ def _split_projection(
     dtype = graph.values[key].dtype
     nodes: list[Node] = []
 
-    # Columns as (start, stop) spans, copied slice by slice: gathering them by an index array (a copy
-    # all the same) took ten times as long (GPT-2 12L's QKV weights: 0.1 s).
-    def project(spans: list[tuple[int, int]], tag: str, result: str | None) -> str:
-        width = sum(stop - start for start, stop in spans)
+    def project(columns: np.ndarray, tag: str, result: str | None) -> str:
+        width = len(columns)
         name = f"{split.name}/{tag}"
-        w = graph.add_const(f"{name}/weights", np.concatenate([weights[:, a:b] for a, b in spans], axis=1))
+        w = graph.add_const(f"{name}/weights", np.ascontiguousarray(weights[:, columns]))
         product = (
             result
             if bias is None and result
@@ -293,13 +291,13 @@ def _split_projection(
         nodes.append(Node("MatMul", f"{name}/matmul", (x, w), (product,), opset=EMITTED_OPSET))
         if bias is None:
             return product
-        b = graph.add_const(f"{name}/bias", np.concatenate([bias[a:b] for a, b in spans]))
+        b = graph.add_const(f"{name}/bias", np.ascontiguousarray(bias[columns]))
         biased = result or graph.add_value(f"{name}/projection", (batch, seq, width), dtype)
         nodes.append(Node("Add", f"{name}/bias_add", (product, b), (biased,), opset=EMITTED_OPSET))
         return biased
 
-    def columns(value: str) -> list[tuple[int, int]]:
-        return [(int(starts[value]), int(starts[value]) + widths[value])]
+    def columns(value: str) -> np.ndarray:
+        return np.arange(starts[value], starts[value] + widths[value])
 
     # K first (its transpose comes before Q @ K^T), then the rest (Q), then V (needed last).
     project(columns(key), "keys", key)
@@ -307,7 +305,7 @@ def _split_projection(
     if others and apart and tiling and _fewer_chunks([widths[apart[0]], *map(widths.get, others)], *tiling):
         others, apart = [apart[0], *others], apart[1:]
     if others:
-        rest_columns = [span for o in others for span in columns(o)]
+        rest_columns = np.concatenate([columns(o) for o in others])
         rest = project(rest_columns, "rest", others[0] if len(others) == 1 else None)
         if len(others) > 1:  # the rest is split as before
             widths_left = np.array([widths[o] for o in others], np.int64)
