@@ -82,6 +82,7 @@ def build_program(
         pinned = _move_failures(tiled, slice_of, alloc, target, packing, sched, scratch)
     else:
         _raise_does_not_fit(tiled, alloc, target, where, packing)
+    sched.placed = []  # only a next round books them again: their units are not kept (RSS)
     program = assemble(tiled, sched, slice_of, alloc, target)
     facts = compile_time_facts(options or {}, compile_facts(tiled, sched.preds, target, set(model_nodes)))
     program.summary = summarize(program, facts)
