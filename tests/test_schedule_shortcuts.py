@@ -197,3 +197,65 @@ def test_union_first_fit_is_the_long_way(seed):
         reqs.append((rid, words, life))
     capacity = rng.choice([64, 128, 256])
     assert _place_slice(reqs, capacity) == _place_slice_long_way(reqs, capacity)
+
+
+def test_rounds_booked_again_change_no_schedule(tiled, monkeypatch):
+    """A round books the last round's placements again up to the first item with an op on a moved
+    tile: the same slots as scheduling it afresh, with fewer fits."""
+    target = load_target("tsp-v1")
+    preds = dependencies(tiled)
+    first_slices = place_tiles(tiled, target)
+    first = scheduler.schedule(tiled, target, first_slices, preds)
+    # The tiles written by the items placed in the second half move (as after an allocation failure).
+    later = {item for item, _, _ in first.placed[len(first.placed) // 2 :]}
+    written = {
+        w.buf
+        for op in tiled.ops
+        if (op.chain if op.chain >= 0 else op.group if op.group >= 0 else -1 - op.id) in later
+        for w in op.writes
+        if not tiled.buffers[w.buf].is_const
+    }
+    moved = {b: (s + 1) % target.num_slices if b in written else s for b, s in first_slices.items()}
+    stale = _forget_moved({}, tiled, first_slices, moved)
+    assert stale
+    fit, fits = scheduler._UnitState._fit, []
+
+    def counted(self, pools, t):
+        fits.append(t)
+        return fit(self, pools, t)
+
+    monkeypatch.setattr(scheduler._UnitState, "_fit", counted)
+    cold = scheduler.schedule(tiled, target, moved, preds)
+    cold_fits = len(fits)
+    again = scheduler.schedule(tiled, target, moved, preds, again=(first, stale))
+    assert again.slots == cold.slots
+    assert again.placed == cold.placed
+    assert 0 < len(fits) - cold_fits < cold_fits, "the first half booked again, the rest fitted"
+    assert cold.slots != first.slots, "the moves change the schedule (else nothing is tested)"
+
+
+class _EveryOption(scheduler._UnitState):
+    """place() fitting every unit, ALU count and port mode, also those that cannot end first."""
+
+    def place(self, op, ready):
+        units = {"VXM": self.vxm[:1], "SXM": self.sxm}.get(op.unit_class, ["HOST"])
+        port_modes = (True, False) if op.opcode in scheduler._KERNELS else (False,)
+        best = None
+        for u in units:
+            for alus in self._alu_options(op):
+                for one_port in port_modes:
+                    d, _, pools = self._request(op, u, one_port, alus)
+                    t, held = self._fit(pools, ready)
+                    if best is None or t + d < best[0].end:
+                        best = (scheduler.Slot(tuple(name for name, _ in held), t, d), held)
+        self._reserve(best[0].start, best[1])
+        return best
+
+
+def test_options_that_cannot_end_first_change_no_slot(tiled, monkeypatch):
+    target = load_target("tsp-v1")
+    slice_of = place_tiles(tiled, target)
+    preds = dependencies(tiled)
+    short = scheduler.schedule(tiled, target, slice_of, preds)
+    monkeypatch.setattr(scheduler, "_UnitState", _EveryOption)
+    assert scheduler.schedule(tiled, target, slice_of, preds).slots == short.slots

@@ -65,19 +65,24 @@ def build_program(
     requests = {} if requests is None else requests  # and so are most ops' needs (the scheduler's cache)
     asked: dict = {}  # the same answers by op: kept for the ops whose tiles stay on their slices
     slice_of: dict[int, int] = {}
+    sched = None
     for _ in range(rounds):
         before = slice_of
         slice_of = place_tiles(
             tiled, target, pinned, packing, spread_accesses=spread, scratch=scratch, weight_sides=sides
         )
-        _forget_moved(asked, tiled, before, slice_of)
-        sched = schedule(tiled, target, slice_of, preds, rank, requests, asked)
+        moved_ops = _forget_moved(asked, tiled, before, slice_of)
+        # The last round's placements are booked again up to the first op that reads or writes a
+        # moved tile (the same placements: the scheduler takes items in the same order each time).
+        again = None if sched is None else (sched, moved_ops)
+        sched = schedule(tiled, target, slice_of, preds, rank, requests, asked, again)
         alloc = allocate(tiled, sched, slice_of, target.addresses_per_slice, packing, consts_first=scratch)
         if not alloc.failures:
             break
         pinned = _move_failures(tiled, slice_of, alloc, target, packing, sched, scratch)
     else:
         _raise_does_not_fit(tiled, alloc, target, where, packing)
+    sched.placed = []  # only a next round books them again: their units are not kept (RSS)
     program = assemble(tiled, sched, slice_of, alloc, target)
     facts = compile_time_facts(options or {}, compile_facts(tiled, sched.preds, target, set(model_nodes)))
     program.summary = summarize(program, facts)
@@ -154,15 +159,19 @@ def assemble(
     )
 
 
-def _forget_moved(asked: dict, tiled: TiledProgram, before: dict[int, int], after: dict[int, int]) -> None:
+def _forget_moved(
+    asked: dict, tiled: TiledProgram, before: dict[int, int], after: dict[int, int]
+) -> frozenset[int]:
     """Drop the scheduler's answers by op (keyed by op id first) for the ops touching a tile that
-    `after` places on another slice than `before` (where it reads or writes decides its costs)."""
-    moved = {b for b, s in after.items() if before.get(b, s) != s}
+    `after` places on another slice than `before` (where it reads or writes decides its costs);
+    returns those ops' ids (none in the first round, when `before` is empty)."""
+    moved = {b for b, s in after.items() if before.get(b) != s} if before else set()
     if not moved:
-        return
-    stale = {op.id for op in tiled.ops if any(r.buf in moved for r in (*op.reads, *op.writes))}
+        return frozenset()
+    stale = frozenset(op.id for op in tiled.ops if any(r.buf in moved for r in (*op.reads, *op.writes)))
     for key in [k for k in asked if k[0] in stale]:
         del asked[key]
+    return stale
 
 
 def _move_failures(

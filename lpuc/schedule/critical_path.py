@@ -18,6 +18,8 @@ from operator import attrgetter
 from lpuc.dtypes import words_per_row
 from lpuc.program import Access, Instruction, Program, windows_overlap
 
+_ISSUE_ORDER = attrgetter("start", "id")
+
 
 def critical_path(program: Program) -> list[Instruction]:
     """Instructions on the critical path, first to last."""
@@ -51,8 +53,7 @@ class _Predecessors:
         self.writes = dict(writes)
         self.write_ends = {b: [w[0] for w in items] for b, items in self.writes.items()}
         for items in self.queue.values():
-            items.sort(key=attrgetter("start", "id"))
-        self.queue_starts = {u: [(i.start, i.id) for i in q] for u, q in self.queue.items()}
+            items.sort(key=_ISSUE_ORDER)
         self.lw_ends = {}
         for plane, items in self.lw.items():
             items.sort(key=lambda i: (i.end, i.id))
@@ -83,5 +84,7 @@ class _Predecessors:
         return None
 
     def _previous_on(self, unit: str, ins: Instruction) -> Instruction | None:
-        k = bisect.bisect_left(self.queue_starts[unit], (ins.start, ins.id))
-        return self.queue[unit][k - 1] if k else None
+        # (Keyed bisect: a (start, id) list per unit costs more to build than the path's searches.)
+        queue = self.queue[unit]
+        k = bisect.bisect_left(queue, (ins.start, ins.id), key=_ISSUE_ORDER)
+        return queue[k - 1] if k else None

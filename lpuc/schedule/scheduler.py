@@ -20,7 +20,7 @@ import heapq
 from bisect import bisect_right
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from lpuc import cost
 from lpuc.cost import Stream
@@ -119,11 +119,18 @@ class Timeline:
         self.horizon = ends[-1] if ends else 0
 
 
+# What placing one scheduling item decided: the item, its ops' slots with the units and cycles each
+# holds (in the item's op order), and for a weight group or chain its plane and that plane's state
+# after it (lw_free, plane_free, installed_at); None for a single op.
+Placed = tuple[int, tuple[tuple[Slot, tuple[tuple[str, int], ...]], ...], tuple[int, tuple] | None]
+
+
 @dataclass
 class Schedule:
     slots: list[Slot]  # indexed by tile op id
     makespan: int
     preds: list[set[int]]
+    placed: list[Placed] = field(default_factory=list)  # in the order the items were placed
 
 
 def schedule(
@@ -134,12 +141,18 @@ def schedule(
     rank: list[int] | None = None,
     requests: dict | None = None,
     asked: dict | None = None,
+    again: tuple[Schedule, frozenset[int]] | None = None,
 ) -> Schedule:
     """`preds` (lpuc.schedule.dependencies) and `rank` (upward_ranks) depend on the program only: a
     caller that schedules one program several times may compute them once and pass them, and the
     same dict as `requests` (what ops need, by what the answer depends on) to each schedule. So may
     `asked` (the same answers by op, unit and port mode), once it dropped the entries of the ops
-    whose tiles changed slices (their answers differ)."""
+    whose tiles changed slices (their answers differ).
+
+    `again`: an earlier schedule of this program and the ids of the ops whose tiles have changed
+    slices since. Items are taken in the same order every time (ranks and dependencies only), so
+    until the first item holding such an op, each finds the units as the earlier schedule left them
+    and places as it did: those placements are booked again as they were, without fitting them."""
     ops = program.ops
     preds = dependencies(program) if preds is None else preds
     # A scheduling item is an accumulation chain, a weight group, or a single op; chains and groups
@@ -167,14 +180,24 @@ def schedule(
 
     state = _UnitState(target, program, slice_of, requests, asked)
     slots: list[Slot | None] = [None] * len(ops)
+    earlier, moved_ops = (again[0].placed, again[1]) if again is not None else ([], frozenset())
+    placed: list[Placed] = []
     while heap:
         _, _, item = heapq.heappop(heap)
         ids = members[item]
-        if item >= 0:
-            state.place_group([ops[i] for i in ids], preds, slots)
+        k = len(placed)
+        if k < len(earlier) and earlier[k][0] == item and moved_ops.isdisjoint(ids):
+            state.book_again(earlier[k], ids, slots)
+            placed.append(earlier[k])
         else:
-            op = ops[ids[0]]
-            slots[op.id] = state.place(op, _ready(op.id, preds, slots))
+            earlier = []  # from here on, items may find other units free: each is fitted
+            if item >= 0:
+                plan, plane = state.place_group([ops[i] for i in ids], preds, slots)
+            else:
+                op = ops[ids[0]]
+                slot, held = state.place(op, _ready(op.id, preds, slots))
+                slots[op.id], plan, plane = slot, ((slot, held),), None
+            placed.append((item, tuple(plan), plane))
         for s in sorted(item_succs.get(item, ())):
             pending[s] -= 1
             if pending[s] == 0:
@@ -182,7 +205,7 @@ def schedule(
     if any(s is None for s in slots):
         raise AssertionError("scheduler left ops unplaced (dependency cycle)")
     makespan = max((s.end for s in slots), default=0)
-    return Schedule(slots, makespan, preds)
+    return Schedule(slots, makespan, preds, placed)
 
 
 def _ready(op_id: int, preds: list[set[int]], slots: list[Slot | None]) -> int:
@@ -446,7 +469,8 @@ class _UnitState:
             timelines[u].release(start, d)
 
     # -- placing ops --------------------------------------------------------------------------------
-    def place(self, op: TileOp, ready: int) -> Slot:
+    def place(self, op: TileOp, ready: int) -> tuple[Slot, tuple[tuple[str, int], ...]]:
+        """The op's slot, and the units it holds with their cycles (booked)."""
         units = {"VXM": self.vxm[:1], "SXM": self.sxm}.get(op.unit_class, ["HOST"])
         best: tuple[Slot, tuple] | None = None
         # A kernel may also book a single port per slice, streaming more slowly where its words are
@@ -458,11 +482,13 @@ class _UnitState:
             for alus in self._alu_options(op):
                 for one_port in port_modes:
                     d, _, pools = self._request(op, u, one_port, alus)
+                    if best is not None and ready + d >= best[0].end:
+                        continue  # it starts at `ready` at the soonest: it cannot end first
                     t, held = self._fit(pools, ready)
                     if best is None or t + d < best[0].end:
                         best = (Slot(tuple(name for name, _ in held), t, d), held)
         self._reserve(best[0].start, best[1])
-        return best[0]
+        return best
 
     def _alu_options(self, op: TileOp) -> list[int | None]:
         """ALUs a VXM kernel or map may hold: as many as keep up with its stream or chain its ops
@@ -478,8 +504,11 @@ class _UnitState:
             return [None]
         return [None, *range(want - 1, (want + 1) // 2 - 1, -1)]
 
-    def place_group(self, item: list[TileOp], preds, slots: list[Slot | None]) -> None:
-        """A weight group, or an accumulation chain of them, on the plane where it ends first."""
+    def place_group(
+        self, item: list[TileOp], preds, slots: list[Slot | None]
+    ) -> tuple[list[tuple[Slot, tuple]], tuple[int, tuple[int, int, int]]]:
+        """A weight group, or an accumulation chain of them, on the plane where it ends first. Returns
+        its ops' slots with the units they hold (booked), and the plane with its state after it."""
         groups: list[list[TileOp]] = []
         for op in item:  # in id order: each group's LW, then its MMs
             if op.opcode == "mxm.lw":
@@ -516,6 +545,17 @@ class _UnitState:
         for op, (slot, _) in zip(item, plan):
             slots[op.id] = slot
         self.lw_free[p], self.plane_free[p], self.installed_at[p] = state
+        return plan, (p, state)
+
+    def book_again(self, placed: Placed, ids: list[int], slots: list[Slot | None]) -> None:
+        """Book an item as an earlier schedule placed it (`ids`: its ops, in the item's order)."""
+        _, plan, plane = placed
+        for op_id, (slot, held) in zip(ids, plan):
+            self._reserve(slot.start, held)
+            slots[op_id] = slot
+        if plane is not None:
+            p, state = plane
+            self.lw_free[p], self.plane_free[p], self.installed_at[p] = state
 
     def _tails(self, p: int, mms: list[TileOp]) -> list[int]:
         """Per MM of an item on plane p: cycles from its start to the end of the item's last MM at
