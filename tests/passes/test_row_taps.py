@@ -1,4 +1,4 @@
-"""row_taps: an int8 3x3 stride-1 convolution accumulates its kernel rows on the MXM from a 1x3 Im2Col
+"""row_taps: an int8 (or float) 3x3 stride-1 convolution accumulates its kernel rows on the MXM from a 1x3 Im2Col
 in a halo layout. The integer arithmetic is the same sum in another order, so its outputs must equal
 the build without the pass bit for bit; both are checked against fp32 onnxruntime, and the SXM must
 stream fewer vectors for the same model MACs."""
@@ -9,9 +9,11 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import pytest
 import torch
 
 import lpuc
+import lpuc.passes.row_taps as row_taps_pass
 from lpuc.kernels.windows import halo_index, halo_tiles
 from tests.kernels.oracle import run_onnxruntime
 from tests.similarity import cosine
@@ -72,3 +74,36 @@ def test_row_taps_match_the_im2col_build_bit_for_bit(tmp_path):
         got, ref = tapped.run({"x": x})["y"], plain.run({"x": x})["y"]
         np.testing.assert_array_equal(got, ref)
         assert cosine(got, run_onnxruntime(proto, {"x": x})[0]) >= 0.99
+
+
+@pytest.mark.parametrize("precision", ["fp16", "fp32"])
+def test_float_row_taps_match_onnxruntime_and_the_interpreter(tmp_path, monkeypatch, precision):
+    """Every eligible convolution tapped (worth_it forced): a float product sums K in another order
+    (tap rows outermost), so the outputs are checked against onnxruntime (fp16: cosine, fp32: rtol
+    1e-4), the execution plan against the plain interpreter bit for bit."""
+    path = _model(tmp_path / "convs.onnx")
+    monkeypatch.setattr(row_taps_pass, "worth_it", lambda *args: True)
+    tapped = lpuc.compile(path, precision=precision, dump_ir=tmp_path / "ir")
+    plain = lpuc.compile(path, precision=precision, disable_passes=["row_taps"])
+    final = (tmp_path / "ir" / "99_final.graph.txt").read_text()
+    assert final.count("row_taps=") == 2
+    assert tapped.summary["macs"] == plain.summary["macs"]
+    proto = onnx.load(str(path))
+    x = np.random.default_rng(5).standard_normal(SHAPE).astype(np.float32)
+    got, ref = tapped.run({"x": x})["y"], run_onnxruntime(proto, {"x": x})[0]
+    np.testing.assert_array_equal(got, tapped.run({"x": x}, interpret=True)["y"])
+    if precision == "fp16":
+        assert cosine(got, ref) >= 0.999
+    else:
+        np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-4 * float(np.abs(ref).max()))
+
+
+def test_fp16_taps_only_the_convolutions_whose_sxm_vectors_saved_outweigh_the_mxm_rows_added(tmp_path):
+    """fp16 MXM rows take 2 cycles through a 160-row K tile: of 64 channels (K 576 -> 3 x 192) a
+    result row saves one 320-lane vector but passes two more K tiles (4 plane cycles), left alone; of
+    128 (K 1152 -> 3 x 384) it saves two vectors for one more pass (2 plane cycles), tapped."""
+    path = _model(tmp_path / "convs.onnx")
+    lpuc.compile(path, precision="fp16", dump_ir=tmp_path / "ir")
+    final = (tmp_path / "ir" / "99_final.graph.txt").read_text()
+    tapped = [line for line in final.splitlines() if "row_taps=" in line]
+    assert len(tapped) == 1 and "/4/Conv/matmul" in tapped[0]
