@@ -8,11 +8,11 @@ result (y - i, x) as well. So the product is
 
     C[r] = sum_i A'[r + i * Wo] @ W_i        (W_i: W's rows of kernel row i, [kw C, M])
 
-one product (MatMulInteger in int8 builds, MatMul in float ones) over K = kh * kw C with attribute `row_taps` [0, Wo, 2 Wo, ...]: its MMs read
-kernel row i's K chunks from rows i * Wo further (lpuc/lowering/matmul.py), and the plane sums them
-in its accumulators like any K chunks. The SXM streams about kh times fewer result vectors; the MXM
-streams each result row through kh * ceil(kw C / k_tile) weight tiles instead of
-ceil(kh kw C / k_tile).
+one product (MatMulInteger in int8 builds, MatMul in float ones) over K = kh * kw C with attribute
+`row_taps` [0, Wo, 2 Wo, ...]: its MMs read kernel row i's K chunks from rows i * Wo further
+(lpuc/lowering/matmul.py), and the plane sums them in its accumulators like any K chunks. The SXM
+streams about kh times fewer result vectors; the MXM streams each result row through kh * ceil(kw C
+/ k_tile) weight tiles instead of ceil(kh kw C / k_tile).
 
 An MM reads one tile, so A is the sequence A' in a halo layout (attribute `row_tiles` [rows, step,
 halo], lpuc.kernels.windows.halo_tiles): a tile per `step` result rows (the product's own tiles, as
@@ -86,7 +86,8 @@ def _eligible(node: Node, product_op: str, graph: Graph, producers: dict, consum
     if len(consumers.get(a, [])) != 1 or a in graph.outputs or int(im2col.attr("pack_rows", 1)) != 1:
         return None
     dtype = np.dtype(graph.values[a].dtype)
-    if not im2col.attr("channels_last", 0) or (dtype != np.int8 if product_op == "MatMulInteger" else dtype.kind != "f"):
+    wanted = dtype == np.int8 if product_op == "MatMulInteger" else dtype.kind == "f"
+    if not im2col.attr("channels_last", 0) or not wanted:
         return None
     x_shape = graph.values[im2col.inputs[0]].shape
     kernel = [int(k) for k in im2col.attr("kernel_shape")]
@@ -116,7 +117,12 @@ def worth_it(graph: Graph, im2col: Node, step: int, rates: Rates) -> bool:
     row now and kh * ceil(kw C / k_tile) then. A vector costs an SXM a cycle, a row pass a plane
     cycles_per_row (lpuc.cost), each shared over the chip's SXMs and planes. (Measured on ResNet-50
     v1.5 int8, where every stride-1 3x3 convolution passes this: converting all of them beat
-    converting only those of 14x14 and 7x7.)"""
+    converting only those of 14x14 and 7x7.) Where a row pass takes several cycles (the float modes:
+    fp16 2, fp32 6), the MXM is what bounds the build and no row pass may be added: fp16 convs that
+    save SXM vectors for one more K tile a row (128 channels: 8 -> 9) lost on DenseNet-121 (351,928
+    -> 368,299 cycles, every 3x3 conv of 128 channels) and Inception v1; those that add none (3 C
+    a multiple of k_tile or just below one: 160, 256 channels) won on ResNet-50 v1.5 (160,337 ->
+    156,814) and AlexNet (91,334 -> 85,066)."""
     rows, k = graph.values[im2col.outputs[0]].shape
     kh = int(im2col.attr("kernel_shape")[0])
     extra = len(im2col.attr("const_columns") or ())
@@ -124,6 +130,8 @@ def worth_it(graph: Graph, im2col: Node, step: int, rates: Rates) -> bool:
     layout_rows = sum(v1 - v0 for v0, v1 in halo_tiles(rows, step, (kh - 1) * _out_width(graph, im2col)))
     vectors_saved = rows * math.ceil(k / rates.lanes) - layout_rows * math.ceil(row_k / rates.lanes)
     passes_added = rows * (kh * math.ceil(row_k / rates.k_tile) - math.ceil(k / rates.k_tile))
+    if rates.cycles_per_row > 1 and passes_added > 0:
+        return False
     return vectors_saved * rates.planes > passes_added * rates.cycles_per_row * rates.sxms
 
 

@@ -1,7 +1,7 @@
-"""row_taps: an int8 (or float) 3x3 stride-1 convolution accumulates its kernel rows on the MXM from a 1x3 Im2Col
-in a halo layout. The integer arithmetic is the same sum in another order, so its outputs must equal
-the build without the pass bit for bit; both are checked against fp32 onnxruntime, and the SXM must
-stream fewer vectors for the same model MACs."""
+"""row_taps: an int8 (or float) 3x3 stride-1 convolution accumulates its kernel rows on the MXM from a
+1x3 Im2Col in a halo layout. The integer arithmetic is the same sum in another order, so its outputs
+must equal the build without the pass bit for bit; both are checked against fp32 onnxruntime, and
+the SXM must stream fewer vectors for the same model MACs."""
 
 from __future__ import annotations
 
@@ -98,12 +98,27 @@ def test_float_row_taps_match_onnxruntime_and_the_interpreter(tmp_path, monkeypa
         np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-4 * float(np.abs(ref).max()))
 
 
-def test_fp16_taps_only_the_convolutions_whose_sxm_vectors_saved_outweigh_the_mxm_rows_added(tmp_path):
-    """fp16 MXM rows take 2 cycles through a 160-row K tile: of 64 channels (K 576 -> 3 x 192) a
-    result row saves one 320-lane vector but passes two more K tiles (4 plane cycles), left alone; of
-    128 (K 1152 -> 3 x 384) it saves two vectors for one more pass (2 plane cycles), tapped."""
-    path = _model(tmp_path / "convs.onnx")
-    lpuc.compile(path, precision="fp16", dump_ir=tmp_path / "ir")
-    final = (tmp_path / "ir" / "99_final.graph.txt").read_text()
-    tapped = [line for line in final.splitlines() if "row_taps=" in line]
-    assert len(tapped) == 1 and "/4/Conv/matmul" in tapped[0]
+def test_fp16_taps_only_the_convolutions_that_add_no_mxm_row_passes(tmp_path):
+    """fp16 MXM rows take 2 cycles through a 160-row K tile, and the MXM bounds the build: of 160
+    channels (K 1440 -> 3 x 480: 9 K tiles a row either way) the SXM streams fewer vectors for the
+    same row passes, tapped; of 128 (K 1152 -> 3 x 384: 8 -> 9 K tiles) it would save vectors for one
+    more pass a row, left alone (the int8 rule, one cycle a pass, taps both)."""
+    torch.manual_seed(4)
+    net = torch.nn.Sequential(
+        torch.nn.Conv2d(16, 160, 3, padding=1),
+        torch.nn.ReLU(),
+        torch.nn.Conv2d(160, 128, 3, padding=1),
+        torch.nn.ReLU(),
+        torch.nn.Conv2d(128, 64, 3, padding=1),
+    ).eval()
+    path = tmp_path / "wide.onnx"
+    with torch.no_grad():
+        x = (torch.randn(*SHAPE),)
+        torch.onnx.export(net, x, str(path), input_names=["x"], output_names=["y"], dynamo=False)
+    tapped = {}
+    for precision in ("fp16", "int8"):
+        lpuc.compile(path, precision=precision, dump_ir=tmp_path / precision)
+        final = (tmp_path / precision / "99_final.graph.txt").read_text()
+        tapped[precision] = [line.split("=")[0] for line in final.splitlines() if "row_taps=" in line]
+    assert len(tapped["fp16"]) == 1 and "/2/Conv/" in tapped["fp16"][0]
+    assert len(tapped["int8"]) == 2
