@@ -97,7 +97,8 @@ def _units(p: Program) -> list[str]:
         items.sort(key=attrgetter("start", "id"))
         plane = unit_kind(u) == "MXM"  # only an MM frees its unit (its plane) before its end
         for a, b in zip(items, items[1:]):
-            a_end = held_until(p, a, u) if plane else a.end
+            # (An MM holds its plane no longer than its end, so only an overlap in time asks for how long.)
+            a_end = held_until(p, a, u) if plane and b.start < a.end else a.end
             if b.start < a_end:
                 out.append(
                     f"unit {u} double-booked: instruction {a.id} ({a.opcode}) [{a.start}, {a_end}) "
