@@ -239,7 +239,7 @@ def _memo(fn: Callable[..., T]) -> Callable[..., T]:
     def cached(target: Target, *args: Any, **kwargs: Any) -> T:
         if kwargs:
             return fn(target, *args, **kwargs)
-        key = (fn, *[_hashable(a) for a in args])
+        key = (fn, *[a if a.__class__ in _KEYS_AS_IS else _hashable(a) for a in args])  # (no call if as is)
         memo = target.cost_memo
         found = memo.get(key, _MISSING)
         if found is _MISSING:
