@@ -19,6 +19,7 @@ import os
 import struct
 import sys
 import zlib
+from operator import attrgetter
 from pathlib import Path
 from typing import Any
 
@@ -46,8 +47,13 @@ FORMAT_VERSION = 6
 _PREFIX = struct.Struct("<4sIQ")
 
 
+# What json.dumps(obj, sort_keys=True, separators=(",", ":")) builds on every call, built once: an
+# artifact dumps every instruction's attributes on its own (to share equal ones).
+_ENCODER = json.JSONEncoder(sort_keys=True, separators=(",", ":"))
+
+
 def _dumps(obj: Any) -> bytes:
-    return json.dumps(obj, sort_keys=True, separators=(",", ":")).encode("utf-8")
+    return _ENCODER.encode(obj).encode("utf-8")
 
 
 # -- encode -------------------------------------------------------------------------------------
@@ -60,6 +66,7 @@ def encoded_parts(program: Program) -> list[bytes | np.ndarray]:
     so saving a program copies none of its weights (they reach the file once)."""
     strings: dict[str, int] = {}
     attrs_table: dict[bytes, int] = {}
+    units_table: dict[tuple[str, ...], list[int]] = {}  # few distinct unit lists, many instructions
 
     def s(text: str) -> int:
         return strings.setdefault(text, len(strings))
@@ -67,15 +74,20 @@ def encoded_parts(program: Program) -> list[bytes | np.ndarray]:
     def a(attrs: dict) -> int:
         return attrs_table.setdefault(_dumps(attrs), len(attrs_table))
 
-    def acc(x: Access) -> list[int]:
-        return [x.buf, x.slice, x.addr, x.nrows, x.lane0, x.nlanes]
+    def units(names: tuple[str, ...]) -> list[int]:
+        ids = units_table.get(names)
+        if ids is None:  # its strings are numbered here, in order, as an uncached list would be
+            ids = units_table[names] = [s(u) for u in names]
+        return ids
+
+    acc = attrgetter("buf", "slice", "addr", "nrows", "lane0", "nlanes")  # a tuple: JSON writes a list
 
     queues = {
         unit: [
             [
                 i.id,
                 s(i.opcode),
-                [s(u) for u in i.units],
+                units(i.units),
                 i.start,
                 i.duration,
                 [acc(r) for r in i.reads],

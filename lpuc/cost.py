@@ -59,6 +59,7 @@ from bisect import bisect_left, bisect_right
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, fields
+from operator import attrgetter
 from typing import Any, NamedTuple, TypeVar
 
 from lpuc.target import Target
@@ -94,7 +95,7 @@ class Work:
 
     def to_list(self) -> list[int]:
         """The fields in declaration order, as ints (the artifact's form)."""
-        return [int(getattr(self, f.name)) for f in fields(self)]
+        return [int(v) for v in _work_fields(self)]
 
     @classmethod
     def from_list(cls, values: Sequence[int]) -> Work:
@@ -105,6 +106,10 @@ class Work:
         if min(counts, default=0) < 0:
             raise ValueError("negative work")
         return cls(*counts, at_max=bool(at_max))
+
+
+# Work's fields in declaration order, read in one call (an artifact lists every instruction's).
+_work_fields = attrgetter(*(f.name for f in fields(Work)))
 
 
 class Stream(NamedTuple):
@@ -234,7 +239,7 @@ def _memo(fn: Callable[..., T]) -> Callable[..., T]:
     def cached(target: Target, *args: Any, **kwargs: Any) -> T:
         if kwargs:
             return fn(target, *args, **kwargs)
-        key = (fn, *[_hashable(a) for a in args])
+        key = (fn, *[a if a.__class__ in _KEYS_AS_IS else _hashable(a) for a in args])  # (no call if as is)
         memo = target.cost_memo
         found = memo.get(key, _MISSING)
         if found is _MISSING:

@@ -172,20 +172,23 @@ class TiledBuilder:
     ) -> TensorTiles:
         rows, cols = view_of(tuple(shape))
         block_rows = block_rows or self.rows_per_tile(rows)
-        # A constant is cut (and converted to `dtype`) a tile at a time: each tile is copied once,
-        # never the whole tensor first.
+        # A constant is converted to `dtype` a band of tile rows at a time, never the whole tensor
+        # first: a band's rows are contiguous, which numpy converts about twice as fast as a strided
+        # tile (the same values: casting does not depend on the layout); its tiles are then cut from
+        # the converted band, so each copies the narrower words once.
         flat = None if const is None else np.asarray(const).reshape(rows, cols)
         grid = []
         for r0 in range(0, rows, block_rows):
             nr = min(block_rows, rows - r0)
+            band = None
+            if flat is not None:
+                band = np.ascontiguousarray(flat[r0 : r0 + nr]).astype(dtype, copy=False)
             row = []
             for c0 in range(0, cols, self.lanes):
                 nl = min(self.lanes, cols - c0)
                 key = None
-                if flat is not None:
-                    # Copied as it is, then converted: numpy converts a contiguous tile about twice as
-                    # fast as a strided one (the same values: casting does not depend on the layout).
-                    tile = np.ascontiguousarray(flat[r0 : r0 + nr, c0 : c0 + nl]).astype(dtype, copy=False)
+                if band is not None:
+                    tile = np.ascontiguousarray(band[:, c0 : c0 + nl])
                     key = content_key(tile) + (f".{replica}" if replica else "")
                     self.const_data.setdefault(key, tile)
                 buf = Buffer(

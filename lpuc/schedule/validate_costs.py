@@ -40,7 +40,7 @@ def check_costs(p: Program) -> list[str]:
             continue
         reads, writes = streams_of(p, ins)
         precision = ins.attrs.get("precision", p.precision)
-        booked = Counter(_booking_key(u) for u in ins.units)
+        booked = booked_counts(tuple(ins.units))
         ports = booked_ports(p, ins, reads, writes, booked)
         unbooked = sorted(s for s, k in ports.items() if not k)
         if unbooked:
@@ -86,9 +86,16 @@ def booked_ports(
     """Slice -> the ports the instruction books there (at most the banks), for every slice whose
     ports it must book (host DMA books none). `booked`: its units counted by _booking_key, if the
     caller has them (ports count as "MEM<slice>")."""
-    counts = booked if booked is not None else Counter(_booking_key(u) for u in ins.units)
+    counts = booked if booked is not None else booked_counts(tuple(ins.units))
     need = cost.port_needs(p.target, ins.opcode, [*reads, *writes], 1)
     return {s: min(counts[f"MEM{s}"], p.target.mem_banks) for s in sorted(need)}
+
+
+@functools.lru_cache(maxsize=1 << 14)  # a program has a few hundred distinct unit lists
+def booked_counts(units: tuple[str, ...]) -> Counter[str]:
+    """An instruction's booked units counted by what they count towards (_booking_key); shared by
+    every instruction with these units, so read only (a missing key reads as 0, adding none)."""
+    return Counter(_booking_key(u) for u in units)
 
 
 @functools.cache  # asked once per booked unit of every instruction; few distinct names

@@ -42,6 +42,10 @@ from lpuc.schedule.validate_costs import booked_ports, check_costs, streams_of
 from lpuc.schedule.validate_mxm import check_accumulation, check_accumulators, check_weights
 
 MAX_PROBLEMS = 20
+# Unit kinds an instruction may occupy besides its queue: ports and streams, and the VXM's ALUs for
+# a map or kernel (or an MM's fused map).
+_EXTRA = frozenset({"PORT", "STREAM"})
+_EXTRA_WITH_VXM = _EXTRA | {"VXM"}
 
 
 def validate(program: Program) -> None:
@@ -80,11 +84,12 @@ def _units(p: Program) -> list[str]:
                 f"not a {QUEUE_KIND[ins.opcode]} unit"
             )
         vxm_ok = ins.opcode.startswith("vxm.") or has_epilogue(ins.opcode, ins.work)  # a fused map's ALUs
-        extra_ok = {"PORT", "STREAM"} | ({"VXM"} if vxm_ok else set())
+        extra_ok = _EXTRA_WITH_VXM if vxm_ok else _EXTRA
+        queue = ins.unit
         for u in ins.units:
             if u not in known:
                 out.append(f"instruction {ins.id} ({ins.opcode}) runs on unknown unit {u}")
-            elif u != ins.unit and unit_kind(u) not in extra_ok:
+            elif u != queue and unit_kind(u) not in extra_ok:
                 out.append(f"instruction {ins.id} ({ins.opcode}) also occupies {u}, which it cannot use")
             busy[u].append(ins)
     queues = {ins.unit for ins in p.instructions if ins.units}
@@ -97,7 +102,8 @@ def _units(p: Program) -> list[str]:
         items.sort(key=attrgetter("start", "id"))
         plane = unit_kind(u) == "MXM"  # only an MM frees its unit (its plane) before its end
         for a, b in zip(items, items[1:]):
-            a_end = held_until(p, a, u) if plane else a.end
+            # (An MM holds its plane no longer than its end, so only an overlap in time asks for how long.)
+            a_end = held_until(p, a, u) if plane and b.start < a.end else a.end
             if b.start < a_end:
                 out.append(
                     f"unit {u} double-booked: instruction {a.id} ({a.opcode}) [{a.start}, {a_end}) "
