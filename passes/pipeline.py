@@ -144,7 +144,8 @@ PIPELINE: tuple[Pass, ...] = (
     # Once maps are fused: which float values pass only from one map to others.
     Pass("store_int8_floats_fp16", store_int8_floats_fp16),
     Pass("store_kernel_floats_fp16", store_kernel_floats_fp16),
-    # The scalar scales quantize maps read as fp16: 2 stream ids each instead of 4.
+    # The scalar scales quantize maps read as fp16 (fp16 builds: a product map's exact scalars): 2
+    # stream ids each instead of 4.
     Pass("store_int8_constants_fp16", store_int8_constants_fp16),
     Pass("legalize_broadcast", legalize_broadcast),
     Pass("fuse_softmax", fuse_softmax),
