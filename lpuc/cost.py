@@ -277,6 +277,14 @@ def held_alus(target: Target, opcode: str, work: Work, alus: int | None) -> int:
     return want if alus is None or opcode not in _FEWER_ALUS else max(1, min(alus, want))
 
 
+def epilogue_alus(target: Target, work: Work, precision: str) -> int:
+    """ALUs a map fused into an MM holds: its result rows reach the VXM one every cycles_per_row
+    cycles, so the map's chain wraps over fewer ALUs than it has ops (as a vxm.map's does, one op
+    per ALU and cycle) without slowing the rows: fp16 (2 cycles a row) needs half of them."""
+    ops = max(1, work.alu_ops)
+    return max(1, min(math.ceil(ops / target.mxm_mode(precision).cycles_per_row), target.vxm_alus))
+
+
 # VXM instructions that may hold fewer ALUs than vxm_alus, streaming more slowly (held_alus).
 _FEWER_ALUS = frozenset({"vxm.kernel", "vxm.map"})
 
@@ -289,7 +297,8 @@ def unit_cycles(
     if opcode == "mxm.mm":
         rows = work.vectors * target.mxm_mode(precision).cycles_per_row
         if has_epilogue(opcode, work):  # the map keeps up with the rows or slows them down
-            return max(rows, work.vectors * math.ceil(max(1, work.alu_ops) / target.vxm_alus))
+            alus = epilogue_alus(target, work, precision)
+            return max(rows, work.vectors * math.ceil(max(1, work.alu_ops) / alus))
         return rows
     if opcode == "mxm.lw":
         return math.ceil(work.words / target.lw_words_per_cycle)

@@ -47,6 +47,7 @@ from lpuc.passes.lower_conv import lower_conv
 from lpuc.passes.lower_einsum import lower_einsum
 from lpuc.passes.lower_gemm import lower_gemm
 from lpuc.passes.lower_quantized import lower_quantized
+from lpuc.passes.multiply_by_reciprocals import multiply_by_reciprocals
 from lpuc.passes.pack_conv_rows import pack_conv_rows
 from lpuc.passes.quantize_int8 import quantize_int8
 from lpuc.passes.quantize_residuals import quantize_residuals
@@ -136,11 +137,15 @@ PIPELINE: tuple[Pass, ...] = (
     # Once the requantization is folded to Cast(acc) * S + B: B into the product's accumulator.
     Pass("fold_bias_columns", fold_bias_columns),
     Pass("row_taps", row_taps),
+    # After the fusions matching Div patterns (fuse_gelu, fuse_layernorm): a Div by 2**k costs two
+    # ALU ops, a Mul by 2**-k one.
+    Pass("multiply_by_reciprocals", multiply_by_reciprocals),
     Pass("fuse_elementwise", fuse_elementwise),
     # Once maps are fused: which float values pass only from one map to others.
     Pass("store_int8_floats_fp16", store_int8_floats_fp16),
     Pass("store_kernel_floats_fp16", store_kernel_floats_fp16),
-    # The scalar scales quantize maps read as fp16: 2 stream ids each instead of 4.
+    # The scalar scales quantize maps read as fp16 (fp16 builds: a product map's exact scalars): 2
+    # stream ids each instead of 4.
     Pass("store_int8_constants_fp16", store_int8_constants_fp16),
     Pass("legalize_broadcast", legalize_broadcast),
     Pass("fuse_softmax", fuse_softmax),

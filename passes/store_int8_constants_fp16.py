@@ -1,4 +1,5 @@
-"""int8 builds: the scalar float32 constants of quantize maps stored as fp16.
+"""int8 builds: the scalar float32 constants of quantize maps stored as fp16; fp16 builds: those of
+a product's map that fp16 holds exactly.
 
 A map streams each operand one byte per stream id (lpuc/cost.py stream_needs), for the whole map:
 a float32 scalar takes 4 stream ids of each map that reads it, read once but held throughout (the
@@ -18,6 +19,14 @@ and only scalars: an epilogue's per-channel requantization scales and offsets, n
 two more ALUs each for their conversions, and ResNet-50 int8, whose epilogues are ALU-bound, went
 from 95,011 to 112,123 cycles (its stream waits fell, its VXM unit waits tripled); narrowing also
 the scalars of epilogues: 100,829. `--disable-pass store_int8_constants_fp16` keeps them float32.
+
+fp16 builds narrow the scalars of a map of a MatMul's result (an epilogue to be) only where fp16
+holds them exactly (no rounding: 1/8, -inf), again one ALU op each for the conversion. GPT-2's
+Q@K^T epilogue, (scores * 1/8) masked to -inf, held 19 stream ids for each MM, 8 of them for its two
+scalars, and so ran two MMs at a time beside the softmaxes' streams: with 15, GPT-2 2L fp16
+46,938 -> 46,421 cycles, 12L 260,734 -> 258,844. A map fuse_softmax would take as a softmax's
+prologue keeps them: there the conversions are recomputed in each of the softmax's three passes
+(the golden "gpt": 4,645 -> 4,746 cycles).
 """
 
 from __future__ import annotations
@@ -25,6 +34,7 @@ from __future__ import annotations
 import numpy as np
 
 from lpuc.ir.graph import Graph, Node
+from lpuc.passes.fuse_softmax import match_softmaxes
 from lpuc.passes.store_int8_floats_fp16 import FP16_MAX, is_map, widened_inputs, with_expr
 
 # The smallest normal fp16 magnitude: below it fp16 loses significant bits.
@@ -32,13 +42,16 @@ _FP16_SMALLEST_NORMAL = float(np.finfo(np.float16).tiny)
 
 
 def store_int8_constants_fp16(graph: Graph, ctx=None) -> Graph:
-    if ctx is None or ctx.precision != "int8":
+    if ctx is None or ctx.precision not in ("int8", "fp16"):
         return graph
+    exact = ctx.precision == "fp16"  # narrow only what fp16 holds exactly
+    producers = graph.producers()
+    prologues = {f.nodes[0] for f in match_softmaxes(graph, ctx.target)[0]} if exact else set()
     narrowed: dict[str, str] = {}  # float32 constant -> its fp16 copy (shared by all its readers)
     out = graph.copy(nodes=[])
     for node in graph.nodes:
-        int8_map = _int8_map(node, graph)
-        wide = [n for n in dict.fromkeys(node.inputs) if n and int8_map and _narrowable(graph, n)]
+        narrows = _product_map(node, producers, prologues) if exact else _int8_map(node, graph)
+        wide = [n for n in dict.fromkeys(node.inputs) if n and narrows and _narrowable(graph, n, exact)]
         if not wide:
             out.nodes.append(node)
             continue
@@ -59,11 +72,22 @@ def _int8_map(node: Node, graph: Graph) -> bool:
     return graph.values[node.outputs[0]].dtype == np.int8 and np.dtype(np.int32) not in dtypes
 
 
-def _narrowable(graph: Graph, name: str) -> bool:
-    """A float32 scalar constant that is zero or a normal fp16 number in magnitude."""
+def _product_map(node: Node, producers: dict[str, Node], prologues: set[str]) -> bool:
+    """A map of a MatMul's result (its first operand), not a softmax's prologue to be."""
+    if not is_map(node) or not node.inputs or node.inputs[0] not in producers or node.name in prologues:
+        return False
+    return producers[node.inputs[0]].op in ("MatMul", "HeadMatMul")
+
+
+def _narrowable(graph: Graph, name: str, exact: bool = False) -> bool:
+    """A float32 scalar constant that is zero or a normal fp16 number in magnitude (`exact`: that
+    fp16 holds without rounding)."""
     value = graph.values[name]
     if not value.is_const or value.dtype != np.float32 or value.size != 1:
         return False
+    if exact:
+        c = np.asarray(value.const, dtype=np.float32)
+        return bool(np.array_equal(c.astype(np.float16).astype(np.float32), c))
     magnitude = np.abs(np.asarray(value.const, dtype=np.float64))
     nonzero = magnitude[magnitude != 0]
     return bool(

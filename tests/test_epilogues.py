@@ -279,6 +279,21 @@ def test_fused_cost_is_never_less_than_the_mm_and_the_map_apart():
     assert east >= 4 + 1 and west >= 1
 
 
+def test_fused_map_wraps_over_the_cycles_between_result_rows():
+    """A fused map's ALUs: one op per ALU and cycle, and a result row every cycles_per_row cycles
+    (int8 1, fp16 2, fp32 6): ceil(ops / cycles_per_row) ALUs keep up with the rows."""
+    v1 = load_target("tsp-v1")
+    fused = Work(vectors=128, macs=128 * 64 * 128, alu_ops=3, elem_ops=128 * 128 * 3, relay_words=4)
+    assert [cost.epilogue_alus(v1, fused, p) for p in ("int8", "fp16", "fp32")] == [3, 2, 1]
+    for p in ("int8", "fp16", "fp32"):  # never slower than the rows: the wraps fit between them
+        rows = 128 * v1.mxm_mode(p).cycles_per_row
+        assert cost.unit_cycles(v1, "mxm.mm", fused, p) == rows
+    # More ops than the lane's ALUs wrap within two fp16 rows: all 16 held, the rows slowed to 3.
+    long = dataclasses.replace(fused, alu_ops=40)
+    assert cost.epilogue_alus(v1, long, "fp16") == 16
+    assert cost.unit_cycles(v1, "mxm.mm", long, "fp16") == 128 * 3
+
+
 # -- validator --------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def fused_program(models) -> Program:

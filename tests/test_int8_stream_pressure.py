@@ -89,3 +89,44 @@ def test_int8_gemm_splits_k_only_where_adding_the_partials_pays(tmp_path):
         return len({t.tensor for t in program.tiles if "/partial" in t.tensor})
 
     assert parts(programs["fp16"]) == 4 and parts(programs["int8"]) == 0
+
+
+def _scaled_scores(path: Path, divisor: float) -> Path:
+    """Attention-like scores: (x @ W) / divisor, masked to -inf above the diagonal (a bool mask)."""
+    rng = np.random.default_rng(1)
+    w = (rng.standard_normal((64, 128)) / 8).astype(np.float32)
+    keep = np.tril(np.ones((128, 128), bool))[:96]
+    nodes = [
+        helper.make_node("MatMul", ["x", "w"], ["m"]),
+        helper.make_node("Div", ["m", "d"], ["s"]),
+        helper.make_node("Where", ["keep", "s", "ninf"], ["y"]),
+    ]
+    inits = {"w": w, "d": np.array(divisor, np.float32), "keep": keep, "ninf": np.array(-np.inf, np.float32)}
+    graph = helper.make_graph(
+        nodes,
+        "scores",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, (96, 64))],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, (96, 128))],
+        [numpy_helper.from_array(v, k) for k, v in inits.items()],
+    )
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    return path
+
+
+@pytest.mark.parametrize(("divisor", "narrowed"), [(8.0, ("d_reciprocal", "ninf")), (0.1, ("ninf",))])
+def test_fp16_product_maps_read_exact_scalars_as_fp16(tmp_path, divisor, narrowed):
+    """fp16 builds: a product's map reads the scalars fp16 holds exactly (1/8, -inf) as fp16, not
+    0.1 (it would round); the result is unchanged (to the bit, and as close to onnxruntime)."""
+    path = _scaled_scores(tmp_path / "scores.onnx", divisor)
+    narrow = lpuc.compile(path, precision="fp16", dump_ir=tmp_path / "ir")
+    wide = lpuc.compile(path, precision="fp16", disable_passes=["store_int8_constants_fp16"])
+    final = (tmp_path / "ir" / "99_final.graph.txt").read_text()
+    assert sorted(n for n in ("d_reciprocal", "d", "ninf") if f"{n}/fp16: f16[]" in final) == sorted(narrowed)
+    epilogues = [i for p in (narrow, wide) for i in p.instructions if "epilogue" in i.attrs]
+    assert len(epilogues) == 2 and _stream_ids(epilogues[0]) == _stream_ids(epilogues[1]) - 2 * len(narrowed)
+    x = np.random.default_rng(3).standard_normal((96, 64)).astype(np.float32)
+    (want,) = run_onnxruntime(onnx.load(str(path)), {"x": x})
+    got = narrow.run({"x": x})["y"]
+    np.testing.assert_array_equal(got, wide.run({"x": x})["y"])
+    finite = np.isfinite(want)
+    assert np.array_equal(finite, np.isfinite(got)) and cosine(got[finite], want[finite]) >= 0.999

@@ -394,7 +394,7 @@ class _UnitState:
         else:
             pools.append(([unit], 1, busy))
             if cost.has_epilogue(opcode, work):  # the fused map's ALUs, for the whole duration
-                pools.append((self.vxm, cost.vxm_alus(self.target, opcode, work), d))
+                pools.append((self.vxm, cost.epilogue_alus(self.target, work, precision), d))
         pools += [(units, k, d) for units, k in port_pools]
         side = self._side.get(unit)
         if side is None:

@@ -70,6 +70,8 @@ def check_costs(p: Program) -> list[str]:
             if booked[f"STREAM{direction}"] < k:
                 out.append(f"{where}: needs {k} {direction} streams, books {booked[f'STREAM{direction}']}")
         alus = cost.vxm_alus(target, ins.opcode, ins.work)
+        if cost.has_epilogue(ins.opcode, ins.work):
+            alus = cost.epilogue_alus(target, ins.work, precision)
         alus = min(1, alus) if ins.opcode in ("vxm.kernel", "vxm.map") else alus  # at least one
         if booked["VXM"] < alus:
             out.append(f"{where}: needs {alus} VXM ALUs, books {booked['VXM']}")
