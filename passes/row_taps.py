@@ -1,4 +1,4 @@
-"""int8 builds: a KxK stride-1 convolution accumulates its kernel rows on the MXM (streamed row taps).
+"""A KxK stride-1 convolution accumulates its kernel rows on the MXM (streamed row taps).
 
 An Im2Col of a kh x kw window writes kh * kw * C columns per result row on the SXM, which lower_conv
 multiplies by W [kh kw C, M]. Here the Im2Col gathers only a 1 x kw window over the input padded by
@@ -8,11 +8,11 @@ result (y - i, x) as well. So the product is
 
     C[r] = sum_i A'[r + i * Wo] @ W_i        (W_i: W's rows of kernel row i, [kw C, M])
 
-one MatMulInteger over K = kh * kw C with attribute `row_taps` [0, Wo, 2 Wo, ...]: its MMs read
-kernel row i's K chunks from rows i * Wo further (lpuc/lowering/matmul.py), and the plane sums them
-in its accumulators like any K chunks. The SXM streams about kh times fewer result vectors; the MXM
-streams each result row through kh * ceil(kw C / k_tile) weight tiles instead of
-ceil(kh kw C / k_tile).
+one product (MatMulInteger in int8 builds, MatMul in float ones) over K = kh * kw C with attribute
+`row_taps` [0, Wo, 2 Wo, ...]: its MMs read kernel row i's K chunks from rows i * Wo further
+(lpuc/lowering/matmul.py), and the plane sums them in its accumulators like any K chunks. The SXM
+streams about kh times fewer result vectors; the MXM streams each result row through kh * ceil(kw C
+/ k_tile) weight tiles instead of ceil(kh kw C / k_tile).
 
 An MM reads one tile, so A is the sequence A' in a halo layout (attribute `row_tiles` [rows, step,
 halo], lpuc.kernels.windows.halo_tiles): a tile per `step` result rows (the product's own tiles, as
@@ -23,12 +23,15 @@ planes, ResNet-50 int8 94,425 cycles against 84,175 this way).
 Constant columns fold_bias_columns appended to the Im2Col (a bias in the accumulator) stay in every
 row; only kernel row 0's weights keep their bias rows (the others get zero rows, no model work).
 Batch 1 only (a batch's images would be kh - 1 rows apart), channels-last, unpacked Im2Cols read by
-one int8 product with plain model blocks, and only where it pays (worth_it).
+one product with plain model blocks, and only where it pays (worth_it: in the precision's MXM mode).
+A float product sums its K in another order then (tap rows outermost), so its outputs differ from
+the Im2Col build's by rounding; an integer one's are the same.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -43,20 +46,23 @@ ATTR = "row_taps"
 
 
 def row_taps(graph: Graph, ctx: object = None) -> Graph:
-    if getattr(ctx, "precision", "") != "int8":
+    precision = getattr(ctx, "precision", "")
+    if precision not in ("int8", "fp16", "fp32"):
         return graph
-    k_tile = ctx.target.mxm_mode("int8").k_tile
+    product_op = "MatMulInteger" if precision == "int8" else "MatMul"
+    mode = ctx.target.mxm_mode(precision)
+    rates = Rates(ctx.target.lanes, mode.k_tile, mode.cycles_per_row, ctx.target.num_sxm, ctx.target.num_mxm)
     block_rows = min(default_block_rows(ctx.target), ctx.target.mxm.acc_rows)
     short_tiles = "short_tiles" not in ctx.disabled
     producers, consumers = graph.producers(), graph.consumers()
     out = graph.copy()
     replaced: dict[str, Node] = {}
     for node in graph.nodes:
-        im2col = _eligible(node, graph, producers, consumers)
+        im2col = _eligible(node, product_op, graph, producers, consumers)
         if im2col is None:
             continue
         step = rows_per_tile(graph.values[node.outputs[0]].shape[0], block_rows, short_tiles)
-        if not worth_it(graph, im2col, step, k_tile):
+        if not worth_it(graph, im2col, step, rates):
             continue
         new_im2col, new_product = _rewrite(out, im2col, node, step)
         if new_product is None:
@@ -68,9 +74,10 @@ def row_taps(graph: Graph, ctx: object = None) -> Graph:
     return eliminate_dead_code(out.prune_values())
 
 
-def _eligible(node: Node, graph: Graph, producers: dict, consumers: dict) -> Node | None:
-    """The Im2Col feeding `node` when `node` is an int8 product row taps can stream, else None."""
-    if node.op != "MatMulInteger" or node.domain or len(node.inputs) != 2 or node.attr(ATTR):
+def _eligible(node: Node, product_op: str, graph: Graph, producers: dict, consumers: dict) -> Node | None:
+    """The Im2Col feeding `node` when `node` is a product (of the build's `product_op`) row taps can
+    stream, else None."""
+    if node.op != product_op or node.domain or len(node.inputs) != 2 or node.attr(ATTR):
         return None
     a, w = node.inputs
     im2col = producers.get(a)
@@ -78,7 +85,9 @@ def _eligible(node: Node, graph: Graph, producers: dict, consumers: dict) -> Nod
         return None
     if len(consumers.get(a, [])) != 1 or a in graph.outputs or int(im2col.attr("pack_rows", 1)) != 1:
         return None
-    if not im2col.attr("channels_last", 0) or graph.values[a].dtype != np.int8:
+    dtype = np.dtype(graph.values[a].dtype)
+    wanted = dtype == np.int8 if product_op == "MatMulInteger" else dtype.kind == "f"
+    if not im2col.attr("channels_last", 0) or not wanted:
         return None
     x_shape = graph.values[im2col.inputs[0]].shape
     kernel = [int(k) for k in im2col.attr("kernel_shape")]
@@ -89,22 +98,41 @@ def _eligible(node: Node, graph: Graph, producers: dict, consumers: dict) -> Nod
     return im2col if strides[0] == 1 and dilations[0] == 1 else None
 
 
-def worth_it(graph: Graph, im2col: Node, step: int, k_tile: int) -> bool:
+@dataclass(frozen=True)
+class Rates:
+    """What worth_it weighs: lanes of a vector (the SXM streams one a cycle), the MXM mode's k_tile
+    and cycles per row pass, and how many SXMs and MXM planes share the work."""
+
+    lanes: int
+    k_tile: int
+    cycles_per_row: int
+    sxms: int
+    planes: int
+
+
+def worth_it(graph: Graph, im2col: Node, step: int, rates: Rates) -> bool:
     """Whether the SXM vectors saved outweigh the MXM rows added. The Im2Col writes ceil(kh kw C /
-    lanes) vectors a result row now (lanes = k_tile in int8), and ceil(kw C / lanes) a row of its
-    halo layout then (each tile of `step` rows (kh - 1) image rows longer); the product passes
-    ceil(K / k_tile) weight tiles a row now and kh * ceil(kw C / k_tile) then. A vector and a row
-    pass cost a cycle each (lpuc.cost), but the chip has two SXMs and four planes: a pass added
-    weighs half a vector saved. (Measured on ResNet-50 v1.5 int8, where every stride-1 3x3
-    convolution passes this: converting all of them beat converting only those of 14x14 and 7x7.)"""
+    lanes) vectors a result row now, and ceil(kw C / lanes) a row of its halo layout then (each tile
+    of `step` rows (kh - 1) image rows longer); the product passes ceil(K / k_tile) weight tiles a
+    row now and kh * ceil(kw C / k_tile) then. A vector costs an SXM a cycle, a row pass a plane
+    cycles_per_row (lpuc.cost), each shared over the chip's SXMs and planes. (Measured on ResNet-50
+    v1.5 int8, where every stride-1 3x3 convolution passes this: converting all of them beat
+    converting only those of 14x14 and 7x7.) Where a row pass takes several cycles (the float modes:
+    fp16 2, fp32 6), the MXM is what bounds the build and no row pass may be added: fp16 convs that
+    save SXM vectors for one more K tile a row (128 channels: 8 -> 9) lost on DenseNet-121 (351,928
+    -> 368,299 cycles, every 3x3 conv of 128 channels) and Inception v1; those that add none (3 C
+    a multiple of k_tile or just below one: 160, 256 channels) won on ResNet-50 v1.5 (160,337 ->
+    156,814) and AlexNet (91,334 -> 85,066)."""
     rows, k = graph.values[im2col.outputs[0]].shape
     kh = int(im2col.attr("kernel_shape")[0])
     extra = len(im2col.attr("const_columns") or ())
     row_k = (k - extra) // kh + extra
     layout_rows = sum(v1 - v0 for v0, v1 in halo_tiles(rows, step, (kh - 1) * _out_width(graph, im2col)))
-    vectors_saved = rows * math.ceil(k / k_tile) - layout_rows * math.ceil(row_k / k_tile)
-    passes_added = rows * (kh * math.ceil(row_k / k_tile) - math.ceil(k / k_tile))
-    return 2 * vectors_saved > passes_added
+    vectors_saved = rows * math.ceil(k / rates.lanes) - layout_rows * math.ceil(row_k / rates.lanes)
+    passes_added = rows * (kh * math.ceil(row_k / rates.k_tile) - math.ceil(k / rates.k_tile))
+    if rates.cycles_per_row > 1 and passes_added > 0:
+        return False
+    return vectors_saved * rates.planes > passes_added * rates.cycles_per_row * rates.sxms
 
 
 def _out_width(graph: Graph, im2col: Node) -> int:
@@ -146,7 +174,7 @@ def _rewrite(out: Graph, im2col: Node, product: Node, step: int) -> tuple[Node, 
     # lowering cuts them), each with the (kh - 1) image rows after them its taps read too.
     tiles = [rows, step, (kh - 1) * width]
     layout_rows = sum(v1 - v0 for v0, v1 in halo_tiles(*tiles))
-    cols = out.add_value(f"{cols_name}/row_taps", (layout_rows, row_k), np.int8)
+    cols = out.add_value(f"{cols_name}/row_taps", (layout_rows, row_k), out.values[cols_name].dtype)
     attrs = {**im2col.attrs, "kernel_shape": [1, kw], "row_tiles": tiles}
     new_im2col = im2col.with_(outputs=(cols,), attrs=attrs)
     w_name = out.add_const(f"{product.inputs[1]}/row_taps", weights)

@@ -22,8 +22,22 @@ def _per_row(param: np.ndarray) -> np.ndarray:
     return param.reshape(-1, 1) if param.ndim == 1 and param.size > 1 else param
 
 
+def _tap_windows(ctx: KernelContext, a: np.ndarray) -> np.ndarray:
+    """A row-tapped product's operand as the plain one (passes/row_taps): C[r] = sum_i A'[r +
+    taps[i]] @ B's i-th block of rows, A' the sequence whose halo layout A is (row_tiles [rows, step,
+    halo]), so the tap windows side by side; any other product's A as it is."""
+    taps = ctx.attr("row_taps")
+    if not taps:
+        return a
+    rows, step, halo = (int(v) for v in ctx.attr("row_tiles"))
+    sequence = np.empty((rows + halo, a.shape[-1]), a.dtype)
+    sequence[windows.halo_index(rows, step, halo)] = a
+    return np.concatenate([sequence[int(t) : int(t) + rows] for t in taps], axis=-1)
+
+
 @kernel("MatMul")
 def matmul(ctx: KernelContext, a, b):
+    a = _tap_windows(ctx, a)
     return accumulated_matmul(a, b).astype(a.dtype, copy=False)
 
 
@@ -41,14 +55,7 @@ def gemm(ctx: KernelContext, a, b, c=None):
 
 @kernel("MatMulInteger")
 def matmul_integer(ctx: KernelContext, a, b, a_zero_point=None, b_zero_point=None):
-    taps = ctx.attr("row_taps")
-    if taps:
-        # (passes/row_taps) C[r] = sum_i A'[r + taps[i]] @ B's i-th block of rows, A' the sequence
-        # whose halo layout A is (row_tiles [rows, step, halo]): the tap windows side by side
-        rows, step, halo = (int(v) for v in ctx.attr("row_tiles"))
-        sequence = np.empty((rows + halo, a.shape[-1]), a.dtype)
-        sequence[windows.halo_index(rows, step, halo)] = a
-        a = np.concatenate([sequence[int(t) : int(t) + rows] for t in taps], axis=-1)
+    a = _tap_windows(ctx, a)
     a_zero_point = None if a_zero_point is None else _per_row(a_zero_point)
     narrow = a.dtype.itemsize == 1 and b.dtype.itemsize == 1
     a, b = centered(a, a_zero_point), centered(b, b_zero_point)

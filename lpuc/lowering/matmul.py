@@ -115,7 +115,7 @@ def tapped_operand_rows(graph) -> dict[str, int]:
     tiles of their halo layout."""
     rows = {}
     for node in graph.nodes:
-        if node.op == "MatMulInteger" and node.attr("row_taps"):
+        if node.op in ("MatMul", "MatMulInteger") and node.attr("row_taps"):
             _, step, halo = (int(v) for v in node.attr("row_tiles"))
             rows[node.inputs[0]] = step + halo
     return rows

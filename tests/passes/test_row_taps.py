@@ -1,7 +1,7 @@
-"""row_taps: an int8 3x3 stride-1 convolution accumulates its kernel rows on the MXM from a 1x3 Im2Col
-in a halo layout. The integer arithmetic is the same sum in another order, so its outputs must equal
-the build without the pass bit for bit; both are checked against fp32 onnxruntime, and the SXM must
-stream fewer vectors for the same model MACs."""
+"""row_taps: an int8 (or float) 3x3 stride-1 convolution accumulates its kernel rows on the MXM from a
+1x3 Im2Col in a halo layout. The integer arithmetic is the same sum in another order, so its outputs
+must equal the build without the pass bit for bit; both are checked against fp32 onnxruntime, and
+the SXM must stream fewer vectors for the same model MACs."""
 
 from __future__ import annotations
 
@@ -9,9 +9,11 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import pytest
 import torch
 
 import lpuc
+import lpuc.passes.row_taps as row_taps_pass
 from lpuc.kernels.windows import halo_index, halo_tiles
 from tests.kernels.oracle import run_onnxruntime
 from tests.similarity import cosine
@@ -72,3 +74,51 @@ def test_row_taps_match_the_im2col_build_bit_for_bit(tmp_path):
         got, ref = tapped.run({"x": x})["y"], plain.run({"x": x})["y"]
         np.testing.assert_array_equal(got, ref)
         assert cosine(got, run_onnxruntime(proto, {"x": x})[0]) >= 0.99
+
+
+@pytest.mark.parametrize("precision", ["fp16", "fp32"])
+def test_float_row_taps_match_onnxruntime_and_the_interpreter(tmp_path, monkeypatch, precision):
+    """Every eligible convolution tapped (worth_it forced): a float product sums K in another order
+    (tap rows outermost), so the outputs are checked against onnxruntime (fp16: cosine, fp32: rtol
+    1e-4), the execution plan against the plain interpreter bit for bit."""
+    path = _model(tmp_path / "convs.onnx")
+    monkeypatch.setattr(row_taps_pass, "worth_it", lambda *args: True)
+    tapped = lpuc.compile(path, precision=precision, dump_ir=tmp_path / "ir")
+    plain = lpuc.compile(path, precision=precision, disable_passes=["row_taps"])
+    final = (tmp_path / "ir" / "99_final.graph.txt").read_text()
+    assert final.count("row_taps=") == 2
+    assert tapped.summary["macs"] == plain.summary["macs"]
+    proto = onnx.load(str(path))
+    x = np.random.default_rng(5).standard_normal(SHAPE).astype(np.float32)
+    got, ref = tapped.run({"x": x})["y"], run_onnxruntime(proto, {"x": x})[0]
+    np.testing.assert_array_equal(got, tapped.run({"x": x}, interpret=True)["y"])
+    if precision == "fp16":
+        assert cosine(got, ref) >= 0.999
+    else:
+        np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-4 * float(np.abs(ref).max()))
+
+
+def test_fp16_taps_only_the_convolutions_that_add_no_mxm_row_passes(tmp_path):
+    """fp16 MXM rows take 2 cycles through a 160-row K tile, and the MXM bounds the build: of 160
+    channels (K 1440 -> 3 x 480: 9 K tiles a row either way) the SXM streams fewer vectors for the
+    same row passes, tapped; of 128 (K 1152 -> 3 x 384: 8 -> 9 K tiles) it would save vectors for one
+    more pass a row, left alone (the int8 rule, one cycle a pass, taps both)."""
+    torch.manual_seed(4)
+    net = torch.nn.Sequential(
+        torch.nn.Conv2d(16, 160, 3, padding=1),
+        torch.nn.ReLU(),
+        torch.nn.Conv2d(160, 128, 3, padding=1),
+        torch.nn.ReLU(),
+        torch.nn.Conv2d(128, 64, 3, padding=1),
+    ).eval()
+    path = tmp_path / "wide.onnx"
+    with torch.no_grad():
+        x = (torch.randn(*SHAPE),)
+        torch.onnx.export(net, x, str(path), input_names=["x"], output_names=["y"], dynamo=False)
+    tapped = {}
+    for precision in ("fp16", "int8"):
+        lpuc.compile(path, precision=precision, dump_ir=tmp_path / precision)
+        final = (tmp_path / precision / "99_final.graph.txt").read_text()
+        tapped[precision] = [line.split("=")[0] for line in final.splitlines() if "row_taps=" in line]
+    assert len(tapped["fp16"]) == 1 and "/2/Conv/" in tapped["fp16"][0]
+    assert len(tapped["int8"]) == 2
