@@ -493,6 +493,31 @@ def test_maxpool_of_packed_rows_pools_rows_before_unpacking(tmp_path, monkeypatc
     assert 0 < unpacked_rows(split) <= unpacked_rows(whole) // 2
 
 
+def test_unpacking_before_a_strided_pool_copies_as_many_tiles_as_a_pool_slab_reads(tmp_path):
+    """pooled_unpack: the packed stem's unpacking before the 1 x 3 stride 2 pool across the columns
+    (split_packed_pool) copies two result tiles per SXM instruction (each pool slab reads two), half
+    the instructions of one tile each, the same rows in all; the same output bits, and fp32
+    onnxruntime's by cosine."""
+    path = _export(_stem(224), (1, 3, 224, 224), tmp_path / "stem.onnx")  # ResNet's: 12,544 rows
+    paired = lpuc.compile(path, precision="int8")
+    single = lpuc.compile(path, precision="int8", disable_passes=["pooled_unpack"])
+
+    def copies(program) -> list:
+        return [i for i in program.instructions if i.attrs.get("kernel") == "ReshapeRows"]
+
+    pool_tiles = {
+        r.buf for i in paired.instructions if "pool_cols" in i.node for r in i.reads
+    }  # the unpacked tiles the pool reads
+    assert len(copies(single)) >= 4 and len(copies(paired)) == -(-len(copies(single)) // 2)
+    assert all(len(i.writes) == 2 for i in copies(paired)[:-1])
+    assert {w.buf for i in copies(paired) for w in i.writes} <= pool_tiles
+    rows = [sum(w.nrows for i in copies(p) for w in i.writes) for p in (paired, single)]
+    assert rows[0] == rows[1]
+    x = np.random.default_rng(7).standard_normal((1, 3, 224, 224)).astype(np.float32)
+    np.testing.assert_array_equal(paired.run({"x": x})["y"], single.run({"x": x})["y"])
+    _check_cosine(paired, path, (1, 3, 224, 224), samples=2)
+
+
 def test_projection_shortcut_maps_fuse_into_the_products(small_cnn):
     """sink_products: the map adding a block's main product to its shortcut's part (the shortcut's
     own map, store_int8_floats_fp16) fuses into that product once the product comes after the

@@ -123,6 +123,11 @@ class TiledBuilder:
         """Each value's producing node (the graph is not changed while lowering)."""
         return self.graph.producers()
 
+    @functools.cached_property
+    def consumers(self) -> dict[str, list[Node]]:
+        """Each value's reading nodes (the graph is not changed while lowering)."""
+        return self.graph.consumers()
+
     # -- tensors --------------------------------------------------------------------------------
     def tensor(self, name: str) -> TensorTiles:
         """Tiles of a value; constants are materialized on first use in their own dtype."""

@@ -16,9 +16,9 @@ from lpuc.ir.graph import LPUC_DOMAIN, Graph, Node
 from lpuc.ir.tiled import Ref, TensorTiles
 from lpuc.jsonable import to_json
 from lpuc.kernels._common import normalize_axis
-from lpuc.lowering.builder import TiledBuilder, split_range
+from lpuc.lowering.builder import TiledBuilder, split_range, view_of
 from lpuc.lowering.windowed import Window as _Window
-from lpuc.lowering.windowed import reshape_slabs, transpose_slabs, window_slabs
+from lpuc.lowering.windowed import reshape_slab_tiles, reshape_slabs, transpose_slabs, window_slabs
 from lpuc.ops import Placement
 
 # Ops whose first input is addressed (gathered from), not streamed in full.
@@ -97,7 +97,8 @@ def lower_stream(b: TiledBuilder, node: Node, placement: Placement, unit_class: 
         slabs = list(window_slabs(node, ins[0], outs[0]))
     elif unit_class != "HOST" and b.enabled("row_slabs") and placement.unit == "ALIAS" and outs[0].shape:
         # A reshape that is not a view (it regroups rows): a row-major copy, slab by slab.
-        slabs, kernel = list(reshape_slabs(ins[0], outs[0])), ("ReshapeRows", LPUC_DOMAIN)
+        tiles = _reshape_slab_tiles(b, node, outs[0]) if b.enabled("pooled_unpack") else 1
+        slabs, kernel = list(reshape_slabs(ins[0], outs[0], tiles)), ("ReshapeRows", LPUC_DOMAIN)
     elif unit_class == "SXM" and b.enabled("row_slabs"):
         slabs, kernel = list(transpose_slabs(node, ins[0], outs[0])), ("TransposeRows", LPUC_DOMAIN)
     if len(slabs) > 1:
@@ -118,6 +119,19 @@ def lower_stream(b: TiledBuilder, node: Node, placement: Placement, unit_class: 
             _emit(b, node, placement, unit_class, opcode, _replicas(b, node, ins, i, len(spans)), outs, span)
     else:
         _emit(b, node, placement, unit_class, opcode, ins, outs, None)
+
+
+def _reshape_slab_tiles(b: TiledBuilder, node: Node, y: TensorTiles) -> int:
+    """Result tile rows per copy of a reshape that regroups rows (lpuc.lowering.windowed)."""
+    readers = b.consumers.get(node.outputs[0], [])
+    if len(readers) != 1 or not readers[0].outputs or not readers[0].outputs[0]:
+        return 1
+    name = readers[0].outputs[0]
+    shape = b.graph.values[name].shape
+    if shape is None or name in b.segment_rows or name in b.stacked_values or name in b.plane_rows:
+        return 1  # (tiles cut otherwise than the reshape's)
+    rows = view_of(tuple(shape))[0]
+    return reshape_slab_tiles(y, readers[0], rows, b.rows_per_tile(rows))
 
 
 def lane_slabs(node: Node, ins: list, outs: list) -> list[tuple[int, int]]:

@@ -18,7 +18,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator
 
-from lpuc.ir.graph import Node
+from lpuc.ir.graph import LPUC_DOMAIN, Node
 from lpuc.ir.tiled import TensorTiles
 from lpuc.kernels.windows import halo_tiles, input_row_runs, input_windows
 
@@ -100,15 +100,34 @@ def _channels_read(node: Node, x: TensorTiles, c0: int, c1: int) -> tuple[int, i
     return c0 // taps, min(x.cols, (c1 - 1) // taps + 1)
 
 
-def reshape_slabs(x: TensorTiles, y: TensorTiles) -> Iterator[tuple[Window, list[Window], dict]]:
+def reshape_slabs(
+    x: TensorTiles, y: TensorTiles, tiles: int = 1
+) -> Iterator[tuple[Window, list[Window], dict]]:
     """The same for a reshape that changes the [rows, cols] view (int8 packing: [R, p*C] <-> [R*p, C]):
     a row-major copy, so result rows [r0, r1) are the input's flat values [r0 * y.cols, r1 * y.cols),
-    which lie in input rows [r0 * y.cols // x.cols, ceil(r1 * y.cols / x.cols))."""
-    for r0 in range(0, y.rows, y.block_rows):
-        r1 = min(y.rows, r0 + y.block_rows)
+    which lie in input rows [r0 * y.cols // x.cols, ceil(r1 * y.cols / x.cols)). Each copy writes
+    `tiles` result tile rows (reshape_slab_tiles)."""
+    step = max(1, tiles) * y.block_rows
+    for r0 in range(0, y.rows, step):
+        r1 = min(y.rows, r0 + step)
         i0, i1 = r0 * y.cols // x.cols, -(-r1 * y.cols // x.cols)
         slab = {"out_rows": [r0, r1], "in_row0": i0 // x.block_rows * x.block_rows, "out_cols": y.cols}
         yield (r0, r1, 0, y.cols), [(i0, i1, 0, x.cols)], slab
+
+
+def reshape_slab_tiles(y: TensorTiles, reader: Node, pooled_rows: int, pooled_block_rows: int) -> int:
+    """Result tile rows per copy of a row-regrouping reshape: one, or as many as a slab of its one
+    reader reads when that is a channels-last 1 x kw MaxPool striding s input rows per result row
+    (split_packed_pool's pool after the unpacking) whose slabs end at the reshape's tile edges. Slab
+    j of the pool waits for the reshape's rows up to (j + 1) * s * its tile rows anyway, so copies
+    ending there start it no later, and each pays the SXM's latency once for several tiles:
+    ResNet-50 v1.5 int8 84,175 -> 83,081 cycles (the stem pool's 20 unpacking copies become 10)."""
+    if reader.op != "MaxPool" or reader.domain != LPUC_DOMAIN or pooled_rows <= 0 or y.rows % pooled_rows:
+        return 1
+    if int((reader.attr("kernel_shape") or [0])[0]) != 1:  # (a pool over image rows reads more of them)
+        return 1
+    per_slab = pooled_block_rows * (y.rows // pooled_rows)  # the reshape's rows one pool slab reads
+    return per_slab // y.block_rows if per_slab % y.block_rows == 0 else 1
 
 
 def transpose_slabs(

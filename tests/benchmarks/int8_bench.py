@@ -34,12 +34,14 @@ GROQ_US = {"resnet50": 49.0}  # Groq's compiler on the same chip, int8, batch 1 
 # What shapes a CNN's schedule: the layout passes and every lowering strategy.
 ABLATIONS = ("sink_transposes", "unit_transposes", "sink_reshapes", "sink_products", *STRATEGIES)
 # What shapes int8 schedules most: the requantization maps' ALU ops, the fp16 residual sums, the
-# packed stem's split pooling, the products moved to the maps they fuse into, the int8 residuals, the
-# biases folded into the accumulators, and the 3x3 convolutions' kernel rows accumulated on the MXM.
+# packed stem's split pooling (its unpacking copied a pool slab's tiles at a time), the products
+# moved to the maps they fuse into, the int8 residuals, the biases folded into the accumulators,
+# and the 3x3 convolutions' kernel rows accumulated on the MXM.
 INT8_ABLATIONS = (
     "fold_requantize",
     "store_int8_floats_fp16",
     "split_packed_pool",
+    "pooled_unpack",
     "sink_products",
     "unit_transposes",
     "quantize_residuals",
