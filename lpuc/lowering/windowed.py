@@ -87,17 +87,18 @@ def _column_pieces(node: Node, x: TensorTiles, y: TensorTiles) -> list[tuple[int
     unpacked = int(node.attr("pack_rows", 1)) == 1
     if one_tap and unpacked and node.attr("channels_last", 0) and x.lanes == y.lanes:
         return [(c0, min(y.cols, c0 + y.lanes)) for c0 in range(0, y.cols, y.lanes)]
-    if y.rows > y.block_rows:
-        return [(0, y.cols)]
     middle = (tiles + 1) // 2 * y.lanes
+    # (constant columns come last and read no input: a half of only those has no lanes to read)
+    if y.rows > y.block_rows or middle >= y.cols - len(node.attr("const_columns") or ()):
+        return [(0, y.cols)]
     return [(0, middle), (middle, y.cols)]
 
 
 def _channels_read(node: Node, x: TensorTiles, c0: int, c1: int) -> tuple[int, int]:
     """The input lanes [l0, l1) result columns [c0, c1) of a channels-last Im2Col read: its columns
-    are channel-major (channel c's taps side by side)."""
+    are channel-major (channel c's taps side by side), constant columns (const_columns) after them."""
     taps = math.prod(int(k) for k in node.attr("kernel_shape"))
-    return c0 // taps, min(x.cols, (c1 - 1) // taps + 1)
+    return c0 // taps, (min(c1, taps * x.cols) - 1) // taps + 1
 
 
 def reshape_slabs(

@@ -122,3 +122,27 @@ def test_fp16_taps_only_the_convolutions_that_add_no_mxm_row_passes(tmp_path):
         tapped[precision] = [line.split("=")[0] for line in final.splitlines() if "row_taps=" in line]
     assert len(tapped["fp16"]) == 1 and "/2/Conv/" in tapped["fp16"][0]
     assert len(tapped["int8"]) == 2
+
+
+def test_bias_columns_beyond_the_last_lane_tile_of_a_small_image(tmp_path):
+    """A 192-channel 3x3 convolution on a 6x6 image (Inception v1's 5b branch): tapped, its 1x3
+    Im2Col has 576 model columns and 76 bias columns (fold_bias_columns), 652 in all, one tile row of
+    three lane tiles. Its slab is not cut into halves where the second would hold only constant
+    columns (they read no input lanes: the validator refused the build)."""
+    torch.manual_seed(6)
+    net = torch.nn.Sequential(  # (a 1x1 reduction first: a model input is Im2Col'd channels-first)
+        torch.nn.Conv2d(96, 192, 1), torch.nn.ReLU(), torch.nn.Conv2d(192, 384, 3, padding=1)
+    ).eval()
+    path = tmp_path / "late.onnx"
+    shape = (1, 96, 6, 6)
+    with torch.no_grad():
+        torch.onnx.export(
+            net, (torch.randn(*shape),), str(path), input_names=["x"], output_names=["y"], dynamo=False
+        )
+    program = lpuc.compile(path, precision="int8", dump_ir=tmp_path / "ir")
+    final = (tmp_path / "ir" / "99_final.graph.txt").read_text()
+    assert "row_taps=" in final and "const_columns=" in final
+    x = np.random.default_rng(2).standard_normal(shape).astype(np.float32)
+    got = program.run({"x": x})["y"]
+    np.testing.assert_array_equal(got, program.run({"x": x}, interpret=True)["y"])
+    assert cosine(got, run_onnxruntime(onnx.load(str(path)), {"x": x})[0]) >= 0.99
