@@ -38,7 +38,7 @@ STRATEGIES = {
     "mxm_epilogues": "a map of an MM's result fused into the MM: its rows stream through the VXM",
     "map_chains": "a map of another map's (or a fused epilogue's) result joined to it: one VXM pass",
     "stacked_results": "a write-bound epilogue's result (fp32 model output) cut into tiles on several slices",
-    "concat_in_place": "a lane Concat's operands written by their producers straight into its tiles (no copy)",
+    "concat_in_place": "a lane Concat's operands written by their producers into its tiles (no copy)",
     "pooled_unpack": "an unpacking a strided 1 x kw pool reads copies a pool slab's tiles at a time",
     # Applied by the sink_transposes pass, listed here to switch it off.
     "channels_last_depthwise": "a depthwise Conv of a channels-last value runs channels-last (no NCHW trip)",
