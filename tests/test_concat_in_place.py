@@ -169,6 +169,16 @@ def test_dense_block_is_one_tensor_with_one_copy_of_its_input(models, model, pre
     pad_vectors = sum(i.work.vectors for i in _pads(on))
     assert pad_vectors < sum(i.work.vectors for i in _concats(off)) / 2
     assert on.summary["cycles"] < off.summary["cycles"]
+    # Every MM writing at later lanes of its tile (the K-split parts' too) loads its weights there.
+    loads = {i.attrs["group"]: i for i in on.instructions if i.opcode == "mxm.lw"}
+    shifted = [
+        (i, i.writes[0].lane0 - on.tiles[i.writes[0].buf].lane)
+        for i in on.instructions
+        if i.opcode == "mxm.mm" and i.writes and i.writes[0].lane0 > on.tiles[i.writes[0].buf].lane
+    ]
+    assert shifted
+    for mm, shift in shifted:
+        assert all(w.lane0 - on.tiles[w.buf].lane == shift for w in loads[mm.attrs["group"]].reads)
     _check(path, on, precision)
 
 

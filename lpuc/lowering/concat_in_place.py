@@ -245,14 +245,9 @@ class _Placer:
         if op is None:
             return
 
-        def moved(r: Ref) -> Ref:
-            return Ref(target, r.row0, r.nrows, r.lane0 + shift, r.nlanes) if r.buf == b else r
-
-        reads, writes = tuple(map(moved, op.reads)), tuple(map(moved, op.writes))
+        reads, writes = _moved(op.reads, b, target, shift), _moved(op.writes, b, target, shift)
         if shift and any(w.buf == b for w in op.writes):
             reads = self._shifted_operands(i, reads, shift)
-            if op.opcode == "mxm.mm":
-                self._shift_weights(op.group, shift)
         self._replace(i, reads, writes)
 
     def _shift_weights(self, group: int, shift: int) -> None:
@@ -267,8 +262,11 @@ class _Placer:
 
     def _shifted_operands(self, i: int, reads: tuple[Ref, ...], shift: int) -> tuple[Ref, ...]:
         """The reads of op i (all of a map's, an MM's but its activation) for its result written
-        `shift` lanes further on: per-lane constants from shifted copies, MM results moved along."""
+        `shift` lanes further on: per-lane constants from shifted copies, MM results moved along
+        (and an MM's weights loaded from a shifted copy)."""
         op = self.ops[i]
+        if op.opcode == "mxm.mm":
+            self._shift_weights(op.group, shift)
         width = op.writes[0].nlanes
         out = list(reads)
         for k in range(1 if op.opcode == "mxm.mm" else 0, len(reads)):
@@ -286,11 +284,7 @@ class _Placer:
         self.buffers[b] = copy_with(buf, lanes=buf.lanes + shift)
         for j in sorted(self.writers[b] - {reader}):
             op = self.ops[j]
-
-            def moved(r: Ref) -> Ref:
-                return Ref(b, r.row0, r.nrows, r.lane0 + shift, r.nlanes) if r.buf == b else r
-
-            reads, writes = tuple(map(moved, op.reads)), tuple(map(moved, op.writes))
+            reads, writes = _moved(op.reads, b, b, shift), _moved(op.writes, b, b, shift)
             self._replace(j, self._shifted_operands(j, reads, shift), writes)
 
     def _replace(self, i: int, reads: tuple[Ref, ...], writes: tuple[Ref, ...]) -> None:
@@ -374,3 +368,8 @@ class _Placer:
     def _whole(self, b: int) -> Ref:
         buf = self.buffers[b]
         return Ref(b, 0, buf.rows, 0, buf.lanes)
+
+
+def _moved(refs: tuple[Ref, ...], b: int, target: int, shift: int) -> tuple[Ref, ...]:
+    """`refs` with the windows of tile b moved to tile `target`, `shift` lanes further on."""
+    return tuple(Ref(target, r.row0, r.nrows, r.lane0 + shift, r.nlanes) if r.buf == b else r for r in refs)
