@@ -393,6 +393,7 @@ _add("VXM", "AffineGrid", alu_ops=_per_output(lambda node: 4))  # theta (2x3) ti
 _add("VXM", "Col2Im", alu_ops=lambda node, graph, in_vectors, out_vectors, lanes: in_vectors + out_vectors)
 _add("SXM", "Im2Col", domain=LPUC_DOMAIN, windowed=True)
 _add("SXM", "ConvTransposeScatter", domain=LPUC_DOMAIN)
+_add("SXM", "UnpackBlocks", domain=LPUC_DOMAIN)  # passes/pool_ordered_pack
 
 _HOST_OPS = (
     "If Loop Scan NonZero Unique Compress NonMaxSuppression DFT STFT Det BlackmanWindow HammingWindow "
