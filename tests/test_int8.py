@@ -531,7 +531,7 @@ def _wide_stem() -> torch.nn.Module:
 
 def test_packed_stem_in_pool_blocks_unpacks_only_the_pooled_pixels(tmp_path, monkeypatch):
     """pool_ordered_pack: the packed stem convolution lays each image row's 32 pixels out in 4 blocks
-    of 9 rows (8 and a halo row), the 1 x 3 pool runs on the packed rows, and the SXM unpacks only
+    of 9 rows (8 and a halo row), the whole 3 x 3 pool runs on the packed rows, and the SXM unpacks only
     the 16 x 16 pooled pixels (half the rows split_packed_pool's unpacking writes, 16 x 32); fp32
     onnxruntime's outputs by cosine, the same output bits as without the pass (max is exact) and
     the interpreter's."""
@@ -543,8 +543,8 @@ def test_packed_stem_in_pool_blocks_unpacks_only_the_pooled_pixels(tmp_path, mon
     final = (tmp_path / "ir" / "99_final.graph.txt").read_text()
     assert "pack_rows=4" in final and "pack_blocks=[9, 8, -1, 32]" in final
     assert "lpuc.UnpackBlocks(" in final
-    rows = [line for line in final.splitlines() if "lpuc.MaxPool(" in line]
-    assert len(rows) == 2 and "kernel_shape=[1, 3]" in rows[1] and "pads=[0, 0, 0, 0]" in rows[1]
+    pools = [line for line in final.splitlines() if "lpuc.MaxPool(" in line]
+    assert len(pools) == 1 and "kernel_shape=[3, 3]" in pools[0] and "pads=[1, 0, 1, 0]" in pools[0]
     plain = lpuc.compile(path, precision="int8", disable_passes=["pool_ordered_pack"])
 
     def unpacked_rows(program, kernel: str) -> int:
