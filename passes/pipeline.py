@@ -49,6 +49,7 @@ from lpuc.passes.lower_gemm import lower_gemm
 from lpuc.passes.lower_quantized import lower_quantized
 from lpuc.passes.multiply_by_reciprocals import multiply_by_reciprocals
 from lpuc.passes.pack_conv_rows import pack_conv_rows
+from lpuc.passes.band_conv_rows import band_conv_rows
 from lpuc.passes.quantize_int8 import quantize_int8
 from lpuc.passes.quantize_residuals import quantize_residuals
 from lpuc.passes.row_taps import row_taps
@@ -122,6 +123,8 @@ PIPELINE: tuple[Pass, ...] = (
     Pass("fuse_gelu", fuse_gelu),
     # After the fusions that match float patterns, before fuse_elementwise merges its quantize and
     # requantize maps with their neighbours.
+    # Before quantize_int8, which then quantizes the banded product (and packs no other way).
+    Pass("band_conv_rows", band_conv_rows),
     Pass("quantize_int8", quantize_int8),
     # Float builds: the narrow convolutions quantize_int8 would have packed, before sink_reshapes.
     Pass("pack_conv_rows", pack_conv_rows),
