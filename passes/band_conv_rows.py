@@ -91,16 +91,17 @@ def _plan(
     (kh, _), (sh, _) = pool.attr("kernel_shape"), pool.attr("strides") or [1, 1]
     ho = graph.values[pool.outputs[0]].shape[1]
     bands = row_bands(hc, ho, kh, sh, p)
-    if bands is None:
+    if bands is None or len(bands[0]) < 2:
         return None
     starts, keep, band_rows = bands
+    p = len(starts)
     if 2 * band_rows * wc > m:  # (at least half the rows go: else the unbanding copy does not pay)
         return None
     return _Plan([im2col, *chain], p, starts, keep, band_rows)
 
 
 def row_bands(hc: int, ho: int, kh: int, sh: int, p: int) -> tuple[list[int], list[int], int] | None:
-    """(first pooled row of each of p bands, pooled rows each band keeps, result rows per band) for a
+    """(first pooled row of each of at most p bands, pooled rows each band keeps, result rows per band) for a
     pool of kh rows striding sh over hc result rows into ho (its end padding only past the last):
     the fewest result rows per band. Every band is as tall as the last, which ends at the image's
     end; the others keep the pooled rows whose windows lie inside them."""
@@ -110,7 +111,7 @@ def row_bands(hc: int, ho: int, kh: int, sh: int, p: int) -> tuple[list[int], li
         inside = (rows - kh) // sh + 1 if rows >= kh else 0  # pooled rows without end padding
         if inside < 1 or (p - 1) * inside < first:
             continue
-        starts = [min(g * inside, first) for g in range(p - 1)] + [first]
+        starts = sorted({min(g * inside, first) for g in range(p)})  # (fewer bands may do)
         keep = [b - a for a, b in zip(starts, starts[1:])] + [last]
         return starts, keep, rows
     return None
@@ -219,7 +220,13 @@ def _band(b: NodeBuilder, plan: _Plan) -> None:
     )
     bands = [v for s, keep in zip(plan.starts, plan.keep) for v in (s, keep)]
     unbanded = b.emit(
-        "UnbandRows", [pooled], (1, ho, wo, n), b.dtype(pool.outputs[0]), "unband", domain=LPUC_DOMAIN, bands=bands
+        "UnbandRows",
+        [pooled],
+        (1, ho, wo, n),
+        b.dtype(pool.outputs[0]),
+        "unband",
+        domain=LPUC_DOMAIN,
+        bands=bands,
     )
     b.bind_output(unbanded, pool.outputs[0])
 

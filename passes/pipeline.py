@@ -25,6 +25,7 @@ from lpuc.ir.to_onnx import graph_to_onnx
 from lpuc.ir.verify import verify_graph
 from lpuc.passes.absorb_channel_shuffles import absorb_channel_shuffles
 from lpuc.passes.address_heads import address_heads
+from lpuc.passes.band_conv_rows import band_conv_rows
 from lpuc.passes.canonicalize_matmul import canonicalize_matmul
 from lpuc.passes.canonicalize_ops import canonicalize_ops
 from lpuc.passes.copy_product_operands import copy_product_operands
@@ -49,7 +50,6 @@ from lpuc.passes.lower_gemm import lower_gemm
 from lpuc.passes.lower_quantized import lower_quantized
 from lpuc.passes.multiply_by_reciprocals import multiply_by_reciprocals
 from lpuc.passes.pack_conv_rows import pack_conv_rows
-from lpuc.passes.band_conv_rows import band_conv_rows
 from lpuc.passes.quantize_int8 import quantize_int8
 from lpuc.passes.quantize_residuals import quantize_residuals
 from lpuc.passes.row_taps import row_taps
