@@ -64,13 +64,20 @@ def _with_const_columns(cols: np.ndarray, values) -> np.ndarray:
 def unband_rows(ctx: KernelContext, x: np.ndarray) -> np.ndarray:
     """x [1, Hb, W, p * C] (p bands of image rows side by side: passes/band_conv_rows) -> [1, H, W, C]:
     attribute bands (start, count) per band: rows [start, start + count) of the result are band g's
-    first count rows, from its lane group g. H is the last band's start + count."""
+    first count rows, from its lane group g. H is the last band's start + count. With a slab
+    attribute: result rows [r0, r1) of the [rows, cols] view (attribute width: W)."""
     bands = [int(v) for v in ctx.attr("bands")]
     pairs = list(zip(bands[0::2], bands[1::2]))
+    slab = ctx.attr("slab")
+    if slab:  # x: the banded rows' [rows, cols] view, whole
+        x = x.reshape(1, -1, int(ctx.attr("width")), x.shape[-1])
     c = x.shape[-1] // len(pairs)
     out = np.empty((x.shape[0], pairs[-1][0] + pairs[-1][1], x.shape[2], c), x.dtype)
     for g, (start, count) in enumerate(pairs):
         out[:, start : start + count] = x[:, :count, :, g * c : (g + 1) * c]
+    if slab:  # result rows [r0, r1) of its [rows, cols] view
+        r0, r1 = slab["out_rows"]
+        return out.reshape(-1, c)[r0:r1]
     return out
 
 

@@ -18,7 +18,13 @@ from lpuc.jsonable import to_json
 from lpuc.kernels._common import normalize_axis
 from lpuc.lowering.builder import TiledBuilder, split_range, view_of
 from lpuc.lowering.windowed import Window as _Window
-from lpuc.lowering.windowed import reshape_slab_tiles, reshape_slabs, transpose_slabs, window_slabs
+from lpuc.lowering.windowed import (
+    reshape_slab_tiles,
+    reshape_slabs,
+    transpose_slabs,
+    unband_slabs,
+    window_slabs,
+)
 from lpuc.ops import Placement
 
 # Ops whose first input is addressed (gathered from), not streamed in full.
@@ -101,6 +107,12 @@ def lower_stream(b: TiledBuilder, node: Node, placement: Placement, unit_class: 
         # A reshape that is not a view (it regroups rows): a row-major copy, slab by slab.
         tiles = _reshape_slab_tiles(b, node, outs[0]) if b.enabled("pooled_unpack") else 1
         slabs, kernel = list(reshape_slabs(ins[0], outs[0], tiles)), ("ReshapeRows", LPUC_DOMAIN)
+    elif (
+        unit_class == "SXM"
+        and b.enabled("row_slabs")
+        and (node.op, node.domain) == ("UnbandRows", LPUC_DOMAIN)
+    ):
+        slabs = list(unband_slabs(ins[0], outs[0]))
     elif unit_class == "SXM" and b.enabled("row_slabs"):
         slabs, kernel = list(transpose_slabs(node, ins[0], outs[0])), ("TransposeRows", LPUC_DOMAIN)
     if len(slabs) > 1:
