@@ -227,7 +227,6 @@ def _band(b: NodeBuilder, plan: _Plan) -> None:
         "unband",
         domain=LPUC_DOMAIN,
         bands=bands,
-        width=wo,
     )
     b.bind_output(unbanded, pool.outputs[0])
 

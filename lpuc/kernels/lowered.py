@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -30,6 +31,10 @@ def im2col_kernel(ctx: KernelContext, x: np.ndarray) -> np.ndarray:
     step, halo]: the result in that halo layout (lpuc.kernels.windows.halo_tiles; a slab's out_rows
     are rows of the sequence then)."""
     pack = int(ctx.attr("pack_rows", 1))  # `pack_rows` consecutive rows side by side (quantize_int8)
+    if ctx.attr("row_bands") and ctx.attr("slab"):  # (rows [r0, r1) of the banded result, x whole)
+        (r0, r1), shape = ctx.attr("slab")["out_rows"], ctx.attr("slab")["in_shape"]
+        whole = dataclasses.replace(ctx, attrs={k: v for k, v in ctx.attrs.items() if k != "slab"})
+        return im2col_kernel(whole, x.reshape(shape))[r0:r1]
     if ctx.attr("slab"):
         cols = windows.gather_columns(x, ctx.attrs, int(ctx.attr("pad_value", 0)))
         cols = _with_const_columns(cols, ctx.attr("const_columns"))
@@ -65,12 +70,12 @@ def unband_rows(ctx: KernelContext, x: np.ndarray) -> np.ndarray:
     """x [1, Hb, W, p * C] (p bands of image rows side by side: passes/band_conv_rows) -> [1, H, W, C]:
     attribute bands (start, count) per band: rows [start, start + count) of the result are band g's
     first count rows, from its lane group g. H is the last band's start + count. With a slab
-    attribute: result rows [r0, r1) of the [rows, cols] view (attribute width: W)."""
+    attribute: result rows [r0, r1) of the [rows, cols] view (x whole, its shape in_shape)."""
     bands = [int(v) for v in ctx.attr("bands")]
     pairs = list(zip(bands[0::2], bands[1::2]))
     slab = ctx.attr("slab")
     if slab:  # x: the banded rows' [rows, cols] view, whole
-        x = x.reshape(1, -1, int(ctx.attr("width")), x.shape[-1])
+        x = x.reshape(slab["in_shape"])
     c = x.shape[-1] // len(pairs)
     out = np.empty((x.shape[0], pairs[-1][0] + pairs[-1][1], x.shape[2], c), x.dtype)
     for g, (start, count) in enumerate(pairs):

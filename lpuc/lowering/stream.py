@@ -22,7 +22,7 @@ from lpuc.lowering.windowed import (
     reshape_slab_tiles,
     reshape_slabs,
     transpose_slabs,
-    unband_slabs,
+    whole_input_slabs,
     window_slabs,
 )
 from lpuc.ops import Placement
@@ -107,12 +107,8 @@ def lower_stream(b: TiledBuilder, node: Node, placement: Placement, unit_class: 
         # A reshape that is not a view (it regroups rows): a row-major copy, slab by slab.
         tiles = _reshape_slab_tiles(b, node, outs[0]) if b.enabled("pooled_unpack") else 1
         slabs, kernel = list(reshape_slabs(ins[0], outs[0], tiles)), ("ReshapeRows", LPUC_DOMAIN)
-    elif (
-        unit_class == "SXM"
-        and b.enabled("row_slabs")
-        and (node.op, node.domain) == ("UnbandRows", LPUC_DOMAIN)
-    ):
-        slabs = list(unband_slabs(ins[0], outs[0]))
+    elif unit_class == "SXM" and b.enabled("row_slabs") and _banded(node):
+        slabs = list(whole_input_slabs(ins[0], outs[0]))
     elif unit_class == "SXM" and b.enabled("row_slabs"):
         slabs, kernel = list(transpose_slabs(node, ins[0], outs[0])), ("TransposeRows", LPUC_DOMAIN)
     if len(slabs) > 1:
@@ -133,6 +129,13 @@ def lower_stream(b: TiledBuilder, node: Node, placement: Placement, unit_class: 
             _emit(b, node, placement, unit_class, opcode, _replicas(b, node, ins, i, len(spans)), outs, span)
     else:
         _emit(b, node, placement, unit_class, opcode, ins, outs, None)
+
+
+def _banded(node: Node) -> bool:
+    """An op of passes/band_conv_rows (a banded Im2Col, an UnbandRows)."""
+    return node.domain == LPUC_DOMAIN and (
+        node.op == "UnbandRows" or (node.op == "Im2Col" and bool(node.attr("row_bands")))
+    )
 
 
 def _reshape_slab_tiles(b: TiledBuilder, node: Node, y: TensorTiles) -> int:

@@ -116,13 +116,14 @@ def reshape_slabs(
         yield (r0, r1, 0, y.cols), [(i0, i1, 0, x.cols)], slab
 
 
-def unband_slabs(x: TensorTiles, y: TensorTiles) -> Iterator[tuple[Window, list[Window], dict]]:
-    """The same for an UnbandRows (passes/band_conv_rows): one copy per result tile row, each reading
-    the few banded rows whole (a result tile row may take rows of two bands), so the copies run on
-    both SXMs and the next convolution's Im2Col starts on the first."""
+def whole_input_slabs(x: TensorTiles, y: TensorTiles) -> Iterator[tuple[Window, list[Window], dict]]:
+    """The same for an op whose result rows come from anywhere in a small input (passes/
+    band_conv_rows: a banded Im2Col, an UnbandRows): one copy per result tile row, each reading the
+    input whole, so the copies run on both SXMs and the next op starts on the first."""
     for r0 in range(0, y.rows, y.block_rows):
         r1 = min(y.rows, r0 + y.block_rows)
-        yield (r0, r1, 0, y.cols), [(0, x.rows, 0, x.cols)], {"out_rows": [r0, r1], "in_row0": 0}
+        slab = {"out_rows": [r0, r1], "in_row0": 0, "in_shape": [int(d) for d in x.shape]}
+        yield (r0, r1, 0, y.cols), [(0, x.rows, 0, x.cols)], slab
 
 
 def reshape_slab_tiles(y: TensorTiles, reader: Node, pooled_rows: int, pooled_block_rows: int) -> int:
