@@ -30,10 +30,13 @@ from lpuc.ir.model_work import flat
 from lpuc.ops import is_elementwise
 from lpuc.passes.builder import NodeBuilder
 from lpuc.passes.eliminate_dead_code import eliminate_dead_code
+from lpuc.passes.pack_conv_rows import PACK_MIN_SHORT_ROWS
 
-# Only results this tall band (shorter ones gain less than the UnbandRows copy costs), and only those
-# shorter than the products quantize_int8 and pack_conv_rows pack by consecutive rows anyway.
-BAND_MIN_ROWS = 1024
+# Only results this tall band (as pack_conv_rows packs: shorter ones gain less than the extra SXM
+# copy costs). Nor do results from 10000 rows on: each copy of the banded Im2Col and of UnbandRows
+# reads its input whole, which a large map makes costly (light SqueezeNet's 111x111 stem banded by 5:
+# fp16 43,614 -> 44,397 cycles, int8 38,430 -> 39,905); quantize_int8 and pack_conv_rows pack those.
+BAND_MIN_ROWS = PACK_MIN_SHORT_ROWS
 BAND_MAX_ROWS = 10000
 
 
