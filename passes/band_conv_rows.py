@@ -10,12 +10,13 @@ This pass packs p horizontal *bands* of the image instead: lane group g of packe
 row start_g + j, so the packed result is a channels-last image of Hb rows and p * N channels, and the
 pool runs on it as it is (a window's pixels share their lane group). Each band covers the result
 rows of some pooled rows (with the pool's halo); UnbandRows then copies every band's pooled rows into
-place: [Ho', Wo, p N] -> [Ho, Wo, N], a quarter of the pooled pixels, not all the unpooled ones.
+place: [Ho', Wo, p N] -> [Ho, Wo, N], the pooled pixels only (a quarter of the unpooled ones after a
+stride-2 pool).
 
-Bands overlap by the pool's halo (ONet: 4 bands of 14 of the 46 rows), all but the last band drop
-their last pooled row (its window reads past the band: the pool's end padding), and the last band ends
-at the image's end, so its padding is the model's. The MXM multiplies the zero blocks and the
-overlapping rows too; the product's model_blocks count at most the convolution's own MACs.
+Bands overlap by the pool's halo (ONet's 46 result rows: fp16 5 bands of 12, int8 8 of 8). The last
+band ends at the image's end, so its end padding is the model's; the others keep only the pooled rows
+whose windows lie inside them. The MXM multiplies the zero blocks and the overlapping rows too; the
+product's model_blocks count at most the convolution's own MACs.
 """
 
 from __future__ import annotations
@@ -42,10 +43,10 @@ BAND_MAX_ROWS = 10000
 
 def band_conv_rows(graph: Graph, ctx) -> Graph:
     mode = ctx.target.mxm_mode(ctx.precision)
-    producers, consumers = graph.producers(), graph.consumers()
+    consumers = graph.consumers()
     plans = []
     for node in graph.nodes:
-        plan = _plan(node, graph, producers, consumers, ctx.target.lanes, mode.k_tile)
+        plan = _plan(node, graph, consumers, ctx.target.lanes, mode.k_tile)
         if plan is not None:
             plans.append(plan)
     if not plans:
@@ -73,7 +74,6 @@ class _Plan:
 def _plan(
     im2col: Node,
     graph: Graph,
-    producers: dict[str, Node],
     consumers: dict[str, list[Node]],
     lanes: int,
     k_tile: int,
