@@ -24,7 +24,8 @@ def im2col_kernel(ctx: KernelContext, x: np.ndarray) -> np.ndarray:
     integer x's zero point, default 0) fills the padding, so that the padding is zero once centered;
     `pack_rows` p returns [rows / p, p * cols] (row-major: p consecutive rows side by side); with
     `row_bands` (p result rows) and `band_rows` r instead [r, p * cols], lane group g of row j holding
-    row row_bands[g] + j (passes/band_conv_rows; never cut into slabs). With a
+    row row_bands[g] + j (passes/band_conv_rows; a slab of it: rows out_rows of that from x whole,
+    of shape in_shape). With a
     slab attribute: result rows [r0, r1) (before packing) from an input row slab (the [rows, cols]
     view of x from row in_row0; lpuc.kernels.windows). `const_columns` (values): columns of those
     constants after each row's own, before packing (passes/fold_bias_columns). `row_tiles` [rows,

@@ -90,7 +90,7 @@ def is_windowed(node: Node, placement: Placement) -> bool:
     if not placement.windowed or len([o for o in node.outputs if o]) != 1 or not node.attr("kernel_shape"):
         return False
     padded_by_rule = node.text_attr("auto_pad", "NOTSET") != "NOTSET"
-    if node.attr("row_bands"):  # (a banded Im2Col's rows come from several places: one copy)
+    if node.attr("row_bands"):  # (a banded Im2Col's rows come from several bands: see _banded)
         return False
     return not padded_by_rule and not node.attr("ceil_mode", 0) and not node.attr("storage_order", 0)
 
