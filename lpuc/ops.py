@@ -402,6 +402,7 @@ _add("VXM", "RoiAlign", alu_ops=_per_output(_roi_align_ops))
 _add("VXM", "AffineGrid", alu_ops=_per_output(lambda node: 4))  # theta (2x3) times [x, y, 1]
 _add("VXM", "Col2Im", alu_ops=lambda node, graph, in_vectors, out_vectors, lanes: in_vectors + out_vectors)
 _add("SXM", "Im2Col", domain=LPUC_DOMAIN, windowed=True)
+_add("SXM", "UnbandRows", domain=LPUC_DOMAIN)  # (passes/band_conv_rows)
 _add("SXM", "ConvTransposeScatter", domain=LPUC_DOMAIN)
 
 _HOST_OPS = (

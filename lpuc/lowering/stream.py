@@ -18,7 +18,13 @@ from lpuc.jsonable import to_json
 from lpuc.kernels._common import normalize_axis
 from lpuc.lowering.builder import TiledBuilder, split_range, view_of
 from lpuc.lowering.windowed import Window as _Window
-from lpuc.lowering.windowed import reshape_slab_tiles, reshape_slabs, transpose_slabs, window_slabs
+from lpuc.lowering.windowed import (
+    reshape_slab_tiles,
+    reshape_slabs,
+    transpose_slabs,
+    whole_input_slabs,
+    window_slabs,
+)
 from lpuc.ops import Placement
 
 # Ops whose first input is addressed (gathered from), not streamed in full.
@@ -84,6 +90,8 @@ def is_windowed(node: Node, placement: Placement) -> bool:
     if not placement.windowed or len([o for o in node.outputs if o]) != 1 or not node.attr("kernel_shape"):
         return False
     padded_by_rule = node.text_attr("auto_pad", "NOTSET") != "NOTSET"
+    if node.attr("row_bands"):  # (a banded Im2Col's rows come from several bands: see _banded)
+        return False
     return not padded_by_rule and not node.attr("ceil_mode", 0) and not node.attr("storage_order", 0)
 
 
@@ -99,6 +107,8 @@ def lower_stream(b: TiledBuilder, node: Node, placement: Placement, unit_class: 
         # A reshape that is not a view (it regroups rows): a row-major copy, slab by slab.
         tiles = _reshape_slab_tiles(b, node, outs[0]) if b.enabled("pooled_unpack") else 1
         slabs, kernel = list(reshape_slabs(ins[0], outs[0], tiles)), ("ReshapeRows", LPUC_DOMAIN)
+    elif unit_class == "SXM" and b.enabled("row_slabs") and _banded(node):
+        slabs = list(whole_input_slabs(ins[0], outs[0]))
     elif unit_class == "SXM" and b.enabled("row_slabs"):
         slabs, kernel = list(transpose_slabs(node, ins[0], outs[0])), ("TransposeRows", LPUC_DOMAIN)
     if len(slabs) > 1:
@@ -119,6 +129,13 @@ def lower_stream(b: TiledBuilder, node: Node, placement: Placement, unit_class: 
             _emit(b, node, placement, unit_class, opcode, _replicas(b, node, ins, i, len(spans)), outs, span)
     else:
         _emit(b, node, placement, unit_class, opcode, ins, outs, None)
+
+
+def _banded(node: Node) -> bool:
+    """An op of passes/band_conv_rows (a banded Im2Col, an UnbandRows)."""
+    return node.domain == LPUC_DOMAIN and (
+        node.op == "UnbandRows" or (node.op == "Im2Col" and bool(node.attr("row_bands")))
+    )
 
 
 def _reshape_slab_tiles(b: TiledBuilder, node: Node, y: TensorTiles) -> int:
