@@ -89,14 +89,15 @@ def _nan_payloads(x: np.ndarray, nan: np.ndarray) -> np.ndarray:
     return payload
 
 
-def round_fp16(x: np.ndarray) -> np.ndarray:
-    """x (float32) as x.astype(float16).astype(float32), bit for bit (a new array).
+def round_fp16(x: np.ndarray, quiet: bool = False) -> np.ndarray:
+    """x (float32) as x.astype(float16).astype(float32), bit for bit (a new array). quiet: but
+    signaling NaNs may come back quieted (_QUIET).
 
     Without inf, NaN or overflow, rounded in float32 itself (half the passes of a round trip
     through float16 bits): the rounded magnitude is the value once x's sign bit is set on it
     (which gives the -0.0 numpy gives negatives that round to zero; np.copysign is far slower)."""
     torch = _torch_for(x)
-    if torch is not None and not _has_signaling_nan(x):
+    if torch is not None and (quiet or not _has_signaling_nan(x)):
         half = np.empty(x.shape, np.float16)
         _torch_copy(torch, half, x)
         return _widened(torch, half.reshape(-1)).reshape(x.shape)  # (half: no signaling NaN)
@@ -162,13 +163,22 @@ def _to_fp16_numpy(x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
     return half.view(np.float16) if out is None else out
 
 
-def from_fp16(h: np.ndarray) -> np.ndarray:
-    """h (float16) as h.astype(float32), bit for bit (a new array)."""
+_QUIET = """For values that only arithmetic reads (the MXM's inputs): every IEEE operation quiets a
+signaling NaN operand and, on x86 (SSE, AVX, FMA), returns the first NaN operand's payload, quiet
+or not, so a product or sum comes out the same from a signaling NaN and from its quieted twin
+(tests/test_runtime_plan.py checks matmuls)."""
+
+
+def from_fp16(h: np.ndarray, quiet: bool = False) -> np.ndarray:
+    """h (float16) as h.astype(float32), bit for bit (a new array). quiet: but signaling NaNs may
+    come back quieted (_QUIET), which saves checking for them."""
     torch = _torch_for(h)
     if torch is None:
         return _from_fp16_numpy(h)
     flat = np.ascontiguousarray(h).reshape(-1)
     out = _widened(torch, flat)
+    if quiet:
+        return out.reshape(h.shape)
     # (a NaN anywhere makes the max NaN: one vectorized pass; signaling ones came out quieted)
     if np.isnan(out.max()) and _has_signaling_nan16(flat):
         return _from_fp16_numpy(h)
