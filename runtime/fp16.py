@@ -32,6 +32,7 @@ _OVERFLOW = np.float32(65520.0)  # the smallest magnitude that rounds to fp16 in
 _MIN_NORMAL = np.float32(2.0**-14)
 _TWO_16 = np.float32(65536.0)
 _MINUS_TWO_16 = np.float32(-65536.0)
+_MINUS_OVERFLOW = np.float32(-65520.0)
 _OVERFLOW_BITS = int(_OVERFLOW.view(np.uint32))
 _SMALL_TO = 12288  # below this many elements numpy's own loop beats a dozen numpy calls
 _SMALL_FROM = 6144  # (numpy's float16 -> float32 loop: about 3 ns an element; this path's ~1.5)
@@ -109,7 +110,7 @@ def round_fp16(x: np.ndarray, quiet: bool = False) -> np.ndarray:
             ax.view(np.uint32)[...] |= sign
             return ax
         return _round_special(x)
-    return from_fp16(to_fp16(x))
+    return _from_fp16_numpy(_to_fp16_numpy(x))
 
 
 def _round_special(x: np.ndarray) -> np.ndarray:
@@ -142,7 +143,7 @@ def to_fp16(x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
 
 def _to_fp16_numpy(x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
     """to_fp16 in numpy alone."""
-    if x.size == 0 or x.size < _SMALL_TO and np.abs(x).max() < _OVERFLOW:
+    if x.size == 0 or x.size < _SMALL_TO and _MINUS_OVERFLOW < x.min() and x.max() < _OVERFLOW:
         # numpy's loop, fast on few values unless they overflow fp16 (NaNs fail the test too); with
         # neither, the cast raises no floating-point flag, so no errstate (which costs microseconds)
         if out is None:
