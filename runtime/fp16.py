@@ -18,12 +18,13 @@ faster again), where that gives numpy's bits: everywhere except on NaNs. The har
 signaling NaNs (numpy keeps them signaling) and torch's scalar loop for an array's tail turns
 every float16 NaN into one float32 NaN. So float32 -> float16 takes torch's result unless x holds a
 signaling NaN, float16 -> float32 unless the result holds a NaN (then the paths above). torch is
-imported on first use and used only if it converts a probe of edge cases as numpy does.
+used once the process has imported it, and only if it converts a probe of edge cases as numpy does.
 """
 
 from __future__ import annotations
 
 import math
+import sys
 import warnings
 
 import numpy as np
@@ -269,7 +270,12 @@ def _torch_for(*arrays: np.ndarray | None):  # -> the torch module or None
 
 
 def _torch():  # -> the torch module or None
+    """torch once the process has imported it: importing it here would cost a one-shot `lpuc run`
+    seconds and ~200 MiB of RSS, more than the conversions it speeds up; long-lived processes
+    (the benches, tests, a server, torch users) have it loaded already."""
     if not _torch_module:
+        if "torch" not in sys.modules:
+            return None
         _torch_module.append(_load_torch())
     return _torch_module[0]
 
