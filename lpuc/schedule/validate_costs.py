@@ -35,7 +35,8 @@ def derived(p: Program, ins: Instruction) -> list:
         t = tiles[a.buf]
         return (-1 if t.kind == "host" else a.slice), words_per_row(t.np_dtype)
 
-    streams = cost.window_streams(ins.opcode, ins.attrs, ins.reads, ins.writes, where, lambda a: tiles[a.buf].lane)
+    lane = lambda a: tiles[a.buf].lane  # noqa: E731 - a window's tile's first lane
+    streams = cost.window_streams(ins.opcode, ins.attrs, ins.reads, ins.writes, where, lane)
     found = p.derived[ins.id] = [ins, mine, streams, None]
     return found
 
