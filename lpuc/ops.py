@@ -136,7 +136,12 @@ def _grouped_alu_ops(
     `per_vector` ops on every vector written (every vector read, for a reduction: `per_input`),
     `trees` log-depth lane-reduction trees per group when the group spans lanes (a tree of
     ceil(log2(lanes it spans)) shift-and-combine steps; vectors of one group combine in the
-    per-vector ops), and `per_group` ops on each group's statistics (mean, rsqrt, reciprocal)."""
+    per-vector ops), and `per_group` ops on each group's statistics (mean, rsqrt, reciprocal).
+
+    Groups of one vector at most half as wide as it (a 128-token softmax row on 320 lanes) share
+    their trees: `pack` rows, each in a segment of the next power of two lanes, are merged into one
+    vector (a select per extra row and tree: the shift that moves a row to its segment is the same
+    lane shift a tree step makes), and each tree step and statistics op then serves them all."""
 
     def rule(node: Node, graph: Graph, in_vectors: int, out_vectors: int, lanes: int) -> int:
         shape = graph.values[node.inputs[0]].shape
@@ -158,6 +163,11 @@ def _grouped_alu_ops(
         groups = (
             math.ceil(streamed / max(1, vectors_per_group)) if spans_lanes or not per_input else out_vectors
         )
+        pack = lanes // 2**tree if spans_lanes and vectors_per_group == 1 and tree else 1
+        if pack > 1:
+            packed = math.ceil(groups / pack)
+            merges = (groups - packed) * trees  # a select per row merged into another's vector, per tree
+            return max(1, per_vector(node) * streamed + packed * (trees * tree + per_group) + merges)
         return max(1, per_vector(node) * streamed + groups * (trees * tree + per_group))
 
     return rule
@@ -392,6 +402,7 @@ _add("VXM", "RoiAlign", alu_ops=_per_output(_roi_align_ops))
 _add("VXM", "AffineGrid", alu_ops=_per_output(lambda node: 4))  # theta (2x3) times [x, y, 1]
 _add("VXM", "Col2Im", alu_ops=lambda node, graph, in_vectors, out_vectors, lanes: in_vectors + out_vectors)
 _add("SXM", "Im2Col", domain=LPUC_DOMAIN, windowed=True)
+_add("SXM", "UnbandRows", domain=LPUC_DOMAIN)  # (passes/band_conv_rows)
 _add("SXM", "ConvTransposeScatter", domain=LPUC_DOMAIN)
 _add("SXM", "UnpackBlocks", domain=LPUC_DOMAIN)  # passes/pool_ordered_pack
 

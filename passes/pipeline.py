@@ -25,6 +25,7 @@ from lpuc.ir.to_onnx import graph_to_onnx
 from lpuc.ir.verify import verify_graph
 from lpuc.passes.absorb_channel_shuffles import absorb_channel_shuffles
 from lpuc.passes.address_heads import address_heads
+from lpuc.passes.band_conv_rows import band_conv_rows
 from lpuc.passes.canonicalize_matmul import canonicalize_matmul
 from lpuc.passes.canonicalize_ops import canonicalize_ops
 from lpuc.passes.copy_product_operands import copy_product_operands
@@ -123,6 +124,8 @@ PIPELINE: tuple[Pass, ...] = (
     Pass("fuse_gelu", fuse_gelu),
     # After the fusions that match float patterns, before fuse_elementwise merges its quantize and
     # requantize maps with their neighbours.
+    # Before quantize_int8, which then quantizes the banded product (and packs no other way).
+    Pass("band_conv_rows", band_conv_rows),
     Pass("quantize_int8", quantize_int8),
     # Float builds: the narrow convolutions quantize_int8 would have packed, before sink_reshapes.
     Pass("pack_conv_rows", pack_conv_rows),

@@ -135,7 +135,7 @@ def _match(node: Node, graph: Graph, producers: dict, consumers: dict) -> _Match
     if im2col is None or im2col.op != "Im2Col" or im2col.domain != LPUC_DOMAIN:
         return None
     pack = int(im2col.attr("pack_rows", 1))
-    if pack < 2 or im2col.attr("row_tiles") or im2col.attr("pack_blocks"):
+    if pack < 2 or any(im2col.attr(a) for a in ("row_tiles", "pack_blocks", "row_bands")):
         return None
     if _only_reader(im2col.outputs[0], graph, consumers) is not product:
         return None

@@ -86,7 +86,8 @@ def quantize_int8(graph: Graph, ctx) -> Graph:
                 )
             q = quantized[key]
         out_shape = b.shape(node.outputs[0])
-        model_work = {}
+        # (a product band_conv_rows packed keeps its model work)
+        model_work = {MODEL_BLOCKS: node.attr(MODEL_BLOCKS)} if node.attr(MODEL_BLOCKS) else {}
         if pack > 1:  # p rows side by side: block-diagonal weights, per-channel scales repeated
             model_work = {MODEL_BLOCKS: flat(block_diagonal(pack, *w_q.shape))}
             w_q = np.kron(np.eye(pack, dtype=np.int8), w_q)
@@ -184,6 +185,8 @@ def _movable(node: Node) -> bool:
         return node.domain == LPUC_DOMAIN
     if node.op == "Reshape":  # a 1x1 convolution reads its input through one
         return not node.domain
+    if node.op == "UnbandRows":  # (a copy of a banded pool's rows: passes/band_conv_rows)
+        return node.domain == LPUC_DOMAIN
     # MaxPool without indices; its kernel pads an integer input with the type's minimum, which
     # (like -inf for floats) never wins a window.
     return (

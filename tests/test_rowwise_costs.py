@@ -77,8 +77,28 @@ def test_softmax_reads_three_times_per_row_slab(op, per_vector, per_row):
     for ins in slabs:
         rows = _rows(ins.writes)
         assert ins.work.vectors == 3 * _rows(ins.reads) + rows
-        # Two 7-step trees per 128-wide row (a max and a sum).
-        assert ins.work.alu_ops == per_vector * rows + rows * (2 * 7 + per_row)
+        # Two 7-step trees (a max and a sum) per pair of 128-wide rows merged into one 320-lane
+        # vector (a select per tree for the second row), and the statistics ops once per pair.
+        pairs = rows // 2
+        assert ins.work.alu_ops == per_vector * rows + pairs * (2 * 7 + per_row) + pairs * 2
+        # The unpacked rule (a tree per row) is what rows wider than half a vector still pay.
+        assert ins.work.alu_ops < per_vector * rows + rows * (2 * 7 + per_row)
+
+
+def test_rows_wider_than_half_a_vector_get_a_tree_each():
+    program = _one_node("Softmax", [1, 2, 128, 200], [1, 2, 128, 200], axis=-1)
+    for ins in _kernels(program):
+        rows = _rows(ins.writes)
+        assert ins.work.alu_ops == 7 * rows + rows * (2 * 8 + 2)  # 8 steps: 200 lanes
+
+
+def test_narrow_rows_pack_into_power_of_two_segments():
+    # 100-wide rows: 7-step trees over 128-lane segments, two rows a vector (not three).
+    program = _one_node("Softmax", [1, 2, 128, 100], [1, 2, 128, 100], axis=-1)
+    for ins in _kernels(program):
+        rows = _rows(ins.writes)
+        packed = -(-rows // 2)
+        assert ins.work.alu_ops == 7 * rows + packed * (2 * 7 + 2) + (rows - packed) * 2
 
 
 @pytest.mark.parametrize("keepdims", [0, 1])
@@ -103,13 +123,15 @@ def test_reduction_over_rows_has_no_lane_tree(keepdims):
     assert ins.work.alu_ops == 2 * 64 * 2
 
 
-def _side_by_side(tmp_path, op: str, count: int, shape: list[int], opset: int, **attrs):
-    """A model of `count` independent `op` nodes, y{i} = op(x{i}), each [rows, cols] = shape."""
+def _side_by_side(tmp_path, op: str, count: int, shape: list[int], opset: int, shapes=None, **attrs):
+    """A model of `count` independent `op` nodes, y{i} = op(x{i}), each [rows, cols] = shape (or
+    shapes[i])."""
+    shapes = shapes or [shape] * count
     graph = helper.make_graph(
         [helper.make_node(op, [f"x{i}"], [f"y{i}"], **attrs) for i in range(count)],
         op,
-        [helper.make_tensor_value_info(f"x{i}", TensorProto.FLOAT, shape) for i in range(count)],
-        [helper.make_tensor_value_info(f"y{i}", TensorProto.FLOAT, shape) for i in range(count)],
+        [helper.make_tensor_value_info(f"x{i}", TensorProto.FLOAT, shapes[i]) for i in range(count)],
+        [helper.make_tensor_value_info(f"y{i}", TensorProto.FLOAT, shapes[i]) for i in range(count)],
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], ir_version=IR_VERSION)
     path = tmp_path / f"{op}.onnx"
@@ -118,18 +140,21 @@ def _side_by_side(tmp_path, op: str, count: int, shape: list[int], opset: int, *
 
 
 def test_kernels_side_by_side_hold_fewer_alus_than_keep_pace(tmp_path):
-    """Three independent 128x128 softmaxes, six ALUs each to keep pace with their 512 vectors, on a
-    VXM of 16: two take six, the third runs beside them on the four left (its 2,944 ops over four
-    ALUs: 736 cycles) instead of waiting for one of them to end (lpuc.cost.held_alus)."""
+    """Three independent softmaxes on a VXM of 16 ALUs: two of 128 x 256 (3,200 ops over 512 vectors:
+    seven ALUs keep pace) and one of 128 x 128 (its rows packed two a vector: 2,048 ops, four keep
+    pace). The two take seven each; the third runs beside them on the two left (1,024 cycles)
+    instead of waiting for one of them to end (lpuc.cost.held_alus)."""
     names = ["x0", "x1", "x2"]
-    path = _side_by_side(tmp_path, "Softmax", len(names), [128, 128], 18, axis=-1)
+    shapes = [[128, 256], [128, 256], [128, 128]]
+    path = _side_by_side(tmp_path, "Softmax", len(names), [], 18, shapes=shapes, axis=-1)
     program = lpuc.compile(path, precision="fp32", disable_passes=["row_segments"])  # one kernel each
     kernels = _kernels(program)
+    assert sorted(k.work.alu_ops for k in kernels) == [2048, 3200, 3200]
     held = sorted(sum(u.startswith("VXM") for u in k.units) for k in kernels)
-    assert held == [4, 6, 6]
+    assert held == [2, 7, 7]
     assert max(k.start for k in kernels) < min(k.end for k in kernels)  # all three at once
     rng = np.random.default_rng(0)
-    feeds = {x: rng.normal(size=(128, 128)).astype(np.float32) for x in names}
+    feeds = {x: rng.normal(size=shape).astype(np.float32) for x, shape in zip(names, shapes)}
     got = program.run(feeds)
     want = ort_run(path, feeds)
     for name, expected in zip(["y0", "y1", "y2"], want):

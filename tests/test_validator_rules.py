@@ -175,17 +175,19 @@ def test_duration_shorter_than_the_cost_model(mlp):
 def test_kernel_booking_fewer_alus_must_last_longer(tmp_path):
     """A kernel may hold fewer VXM ALUs than keep pace with its stream, at least one, if it lasts as
     long as its ops take on those (lpuc.cost.held_alus)."""
-    model = single_op_model("Softmax", [("x", [128, 128])], [("y", [128, 128])])
+    # 256-wide rows (a tree each), in 64-row segments: 1,600 ops over 256 vectors, seven ALUs keep pace.
+    model = single_op_model("Softmax", [("x", [128, 256])], [("y", [128, 256])])
     onnx.save(model, tmp_path / "softmax.onnx")
     p = lpuc.compile(tmp_path / "softmax.onnx", precision="fp16")
     k = _index(p, lambda i: i.opcode == "vxm.kernel")
     ins = p.instructions[k]
+    assert ins.work.alu_ops == 1600 and ins.work.vectors == 256
     alus = [u for u in ins.units if u.startswith("VXM")]
-    assert len(alus) == 6  # alone on the VXM: as many as keep pace
+    assert len(alus) == 7  # alone on the VXM: as many as keep pace
     fewer = tuple(u for u in ins.units if u not in alus[4:])  # four of them
     problems = refusals(with_instruction(p, k, units=fewer))
     assert any("shorter than the" in q for q in problems), problems
-    longer = ins.duration + 2944 // 4 - 512  # ops on four ALUs: 736 cycles, not 512
+    longer = ins.duration + 1600 // 4 - 256  # ops on four ALUs: 400 cycles, not 256
     validate(resummarized(with_instruction(p, k, units=fewer, duration=longer)))
     none = tuple(u for u in ins.units if u not in alus)
     assert any("needs 1 VXM ALUs, books 0" in q for q in refusals(with_instruction(p, k, units=none)))
@@ -341,3 +343,18 @@ def test_outputs_still_match_after_legal_rescheduling(mlp, mlp_onnx):
     feeds = random_feeds(mlp_onnx)
     again = decode_program(encode_program(mlp))
     np.testing.assert_array_equal(again.run(feeds)["y"], mlp.run(feeds)["y"])
+
+
+def test_streams_derived_again_after_a_tile_is_replaced_in_place(mlp):
+    """streams_of keeps what it derived per instruction with the tiles it came from: a tile replaced
+    in place (a new TileSlot) is seen, so the validator never rules on stale streams."""
+    program = dataclasses.replace(mlp)  # a copy of our own (nothing derived yet)
+    program.tiles = list(program.tiles)
+    ins = next(i for i in program.instructions if i.opcode == "mxm.mm")
+    before = streams_of(program, ins)
+    assert streams_of(program, ins) is before  # derived once
+    buf = ins.reads[0].buf
+    program.tiles[buf] = dataclasses.replace(program.tiles[buf], dtype="float16")  # half the words a row
+    after = streams_of(program, ins)
+    assert after != before
+    assert after == streams_of(dataclasses.replace(program), ins)  # what a fresh program derives

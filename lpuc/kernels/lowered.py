@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -21,7 +22,10 @@ def im2col_kernel(ctx: KernelContext, x: np.ndarray) -> np.ndarray:
     """x [N, C, *spatial] -> [N * prod(out), C * prod(kernel)]; attrs kernel_shape/strides/pads/dilations.
     With channels_last, x is [N, *spatial, C] (the columns keep the same order). `pad_value` (an
     integer x's zero point, default 0) fills the padding, so that the padding is zero once centered;
-    `pack_rows` p returns [rows / p, p * cols] (row-major: p consecutive rows side by side). With a
+    `pack_rows` p returns [rows / p, p * cols] (row-major: p consecutive rows side by side); with
+    `row_bands` (p result rows) and `band_rows` r instead [r, p * cols], lane group g of row j holding
+    row row_bands[g] + j (passes/band_conv_rows; a slab of it: rows out_rows of that from x whole,
+    of shape in_shape). With a
     slab attribute: result rows [r0, r1) (before packing) from an input row slab (the [rows, cols]
     view of x from row in_row0; lpuc.kernels.windows). `const_columns` (values): columns of those
     constants after each row's own, before packing (passes/fold_bias_columns). `row_tiles` [rows,
@@ -31,6 +35,10 @@ def im2col_kernel(ctx: KernelContext, x: np.ndarray) -> np.ndarray:
     unpacked rows of the image rows its packed rows [r0, r1) `packed_rows` cover)."""
     pack = int(ctx.attr("pack_rows", 1))  # `pack_rows` consecutive rows side by side (quantize_int8)
     blocks = ctx.attr("pack_blocks")
+    if ctx.attr("row_bands") and ctx.attr("slab"):  # (rows [r0, r1) of the banded result, x whole)
+        (r0, r1), shape = ctx.attr("slab")["out_rows"], ctx.attr("slab")["in_shape"]
+        whole = dataclasses.replace(ctx, attrs={k: v for k, v in ctx.attrs.items() if k != "slab"})
+        return im2col_kernel(whole, x.reshape(shape))[r0:r1]
     if ctx.attr("slab"):
         cols = windows.gather_columns(x, ctx.attrs, int(ctx.attr("pad_value", 0)))
         cols = _with_const_columns(cols, ctx.attr("const_columns"))
@@ -48,6 +56,9 @@ def im2col_kernel(ctx: KernelContext, x: np.ndarray) -> np.ndarray:
     else:  # shift so that the pad value is 0, pad with zeros, shift back (exact in int64)
         cols = (im2col(x.astype(np.int64) - pad_value, *geometry) + pad_value).astype(x.dtype)
     cols = _with_const_columns(cols, ctx.attr("const_columns"))
+    if ctx.attr("row_bands"):  # lane group g of row j: row row_bands[g] + j (passes/band_conv_rows)
+        rows = int(ctx.attr("band_rows"))
+        return np.concatenate([cols[int(r) : int(r) + rows] for r in ctx.attr("row_bands")], axis=1)
     if ctx.attr("row_tiles"):  # (a row-tapped product's operand in its halo layout: passes/row_taps)
         rows, step, halo = (int(v) for v in ctx.attr("row_tiles"))
         cols = cols[windows.halo_index(rows, step, halo)]
@@ -96,6 +107,27 @@ def _with_const_columns(cols: np.ndarray, values) -> np.ndarray:
         return cols
     consts = np.broadcast_to(np.asarray(values, dtype=cols.dtype), (cols.shape[0], len(values)))
     return np.concatenate([cols, consts], axis=1)
+
+
+@kernel("UnbandRows", domain=LPUC_DOMAIN)
+def unband_rows(ctx: KernelContext, x: np.ndarray) -> np.ndarray:
+    """x [1, Hb, W, p * C] (p bands of image rows side by side: passes/band_conv_rows) -> [1, H, W, C]:
+    attribute bands (start, count) per band: rows [start, start + count) of the result are band g's
+    first count rows, from its lane group g. H is the last band's start + count. With a slab
+    attribute: result rows [r0, r1) of the [rows, cols] view (x whole, its shape in_shape)."""
+    bands = [int(v) for v in ctx.attr("bands")]
+    pairs = list(zip(bands[0::2], bands[1::2]))
+    slab = ctx.attr("slab")
+    if slab:  # x: the banded rows' [rows, cols] view, whole
+        x = x.reshape(slab["in_shape"])
+    c = x.shape[-1] // len(pairs)
+    out = np.empty((x.shape[0], pairs[-1][0] + pairs[-1][1], x.shape[2], c), x.dtype)
+    for g, (start, count) in enumerate(pairs):
+        out[:, start : start + count] = x[:, :count, :, g * c : (g + 1) * c]
+    if slab:  # result rows [r0, r1) of its [rows, cols] view
+        r0, r1 = slab["out_rows"]
+        return out.reshape(-1, c)[r0:r1]
+    return out
 
 
 @kernel("SaturatingCast", domain=LPUC_DOMAIN)

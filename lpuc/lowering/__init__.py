@@ -187,7 +187,7 @@ def _rounds(user: Node, name: str, rounded: set[str]) -> bool:
     if (user.op, user.domain) in (("MatMul", ""), ("HeadMatMul", LPUC_DOMAIN)):
         return name in user.inputs[:2]
     transparent = user.op in _ROUNDING_TRANSPARENT or (
-        user.domain == LPUC_DOMAIN and user.op in ("Im2Col", "MaxPool")
+        user.domain == LPUC_DOMAIN and user.op in ("Im2Col", "MaxPool", "UnbandRows")
     )
     data = user.inputs[:1] if user.op in ("Reshape", "Slice", "Squeeze", "Unsqueeze") else user.inputs
     outs = [o for o in user.outputs if o]

@@ -23,6 +23,7 @@ from lpuc.lowering.windowed import (
     reshape_slabs,
     transpose_slabs,
     unpack_block_slabs,
+    whole_input_slabs,
     window_slabs,
 )
 from lpuc.ops import Placement
@@ -90,6 +91,8 @@ def is_windowed(node: Node, placement: Placement) -> bool:
     if not placement.windowed or len([o for o in node.outputs if o]) != 1 or not node.attr("kernel_shape"):
         return False
     padded_by_rule = node.text_attr("auto_pad", "NOTSET") != "NOTSET"
+    if node.attr("row_bands"):  # (a banded Im2Col's rows come from several bands: see _banded)
+        return False
     return not padded_by_rule and not node.attr("ceil_mode", 0) and not node.attr("storage_order", 0)
 
 
@@ -108,6 +111,8 @@ def lower_stream(b: TiledBuilder, node: Node, placement: Placement, unit_class: 
     elif unit_class == "SXM" and b.enabled("row_slabs") and node.op == "UnpackBlocks":
         q, blocks = int(node.attr("block_rows")), int(node.attr("blocks"))
         slabs = list(unpack_block_slabs(ins[0], outs[0], q, blocks))
+    elif unit_class == "SXM" and b.enabled("row_slabs") and _banded(node):
+        slabs = list(whole_input_slabs(ins[0], outs[0]))
     elif unit_class == "SXM" and b.enabled("row_slabs"):
         slabs, kernel = list(transpose_slabs(node, ins[0], outs[0])), ("TransposeRows", LPUC_DOMAIN)
     if len(slabs) > 1:
@@ -128,6 +133,13 @@ def lower_stream(b: TiledBuilder, node: Node, placement: Placement, unit_class: 
             _emit(b, node, placement, unit_class, opcode, _replicas(b, node, ins, i, len(spans)), outs, span)
     else:
         _emit(b, node, placement, unit_class, opcode, ins, outs, None)
+
+
+def _banded(node: Node) -> bool:
+    """An op of passes/band_conv_rows (a banded Im2Col, an UnbandRows)."""
+    return node.domain == LPUC_DOMAIN and (
+        node.op == "UnbandRows" or (node.op == "Im2Col" and bool(node.attr("row_bands")))
+    )
 
 
 def _reshape_slab_tiles(b: TiledBuilder, node: Node, y: TensorTiles) -> int:

@@ -137,6 +137,16 @@ def reshape_slabs(
         yield (r0, r1, 0, y.cols), [(i0, i1, 0, x.cols)], slab
 
 
+def whole_input_slabs(x: TensorTiles, y: TensorTiles) -> Iterator[tuple[Window, list[Window], dict]]:
+    """The same for an op whose result rows come from anywhere in a small input (passes/
+    band_conv_rows: a banded Im2Col, an UnbandRows): one copy per result tile row, each reading the
+    input whole, so the copies run on both SXMs and the next op starts on the first."""
+    for r0 in range(0, y.rows, y.block_rows):
+        r1 = min(y.rows, r0 + y.block_rows)
+        slab = {"out_rows": [r0, r1], "in_row0": 0, "in_shape": [int(d) for d in x.shape]}
+        yield (r0, r1, 0, y.cols), [(0, x.rows, 0, x.cols)], slab
+
+
 def reshape_slab_tiles(y: TensorTiles, reader: Node, pooled_rows: int, pooled_block_rows: int) -> int:
     """Result tile rows per copy of a row-regrouping reshape: one, or as many as a slab of its one
     reader reads when that is a channels-last 1 x kw MaxPool striding s input rows per result row

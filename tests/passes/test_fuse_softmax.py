@@ -175,13 +175,24 @@ def test_causal_mask_of_a_slab_inside_a_matrix():
     np.testing.assert_allclose(got, want.reshape(400, 100)[320:], rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("heads", [4, 12])
+@pytest.mark.parametrize("heads", [8, 12])
 def test_causal_mask_is_refused_when_its_slabs_would_queue_for_alus(heads):
-    # 400 or 1200 rows: 2 or 4 slabs of 9 ALUs each (the prologue and the mask recomputed in each of
-    # the three passes), more than tsp-v1's 16: the map and the plain softmax (6 ALUs) stay.
+    # 800 or 1200 rows: 3 or 4 slabs of 8 ALUs each (the prologue and the mask recomputed in each of
+    # the three passes; two 100-wide rows share a vector's lane trees), more than tsp-v1's 16: the
+    # map and the plain softmax stay.
     m = causal_model("where", [1, heads, 100, 100])
     graph = _prepared(m)
     fusions, refusals = match_softmaxes(graph, load_target("tsp-v1"))
     assert fusions == [] and "more VXM ALUs than its row slabs can share" in refusals[0].reason
     assert match_softmaxes(graph)[0] == []  # without a target: never generated
     assert_matches_onnxruntime(m, {"s": rand(1, heads, 100, 100) * 4})
+
+
+def test_causal_mask_is_generated_when_its_slabs_fit_the_alus():
+    # 400 rows: 2 slabs of 8 ALUs each fit tsp-v1's 16 side by side.
+    m = causal_model("where", [1, 4, 100, 100])
+    (fusion,), _ = match_softmaxes(_prepared(m), load_target("tsp-v1"))
+    assert fusion.attrs["triangles"]
+    program = assert_matches_onnxruntime(m, {"s": rand(1, 4, 100, 100) * 4})
+    kernels = [i.attrs.get("kernel") for i in program.instructions if i.opcode == "vxm.kernel"]
+    assert kernels and set(kernels) == {"FusedSoftmax"}

@@ -13,6 +13,9 @@ import lpuc.passes.pack_conv_rows as pack_conv_rows
 from lpuc.passes.pack_conv_rows import rows_side_by_side
 from tests.models import ort_run
 
+# The stems' MaxPool would have band_conv_rows pack their convolution by bands of image rows first.
+NO_BANDS = "band_conv_rows"
+
 
 def _stem(tmp_path, size: int = 32) -> str:
     """A stem's shape: a 3x3 convolution of RGB to 16 channels, ReLU, 2x2 MaxPool, a 1x1 conv."""
@@ -53,7 +56,7 @@ def test_choice_of_rows_side_by_side():
 @pytest.mark.parametrize("precision,check", [("fp32", "allclose"), ("fp16", "cosine")])
 def test_packed_stem_matches_onnxruntime(tmp_path, low_threshold, precision, check):
     path = _stem(tmp_path)
-    program = lpuc.compile(path, precision=precision, dump_ir=tmp_path / "ir")
+    program = lpuc.compile(path, precision=precision, dump_ir=tmp_path / "ir", disable_passes=[NO_BANDS])
     final = (tmp_path / "ir" / "99_final.graph.txt").read_text()
     assert "pack_rows=16" in final  # 432 lanes: 3 weight tiles for 16 rows
     assert {i.attrs.get("block_diagonal") for i in program.instructions if i.opcode == "mxm.mm"} >= {16}
@@ -72,8 +75,8 @@ def test_packing_streams_fewer_rows_and_keeps_the_mxm_bound(tmp_path, low_thresh
     convolution's own, so the MXM and weight-load bounds are the unpacked build's although the MXM
     loads and multiplies the zero blocks too."""
     path = _stem(tmp_path)
-    packed = lpuc.compile(path, precision="fp16")
-    plain = lpuc.compile(path, precision="fp16", disable_passes=["pack_conv_rows"])
+    packed = lpuc.compile(path, precision="fp16", disable_passes=[NO_BANDS])
+    plain = lpuc.compile(path, precision="fp16", disable_passes=["pack_conv_rows", NO_BANDS])
 
     def mm_rows(program) -> int:
         return sum(i.work.vectors for i in program.instructions if i.opcode == "mxm.mm")
@@ -100,7 +103,7 @@ def test_int8_packed_bound_counts_the_convolutions_macs(tmp_path, monkeypatch):
 
     monkeypatch.setattr(quantize_int8, "PACK_MIN_ROWS", 256)
     path = _stem(tmp_path, size=40)
-    program = lpuc.compile(path, precision="int8", dump_ir=tmp_path / "ir")
+    program = lpuc.compile(path, precision="int8", dump_ir=tmp_path / "ir", disable_passes=[NO_BANDS])
     final = (tmp_path / "ir" / "99_final.graph.txt").read_text()
     assert "pack_rows=20" in final  # 1600 rows of 16 channels: 20 side by side in 320 lanes
     mms = [i for i in program.instructions if i.opcode == "mxm.mm"]
