@@ -50,6 +50,7 @@ from lpuc.passes.lower_gemm import lower_gemm
 from lpuc.passes.lower_quantized import lower_quantized
 from lpuc.passes.multiply_by_reciprocals import multiply_by_reciprocals
 from lpuc.passes.pack_conv_rows import pack_conv_rows
+from lpuc.passes.pool_ordered_pack import pool_ordered_pack
 from lpuc.passes.quantize_int8 import quantize_int8
 from lpuc.passes.quantize_residuals import quantize_residuals
 from lpuc.passes.row_taps import row_taps
@@ -133,6 +134,8 @@ PIPELINE: tuple[Pass, ...] = (
     Pass("sink_reshapes", sink_reshapes),
     # Once sink_reshapes has moved the unpacking of packed rows next to the MaxPool that reads it.
     Pass("split_packed_pool", split_packed_pool),
+    # Its pool across the columns then runs on packed rows laid out in pool-sized pixel blocks.
+    Pass("pool_ordered_pack", pool_ordered_pack),
     # Once sink_reshapes has put each requantization chain together, before it is fused into a map.
     Pass("fold_requantize", fold_requantize),
     # The output scale a requantization keeps after a residual sum moves into both terms' scales.
