@@ -38,6 +38,7 @@ from lpuc.passes.fold_batchnorm import fold_batchnorm
 from lpuc.passes.fold_bias_columns import fold_bias_columns
 from lpuc.passes.fold_constants import fold_constants
 from lpuc.passes.fold_requantize import fold_requantize
+from lpuc.passes.fold_score_scale import fold_score_scale
 from lpuc.passes.fuse_elementwise import fuse_elementwise
 from lpuc.passes.fuse_gelu import fuse_gelu
 from lpuc.passes.fuse_layernorm import fuse_layernorm
@@ -48,6 +49,7 @@ from lpuc.passes.lower_einsum import lower_einsum
 from lpuc.passes.lower_gemm import lower_gemm
 from lpuc.passes.lower_quantized import lower_quantized
 from lpuc.passes.multiply_by_reciprocals import multiply_by_reciprocals
+from lpuc.passes.narrow_broadcasts import narrow_broadcasts
 from lpuc.passes.pack_conv_rows import pack_conv_rows
 from lpuc.passes.quantize_int8 import quantize_int8
 from lpuc.passes.quantize_residuals import quantize_residuals
@@ -104,7 +106,11 @@ PIPELINE: tuple[Pass, ...] = (
     Pass("canonicalize_ops", canonicalize_ops),
     Pass("decompose_rnn", decompose_rnn),
     Pass("eliminate_identity", eliminate_identity),
+    # Before the maps and softmaxes that read them are fused: masks broadcast to [S, S] back to rows.
+    Pass("narrow_broadcasts", narrow_broadcasts),
     Pass("lower_gemm", lower_gemm),
+    # Once Gemms are MatMuls: attention's power-of-two score scale into the Q projection's weights.
+    Pass("fold_score_scale", fold_score_scale),
     Pass("lower_einsum", lower_einsum),
     Pass("decompose_attention", decompose_attention),
     Pass("decompose_lrn", decompose_lrn),
