@@ -88,11 +88,6 @@ def _match(view: View, softmax: Node, target: Target | None) -> Fusion | None:
                 f"a causal mask generated in '{softmax.name}' would need more VXM ALUs than its row "
                 "slabs can share side by side"
             )
-    elif target is not None and not _slabs_fit_alus(view.graph, x, attrs, target):
-        raise Refused(
-            f"the prologue recomputed in '{softmax.name}' would need more VXM ALUs than its row "
-            "slabs can share side by side"
-        )
     names = (prologue.name, softmax.name)
     return Fusion(RULE, names, softmax, "FusedSoftmax", tuple(inputs), attrs, 1, LPUC_DOMAIN)
 

@@ -49,7 +49,6 @@ from lpuc.passes.lower_einsum import lower_einsum
 from lpuc.passes.lower_gemm import lower_gemm
 from lpuc.passes.lower_quantized import lower_quantized
 from lpuc.passes.multiply_by_reciprocals import multiply_by_reciprocals
-from lpuc.passes.narrow_broadcasts import narrow_broadcasts
 from lpuc.passes.pack_conv_rows import pack_conv_rows
 from lpuc.passes.quantize_int8 import quantize_int8
 from lpuc.passes.quantize_residuals import quantize_residuals
@@ -106,8 +105,6 @@ PIPELINE: tuple[Pass, ...] = (
     Pass("canonicalize_ops", canonicalize_ops),
     Pass("decompose_rnn", decompose_rnn),
     Pass("eliminate_identity", eliminate_identity),
-    # Before the maps and softmaxes that read them are fused: masks broadcast to [S, S] back to rows.
-    Pass("narrow_broadcasts", narrow_broadcasts),
     Pass("lower_gemm", lower_gemm),
     # Once Gemms are MatMuls: attention's power-of-two score scale into the Q projection's weights.
     Pass("fold_score_scale", fold_score_scale),
