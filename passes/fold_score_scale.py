@@ -29,8 +29,8 @@ _LAYOUT = frozenset({"Reshape", "Transpose", "Squeeze", "Unsqueeze", "Flatten", 
 def fold_score_scale(graph: Graph, ctx: object = None) -> Graph:
     producers, readers = graph.producers(), graph.consumers()
     outputs = set(graph.outputs)
-    replaced: dict[str, Node] = {}  # node name -> its rewritten form
-    dropped: set[str] = set()  # names of the scaling nodes folded away
+    replaced: dict[str, Node] = {}  # a node's first output -> the node rewritten (names may repeat)
+    dropped: set[str] = set()  # first outputs of the scaling nodes folded away
     out = graph.copy()
     for node in graph.nodes:
         found = _power_of_two_scale(node, graph)
@@ -38,7 +38,7 @@ def fold_score_scale(graph: Graph, ctx: object = None) -> Graph:
             continue
         scores, factor = found
         product = producers.get(scores)
-        if product is None or product.domain or product.op != "MatMul" or product.name in replaced:
+        if product is None or product.domain or product.op != "MatMul" or product.outputs[0] in replaced:
             continue
         if scores in outputs or len(readers.get(scores, [])) != 1:
             continue
@@ -48,7 +48,7 @@ def fold_score_scale(graph: Graph, ctx: object = None) -> Graph:
             if product.inputs.count(operand) != 1:
                 continue  # Q @ Q^T: scaling Q would scale the product twice
             chain = _weighted_chain(operand, graph, producers, readers, outputs)
-            if chain is None or any(link.name in replaced for link, _ in chain):
+            if chain is None or any(link.outputs[0] in replaced for link, _ in chain):
                 continue
             scaled = _scaled_constants(chain, graph, factor)
             if scaled is None:
@@ -59,14 +59,15 @@ def fold_score_scale(graph: Graph, ctx: object = None) -> Graph:
                     link = link.with_(
                         inputs=tuple(name if k == index else i for k, i in enumerate(link.inputs))
                     )
-                replaced[link.name] = link
+                replaced[link.outputs[0]] = link
             # The product writes the scaled result's name; the scaling node goes.
-            replaced[product.name] = product.with_(outputs=(node.outputs[0],))
-            dropped.add(node.name)
+            replaced[product.outputs[0]] = product.with_(outputs=(node.outputs[0],))
+            dropped.add(node.outputs[0])
             break
     if not dropped:
         return graph
-    out.nodes = [replaced.get(n.name, n) for n in graph.nodes if n.name not in dropped]
+    kept = [n for n in graph.nodes if not (n.outputs and n.outputs[0] in dropped)]
+    out.nodes = [replaced.get(n.outputs[0], n) if n.outputs else n for n in kept]
     return out.prune_values()
 
 
