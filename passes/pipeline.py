@@ -39,6 +39,7 @@ from lpuc.passes.fold_batchnorm import fold_batchnorm
 from lpuc.passes.fold_bias_columns import fold_bias_columns
 from lpuc.passes.fold_constants import fold_constants
 from lpuc.passes.fold_requantize import fold_requantize
+from lpuc.passes.fold_score_scale import fold_score_scale
 from lpuc.passes.fuse_elementwise import fuse_elementwise
 from lpuc.passes.fuse_gelu import fuse_gelu
 from lpuc.passes.fuse_layernorm import fuse_layernorm
@@ -107,6 +108,8 @@ PIPELINE: tuple[Pass, ...] = (
     Pass("decompose_rnn", decompose_rnn),
     Pass("eliminate_identity", eliminate_identity),
     Pass("lower_gemm", lower_gemm),
+    # Once Gemms are MatMuls: attention's power-of-two score scale into the Q projection's weights.
+    Pass("fold_score_scale", fold_score_scale),
     Pass("lower_einsum", lower_einsum),
     Pass("decompose_attention", decompose_attention),
     Pass("decompose_lrn", decompose_lrn),
