@@ -204,8 +204,21 @@ def depthwise_conv(ctx: KernelContext, x: np.ndarray, taps: np.ndarray, bias: np
         conv_ctx = KernelContext("Conv", {**ctx.attrs, "group": channels}, 11, 1)
         (y,) = run_kernel(conv_ctx, [np.moveaxis(x, -1, 1), weights] + ([] if bias is None else [bias]))
         return np.ascontiguousarray(np.moveaxis(y, 1, -1))
-    wide = x.astype(work, copy=False)
     weights = taps.astype(work, copy=False)
+    shifted = windows.shifted_taps(x, ctx.attrs, 0, work)
+    if shifted is not None:  # the same products summed in the same order, over strided views
+        views, crop = shifted
+        tap = np.empty(views[0].shape, work)
+        value = crop(tap)  # (products and sums over the result rows alone: see shifted_taps)
+        y = np.zeros(value.shape, work)
+        for t, view in enumerate(views):
+            np.copyto(tap, view)
+            np.multiply(value, weights[t], out=value)
+            y += value
+        if bias is not None:
+            y += bias.astype(work)
+        return y.astype(x.dtype, copy=False)
+    wide = x.astype(work, copy=False)
     folded = windows.fold_taps(wide, ctx.attrs, 0)
     if folded is None:
         values = windows.gather(wide, ctx.attrs, 0)  # [rows, taps, C]

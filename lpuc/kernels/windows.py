@@ -186,6 +186,65 @@ def _taps(x: np.ndarray, index: np.ndarray, padding: np.ndarray | None, fill) ->
         yield values
 
 
+def shifted_taps(
+    x: np.ndarray, attrs: Mapping[str, Any], fill, dtype: np.dtype
+) -> tuple[list[np.ndarray], Callable[[np.ndarray], np.ndarray]] | None:
+    """The values of fold_taps(x, attrs, fill) as views of one padded copy of the slab's image rows
+    (in `dtype`): per tap a strided view [out image rows, out width, C] (the whole out image rows the
+    result rows touch), and `crop`, which turns an array of that shape into the result rows
+    [r1 - r0, C] (a contiguous view of it). crop(a copy of tap t's view) equals fold_taps' tap t.
+    Copy a view, then compute on its cropped rows, not on the views: which NaN payload numpy's
+    multiply, add or maximum returns depends on the operands' shapes (a [13, 12] by [12] product's
+    last row differs from a [16, 12] one's), so the ops must run on arrays of the shapes they did.
+    None unless a channels-last 2-D slab within one image (padding, and cells the slab does not
+    hold, which only cropped-away results read, hold `fill`)."""
+    slab = attrs["slab"]
+    in_shape = [int(d) for d in slab["in_shape"]]
+    if slab.get("channels_first", False) or len(in_shape) != 4 or x.ndim != 2:
+        return None
+    _, height, width, channels = in_shape
+    kernel = [int(k) for k in attrs["kernel_shape"]]
+    strides = [int(s) for s in attrs.get("strides") or [1, 1]]
+    dilations = [int(d) for d in attrs.get("dilations") or [1, 1]]
+    pads = [int(p) for p in attrs.get("pads") or [0] * 4]
+    out_h, out_w = conv_output_shape([height, width], kernel, strides, pads, dilations)
+    r0, r1 = (int(r) for r in slab["out_rows"])
+    image, q0 = divmod(r0, out_h * out_w)
+    q1 = r1 - image * out_h * out_w
+    if r1 <= r0 or q1 > out_h * out_w:
+        return None  # (rows of more than one image: padding between them)
+    oh0, oh1 = q0 // out_w, (q1 - 1) // out_w + 1
+    top = oh0 * strides[0] - pads[0]  # the input image row of the block's first row
+    rows = (oh1 - oh0 - 1) * strides[0] + (kernel[0] - 1) * dilations[0] + 1
+    cols = (out_w - 1) * strides[1] + (kernel[1] - 1) * dilations[1] + 1
+    block = np.full((rows, cols, channels), fill, dtype)
+    i0, i1 = max(top, 0), min(top + rows, height)  # the block's image rows inside the image
+    j1 = min(cols - pads[1], width)  # input columns [0, j1) land at block columns pads[1]..
+    if i1 > i0 and j1 > 0:
+        base = image * height * width - int(slab["in_row0"])  # x's row of the image's position 0
+        start, end = base + i0 * width, base + i1 * width
+        held = x[start:end]
+        if start < 0 or end > len(x):  # (the slab holds only what the result rows read)
+            held = np.full(((i1 - i0) * width, channels), fill, dtype)
+            a, b = max(start, 0), min(end, len(x))
+            if b > a:
+                held[a - start : b - start] = x[a:b]
+        block[i0 - top : i1 - top, pads[1] : pads[1] + j1] = held.reshape(i1 - i0, width, channels)[:, :j1]
+    views = [
+        block[
+            ki * dilations[0] : ki * dilations[0] + (oh1 - oh0 - 1) * strides[0] + 1 : strides[0],
+            kj * dilations[1] : kj * dilations[1] + (out_w - 1) * strides[1] + 1 : strides[1],
+        ]
+        for ki in range(kernel[0])
+        for kj in range(kernel[1])
+    ]
+
+    def crop(y: np.ndarray) -> np.ndarray:
+        return y.reshape(-1, channels)[q0 - oh0 * out_w : q1 - oh0 * out_w]
+
+    return views, crop
+
+
 def window_counts(attrs: Mapping[str, Any]) -> np.ndarray:
     """Per result row of a slab, how many of its window's taps are inside the input (at least 1),
     as [out rows, 1] (cached like the gather index: the average pools divide by it every run)."""
