@@ -19,10 +19,10 @@ from lpuc.kernels._common import normalize_axis
 from lpuc.lowering.builder import TiledBuilder, split_range, view_of
 from lpuc.lowering.windowed import Window as _Window
 from lpuc.lowering.windowed import (
+    banded_slabs,
     reshape_slab_tiles,
     reshape_slabs,
     transpose_slabs,
-    whole_input_slabs,
     window_slabs,
 )
 from lpuc.ops import Placement
@@ -50,7 +50,8 @@ def _operand(
     """
     br = t.block_rows
     if windows:
-        tile_rows = range(windows[0][0] // br, (windows[-1][1] - 1) // br + 1)
+        # (windows in any order: an UnbandRows' bands lie side by side in the lanes)
+        tile_rows = range(min(w[0] for w in windows) // br, (max(w[1] for w in windows) - 1) // br + 1)
         refs = [
             b.window(t, lo, hi, clo, chi)
             for r0, r1, c0, c1 in windows
@@ -108,7 +109,7 @@ def lower_stream(b: TiledBuilder, node: Node, placement: Placement, unit_class: 
         tiles = _reshape_slab_tiles(b, node, outs[0]) if b.enabled("pooled_unpack") else 1
         slabs, kernel = list(reshape_slabs(ins[0], outs[0], tiles)), ("ReshapeRows", LPUC_DOMAIN)
     elif unit_class == "SXM" and b.enabled("row_slabs") and _banded(node):
-        slabs = list(whole_input_slabs(ins[0], outs[0]))
+        slabs = list(banded_slabs(node, ins[0], outs[0]))
     elif unit_class == "SXM" and b.enabled("row_slabs"):
         slabs, kernel = list(transpose_slabs(node, ins[0], outs[0])), ("TransposeRows", LPUC_DOMAIN)
     if len(slabs) > 1:
