@@ -36,7 +36,8 @@ from lpuc.passes.pack_conv_rows import PACK_MIN_SHORT_ROWS
 # Only results this tall band (as pack_conv_rows packs: shorter ones gain less than the extra SXM
 # copy costs). Large ones band too: each copy of the banded Im2Col and of UnbandRows reads only the
 # input rows of its bands (lpuc.lowering.windowed.banded_slabs; read whole, light SqueezeNet's 111x111
-# stem banded by 5 was slower: fp16 43,614 -> 44,397 cycles; in windows 42,130, int8 38,430 -> 35,709).
+# stem banded by 5 was slower: fp16 43,614 -> 44,397 cycles; in windows 42,130 (41,318 booking one port:
+# lpuc.schedule.scheduler), int8 38,430 -> 35,709).
 BAND_MIN_ROWS = PACK_MIN_SHORT_ROWS
 
 

@@ -119,7 +119,7 @@ def reshape_slabs(
 # A banded op's slabs read an input of at most this many rows whole: per-band windows save few rows
 # there and made MTCNN ONet slower (fp16 7,289 -> 7,438 cycles, int8 5,937 -> 6,196: the
 # copies' timing moves the schedule after them), while light SqueezeNet's 672-row image read in
-# windows gains (fp16 43,614 -> 42,130, int8 38,430 -> 35,708).
+# windows gains (fp16 43,614 -> 42,130, int8 38,430 -> 35,709).
 BANDED_WHOLE_MAX_ROWS = 256
 
 
