@@ -404,6 +404,7 @@ _add("VXM", "Col2Im", alu_ops=lambda node, graph, in_vectors, out_vectors, lanes
 _add("SXM", "Im2Col", domain=LPUC_DOMAIN, windowed=True)
 _add("SXM", "UnbandRows", domain=LPUC_DOMAIN)  # (passes/band_conv_rows)
 _add("SXM", "ConvTransposeScatter", domain=LPUC_DOMAIN)
+_add("SXM", "UnpackBlocks", domain=LPUC_DOMAIN)  # passes/pool_ordered_pack
 
 _HOST_OPS = (
     "If Loop Scan NonZero Unique Compress NonMaxSuppression DFT STFT Det BlackmanWindow HammingWindow "

@@ -127,6 +127,10 @@ class Program:
     # The file a loaded program came from (None: compiled in this process). A kernel that fails on a
     # loaded program's attributes is the file's fault (exit 2), on a compiled one lpuc's (exit 3).
     origin: str | None = field(default=None, init=False, compare=False, repr=False)
+    # What the validator and the summary derive per instruction (its streams, when an MM frees its
+    # plane), by instruction id, kept with the instruction and tiles it was derived from: both ask
+    # for an MM's, and a compile asks the summary first (lpuc.schedule.validate_costs.streams_of).
+    derived: dict[int, list] = field(default_factory=dict, init=False, compare=False, repr=False)
 
     @property
     def compile_seconds(self) -> float:

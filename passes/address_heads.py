@@ -282,7 +282,7 @@ def _split_projection(
     def project(columns: np.ndarray, tag: str, result: str | None) -> str:
         width = len(columns)
         name = f"{split.name}/{tag}"
-        w = graph.add_const(f"{name}/weights", np.ascontiguousarray(weights[:, columns]))
+        w = graph.add_const(f"{name}/weights", _columns_of(weights, columns))
         product = (
             result
             if bias is None and result
@@ -291,7 +291,7 @@ def _split_projection(
         nodes.append(Node("MatMul", f"{name}/matmul", (x, w), (product,), opset=EMITTED_OPSET))
         if bias is None:
             return product
-        b = graph.add_const(f"{name}/bias", np.ascontiguousarray(bias[columns]))
+        b = graph.add_const(f"{name}/bias", _columns_of(bias, columns))
         biased = result or graph.add_value(f"{name}/projection", (batch, seq, width), dtype)
         nodes.append(Node("Add", f"{name}/bias_add", (product, b), (biased,), opset=EMITTED_OPSET))
         return biased
@@ -323,6 +323,22 @@ def _split_projection(
     for k, value in enumerate(apart, start=1):
         project(columns(value), f"apart{k}", value)
     return tuple(nodes)
+
+
+def _columns_of(a: np.ndarray, columns: np.ndarray) -> np.ndarray:
+    """a[..., columns], contiguous and read-only (the graph keeps it without a copy of its own),
+    copied run by run of consecutive columns: copying slices is many times faster than gathering
+    columns by index (the same values; GPT-2 12L's 24 projections of K and of Q + V, apart from
+    reading the weights: 0.17 s -> 0.01 s)."""
+    breaks = np.flatnonzero(np.diff(columns) != 1) + 1
+    runs = [(int(r[0]), int(r[-1]) + 1) for r in np.split(columns, breaks) if len(r)]
+    if not runs or len(runs) > 8:  # (scattered columns: one gather)
+        out = np.ascontiguousarray(a[..., columns])
+    else:
+        out = np.ascontiguousarray(np.concatenate([a[..., lo:hi] for lo, hi in runs], axis=-1))
+    if out.base is None:  # our own copy (not a view of `a`)
+        out.flags.writeable = False
+    return out
 
 
 def _fewer_chunks(widths: list[int], n_tile: int, planes: int) -> bool:

@@ -39,6 +39,7 @@ from lpuc.passes.fold_batchnorm import fold_batchnorm
 from lpuc.passes.fold_bias_columns import fold_bias_columns
 from lpuc.passes.fold_constants import fold_constants
 from lpuc.passes.fold_requantize import fold_requantize
+from lpuc.passes.fold_score_scale import fold_score_scale
 from lpuc.passes.fuse_elementwise import fuse_elementwise
 from lpuc.passes.fuse_gelu import fuse_gelu
 from lpuc.passes.fuse_layernorm import fuse_layernorm
@@ -50,6 +51,7 @@ from lpuc.passes.lower_gemm import lower_gemm
 from lpuc.passes.lower_quantized import lower_quantized
 from lpuc.passes.multiply_by_reciprocals import multiply_by_reciprocals
 from lpuc.passes.pack_conv_rows import pack_conv_rows
+from lpuc.passes.pool_ordered_pack import pool_ordered_pack
 from lpuc.passes.quantize_int8 import quantize_int8
 from lpuc.passes.quantize_residuals import quantize_residuals
 from lpuc.passes.row_taps import row_taps
@@ -106,6 +108,8 @@ PIPELINE: tuple[Pass, ...] = (
     Pass("decompose_rnn", decompose_rnn),
     Pass("eliminate_identity", eliminate_identity),
     Pass("lower_gemm", lower_gemm),
+    # Once Gemms are MatMuls: attention's power-of-two score scale into the Q projection's weights.
+    Pass("fold_score_scale", fold_score_scale),
     Pass("lower_einsum", lower_einsum),
     Pass("decompose_attention", decompose_attention),
     Pass("decompose_lrn", decompose_lrn),
@@ -133,6 +137,8 @@ PIPELINE: tuple[Pass, ...] = (
     Pass("sink_reshapes", sink_reshapes),
     # Once sink_reshapes has moved the unpacking of packed rows next to the MaxPool that reads it.
     Pass("split_packed_pool", split_packed_pool),
+    # Its pool across the columns then runs on packed rows laid out in pool-sized pixel blocks.
+    Pass("pool_ordered_pack", pool_ordered_pack),
     # Once sink_reshapes has put each requantization chain together, before it is fused into a map.
     Pass("fold_requantize", fold_requantize),
     # The output scale a requantization keeps after a residual sum moves into both terms' scales.

@@ -19,6 +19,13 @@ and only scalars: an epilogue's per-channel requantization scales and offsets, n
 two more ALUs each for their conversions, and ResNet-50 int8, whose epilogues are ALU-bound, went
 from 95,011 to 112,123 cycles (its stream waits fell, its VXM unit waits tripled); narrowing also
 the scalars of epilogues: 100,829. `--disable-pass store_int8_constants_fp16` keeps them float32.
+One epilogue is narrowed: a bare dequantization, Cast(int32 product) * per-channel scale to a float
+result (a MatMul with no bias: issue 9's GEMM). It holds two ALUs; the conversion makes it three,
+and its streams go from 13 to 11 (activation 1, int32 relay 4, scale 4 -> 2, result 4). Four of
+them end a wave of the GEMM's chains together, beside the next wave's quantize maps (7 stream ids
+each): [2304x4096]x[4096x320] 8,963 -> 8,841 cycles, [2304x2048]x[2048x320] 6,024 -> 5,899,
+[1536x4096]x[4096x320] 7,506 -> 7,290; ResNet-50 int8 has none (83,081 either way). The same
+fp16 bound applies to each channel's scale (_narrowable).
 
 fp16 builds narrow the scalars of a map of a MatMul's result (an epilogue to be) only where fp16
 holds them exactly (no rounding: 1/8, -inf), again one ALU op each for the conversion. GPT-2's
@@ -51,7 +58,12 @@ def store_int8_constants_fp16(graph: Graph, ctx=None) -> Graph:
     out = graph.copy(nodes=[])
     for node in graph.nodes:
         narrows = _product_map(node, producers, prologues) if exact else _int8_map(node, graph)
-        wide = [n for n in dict.fromkeys(node.inputs) if n and narrows and _narrowable(graph, n, exact)]
+        per_channel = not exact and _bare_dequantization(node, graph)
+        wide = [
+            n
+            for n in dict.fromkeys(node.inputs)
+            if n and (narrows or per_channel) and _narrowable(graph, n, exact, per_channel)
+        ]
         if not wide:
             out.nodes.append(node)
             continue
@@ -72,6 +84,15 @@ def _int8_map(node: Node, graph: Graph) -> bool:
     return graph.values[node.outputs[0]].dtype == np.int8 and np.dtype(np.int32) not in dtypes
 
 
+def _bare_dequantization(node: Node, graph: Graph) -> bool:
+    """A map computing Cast(int32 product) * scale to a float result, nothing more (an int8 MatMul's
+    epilogue when it has no bias)."""
+    if not is_map(node) or not node.inputs or graph.values[node.outputs[0]].dtype.kind != "f":
+        return False
+    ops = [step["op"] for step in node.attrs.get("expr", [])]
+    return ops == ["Cast", "Mul"] and graph.values[node.inputs[0]].dtype == np.int32
+
+
 def _product_map(node: Node, producers: dict[str, Node], prologues: set[str]) -> bool:
     """A map of a MatMul's result (its first operand), not a softmax's prologue to be."""
     if not is_map(node) or not node.inputs or node.inputs[0] not in producers or node.name in prologues:
@@ -79,11 +100,11 @@ def _product_map(node: Node, producers: dict[str, Node], prologues: set[str]) ->
     return producers[node.inputs[0]].op in ("MatMul", "HeadMatMul")
 
 
-def _narrowable(graph: Graph, name: str, exact: bool = False) -> bool:
-    """A float32 scalar constant that is zero or a normal fp16 number in magnitude (`exact`: that
-    fp16 holds without rounding)."""
+def _narrowable(graph: Graph, name: str, exact: bool = False, per_channel: bool = False) -> bool:
+    """A float32 scalar constant (`per_channel`: or a row of them) that is zero or a normal fp16
+    number in magnitude (`exact`: that fp16 holds without rounding)."""
     value = graph.values[name]
-    if not value.is_const or value.dtype != np.float32 or value.size != 1:
+    if not value.is_const or value.dtype != np.float32 or (value.size != 1 and not per_channel):
         return False
     if exact:
         c = np.asarray(value.const, dtype=np.float32)

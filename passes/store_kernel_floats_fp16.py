@@ -68,7 +68,10 @@ _WINDOW_KERNELS = ("DepthwiseConv", "MaxPool", "AveragePool")
 
 
 def _is_reshape(node: Node) -> bool:
-    return node.op == "Reshape" and not node.domain
+    """A Reshape, or an op that only moves values as one does (passes/pool_ordered_pack's unpacking)."""
+    return (node.op == "Reshape" and not node.domain) or (
+        node.domain == LPUC_DOMAIN and node.op == "UnpackBlocks"
+    )
 
 
 def _group(

@@ -51,10 +51,11 @@ Step = Callable[[], None]
 def _mxm_input(x: np.ndarray, precision: str, copy: bool = True) -> np.ndarray:
     """isa.mxm_input (same bits), with float32 -> fp16 rounding done in vectorized passes.
     copy=False: float32 operands of an fp32 MXM come back as they are (for immediate use only)."""
+    # (only the MXM's arithmetic reads these: signaling NaNs may be quieted, fp16._QUIET)
     if precision == "fp16" and x.dtype == np.float32:
-        return round_fp16(x)
+        return round_fp16(x, quiet=True)
     if x.dtype == np.float16:
-        return from_fp16(x)  # already fp16: isa's first cast would only copy
+        return from_fp16(x, quiet=True)  # already fp16: isa's first cast would only copy
     if x.dtype == np.float32 and not copy:
         return x  # isa's cast only copies; BLAS gives the same bits on the strided window
     return mxm_input(x, precision)

@@ -518,6 +518,46 @@ def test_unpacking_before_a_strided_pool_copies_as_many_tiles_as_a_pool_slab_rea
     _check_cosine(paired, path, (1, 3, 224, 224), samples=2)
 
 
+def _wide_stem() -> torch.nn.Module:
+    """ResNet's stem with its 64 channels (4 pixels side by side in 320 lanes), a 64x64 image."""
+    torch.manual_seed(5)
+    return torch.nn.Sequential(
+        torch.nn.Conv2d(3, 64, 7, stride=2, padding=3),
+        torch.nn.ReLU(),
+        torch.nn.MaxPool2d(3, stride=2, padding=1),
+        torch.nn.Conv2d(64, 32, 1),
+    ).eval()
+
+
+def test_packed_stem_in_pool_blocks_unpacks_only_the_pooled_pixels(tmp_path, monkeypatch):
+    """pool_ordered_pack: the packed stem convolution lays each image row's 32 pixels out in 4 blocks
+    of 9 rows (8 and a halo row), the whole 3 x 3 pool runs on the packed rows, and the SXM unpacks only
+    the 16 x 16 pooled pixels (half the rows split_packed_pool's unpacking writes, 16 x 32); fp32
+    onnxruntime's outputs by cosine, the same output bits as without the pass (max is exact) and
+    the interpreter's."""
+    import lpuc.passes.quantize_int8 as quantize_int8
+
+    path = _export(_wide_stem(), (1, 3, 64, 64), tmp_path / "wide_stem.onnx")
+    monkeypatch.setattr(quantize_int8, "PACK_MIN_ROWS", 256)
+    blocks = lpuc.compile(path, precision="int8", dump_ir=tmp_path / "ir")
+    final = (tmp_path / "ir" / "99_final.graph.txt").read_text()
+    assert "pack_rows=4" in final and "pack_blocks=[9, 8, -1, 32]" in final
+    assert "lpuc.UnpackBlocks(" in final
+    pools = [line for line in final.splitlines() if "lpuc.MaxPool(" in line]
+    assert len(pools) == 1 and "kernel_shape=[3, 3]" in pools[0] and "pads=[1, 0, 1, 0]" in pools[0]
+    plain = lpuc.compile(path, precision="int8", disable_passes=["pool_ordered_pack"])
+
+    def unpacked_rows(program, kernel: str) -> int:
+        return sum(w.nrows for i in program.instructions if i.attrs.get("kernel") == kernel for w in i.writes)
+
+    assert unpacked_rows(blocks, "ReshapeRows") == 0 and unpacked_rows(blocks, "UnpackBlocks") == 16 * 16
+    assert unpacked_rows(plain, "ReshapeRows") == 16 * 32
+    x = {"x": np.random.default_rng(8).standard_normal((1, 3, 64, 64)).astype(np.float32)}
+    np.testing.assert_array_equal(blocks.run(x)["y"], plain.run(x)["y"])
+    np.testing.assert_array_equal(blocks.run(x)["y"], blocks.run(x, interpret=True)["y"])  # plan = oracle
+    _check_cosine(blocks, path, (1, 3, 64, 64), samples=2)
+
+
 def test_projection_shortcut_maps_fuse_into_the_products(small_cnn):
     """sink_products: the map adding a block's main product to its shortcut's part (the shortcut's
     own map, store_int8_floats_fp16) fuses into that product once the product comes after the

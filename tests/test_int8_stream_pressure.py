@@ -74,6 +74,7 @@ def test_only_scalars_in_fp16_normal_range_are_narrowed(value, narrowed):
     per_channel = graph.add_const("v", np.full(4, 0.5, np.float32))
     assert _narrowable(graph, name) == narrowed
     assert not _narrowable(graph, per_channel)  # (per-channel ones: their Cast ALUs cost more)
+    assert _narrowable(graph, per_channel, per_channel=True)  # (but a bare dequantization's)
 
 
 def test_int8_gemm_splits_k_only_where_adding_the_partials_pays(tmp_path):
@@ -130,3 +131,55 @@ def test_fp16_product_maps_read_exact_scalars_as_fp16(tmp_path, divisor, narrowe
     np.testing.assert_array_equal(got, wide.run({"x": x})["y"])
     finite = np.isfinite(want)
     assert np.array_equal(finite, np.isfinite(got)) and cosine(got[finite], want[finite]) >= 0.999
+
+
+def _bare(path: Path, m: int, k: int, n: int, bias: bool = False) -> Path:
+    """y = x @ W (+ b), W standard normal (issue 9's GEMM has no b): its int8 epilogue is Cast(acc) *
+    per-channel scale (+ b), each scale s_x s_w[n] within fp16's normal range."""
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal((k, n)).astype(np.float32)
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["m" if bias else "y"])]
+    inits = [numpy_helper.from_array(w, "w")]
+    if bias:
+        nodes.append(helper.make_node("Add", ["m", "b"], ["y"]))
+        inits.append(numpy_helper.from_array(rng.standard_normal(n).astype(np.float32), "b"))
+    graph = helper.make_graph(
+        nodes,
+        "bare",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, (m, k))],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, (m, n))],
+        inits,
+    )
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    return path
+
+
+def _epilogues(program) -> list:
+    return [i for i in program.instructions if i.opcode == "mxm.mm" and i.work.relay_words > 0]
+
+
+def test_a_bare_dequantizing_epilogue_reads_its_per_channel_scale_as_fp16(tmp_path):
+    """A MatMul with no bias: its epilogue's per-channel scale is stored as fp16 (2 stream ids instead
+    of 4, one more ALU for the conversion). With a bias (another op in the epilogue) it stays float32.
+    Numerics against onnxruntime as close as with float32 scales."""
+    path = _bare(tmp_path / "bare.onnx", 96, 640, 64)
+    narrow = lpuc.compile(path, precision="int8", dump_ir=tmp_path / "ir")
+    wide = lpuc.compile(path, precision="int8", disable_passes=["store_int8_constants_fp16"])
+    final = (tmp_path / "ir" / "99_final.graph.txt").read_text()
+    assert "requant_scale/fp16: f16[64]" in final, final
+    narrow_mms, wide_mms = _epilogues(narrow), _epilogues(wide)
+    assert narrow_mms and len(narrow_mms) == len(wide_mms)
+    for a, b in zip(narrow_mms, wide_mms):
+        assert a.work.alu_ops == b.work.alu_ops + 1 == 3
+        # (the quantize maps' scalar is narrowed in one build only: compare the epilogues' own ids)
+        assert _stream_ids(a) == _stream_ids(b) - 2
+    x = np.random.default_rng(3).standard_normal((96, 640)).astype(np.float32)
+    (want,) = run_onnxruntime(onnx.load(str(path)), {"x": x})
+    cosines = [cosine(p.run({"x": x})["y"], want) for p in (narrow, wide)]
+    assert min(cosines) >= 0.99 and abs(cosines[0] - cosines[1]) < 1e-3, cosines
+    np.testing.assert_array_equal(narrow.run({"x": x})["y"], narrow.run({"x": x}, interpret=True)["y"])
+    lpuc.compile(
+        _bare(tmp_path / "biased.onnx", 96, 640, 64, bias=True), precision="int8", dump_ir=tmp_path / "b"
+    )
+    biased = (tmp_path / "b" / "99_final.graph.txt").read_text()
+    assert "f32[64]" in biased and "f16[64]" not in biased, biased

@@ -84,6 +84,59 @@ def test_from_fp16_matches_numpy_on_every_float16():
         assert np.array_equal(from_fp16(values).view(np.uint32), values.astype(np.float32).view(np.uint32))
 
 
+def _quiet_nans(rng: np.random.Generator, n: int) -> np.ndarray:
+    """float32 values with many quiet NaNs of random payloads and signs, infinities, no signaling NaN."""
+    bits = rng.integers(0, 1 << 32, n, dtype=np.uint64).astype(np.uint32)
+    bits[::3] |= np.uint32(0x7FC00000)  # quiet NaNs
+    bits[1::7] = (bits[1::7] & np.uint32(0x80000000)) | np.uint32(0x7F800000)  # infinities
+    magnitude = bits & np.uint32(0x7FFFFFFF)
+    bits[(magnitude > 0x7F800000) & (magnitude < 0x7FC00000)] |= np.uint32(0x400000)
+    return bits.view(np.float32)
+
+
+def test_fp16_conversions_through_torch_match_numpy_on_quiet_nans():
+    """The torch path (module docstring of runtime/fp16.py): arrays big enough to take it, full of
+    quiet NaN payloads, contiguous with odd lengths (torch's scalar tails) and strided windows."""
+    from lpuc.runtime import fp16
+
+    assert fp16._torch() is not None  # the probe passed: the path below is torch's
+    x = _quiet_nans(np.random.default_rng(2), 300_011)
+    with np.errstate(all="ignore"):
+        for values in (x, x[:4101], x[: 600 * 500].reshape(600, 500)[3:590:2, 7:450]):
+            half = values.astype(np.float16)
+            assert np.array_equal(to_fp16(values).view(np.uint16), half.view(np.uint16))
+            expected = half.astype(np.float32).view(np.uint32)
+            assert np.array_equal(round_fp16(values).view(np.uint32), expected)
+            assert np.array_equal(from_fp16(half).view(np.uint32), expected)
+            assert np.array_equal(from_fp16(half, quiet=True).view(np.uint32), expected)
+
+
+def test_quieted_signaling_nans_give_the_same_products():
+    """fp16._QUIET: the MXM's inputs may have their signaling NaNs quieted (from_fp16 / round_fp16
+    with quiet=True); products and sums of them are the same bits as of numpy's exact conversion,
+    whichever operand holds the NaN, with BLAS (contiguous, strided) and numpy's own loops."""
+    rng = np.random.default_rng(3)
+    bits = rng.integers(0, 1 << 16, (96, 200), dtype=np.uint32).astype(np.uint16)
+    bits[rng.random(bits.shape) < 0.2] = 0x7C00  # exponent all ones: with the payloads, NaNs
+    nan = (bits & 0x7C00) == 0x7C00
+    bits[nan] = (bits[nan] & 0x83FF) | 0x7C00 | (rng.integers(1, 0x1FF, nan.sum()) & 0x1FF).astype(np.uint16)
+    assert ((bits & 0x7E00) == 0x7C00).sum() > 1000  # many signaling NaNs
+    h = bits.view(np.float16)
+    w = rng.standard_normal((160, 48)).astype(np.float32)
+    w[rng.random(w.shape) < 0.05] = np.nan
+    with np.errstate(all="ignore"):
+        for window in (h[:, :160], h[:80, 20:180], h[:5, :160]):
+            exact, quiet = window.astype(np.float32), from_fp16(window, quiet=True)
+            rounded = round_fp16(exact, quiet=True)
+            if window.size > 4096:  # (torch's path: some were quieted)
+                assert not np.array_equal(quiet.view(np.uint32), exact.view(np.uint32))
+            outer = lambda v: v[:, :1] @ w[:1]  # noqa: E731 (K = 1)
+            products = (lambda v: v @ w, lambda v: w.T @ v.T, outer, lambda v: v + w[:, 0])
+            for a in (quiet, rounded):
+                for f in products:
+                    assert np.array_equal(f(a).view(np.uint32), f(exact).view(np.uint32))
+
+
 def _step(op: str, *args: str) -> dict:
     return {"op": op, "args": list(args), "attrs": {}, "domain": "", "opset": 17}
 

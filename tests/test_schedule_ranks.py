@@ -86,3 +86,42 @@ def test_chains_of_a_tall_product_are_ranked_in_waves_over_the_planes():
     shared = {op.chain for op in wide.ops if op.chain >= 0}
     assert len(shared) > 4
     assert plane_order_successors(wide.ops, 4) == plane_order_successors(wide.ops)
+
+
+def test_a_waves_quantize_maps_rank_above_its_chains_in_their_own_order():
+    """int8 1536x3200x64: eight 192-row chains of ten K slabs in two waves over the four planes, each
+    chain reading tiles its quantize maps write. Each wave's maps rank above every op of that wave's
+    chains (so all are placed before the chains' weight loads), and keep the order the paths gave
+    them."""
+    product = [helper.make_node("MatMul", ["x", "w"], ["y"])]
+    tall = _lowered(product, {"x": [1536, 3200]}, {"y": [1536, 64]}, {"w": rand(3200, 64, seed=4)}, "int8")
+    target = load_target("tsp-v1")
+    preds = dependencies(tall)
+    rank = upward_ranks(tall, preds, target)
+    chains: dict[int, list[int]] = {}
+    for op in tall.ops:
+        if op.chain >= 0:
+            chains.setdefault(op.chain, []).append(op.id)
+    ordered = [chains[c] for c in sorted(chains)]
+    assert len(ordered) == 8
+    writers = {w.buf: op.id for op in tall.ops if op.opcode == "vxm.map" for w in op.writes}
+    for wave in (ordered[:4], ordered[4:]):
+        ops = [i for chain in wave for i in chain]
+        maps = sorted({writers[tall.ops[i].reads[0].buf] for i in ops if tall.ops[i].opcode == "mxm.mm"})
+        assert maps and min(rank[m] for m in maps) > max(rank[i] for i in ops)
+    # Without the lift (the ranks of the paths alone), the last wave's later K slabs' maps rank below
+    # its chains; the lift keeps the maps' order.
+    from lpuc.schedule import scheduler
+
+    lifted = list(rank)
+    plain = list(rank)
+    original = scheduler._maps_ahead_of_their_wave
+    try:
+        scheduler._maps_ahead_of_their_wave = lambda ops, rank, planes: None
+        plain = upward_ranks(tall, preds, target)
+    finally:
+        scheduler._maps_ahead_of_their_wave = original
+    ops = [i for chain in ordered[4:] for i in chain]
+    maps = sorted({writers[tall.ops[i].reads[0].buf] for i in ops if tall.ops[i].opcode == "mxm.mm"})
+    assert min(plain[m] for m in maps) < max(plain[i] for i in ops)
+    assert sorted(maps, key=lambda m: plain[m]) == sorted(maps, key=lambda m: lifted[m])

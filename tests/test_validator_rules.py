@@ -343,3 +343,18 @@ def test_outputs_still_match_after_legal_rescheduling(mlp, mlp_onnx):
     feeds = random_feeds(mlp_onnx)
     again = decode_program(encode_program(mlp))
     np.testing.assert_array_equal(again.run(feeds)["y"], mlp.run(feeds)["y"])
+
+
+def test_streams_derived_again_after_a_tile_is_replaced_in_place(mlp):
+    """streams_of keeps what it derived per instruction with the tiles it came from: a tile replaced
+    in place (a new TileSlot) is seen, so the validator never rules on stale streams."""
+    program = dataclasses.replace(mlp)  # a copy of our own (nothing derived yet)
+    program.tiles = list(program.tiles)
+    ins = next(i for i in program.instructions if i.opcode == "mxm.mm")
+    before = streams_of(program, ins)
+    assert streams_of(program, ins) is before  # derived once
+    buf = ins.reads[0].buf
+    program.tiles[buf] = dataclasses.replace(program.tiles[buf], dtype="float16")  # half the words a row
+    after = streams_of(program, ins)
+    assert after != before
+    assert after == streams_of(dataclasses.replace(program), ins)  # what a fresh program derives

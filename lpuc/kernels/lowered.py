@@ -30,8 +30,11 @@ def im2col_kernel(ctx: KernelContext, x: np.ndarray) -> np.ndarray:
     view of x from row in_row0; lpuc.kernels.windows). `const_columns` (values): columns of those
     constants after each row's own, before packing (passes/fold_bias_columns). `row_tiles` [rows,
     step, halo]: the result in that halo layout (lpuc.kernels.windows.halo_tiles; a slab's out_rows
-    are rows of the sequence then)."""
+    are rows of the sequence then). `pack_blocks` [L, step, start, W]: the p rows side by side are
+    not consecutive but p blocks of an image row (pool_blocks_index; a slab's out_rows are the
+    unpacked rows of the image rows its packed rows [r0, r1) `packed_rows` cover)."""
     pack = int(ctx.attr("pack_rows", 1))  # `pack_rows` consecutive rows side by side (quantize_int8)
+    blocks = ctx.attr("pack_blocks")
     if ctx.attr("row_bands") and ctx.attr("slab"):  # (rows [r0, r1) of the banded result)
         r0, r1 = ctx.attr("slab")["out_rows"]
         whole = dataclasses.replace(ctx, attrs={k: v for k, v in ctx.attrs.items() if k != "slab"})
@@ -39,6 +42,10 @@ def im2col_kernel(ctx: KernelContext, x: np.ndarray) -> np.ndarray:
     if ctx.attr("slab"):
         cols = windows.gather_columns(x, ctx.attrs, int(ctx.attr("pad_value", 0)))
         cols = _with_const_columns(cols, ctx.attr("const_columns"))
+        if blocks:
+            slab = ctx.attr("slab")
+            index = pool_blocks_index(blocks, pack, *slab["packed_rows"]) - int(slab["out_rows"][0])
+            return cols[index].reshape(len(index), -1)
         return cols if pack == 1 else cols.reshape(cols.shape[0] // pack, cols.shape[1] * pack)
     if ctx.attr("channels_last", 0):
         x = np.moveaxis(x, -1, 1)
@@ -55,7 +62,43 @@ def im2col_kernel(ctx: KernelContext, x: np.ndarray) -> np.ndarray:
     if ctx.attr("row_tiles"):  # (a row-tapped product's operand in its halo layout: passes/row_taps)
         rows, step, halo = (int(v) for v in ctx.attr("row_tiles"))
         cols = cols[windows.halo_index(rows, step, halo)]
+    if blocks:
+        index = pool_blocks_index(blocks, pack, 0, len(cols) // int(blocks[3]) * int(blocks[0]))
+        return cols[index].reshape(len(index), -1)
     return cols if pack == 1 else cols.reshape(cols.shape[0] // pack, cols.shape[1] * pack)
+
+
+def pool_blocks_index(pack_blocks, pack: int, r0: int, r1: int) -> np.ndarray:
+    """[r1 - r0, pack] the unpacked row (image row * W + x) block b of packed row r holds, in the
+    layout passes/pool_ordered_pack gives a packed convolution a strided MaxPool reads: each image
+    row of W pixels is L packed rows, block b of its row k pixel x = start + b * step + k, clamped
+    to [0, W) (a clamped pixel repeats one its pool window holds anyway: the max is the same)."""
+    rows, step, start, width = (int(v) for v in pack_blocks)
+    image_row, k = np.divmod(np.arange(r0, r1), rows)
+    x = np.clip(start + step * np.arange(pack)[None, :] + k[:, None], 0, width - 1)
+    return image_row[:, None] * width + x
+
+
+@kernel("UnpackBlocks", domain=LPUC_DOMAIN)
+def unpack_blocks(ctx: KernelContext, x: np.ndarray) -> np.ndarray:
+    """[..., Q, p * C] -> [..., p * Q, C]: block b of row q is pixel b * Q + q of its image row (the
+    pool_ordered_pack layout after its pool). With a slab attribute: result rows [r0, r1) (view
+    rows of the result) from the input's [rows, cols] view starting at its row in_row0."""
+    blocks, cols = int(ctx.attr("blocks")), int(ctx.attr("block_rows"))
+    slab = ctx.attr("slab")
+    if not slab:
+        *lead, q, width = x.shape
+        c = width // blocks
+        y = x.reshape(-1, q, blocks, c).transpose(0, 2, 1, 3)
+        return np.ascontiguousarray(y).reshape(*lead, q * blocks, c)
+    r0, r1 = slab["out_rows"]
+    x2 = x.reshape(-1, x.shape[-1])
+    c = x2.shape[1] // blocks
+    out = np.arange(r0, r1)
+    image_row, j = np.divmod(out, cols * blocks)
+    block, q = np.divmod(j, cols)
+    rows = image_row * cols + q - int(slab["in_row0"])
+    return x2.reshape(len(x2), blocks, c)[rows, block]
 
 
 def _with_const_columns(cols: np.ndarray, values) -> np.ndarray:

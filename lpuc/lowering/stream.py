@@ -23,6 +23,7 @@ from lpuc.lowering.windowed import (
     reshape_slab_tiles,
     reshape_slabs,
     transpose_slabs,
+    unpack_block_slabs,
     window_slabs,
 )
 from lpuc.ops import Placement
@@ -108,6 +109,9 @@ def lower_stream(b: TiledBuilder, node: Node, placement: Placement, unit_class: 
         # A reshape that is not a view (it regroups rows): a row-major copy, slab by slab.
         tiles = _reshape_slab_tiles(b, node, outs[0]) if b.enabled("pooled_unpack") else 1
         slabs, kernel = list(reshape_slabs(ins[0], outs[0], tiles)), ("ReshapeRows", LPUC_DOMAIN)
+    elif unit_class == "SXM" and b.enabled("row_slabs") and node.op == "UnpackBlocks":
+        q, blocks = int(node.attr("block_rows")), int(node.attr("blocks"))
+        slabs = list(unpack_block_slabs(ins[0], outs[0], q, blocks))
     elif unit_class == "SXM" and b.enabled("row_slabs") and _banded(node):
         slabs = list(banded_slabs(node, ins[0], outs[0]))
     elif unit_class == "SXM" and b.enabled("row_slabs"):

@@ -51,6 +51,8 @@ def window_slabs(node: Node, x: TensorTiles, y: TensorTiles) -> Iterator[tuple[W
         else:
             ranges = input_windows(node.attrs, x.shape, *out_rows, channels_first)
         slab = {"out_rows": out_rows, "in_row0": ranges[0][0] // x.block_rows * x.block_rows}
+        if pack > 1 and node.attr("pack_blocks"):
+            slab["packed_rows"] = [r0, r1]
         slab["in_shape"] = list(x.shape)
         if channels_first:
             slab["channels_first"] = True
@@ -67,11 +69,30 @@ def _result_slabs(node: Node, y: TensorTiles, pack: int) -> list[tuple[tuple[int
         tiles = halo_tiles(*(int(v) for v in node.attr("row_tiles")))
         starts = range(0, y.rows, y.block_rows)
         return [((r0, r0 + v1 - v0), [v0, v1]) for r0, (v0, v1) in zip(starts, tiles)]
+    blocks = node.attr("pack_blocks") if node.op == "Im2Col" and pack > 1 else None
     slabs = []
     for r0 in range(0, y.rows, y.block_rows):
         r1 = min(y.rows, r0 + y.block_rows)
-        slabs.append(((r0, r1), [r0 * pack, r1 * pack]))
+        if blocks:  # (passes/pool_ordered_pack) the whole image rows its packed rows take pixels of
+            per_row, width = int(blocks[0]), int(blocks[3])
+            slabs.append(((r0, r1), [r0 // per_row * width, -(-r1 // per_row) * width]))
+        else:
+            slabs.append(((r0, r1), [r0 * pack, r1 * pack]))
     return slabs
+
+
+def unpack_block_slabs(
+    x: TensorTiles, y: TensorTiles, q: int, blocks: int
+) -> Iterator[tuple[Window, list[Window], dict]]:
+    """The same for an UnpackBlocks (passes/pool_ordered_pack) of x [rows, blocks * C] (q rows an
+    image row) to y [rows * blocks, C]: result tile row [r0, r1) takes its image rows' q input rows
+    each."""
+    per_image_row = q * blocks
+    for r0 in range(0, y.rows, y.block_rows):
+        r1 = min(y.rows, r0 + y.block_rows)
+        i0, i1 = r0 // per_image_row * q, -(-r1 // per_image_row) * q
+        slab = {"out_rows": [r0, r1], "in_row0": i0 // x.block_rows * x.block_rows}
+        yield (r0, r1, 0, y.cols), [(i0, i1, 0, x.cols)], slab
 
 
 def _column_pieces(node: Node, x: TensorTiles, y: TensorTiles) -> list[tuple[int, int]]:

@@ -17,15 +17,28 @@ from lpuc.program import Access, Instruction, Program
 
 
 def streams_of(p: Program, ins: Instruction) -> tuple[list[Stream], list[Stream]]:
-    """The cost model's view of an instruction's windows."""
+    """The cost model's view of an instruction's windows (shared: do not modify the lists)."""
+    return derived(p, ins)[2]
+
+
+def derived(p: Program, ins: Instruction) -> list:
+    """[ins, its tiles, streams_of, held_until's answer or None until asked]: what the validator and
+    the summary derive from an instruction, computed once per program unless the instruction or one
+    of its tiles was replaced since (a changed copy is a new object, and tiles compare by value)."""
+    tiles = p.tiles
+    mine = tuple([tiles[a.buf] for a in ins.reads] + [tiles[a.buf] for a in ins.writes])
+    found = p.derived.get(ins.id)
+    if found is not None and found[0] is ins and found[1] == mine:
+        return found
 
     def where(a: Access) -> tuple[int, int]:
-        t = p.tiles[a.buf]
+        t = tiles[a.buf]
         return (-1 if t.kind == "host" else a.slice), words_per_row(t.np_dtype)
 
-    return cost.window_streams(
-        ins.opcode, ins.attrs, ins.reads, ins.writes, where, lambda a: p.tiles[a.buf].lane
-    )
+    lane = lambda a: tiles[a.buf].lane  # noqa: E731 - a window's tile's first lane
+    streams = cost.window_streams(ins.opcode, ins.attrs, ins.reads, ins.writes, where, lane)
+    found = p.derived[ins.id] = [ins, mine, streams, None]
+    return found
 
 
 def check_costs(p: Program) -> list[str]:

@@ -38,7 +38,7 @@ from lpuc.dtypes import words_per_row
 from lpuc.errors import ScheduleError
 from lpuc.program import Access, Instruction, Program, TileSlot, windows_overlap
 from lpuc.schedule.liveness import live_intervals
-from lpuc.schedule.validate_costs import booked_ports, check_costs, streams_of
+from lpuc.schedule.validate_costs import booked_ports, check_costs, derived
 from lpuc.schedule.validate_mxm import check_accumulation, check_accumulators, check_weights
 
 MAX_PROBLEMS = 20
@@ -122,7 +122,13 @@ def held_until(p: Program, ins: Instruction, unit: str) -> int:
         or not all(0 <= a.buf < len(p.tiles) for a in ins.reads + ins.writes)
     ):
         return ins.end
-    reads, writes = streams_of(p, ins)
+    facts = derived(p, ins)
+    if facts[3] is None:
+        facts[3] = _held_until(p, ins, *facts[2])
+    return facts[3]
+
+
+def _held_until(p: Program, ins: Instruction, reads: list, writes: list) -> int:
     ports = booked_ports(p, ins, reads, writes)
     if not all(ports.values()):
         return ins.end  # refused by the cost rule

@@ -185,6 +185,7 @@ TRANSFORMER_ABLATIONS = (
     "fuse_layernorm",
     "fuse_gelu",
     "fuse_softmax",
+    "fold_score_scale",
     "fuse_elementwise",
     "row_segments",
     "row_slabs",

@@ -41,6 +41,7 @@ INT8_ABLATIONS = (
     "fold_requantize",
     "store_int8_floats_fp16",
     "split_packed_pool",
+    "pool_ordered_pack",
     "pooled_unpack",
     "sink_products",
     "unit_transposes",

@@ -201,3 +201,22 @@ def test_keys_of_a_two_way_split_without_bias():
     assert "sxm.kernel" in program.summary["instructions_by_opcode"]  # the K^T transpose only
     moves = [i.attrs["kernel"] for i in program.instructions if i.opcode == "sxm.kernel"]
     assert moves == ["Transpose"]
+
+
+@pytest.mark.parametrize(
+    "columns",
+    [[3, 4, 5, 6], [0, 1, 2, 9, 10, 11], [5, 1, 2, 9], list(range(12))],
+    ids=["one run", "two runs", "scattered", "all"],
+)
+def test_projection_columns_are_the_gathered_ones_read_only(columns):
+    from lpuc.passes.address_heads import _columns_of
+
+    weights = np.arange(5 * 12, dtype=np.float32).reshape(5, 12)
+    for a in (weights, weights[0]):  # a weight's columns and a bias's
+        got = _columns_of(a, np.array(columns))
+        expected = a[..., columns]
+        assert got.dtype == expected.dtype and got.flags.c_contiguous
+        np.testing.assert_array_equal(got, expected)
+        if got.base is None:  # a copy of our own: the graph takes it as is (read-only)
+            assert not got.flags.writeable
+    assert weights.flags.writeable  # the source is left alone
