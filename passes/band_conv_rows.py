@@ -34,11 +34,11 @@ from lpuc.passes.eliminate_dead_code import eliminate_dead_code
 from lpuc.passes.pack_conv_rows import PACK_MIN_SHORT_ROWS
 
 # Only results this tall band (as pack_conv_rows packs: shorter ones gain less than the extra SXM
-# copy costs). Nor do results from 10000 rows on: each copy of the banded Im2Col and of UnbandRows
-# reads its input whole, which a large map makes costly (light SqueezeNet's 111x111 stem banded by 5:
-# fp16 43,614 -> 44,397 cycles, int8 38,430 -> 39,905); quantize_int8 and pack_conv_rows pack those.
+# copy costs). Large ones band too: each copy of the banded Im2Col and of UnbandRows reads only the
+# input rows of its bands (lpuc.lowering.windowed.banded_slabs; read whole, light SqueezeNet's 111x111
+# stem banded by 5 was slower: fp16 43,614 -> 44,397 cycles; in windows 42,130 (41,318 booking one port:
+# lpuc.schedule.scheduler), int8 38,430 -> 35,709).
 BAND_MIN_ROWS = PACK_MIN_SHORT_ROWS
-BAND_MAX_ROWS = 10000
 
 
 def band_conv_rows(graph: Graph, ctx) -> Graph:
@@ -86,7 +86,7 @@ def _plan(
     matmul, pool = chain[0], chain[-1]
     (m, k), n = graph.values[im2col.outputs[0]].shape, graph.values[matmul.inputs[1]].shape[1]
     _, hc, wc, channels = graph.values[pool.inputs[0]].shape
-    if not BAND_MIN_ROWS <= m < BAND_MAX_ROWS or m != hc * wc or channels != n:
+    if m < BAND_MIN_ROWS or m != hc * wc or channels != n:
         return None
     p = min(lanes // n, k_tile // k)
     if p < 2:

@@ -24,8 +24,8 @@ def im2col_kernel(ctx: KernelContext, x: np.ndarray) -> np.ndarray:
     integer x's zero point, default 0) fills the padding, so that the padding is zero once centered;
     `pack_rows` p returns [rows / p, p * cols] (row-major: p consecutive rows side by side); with
     `row_bands` (p result rows) and `band_rows` r instead [r, p * cols], lane group g of row j holding
-    row row_bands[g] + j (passes/band_conv_rows; a slab of it: rows out_rows of that from x whole,
-    of shape in_shape). With a
+    row row_bands[g] + j (passes/band_conv_rows; a slab of it: rows out_rows of that, from the rows
+    of x's [rows, cols] view from in_row0 on, x of shape in_shape). With a
     slab attribute: result rows [r0, r1) (before packing) from an input row slab (the [rows, cols]
     view of x from row in_row0; lpuc.kernels.windows). `const_columns` (values): columns of those
     constants after each row's own, before packing (passes/fold_bias_columns). `row_tiles` [rows,
@@ -35,10 +35,10 @@ def im2col_kernel(ctx: KernelContext, x: np.ndarray) -> np.ndarray:
     unpacked rows of the image rows its packed rows [r0, r1) `packed_rows` cover)."""
     pack = int(ctx.attr("pack_rows", 1))  # `pack_rows` consecutive rows side by side (quantize_int8)
     blocks = ctx.attr("pack_blocks")
-    if ctx.attr("row_bands") and ctx.attr("slab"):  # (rows [r0, r1) of the banded result, x whole)
-        (r0, r1), shape = ctx.attr("slab")["out_rows"], ctx.attr("slab")["in_shape"]
+    if ctx.attr("row_bands") and ctx.attr("slab"):  # (rows [r0, r1) of the banded result)
+        r0, r1 = ctx.attr("slab")["out_rows"]
         whole = dataclasses.replace(ctx, attrs={k: v for k, v in ctx.attrs.items() if k != "slab"})
-        return im2col_kernel(whole, x.reshape(shape))[r0:r1]
+        return im2col_kernel(whole, _placed(x, ctx.attr("slab")))[r0:r1]
     if ctx.attr("slab"):
         cols = windows.gather_columns(x, ctx.attrs, int(ctx.attr("pad_value", 0)))
         cols = _with_const_columns(cols, ctx.attr("const_columns"))
@@ -114,12 +114,13 @@ def unband_rows(ctx: KernelContext, x: np.ndarray) -> np.ndarray:
     """x [1, Hb, W, p * C] (p bands of image rows side by side: passes/band_conv_rows) -> [1, H, W, C]:
     attribute bands (start, count) per band: rows [start, start + count) of the result are band g's
     first count rows, from its lane group g. H is the last band's start + count. With a slab
-    attribute: result rows [r0, r1) of the [rows, cols] view (x whole, its shape in_shape)."""
+    attribute: result rows [r0, r1) of the [rows, cols] view (x: rows of x's view from in_row0 on, x of
+    shape in_shape)."""
     bands = [int(v) for v in ctx.attr("bands")]
     pairs = list(zip(bands[0::2], bands[1::2]))
     slab = ctx.attr("slab")
-    if slab:  # x: the banded rows' [rows, cols] view, whole
-        x = x.reshape(slab["in_shape"])
+    if slab:  # x: rows of the banded rows' [rows, cols] view
+        x = _placed(x, slab)
     c = x.shape[-1] // len(pairs)
     out = np.empty((x.shape[0], pairs[-1][0] + pairs[-1][1], x.shape[2], c), x.dtype)
     for g, (start, count) in enumerate(pairs):
@@ -128,6 +129,18 @@ def unband_rows(ctx: KernelContext, x: np.ndarray) -> np.ndarray:
         r0, r1 = slab["out_rows"]
         return out.reshape(-1, c)[r0:r1]
     return out
+
+
+def _placed(x: np.ndarray, slab: dict) -> np.ndarray:
+    """The input of shape slab["in_shape"] with x, rows of its [rows, cols] view from slab["in_row0"]
+    on, in place (the rows a banded op's slab does not read, zero: its windows read none of them)."""
+    shape = [int(d) for d in slab["in_shape"]]
+    cols = shape[-1]
+    rows = math.prod(shape[:-1])
+    row0 = int(slab["in_row0"])
+    view = np.zeros((rows, cols), x.dtype)
+    view[row0 : row0 + x.shape[0]] = x.reshape(-1, cols)[: rows - row0]
+    return view.reshape(shape)
 
 
 @kernel("SaturatingCast", domain=LPUC_DOMAIN)

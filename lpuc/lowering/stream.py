@@ -19,11 +19,11 @@ from lpuc.kernels._common import normalize_axis
 from lpuc.lowering.builder import TiledBuilder, split_range, view_of
 from lpuc.lowering.windowed import Window as _Window
 from lpuc.lowering.windowed import (
+    banded_slabs,
     reshape_slab_tiles,
     reshape_slabs,
     transpose_slabs,
     unpack_block_slabs,
-    whole_input_slabs,
     window_slabs,
 )
 from lpuc.ops import Placement
@@ -51,7 +51,8 @@ def _operand(
     """
     br = t.block_rows
     if windows:
-        tile_rows = range(windows[0][0] // br, (windows[-1][1] - 1) // br + 1)
+        # (windows in any order: an UnbandRows' bands lie side by side in the lanes)
+        tile_rows = range(min(w[0] for w in windows) // br, (max(w[1] for w in windows) - 1) // br + 1)
         refs = [
             b.window(t, lo, hi, clo, chi)
             for r0, r1, c0, c1 in windows
@@ -112,7 +113,7 @@ def lower_stream(b: TiledBuilder, node: Node, placement: Placement, unit_class: 
         q, blocks = int(node.attr("block_rows")), int(node.attr("blocks"))
         slabs = list(unpack_block_slabs(ins[0], outs[0], q, blocks))
     elif unit_class == "SXM" and b.enabled("row_slabs") and _banded(node):
-        slabs = list(whole_input_slabs(ins[0], outs[0]))
+        slabs = list(banded_slabs(node, ins[0], outs[0]))
     elif unit_class == "SXM" and b.enabled("row_slabs"):
         slabs, kernel = list(transpose_slabs(node, ins[0], outs[0])), ("TransposeRows", LPUC_DOMAIN)
     if len(slabs) > 1:

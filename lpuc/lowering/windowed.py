@@ -137,14 +137,91 @@ def reshape_slabs(
         yield (r0, r1, 0, y.cols), [(i0, i1, 0, x.cols)], slab
 
 
-def whole_input_slabs(x: TensorTiles, y: TensorTiles) -> Iterator[tuple[Window, list[Window], dict]]:
-    """The same for an op whose result rows come from anywhere in a small input (passes/
-    band_conv_rows: a banded Im2Col, an UnbandRows): one copy per result tile row, each reading the
-    input whole, so the copies run on both SXMs and the next op starts on the first."""
+# A banded op's slabs read an input of at most this many rows whole: per-band windows save few rows
+# there and made MTCNN ONet slower (fp16 7,289 -> 7,438 cycles, int8 5,937 -> 6,196: the
+# copies' timing moves the schedule after them), while light SqueezeNet's 672-row image read in
+# windows gains (fp16 43,614 -> 42,130, int8 38,430 -> 35,709).
+BANDED_WHOLE_MAX_ROWS = 256
+
+
+def banded_slabs(node: Node, x: TensorTiles, y: TensorTiles) -> Iterator[tuple[Window, list[Window], dict]]:
+    """The same for an op of passes/band_conv_rows (a banded Im2Col, an UnbandRows): one copy per
+    result tile row, so that the copies run on both SXMs and the next op starts on the first. Each
+    reads, per band, only the input rows its result rows come from (a window per band, merged where
+    they overlap): reading the input whole made every copy of a large map stream all of it."""
     for r0 in range(0, y.rows, y.block_rows):
         r1 = min(y.rows, r0 + y.block_rows)
-        slab = {"out_rows": [r0, r1], "in_row0": 0, "in_shape": [int(d) for d in x.shape]}
-        yield (r0, r1, 0, y.cols), [(0, x.rows, 0, x.cols)], slab
+        if x.rows <= BANDED_WHOLE_MAX_ROWS:
+            windows = [(0, x.rows, 0, x.cols)]
+        elif node.op == "UnbandRows":
+            windows = _unband_windows(node, x, y, r0, r1)
+        else:
+            windows = _banded_im2col_windows(node, x, r0, r1)
+        slab = {
+            "out_rows": [r0, r1],
+            "in_row0": windows[0][0] // x.block_rows * x.block_rows,
+            "in_shape": [int(d) for d in x.shape],
+        }
+        yield (r0, r1, 0, y.cols), windows, slab
+
+
+def _banded_im2col_windows(node: Node, x: TensorTiles, r0: int, r1: int) -> list[Window]:
+    """Rows [r0, r1) of a banded Im2Col: lane group g holds the Im2Col's rows row_bands[g] + [r0, r1),
+    whose windows read input rows near the band's (one range per plane of a channels-first image)."""
+    channels_first = not node.attr("channels_last", 0)
+    ranges = []
+    for start in node.attr("row_bands"):
+        lo, hi = int(start) + r0, int(start) + r1
+        if channels_first:
+            ranges += input_windows(node.attrs, x.shape, lo, hi, True)
+        else:
+            ranges += input_row_runs(node.attrs, x.shape, lo, hi, MAX_ROW_RUNS)
+    return [(i0, i1, 0, x.cols) for i0, i1 in _joined(ranges)]
+
+
+def _unband_windows(node: Node, x: TensorTiles, y: TensorTiles, r0: int, r1: int) -> list[Window]:
+    """Result view rows [r0, r1) of an UnbandRows: the rows of band g, (start, count) image rows from
+    image row start on, are the banded input's first count image rows in lane group g (a vector
+    read carries every group: the bands' row ranges are read once)."""
+    bands = [int(v) for v in node.attr("bands")]
+    pairs = list(zip(bands[0::2], bands[1::2]))
+    width = y.rows // (pairs[-1][0] + pairs[-1][1])  # view rows per image row
+    ranges = []
+    for start, count in pairs:
+        lo, hi = max(r0, start * width), min(r1, (start + count) * width)
+        if lo < hi:
+            ranges.append((lo - start * width, hi - start * width))
+    return [(i0, i1, 0, x.cols) for i0, i1 in _merged(ranges, x.block_rows)]
+
+
+def _joined(ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """Row ranges sorted, those that overlap or touch joined (each input row is streamed once)."""
+    out: list[tuple[int, int]] = []
+    for i0, i1 in sorted(ranges):
+        if out and i0 <= out[-1][1]:
+            out[-1] = (out[-1][0], max(out[-1][1], i1))
+        else:
+            out.append((i0, i1))
+    return out
+
+
+def _merged(ranges: list[tuple[int, int]], block_rows: int) -> list[tuple[int, int]]:
+    """Row ranges sorted, and within each tile row of block_rows rows joined into one spanning them:
+    each access books a port on its slice, so a slab reads each tile it needs once."""
+    spans: dict[int, tuple[int, int]] = {}
+    for i0, i1 in ranges:
+        for t in range(i0 // block_rows, (i1 - 1) // block_rows + 1):
+            lo, hi = max(i0, t * block_rows), min(i1, (t + 1) * block_rows)
+            old = spans.get(t, (lo, hi))
+            spans[t] = (min(old[0], lo), max(old[1], hi))
+    out: list[tuple[int, int]] = []
+    for t in sorted(spans):
+        i0, i1 = spans[t]
+        if out and i0 == out[-1][1]:  # (contiguous across a tile edge: one window)
+            out[-1] = (out[-1][0], i1)
+        else:
+            out.append((i0, i1))
+    return out
 
 
 def reshape_slab_tiles(y: TensorTiles, reader: Node, pooled_rows: int, pooled_block_rows: int) -> int:

@@ -93,3 +93,49 @@ def test_banding_streams_fewer_rows_and_counts_no_more_macs(tmp_path, precision)
     for kind in ("mxm", "lw"):
         assert banded.summary["lower_bound_cycles"][kind] <= plain.summary["lower_bound_cycles"][kind]
     assert banded.summary["cycles"] < plain.summary["cycles"]
+
+
+def _wide_stem(tmp_path) -> str:
+    """A SqueezeNet-like stem on a 96x96 image (288 rows of its channels-first view: more than a
+    banded op reads whole): 3x3 stride-2 conv to 64 channels, ReLU, 3x3 stride-2 MaxPool."""
+    torch.manual_seed(3)
+    net = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 64, 3, stride=2), torch.nn.ReLU(), torch.nn.MaxPool2d(3, 2)
+    ).eval()
+    path = tmp_path / "wide_stem.onnx"
+    with torch.no_grad():
+        torch.onnx.export(
+            net, (torch.randn(1, 3, 96, 96),), str(path), input_names=["x"], output_names=["y"],
+            opset_version=17, dynamo=False,
+        )  # fmt: skip
+    return str(path)
+
+
+@pytest.mark.parametrize("precision", ["fp32", "int8"])
+def test_banded_slabs_read_windows_of_a_large_input(tmp_path, precision):
+    """Each copy of a banded Im2Col over a large image reads per band only the rows near the band's
+    (fewer than the whole image), each copy of UnbandRows only the banded rows it places; the
+    result is onnxruntime's."""
+    path = _wide_stem(tmp_path)
+    program = lpuc.compile(path, precision=precision, dump_ir=tmp_path / "ir")
+    assert "UnbandRows" in (tmp_path / "ir" / "99_final.graph.txt").read_text()
+    copies = {"im2col_banded": 0, "unband": 0}
+    for ins in program.instructions:
+        last = ins.node.split("/")[-1]  # (int8 names: .../matmul_banded/im2col_int8, unbandrows_int8)
+        kind = "im2col_banded" if "im2col" in last and "banded" in ins.node else last[:6]
+        if kind in copies and ins.opcode == "sxm.kernel":
+            copies[kind] += 1
+            whole = 3 * 96 if kind == "im2col_banded" else None
+            rows = sum(r.nrows for r in ins.reads)
+            assert whole is None or rows < whole
+    assert copies["im2col_banded"] > 1 and copies["unband"] > 1
+    unband_rows = sum(r.nrows for i in program.instructions if "/unband" in i.node for r in i.reads)
+    assert unband_rows <= 23 * 23  # (each pooled row read once in all: none twice)
+    x = np.random.default_rng(5).standard_normal((1, 3, 96, 96)).astype(np.float32)
+    (want,) = ort_run(path, {"x": x})
+    got = program.run({"x": x})["y"]
+    if precision == "fp32":
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+    else:
+        a, b = got.astype(np.float64).ravel(), want.astype(np.float64).ravel()
+        assert a @ b / (np.linalg.norm(a) * np.linalg.norm(b)) >= 0.99
