@@ -15,6 +15,7 @@ from lpuc.lowering.host_tables import tables_for_host
 from lpuc.lowering.map_chains import join_maps
 from lpuc.lowering.matmul import lower_matmul, tapped_operand_rows
 from lpuc.lowering.plane_rows import plane_rows
+from lpuc.lowering.pool_slabs import pool_slab_rows
 from lpuc.lowering.row_segments import segment_rows
 from lpuc.lowering.stacked_results import stack_epilogue_results
 from lpuc.lowering.stacked_rows import stacked_values
@@ -40,6 +41,7 @@ STRATEGIES = {
     "stacked_results": "a write-bound epilogue's result (fp32 model output) cut into tiles on several slices",
     "concat_in_place": "a lane Concat's operands written by their producers into its tiles (no copy)",
     "pooled_unpack": "an unpacking a strided 1 x kw pool reads copies a pool slab's tiles at a time",
+    "pool_slabs": "a pool of one result tile row reading several cut into as many slabs (side by side)",
     # Applied by the sink_transposes pass, listed here to switch it off.
     "channels_last_depthwise": "a depthwise Conv of a channels-last value runs channels-last (no NCHW trip)",
     # Applied by the legalize_broadcast pass, listed here to switch it off.
@@ -84,6 +86,10 @@ def lower_with(
     where_ops = {n.name: unit_of(n, graph, host_tables) for n in graph.nodes}
     fp16 = mxm_rounded_values(graph) if precision == "fp16" and "fp16_storage" not in disabled else set()
     segments = segment_rows(graph, where_ops, target) if "row_segments" not in disabled else {}
+    if "pool_slabs" not in disabled and "row_slabs" not in disabled:
+        short_tiles = "short_tiles" not in disabled and any(n.op == "Im2Col" for n in graph.nodes)
+        for name, rows in pool_slab_rows(graph, where_ops, target, short_tiles).items():
+            segments.setdefault(name, rows)
     resident = host_resident_values(graph, where_ops)
     balanced = plane_rows(graph, where_ops, target, precision) if "plane_rows" not in disabled else {}
     balanced = {n: r for n, r in balanced.items() if n not in segments and n not in resident}
