@@ -14,7 +14,7 @@ from __future__ import annotations
 import contextlib
 import os
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import numpy as np
 from threadpoolctl import ThreadpoolController
@@ -28,6 +28,24 @@ from lpuc.runtime.plan import Plan
 from lpuc.runtime.trace import write_trace
 
 _BLAS = ThreadpoolController().select(user_api="blas").lib_controllers  # found once, not per run
+
+
+def _thread_count_calls(lib) -> tuple[Callable[[], int | None], Callable[[int], object]]:
+    """(get, set) of one BLAS library's thread count, resolved once: threadpoolctl looks its
+    symbols up on every call (~1 us each, three calls a run). OpenBLAS on its own thread pool
+    (not OpenMP) is called through its C functions; other libraries through threadpoolctl."""
+    # threadpoolctl's public setter ignores all but the first thread that used it; the count here
+    # is kept consistent across threads by _BLAS_LOCK, so set it directly.
+    get, put = lib.get_num_threads, getattr(lib, "_real_set_num_threads", lib.set_num_threads)
+    if lib.internal_api == "openblas" and lib.threading_layer != "openmp":
+        c_get = lib._get_symbol("openblas_get_num_threads")
+        c_set = lib._get_symbol("openblas_set_num_threads")
+        if c_get is not None and c_set is not None:
+            return c_get, c_set
+    return get, put
+
+
+_BLAS_CALLS = [_thread_count_calls(lib) for lib in _BLAS]
 
 
 def execute(
@@ -73,11 +91,9 @@ _BLAS_BEFORE: list[int | None] = []
 
 
 def _set_blas_threads(counts: list[int | None]) -> None:
-    for lib, n in zip(_BLAS, counts):
+    for (_, put), n in zip(_BLAS_CALLS, counts):
         if n is not None:
-            # threadpoolctl's public setter ignores all but the first thread that used it; the
-            # count here is kept consistent across threads by the lock, so set it directly.
-            getattr(lib, "_real_set_num_threads", lib.set_num_threads)(n)
+            put(n)
 
 
 class _OneBlasThread:
@@ -90,8 +106,8 @@ class _OneBlasThread:
         global _BLAS_USERS, _BLAS_BEFORE
         with _BLAS_LOCK:
             if _BLAS_USERS == 0:
-                _BLAS_BEFORE = [lib.get_num_threads() for lib in _BLAS]
-                _set_blas_threads([1] * len(_BLAS))
+                _BLAS_BEFORE = [get() for get, _ in _BLAS_CALLS]
+                _set_blas_threads([1] * len(_BLAS_CALLS))
             _BLAS_USERS += 1
 
     def __exit__(self, *exc: object) -> None:

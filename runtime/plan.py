@@ -146,11 +146,12 @@ def _ufunc_map(steps: list[UfuncStep], operands: list, dst: np.ndarray, scratch:
     shape = dst.shape
     narrow = [k for k, o in enumerate(operands) if o is not None and o.dtype == np.float16]
     widened = list(operands)
+    zeros: dict[tuple[int, ...], np.ndarray] = {}  # (a map's shapes are the same every run)
 
     def values(results: list, args: list[tuple[int, int]]) -> list:
         x = [widened[j] if k == 1 else results[j] for k, j in args if k != 3]
         if len(x) < len(args):  # Relu: np.maximum(x, 0), against an array of zeros (same bits)
-            x.append(_zeros(np.shape(x[0])))
+            x.append(_zeros_cached(zeros, np.shape(x[0])))
         return x
 
     def vmap() -> None:
@@ -190,13 +191,15 @@ def _fused_softmax(attrs: dict) -> Callable[[list], list[np.ndarray]] | None:
     if steps is None:
         return None
 
+    zeros: dict[tuple[int, ...], np.ndarray] = {}
+
     def call(operands: list) -> list[np.ndarray]:
         rows = [o if o.ndim < 2 or o.size != o.shape[-1] else o.reshape(-1) for o in operands]
         results: list[np.ndarray] = []
         for fn, args, _ in steps:
             x = [rows[j] if k == 1 else results[j] for k, j in args if k != 3]
             if len(x) < len(args):  # Relu, as _ufunc_map computes it
-                x.append(_zeros(np.shape(x[0])))
+                x.append(_zeros_cached(zeros, np.shape(x[0])))
             results.append(fn(*x))
         return [softmax(np.asarray(results[-1]).reshape(operands[0].shape), -1)]
 
@@ -246,6 +249,15 @@ def _zeros(shape: tuple[int, ...]) -> np.ndarray:
         block.flags.writeable = False
         _zero_block = block
     return _zero_block[:n].reshape(shape)
+
+
+def _zeros_cached(cache: dict[tuple[int, ...], np.ndarray], shape: tuple[int, ...]) -> np.ndarray:
+    """_zeros(shape), looked up in a step's own cache first: slicing and reshaping the zero block
+    on every call cost about a microsecond a Relu (a view of an older block stays valid: read-only)."""
+    z = cache.get(shape)
+    if z is None:
+        z = cache[shape] = _zeros(shape)
+    return z
 
 
 def _copy_into(dst: np.ndarray, value: np.ndarray) -> None:
