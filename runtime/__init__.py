@@ -37,9 +37,9 @@ def _thread_count_calls(lib) -> tuple[Callable[[], int | None], Callable[[int], 
     # threadpoolctl's public setter ignores all but the first thread that used it; the count here
     # is kept consistent across threads by _BLAS_LOCK, so set it directly.
     get, put = lib.get_num_threads, getattr(lib, "_real_set_num_threads", lib.set_num_threads)
-    if lib.internal_api == "openblas" and lib.threading_layer != "openmp":
-        c_get = lib._get_symbol("openblas_get_num_threads")
-        c_set = lib._get_symbol("openblas_set_num_threads")
+    symbol = getattr(lib, "_get_symbol", None)  # (threadpoolctl's own lookup; private, so optional)
+    if symbol is not None and lib.internal_api == "openblas" and lib.threading_layer != "openmp":
+        c_get, c_set = symbol("openblas_get_num_threads"), symbol("openblas_set_num_threads")
         if c_get is not None and c_set is not None:
             return c_get, c_set
     return get, put
