@@ -69,6 +69,17 @@ def export(
     return path
 
 
+def export_as_is(module: torch.nn.Module, input_shape: tuple[int, ...], path: Path) -> str:
+    """Export `module` in eval mode with the weights it has (seed torch before building it) to ONNX
+    at `path`, opset 17: one input "x" of `input_shape` (random example), one output "y"."""
+    with torch.no_grad():
+        torch.onnx.export(
+            module.eval(), (torch.randn(*input_shape),), str(path), input_names=["x"],
+            output_names=["y"], opset_version=17, dynamo=False,
+        )  # fmt: skip
+    return str(path)
+
+
 def ort_run(path: Path, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     return session.run(None, feeds)

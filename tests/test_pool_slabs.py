@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import lpuc
-from tests.models import ort_run
+from tests.models import export_as_is, ort_run
 from tests.similarity import cosine
 
 
@@ -27,13 +27,7 @@ def _onet_stage2(tmp_path) -> str:
     ).eval()
     with torch.no_grad():
         net[1].weight.uniform_(0.0, 0.5)
-    path = tmp_path / "onet_stage2.onnx"
-    with torch.no_grad():
-        torch.onnx.export(
-            net, (torch.randn(1, 32, 23, 23),), str(path), input_names=["x"], output_names=["y"],
-            opset_version=17, dynamo=False,
-        )  # fmt: skip
-    return str(path)
+    return export_as_is(net, (1, 32, 23, 23), tmp_path / "onet_stage2.onnx")
 
 
 def _pools(program) -> list:

@@ -5,10 +5,12 @@ last one reads."""
 
 from __future__ import annotations
 
+import pytest
 from onnx import helper
 
 from lpuc.lowering import lower
 from lpuc.passes.pipeline import PassContext, run_pipeline
+from lpuc.schedule import scheduler
 from lpuc.schedule.dependencies import dependencies
 from lpuc.schedule.scheduler import plane_order_successors, upward_ranks
 from lpuc.target import load_target
@@ -111,16 +113,8 @@ def test_a_waves_quantize_maps_rank_above_its_chains_in_their_own_order():
         assert maps and min(rank[m] for m in maps) > max(rank[i] for i in ops)
     # Without the lift (the ranks of the paths alone), the last wave's later K slabs' maps rank below
     # its chains; the lift keeps the maps' order.
-    from lpuc.schedule import scheduler
-
     lifted = list(rank)
-    plain = list(rank)
-    original = scheduler._maps_ahead_of_their_wave
-    try:
-        scheduler._maps_ahead_of_their_wave = lambda program, rank, planes: None
-        plain = upward_ranks(tall, preds, target)
-    finally:
-        scheduler._maps_ahead_of_their_wave = original
+    plain = _ranks_without_the_lift(tall, preds, target)
     ops = [i for chain in ordered[4:] for i in chain]
     maps = sorted({writers[tall.ops[i].reads[0].buf] for i in ops if tall.ops[i].opcode == "mxm.mm"})
     assert min(plain[m] for m in maps) < max(plain[i] for i in ops)
@@ -143,13 +137,11 @@ def test_a_float_waves_maps_keep_the_ranks_of_their_paths():
     writers = {w.buf: op.id for op in tall.ops if op.opcode == "vxm.map" for w in op.writes}
     read = {op.reads[0].buf for op in tall.ops if op.opcode == "mxm.mm"}
     assert read and read <= writers.keys()  # the chains read what the Relu maps write
-    from lpuc.schedule import scheduler
+    assert upward_ranks(tall, preds, target) == _ranks_without_the_lift(tall, preds, target)
 
-    rank = upward_ranks(tall, preds, target)
-    original = scheduler._maps_ahead_of_their_wave
-    try:
-        scheduler._maps_ahead_of_their_wave = lambda program, rank, planes: None
-        plain = upward_ranks(tall, preds, target)
-    finally:
-        scheduler._maps_ahead_of_their_wave = original
-    assert rank == plain
+
+def _ranks_without_the_lift(program, preds, target) -> list[int]:
+    """upward_ranks with scheduler._maps_ahead_of_their_wave switched off: the paths' ranks alone."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(scheduler, "_maps_ahead_of_their_wave", lambda program, rank, planes: None)
+        return upward_ranks(program, preds, target)

@@ -10,7 +10,7 @@ import torch
 
 import lpuc
 from lpuc.passes.band_conv_rows import row_bands
-from tests.models import ort_run
+from tests.models import export_as_is, ort_run
 from tests.similarity import cosine
 
 
@@ -26,13 +26,7 @@ def _onet_stem(tmp_path) -> str:
     ).eval()
     with torch.no_grad():
         net[1].weight.uniform_(0.0, 0.5)  # distinct slopes per channel: their tiling is checked
-    path = tmp_path / "onet_stem.onnx"
-    with torch.no_grad():
-        torch.onnx.export(
-            net, (torch.randn(1, 3, 48, 48),), str(path), input_names=["x"], output_names=["y"],
-            opset_version=17, dynamo=False,
-        )  # fmt: skip
-    return str(path)
+    return export_as_is(net, (1, 3, 48, 48), tmp_path / "onet_stem.onnx")
 
 
 @pytest.mark.parametrize("kh,sh,pad", [(3, 2, 1), (3, 2, 0), (2, 2, 0), (3, 1, 0), (3, 3, 2)])
@@ -102,13 +96,7 @@ def _wide_stem(tmp_path) -> str:
     net = torch.nn.Sequential(
         torch.nn.Conv2d(3, 64, 3, stride=2), torch.nn.ReLU(), torch.nn.MaxPool2d(3, 2)
     ).eval()
-    path = tmp_path / "wide_stem.onnx"
-    with torch.no_grad():
-        torch.onnx.export(
-            net, (torch.randn(1, 3, 96, 96),), str(path), input_names=["x"], output_names=["y"],
-            opset_version=17, dynamo=False,
-        )  # fmt: skip
-    return str(path)
+    return export_as_is(net, (1, 3, 96, 96), tmp_path / "wide_stem.onnx")
 
 
 @pytest.mark.parametrize("precision", ["fp32", "int8"])
