@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import math
 
 import numpy as np
@@ -36,9 +35,7 @@ def im2col_kernel(ctx: KernelContext, x: np.ndarray) -> np.ndarray:
     pack = int(ctx.attr("pack_rows", 1))  # `pack_rows` consecutive rows side by side (quantize_int8)
     blocks = ctx.attr("pack_blocks")
     if ctx.attr("row_bands") and ctx.attr("slab"):  # (rows [r0, r1) of the banded result)
-        r0, r1 = ctx.attr("slab")["out_rows"]
-        whole = dataclasses.replace(ctx, attrs={k: v for k, v in ctx.attrs.items() if k != "slab"})
-        return im2col_kernel(whole, _placed(x, ctx.attr("slab")))[r0:r1]
+        return _banded_slab(ctx, x)
     if ctx.attr("slab"):
         cols = windows.gather_columns(x, ctx.attrs, int(ctx.attr("pad_value", 0)))
         cols = _with_const_columns(cols, ctx.attr("const_columns"))
@@ -66,6 +63,24 @@ def im2col_kernel(ctx: KernelContext, x: np.ndarray) -> np.ndarray:
         index = pool_blocks_index(blocks, pack, 0, len(cols) // int(blocks[3]) * int(blocks[0]))
         return cols[index].reshape(len(index), -1)
     return cols if pack == 1 else cols.reshape(cols.shape[0] // pack, cols.shape[1] * pack)
+
+
+def _banded_slab(ctx: KernelContext, x: np.ndarray) -> np.ndarray:
+    """Rows [r0, r1) of a banded Im2Col (passes/band_conv_rows): per band g the Im2Col's own rows
+    row_bands[g] + [r0, r1), gathered as a slab of them, side by side."""
+    slab = ctx.attr("slab")
+    r0, r1 = slab["out_rows"]
+    placed = _placed(x, slab)
+    view = placed.reshape(-1, placed.shape[-1])  # (the [rows, cols] view, from row 0)
+    fill = int(ctx.attr("pad_value", 0))
+    bands = []
+    for start in ctx.attr("row_bands"):
+        rows = {"out_rows": [int(start) + r0, int(start) + r1], "in_row0": 0, "in_shape": slab["in_shape"]}
+        if not ctx.attr("channels_last", 0):
+            rows["channels_first"] = True
+        cols = windows.gather_columns(view, {**ctx.attrs, "slab": rows}, fill)
+        bands.append(_with_const_columns(cols, ctx.attr("const_columns")))
+    return np.concatenate(bands, axis=1)
 
 
 def pool_blocks_index(pack_blocks, pack: int, r0: int, r1: int) -> np.ndarray:

@@ -214,14 +214,7 @@ def _merged(ranges: list[tuple[int, int]], block_rows: int) -> list[tuple[int, i
             lo, hi = max(i0, t * block_rows), min(i1, (t + 1) * block_rows)
             old = spans.get(t, (lo, hi))
             spans[t] = (min(old[0], lo), max(old[1], hi))
-    out: list[tuple[int, int]] = []
-    for t in sorted(spans):
-        i0, i1 = spans[t]
-        if out and i0 == out[-1][1]:  # (contiguous across a tile edge: one window)
-            out[-1] = (out[-1][0], i1)
-        else:
-            out.append((i0, i1))
-    return out
+    return _joined(list(spans.values()))  # (contiguous across a tile edge: one window)
 
 
 def reshape_slab_tiles(y: TensorTiles, reader: Node, pooled_rows: int, pooled_block_rows: int) -> int:
