@@ -14,6 +14,11 @@ reader (else the rewrite would change what it reads). Only a power-of-two c (or 
 scaling by 2**k changes only exponents, so W * c and b * c are exact (unless they underflow to
 subnormals, which the check below refuses) and every sum of products is the exact scaled value of
 the original's, rounded alike; int8 builds quantize the scaled weights with a scaled scale.
+
+The check is made in the constant's own dtype. An fp16 build stores fp32 weights as fp16 afterwards,
+and a scaled weight below fp16's smallest normal (2**-14) then keeps an absolute precision of 2**-24
+rather than 11 significant bits. That error is below the fp16 rounding of any product the weight
+enters, so the fold is not refused for it (refusing would forgo the fold on most real models).
 """
 
 from __future__ import annotations

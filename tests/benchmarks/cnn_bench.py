@@ -11,86 +11,30 @@ per model and precision, then the geomean per precision. Exports are cached unde
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import time
-from collections.abc import Callable
 from pathlib import Path
 
-import numpy as np
-import onnx
 import torch
-from onnx import numpy_helper
 
 import lpuc
 from lpuc.errors import LpucError
 from lpuc.report import bound_by
 from tests import zoo
 from tests.benchmarks import int8_bench
-from tests.benchmarks.bench import LIGHT
+from tests.benchmarks.light_zoo import LIGHT, cached, seeded_weights
 from tests.models import export
 
-CACHE = Path("/tmp")
 LIGHT_CNNS = (
     "resnet50", "vgg19", "inception_v1", "inception_v2", "densenet121",
     "squeezenet", "shufflenet", "bvlc_alexnet", "zfnet512",
 )  # fmt: skip
 
 
-def _cached(file: str, build: Callable[[Path], Path]) -> Path:
-    """`file` under CACHE, built once; written under another name and renamed, never half-written."""
-    path = CACHE / file
-    if not path.exists():
-        part = CACHE / f"{file}.{os.getpid()}.part"
-        os.replace(build(part), path)
-    return path
-
-
-def _seeded_weights(light: Path) -> Path:
-    """The light model with seeded random weights. It ships each weight as a ConstantOfShape (one
-    value repeated), so every weight tile would be identical and share one SRAM slot, and every weight
-    load would read one slice: a bottleneck no trained model has. Weights of rank >= 2 are zero-mean
-    with variance 1 / fan-in, so activations stay finite (all-positive weights overflowed fp32 in
-    SqueezeNet); vectors (biases, batch-norm parameters) are in [0.5, 1), so variances are > 0."""
-
-    def build(path: Path) -> Path:
-        model = onnx.load(str(light))
-        graph, rng = model.graph, np.random.default_rng(0)
-        shapes = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
-        kept = []
-        for node in graph.node:
-            if node.op_type != "ConstantOfShape" or node.input[0] not in shapes:
-                kept.append(node)
-                continue
-            value = next((numpy_helper.to_array(a.t) for a in node.attribute if a.name == "value"), None)
-            dtype = np.float32 if value is None else value.dtype
-            shape = shapes[node.input[0]].astype(np.int64)
-            if len(shape) >= 2:
-                bound = np.sqrt(3.0 / np.prod(shape[1:]))  # uniform with variance 1 / fan-in
-                fresh = rng.uniform(-bound, bound, shape).astype(dtype)
-            else:
-                fresh = rng.uniform(0.5, 1.0, shape).astype(dtype)
-            graph.initializer.append(numpy_helper.from_array(fresh, node.output[0]))
-        del graph.node[:]
-        graph.node.extend(kept)
-        used = {i for n in graph.node for i in n.input}
-        inits = [t for t in graph.initializer if t.name in used]
-        del graph.initializer[:]
-        graph.initializer.extend(inits)
-        inputs = [i for i in graph.input if i.name in used]  # drop the removed shapes' inputs
-        del graph.input[:]
-        graph.input.extend(inputs)
-        model.ir_version = max(model.ir_version, 4)  # IR 4+: initializers need not be graph inputs
-        onnx.save(model, str(path))
-        return path
-
-    return _cached(f"lpuc_bench_{light.stem}_fanin.onnx", build)
-
-
 def _mobilenet() -> Path:
     model = zoo.randomize_batchnorm(zoo.MobileNetish(), seed=6)
     x = torch.randn(1, 3, 224, 224)
-    return _cached("lpuc_bench_mobilenetish.onnx", lambda p: export(model, (x,), p, seed=0))
+    return cached("lpuc_bench_mobilenetish.onnx", lambda p: export(model, (x,), p, seed=0))
 
 
 def _onet() -> Path | None:
@@ -102,12 +46,12 @@ def _onet() -> Path | None:
         torch.onnx.export(net, (torch.zeros(1, 3, 48, 48),), str(path), opset_version=17, dynamo=False)
         return path
 
-    return _cached("lpuc_bench_onet.onnx", build)
+    return cached("lpuc_bench_onet.onnx", build)
 
 
 def models() -> dict[str, Path]:
     found = {"resnet50_v15": int8_bench.exported("resnet50")}
-    found |= {f"light_{name}": _seeded_weights(LIGHT / f"light_{name}.onnx") for name in LIGHT_CNNS}
+    found |= {f"light_{name}": seeded_weights(LIGHT / f"light_{name}.onnx") for name in LIGHT_CNNS}
     found["mobilenetish"] = _mobilenet()
     onet = _onet()
     if onet is None:

@@ -22,14 +22,13 @@ from collections import Counter
 from pathlib import Path
 
 import numpy as np
-import onnx
 
 import lpuc
 from lpuc.fileio import atomic_write
 from lpuc.kernels.registry import KernelContext, run_kernel
 from lpuc.runtime.isa import decoded_attrs
+from tests.benchmarks.light_zoo import LIGHT
 
-LIGHT = Path(onnx.__file__).parent / "backend" / "test" / "data" / "light"
 MODELS = ("squeezenet", "shufflenet", "resnet50", "inception_v1")
 HOT = ("MaxPool", "AveragePool", "Im2Col", "Transpose", "Conv")
 
