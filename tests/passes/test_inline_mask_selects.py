@@ -8,6 +8,8 @@ from onnx import helper
 
 import lpuc
 from lpuc.passes.inline_mask_selects import inline_mask_selects
+from lpuc.passes.pipeline import PassContext
+from lpuc.target import load_target
 from tests.passes.helpers import imported, model, ops, rand, run_pass
 from tests.similarity import cosine
 
@@ -72,3 +74,9 @@ def test_masked_attention_matches_onnxruntime():
     got = lpuc.compile(m, precision="fp16", host_fallback=False).run(feeds)
     for (name, value), want in zip(got.items(), expected):
         assert cosine(value, want) >= 0.999, name
+
+
+def test_int8_builds_keep_the_select():
+    """int8 streams a row a cycle: the select would hold one more ALU in each map."""
+    int8 = PassContext(load_target("tsp-v1"), "int8")
+    assert "Where" in ops(inline_mask_selects(imported(_masked_scores()), int8))
