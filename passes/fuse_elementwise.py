@@ -63,11 +63,12 @@ def fuse_elementwise(graph: Graph, ctx=None) -> Graph:
         if node.name in parent:
             continue
         group = members.get(node.name)
-        out.nodes.append(_fuse(group + [node], graph) if group else node)
+        out.nodes.append(fuse_group(group + [node], graph) if group else node)
     return out.prune_values()
 
 
-def _fuse(group: list[Node], graph: Graph) -> Node:
+def fuse_group(group: list[Node], graph: Graph) -> Node:
+    """One Fused node evaluating `group` (in topological order; its last node's output is the result)."""
     inputs: list[str] = []
     ref_of: dict[str, str] = {}  # value computed inside the group -> "sK"
     steps: list[dict] = []

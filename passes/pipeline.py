@@ -44,6 +44,7 @@ from lpuc.passes.fuse_elementwise import fuse_elementwise
 from lpuc.passes.fuse_gelu import fuse_gelu
 from lpuc.passes.fuse_layernorm import fuse_layernorm
 from lpuc.passes.fuse_softmax import fuse_softmax
+from lpuc.passes.inline_mask_selects import inline_mask_selects
 from lpuc.passes.legalize_broadcast import legalize_broadcast
 from lpuc.passes.lower_conv import lower_conv
 from lpuc.passes.lower_einsum import lower_einsum
@@ -149,6 +150,8 @@ PIPELINE: tuple[Pass, ...] = (
     # After the fusions matching Div patterns (fuse_gelu, fuse_layernorm): a Div by 2**k costs two
     # ALU ops, a Mul by 2**-k one.
     Pass("multiply_by_reciprocals", multiply_by_reciprocals),
+    # Before fuse_elementwise: each map reading an attention mask's select computes it (1-byte reads).
+    Pass("inline_mask_selects", inline_mask_selects),
     Pass("fuse_elementwise", fuse_elementwise),
     # Once maps are fused: which float values pass only from one map to others.
     Pass("store_int8_floats_fp16", store_int8_floats_fp16),

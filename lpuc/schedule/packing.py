@@ -29,10 +29,12 @@ def pack_constants(program: TiledProgram, lanes: int, float_itemsize: int | None
     """Best fit, widest tiles first, within each (dtype, rows) group of narrow constant tiles.
 
     `float_itemsize` packs as if float constants were stored at that size (for what-if sizes)."""
-    groups: dict[tuple[int, str, int], list[Buffer]] = defaultdict(list)
+    # Copies of a constant (lowering strategy constant_replicas) exist to sit on different slices, so
+    # that maps side by side book different ports: a slot holds tiles of one copy index only.
+    groups: dict[tuple[int, str, int, int], list[Buffer]] = defaultdict(list)
     for b in _const_slots(program):
         if b.lanes < lanes:
-            groups[(*_stored(b, float_itemsize), b.rows)].append(b)
+            groups[(*_stored(b, float_itemsize), b.rows, b.replica)].append(b)
     packing = ConstPacking()
     for group in sorted(groups):
         # Slots with room, by free lanes: [owner key, first free lane] (at most `lanes` distinct keys).

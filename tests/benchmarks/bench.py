@@ -189,6 +189,7 @@ TRANSFORMER_ABLATIONS = (
     "fuse_gelu",
     "fuse_softmax",
     "fold_score_scale",
+    "inline_mask_selects",
     "fuse_elementwise",
     "row_segments",
     "row_slabs",
