@@ -93,6 +93,16 @@ class Work:
     relay_words: int = 0  # mxm.mm with a fused epilogue: words per result row streamed MXM -> VXM
     at_max: bool = False  # a data-dependent size, costed at its compile-time maximum
 
+    def __hash__(self) -> int:
+        # The hash dataclass would generate (of the fields in order), kept once computed: every
+        # cost question is keyed by its work record, and a compile asks ~10^5 of them (GPT-2 12L:
+        # 128k hashes, 1 us each). Not a field: eq, repr and the artifact's list ignore it.
+        found = self.__dict__.get("_hash")
+        if found is None:
+            found = hash(_work_fields(self))
+            object.__setattr__(self, "_hash", found)
+        return found
+
     def to_list(self) -> list[int]:
         """The fields in declaration order, as ints (the artifact's form)."""
         return [int(v) for v in _work_fields(self)]

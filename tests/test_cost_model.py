@@ -272,3 +272,25 @@ def test_a_window_at_later_lanes_is_charged_the_stagger_to_its_last_lane(v1):
         == v1.stagger(288) - v1.stagger(32)
         > 0
     )
+
+
+def test_work_hash_is_kept_and_matches_equality(v1):
+    # Work keeps its hash once computed (cost answers are keyed by it): records equal in every field
+    # hash alike, one field apart they are different keys, and the kept hash is no field.
+    from dataclasses import asdict, fields, replace
+
+    base = Work(vectors=128, words=4, alu_ops=3, macs=9, relay_words=2)
+    assert hash(base) == hash(base) == hash(Work(vectors=128, words=4, alu_ops=3, macs=9, relay_words=2))
+    memo = {base: "base"}
+    for f in fields(Work):
+        other = replace(base, **{f.name: not getattr(base, f.name) if f.type == "bool" else 7})
+        assert other != base and other not in memo, f.name
+    assert [f.name for f in fields(Work)] == list(asdict(base))
+    assert base.to_list() == [128, 4, 3, 9, 0, 0, 0, 0, 0, 2, 0]
+    assert "_hash" not in repr(base)
+    # The cost answers read through the memo are those of an equal record made afresh.
+    s = (Stream(0, 128, 2, 320),)
+    again = Work(vectors=128, words=4, alu_ops=3, macs=9, relay_words=2)
+    assert cost.duration(v1, "mxm.mm", "MXM0", base, s, s) == cost.duration(v1, "mxm.mm", "MXM0", again, s, s)
+    longer = replace(base, vectors=256)
+    assert cost.duration(v1, "mxm.mm", "MXM0", longer, s, s) > cost.duration(v1, "mxm.mm", "MXM0", base, s, s)
