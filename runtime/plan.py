@@ -39,6 +39,7 @@ from lpuc.kernels.registry import CAPTURES_ATTR, get_kernel
 from lpuc.kernels.softmax import softmax
 from lpuc.lowering.builder import view_of
 from lpuc.program import Access, Instruction, Program, TileSlot
+from lpuc.runtime.chains import Buffers, mm_step, softmax_step, ufunc_chain
 from lpuc.runtime.fp16 import from_fp16, round_fp16, to_fp16
 from lpuc.runtime.isa import decoded_attrs, epilogue, kernel_context, mxm_input, stacked
 from lpuc.runtime.machine import Machine
@@ -320,6 +321,21 @@ class _Tensor:
             return None  # the interpreter hands kernels a contiguous copy; keep its memory layout
         return _readonly(v.reshape(self.shape))
 
+    def window(self) -> np.ndarray | None:
+        """The tensor as a view of the one tile window holding all of it unconverted (any strides),
+        or None."""
+        if len(self.pieces) != 1:
+            return None
+        v, r, c = self.pieces[0]
+        if (r, c) != (0, 0) or v.shape != self.rows_cols or v.dtype != self.dtype:
+            return None
+        window = v.view()
+        try:
+            window.shape = self.shape  # (a view, never a copy: fails where the strides do not allow it)
+        except AttributeError:
+            return None
+        return window
+
     def load(self) -> np.ndarray:
         """A fresh array (what Machine.load_tensor builds)."""
         if self.covered is None:
@@ -373,6 +389,7 @@ class _Executor:
         self._map_scratch = Scratch()  # float32 results of fp16 maps
         self._stack_scratch: dict[tuple, np.ndarray] = {}  # stacked map operands (stacked rows)
         self._epilogue_scratch = Scratch()  # the same for MM epilogues (on the MXM thread, if any)
+        self._buffers = Buffers()  # small steps' own temporaries (runtime/chains.py)
         self._converted: dict[tuple, tuple[np.ndarray, np.ndarray]] = {}  # weight bytes -> MXM copy
         self._mxm_inputs: list[np.ndarray | None] = [None] * len(self._shared)
         self.steps: list[Step] = [
@@ -560,9 +577,7 @@ class _Executor:
             and (acc is None or acc.dtype == np.float32)
         )
 
-        def mm() -> None:
-            if install:
-                plane.active, plane.shadow = plane.shadow, None
+        def general() -> None:
             if first:
                 a = _mxm_input(src, precision, copy=False)
                 if not last:
@@ -609,7 +624,59 @@ class _Executor:
                 plane.acc = None
                 _copy_into(dst, product)
 
-        return mm
+        small = None
+        if dst is not None and not stack and not from_acc:
+            small = self._small_mm(src, precision, dst, acc, fused, operands)
+        if small is None:
+
+            def mm() -> None:
+                if install:
+                    plane.active, plane.shadow = plane.shadow, None
+                general()
+
+            return mm
+
+        def small_mm() -> None:
+            if install:
+                plane.active, plane.shadow = plane.shadow, None
+            a = small(plane.active, None if first else shared[slot])
+            if a is None:  # weights of another kind than the step was built for
+                general()
+                return
+            plane.acc = None
+            if slot is not None:  # (as general() keeps the input for the MMs sharing it)
+                if first:
+                    shared[slot] = a
+                elif last:
+                    shared[slot] = None
+
+        return small_mm
+
+    def _small_mm(
+        self, src: np.ndarray, precision: str, dst: np.ndarray, acc: np.ndarray | None, fused, operands: list
+    ) -> Callable[[np.ndarray, np.ndarray | None], np.ndarray | None] | None:
+        """The MM as chains.mm_step (buffers kept between runs) where it applies: no epilogue or one
+        of float32 ufuncs on the float32 product (the general step's _fast_epilogue, unrounded)."""
+        chain = None
+        if fused is not None:
+            if fused["result"] != "float32":
+                return None
+            dtypes = [
+                None if k is None else np.dtype(np.float32) if k == 0 else operands[k].dtype
+                for k in fused["operands"]
+            ]
+            steps = _float32_ufuncs(fused["expr"], dtypes, dst.dtype)
+            if steps is None:
+                return None
+
+            def chain(product: np.ndarray, final: np.ndarray) -> list | None:
+                values = [
+                    None if k is None else product if k == 0 else operands[k] for k in fused["operands"]
+                ]
+                return ufunc_chain(steps, values, dst.shape, final, self._buffers, _zeros)
+
+        reads = [o for o in operands if o is not None]
+        return mm_step(src, precision, dst, reads, chain, acc, self._buffers, _mxm_input)
 
     def _fast_epilogue(
         self, fused: dict, reads: list, dst: np.ndarray
@@ -737,6 +804,9 @@ class _Executor:
                     _copy_into(dst, src)
 
             return concat
+        small = self._small_softmax(ins, attrs) if attrs["kernel"] == "FusedSoftmax" else None
+        if small is not None:
+            return small
         m = self.machine
         loaders: list[Callable[[], np.ndarray | None]] = []
         widen = _widens_fp16(attrs)
@@ -788,6 +858,30 @@ class _Executor:
                 put(value)
 
         return kernel
+
+    def _small_softmax(self, ins: Instruction, attrs: dict) -> Step | None:
+        """A FusedSoftmax as chains.softmax_step: where _fused_softmax applies, every operand one
+        whole SRAM window and the result one window. (Strided operands are fine: only the
+        expression's elementwise ufuncs read them; the reductions read its contiguous result.)"""
+        if _fused_softmax(attrs) is None:
+            return None
+        windows = []
+        for desc, refs in [(d, ins.reads) for d in attrs["inputs"]] + [(attrs["outputs"][0], ins.writes)]:
+            t = self._tensor(
+                desc["shape"],
+                desc["dtype"],
+                [r.buf for r in refs[desc["first"] : desc["first"] + desc["count"]]],
+                desc["row_offset"],
+            )
+            window = t.window()
+            if window is None:
+                return None
+            windows.append(window)
+        *operands, dst = windows
+        steps = _float32_ufuncs(
+            attrs["attrs"]["expr"], [np.dtype(np.float32)] * len(operands), np.dtype(np.float32)
+        )
+        return softmax_step(steps, operands, dst, self._buffers, _zeros)
 
     def _concat_copies(self, ins: Instruction, attrs: dict) -> list[tuple[np.ndarray, np.ndarray]] | None:
         """A Concat as copies from its input tiles straight into its output tiles, (output window,
