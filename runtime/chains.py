@@ -29,6 +29,10 @@ Call = tuple[Callable, tuple]  # f(*args)
 F32 = np.dtype(np.float32)
 F16 = np.dtype(np.float16)
 BUDGET_BYTES = 1 << 20  # per executor: tiny programs fit many times over
+# Below this many elements a float32 -> float16 store is numpy's own cast, unchecked: fp16.to_fp16
+# first looks for values that overflow (numpy's cast takes ~3x longer on each of those, the same
+# bits), two more calls per store; runs are under np.errstate(all="ignore"), so no warnings either.
+SMALL_CAST = 4096
 
 
 class Buffers:
@@ -86,9 +90,14 @@ def ufunc_chain(
     return calls
 
 
-def run_calls(calls: list[Call]) -> None:
-    for fn, args in calls:
-        fn(*args)
+def cast_call(dst: np.ndarray, value: np.ndarray) -> Call:
+    """The call writing float32 `value` into dst (float32 or float16, of value's shape) as
+    plan._copy_into does, bit for bit."""
+    if dst.dtype != F16:
+        return np.copyto, (dst, value)
+    if value.size < SMALL_CAST:
+        return np.copyto, (dst, value, "unsafe")
+    return to_fp16, (value, dst)
 
 
 def mm_step(
@@ -139,7 +148,7 @@ def mm_step(
     else:
         final = product
     if final is not dst:  # (float16: the store's conversion; float32: a copy out of the buffer)
-        calls.append((to_fp16, (final, dst)) if dst.dtype == F16 else (np.copyto, (dst, final)))
+        calls.append(cast_call(dst, final))
     matmul, copyto = np.matmul, np.copyto
 
     def compute(w: np.ndarray, shared: np.ndarray | None) -> np.ndarray | None:

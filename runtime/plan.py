@@ -39,7 +39,7 @@ from lpuc.kernels.registry import CAPTURES_ATTR, get_kernel
 from lpuc.kernels.softmax import softmax
 from lpuc.lowering.builder import view_of
 from lpuc.program import Access, Instruction, Program, TileSlot
-from lpuc.runtime.chains import Buffers, mm_step, softmax_step, ufunc_chain
+from lpuc.runtime.chains import SMALL_CAST, Buffers, mm_step, softmax_step, ufunc_chain
 from lpuc.runtime.fp16 import from_fp16, round_fp16, to_fp16
 from lpuc.runtime.isa import decoded_attrs, epilogue, kernel_context, mxm_input, stacked
 from lpuc.runtime.machine import Machine
@@ -361,6 +361,27 @@ class _Tensor:
             _copy_into(v, view[r : r + v.shape[0], c : c + v.shape[1]])
 
 
+def _small_store(t: _Tensor) -> Callable[[np.ndarray], None]:
+    """t.store for a run's input (an array of t's shape): one cast into its one window if small."""
+    window = t.window()
+    if window is None or window.size >= SMALL_CAST or t.dtype not in (np.float16, np.float32):
+        return t.store
+
+    def store(value: np.ndarray) -> None:
+        if value.dtype == np.float32 or value.dtype == t.dtype:  # (numpy's cast: _copy_into's bits)
+            np.copyto(window, value, "unsafe")
+        else:
+            t.store(value)
+
+    return store
+
+
+def _fresh_load(t: _Tensor) -> Callable[[], np.ndarray]:
+    """t.load: a fresh C-ordered array of the tensor; one copy of its window where it has one."""
+    window = t.window()
+    return t.load if window is None else window.copy
+
+
 class _Executor:
     """One SRAM image with every instruction bound to it as a step."""
 
@@ -413,13 +434,13 @@ class _Executor:
                 self._restore.append((block, block.copy()))
             elif zeros:
                 self._restore.append((block, None))
-        self._inputs = [self._tensor(b.shape, b.dtype, b.tiles) for b in program.inputs]
-        self._outputs: list[tuple[str, int | None, _Tensor | None]] = []
+        self._inputs = [_small_store(self._tensor(b.shape, b.dtype, b.tiles)) for b in program.inputs]
+        self._outputs: list[tuple[str, int | None, Callable[[], np.ndarray] | None]] = []
         for b in program.outputs:
             if b.tiles and m.tiles[b.tiles[0]].kind == "host":
                 self._outputs.append((b.name, b.tiles[0], None))
             else:
-                self._outputs.append((b.name, None, self._tensor(b.shape, b.dtype, b.tiles)))
+                self._outputs.append((b.name, None, _fresh_load(self._tensor(b.shape, b.dtype, b.tiles))))
         self._reset_needed = False
         self._host_constants = dict(m.host_memory)  # what a run starts host memory with
         # (name, dtype, shape) of each input, in binding order: the check of a run's inputs
@@ -992,8 +1013,8 @@ class _Executor:
             m.host_memory.clear()
             m.host_memory.update(self._host_constants)
         self._reset_needed = True
-        for t, value in zip(self._inputs, values):
-            t.store(value)
+        for store, value in zip(self._inputs, values):
+            store(value)
         if self._mxm_waits is None:
             for step in self.steps:
                 step()
@@ -1004,7 +1025,7 @@ class _Executor:
             run_overlapped(self._mxm_thread, self.steps, self._mxm_waits)
         # Fresh arrays (load copies): the next run reuses this SRAM.
         return {
-            name: m.host_memory[host] if host is not None else t.load() for name, host, t in self._outputs
+            name: m.host_memory[host] if host is not None else load() for name, host, load in self._outputs
         }
 
 
