@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import time
 import weakref
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -1035,13 +1036,17 @@ class Plan:
     def __init__(self, program: Program):
         self.program = program
         self._free: list[_Executor] = [_Executor(program)]
+        self.last_seconds = math.inf  # how long the last run took (lpuc.runtime opens no progress
+        # stage for quick ones)
 
     def run(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         try:
             ex = self._free.pop()
         except IndexError:  # another thread is running this program
             ex = _Executor(self.program)
+        start = time.perf_counter()
         try:
             return ex.run(inputs)
         finally:
+            self.last_seconds = time.perf_counter() - start
             self._free.append(ex)
