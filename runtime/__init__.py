@@ -83,7 +83,7 @@ def _run_stage(program: Program) -> contextlib.AbstractContextManager:
     """The run's progress stage, only when a bar could be drawn: opening a stage costs more than a
     small model's whole run takes in the execution plan. Not for a plan whose last run took a
     fraction of the delay before a bar appears (checking for a terminal is a system call)."""
-    if program.plan is not None and program.plan.last_seconds < progress.DELAY / 20:
+    if getattr(program.plan, "last_seconds", progress.DELAY) < progress.DELAY / 20:
         return _NO_STAGE
     return progress.stage("run") if progress.enabled() else _NO_STAGE
 
