@@ -322,13 +322,13 @@ class _Tensor:
             return None  # the interpreter hands kernels a contiguous copy; keep its memory layout
         return _readonly(v.reshape(self.shape))
 
-    def window(self) -> np.ndarray | None:
-        """The tensor as a view of the one tile window holding all of it unconverted (any strides),
-        or None."""
+    def window(self, any_dtype: bool = False) -> np.ndarray | None:
+        """The tensor as a view of the one tile window holding all of it (any strides), or None;
+        unconverted (the tile of the tensor's dtype) unless any_dtype."""
         if len(self.pieces) != 1:
             return None
         v, r, c = self.pieces[0]
-        if (r, c) != (0, 0) or v.shape != self.rows_cols or v.dtype != self.dtype:
+        if (r, c) != (0, 0) or v.shape != self.rows_cols or v.dtype != self.dtype and not any_dtype:
             return None
         window = v.view()
         try:
@@ -363,13 +363,15 @@ class _Tensor:
 
 
 def _small_store(t: _Tensor) -> Callable[[np.ndarray], None]:
-    """t.store for a run's input (an array of t's shape): one cast into its one window if small."""
-    window = t.window()
-    if window is None or window.size >= SMALL_CAST or t.dtype not in (np.float16, np.float32):
+    """t.store for a run's input (an array of t's shape): one cast into its one window if small
+    (float32 or the tile's dtype into a float16 or float32 tile: numpy's cast, _copy_into's bits)."""
+    window = t.window(any_dtype=True)
+    if window is None or window.size >= SMALL_CAST or window.dtype not in (np.float16, np.float32):
         return t.store
+    kind = window.dtype
 
     def store(value: np.ndarray) -> None:
-        if value.dtype == np.float32 or value.dtype == t.dtype:  # (numpy's cast: _copy_into's bits)
+        if value.dtype == np.float32 or value.dtype == kind:
             np.copyto(window, value, "unsafe")
         else:
             t.store(value)
