@@ -32,7 +32,10 @@ BUDGET_BYTES = 1 << 20  # per executor: tiny programs fit many times over
 # Below this many elements a float32 -> float16 store is numpy's own cast, unchecked: fp16.to_fp16
 # first looks for values that overflow (numpy's cast takes ~3x longer on each of those, the same
 # bits), two more calls per store; runs are under np.errstate(all="ignore"), so no warnings either.
-SMALL_CAST = 4096
+SMALL_CAST = 2048
+# Below this many elements an fp16 MXM input is widened by numpy's cast into the step's buffer;
+# from there on fp16.from_fp16 (torch's conversion, when the process has it: ~30x faster).
+SMALL_WIDEN = 2048
 
 
 class Buffers:
@@ -122,10 +125,12 @@ def mm_step(
     if src.dtype not in (F32, F16) or acc is not None and (acc.dtype != F32 or acc.shape != dst.shape):
         return None
     width = dst.shape[1]
-    widened = buffers.take(src.shape) if src.dtype == F16 else None  # the MXM input, exact float32
-    if src.dtype == F16 and widened is None:
+    widens = src.dtype == F16 and src.size < SMALL_WIDEN
+    widened = buffers.take(src.shape) if widens else None  # the MXM input, exact float32
+    if widens and widened is None:
         return None
-    rounds_src = src.dtype == F32 and precision == "fp16"  # rounded per run, as plan._mxm_input does
+    # converted per run by plan._mxm_input: float32 rounded to fp16, or many fp16 values widened
+    converts = src.dtype == F32 and precision == "fp16" or src.dtype == F16 and not widens
     # the product goes straight into dst when nothing after it reads dst's memory
     direct = chain is None and acc is None and dst.dtype == F32 and not _overlaps(dst, [src, *reads])
     product = dst if direct else buffers.take(dst.shape)
@@ -159,7 +164,7 @@ def mm_step(
         elif widened is not None:
             copyto(widened, src)
             a = widened
-        elif rounds_src:
+        elif converts:
             a = mxm_input(src, precision)
         else:
             a = src  # (BLAS gives the same bits on the strided window as on a copy)
