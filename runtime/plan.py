@@ -446,6 +446,8 @@ class _Executor:
                 self._outputs.append((b.name, None, _fresh_load(self._tensor(b.shape, b.dtype, b.tiles))))
         self._reset_needed = False
         self._host_constants = dict(m.host_memory)  # what a run starts host memory with
+        self._uses_host = any(t.kind == "host" for t in m.tiles)  # (else host memory stays empty)
+        self._planes = list(m.planes.values())
         # (name, dtype, shape) of each input, in binding order: the check of a run's inputs
         self._input_checks = [(b.name, dtype_from_name(b.dtype), tuple(b.shape)) for b in program.inputs]
 
@@ -1011,10 +1013,11 @@ class _Executor:
                     block.fill(0)
                 else:
                     np.copyto(block, held)
-            for p in m.planes.values():
+            for p in self._planes:
                 p.shadow = p.active = None
-            m.host_memory.clear()
-            m.host_memory.update(self._host_constants)
+            if self._uses_host:
+                m.host_memory.clear()
+                m.host_memory.update(self._host_constants)
         self._reset_needed = True
         for store, value in zip(self._inputs, values):
             store(value)
