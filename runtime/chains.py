@@ -54,7 +54,7 @@ class Buffers:
 
 
 def _overlaps(a: np.ndarray, arrays: list) -> bool:
-    return any(b is not None and np.shares_memory(a, b) for b in arrays)
+    return any(b is not None and np.may_share_memory(a, b) and np.shares_memory(a, b) for b in arrays)
 
 
 def ufunc_chain(
