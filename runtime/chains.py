@@ -30,8 +30,9 @@ F32 = np.dtype(np.float32)
 F16 = np.dtype(np.float16)
 BUDGET_BYTES = 1 << 20  # per executor: tiny programs fit many times over
 # Below this many elements a float32 -> float16 store is numpy's own cast, unchecked: fp16.to_fp16
-# first looks for values that overflow (numpy's cast takes ~3x longer on each of those, the same
+# first looks for values that overflow fp16 (numpy's cast of those is ~20x slower, with the same
 # bits), two more calls per store; runs are under np.errstate(all="ignore"), so no warnings either.
+# (A program whose small tiles overflow fp16 on every run gets slower runs, never other values.)
 SMALL_CAST = 2048
 # Below this many elements an fp16 MXM input is widened by numpy's cast into the step's buffer;
 # from there on fp16.from_fp16 (torch's conversion, when the process has it: ~30x faster).
@@ -65,8 +66,8 @@ def ufunc_chain(
     buffers: Buffers,
     zeros: Callable[[tuple[int, ...]], np.ndarray],
 ) -> list[Call] | None:
-    """The calls evaluating `steps` over `operands` (float32 arrays; placeholders allowed for
-    operands whose buffer is filled before the chain runs), every result of `shape`, intermediate
+    """The calls evaluating `steps` over `operands` (float32 arrays, or buffers of them filled
+    before the chain runs, as an MM's product), every result of `shape`, intermediate
     results into buffers of their own and the last into `final` (float32, of `shape`, overlapping no
     operand). None where that does not hold: a step rounds to fp16, or broadcasts to another shape."""
     if not steps or final.dtype != F32 or final.shape != shape or _overlaps(final, operands):
