@@ -43,8 +43,8 @@ class Buffers:
     """float32 arrays owned by single steps, handed out until the budget is spent (then None: the
     step takes the general path, which allocates per run)."""
 
-    def __init__(self, budget: int = BUDGET_BYTES) -> None:
-        self._left = budget
+    def __init__(self, budget: int | None = None) -> None:
+        self._left = BUDGET_BYTES if budget is None else budget
 
     def take(self, shape: tuple[int, ...]) -> np.ndarray | None:
         size = math.prod(shape) * F32.itemsize
