@@ -24,7 +24,8 @@ from lpuc.runtime.fp16 import to_fp16
 # (ufunc, args, rounds) as plan._float32_ufuncs builds them: args (1, k) operand k, (2, k) the
 # result of step k, (3, 0) the constant 0; rounds: the result is float16, rounded to fp16 precision.
 UfuncStep = tuple[np.ufunc, list[tuple[int, int]], bool]
-Call = tuple[Callable, tuple]  # f(*args)
+Call = tuple[Callable, tuple, dict]  # f(*args, **kwargs): out= by keyword (numpy deprecates a
+# positional out for maximum and minimum, and warns on every such call)
 
 F32 = np.dtype(np.float32)
 F16 = np.dtype(np.float16)
@@ -89,7 +90,7 @@ def ufunc_chain(
         out = final if i == len(steps) - 1 else buffers.take(shape)
         if out is None:
             return None
-        calls.append((fn, (*x, out)))
+        calls.append((fn, tuple(x), {"out": out}))
         results.append(out)
     return calls
 
@@ -98,10 +99,10 @@ def cast_call(dst: np.ndarray, value: np.ndarray) -> Call:
     """The call writing float32 `value` into dst (float32 or float16, of value's shape) as
     plan._copy_into does, bit for bit."""
     if dst.dtype != F16:
-        return np.copyto, (dst, value)
+        return np.copyto, (dst, value), {}
     if value.size < SMALL_CAST:
-        return np.copyto, (dst, value, "unsafe")
-    return to_fp16, (value, dst)
+        return np.copyto, (dst, value), {"casting": "unsafe"}
+    return to_fp16, (value,), {"out": dst}
 
 
 def mm_step(
@@ -139,7 +140,7 @@ def mm_step(
         return None
     calls: list[Call] = []
     if acc is not None:
-        calls.append((np.add, (product, acc, product)))
+        calls.append((np.add, (product, acc), {"out": product}))
     if chain is not None:
         if dst.dtype == F32 and not _overlaps(dst, [src, acc, *reads]):
             final = dst
@@ -169,9 +170,9 @@ def mm_step(
             a = mxm_input(src, precision)
         else:
             a = src  # (BLAS gives the same bits on the strided window as on a copy)
-        matmul(a, w, product)
-        for fn, args in calls:
-            fn(*args)
+        matmul(a, w, out=product)
+        for fn, args, kwargs in calls:
+            fn(*args, **kwargs)
         return a
 
     return compute
@@ -185,9 +186,8 @@ def softmax_step(
     zeros: Callable[[tuple[int, ...]], np.ndarray],
 ) -> Callable[[], None] | None:
     """plan._fused_softmax's computation (kernels.softmax's float32 path), written where its store
-    writes it (dst: the
-    output's one SRAM window, of operand 0's shape), for float32 operands already in SRAM. None
-    where that does not hold."""
+    writes it (dst: the output's one SRAM window, of operand 0's shape), for float32 operands
+    already in SRAM. None where that does not hold."""
     shape = operands[0].shape
     if not shape or dst.shape != shape or dst.dtype != F32 or _overlaps(dst, operands):
         return None
@@ -201,11 +201,11 @@ def softmax_step(
     maximum, add, subtract, exp, divide = np.maximum.reduce, np.add.reduce, np.subtract, np.exp, np.divide
 
     def step() -> None:
-        for fn, args in calls:
-            fn(*args)
+        for fn, args, kwargs in calls:
+            fn(*args, **kwargs)
         # softmax(x, -1) for float32 x: exp(x - max) / sum, each result into its buffer
-        subtract(work, maximum(work, axis=-1, keepdims=True), work)
-        exp(work, work)
-        divide(work, add(work, axis=-1, keepdims=True), dst)
+        subtract(work, maximum(work, axis=-1, keepdims=True), out=work)
+        exp(work, out=work)
+        divide(work, add(work, axis=-1, keepdims=True), out=dst)
 
     return step

@@ -372,7 +372,7 @@ def _small_store(t: _Tensor) -> Callable[[np.ndarray], None]:
 
     def store(value: np.ndarray) -> None:
         if value.dtype == np.float32 or value.dtype == kind:
-            np.copyto(window, value, "unsafe")
+            np.copyto(window, value, casting="unsafe")
         else:
             t.store(value)
 
