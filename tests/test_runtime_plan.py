@@ -204,6 +204,9 @@ def test_small_steps_match_interpreter_on_extreme_values(monkeypatch, precision,
         flat[2::11] = np.nan
     for feeds in (ordinary, extreme, ordinary, extreme):
         check_program(program, feeds, runs=1)
+    with warnings.catch_warnings():  # (numpy warns on deprecated calls, a few us each, every run)
+        warnings.simplefilter("error")
+        program.run(ordinary)
     steps = [s.__qualname__ for s in program.plan._free[0].steps]
     small = [s for s in steps if "small_mm" in s or "softmax_step" in s]
     # (without a budget only the last MM may stay small: into a float32 window it needs no buffer)
