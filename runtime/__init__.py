@@ -58,7 +58,7 @@ def execute(
     # Instructions are tile-sized: a multi-threaded BLAS only adds wake-up latency (and collapses
     # entirely on a loaded machine), so each runs on one thread. Both executors must use the same
     # count: it changes how a GEMM splits its sums, and so the last bits of the result.
-    with _one_blas_thread(), np.errstate(all="ignore"), _run_stage():
+    with _one_blas_thread(), _ignore_fp_errors(), _run_stage(program):
         try:
             outputs = _interpret(program, inputs) if interpret else _plan(program).run(inputs)
         except LpucError:
@@ -79,10 +79,46 @@ def execute(
 _NO_STAGE = contextlib.nullcontext()
 
 
-def _run_stage() -> contextlib.AbstractContextManager:
+def _run_stage(program: Program) -> contextlib.AbstractContextManager:
     """The run's progress stage, only when a bar could be drawn: opening a stage costs more than a
-    small model's whole run takes in the execution plan."""
+    small model's whole run takes in the execution plan. Not for a plan whose last run took a
+    fraction of the delay before a bar appears (checking for a terminal is a system call)."""
+    if getattr(program.plan, "last_seconds", progress.DELAY) < progress.DELAY / 20:
+        return _NO_STAGE
     return progress.stage("run") if progress.enabled() else _NO_STAGE
+
+
+try:  # numpy's floating-point error state: private, so used only where it is found
+    from numpy._core._ufunc_config import _extobj_contextvar as _FP_STATE
+    from numpy._core._ufunc_config import _make_extobj
+except ImportError:
+    _FP_STATE = None
+
+_ignoring: tuple = (None, None)  # (an error state, the same ignoring every error)
+
+
+class _IgnoreFpErrors:
+    """np.errstate(all="ignore") with the state built once: np.errstate builds it on each entry
+    (~1 us, on every run). Made from the state in force, as np.errstate's is (its buffer size and
+    error callback), and made again when that changes."""
+
+    __slots__ = ("_token",)
+
+    def __enter__(self) -> None:
+        global _ignoring
+        base = _FP_STATE.get()
+        made_from, ignoring = _ignoring
+        if made_from is not base:
+            ignoring = _make_extobj(all="ignore", divide=None, over=None, under=None, invalid=None)
+            _ignoring = (base, ignoring)
+        self._token = _FP_STATE.set(ignoring)
+
+    def __exit__(self, *exc: object) -> None:
+        _FP_STATE.reset(self._token)
+
+
+def _ignore_fp_errors() -> contextlib.AbstractContextManager:
+    return _IgnoreFpErrors() if _FP_STATE is not None else np.errstate(all="ignore")
 
 
 _BLAS_LOCK = threading.Lock()
@@ -90,24 +126,24 @@ _BLAS_USERS = 0  # runs in progress: the first sets one thread, the last restore
 _BLAS_BEFORE: list[int | None] = []
 
 
-def _set_blas_threads(counts: list[int | None]) -> None:
-    for (_, put), n in zip(_BLAS_CALLS, counts):
-        if n is not None:
-            put(n)
-
-
 class _OneBlasThread:
     """BLAS on one thread while any run is in progress (thread count changes a GEMM's rounding,
     so concurrent runs must not restore it under each other). threadpoolctl's limit() re-inspects
-    every library on each entry (~0.1 ms); this only sets the count. A class, not a generator
-    context manager: entered on every run, and a tiny model's run is tens of microseconds."""
+    every library on each entry (~0.1 ms); this only sets the count, and only where it is not 1
+    already. A class, not a generator context manager, with plain loops: entered on every run, and
+    a tiny model's run is tens of microseconds."""
 
     def __enter__(self) -> None:
         global _BLAS_USERS, _BLAS_BEFORE
         with _BLAS_LOCK:
             if _BLAS_USERS == 0:
-                _BLAS_BEFORE = [get() for get, _ in _BLAS_CALLS]
-                _set_blas_threads([1] * len(_BLAS_CALLS))
+                before = []
+                for get, put in _BLAS_CALLS:
+                    n = get()
+                    before.append(n)
+                    if n != 1:
+                        put(1)
+                _BLAS_BEFORE = before
             _BLAS_USERS += 1
 
     def __exit__(self, *exc: object) -> None:
@@ -115,7 +151,9 @@ class _OneBlasThread:
         with _BLAS_LOCK:
             _BLAS_USERS -= 1
             if _BLAS_USERS == 0:
-                _set_blas_threads(_BLAS_BEFORE)
+                for (_, put), n in zip(_BLAS_CALLS, _BLAS_BEFORE):
+                    if n is not None and n != 1:
+                        put(n)
 
 
 _ONE_BLAS_THREAD = _OneBlasThread()

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import time
 import weakref
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -39,6 +40,7 @@ from lpuc.kernels.registry import CAPTURES_ATTR, get_kernel
 from lpuc.kernels.softmax import softmax
 from lpuc.lowering.builder import view_of
 from lpuc.program import Access, Instruction, Program, TileSlot
+from lpuc.runtime.chains import SMALL_CAST, Buffers, mm_step, softmax_step, ufunc_chain
 from lpuc.runtime.fp16 import from_fp16, round_fp16, to_fp16
 from lpuc.runtime.isa import decoded_attrs, epilogue, kernel_context, mxm_input, stacked
 from lpuc.runtime.machine import Machine
@@ -320,6 +322,21 @@ class _Tensor:
             return None  # the interpreter hands kernels a contiguous copy; keep its memory layout
         return _readonly(v.reshape(self.shape))
 
+    def window(self, any_dtype: bool = False) -> np.ndarray | None:
+        """The tensor as a view of the one tile window holding all of it (any strides), or None;
+        unconverted (the tile of the tensor's dtype) unless any_dtype."""
+        if len(self.pieces) != 1:
+            return None
+        v, r, c = self.pieces[0]
+        if (r, c) != (0, 0) or v.shape != self.rows_cols or v.dtype != self.dtype and not any_dtype:
+            return None
+        window = v.view()
+        try:
+            window.shape = self.shape  # (a view, never a copy: fails where the strides do not allow it)
+        except AttributeError:
+            return None
+        return window
+
     def load(self) -> np.ndarray:
         """A fresh array (what Machine.load_tensor builds)."""
         if self.covered is None:
@@ -343,6 +360,29 @@ class _Tensor:
             view = to_fp16(view)
         for v, r, c in self.pieces:
             _copy_into(v, view[r : r + v.shape[0], c : c + v.shape[1]])
+
+
+def _small_store(t: _Tensor) -> Callable[[np.ndarray], None]:
+    """t.store for a run's input (an array of t's shape): one cast into its one window if small
+    (float32 or the tile's dtype into a float16 or float32 tile: numpy's cast, _copy_into's bits)."""
+    window = t.window(any_dtype=True)
+    if window is None or window.size >= SMALL_CAST or window.dtype not in (np.float16, np.float32):
+        return t.store
+    kind = window.dtype
+
+    def store(value: np.ndarray) -> None:
+        if value.dtype == np.float32 or value.dtype == kind:
+            np.copyto(window, value, casting="unsafe")
+        else:
+            t.store(value)
+
+    return store
+
+
+def _fresh_load(t: _Tensor) -> Callable[[], np.ndarray]:
+    """t.load: a fresh C-ordered array of the tensor; one copy of its window where it has one."""
+    window = t.window()
+    return t.load if window is None else window.copy
 
 
 class _Executor:
@@ -373,6 +413,7 @@ class _Executor:
         self._map_scratch = Scratch()  # float32 results of fp16 maps
         self._stack_scratch: dict[tuple, np.ndarray] = {}  # stacked map operands (stacked rows)
         self._epilogue_scratch = Scratch()  # the same for MM epilogues (on the MXM thread, if any)
+        self._buffers = Buffers()  # small steps' own temporaries (runtime/chains.py)
         self._converted: dict[tuple, tuple[np.ndarray, np.ndarray]] = {}  # weight bytes -> MXM copy
         self._mxm_inputs: list[np.ndarray | None] = [None] * len(self._shared)
         self.steps: list[Step] = [
@@ -396,15 +437,17 @@ class _Executor:
                 self._restore.append((block, block.copy()))
             elif zeros:
                 self._restore.append((block, None))
-        self._inputs = [self._tensor(b.shape, b.dtype, b.tiles) for b in program.inputs]
-        self._outputs: list[tuple[str, int | None, _Tensor | None]] = []
+        self._inputs = [_small_store(self._tensor(b.shape, b.dtype, b.tiles)) for b in program.inputs]
+        self._outputs: list[tuple[str, int | None, Callable[[], np.ndarray] | None]] = []
         for b in program.outputs:
             if b.tiles and m.tiles[b.tiles[0]].kind == "host":
                 self._outputs.append((b.name, b.tiles[0], None))
             else:
-                self._outputs.append((b.name, None, self._tensor(b.shape, b.dtype, b.tiles)))
+                self._outputs.append((b.name, None, _fresh_load(self._tensor(b.shape, b.dtype, b.tiles))))
         self._reset_needed = False
         self._host_constants = dict(m.host_memory)  # what a run starts host memory with
+        self._uses_host = any(t.kind == "host" for t in m.tiles)  # (else host memory stays empty)
+        self._planes = list(m.planes.values())
         # (name, dtype, shape) of each input, in binding order: the check of a run's inputs
         self._input_checks = [(b.name, dtype_from_name(b.dtype), tuple(b.shape)) for b in program.inputs]
 
@@ -560,9 +603,7 @@ class _Executor:
             and (acc is None or acc.dtype == np.float32)
         )
 
-        def mm() -> None:
-            if install:
-                plane.active, plane.shadow = plane.shadow, None
+        def general() -> None:
             if first:
                 a = _mxm_input(src, precision, copy=False)
                 if not last:
@@ -609,7 +650,59 @@ class _Executor:
                 plane.acc = None
                 _copy_into(dst, product)
 
-        return mm
+        small = None
+        if dst is not None and not stack and not from_acc:
+            small = self._small_mm(src, precision, dst, acc, fused, operands)
+        if small is None:
+
+            def mm() -> None:
+                if install:
+                    plane.active, plane.shadow = plane.shadow, None
+                general()
+
+            return mm
+
+        def small_mm() -> None:
+            if install:
+                plane.active, plane.shadow = plane.shadow, None
+            a = small(plane.active, None if first else shared[slot])
+            if a is None:  # weights of another kind than the step was built for
+                general()
+                return
+            plane.acc = None
+            if slot is not None:  # (as general() keeps the input for the MMs sharing it)
+                if first:
+                    shared[slot] = a
+                elif last:
+                    shared[slot] = None
+
+        return small_mm
+
+    def _small_mm(
+        self, src: np.ndarray, precision: str, dst: np.ndarray, acc: np.ndarray | None, fused, operands: list
+    ) -> Callable[[np.ndarray, np.ndarray | None], np.ndarray | None] | None:
+        """The MM as chains.mm_step (buffers kept between runs) where it applies: no epilogue or one
+        of float32 ufuncs on the float32 product (the general step's _fast_epilogue, unrounded)."""
+        chain = None
+        if fused is not None:
+            if fused["result"] != "float32":
+                return None
+            dtypes = [
+                None if k is None else np.dtype(np.float32) if k == 0 else operands[k].dtype
+                for k in fused["operands"]
+            ]
+            steps = _float32_ufuncs(fused["expr"], dtypes, dst.dtype)
+            if steps is None:
+                return None
+
+            def chain(product: np.ndarray, final: np.ndarray) -> list | None:
+                values = [
+                    None if k is None else product if k == 0 else operands[k] for k in fused["operands"]
+                ]
+                return ufunc_chain(steps, values, dst.shape, final, self._buffers, _zeros)
+
+        reads = [o for o in operands if o is not None]
+        return mm_step(src, precision, dst, reads, chain, acc, self._buffers, _mxm_input)
 
     def _fast_epilogue(
         self, fused: dict, reads: list, dst: np.ndarray
@@ -737,6 +830,9 @@ class _Executor:
                     _copy_into(dst, src)
 
             return concat
+        small = self._small_softmax(ins, attrs) if attrs["kernel"] == "FusedSoftmax" else None
+        if small is not None:
+            return small
         m = self.machine
         loaders: list[Callable[[], np.ndarray | None]] = []
         widen = _widens_fp16(attrs)
@@ -788,6 +884,30 @@ class _Executor:
                 put(value)
 
         return kernel
+
+    def _small_softmax(self, ins: Instruction, attrs: dict) -> Step | None:
+        """A FusedSoftmax as chains.softmax_step: where _fused_softmax applies, every operand one
+        whole SRAM window and the result one window. (Strided operands are fine: only the
+        expression's elementwise ufuncs read them; the reductions read its contiguous result.)"""
+        if _fused_softmax(attrs) is None:
+            return None
+        windows = []
+        for desc, refs in [(d, ins.reads) for d in attrs["inputs"]] + [(attrs["outputs"][0], ins.writes)]:
+            t = self._tensor(
+                desc["shape"],
+                desc["dtype"],
+                [r.buf for r in refs[desc["first"] : desc["first"] + desc["count"]]],
+                desc["row_offset"],
+            )
+            window = t.window()
+            if window is None:
+                return None
+            windows.append(window)
+        *operands, dst = windows
+        steps = _float32_ufuncs(
+            attrs["attrs"]["expr"], [np.dtype(np.float32)] * len(operands), np.dtype(np.float32)
+        )
+        return softmax_step(steps, operands, dst, self._buffers, _zeros)
 
     def _concat_copies(self, ins: Instruction, attrs: dict) -> list[tuple[np.ndarray, np.ndarray]] | None:
         """A Concat as copies from its input tiles straight into its output tiles, (output window,
@@ -893,13 +1013,14 @@ class _Executor:
                     block.fill(0)
                 else:
                     np.copyto(block, held)
-            for p in m.planes.values():
+            for p in self._planes:
                 p.shadow = p.active = None
-            m.host_memory.clear()
-            m.host_memory.update(self._host_constants)
+            if self._uses_host:
+                m.host_memory.clear()
+                m.host_memory.update(self._host_constants)
         self._reset_needed = True
-        for t, value in zip(self._inputs, values):
-            t.store(value)
+        for store, value in zip(self._inputs, values):
+            store(value)
         if self._mxm_waits is None:
             for step in self.steps:
                 step()
@@ -910,7 +1031,7 @@ class _Executor:
             run_overlapped(self._mxm_thread, self.steps, self._mxm_waits)
         # Fresh arrays (load copies): the next run reuses this SRAM.
         return {
-            name: m.host_memory[host] if host is not None else t.load() for name, host, t in self._outputs
+            name: m.host_memory[host] if host is not None else load() for name, host, load in self._outputs
         }
 
 
@@ -920,13 +1041,17 @@ class Plan:
     def __init__(self, program: Program):
         self.program = program
         self._free: list[_Executor] = [_Executor(program)]
+        self.last_seconds = math.inf  # how long the last run took (lpuc.runtime opens no progress
+        # stage for quick ones)
 
     def run(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         try:
             ex = self._free.pop()
         except IndexError:  # another thread is running this program
             ex = _Executor(self.program)
+        start = time.perf_counter()
         try:
             return ex.run(inputs)
         finally:
+            self.last_seconds = time.perf_counter() - start
             self._free.append(ex)

@@ -182,6 +182,37 @@ def test_bundled_models(path, precision):
     check_program(program, random_feeds(path, seed=2))  # new inputs on the same reused plan
 
 
+@pytest.mark.parametrize("budget", [None, 0])
+@pytest.mark.parametrize("precision", ["fp16", "fp32"])
+def test_small_steps_match_interpreter_on_extreme_values(monkeypatch, precision, budget):
+    """The bundled MLP's MMs and softmax run as runtime/chains.py steps (buffers kept between runs,
+    numpy's unchecked fp16 casts); with no buffer budget, as the general steps. Either way the
+    same bits as the interpreter, over runs of ordinary inputs and of values that overflow fp16,
+    infinities and NaNs, in changing order on the reused buffers."""
+    from lpuc.runtime import chains
+
+    if budget is not None:
+        monkeypatch.setattr(chains, "BUDGET_BYTES", budget)
+    path = ROOT / "models" / "mlp.onnx"
+    program = lpuc.compile(path, precision=precision)
+    ordinary = random_feeds(path)
+    extreme = {k: v.copy() for k, v in ordinary.items()}
+    for v in extreme.values():
+        flat = v.reshape(-1)
+        flat[::3] *= 1e5  # products and stores beyond fp16's range
+        flat[1::7] = np.inf
+        flat[2::11] = np.nan
+    for feeds in (ordinary, extreme, ordinary, extreme):
+        check_program(program, feeds, runs=1)
+    with warnings.catch_warnings():  # (numpy warns on deprecated calls, a few us each, every run)
+        warnings.simplefilter("error")
+        program.run(ordinary)
+    steps = [s.__qualname__ for s in program.plan._free[0].steps]
+    small = [s for s in steps if "small_mm" in s or "softmax_step" in s]
+    # (without a budget only the last MM may stay small: into a float32 window it needs no buffer)
+    assert len(small) == 4 if budget is None else small in ([], [steps[5]]), steps
+
+
 @pytest.mark.parametrize("precision", ["fp16", "fp32"])
 def test_torch_models(tmp_path, precision):
     import torch
