@@ -88,10 +88,12 @@ def _run_stage(program: Program) -> contextlib.AbstractContextManager:
     return progress.stage("run") if progress.enabled() else _NO_STAGE
 
 
-try:  # numpy's floating-point error state: private, so used only where it is found
+try:  # numpy's floating-point error state: private, so used only where it is found and works
     from numpy._core._ufunc_config import _extobj_contextvar as _FP_STATE
     from numpy._core._ufunc_config import _make_extobj
-except ImportError:
+
+    _make_extobj(all="ignore", divide=None, over=None, under=None, invalid=None)
+except (ImportError, TypeError, ValueError):
     _FP_STATE = None
 
 _ignoring: tuple = (None, None)  # (an error state, the same ignoring every error)
