@@ -111,6 +111,30 @@ def test_fp16_conversions_through_torch_match_numpy_on_quiet_nans():
             assert np.array_equal(from_fp16(half, quiet=True).view(np.uint32), expected)
 
 
+@pytest.mark.parametrize("part, at", [(0, 5), (1, 30_000), (4, -1), (9, -1), (9, -4000)])
+def test_torch_probe_rejects_a_torch_that_converts_one_value_wrong(monkeypatch, part, at):
+    """The probe checks its float32 values in parts (fp16._float32_probe): a torch converting one
+    of them wrongly (rounding edges of either sign; quiet NaN payloads, the last part's tail) is
+    still caught (None: numpy's path)."""
+    from lpuc.runtime import fp16
+
+    torch = fp16._torch()
+    assert torch is not None
+    bad_bits = list(fp16._float32_probe())[part].view(np.uint32)[at]
+    real = fp16._torch_copy
+
+    def faulty(torch, dst, src):
+        real(torch, dst, src)
+        if dst.dtype == np.float16 and src.dtype == np.float32:
+            hit = src.view(np.uint32) == np.uint32(bad_bits)
+            dst.view(np.uint16)[hit] ^= np.uint16(1)
+
+    monkeypatch.setattr(fp16, "_torch_copy", faulty)
+    assert fp16._load_torch() is None
+    monkeypatch.setattr(fp16, "_torch_copy", real)
+    assert fp16._load_torch() is torch
+
+
 def test_quieted_signaling_nans_give_the_same_products():
     """fp16._QUIET: the MXM's inputs may have their signaling NaNs quieted (from_fp16 / round_fp16
     with quiet=True); products and sums of them are the same bits as of numpy's exact conversion,
