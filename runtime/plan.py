@@ -378,6 +378,10 @@ class _Executor:
         self.steps: list[Step] = [
             builders[ins.opcode](ins, decoded_attrs(ins, self._load_cache)) for ins in order
         ]
+        # Build-time look-ups only: the steps hold what they use (kept, the decoded attributes of
+        # every instruction stayed alive run after run)
+        self._load_cache.clear()
+        self._converted.clear()
         self._mxm_waits = mxm_waits(program, order)  # None: all steps on the calling thread
         self._mxm_thread: MxmThread | None = None
         # What a run must undo of the previous one: constants overwritten by tiles that reuse their
