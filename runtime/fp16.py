@@ -288,7 +288,9 @@ def _torch():  # -> the torch module or None
 
 def _load_torch():
     """torch, if it converts a probe as numpy does (every float16 but signaling NaNs; float32
-    rounding edges and quiet NaNs of both signs, contiguous, in tails and strided); None otherwise."""
+    rounding edges and quiet NaNs of both signs, contiguous, in tails and strided); None otherwise.
+    The float32 probe is checked in parts of 2^16 values: whole, its ~650k values and their copies
+    were the biggest allocation of a small fp16 model's first run (~12 MiB at once)."""
     try:
         import torch
     except ImportError:
@@ -298,30 +300,44 @@ def _load_torch():
         read_only = np.zeros(1, np.float32)
         read_only.flags.writeable = False
         torch.from_numpy(read_only)
-    every = np.arange(1 << 16, dtype=np.uint32).astype(np.uint16).view(np.float16)
-    halves = every[~_signaling(every.astype(np.float32))]  # (numpy keeps the quiet bit clear)
-    rng = np.random.default_rng(0)
-    near = halves.astype(np.float32).view(np.uint32)[:, None] + np.arange(-2, 3)[None, :]  # rounding edges
-    bits = np.concatenate(
-        [
-            near.astype(np.uint32).ravel(),
-            rng.integers(0, 1 << 22, 4096, dtype=np.uint32) | np.uint32(0x7FC00000),
-        ]
-    )
-    bits = np.concatenate([bits, bits | np.uint32(0x80000000)])
-    singles = bits.view(np.float32)
-    singles = singles[~_signaling(singles)]
+    halves = _probe_halves()
     with np.errstate(all="ignore"):
         for start in range(8):  # as from_fp16 uses it: contiguous, any alignment
             h = halves[start:]
             if not np.array_equal(_widened(torch, h).view(np.uint32), h.astype(np.float32).view(np.uint32)):
                 return None
-        for x in (singles, singles[:7], singles[-13:], singles[: 512 * 300].reshape(512, 300)[:, 5:297]):
-            got = np.zeros(x.shape, np.float16)
-            _torch_copy(torch, got, x)
-            if not np.array_equal(got.view(np.uint16), x.astype(np.float16).view(np.uint16)):
-                return None
+        for singles in _float32_probe():
+            tails = (singles[:7], singles[-13:], singles[: 256 * 240].reshape(256, 240)[:, 5:237])
+            for x in (singles, *tails):
+                got = np.zeros(x.shape, np.float16)
+                _torch_copy(torch, got, x)
+                if not np.array_equal(got.view(np.uint16), x.astype(np.float16).view(np.uint16)):
+                    return None
     return torch
+
+
+def _probe_halves() -> np.ndarray:
+    """Every float16 but signaling NaNs (numpy keeps their quiet bit clear, torch sets it)."""
+    every = np.arange(1 << 16, dtype=np.uint32).astype(np.uint16).view(np.float16)
+    return every[~_signaling(every.astype(np.float32))]
+
+
+def _float32_probe():  # -> Iterator[np.ndarray]
+    """The float32 values _load_torch checks, in parts: each of _probe_halves and the float32
+    values up to two ulps either side (rounding edges), and random quiet NaNs; each with both
+    signs, signaling NaNs left out."""
+    halves = _probe_halves()
+    rng = np.random.default_rng(0)
+    nans = rng.integers(0, 1 << 22, 4096, dtype=np.uint32) | np.uint32(0x7FC00000)
+    centers = halves.astype(np.float32).view(np.uint32)
+    for offset in range(-2, 3):
+        for sign in (np.uint32(0), np.uint32(0x80000000)):
+            bits = centers + np.uint32(offset & 0xFFFFFFFF)  # (wraps as the int64 sum's cast did)
+            bits |= sign
+            if offset == 2:
+                bits = np.concatenate([bits, nans | sign])
+            singles = bits.view(np.float32)
+            yield singles[~_signaling(singles)]
 
 
 def _signaling(x: np.ndarray) -> np.ndarray:

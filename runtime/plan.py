@@ -17,8 +17,9 @@ Done once instead of per run:
 
 Concurrent runs of one program each take their own SRAM (a small pool). With LPUC_MXM_THREAD=1,
 programs with enough MXM work run their MXM instructions on a second thread, overlapped with the
-others (runtime/overlap.py). With LPUC_SRAM_RELEASE=1, SRAM pages none of whose tiles is live are
-given back to the OS during the run (runtime/release.py: less memory, slower runs).
+others (runtime/overlap.py). SRAM pages none of whose tiles is live are given back to the OS during
+the run, as few as keep the resident SRAM within 1.5x the image; every such page with
+LPUC_SRAM_RELEASE=1 (less memory, slower runs), none with LPUC_SRAM_RELEASE=0 (runtime/release.py).
 """
 
 from __future__ import annotations
@@ -419,6 +420,10 @@ class _Executor:
         self.steps: list[Step] = [
             builders[ins.opcode](ins, decoded_attrs(ins, self._load_cache)) for ins in order
         ]
+        # Build-time look-ups only: the steps hold what they use (kept, the decoded attributes of
+        # every instruction stayed alive run after run)
+        self._load_cache.clear()
+        self._converted.clear()
         self._mxm_waits = mxm_waits(program, order)  # None: all steps on the calling thread
         self._mxm_thread: MxmThread | None = None
         # What a run must undo of the previous one: constants overwritten by tiles that reuse their

@@ -111,6 +111,30 @@ def test_fp16_conversions_through_torch_match_numpy_on_quiet_nans():
             assert np.array_equal(from_fp16(half, quiet=True).view(np.uint32), expected)
 
 
+@pytest.mark.parametrize("part, at", [(0, 5), (1, 30_000), (4, -1), (9, -1), (9, -4000)])
+def test_torch_probe_rejects_a_torch_that_converts_one_value_wrong(monkeypatch, part, at):
+    """The probe checks its float32 values in parts (fp16._float32_probe): a torch converting one
+    of them wrongly (rounding edges of either sign; quiet NaN payloads, the last part's tail) is
+    still caught (None: numpy's path)."""
+    from lpuc.runtime import fp16
+
+    torch = fp16._torch()
+    assert torch is not None
+    bad_bits = list(fp16._float32_probe())[part].view(np.uint32)[at]
+    real = fp16._torch_copy
+
+    def faulty(torch, dst, src):
+        real(torch, dst, src)
+        if dst.dtype == np.float16 and src.dtype == np.float32:
+            hit = src.view(np.uint32) == np.uint32(bad_bits)
+            dst.view(np.uint16)[hit] ^= np.uint16(1)
+
+    monkeypatch.setattr(fp16, "_torch_copy", faulty)
+    assert fp16._load_torch() is None
+    monkeypatch.setattr(fp16, "_torch_copy", real)
+    assert fp16._load_torch() is torch
+
+
 def test_quieted_signaling_nans_give_the_same_products():
     """fp16._QUIET: the MXM's inputs may have their signaling NaNs quieted (from_fp16 / round_fp16
     with quiet=True); products and sums of them are the same bits as of numpy's exact conversion,
@@ -536,23 +560,28 @@ def test_fused_softmax_fast_path_computes_what_the_kernel_does(expr, shapes):
     assert _fused_softmax({**attrs, "inputs": [{**desc[0], "dtype": "float16"}, *desc[1:]]}) is None
 
 
+@pytest.mark.parametrize("mode", ["every", "capped"])
 @pytest.mark.parametrize("precision", ["fp16", "fp32"])
 @pytest.mark.parametrize("path", [*BUNDLED, LIGHT / "light_squeezenet.onnx"], ids=lambda p: p.stem)
-def test_dead_sram_pages_dropped_while_no_tile_needs_them(monkeypatch, path, precision):
+def test_dead_sram_pages_dropped_while_no_tile_needs_them(monkeypatch, path, precision, mode):
     """Pages dropped while none of their tiles is live (runtime/release.py; forced on for small
-    programs): the plan still equals the interpreter, run after run (a page dropped two steps
-    early fails this on the bundled models: it reads as zeros), and every tile touching a page
-    after it was dropped starts after the drop, with a write."""
+    programs: every dead stretch, or the fewest keeping a quarter of the image resident): the plan
+    still equals the interpreter, run after run (a page dropped two steps early fails this on the
+    bundled models: it reads as zeros), and every tile touching a page after it was dropped starts
+    after the drop, with a write."""
     from lpuc.runtime import release
     from lpuc.runtime.plan import Plan
 
-    monkeypatch.setattr(release, "ENABLED", True)
+    monkeypatch.setattr(release, "ENABLED", mode == "every")
+    monkeypatch.setattr(release, "CAPPED", True)
+    monkeypatch.setattr(release, "CAP", 0.25)
     monkeypatch.setattr(release, "MIN_SAVING", 0)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         program = lpuc.compile(path, precision=precision)
     order = sorted(program.instructions, key=lambda i: i.id)
-    releases = release.page_releases(program, order, 0)
+    image = 0 if mode == "every" else program.summary["sram_peak_bytes"]  # (the plan's, when capped)
+    releases = release.page_releases(program, order, image)
     assert releases
     program.plan = Plan(program)
     check_program(program, random_feeds(path), runs=3)
@@ -574,3 +603,52 @@ def test_dead_sram_pages_dropped_while_no_tile_needs_them(monkeypatch, path, pre
                 if any(lo < start + n and start < hi for start, n in ranges):
                     step, written = first[a.buf]
                     assert step > i and written and a.buf not in inputs, (i, ins.id, a.buf)
+
+
+def _resident_peak(gaps: np.ndarray, chosen: np.ndarray, pages: int, never: int) -> list[int]:
+    """Pages resident at each step of a second run when the chosen gaps are dropped in every run
+    (a gap (page, start, end) spans steps start + 1 .. end - 1, ends past `never` in the next run)."""
+    n = never + 1
+    resident = [pages] * n
+    for g in chosen:
+        _, start, end = (int(v) for v in gaps[:, g])
+        for step in range(start + 1, end):
+            for run_step in (step - n, step):  # (a wrap gap spans the next run's start)
+                if 0 <= run_step < n:
+                    resident[run_step] -= 1
+    return resident
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_capped_gaps_keep_the_cap_with_few_drops(seed):
+    """release.capped_gaps against every subset of a few random gaps: its choice keeps the pages
+    resident within the cap wherever any choice can, with at most one gap more than the fewest
+    that do (the greedy is optimal on a line; a run's wrap-around into the next makes it a circle;
+    one more was the most over 200 such cases)."""
+    import itertools
+
+    from lpuc.runtime.release import capped_gaps
+
+    rng = np.random.default_rng(seed)
+    never, pages = 12, 5
+    gaps = []
+    for page in range(pages):
+        cuts = sorted(rng.choice(np.arange(never), size=4, replace=False).tolist())
+        gaps.append((page, cuts[0], cuts[1]))  # dead between two live stretches
+        gaps.append((page, cuts[3], never + 1 + cuts[0]))  # from its last stretch into the next run
+    arr = np.array(gaps).T
+    best = _resident_peak(arr, range(arr.shape[1]), pages, never)  # (dropping everything)
+    for keep in range(pages):
+        floor = [max(keep, b) for b in best]
+
+        def within(choice) -> bool:
+            return all(r <= f for r, f in zip(_resident_peak(arr, choice, pages, never), floor))  # noqa: B023
+
+        chosen = capped_gaps(arr, pages, never, keep)
+        assert within(chosen)
+        fewest = next(
+            size
+            for size in range(arr.shape[1] + 1)
+            if any(within(subset) for subset in itertools.combinations(range(arr.shape[1]), size))
+        )
+        assert len(chosen) <= fewest + 1, (keep, chosen, fewest)

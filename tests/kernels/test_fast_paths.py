@@ -140,6 +140,28 @@ def test_im2col_channels_first_slabs_exact(channels, kernel, strides, dilations,
         np.testing.assert_array_equal(cols, expected[r0:r1])
 
 
+def test_channels_first_index_offsets():
+    """windows._channel_offsets: channel c's cells at a fixed distance from channel 0's outside the
+    padding give (base, offsets >= 0) that rebuild them there; cells at other distances give None
+    (gather_columns then takes the full index)."""
+    from lpuc.kernels.windows import _channel_offsets
+
+    rng = np.random.default_rng(0)
+    base = rng.integers(0, 500, (6, 4))
+    cells = base[:, :, None] + np.array([40, 0, 90])  # [rows, taps, C], channel 1 the lowest
+    padding = rng.random((6, 4)) < 0.3
+    cells[padding] = rng.integers(0, 900, (int(padding.sum()), 3))  # anything: filled afterwards
+    got, offsets = _channel_offsets(cells, padding)
+    assert min(offsets) == 0
+    inside = ~padding
+    for c, offset in enumerate(offsets):
+        np.testing.assert_array_equal((got + offset)[inside], cells[..., c][inside])
+    row = int(np.flatnonzero(~padding[:, 0])[0])
+    cells[row, 0, 2] += 1  # one cell inside the image off by one
+    assert _channel_offsets(cells, padding) is None
+    assert _channel_offsets(cells, None) is None
+
+
 @pytest.mark.parametrize("channels, kernel, strides, dilations, pads", IM2COL_CASES)
 def test_im2col_matmul_matches_onnxruntime_conv(channels, kernel, strides, dilations, pads):
     rng = np.random.default_rng(10 + channels)
