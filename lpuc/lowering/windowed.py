@@ -117,8 +117,13 @@ def _column_pieces(node: Node, x: TensorTiles, y: TensorTiles) -> list[tuple[int
 
 def _channels_read(node: Node, x: TensorTiles, c0: int, c1: int) -> tuple[int, int]:
     """The input lanes [l0, l1) result columns [c0, c1) of a channels-last Im2Col read: its columns
-    are channel-major (channel c's taps side by side), constant columns (const_columns) after them."""
+    are channel-major (channel c's taps side by side), constant columns (const_columns) after them;
+    of one that keeps only some of them (keep_columns: passes/row_taps' tails), those columns'."""
     taps = math.prod(int(k) for k in node.attr("kernel_shape"))
+    keep = node.attr("keep_columns")
+    if keep:
+        channels = [int(col) // taps for col in keep[c0:c1]]
+        return (min(channels), max(channels) + 1) if channels else (0, 1)
     return c0 // taps, (min(c1, taps * x.cols) - 1) // taps + 1
 
 
