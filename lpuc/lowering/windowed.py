@@ -60,7 +60,21 @@ def window_slabs(node: Node, x: TensorTiles, y: TensorTiles) -> Iterator[tuple[W
             slab["channels_first"] = True
         for c0, c1 in _column_pieces(node, x, y):
             lanes = _channels_read(node, x, c0, c1) if channels_last_im2col else (0, x.cols)
-            yield (r0, r1, c0, c1), [(i0, i1, *lanes) for i0, i1 in ranges], slab
+            yield _written(node, y, (r0, r1, c0, c1), out_rows), [(i0, i1, *lanes) for i0, i1 in ranges], slab
+
+
+def _written(node: Node, y: TensorTiles, window: Window, out_rows: list[int]) -> Window | list[Window]:
+    """What a slab writes: its result window; of a tapped Im2Col with tails (halo_columns h, a
+    multiple of the lanes), the lane tiles from column h on only in the rows before the tile's step
+    (its halo rows hold no tails: no tap reads them there, lpuc.kernels.lowered), as two windows."""
+    h = node.attr("halo_columns") if node.op == "Im2Col" else None
+    r0, r1, c0, c1 = window
+    if h is None or int(h) % y.lanes or int(h) >= c1:
+        return window
+    rows, step, _ = (int(v) for v in node.attr("row_tiles"))
+    tails_rows = min(out_rows[0] + step, rows) - out_rows[0]  # (a tile starts before the last row)
+    h = max(int(h), c0)
+    return ([(r0, r1, c0, h)] if c0 < h else []) + [(r0, r0 + tails_rows, h, c1)]
 
 
 def _tails_input_runs(node: Node, x: TensorTiles, v0: int, v1: int) -> list[tuple[int, int]]:

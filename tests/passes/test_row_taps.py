@@ -198,6 +198,13 @@ def test_tails_take_fewer_row_passes_for_the_same_integers(tmp_path):
     assert vectors(whole, "mxm.mm") == (4 + 1) * rows
     assert vectors(tails, "sxm.kernel") <= vectors(plain, "sxm.kernel") < vectors(whole, "sxm.kernel")
     assert tails.summary["macs"] == plain.summary["macs"] == whole.summary["macs"]
+    # The tails' lane tile is written in each result row once, not in the halo rows (no tap reads it
+    # there); the first lane tile in every row of the halo layout.
+    layout_rows = sum(v1 - v0 for v0, v1 in halo_tiles(rows, 134, 2 * 20))
+    tapped = [i for i in tails.instructions if i.attrs.get("kernel") == "Im2Col" and "/2/Conv" in i.node]
+    writes = [(tails.tiles[a.buf].c0 + a.lane0, a.nrows) for i in tapped for a in i.writes]
+    assert sum(n for c, n in writes if c == 0) == layout_rows > rows
+    assert sum(n for c, n in writes if c == 320) == rows
     proto = onnx.load(str(path))
     x = np.random.default_rng(12).standard_normal(shape).astype(np.float32)
     got = tails.run({"x": x})["y"]
