@@ -25,11 +25,13 @@ chunk is short (DenseNet's 128 -> 32 3x3 convolutions in int8: 384 + 57 bias col
 six row passes a result row where the whole Im2Col's 1209 columns take four). Then each row of the
 columns holds kernel row 0's first `main` (a multiple of k_tile) columns, which the kh taps read
 from their rows as above, followed by every kernel row's remaining columns of its own result row
-(an Im2Col of the kh x kw window that keeps those columns: attribute keep_columns; its halo rows
-hold only the first ones, halo_columns, so its slabs read no more input rows), read by one more
-block at offset 0 (attribute tap_columns: the columns each tap reads): kh main chunks + one chunk
-of tails and bias a result row, four passes there, the SXM writing as many vectors a row (569
-columns: two lane tiles, as 441). Used where it takes fewer row passes than the plain taps.
+and the bias columns (an Im2Col of the kh x kw window that keeps those columns: attribute
+keep_columns), read by one more block at offset 0 (attribute tap_columns: the columns each tap
+reads): kh main chunks + one chunk of tails and bias a result row, four passes there. No tap reads
+the tails of the halo rows: they hold the pad value (halo_columns), so the slabs read no more input
+rows than plain taps, and write the lane tiles after `main` in the result rows only (569 columns:
+two lane tiles in the result rows, one in the halo rows, where 441 took two in both). int8 takes
+the layout worth most by worth_it's rule, float builds the one of fewest row passes.
 
 Constant columns fold_bias_columns appended to the Im2Col (a bias in the accumulator) stay in every
 row; only kernel row 0's weights keep their bias rows (the others get zero rows, no model work).
