@@ -130,13 +130,12 @@ def test_fp16_taps_only_the_convolutions_that_add_no_mxm_row_passes(tmp_path):
     assert "/2/Conv/" in plain and not plain_tails and "/4/Conv/" in tails and with_tails
 
 
-@pytest.mark.parametrize("disabled", [["tap_tails"], []])
-def test_bias_columns_beyond_the_last_lane_tile_of_a_small_image(tmp_path, disabled):
+def test_bias_columns_beyond_the_last_lane_tile_of_a_small_image(tmp_path):
     """A 192-channel 3x3 convolution on a 6x6 image (Inception v1's 5b branch): tapped, its 1x3
     Im2Col has 576 model columns and 76 bias columns (fold_bias_columns), 652 in all, one tile row of
     three lane tiles. Its slab is not cut into halves where the second would hold only constant
-    columns (they read no input lanes: the validator refused the build). With tails (320 + 3 x 256
-    + 76 columns, four lane tiles) its halves read the lanes their kept columns' channels lie in."""
+    columns (they read no input lanes: the validator refused the build). No tails: 320 + 3 x 256 +
+    76 columns would take a lane tile more a row."""
     torch.manual_seed(6)
     net = torch.nn.Sequential(  # (a 1x1 reduction first: a model input is Im2Col'd channels-first)
         torch.nn.Conv2d(96, 192, 1), torch.nn.ReLU(), torch.nn.Conv2d(192, 384, 3, padding=1)
@@ -147,10 +146,9 @@ def test_bias_columns_beyond_the_last_lane_tile_of_a_small_image(tmp_path, disab
         torch.onnx.export(
             net, (torch.randn(*shape),), str(path), input_names=["x"], output_names=["y"], dynamo=False
         )
-    program = lpuc.compile(path, precision="int8", dump_ir=tmp_path / "ir", disable_passes=disabled)
+    program = lpuc.compile(path, precision="int8", dump_ir=tmp_path / "ir")
     final = (tmp_path / "ir" / "99_final.graph.txt").read_text()
-    assert "row_taps=" in final and "const_columns=" in final
-    assert ("keep_columns=" in final) == (not disabled)
+    assert "row_taps=" in final and "const_columns=" in final and "keep_columns=" not in final
     x = np.random.default_rng(2).standard_normal(shape).astype(np.float32)
     got = program.run({"x": x})["y"]
     np.testing.assert_array_equal(got, program.run({"x": x}, interpret=True)["y"])
@@ -235,3 +233,24 @@ def test_the_tapped_graph_with_tails_computes_the_convolution(tmp_path):
     (want,) = run_onnxruntime(proto, {"x": x})
     got = seen[graph.outputs[0]]
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * float(np.abs(want).max()))
+
+
+def test_tails_of_a_one_tile_row_image_in_column_halves(tmp_path):
+    """int8 128 -> 32 3x3 on 7x7 (DenseNet's last block): 49 result rows, one tile row of the 569
+    columns' two lane tiles, which two slabs write as halves (one per SXM): the second, the tails and
+    bias, reads the channels its kept columns use and writes the result rows only. The same bits as
+    plain taps, and near onnxruntime."""
+    shape = (1, 16, 7, 7)
+    path = _dense_layer(tmp_path / "dense7.onnx", shape)
+    tails = lpuc.compile(path, precision="int8", dump_ir=tmp_path / "ir")
+    plain = lpuc.compile(path, precision="int8", disable_passes=["tap_tails"])
+    assert "tap_columns=" in (tmp_path / "ir" / "99_final.graph.txt").read_text()
+    tapped = [i for i in tails.instructions if i.attrs.get("kernel") == "Im2Col" and "/2/Conv" in i.node]
+    halves = sorted((tails.tiles[i.writes[0].buf].c0, i) for i in tapped)
+    assert [c for c, _ in halves] == [0, 320]
+    assert [a.nrows for a in halves[1][1].writes] == [49]  # (the halo layout: 49 + 14 rows)
+    x = np.random.default_rng(14).standard_normal(shape).astype(np.float32)
+    got = tails.run({"x": x})["y"]
+    np.testing.assert_array_equal(got, plain.run({"x": x})["y"])
+    np.testing.assert_array_equal(got, tails.run({"x": x}, interpret=True)["y"])
+    assert cosine(got, run_onnxruntime(onnx.load(str(path)), {"x": x})[0]) >= 0.99
