@@ -23,7 +23,7 @@ planes, ResNet-50 int8 94,425 cycles against 84,175 this way).
 Tails (strategy "tap_tails"): where kw C is not a multiple of k_tile, each kernel row's last K
 chunk is short (DenseNet's 128 -> 32 3x3 convolutions in int8: 384 + 57 bias columns = 320 + 121,
 six row passes a result row where the whole Im2Col's 1209 columns take four). Then each row of the
-columns holds kernel row 0's first `main` (a multiple of k_tile) columns, which the kh taps read
+columns holds kernel row 0's first `main` (whole lane tiles of whole K tiles) columns, which the kh taps read
 from their rows as above, followed by every kernel row's remaining columns of its own result row
 and the bias columns (an Im2Col of the kh x kw window that keeps those columns: attribute
 keep_columns), read by one more block at offset 0 (attribute tap_columns: the columns each tap
@@ -160,7 +160,11 @@ def _layouts(im2col: Node, k: int, rates: Rates, tails: bool) -> list[Layout]:
     extra = len(im2col.attr("const_columns") or ())
     row_window = (k - extra) // kh
     layouts = [Layout(row_window + extra, row_window + extra)]
-    main = row_window // rates.k_tile * rates.k_tile
+    # Whole lane tiles of whole K tiles: the tails start on a lane tile of their own, which the halo
+    # rows do not write. (fp16 tails after 160 or 1120 columns, which the halo rows wrote whole:
+    # light AlexNet 87,306 -> 89,142 cycles, ONet 6,798 -> 7,042.)
+    unit = math.lcm(rates.k_tile, rates.lanes)
+    main = row_window // unit * unit
     width = main + kh * (row_window - main) + extra
     # Only where the tails take no lane tile more a row than the plain taps' window: light Inception
     # v2 int8 went 66,537 -> 67,250 cycles with its 192-channel ones too (576 + bias -> 320 + 768 +
