@@ -31,14 +31,19 @@ def im2col_kernel(ctx: KernelContext, x: np.ndarray) -> np.ndarray:
     step, halo]: the result in that halo layout (lpuc.kernels.windows.halo_tiles; a slab's out_rows
     are rows of the sequence then). `pack_blocks` [L, step, start, W]: the p rows side by side are
     not consecutive but p blocks of an image row (pool_blocks_index; a slab's out_rows are the
-    unpacked rows of the image rows its packed rows [r0, r1) `packed_rows` cover)."""
+    unpacked rows of the image rows its packed rows [r0, r1) `packed_rows` cover). `keep_columns`:
+    only those window columns, in that order, before the constant ones (passes/row_taps' tails);
+    `halo_columns` h with it: a halo layout's rows past each tile's step (its halo) hold only the
+    first h of them, the others `pad_value` (no product reads them: their windows need not be read)."""
     pack = int(ctx.attr("pack_rows", 1))  # `pack_rows` consecutive rows side by side (quantize_int8)
     blocks = ctx.attr("pack_blocks")
     if ctx.attr("row_bands") and ctx.attr("slab"):  # (rows [r0, r1) of the banded result)
         return _banded_slab(ctx, x)
     if ctx.attr("slab"):
         cols = windows.gather_columns(x, ctx.attrs, int(ctx.attr("pad_value", 0)))
-        cols = _with_const_columns(cols, ctx.attr("const_columns"))
+        cols = _with_const_columns(_kept(cols, ctx.attr("keep_columns")), ctx.attr("const_columns"))
+        if ctx.attr("halo_columns") is not None:
+            _clear_halo_tails(ctx, cols, *ctx.attr("slab")["out_rows"])
         if blocks:
             slab = ctx.attr("slab")
             index = pool_blocks_index(blocks, pack, *slab["packed_rows"]) - int(slab["out_rows"][0])
@@ -52,13 +57,18 @@ def im2col_kernel(ctx: KernelContext, x: np.ndarray) -> np.ndarray:
         cols = im2col(x, *geometry)
     else:  # shift so that the pad value is 0, pad with zeros, shift back (exact in int64)
         cols = (im2col(x.astype(np.int64) - pad_value, *geometry) + pad_value).astype(x.dtype)
-    cols = _with_const_columns(cols, ctx.attr("const_columns"))
+    cols = _with_const_columns(_kept(cols, ctx.attr("keep_columns")), ctx.attr("const_columns"))
     if ctx.attr("row_bands"):  # lane group g of row j: row row_bands[g] + j (passes/band_conv_rows)
         rows = int(ctx.attr("band_rows"))
         return np.concatenate([cols[int(r) : int(r) + rows] for r in ctx.attr("row_bands")], axis=1)
     if ctx.attr("row_tiles"):  # (a row-tapped product's operand in its halo layout: passes/row_taps)
         rows, step, halo = (int(v) for v in ctx.attr("row_tiles"))
         cols = cols[windows.halo_index(rows, step, halo)]
+        if ctx.attr("halo_columns") is not None:
+            at = 0
+            for v0, v1 in windows.halo_tiles(rows, step, halo):
+                _clear_halo_tails(ctx, cols[at : at + v1 - v0], v0, v1)
+                at += v1 - v0
     if blocks:
         index = pool_blocks_index(blocks, pack, 0, len(cols) // int(blocks[3]) * int(blocks[0]))
         return cols[index].reshape(len(index), -1)
@@ -114,6 +124,21 @@ def unpack_blocks(ctx: KernelContext, x: np.ndarray) -> np.ndarray:
     block, q = np.divmod(j, cols)
     rows = image_row * cols + q - int(slab["in_row0"])
     return x2.reshape(len(x2), blocks, c)[rows, block]
+
+
+def _clear_halo_tails(ctx: KernelContext, cols: np.ndarray, v0: int, v1: int) -> None:
+    """In place: the rows of cols (rows [v0, v1) of the sequence a halo layout's tile holds) past
+    the tile's step or the result's rows hold `pad_value` in their kept columns from halo_columns on."""
+    rows, step, _ = (int(v) for v in ctx.attr("row_tiles"))
+    start = max(0, min(step - v0 % step, rows - v0))
+    cols[start:, int(ctx.attr("halo_columns")) : len(ctx.attr("keep_columns"))] = int(
+        ctx.attr("pad_value", 0)
+    )
+
+
+def _kept(cols: np.ndarray, keep) -> np.ndarray:
+    """cols [rows, K], or only its columns `keep` in that order when given."""
+    return cols if not keep else cols.take(np.asarray(keep, dtype=np.intp), axis=1)
 
 
 def _with_const_columns(cols: np.ndarray, values) -> np.ndarray:

@@ -24,15 +24,20 @@ def _per_row(param: np.ndarray) -> np.ndarray:
 
 def _tap_windows(ctx: KernelContext, a: np.ndarray) -> np.ndarray:
     """A row-tapped product's operand as the plain one (passes/row_taps): C[r] = sum_i A'[r +
-    taps[i]] @ B's i-th block of rows, A' the sequence whose halo layout A is (row_tiles [rows, step,
-    halo]), so the tap windows side by side; any other product's A as it is."""
+    taps[i], columns i] @ B's i-th block of rows, A' the sequence whose halo layout A is (row_tiles
+    [rows, step, halo]; tap_columns [c0, c1] per tap, by default all of A's), so the tap windows side
+    by side; any other product's A as it is."""
     taps = ctx.attr("row_taps")
     if not taps:
         return a
     rows, step, halo = (int(v) for v in ctx.attr("row_tiles"))
     sequence = np.empty((rows + halo, a.shape[-1]), a.dtype)
     sequence[windows.halo_index(rows, step, halo)] = a
-    return np.concatenate([sequence[int(t) : int(t) + rows] for t in taps], axis=-1)
+    flat = [int(c) for c in ctx.attr("tap_columns") or [0, a.shape[-1]] * len(taps)]
+    columns = zip(flat[0::2], flat[1::2])
+    return np.concatenate(
+        [sequence[int(t) : int(t) + rows, c0:c1] for t, (c0, c1) in zip(taps, columns)], axis=-1
+    )
 
 
 @kernel("MatMul")

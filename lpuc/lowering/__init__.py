@@ -46,6 +46,8 @@ STRATEGIES = {
     "channels_last_depthwise": "a depthwise Conv of a channels-last value runs channels-last (no NCHW trip)",
     # Applied by the legalize_broadcast pass, listed here to switch it off.
     "expanded_broadcasts": "a value broadcast over leading dims (a mask over heads) expanded, not reread",
+    # Applied by the row_taps pass, listed here to switch it off.
+    "tap_tails": "row-tapped convs: each kernel row's short last K chunk in one chunk of them all",
     # Applied by the quantize_int8 pass, listed here to switch it off.
     "unsigned_activations": "int8: a ReLU's result only products read quantized unsigned (zero point -128)",
     # Applied by the address_heads pass, listed here to switch it off.

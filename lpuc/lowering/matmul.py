@@ -18,6 +18,7 @@ write) their windows at lane offsets instead of from separate head-major tensors
 from __future__ import annotations
 
 import math
+from bisect import bisect_right
 from dataclasses import dataclass
 
 import numpy as np
@@ -404,13 +405,14 @@ def _problems(a_shape, w_shape, c_shape, heads: _HeadViews) -> list[_Problem]:
 
 @dataclass(frozen=True)
 class _RowTaps:
-    """How a row-tapped product (passes/row_taps: attributes row_taps, row_tiles) reads A: the K
-    chunks of block i of K (A's width each) from the rows offsets[i] further of the sequence whose
-    halo layout A is (lpuc.kernels.windows.halo_tiles): result rows [j * step, (j + 1) * step) from
-    A's tile j (step + halo rows from row j * (step + halo)). A plain product has none."""
+    """How a row-tapped product (passes/row_taps: attributes row_taps, row_tiles, tap_columns) reads
+    A: the K chunks of block i of K (A's columns columns[i], by default all of them) from the rows
+    offsets[i] further of the sequence whose halo layout A is (lpuc.kernels.windows.halo_tiles):
+    result rows [j * step, (j + 1) * step) from A's tile j (step + halo rows from row j * (step +
+    halo)). A plain product has none."""
 
     offsets: tuple[int, ...] = ()
-    width: int = 0  # A's columns: the K of one tap
+    columns: tuple[tuple[int, int], ...] = ()  # A's columns [c0, c1) each block reads
     step: int = 0
     halo: int = 0
 
@@ -420,7 +422,8 @@ class _RowTaps:
         if not offsets:
             return cls()
         _, step, halo = (int(v) for v in node.attr("row_tiles"))
-        return cls(offsets, int(a_shape[-1]), step, halo)
+        flat = [int(c) for c in node.attr("tap_columns") or [0, int(a_shape[-1])] * len(offsets)]
+        return cls(offsets, tuple(zip(flat[0::2], flat[1::2])), step, halo)
 
     def row_edges(self, p: _Problem, a, c=None) -> list[list[int]]:
         """Where C's rows [0, p.m) must be cut: at A's tile edges (a row-tapped product: at its halo
@@ -430,14 +433,20 @@ class _RowTaps:
         edges = [list(range(self.step, p.m, self.step))]
         return edges + [_tile_edges(p.c_row, p.m, c.block_rows)] if c is not None else edges
 
+    def _starts(self) -> list[int]:
+        """Where each block starts in K (the blocks side by side)."""
+        starts = [0]
+        for c0, c1 in self.columns[:-1]:
+            starts.append(starts[-1] + c1 - c0)
+        return starts
+
     def k_chunks(self, p: _Problem, a, k_tile: int, w_tiles: list[int]) -> list[tuple[int, int]]:
         """K chunks that stay inside one tap's block (and A's lane tiles), [] for a plain product."""
         chunks = []
-        for i in range(len(self.offsets)):
-            k0 = i * self.width
-            lane_edges = [k0 + e for e in _tile_edges(p.a_col, self.width, a.lanes)]
-            steps = range(k0 + k_tile, k0 + self.width, k_tile)
-            chunks += split_range(k0, k0 + self.width, lane_edges, steps, w_tiles)
+        for k0, (c0, c1) in zip(self._starts(), self.columns):
+            lane_edges = [k0 + e for e in _tile_edges(p.a_col + c0, c1 - c0, a.lanes)]
+            steps = range(k0 + k_tile, k0 + c1 - c0, k_tile)
+            chunks += split_range(k0, k0 + c1 - c0, lane_edges, steps, w_tiles)
         return chunks
 
     def window(self, b: TiledBuilder, a, p: _Problem, rows: tuple[int, int], ks: tuple[int, int]):
@@ -445,10 +454,11 @@ class _RowTaps:
         (m0, m1), (k0, k1) = rows, ks
         if not self.offsets:
             return b.window(a, p.a_row + m0, p.a_row + m1, p.a_col + k0, p.a_col + k1)
-        i, j = k0 // self.width, m0 // self.step
+        starts = self._starts()
+        i, j = bisect_right(starts, k0) - 1, m0 // self.step
         row = j * (self.step + self.halo) + m0 - j * self.step + self.offsets[i]
-        base = i * self.width
-        return b.window(a, row, row + m1 - m0, p.a_col + k0 - base, p.a_col + k1 - base)
+        col = self.columns[i][0] - starts[i]
+        return b.window(a, row, row + m1 - m0, p.a_col + k0 + col, p.a_col + k1 + col)
 
 
 def _tile_edges(start: int, length: int, step: int) -> list[int]:

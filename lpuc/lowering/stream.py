@@ -120,7 +120,8 @@ def lower_stream(b: TiledBuilder, node: Node, placement: Placement, unit_class: 
         # Slabs read the data (not a reshape's target shape), and a windowed op's weights whole.
         operands = ins if kernel is None and placement.windowed else ins[:1]
         for out_window, in_windows, slab in slabs:
-            windows, attrs = (in_windows, [out_window]), {"slab": slab}
+            written = out_window if isinstance(out_window, list) else [out_window]
+            windows, attrs = (in_windows, written), {"slab": slab}
             _emit(b, node, placement, unit_class, opcode, operands, outs, None, windows, attrs, kernel)
     elif unit_class == "SXM" and b.enabled("row_slabs") and len(spans := lane_slabs(node, ins, outs)) > 1:
         # Concat / Split along the lanes: each result row comes from the same row of every operand,

@@ -46,7 +46,9 @@ def window_slabs(node: Node, x: TensorTiles, y: TensorTiles) -> Iterator[tuple[W
     # (Not a packed one: its columns hold p result rows side by side.)
     channels_last_im2col = node.op == "Im2Col" and not channels_first and pack == 1
     for (r0, r1), out_rows in _result_slabs(node, y, pack):
-        if channels_last_im2col:
+        if channels_last_im2col and node.attr("halo_columns") is not None:
+            ranges = _tails_input_runs(node, x, *out_rows)
+        elif channels_last_im2col:
             ranges = input_row_runs(node.attrs, x.shape, *out_rows, MAX_ROW_RUNS)
         else:
             ranges = input_windows(node.attrs, x.shape, *out_rows, channels_first)
@@ -58,7 +60,38 @@ def window_slabs(node: Node, x: TensorTiles, y: TensorTiles) -> Iterator[tuple[W
             slab["channels_first"] = True
         for c0, c1 in _column_pieces(node, x, y):
             lanes = _channels_read(node, x, c0, c1) if channels_last_im2col else (0, x.cols)
-            yield (r0, r1, c0, c1), [(i0, i1, *lanes) for i0, i1 in ranges], slab
+            yield _written(node, y, (r0, r1, c0, c1), out_rows), [(i0, i1, *lanes) for i0, i1 in ranges], slab
+
+
+def _written(node: Node, y: TensorTiles, window: Window, out_rows: list[int]) -> Window | list[Window]:
+    """What a slab writes: its result window; of a tapped Im2Col with tails (halo_columns h, a
+    multiple of the lanes), the lane tiles from column h on only in the rows before the tile's step
+    (its halo rows hold no tails: no tap reads them there, lpuc.kernels.lowered), as two windows."""
+    h = node.attr("halo_columns") if node.op == "Im2Col" else None
+    r0, r1, c0, c1 = window
+    if h is None or int(h) % y.lanes or int(h) >= c1:
+        return window
+    rows, step, _ = (int(v) for v in node.attr("row_tiles"))
+    tails_rows = min(out_rows[0] + step, rows) - out_rows[0]  # (a tile starts before the last row)
+    h = max(int(h), c0)
+    return ([(r0, r1, c0, h)] if c0 < h else []) + [(r0, r0 + tails_rows, h, c1)]
+
+
+def _tails_input_runs(node: Node, x: TensorTiles, v0: int, v1: int) -> list[tuple[int, int]]:
+    """The input rows a slab of a tapped Im2Col with tails (passes/row_taps: keep_columns,
+    halo_columns) reads, sequence rows [v0, v1) of a halo layout's tile: its first columns, kernel
+    row 0's 1 x kw window, in every row; the tails, of the whole kh x kw window, only in the rows
+    before the tile's step (lpuc.kernels.lowered: the halo rows hold the pad value there)."""
+    rows, step, _ = (int(v) for v in node.attr("row_tiles"))
+    kh = int(node.attr("kernel_shape")[0])
+    pads = [int(p) for p in node.attr("pads")]
+    first_row = {**node.attrs, "kernel_shape": [1, *node.attr("kernel_shape")[1:]]}
+    first_row["pads"] = [pads[0], pads[1], pads[2] - (kh - 1), pads[3]]
+    ranges = input_row_runs(first_row, x.shape, v0, v1, MAX_ROW_RUNS)
+    tails_end = min(v0 + step, rows)
+    if tails_end > v0:
+        ranges += input_row_runs(node.attrs, x.shape, v0, tails_end, MAX_ROW_RUNS)
+    return _joined(ranges)
 
 
 def _result_slabs(node: Node, y: TensorTiles, pack: int) -> list[tuple[tuple[int, int], list[int]]]:
@@ -117,8 +150,13 @@ def _column_pieces(node: Node, x: TensorTiles, y: TensorTiles) -> list[tuple[int
 
 def _channels_read(node: Node, x: TensorTiles, c0: int, c1: int) -> tuple[int, int]:
     """The input lanes [l0, l1) result columns [c0, c1) of a channels-last Im2Col read: its columns
-    are channel-major (channel c's taps side by side), constant columns (const_columns) after them."""
+    are channel-major (channel c's taps side by side), constant columns (const_columns) after them;
+    of one that keeps only some of them (keep_columns: passes/row_taps' tails), those columns'."""
     taps = math.prod(int(k) for k in node.attr("kernel_shape"))
+    keep = node.attr("keep_columns")
+    if keep:
+        channels = [int(col) // taps for col in keep[c0:c1]]
+        return (min(channels), max(channels) + 1) if channels else (0, 1)
     return c0 // taps, (min(c1, taps * x.cols) - 1) // taps + 1
 
 

@@ -50,6 +50,7 @@ INT8_ABLATIONS = (
     "unsigned_activations",
     "fold_bias_columns",
     "row_taps",
+    "tap_tails",
 )
 
 
