@@ -3,6 +3,9 @@ run, what that costs end to end, and that the results match onnxruntime."""
 
 from __future__ import annotations
 
+import json
+import zlib
+
 import numpy as np
 import onnx
 import pytest
@@ -10,7 +13,8 @@ from onnx import TensorProto, helper, numpy_helper
 
 import lpuc
 from lpuc.api import SRAM_HUNGRY, with_host_gathers
-from lpuc.backends.lpu import decode_program
+from lpuc.backends.lpu import _PREFIX, decode_program
+from lpuc.backends.lpu_check import check_body
 from lpuc.cli import random_inputs
 from lpuc.errors import LpucError
 from lpuc.frontend.importer import import_model
@@ -154,3 +158,21 @@ def test_ladder_gathers_on_the_host_rather_than_round_trips_in_the_schedule(tmp_
     both = lpuc.compile(path, target="tsp-mini", precision="fp16")
     assert both.summary["options"]["fit"] == "lean"
     assert both.summary["end_to_end_us"] <= fed.summary["end_to_end_us"]
+
+
+def test_an_edited_artifact_cannot_drop_an_inputs_tiles(tmp_path):
+    path = tmp_path / "embed.onnx"
+    onnx.save(embedding_matmul_model(3616, ids_shape=(128,)), str(path))
+    body = json.loads(zlib.decompress(_program_section(_forced(path, "fp32").to_bytes())))
+    check_body(body)
+    body["host_gathers"] = []  # the ids, bound to no tiles, would be silently ignored
+    with pytest.raises(ValueError, match="tiles or host ids"):
+        check_body(body)
+
+
+def _program_section(data: bytes) -> bytes:
+    _, _, header_len = _PREFIX.unpack_from(data)
+    header = json.loads(data[_PREFIX.size : _PREFIX.size + header_len])
+    section = next(s for s in header["sections"] if s["name"] == "program")
+    start = _PREFIX.size + header_len + section["offset"]
+    return data[start : start + section["nbytes"]]
