@@ -21,6 +21,7 @@ from lpuc.frontend.importer import import_model
 from lpuc.lowering import lower_with
 from lpuc.lowering.input_gathers import InputGather, gather_on_host, input_fed_gathers
 from lpuc.passes.pipeline import PassContext, run_pipeline
+from lpuc.report import summary_text
 from lpuc.schedule.build import build_program
 from lpuc.target import load_target
 from tests.models import ort_run
@@ -112,6 +113,8 @@ def test_end_to_end_time_counts_the_hosts_gather_and_the_rows_pcie_bytes(tmp_pat
     assert s["host_gather_cycles"] == pytest.approx(host * target.clock_mhz * 1e6, abs=1)
     total = s["cycles"] + s["model_io_pcie_cycles"] + s["host_gather_cycles"]
     assert s["end_to_end_us"] == round(total / target.clock_mhz, 3)
+    line = next(t for t in summary_text(s).splitlines() if "before the run" in t)
+    assert "embed/table_fp16" in line and f"{s['host_gather_cycles'] / target.clock_mhz:.1f} us" in line
 
 
 @pytest.mark.parametrize("precision", ["fp32", "fp16"])
