@@ -31,7 +31,7 @@ from lpuc.dtypes import dtype_from_name, dtype_name
 from lpuc.errors import ArtifactError
 from lpuc.fileio import atomic_path
 from lpuc.no_gc import no_cycle_collection
-from lpuc.program import Access, Binding, Instruction, Program, TileSlot
+from lpuc.program import Access, Binding, HostGather, Instruction, Program, TileSlot
 from lpuc.target import target_from_dict
 
 if sys.byteorder != "little":  # constants are stored as raw little-endian bytes
@@ -143,6 +143,7 @@ def encoded_parts(program: Program) -> list[bytes | np.ndarray]:
         "inputs": [_binding(b) for b in program.inputs],
         "outputs": [_binding(b) for b in program.outputs],
         "summary": program.summary,
+        "host_gathers": [[g.rows, g.ids, g.table, g.const_key] for g in program.host_gathers],
         "consts": const_index,
     }
     sections = [("program", [zlib.compress(_dumps(body), 6)]), ("consts", blobs)]
@@ -298,4 +299,5 @@ def _program_from(body: dict, const_blob: bytes) -> Program:
         [binding(b) for b in body["inputs"]],
         [binding(b) for b in body["outputs"]],
         body["summary"],
+        [HostGather(*g) for g in body.get("host_gathers", [])],
     )

@@ -79,6 +79,25 @@ def check_body(body: Any) -> None:
             if shape is not None and ids and tiles[ids[0]][9] != "host":
                 covered = sum(tiles[i][3] * tiles[i][4] for i in ids)
                 _expect(covered == math.prod(shape), f"{where}.tiles", f"tiles covering shape {shape}")
+    _host_gathers(body.get("host_gathers", []), body["inputs"], keys)
+
+
+def _host_gathers(gathers: Any, inputs: list, keys: set[str]) -> None:
+    """Each names a program input it fills, the input it reads and a constant; an input with no
+    tiles is one only the host reads (lpuc.lowering.input_gathers), so it must be such ids."""
+    _expect(isinstance(gathers, list), "host_gathers", "a list")
+    names = {b["name"] for b in inputs}
+    for k, g in enumerate(gathers):
+        where = f"host_gathers[{k}]"
+        _expect(
+            isinstance(g, list) and len(g) == 4 and all(isinstance(x, str) for x in g), where, "4 strings"
+        )
+        _expect(g[0] in names and g[1] in names, where, "inputs of the program")
+        _expect(g[3] in keys, f"{where} const key", "a key of the constant index")
+    host_ids = {g[1] for g in gathers}
+    for k, b in enumerate(inputs):
+        empty = b.get("shape") is not None and math.prod(b["shape"]) == 0  # (no values: no tiles)
+        _expect(bool(b["tiles"]) or empty or b["name"] in host_ids, f"inputs[{k}].tiles", "tiles or host ids")
 
 
 def _instruction(item: Any, where: str, n_strings: int, n_attrs: int) -> None:

@@ -315,7 +315,9 @@ def run(
         feeds = _load_npz(inputs_path)
     else:
         feeds = random_inputs(program, seed)
-        shapes = ", ".join(f"{b.name}={'x'.join(map(str, b.shape)) or 'scalar'}" for b in program.inputs)
+        shapes = ", ".join(
+            f"{b.name}={'x'.join(map(str, b.shape)) or 'scalar'}" for b in program.model_inputs
+        )
         click.echo(f"no --inputs: using random inputs (seed {seed}): {shapes}", err=True)
     if all_tensors:
         from lpuc.runtime.capture import execute_capturing
@@ -477,7 +479,7 @@ def random_inputs(program, seed: int) -> dict[str, np.ndarray]:
 
     rng = np.random.default_rng(seed)
     feeds = {}
-    for b in program.inputs:
+    for b in program.model_inputs:
         dtype = dtype_from_name(b.dtype)
         if dtype.kind == "f" or dtype.name == "bfloat16":
             feeds[b.name] = rng.standard_normal(b.shape).astype(dtype)
@@ -514,7 +516,7 @@ class OnnxReference:
     def _match(self, program) -> None:
         """Same input / output names, and shapes wherever the model's dims are fixed."""
         for kind, ours, theirs in (
-            ("inputs", program.inputs, self.session.get_inputs()),
+            ("inputs", program.model_inputs, self.session.get_inputs()),
             ("outputs", program.outputs, self.session.get_outputs()),
         ):
             names = sorted(b.name for b in ours)

@@ -106,6 +106,17 @@ class Binding:
     tiles: tuple[int, ...]
 
 
+@dataclass(frozen=True)
+class HostGather:
+    """A program input the host computes before the run: `rows` = `const_key`'s table (in host
+    memory) gathered along axis 0 at the model input `ids` (lpuc.lowering.input_gathers)."""
+
+    rows: str
+    ids: str
+    table: str
+    const_key: str
+
+
 @dataclass
 class Program:
     target: Target
@@ -117,6 +128,7 @@ class Program:
     inputs: list[Binding]
     outputs: list[Binding]
     summary: dict[str, Any] = field(default_factory=dict)
+    host_gathers: list[HostGather] = field(default_factory=list)
     # Seconds per compile stage, measured on this machine; never stored (artifacts are deterministic).
     compile_stages: dict[str, float] = field(default_factory=dict, compare=False)
     # Set once this object passed the validator. Not an __init__ field, so a changed copy made with
@@ -135,6 +147,12 @@ class Program:
     @property
     def compile_seconds(self) -> float:
         return sum(v for k, v in self.compile_stages.items() if not k.startswith("pass "))
+
+    @property
+    def model_inputs(self) -> list[Binding]:
+        """The inputs a caller gives (those the host gathers before the run are computed from them)."""
+        gathered = {g.rows for g in self.host_gathers}
+        return [b for b in self.inputs if b.name not in gathered]
 
     def queues(self) -> dict[str, list[Instruction]]:
         """Per-unit instruction queues, each in issue order."""

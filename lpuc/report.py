@@ -51,6 +51,13 @@ def summary_text(s: dict[str, Any]) -> str:
             "host mem   tables kept in host memory (the program does not fit SRAM with them; only "
             f"gathered rows cross PCIe): {tables}"
         )
+    if s.get("host_gathers"):
+        tables = ", ".join(sorted(set(s["host_gathers"].values())))
+        us = s["host_gather_cycles"] / s["clock_mhz"]
+        lines.append(
+            f"host mem   tables the host gathers from before the run (ids are model inputs; the rows "
+            f"cross PCIe with the inputs): {tables}; {us:.1f} us on the host, in the end-to-end time"
+        )
     if s.get("host_nodes"):
         us = s["latency_us"] / max(1, s["cycles"])  # microseconds per cycle
         lines.append(

@@ -52,6 +52,8 @@ STRATEGIES = {
     "unsigned_activations": "int8: a ReLU's result only products read quantized unsigned (zero point -128)",
     # Applied by the address_heads pass, listed here to switch it off.
     "values_with_queries": "attention's V projected together with Q (V's columns first), not apart",
+    # Applied by the fit ladder (lpuc.api._build_fitting), listed here to switch it off.
+    "input_gathers": "short of SRAM: tables indexed by a model input gathered by the host before the run",
     # Applied when tiles are placed on slices (lpuc.schedule.placement), listed here to switch it off.
     "spread_accesses": "tiles used by ops close in program order placed on different slices",
     "weight_sides": "the constant tiles one weight load reads placed on one side of the VXM (short loads)",

@@ -23,7 +23,7 @@ def tables_for_host(graph: Graph, tiled: TiledProgram, target: Target) -> frozen
     if over <= 0:
         return frozenset()
     chosen: list[str] = []
-    for name, nbytes in sorted(_table_bytes(graph, tiled, target).items(), key=lambda kv: (-kv[1], kv[0])):
+    for name, nbytes in sorted(table_bytes(graph, tiled, target).items(), key=lambda kv: (-kv[1], kv[0])):
         if over <= 0:
             break
         chosen.append(name)
@@ -34,11 +34,11 @@ def tables_for_host(graph: Graph, tiled: TiledProgram, target: Target) -> frozen
 def one_more_table(graph: Graph, tiled: TiledProgram, target: Target) -> frozenset[str]:
     """The tables in host memory plus the largest one still in SRAM, or nothing if none is left."""
     on_host = {b.tensor for b in tiled.buffers if b.host and b.is_const}
-    movable = [(-nbytes, name) for name, nbytes in _table_bytes(graph, tiled, target).items() if nbytes]
+    movable = [(-nbytes, name) for name, nbytes in table_bytes(graph, tiled, target).items() if nbytes]
     return frozenset(on_host | {min(movable)[1]}) if movable else frozenset()
 
 
-def _table_bytes(graph: Graph, tiled: TiledProgram, target: Target) -> dict[str, int]:
+def table_bytes(graph: Graph, tiled: TiledProgram, target: Target) -> dict[str, int]:
     """SRAM bytes of every constant read only as the table of on-chip Gathers (shared tiles excluded)."""
     users = graph.consumers()
     holders = Counter(b.const_key for b in tiled.buffers if b.is_const)  # buffers per content

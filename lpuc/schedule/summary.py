@@ -14,6 +14,8 @@ from typing import Any
 import numpy as np
 
 from lpuc import __version__, cost
+from lpuc.cost import Work
+from lpuc.dtypes import dtype_from_name
 from lpuc.program import Instruction, Program
 from lpuc.schedule.bounds import hardware_bounds
 from lpuc.schedule.critical_path import critical_path
@@ -55,9 +57,10 @@ def summarize(program: Program, facts: dict[str, Any]) -> dict[str, Any]:
     io_in = _io_bytes(program, program.inputs)
     io_out = _io_bytes(program, program.outputs)
     io_cycles = cost.pcie_cycles(target, io_in) + cost.pcie_cycles(target, io_out)
+    gather_cycles = host_gather_cycles(program)
     host = [i for i in program.instructions if i.opcode == "host.kernel"]
     path = critical_path(program)
-    return {
+    summary = {
         "schema_version": SCHEMA_VERSION,
         "compiler": facts["compiler"],
         "model": program.model_name,
@@ -70,7 +73,7 @@ def summarize(program: Program, facts: dict[str, Any]) -> dict[str, Any]:
         "latency_us": round(target.cycles_to_us(cycles), 3),
         "model_io_bytes": {"to_chip": io_in, "to_host": io_out},
         "model_io_pcie_cycles": io_cycles,
-        "end_to_end_us": round(target.cycles_to_us(cycles + io_cycles), 3),
+        "end_to_end_us": round(target.cycles_to_us(cycles + io_cycles + gather_cycles), 3),
         "lower_bound_cycles": bounds,
         "bound_ratio": round(cycles / bounds["overall"], 3) if bounds["overall"] else 1.0,
         "critical_path": {
@@ -114,6 +117,29 @@ def summarize(program: Program, facts: dict[str, Any]) -> dict[str, Any]:
         "macs": sum(i.work.macs for i in program.instructions),
         "dependence_chain_cycles": bounds["dependence_chain"],
     }
+    if program.host_gathers:
+        # Tables the host gathers from before the run (rows tensor -> table), and the host's time
+        # for it, before the inputs cross PCIe (in end_to_end_us; the rows are in model_io_bytes).
+        # (Only then: the summaries of programs without them stay as they were.)
+        summary["host_gathers"] = {g.rows: g.table for g in program.host_gathers}
+        summary["host_gather_cycles"] = gather_cycles
+    return summary
+
+
+def host_gather_cycles(program: Program) -> int:
+    """The host's time for the program's input-fed gathers, costed as a host op Gather is
+    (lpuc.lowering.stream._host_work): it touches the ids, the rows it reads and the rows it writes,
+    one FLOP per element."""
+    inputs = {b.name: b for b in program.inputs}
+    touched = flops = 0
+    for g in program.host_gathers:
+        ids, rows = inputs[g.ids], inputs[g.rows]
+        row_items = int(np.prod(rows.shape, dtype=np.int64))
+        id_items = int(np.prod(ids.shape, dtype=np.int64))
+        touched += id_items * np.dtype(dtype_from_name(ids.dtype)).itemsize
+        touched += 2 * row_items * program.consts[g.const_key].dtype.itemsize
+        flops += id_items + 2 * row_items
+    return cost.host_cycles(program.target, Work(host_flops=flops, host_bytes=touched)) if touched else 0
 
 
 def _is_compute(unit: str) -> bool:
