@@ -361,11 +361,13 @@ def _segmented_softmax_alu(node: Node, graph: Graph, in_vectors: int, out_vector
     segment = int(node.attr("segment"))
     width = int(graph.values[node.inputs[0]].shape[-1])
     tree = math.ceil(math.log2(segment)) if segment > 1 else 0
-    vectors_per_row = math.ceil(width / lanes)
-    return max(1, 7 * out_vectors + out_vectors * (2 * tree + 2) * (1 if vectors_per_row == 1 else width // segment))
+    # (a row over several vectors: every run's trees and statistics apart, as if one run a vector)
+    runs = 1 if width <= lanes else width // segment
+    return max(1, 7 * out_vectors + out_vectors * (2 * tree + 2) * runs)
 
 
-_add("VXM", "SegmentedSoftmax", rowwise=True, domain=LPUC_DOMAIN, alu_ops=_segmented_softmax_alu, input_reads=3)
+_SEGMENTED_SOFTMAX_ALU = _segmented_softmax_alu
+_add("VXM", "SegmentedSoftmax", rowwise=True, domain=LPUC_DOMAIN, alu_ops=_SEGMENTED_SOFTMAX_ALU, input_reads=3)
 _add("VXM", "Hardmax", passes=3, rowwise=True)
 _add("VXM", "LayerNormalization", rowwise=True, alu_ops=_LAYER_NORM_ALU, input_reads=2)
 _add("VXM", "RMSNormalization", rowwise=True, alu_ops=_RMS_NORM_ALU, input_reads=2)

@@ -146,24 +146,26 @@ def _rewrite(g: Graph, plan, replaced: dict[str, list[Node]]) -> None:
     d = width // heads
     dtype = g.values[key].dtype
     name = qk.name
-    # Block-diagonal K^T: K's lanes of even heads in the first S rows, of odd heads in the next S.
-    lane_head = (np.arange(width) // d) % PAIR
+    # Block-diagonal K^T: K's rows twice, lanes of even heads kept in the first S rows and of odd
+    # heads in the next S (one map reading K's rows repeated), transposed, viewed by head pairs.
     nodes: list[Node] = []
-    halves = []
-    for parity in range(PAIR):
-        mask = g.add_const(f"{name}/pair_mask{parity}", (lane_head == parity).astype(dtype))
-        half = g.add_value(f"{key}/heads{parity}", (batch, seq, width), dtype)
-        nodes.append(Node("Mul", f"{name}/pair_mask{parity}", (key, mask), (half,), opset=EMITTED_OPSET))
-        halves.append(half)
-    stacked = g.add_value(f"{key}/head_pairs", (batch, PAIR * seq, width), dtype)
-    nodes.append(Node("Concat", f"{name}/pair_rows", tuple(halves), (stacked,), {"axis": 1}, opset=EMITTED_OPSET))
-    flipped = g.add_value(f"{key}/head_pairs_transposed", (batch, width, PAIR * seq), dtype)
-    nodes.append(
-        Node("Transpose", f"{name}/pair_transpose", (stacked,), (flipped,), {"perm": [0, 2, 1]}, opset=EMITTED_OPSET)
-    )
-    shape = g.add_const(f"{name}/pair_shape", np.array([batch, heads // PAIR, PAIR * d, PAIR * seq], np.int64))
-    weights = g.add_value(f"{key}/block_diagonal", (batch, heads // PAIR, PAIR * d, PAIR * seq), dtype)
-    nodes.append(Node("Reshape", f"{name}/pair_view", (flipped, shape), (weights,), opset=EMITTED_OPSET))
+
+    def add(op: str, tag: str, inputs: tuple[str, ...], shape: tuple[int, ...], attrs=None) -> str:
+        result = g.add_value(f"{key}/{tag}", shape, dtype)
+        nodes.append(Node(op, f"{name}/pair_{tag}", inputs, (result,), attrs or {}, opset=EMITTED_OPSET))
+        return result
+
+    def view(value: str, tag: str, shape: tuple[int, ...]) -> str:
+        dims = g.add_const(f"{name}/pair_{tag}_shape", np.array(shape, np.int64))
+        return add("Reshape", tag, (value, dims), shape)
+
+    lane_head = (np.arange(width) // d) % PAIR
+    masks = np.stack([lane_head == p for p in range(PAIR)]).astype(dtype).reshape(1, PAIR, 1, width)
+    rows = view(key, "rows", (batch, 1, seq, width))
+    halves = add("Mul", "halves", (rows, g.add_const(f"{name}/pair_masks", masks)), (batch, PAIR, seq, width))
+    stacked = view(halves, "stacked", (batch, PAIR * seq, width))
+    flipped = add("Transpose", "transposed", (stacked,), (batch, width, PAIR * seq), {"perm": [0, 2, 1]})
+    weights = view(flipped, "block_diagonal", (batch, heads // PAIR, PAIR * d, PAIR * seq))
     paired = (batch, heads // PAIR, m, PAIR * n)
     a_lanes = [int(v) for v in qk.attr("a_lanes")]
     scores = g.add_value(f"{qk.outputs[0]}/paired", paired, g.values[qk.outputs[0]].dtype)

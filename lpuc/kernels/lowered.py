@@ -348,8 +348,9 @@ def _packed_heads(x: np.ndarray, packed: int) -> np.ndarray:
     """[B, H/g, M, g*K] with g = `packed` heads side by side in the lanes -> [B, H, M, K]."""
     if packed == 1:
         return x
-    b, pairs, m, width = x.shape
-    return x.reshape(b, pairs, m, packed, width // packed).transpose(0, 1, 3, 2, 4).reshape(b, -1, m, width // packed)
+    b, groups, m, width = x.shape
+    k = width // packed
+    return x.reshape(b, groups, m, packed, k).transpose(0, 1, 3, 2, 4).reshape(b, groups * packed, m, k)
 
 
 @kernel("SegmentedSoftmax", domain=LPUC_DOMAIN)

@@ -478,7 +478,8 @@ class _HeadViews:
         if node.domain != LPUC_DOMAIN or node.op != "HeadMatMul":
             return cls()
         lanes = (tuple(int(v) for v in node.attr(k) or ()) for k in ("a_lanes", "b_lanes"))
-        return cls(int(node.attr("heads")), *lanes, bool(node.attr("merge", 0)), int(node.attr("a_packed", 1)))
+        merge, packed = bool(node.attr("merge", 0)), int(node.attr("a_packed", 1))
+        return cls(int(node.attr("heads")), *lanes, merge, packed)
 
     def a_shape(self, shape: tuple[int, ...]) -> tuple[int, ...]:
         """The [B, H, M, K] activations the MXM multiplies."""
