@@ -352,7 +352,7 @@ _add("VXM", "FusedSoftmax", rowwise=True, domain=LPUC_DOMAIN, alu_ops=_FUSED_SOF
 _add("VXM", "LogSoftmax", rowwise=True, alu_ops=_LOG_SOFTMAX_ALU, input_reads=3)
 
 
-def _segmented_softmax_alu(node: Node, graph: Graph, in_vectors: int, out_vectors: int, lanes: int) -> int:
+def _segmented_alu(node: Node, graph: Graph, in_vectors: int, out_vectors: int, lanes: int) -> int:
     """Softmax over runs of `segment` lanes of each row (passes/pair_heads: two heads' score rows
     side by side, each run at a power-of-two lane offset): Softmax's 7 ops per vector, and per vector
     the max and sum trees (log2(segment) steps each, the shift-and-combine steps of a packed tree:
@@ -366,8 +366,7 @@ def _segmented_softmax_alu(node: Node, graph: Graph, in_vectors: int, out_vector
     return max(1, 7 * out_vectors + out_vectors * (2 * tree + 2) * runs)
 
 
-_SEGMENTED_SOFTMAX_ALU = _segmented_softmax_alu
-_add("VXM", "SegmentedSoftmax", rowwise=True, domain=LPUC_DOMAIN, alu_ops=_SEGMENTED_SOFTMAX_ALU, input_reads=3)
+_add("VXM", "SegmentedSoftmax", rowwise=True, domain=LPUC_DOMAIN, alu_ops=_segmented_alu, input_reads=3)
 _add("VXM", "Hardmax", passes=3, rowwise=True)
 _add("VXM", "LayerNormalization", rowwise=True, alu_ops=_LAYER_NORM_ALU, input_reads=2)
 _add("VXM", "RMSNormalization", rowwise=True, alu_ops=_RMS_NORM_ALU, input_reads=2)

@@ -118,11 +118,7 @@ def _sole_repeated_read(
     """Whether computed value `name` is read repeated by `node` alone (passes/pair_heads: K's rows
     once per head of a pair): an Expand would copy it only for this map to read the copy once."""
     v = graph.values[name]
-    return (
-        not v.is_const
-        and readers.get(name) == [node]
-        and operand_mode(v.shape, out_shape) == "repeat"
-    )
+    return not v.is_const and readers.get(name) == [node] and operand_mode(v.shape, out_shape) == "repeat"
 
 
 def _reads_repeated(graph: Graph, reader: Node, shape: tuple[int, ...]) -> bool:
