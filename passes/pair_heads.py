@@ -54,9 +54,10 @@ def pair_heads(graph: Graph, ctx: PassContext) -> Graph:
     if not plans:
         return graph
     out = graph.copy()
-    replaced: dict[str, list[Node]] = {}  # node name -> the nodes in its place ([] : removed)
+    replaced: dict[str, list[Node]] = {}  # node name -> the nodes in its place
+    tiled: dict[str, str] = {}  # operand -> its last axis tiled for a pair (one for every layer)
     for plan in plans:
-        _rewrite(out, plan, replaced)
+        _rewrite(out, plan, replaced, tiled)
     nodes = [n for node in graph.nodes for n in replaced.get(node.name, [node])]
     return out.copy(nodes=nodes).prune_values()
 
@@ -126,7 +127,7 @@ def _transposed_key(graph: Graph, producers, value: str, heads: int) -> str | No
 
 def _pairable_operands(graph: Graph, node: Node, chain_value: str, n: int) -> bool:
     """Whether every operand of `node` but the chain's value is the same for every head (no head
-    axis), and a constant where it varies along the last axis (tiled for the pair)."""
+    axis); one that varies along the last axis is tiled for the pair (_tiled)."""
     for name in node.inputs:
         if not name or name == chain_value:
             continue
@@ -134,12 +135,12 @@ def _pairable_operands(graph: Graph, node: Node, chain_value: str, n: int) -> bo
         if shape is None or len(shape) > 4:
             return False
         padded = (1,) * (4 - len(shape)) + tuple(shape)
-        if padded[1] != 1 or padded[3] not in (1, n) or (padded[3] == n and not graph.is_const(name)):
+        if padded[1] != 1 or padded[3] not in (1, n):
             return False
     return True
 
 
-def _rewrite(g: Graph, plan, replaced: dict[str, list[Node]]) -> None:
+def _rewrite(g: Graph, plan, replaced: dict[str, list[Node]], tiled: dict[str, str]) -> None:
     qk, key, chain, softmax, pv = plan
     batch, heads, m, n = g.values[qk.outputs[0]].shape
     _, seq, width = g.values[key].shape
@@ -180,10 +181,13 @@ def _rewrite(g: Graph, plan, replaced: dict[str, list[Node]]) -> None:
     value = scores
     renamed = {qk.outputs[0]: scores}
     for node in chain:
-        inputs = tuple(renamed[i] if i in renamed else _tiled(g, i, n) if i else i for i in node.inputs)
+        tiles: list[Node] = []
+        inputs = tuple(
+            renamed[i] if i in renamed else _tiled(g, i, n, tiled, tiles) if i else i for i in node.inputs
+        )
         result = g.add_value(f"{node.outputs[0]}/paired", paired, g.values[node.outputs[0]].dtype)
         renamed[node.outputs[0]] = result
-        replaced[node.name] = [node.with_(inputs=inputs, outputs=(result,))]
+        replaced[node.name] = [*tiles, node.with_(inputs=inputs, outputs=(result,))]
         value = result
     probs = g.add_value(f"{softmax.outputs[0]}/paired", paired, g.values[softmax.outputs[0]].dtype)
     replaced[softmax.name] = [
@@ -194,10 +198,48 @@ def _rewrite(g: Graph, plan, replaced: dict[str, list[Node]]) -> None:
         g.values.pop(old, None)
 
 
-def _tiled(g: Graph, name: str, n: int) -> str:
-    """An operand of the scores' elementwise chain for a pair of heads: a constant with the last axis
-    N tiled twice (one copy per head), anything else as it is."""
+def _tiled(g: Graph, name: str, n: int, tiled: dict[str, str], nodes: list[Node]) -> str:
+    """An operand of the scores' elementwise chain for a pair of heads: its last axis N tiled twice
+    (one copy per head: a constant's at compile time, a computed one's by a Concat added to `nodes`,
+    once for all the layers reading it), anything else as it is. A select between scalar constants
+    (BERT's attention mask) is tiled through: the same select of its tiled condition, so that each
+    map still reads the 1-byte condition (passes/inline_mask_selects)."""
     v = g.values[name]
     if not v.shape or v.shape[-1] != n or n == 1:
         return name
-    return g.add_const(f"{name}/pair_tiled", np.concatenate([v.const] * PAIR, axis=-1))
+    if name in tiled:
+        return tiled[name]
+    shape = (*v.shape[:-1], PAIR * n)
+    select = g.producers().get(name)
+    if v.is_const:
+        tiled[name] = g.add_const(f"{name}/pair_tiled", np.concatenate([v.const] * PAIR, axis=-1))
+    elif _scalar_select(g, select) and g.values[select.inputs[0]].shape == v.shape:
+        condition = _tiled(g, select.inputs[0], n, tiled, nodes)
+        tiled[name] = g.add_value(f"{name}/pair_tiled", shape, v.dtype)
+        nodes.append(
+            select.with_(
+                name=f"{select.name}/pair_tiled",
+                inputs=(condition, *select.inputs[1:]),
+                outputs=(tiled[name],),
+            )
+        )
+    else:
+        tiled[name] = g.add_value(f"{name}/pair_tiled", shape, v.dtype)
+        nodes.append(
+            Node(
+                "Concat",
+                f"{name}/pair_tile",
+                (name,) * PAIR,
+                (tiled[name],),
+                {"axis": -1},
+                opset=EMITTED_OPSET,
+            )
+        )
+    return tiled[name]
+
+
+def _scalar_select(g: Graph, node: Node | None) -> bool:
+    """Whether `node` is Where(condition, a, b) with constant scalars a and b."""
+    if node is None or node.op != "Where" or node.domain or len(node.inputs) != 3:
+        return False
+    return all(g.is_const(i) and g.values[i].const.size == 1 for i in node.inputs[1:])
