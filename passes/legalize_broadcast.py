@@ -7,8 +7,8 @@ A computed value repeated over leading dims (BERT's [1, 1, S, S] attention mask 
 [1, H, S, S] scores) can also be read as it is, each head's map reading the mask's own rows
 ("repeat"); it is expanded all the same (strategy `expanded_broadcasts`: each head's maps then read
 a copy of their own, which measured faster), and `read_repeated` takes such Expands out again when
-SRAM is tight (the fit ladder) or the strategy is disabled. A value only one map reads is read
-repeated always (the copy would be read by that map alone: passes/pair_heads' K per head pair).
+SRAM is tight (the fit ladder) or the strategy is disabled. A fused map's operands listed in its
+attr `read_repeated` are always read repeated (passes/pair_heads: K's rows once per head of a pair).
 """
 
 from __future__ import annotations
@@ -58,7 +58,6 @@ def _legalized(graph: Graph) -> Graph:
     # One Expand per (value, shape): BERT's attention mask feeds all 12 layers, and 12 live copies
     # of it took 22 MiB of SRAM.
     expanded_to: dict[tuple[str, tuple[int, ...]], str] = {}
-    readers = graph.consumers()
     for node in graph.nodes:
         if not _is_map(node) or graph.touches_dynamic(node):
             out.nodes.append(node)
@@ -66,13 +65,15 @@ def _legalized(graph: Graph) -> Graph:
         out_shape = graph.values[node.outputs[0]].shape
         new_inputs = []
         for name in node.inputs:
-            if not name or operand_mode(out.values[name].shape, out_shape) in ("tile", "row", "scalar"):
+            mode = operand_mode(out.values[name].shape, out_shape) if name else None
+            if (
+                not name
+                or mode in ("tile", "row", "scalar")
+                or (mode == "repeat" and _asks_repeated(node, name))
+            ):
                 new_inputs.append(name)
                 continue
             v = out.values[name]
-            if _sole_repeated_read(graph, readers, node, name, out_shape):
-                new_inputs.append(name)
-                continue
             if v.is_const:
                 expanded = np.broadcast_to(v.const, out_shape)
                 new_inputs.append(out.add_const(f"{name}_bcast", np.ascontiguousarray(expanded)))
@@ -112,13 +113,10 @@ def read_repeated(graph: Graph) -> Graph:
     return out.prune_values()
 
 
-def _sole_repeated_read(
-    graph: Graph, readers: dict[str, list[Node]], node: Node, name: str, out_shape: tuple[int, ...]
-) -> bool:
-    """Whether computed value `name` is read repeated by `node` alone (passes/pair_heads: K's rows
-    once per head of a pair): an Expand would copy it only for this map to read the copy once."""
-    v = graph.values[name]
-    return not v.is_const and readers.get(name) == [node] and operand_mode(v.shape, out_shape) == "repeat"
+def _asks_repeated(node: Node, name: str) -> bool:
+    """Whether fused map `node` reads operand `name` repeated by its own choice (attr read_repeated)."""
+    listed = node.attr("read_repeated") or () if node.domain == "lpuc" and node.op == "Fused" else ()
+    return any(node.inputs[int(k)] == name for k in listed)
 
 
 def _reads_repeated(graph: Graph, reader: Node, shape: tuple[int, ...]) -> bool:

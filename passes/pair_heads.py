@@ -9,7 +9,8 @@ its own. Heads h = 2j, 2j + 1 side by side make one product of twice the width:
 Q's two heads are adjacent lanes already (a_lanes [offset, 2D]); the block-diagonal weights are
 Transpose(K [B, 1, S, H*D] * masks [1, 2, 1, H*D]) viewed [B, H/2, 2D, 2N]: mask 0 keeps the lanes
 of even heads (lane mod 2D < D), mask 1 the others; one map reading K's rows repeated (twice,
-legalize_broadcast) and one transpose of twice the rows, built from ops every stage already prices
+legalize_broadcast,
+attr read_repeated) and one transpose of twice the rows, built from ops every stage already prices
 (the zero blocks are loaded and multiplied like any weights; the MXM bound counts only the diagonal
 blocks, lpuc.ir.model_work). The product installs half as many weight tiles and streams half as many
 activation rows; its [B, H/2, M, 2N] scores keep both heads' rows in one vector, so the elementwise
@@ -168,7 +169,12 @@ def _rewrite(g: Graph, plan, replaced: dict[str, list[Node]]) -> None:
     lane_head = (np.arange(width) // d) % PAIR
     masks = np.stack([lane_head == p for p in range(PAIR)]).astype(dtype).reshape(1, PAIR, 1, width)
     rows = view(key, "rows", (batch, 1, seq, width))
-    halves = add("Mul", "halves", (rows, g.add_const(f"{name}/pair_masks", masks)), (batch, PAIR, seq, width))
+    step = {"op": "Mul", "domain": "", "attrs": {}, "args": ["i0", "i1"], "dtype": np.dtype(dtype).name}
+    # (a fused map, to read K's rows repeated, not an SXM copy of them per head: legalize_broadcast)
+    masking = {"expr": [{**step, "opset": EMITTED_OPSET}], "read_repeated": [0]}
+    operands = (rows, g.add_const(f"{name}/pair_masks", masks))
+    halves = g.add_value(f"{key}/halves", (batch, PAIR, seq, width), dtype)
+    nodes.append(Node("Fused", f"{name}/pair_halves", operands, (halves,), masking, LPUC_DOMAIN, 1))
     stacked = view(halves, "stacked", (batch, PAIR * seq, width))
     flipped = add("Transpose", "transposed", (stacked,), (batch, width, PAIR * seq), {"perm": [0, 2, 1]})
     weights = view(flipped, "block_diagonal", (batch, heads // PAIR, PAIR * d, PAIR * seq))

@@ -15,6 +15,7 @@ from lpuc.ir.model_work import ATTR as MODEL_BLOCKS
 from lpuc.kernels.registry import KernelContext, run_kernel
 from lpuc.kernels.softmax import softmax
 from lpuc.passes.eliminate_dead_code import eliminate_dead_code
+from lpuc.passes.legalize_broadcast import legalize_broadcast
 from lpuc.passes.pair_heads import pair_heads
 from lpuc.passes.pipeline import PIPELINE, run_pipeline
 from tests import zoo
@@ -60,8 +61,13 @@ def test_heads_pair_over_block_diagonal_keys(attention_onnx):
     assert soft.attrs == {"segment": CONTEXT} and "Softmax" not in ops(after)
     assert packed.inputs[0] == soft.outputs[0]
     assert packed.attrs == {**mixed.attrs, "a_packed": 2}
-    # K^T: K's rows masked per head parity by one map (K read repeated), then one transpose.
+    # K^T: K's rows masked per head parity by one map (K read repeated, not expanded by an SXM
+    # copy: attr read_repeated), then one transpose.
     assert ops(after).count("Transpose") == 1
+    (halves,) = [n for n in after.nodes if n.op == "Fused"]
+    assert halves.attrs["read_repeated"] == [0]
+    assert after.values[halves.inputs[0]].shape == (1, 1, CONTEXT, WIDTH)
+    assert "Expand" not in ops(run_pass(legalize_broadcast, after))
 
 
 def test_an_odd_head_count_or_a_context_off_a_power_of_two_stays(tmp_path):
