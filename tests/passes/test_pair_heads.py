@@ -101,6 +101,19 @@ def test_paired_attention_matches_onnxruntime(attention_onnx, precision):
     assert mms[()] == HEADS // 2 and mms[("pair_heads",)] == HEADS  # Q @ K^T products
 
 
+def test_paired_attention_of_two_sequences_matches_onnxruntime(tmp_path):
+    # batch 2: pair j of sequence b is P's rows (b * H/2 + j) * S on (a_packed, lpuc.lowering.matmul)
+    torch.manual_seed(0)
+    module = zoo.CausalSelfAttention(WIDTH, HEADS, CONTEXT)
+    path = export(module, (torch.zeros(2, CONTEXT, WIDTH),), tmp_path / "b2.onnx", input_names=["x"])
+    x = np.random.default_rng(4).standard_normal((2, CONTEXT, WIDTH)).astype(np.float32)
+    (want,) = ort_run(path, {"x": x})
+    program = lpuc.compile(path, precision="fp32", host_fallback=False)
+    assert any(i.attrs.get("kernel") == "SegmentedSoftmax" for i in program.instructions)
+    (got,) = program.run({"x": x}).values()
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+
+
 def test_a_computed_mask_keeps_the_heads_apart():
     # BERT's padding mask is computed at run time ([1, 1, S, S] from attention_mask): pairing would
     # tile it per pair at run time, and measured slower on BERT-base (see _pairable_operands).
