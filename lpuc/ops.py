@@ -350,6 +350,23 @@ def _fused_softmax_per_vector(node: Node) -> int:
 _FUSED_SOFTMAX_ALU = _grouped_alu_ops(_normalized_axes, _fused_softmax_per_vector, trees=2, per_group=2)
 _add("VXM", "FusedSoftmax", rowwise=True, domain=LPUC_DOMAIN, alu_ops=_FUSED_SOFTMAX_ALU, input_reads=3)
 _add("VXM", "LogSoftmax", rowwise=True, alu_ops=_LOG_SOFTMAX_ALU, input_reads=3)
+
+
+def _segmented_alu(node: Node, graph: Graph, in_vectors: int, out_vectors: int, lanes: int) -> int:
+    """Softmax over runs of `segment` lanes of each row (passes/pair_heads: two heads' score rows
+    side by side, each run at a power-of-two lane offset): Softmax's 7 ops per vector, and per vector
+    the max and sum trees (log2(segment) steps each, the shift-and-combine steps of a packed tree:
+    each serves every run in the vector) and the 2 statistics ops. The runs arrive side by side, so
+    no select merges them into a vector (the packed Softmax's extra op per row and tree)."""
+    segment = int(node.attr("segment"))
+    width = int(graph.values[node.inputs[0]].shape[-1])
+    tree = math.ceil(math.log2(segment)) if segment > 1 else 0
+    # (a row over several vectors: every run's trees and statistics apart, as if one run a vector)
+    runs = 1 if width <= lanes else width // segment
+    return max(1, 7 * out_vectors + out_vectors * (2 * tree + 2) * runs)
+
+
+_add("VXM", "SegmentedSoftmax", rowwise=True, domain=LPUC_DOMAIN, alu_ops=_segmented_alu, input_reads=3)
 _add("VXM", "Hardmax", passes=3, rowwise=True)
 _add("VXM", "LayerNormalization", rowwise=True, alu_ops=_LAYER_NORM_ALU, input_reads=2)
 _add("VXM", "RMSNormalization", rowwise=True, alu_ops=_RMS_NORM_ALU, input_reads=2)

@@ -7,7 +7,8 @@ A computed value repeated over leading dims (BERT's [1, 1, S, S] attention mask 
 [1, H, S, S] scores) can also be read as it is, each head's map reading the mask's own rows
 ("repeat"); it is expanded all the same (strategy `expanded_broadcasts`: each head's maps then read
 a copy of their own, which measured faster), and `read_repeated` takes such Expands out again when
-SRAM is tight (the fit ladder) or the strategy is disabled.
+SRAM is tight (the fit ladder) or the strategy is disabled. A fused map's operands listed in its
+attr `read_repeated` are always read repeated (passes/pair_heads: K's rows once per head of a pair).
 """
 
 from __future__ import annotations
@@ -64,7 +65,12 @@ def _legalized(graph: Graph) -> Graph:
         out_shape = graph.values[node.outputs[0]].shape
         new_inputs = []
         for name in node.inputs:
-            if not name or operand_mode(out.values[name].shape, out_shape) in ("tile", "row", "scalar"):
+            mode = operand_mode(out.values[name].shape, out_shape) if name else None
+            if (
+                not name
+                or mode in ("tile", "row", "scalar")
+                or (mode == "repeat" and _asks_repeated(node, name))
+            ):
                 new_inputs.append(name)
                 continue
             v = out.values[name]
@@ -105,6 +111,12 @@ def read_repeated(graph: Graph) -> Graph:
         if not (node.op == "Expand" and not node.domain and node.outputs[0] in source):
             out.nodes.append(node.with_(inputs=tuple(source.get(i, i) for i in node.inputs)))
     return out.prune_values()
+
+
+def _asks_repeated(node: Node, name: str) -> bool:
+    """Whether fused map `node` reads operand `name` repeated by its own choice (attr read_repeated)."""
+    listed = node.attr("read_repeated") or () if node.domain == "lpuc" and node.op == "Fused" else ()
+    return any(node.inputs[int(k)] == name for k in listed)
 
 
 def _reads_repeated(graph: Graph, reader: Node, shape: tuple[int, ...]) -> bool:

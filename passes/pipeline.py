@@ -52,6 +52,7 @@ from lpuc.passes.lower_gemm import lower_gemm
 from lpuc.passes.lower_quantized import lower_quantized
 from lpuc.passes.multiply_by_reciprocals import multiply_by_reciprocals
 from lpuc.passes.pack_conv_rows import pack_conv_rows
+from lpuc.passes.pair_heads import pair_heads
 from lpuc.passes.pool_ordered_pack import pool_ordered_pack
 from lpuc.passes.quantize_int8 import quantize_int8
 from lpuc.passes.quantize_residuals import quantize_residuals
@@ -124,6 +125,8 @@ PIPELINE: tuple[Pass, ...] = (
     Pass("fold_constants", fold_constants),
     Pass("store_tables_at_precision", store_tables_at_precision),
     Pass("address_heads", address_heads),
+    # Once Q @ K^T reads Q by heads and K^T as rows: two heads per product.
+    Pass("pair_heads", pair_heads),
     Pass("fuse_layernorm", fuse_layernorm),
     Pass("fuse_gelu", fuse_gelu),
     # After the fusions that match float patterns, before fuse_elementwise merges its quantize and

@@ -69,7 +69,8 @@ def test_gpt_in_segments_matches_onnxruntime(gpt128):
     (want,) = ort_run(gpt128, {"ids": ids})
     # (Its 4-head softmaxes would take in their scale-and-mask prologue, passes/fuse_softmax: kept
     # apart here, so that the map's tiles and its fusion into Q @ K^T are what is checked.)
-    apart = ["fuse_softmax"]
+    # (pair_heads off: its softmaxes are two heads' rows side by side, SegmentedSoftmax.)
+    apart = ["fuse_softmax", "pair_heads"]
     program = lpuc.compile(gpt128, precision="fp32", host_fallback=False, disable_passes=apart)
     whole = lpuc.compile(
         gpt128, precision="fp32", host_fallback=False, disable_passes=[*apart, "row_segments"]

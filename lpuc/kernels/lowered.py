@@ -357,14 +357,34 @@ def _causal_mask(shape: tuple[int, ...], ctx: KernelContext, diagonal: int, valu
 def head_matmul(ctx: KernelContext, a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """MatMul over [B, H, *, *] operands, either of which may be given as its heads' lanes: a_lanes /
     b_lanes = [offset, width] read head h from lanes offset + h*width of a [B, S, *] tensor (as
-    passes/address_heads folds the head split); merge = 1 returns [B, M, H*N] instead of [B, H, M, N]."""
+    passes/address_heads folds the head split); merge = 1 returns [B, M, H*N] instead of [B, H, M, N];
+    a_packed = g gives A as [B, H/g, M, g*K], g heads side by side in its lanes (passes/pair_heads)."""
     heads = int(ctx.attr("heads"))
+    a = _packed_heads(a, int(ctx.attr("a_packed", 1)))
     y = accumulated_matmul(
         _heads(a, heads, ctx.attr("a_lanes")), _heads(b, heads, ctx.attr("b_lanes"))
     ).astype(a.dtype, copy=False)
     if ctx.attr("merge", 0):
         y = y.transpose(0, 2, 1, 3).reshape(y.shape[0], y.shape[2], heads * y.shape[3])
     return y
+
+
+def _packed_heads(x: np.ndarray, packed: int) -> np.ndarray:
+    """[B, H/g, M, g*K] with g = `packed` heads side by side in the lanes -> [B, H, M, K]."""
+    if packed == 1:
+        return x
+    b, groups, m, width = x.shape
+    k = width // packed
+    return x.reshape(b, groups, m, packed, k).transpose(0, 1, 3, 2, 4).reshape(b, groups * packed, m, k)
+
+
+@kernel("SegmentedSoftmax", domain=LPUC_DOMAIN)
+def segmented_softmax(ctx: KernelContext, x: np.ndarray) -> np.ndarray:
+    """Softmax over each run of `segment` elements of the last axis (heads side by side in a row:
+    passes/pair_heads). The runtime may hand over a row slab: rows keep their last axis."""
+    segment = int(ctx.attr("segment"))
+    y = softmax(x.reshape(*x.shape[:-1], x.shape[-1] // segment, segment), -1)
+    return y.reshape(x.shape)
 
 
 def _heads(x: np.ndarray, heads: int, lanes: list[int]) -> np.ndarray:

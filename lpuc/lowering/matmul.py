@@ -46,7 +46,7 @@ def lower_matmul(b: TiledBuilder, node: Node) -> None:
     if len(av.shape) < 2 or len(wv.shape) < 2:
         raise AssertionError("MatMul operands must be at least 2-D after canonicalize_matmul")
     heads = _HeadViews.of(node)
-    a_shape = heads.operand_shape(av.shape, heads.a_lanes)
+    a_shape = heads.a_shape(av.shape)
     taps = _RowTaps.of(node, a_shape)
     if taps.offsets:  # the problem is C's rows by the whole K (taps side by side)
         a_shape = (cv.shape[-2], wv.shape[-2])
@@ -386,10 +386,11 @@ def _runs(items: list, count: int) -> list[list]:
 
 def _problems(a_shape, w_shape, c_shape, heads: _HeadViews) -> list[_Problem]:
     """The 2-D products of C; shared 2-D weights make one tall product. Head h of batch b of an
-    operand read by heads is its rows of batch b at lanes offset + h*width (merged C: lanes h*N)."""
+    operand read by heads is its rows of batch b at lanes offset + h*width (merged C: lanes h*N; A
+    packed g heads a row: rows of its group (b*H + h) // g, lanes (h mod g) * K)."""
     m, k, n = a_shape[-2], a_shape[-1], w_shape[-1]
     batch = tuple(c_shape[:-2])
-    plain = not (heads.a_lanes or heads.b_lanes or heads.merge)
+    plain = not (heads.a_lanes or heads.b_lanes or heads.merge or heads.a_packed > 1)
     if plain and int(np.prod(w_shape[:-2], dtype=np.int64)) == 1 and tuple(a_shape[:-2]) == batch:
         return [_Problem(0, 0, 0, 0, 0, 0, m * int(np.prod(batch, dtype=np.int64)))]
     a_index, w_index = _batch_index(a_shape[:-2], batch), _batch_index(w_shape[:-2], batch)
@@ -397,6 +398,9 @@ def _problems(a_shape, w_shape, c_shape, heads: _HeadViews) -> list[_Problem]:
     for i in range(len(a_index)):
         outer, h = divmod(i, heads.heads) if heads.heads else (0, 0)
         a_row, a_col = (outer * m, heads.a_lanes[0] + h * k) if heads.a_lanes else (int(a_index[i]) * m, 0)
+        if heads.a_packed > 1:  # head h: its group's rows, lanes (h mod g) * K
+            g = heads.a_packed
+            a_row, a_col = ((outer * heads.heads + h) // g * m, h % g * k)
         w_row, w_col = (outer * k, heads.b_lanes[0] + h * n) if heads.b_lanes else (int(w_index[i]) * k, 0)
         c_row, c_col = (outer * m, h * n) if heads.merge else (i * m, 0)
         problems.append(_Problem(a_row, a_col, w_row, w_col, c_row, c_col, m))
@@ -470,19 +474,28 @@ def _tile_edges(start: int, length: int, step: int) -> list[int]:
 class _HeadViews:
     """How an lpuc.HeadMatMul (passes/address_heads) reads its operands and writes its result: an
     operand with lanes [offset, width] is [B, S, *] whose head h is lanes offset + h*width onward; a
-    merged result is [B, M, H*N]. A plain MatMul has none of these."""
+    merged result is [B, M, H*N]; A with a_packed = g is [B, H/g, M, g*K] (g heads side by side in
+    its lanes, passes/pair_heads). A plain MatMul has none of these."""
 
     heads: int = 0
     a_lanes: tuple[int, ...] = ()
     b_lanes: tuple[int, ...] = ()
     merge: bool = False
+    a_packed: int = 1
 
     @classmethod
     def of(cls, node: Node) -> _HeadViews:
         if node.domain != LPUC_DOMAIN or node.op != "HeadMatMul":
             return cls()
         lanes = (tuple(int(v) for v in node.attr(k) or ()) for k in ("a_lanes", "b_lanes"))
-        return cls(int(node.attr("heads")), *lanes, bool(node.attr("merge", 0)))
+        merge, packed = bool(node.attr("merge", 0)), int(node.attr("a_packed", 1))
+        return cls(int(node.attr("heads")), *lanes, merge, packed)
+
+    def a_shape(self, shape: tuple[int, ...]) -> tuple[int, ...]:
+        """The [B, H, M, K] activations the MXM multiplies."""
+        if self.a_packed > 1:
+            return (shape[0], self.heads, shape[2], shape[3] // self.a_packed)
+        return self.operand_shape(shape, self.a_lanes)
 
     def operand_shape(self, shape: tuple[int, ...], lanes: tuple[int, ...]) -> tuple[int, ...]:
         """The [B, H, rows, cols] operand the MXM multiplies."""

@@ -184,6 +184,7 @@ def ablate(path: Path, target: str) -> None:
 # BERT-base.
 TRANSFORMER_ABLATIONS = (
     "address_heads",
+    "pair_heads",
     "values_with_queries",
     "weight_sides",
     "fuse_layernorm",

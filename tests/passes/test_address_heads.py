@@ -92,7 +92,10 @@ def test_values_with_queries_matches_onnxruntime(wide_attention_onnx):
     (want,) = ort_run(wide_attention_onnx, {"x": x})
     chunks = {}
     for disabled in ((), ("values_with_queries",)):
-        program = lpuc.compile(wide_attention_onnx, precision="fp16", disable_passes=disabled)
+        # (pair_heads off: where Q's head pairs cross a lane tile depends on Q's offset)
+        program = lpuc.compile(
+            wide_attention_onnx, precision="fp16", disable_passes=(*disabled, "pair_heads")
+        )
         (got,) = program.run({"x": x}).values()
         cosine = np.dot(got.ravel(), want.ravel()) / np.linalg.norm(got) / np.linalg.norm(want)
         assert cosine >= 0.999, disabled
