@@ -104,6 +104,8 @@ def page_gaps(program: Program, order: list[Instruction]) -> tuple[int, np.ndarr
     counts = p1 - p0
     # one row per (tile, page it touches)
     pages = np.repeat(p0, counts) + np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts)
+    if not pages.size:  # (a program of empty tensors touches no page)
+        return 0, np.empty((3, 0), np.int64)
     starts = np.repeat(np.array(first, np.int64)[used], counts)
     ends = np.repeat(np.array(last, np.int64)[used], counts)
     rows = np.lexsort((starts, pages))
