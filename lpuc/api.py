@@ -162,20 +162,7 @@ def _build_fitting(
         options_here = {**options, "fit": step}
         return build_program(tiled, target, where, options_here, model_nodes, requests=requests, **kwargs)
 
-    try:
-        return build(tiled, "plain")
-    except DoesNotFitError:
-        pass
-    try:
-        return build(tiled, "packed", pack=True)
-    except DoesNotFitError as packed_error:
-        error = packed_error
     host_fallback, disabled = options["host_fallback"], frozenset(options["disabled_passes"])
-    # Two ways to make room: tables whose ids are a model input gathered by the host before the
-    # run (their SRAM freed at no chip cycle and every strategy kept, but the host's gather and the
-    # rows' PCIe bytes add to the end-to-end time), or the lean build (slower on the chip). Which is
-    # the better trade depends on the model, so both are built and the shorter end to end wins
-    # (BERT-base fp16: lean; the host's gather at host_gbytes_per_s costs more than the chip saves).
     gathers = input_fed_gathers(graph, tiled, target) if host_fallback else []
     gathers = gathers if "input_gathers" not in disabled else []
 
@@ -185,13 +172,40 @@ def _build_fitting(
         )
         return with_host_gathers(build(fed, "input_gathers", pack=True), graph, gathers)
 
-    fed_us = None
-    if gathers:
+    def fed_end_to_end() -> float | None:
+        # Only its figure is kept while the other candidate is built (two BERT-sized programs at
+        # once would add ~200 MiB to the compile's peak); built again if it wins (the scheduler's
+        # answers are kept in `requests`, and the build is deterministic).
         with contextlib.suppress(DoesNotFitError):
-            # Only its figure is kept while lean is built (two BERT-sized programs at once would
-            # add ~200 MiB to the compile's peak); built again if it wins (the scheduler's answers
-            # are kept in `requests`, and the build is deterministic).
-            fed_us = build_fed().summary["end_to_end_us"]
+            return build_fed().summary["end_to_end_us"]
+        return None
+
+    # Tables whose ids are a model input can be gathered by the host before the run (their SRAM
+    # freed at no chip cycle, but the host's gather and the rows' PCIe bytes add to the end-to-end
+    # time). When lowering already moved such a table to host memory (the constants alone overflow
+    # SRAM), its Gather would wait inside the schedule for the host and two PCIe transfers: both
+    # are built and the shorter end to end wins (GPT-2 12L with a 50,257-token vocabulary, int8:
+    # 344,892 cycles with the round trip, 247,320 gathered before the run; 1,475 and 1,466 us end
+    # to end, its logits' PCIe transfer taking most of both).
+    fed_tables = {g.table for g in gathers}
+    moved = any(b.host and b.is_const and b.tensor in fed_tables for b in tiled.buffers)
+    fed_us = fed_end_to_end() if moved else None
+    error: DoesNotFitError | None = None
+    for step, pack in (("plain", False), ("packed", True)):
+        try:
+            program = build(tiled, step, pack=pack)
+        except DoesNotFitError as e:
+            error = e
+            continue
+        if fed_us is None or program.summary["end_to_end_us"] <= fed_us:
+            return program  # (ties: no host work)
+        del program
+        return build_fed()
+    # Else both ways to make room are built and the shorter end to end wins: gathering on the
+    # host, or the lean build (slower on the chip; BERT-base fp16: lean, the host's gather at
+    # host_gbytes_per_s costs more than the chip saves).
+    if gathers and not moved:
+        fed_us = fed_end_to_end()
     if not SRAM_HUNGRY <= disabled:
         on_host = frozenset(b.tensor for b in tiled.buffers if b.host and b.is_const)
         lean_graph = graph if "expanded_broadcasts" in disabled else read_repeated(graph)

@@ -34,8 +34,11 @@ def input_fed_gathers(graph: Graph, tiled: TiledProgram, target: Target) -> list
     whose SRAM is more than their gathered rows'."""
     users = graph.consumers()
     inputs = set(graph.inputs)
+    on_host = {b.tensor for b in tiled.buffers if b.host and b.is_const}
     fed = []
     for name, nbytes in sorted(table_bytes(graph, tiled, target).items()):
+        if name in on_host:  # (lowering moved it to host memory: it holds no SRAM there)
+            nbytes = graph.values[name].nbytes
         readers = users[name]
         if not all(n.inputs[1] in inputs and n.attr("axis", 0) == 0 for n in readers):
             continue

@@ -87,6 +87,10 @@ def bench_transformers(precisions: tuple[str, ...] = ("fp16", "int8"), only: tup
         if s["host_tables"]:
             tables, ops = ", ".join(s["host_tables"]), ", ".join(s["host_nodes"])
             print(f"{'':<22}host-memory tables: {tables} (host ops: {ops})")
+        if s.get("host_gathers"):
+            tables = ", ".join(sorted(set(s["host_gathers"].values())))
+            us = s["host_gather_cycles"] * s["latency_us"] / s["cycles"]  # (the target's clock)
+            print(f"{'':<22}gathered by the host before the run: {tables} ({us:.1f} us, in the end to end)")
 
 
 def main() -> None:
