@@ -22,7 +22,7 @@ from threadpoolctl import ThreadpoolController
 from lpuc import progress
 from lpuc.errors import ArtifactError, LpucError
 from lpuc.program import Program
-from lpuc.runtime.host_gathers import with_host_gathers
+from lpuc.runtime.host_gathers import gathered_inputs
 from lpuc.runtime.isa import HANDLERS, decoded_attrs
 from lpuc.runtime.machine import Machine
 from lpuc.runtime.plan import Plan
@@ -56,7 +56,7 @@ def execute(
     interpret: bool = False,
 ) -> dict[str, np.ndarray]:
     program.validate()  # a no-op for programs the compiler or the loader already proved legal
-    inputs = with_host_gathers(program, inputs)  # the host's work before the program starts
+    inputs = gathered_inputs(program, inputs)  # the host's work before the program starts
     # Instructions are tile-sized: a multi-threaded BLAS only adds wake-up latency (and collapses
     # entirely on a loaded machine), so each runs on one thread. Both executors must use the same
     # count: it changes how a GEMM splits its sums, and so the last bits of the result.

@@ -12,7 +12,7 @@ from collections.abc import Mapping
 import numpy as np
 
 from lpuc.program import Access, Program
-from lpuc.runtime.host_gathers import with_host_gathers
+from lpuc.runtime.host_gathers import gathered_inputs
 from lpuc.runtime.isa import HANDLERS, decoded_attrs
 from lpuc.runtime.machine import Machine
 
@@ -27,7 +27,7 @@ def execute_capturing(
     """
     program.validate()
     machine = Machine(program)
-    machine.bind_inputs(dict(with_host_gathers(program, inputs)))
+    machine.bind_inputs(dict(gathered_inputs(program, inputs)))
     order = sorted(program.instructions, key=lambda i: (i.start, i.id))
     last_writer: dict[int, int] = {}  # tile id -> position in `order` of its last writer
     for pos, ins in enumerate(order):

@@ -12,7 +12,7 @@ from lpuc.errors import LpucError
 from lpuc.program import Program
 
 
-def with_host_gathers(program: Program, inputs: Mapping[str, np.ndarray]) -> Mapping[str, np.ndarray]:
+def gathered_inputs(program: Program, inputs: Mapping[str, np.ndarray]) -> Mapping[str, np.ndarray]:
     """`inputs` plus the rows the host gathers for the program (unchanged if it gathers none)."""
     if not program.host_gathers:
         return inputs

@@ -12,7 +12,7 @@ import torch
 import lpuc
 from lpuc.program import Program
 from tests.models import export, ort_run
-from tests.similarity import cosine
+from tests.similarity import assert_matches
 
 OFF = ["concat_in_place"]
 
@@ -121,10 +121,7 @@ def _check(path, p: Program, precision: str) -> None:
         g = got[name.name]
         np.testing.assert_array_equal(g, interpreted[name.name])
         assert np.std(w) > 0
-        if precision == "fp32":
-            np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-5 * np.abs(w).max())
-        else:
-            assert cosine(g, w) >= (0.999 if precision == "fp16" else 0.99)
+        assert_matches(g, w, precision, atol=1e-5 * np.abs(w).max())
 
 
 @pytest.mark.parametrize("precision", ["fp32", "fp16", "int8"])

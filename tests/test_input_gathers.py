@@ -26,7 +26,7 @@ from lpuc.schedule.build import build_program
 from lpuc.target import load_target
 from tests.models import ort_run
 from tests.onnx_builders import embedding_matmul_model
-from tests.similarity import cosine
+from tests.similarity import assert_matches, cosine
 
 
 def _pipeline(path, target, precision: str):
@@ -131,10 +131,7 @@ def test_host_gathered_rows_match_onnxruntime(tmp_path, precision):
     (expected,) = ort_run(path, feeds)
     for interpret in (False, True):
         (got,) = program.run(feeds, interpret=interpret).values()
-        if precision == "fp32":
-            np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4)
-        else:
-            assert cosine(got, expected) >= 0.999
+        assert_matches(got, expected, precision, atol=1e-4)
     assert sorted(random_inputs(program, 0)) == ["ids", "type_ids"]  # what `lpuc run` feeds
     with pytest.raises(LpucError, match="outside"):
         program.run({**feeds, "ids": np.full(128, 3000, np.int64)})

@@ -12,7 +12,7 @@ import torch
 
 import lpuc
 from tests.models import export_as_is, ort_run
-from tests.similarity import cosine
+from tests.similarity import assert_matches
 
 
 def _onet_stage2(tmp_path) -> str:
@@ -43,10 +43,7 @@ def test_pool_slabs_match_onnxruntime(tmp_path, precision):
     x = np.random.default_rng(5).standard_normal((1, 32, 23, 23)).astype(np.float32)
     (want,) = ort_run(path, {"x": x})
     got = program.run({"x": x})["y"]
-    if precision == "fp32":
-        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
-    else:
-        assert cosine(got, want) >= 0.99
+    assert_matches(got, want, precision)
 
 
 @pytest.mark.parametrize("precision", ["fp16", "int8"])

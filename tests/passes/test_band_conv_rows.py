@@ -11,7 +11,7 @@ import torch
 import lpuc
 from lpuc.passes.band_conv_rows import row_bands
 from tests.models import export_as_is, ort_run
-from tests.similarity import cosine
+from tests.similarity import assert_matches
 
 
 def _onet_stem(tmp_path) -> str:
@@ -62,10 +62,7 @@ def test_banded_stem_matches_onnxruntime(tmp_path, precision):
     x = np.random.default_rng(4).standard_normal((1, 3, 48, 48)).astype(np.float32)
     (want,) = ort_run(path, {"x": x})
     got = program.run({"x": x})["y"]
-    if precision == "fp32":
-        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
-    else:
-        assert cosine(got, want) >= (0.999 if precision == "fp16" else 0.99)
+    assert_matches(got, want, precision)
 
 
 @pytest.mark.parametrize("precision", ["fp16", "int8"])
@@ -122,7 +119,4 @@ def test_banded_slabs_read_windows_of_a_large_input(tmp_path, precision):
     x = np.random.default_rng(5).standard_normal((1, 3, 96, 96)).astype(np.float32)
     (want,) = ort_run(path, {"x": x})
     got = program.run({"x": x})["y"]
-    if precision == "fp32":
-        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
-    else:
-        assert cosine(got, want) >= 0.99
+    assert_matches(got, want, precision)

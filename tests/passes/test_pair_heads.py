@@ -21,6 +21,7 @@ from lpuc.passes.pipeline import PIPELINE, run_pipeline
 from tests import zoo
 from tests.models import export, ort_run
 from tests.passes.helpers import CTX, ops, run_pass
+from tests.similarity import assert_matches
 from tests.test_bert import SMALL
 
 WIDTH, HEADS, CONTEXT = 64, 4, 16  # heads of 16, N = 16: a power of two
@@ -89,11 +90,7 @@ def test_paired_attention_matches_onnxruntime(attention_onnx, precision):
             attention_onnx, precision=precision, host_fallback=False, disable_passes=disabled
         )
         (got,) = program.run({"x": x}).values()
-        if precision == "fp32":
-            np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
-        else:
-            cosine = np.dot(got.ravel(), want.ravel()) / np.linalg.norm(got) / np.linalg.norm(want)
-            assert cosine >= 0.999, disabled
+        assert_matches(got, want, precision, msg=str(disabled))
         mms[disabled] = sum(
             i.opcode == "mxm.mm" and i.node.endswith("/MatMul") and "proj" not in i.node
             for i in program.instructions
